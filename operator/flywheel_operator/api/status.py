@@ -1,0 +1,211 @@
+"""Status of a `FlywheelGeneration`: written only by the planner's output, one write per reconcile."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field
+
+from flywheel_operator.api.base import ApiModel
+from flywheel_operator.api.readings import OfflineMetrics, OnlineReading
+
+Phase = Literal[
+    "Pending",
+    "Curating",
+    "TrainingRewardModels",
+    "SFT",
+    "RL",
+    "Evaluating",
+    "OfflineGate",
+    "Canary",
+    "Observing",
+    "Promoted",
+    "RolledBack",
+    "Failed",
+    "Suspended",
+]
+TERMINAL_PHASES: frozenset[str] = frozenset({"Promoted", "RolledBack", "Failed"})
+
+StageState = Literal["Running", "Retrying", "Succeeded", "Failed"]
+Outcome = Literal["PROMOTE", "ROLL_BACK", "CONTINUE", "INCONCLUSIVE"]
+
+
+class StageRecord(ApiModel):
+    """One stage's history: the Job (child) of its current attempt and what it reported."""
+
+    name: str
+    """Stage name: `curate`, `reward-<model>`, `sft`, `rl` or `eval`."""
+    state: StageState
+    """`Running` (a Job exists), `Retrying` (waiting out the backoff), `Succeeded` or `Failed` (attempts spent)."""
+    attempts: int = Field(ge=1)
+    """Attempts started so far."""
+    child: str
+    """Name of the current attempt's Job: `<generation>-<stage>-<attempt>`."""
+    created_at: datetime
+    """When the current attempt's Job was requested."""
+    started_at: datetime | None = None
+    """When the current attempt started running."""
+    finished_at: datetime | None = None
+    """When the stage succeeded or its last attempt failed."""
+    next_attempt_at: datetime | None = None
+    """While `Retrying`: when the next attempt starts."""
+    message: str | None = None
+    """Why the last attempt failed, or a short summary."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Scalar metrics from the stage's result.json."""
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    """Artifact URIs from the stage's result.json (inputs of later stages)."""
+    output_digest: str | None = None
+    """Digest of the stage's outputs (lineage)."""
+
+
+class GateCheck(ApiModel):
+    """One check of a gate, as data: what was measured, against what, and whether it passed."""
+
+    name: str
+    """Check name, e.g. `win-rate-band` or `style-drift.emoji_rate`."""
+    passed: bool
+    """Whether the check passed."""
+    value: float | None = None
+    """Measured value (None when it could not be measured)."""
+    limit: str | None = None
+    """Threshold in words, e.g. `in [0.50, 0.65]` or `<= 0.10`."""
+    message: str
+    """One sentence a person can act on."""
+
+
+class OfflineGateResult(ApiModel):
+    """The offline gate's verdict over the evaluation metrics."""
+
+    passed: bool
+    """True only when every check passed."""
+    checks: list[GateCheck] = Field(default_factory=list)
+    """Every check with its numbers."""
+    reasons: list[str] = Field(default_factory=list)
+    """Messages of the failed checks (empty when passed)."""
+    metrics: OfflineMetrics | None = None
+    """The metrics the verdict was made on."""
+    at: datetime | None = None
+    """When the gate ran."""
+
+
+class OnlineDecision(ApiModel):
+    """The online gate's decision at one reading, with every number that led to it."""
+
+    outcome: Outcome
+    """`PROMOTE`, `ROLL_BACK`, `CONTINUE` (keep collecting) or `INCONCLUSIVE` (out of time without an answer)."""
+    reasons: list[str] = Field(default_factory=list)
+    """Why, in sentences."""
+    numbers: dict[str, float] = Field(default_factory=dict)
+    """Lifts, intervals, p-values, SRM statistic, sample sizes…"""
+    checks: list[GateCheck] = Field(default_factory=list)
+    """Each sub-test (SRM, breadth, depth, guardrails) as a check."""
+    at: datetime | None = None
+    """When it was decided."""
+
+
+class OnlineStatus(ApiModel):
+    """The online A/B test of the canary."""
+
+    started_at: datetime | None = None
+    """When the canary became Ready and exposure began."""
+    readings: list[OnlineReading] = Field(default_factory=list)
+    """The most recent readings (at most 20 are kept; Prometheus keeps the full series)."""
+    decision: OnlineDecision | None = None
+    """The gate's latest decision."""
+    next_check_at: datetime | None = None
+    """When the gate reads the metrics next."""
+    divergence: GateCheck | None = None
+    """The overfitting alarm at decision time: failed when a large offline RM gain met no online lift (V12)."""
+
+
+class CanaryStatus(ApiModel):
+    """The KServe canary."""
+
+    phase: Literal["Deploying", "Ready", "Promoted", "RolledBack"]
+    """Where the canary is."""
+    inference_service: str
+    """InferenceService name."""
+    mode: Literal["knative", "standard"]
+    """KServe deployment mode used."""
+    traffic_percent: int
+    """Share of users on the candidate."""
+    candidate_policy: str
+    """Model URI served as the canary."""
+    control_policy: str
+    """Model URI of the parent."""
+    requested_at: datetime
+    """When the canary was requested."""
+    ready_at: datetime | None = None
+    """When it became Ready."""
+    revisions: dict[str, str] = Field(default_factory=dict)
+    """KServe revisions or predictor names (e.g. latestRolledoutRevision)."""
+    message: str | None = None
+    """Latest message from KServe."""
+
+
+class Condition(ApiModel):
+    """A kstatus-style condition (`Ready`, `Reconciling`, `Stalled`, `OfflineGatePassed`, `CanaryReady`, `Promoted`)."""
+
+    type: str
+    """Condition type."""
+    status: Literal["True", "False", "Unknown"]
+    """Condition status."""
+    reason: str
+    """CamelCase reason."""
+    message: str = ""
+    """Human-readable detail."""
+    last_transition_time: datetime
+    """When `status` last changed."""
+    observed_generation: int | None = None
+    """metadata.generation the condition was computed for."""
+
+
+class FinalDecision(ApiModel):
+    """What became of the generation, and why."""
+
+    outcome: Literal["PROMOTE", "ROLL_BACK", "INCONCLUSIVE", "FAIL"]
+    """Promoted, rolled back (offline or online gate, or canary never ready), inconclusive, or failed."""
+    reasons: list[str]
+    """Every reason, in sentences with their numbers."""
+    at: datetime
+    """When it was decided."""
+
+
+class FlywheelGenerationStatus(ApiModel):
+    """Observed state of a generation."""
+
+    phase: Phase = "Pending"
+    """Where the generation is."""
+    observed_generation: int | None = None
+    """metadata.generation this status was computed for."""
+    message: str | None = None
+    """One line on what is happening or what is needed."""
+    stage: str | None = None
+    """Stage(s) in progress, for `kubectl get fwg`."""
+    lift: str | None = None
+    """Latest online lift summary, for `kubectl get fwg`."""
+    decision_summary: str | None = None
+    """Latest or final decision in one word, for `kubectl get fwg`."""
+    policy: str | None = None
+    """The starting policy (the parent's promoted policy or `basePolicy`)."""
+    candidate_policy: str | None = None
+    """The trained candidate (the RL stage's model)."""
+    promoted_policy: str | None = None
+    """Set once promoted: the policy children of this generation start from."""
+    stages: list[StageRecord] = Field(default_factory=list)
+    """Per-stage records, in pipeline order."""
+    offline_gate: OfflineGateResult | None = None
+    """The offline gate's verdict."""
+    canary: CanaryStatus | None = None
+    """The canary."""
+    online: OnlineStatus | None = None
+    """The online A/B test."""
+    decision: FinalDecision | None = None
+    """The final decision, once made."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """kstatus-style conditions."""
+
+    def record(self, name: str) -> StageRecord | None:
+        return next((r for r in self.stages if r.name == name), None)
