@@ -40,6 +40,16 @@ def _run(args: argparse.Namespace) -> int:
     return 2
 
 
+def _exporter(args: argparse.Namespace) -> int:
+    import logging
+    from pathlib import Path
+
+    from flywheel_operator.gate.exporter import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return serve(args.host, args.port, Path(args.snapshot) if args.snapshot else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -60,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_run)
 
     # Further subcommands (exporter, operator, status, report) are added below by their modules' owners.
+    p = sub.add_parser("exporter", help="serve the engagement exporter: POST /events, GET /metrics, GET /healthz")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on")
+    p.add_argument("--port", type=int, default=9101, help="port to listen on")
+    p.add_argument("--snapshot", default=None, help="file that keeps the counts across restarts (+ .journal)")
+    p.set_defaults(func=_exporter)
     return parser
 
 

@@ -1,0 +1,109 @@
+"""The engagement exporter's input: exposure and engagement events, one JSON object per line (docs/metrics.md).
+
+Parsing is pure and all-or-nothing per batch: a batch with any malformed line is rejected whole, with every
+line's reason, so a client can fix it and resend it without counting anything twice.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+Arm = Literal["control", "treatment"]
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+GenerationName = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
+UserId = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    generation: GenerationName
+    """The FlywheelGeneration whose A/B test this is (the candidate's name, the same on both arms)."""
+    user: UserId
+    """Pseudonymous user id; the unit of randomisation (arms are sticky per user)."""
+
+
+class ExposureEvent(_Event):
+    """A user entered the experiment on an arm. Repeated exposures of the same user count once."""
+
+    type: Literal["exposure"]
+    arm: Arm
+    """The arm the user is assigned to."""
+    pre_depth: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    """CUPED covariate: the user's depth (turns) in the pre-period before exposure; 0 for new users."""
+
+
+class EngagementEvent(_Event):
+    """Turns of an exposed user, with the responses served and their guardrail events."""
+
+    type: Literal["engagement"]
+    arm: Arm | None = None
+    """Optional; when given it must be the arm the user was exposed to (catches routing bugs)."""
+    turns: int = Field(default=1, ge=0)
+    """User turns answered (depth increments)."""
+    responses: int | None = Field(default=None, ge=0)
+    """Responses served (guardrail denominator); `turns` when unset."""
+    guardrails: dict[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)], Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict
+    )
+    """Guardrail events among those responses, e.g. {"instruction-violations": 1}."""
+    latency_seconds: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=list)
+    """Latency of each response served, for the latency histogram."""
+
+    @property
+    def served(self) -> int:
+        return self.turns if self.responses is None else self.responses
+
+    @model_validator(mode="after")
+    def _rates_stay_rates(self) -> EngagementEvent:
+        for name, count in self.guardrails.items():
+            if count > self.served:
+                raise ValueError(
+                    f"guardrails.{name} = {count} exceeds the {self.served} responses of this event; "
+                    "a guardrail counts responses, so send at most one event per response"
+                )
+        return self
+
+
+Event = Annotated[ExposureEvent | EngagementEvent, Field(discriminator="type")]
+_EVENT = TypeAdapter(Event)
+
+
+def parse_event(line: str) -> Event:
+    """One JSON line to an event; raises ValueError with the field and the fix."""
+    try:
+        raw = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON: {exc.msg} at column {exc.colno}") from exc
+    if not isinstance(raw, dict):
+        raise ValueError('an event must be a JSON object with "type": "exposure" or "engagement"')
+    try:
+        return _EVENT.validate_python(raw)
+    except ValidationError as exc:
+        raise ValueError("; ".join(_describe(error) for error in exc.errors())) from exc
+
+
+def parse_batch(text: str) -> tuple[list[Event], list[str]]:
+    """Every non-blank line to an event; returns the events and the errors (`line N: …`), one of them empty."""
+    events: list[Event] = []
+    errors: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(parse_event(line))
+        except ValueError as exc:
+            errors.append(f"line {number}: {exc}")
+    return (events, []) if not errors else ([], errors)
+
+
+def _describe(error: dict) -> str:
+    parts = list(error["loc"])
+    if parts and parts[0] in ("exposure", "engagement"):  # the discriminator's tag, not a field
+        parts = parts[1:]
+    location = ".".join(str(part) for part in parts)
+    message = error["msg"]
+    return f"field {location!r}: {message}" if location else message

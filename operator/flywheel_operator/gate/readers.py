@@ -1,0 +1,150 @@
+"""Readers of the per-arm sufficient statistics: PromQL over Prometheus' HTTP API, and the exporter's store.
+
+A failed read is data, not an exception (house style: decisions as data): the reader returns an OnlineReading
+whose `error` says why, and the gate turns that into CONTINUE, never into zeros. Empty results, NaN, more than
+one series, stale samples, HTTP errors and timeouts are all "no data". Optional series (the CUPED sums, a
+guardrail) that are missing only switch CUPED off or leave that guardrail unproven.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import httpx
+from pydantic import ValidationError
+
+from flywheel_operator.api import ArmStats, OnlineReading, PromotionSpec
+from flywheel_operator.gate.store import EngagementStore
+
+ARMS = ("control", "treatment")
+REQUIRED = ("users", "engaged", "depth_sum", "depth_sum_squares", "responses")
+OPTIONAL = ("pre_sum", "pre_sum_squares", "pre_cross_sum")
+
+
+class NoData(Exception):
+    """A query returned nothing usable; the message says which query and why."""
+
+
+@dataclass
+class PrometheusReader:
+    """Reads both arms with instant queries evaluated at the same `now`, so all sums come from one scrape."""
+
+    promotion: PromotionSpec
+    client: httpx.Client | None = None
+    timeout: float = 10.0
+    """Seconds per HTTP request (also sent to Prometheus as the query timeout)."""
+    retries: int = 2
+    """Further attempts after a transport error, a timeout or a 5xx; a 4xx (bad query) is not retried."""
+    backoff: float = 0.5
+    """Seconds before the first retry, doubled for each further one."""
+    max_age: timedelta = timedelta(minutes=5)
+    """A sample older than this at `now` is stale: no data."""
+    sleep: Callable[[float], None] = time.sleep
+
+    def read(self, *, generation: str, namespace: str, now: datetime) -> OnlineReading:
+        client = self.client or httpx.Client(base_url=self.promotion.prometheus_url, timeout=self.timeout)
+        try:
+            arms = {arm: self._read_arm(client, arm, generation, namespace, now) for arm in ARMS}
+        except NoData as exc:
+            return OnlineReading(at=now, error=str(exc))
+        finally:
+            if self.client is None:
+                client.close()
+        try:
+            control = ArmStats.model_validate(arms["control"])
+            treatment = ArmStats.model_validate(arms["treatment"])
+        except ValidationError as exc:
+            return OnlineReading(at=now, error=f"inconsistent sums from Prometheus: {exc.errors()[0]['msg']}")
+        return OnlineReading(at=now, control=control, treatment=treatment)
+
+    def _read_arm(self, client: httpx.Client, arm: str, generation: str, namespace: str, now: datetime) -> dict:
+        queries = self.promotion.queries
+        labels = {"arm": arm, "generation": generation, "namespace": namespace}
+        values: dict = {}
+        for name in REQUIRED:
+            values[name] = self._value(client, getattr(queries, name).format(**labels), now)
+        for name in OPTIONAL:
+            try:
+                values[name] = self._value(client, getattr(queries, name).format(**labels), now)
+            except NoData:
+                values[name] = None
+        values["guardrails"] = {}
+        for guardrail in self.promotion.guardrails:
+            query = queries.guardrail.format(**labels, guardrail=guardrail.name)
+            # A missing guardrail stays missing: the gate reports it unmeasured and will not promote.
+            with contextlib.suppress(NoData):
+                values["guardrails"][guardrail.name] = self._value(client, query, now)
+        values["users"] = _whole(values["users"], "users")
+        values["engaged_users"] = _whole(values.pop("engaged"), "engaged")
+        values["responses"] = _whole(values["responses"], "responses")
+        return values
+
+    def _value(self, client: httpx.Client, query: str, now: datetime) -> float:
+        payload = self._query(client, query, now)
+        data = payload.get("data", {})
+        kind, result = data.get("resultType"), data.get("result")
+        if kind == "scalar":
+            samples = [result]
+        elif kind == "vector":
+            if not result:
+                raise NoData(f"query {query!r} returned no series (nothing exported yet, or the target is down)")
+            if len(result) > 1:
+                raise NoData(f"query {query!r} returned {len(result)} series; the template must aggregate to one")
+            samples = [result[0]["value"]]
+        else:
+            raise NoData(f"query {query!r} returned a {kind!r}; an instant vector or scalar is needed")
+        timestamp, text = samples[0]
+        value = float(text)
+        if math.isnan(value) or math.isinf(value):
+            raise NoData(f"query {query!r} returned {text}")
+        age = now.timestamp() - float(timestamp)
+        if age > self.max_age.total_seconds():
+            raise NoData(f"query {query!r} returned a sample {age:.0f}s old (stale)")
+        return value
+
+    def _query(self, client: httpx.Client, query: str, now: datetime) -> dict:
+        params = {"query": query, "time": f"{now.timestamp():.3f}", "timeout": f"{self.timeout:g}s"}
+        delay = self.backoff
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.sleep(delay)
+                delay *= 2
+            try:
+                response = client.get("/api/v1/query", params=params, timeout=self.timeout)
+            except httpx.HTTPError as exc:
+                last = f"Prometheus at {self.promotion.prometheus_url} is unreachable: {type(exc).__name__}: {exc}"
+                continue
+            if response.status_code >= 500:
+                last = f"Prometheus answered {response.status_code}: {response.text[:200]}"
+                continue
+            try:
+                payload = response.json()
+            except ValueError:
+                raise NoData(f"Prometheus answered {response.status_code} with a body that is not JSON") from None
+            if response.status_code >= 400 or payload.get("status") != "success":
+                raise NoData(f"query {query!r} failed: {payload.get('errorType')}: {payload.get('error')}")
+            return payload
+        raise NoData(f"{last} (after {self.retries + 1} attempts)")
+
+
+def _whole(value: float, name: str) -> int:
+    """Counts must be whole numbers; a fractional one means the template does not read a count."""
+    if value < 0 or abs(value - round(value)) > 1e-6:
+        raise NoData(f"{name} = {value} is not a non-negative whole count; check the query template")
+    return round(value)
+
+
+def read_local(store: EngagementStore, *, generation: str, now: datetime) -> OnlineReading:
+    """The local runner's reader: the same sums, straight from the exporter's in-process store."""
+    with store.lock:
+        control, treatment = store.arm_stats(generation)
+    if control is None or treatment is None:
+        missing = [arm for arm, stats in zip(ARMS, (control, treatment), strict=True) if stats is None]
+        return OnlineReading(at=now, error=f"no user exposed to {' and '.join(missing)} of {generation!r} yet")
+    return OnlineReading(at=now, control=control, treatment=treatment)

@@ -1,0 +1,112 @@
+"""The offline guard: each check passes and fails where it should, and each failure is named."""
+
+from __future__ import annotations
+
+import pytest
+from flywheel_operator.api import OfflineGateSpec, OfflineMetrics, StyleStats
+from flywheel_operator.gate import evaluate_offline
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.gate.arms import NOW
+
+PARENT_STYLE = StyleStats(emoji_rate=0.4, list_rate=0.1, mean_length=40.0, stock_phrase_rate=0.05)
+
+
+def metrics(**changes: object) -> OfflineMetrics:
+    base: dict[str, object] = {
+        "win_rate_user": 0.58,
+        "win_rate_internal": 0.55,
+        "instruction_following": 0.85,
+        "violation_rate": 0.06,
+        "false_refusal_rate": 0.03,
+        "style": PARENT_STYLE,
+        "parent_style": PARENT_STYLE,
+    }
+    base.update(changes)
+    return OfflineMetrics.model_validate(base)
+
+
+def failed(result) -> list[str]:
+    return [c.name for c in result.checks if not c.passed]
+
+
+def test_a_healthy_candidate_passes_every_check() -> None:
+    result = evaluate_offline(OfflineGateSpec(), metrics(), now=NOW)
+    assert result.passed and result.reasons == []
+    assert {c.name for c in result.checks} >= {
+        "win-rate-band",
+        "win-rate-divergence",
+        "instruction-following",
+        "violation-rate",
+        "false-refusal-rate",
+        "style-drift.emoji_rate",
+    }
+    assert result.metrics == metrics() and result.at == NOW
+
+
+def test_generation_v12_is_blocked_for_every_reason_the_report_gives() -> None:
+    v12 = metrics(
+        win_rate_user=0.707,
+        win_rate_internal=0.437,
+        style=PARENT_STYLE.model_copy(update={"emoji_rate": 0.4 * 3.385}),
+    )
+    result = evaluate_offline(OfflineGateSpec(), v12, now=NOW)
+    assert not result.passed
+    assert set(failed(result)) == {"win-rate-band", "win-rate-divergence", "style-drift.emoji_rate"}
+    assert len(result.reasons) == 3
+    assert any("0.707" in r and "win-rate-band" in r for r in result.reasons)
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        ({"win_rate_user": 0.45, "win_rate_internal": 0.45}, "win-rate-band"),
+        ({"win_rate_user": 0.66, "win_rate_internal": 0.62}, "win-rate-band"),
+        ({"win_rate_user": 0.62, "win_rate_internal": 0.50}, "win-rate-divergence"),
+        ({"instruction_following": 0.5}, "instruction-following"),
+        ({"violation_rate": 0.3}, "violation-rate"),
+        ({"false_refusal_rate": 0.08}, "false-refusal-rate"),
+        ({"style": PARENT_STYLE.model_copy(update={"mean_length": 60.0})}, "style-drift.mean_length"),
+        ({"style": PARENT_STYLE.model_copy(update={"list_rate": 0.2})}, "style-drift.list_rate"),
+        ({"style": PARENT_STYLE.model_copy(update={"stock_phrase_rate": 0.1})}, "style-drift.stock_phrase_rate"),
+    ],
+)
+def test_each_failed_check_is_named(change: dict, check: str) -> None:
+    spec = OfflineGateSpec(min_instruction_following=0.7, max_violation_rate=0.2)
+    result = evaluate_offline(spec, metrics(**change), now=NOW)
+    assert failed(result) == [check]
+    assert result.reasons and result.reasons[0].startswith(f"{check}:")
+
+
+def test_emoji_rate_plus_fifty_percent_is_the_edge() -> None:
+    at_limit = metrics(style=PARENT_STYLE.model_copy(update={"emoji_rate": 0.6}))
+    above = metrics(style=PARENT_STYLE.model_copy(update={"emoji_rate": 0.61}))
+    assert evaluate_offline(OfflineGateSpec(), at_limit, now=NOW).passed
+    assert failed(evaluate_offline(OfflineGateSpec(), above, now=NOW)) == ["style-drift.emoji_rate"]
+
+
+def test_a_parent_without_emojis_is_not_an_infinite_drift() -> None:
+    parent = PARENT_STYLE.model_copy(update={"emoji_rate": 0.0})
+    tiny = metrics(parent_style=parent, style=parent.model_copy(update={"emoji_rate": 0.004}))
+    spike = metrics(parent_style=parent, style=parent.model_copy(update={"emoji_rate": 0.5}))
+    assert evaluate_offline(OfflineGateSpec(), tiny, now=NOW).passed
+    assert failed(evaluate_offline(OfflineGateSpec(), spike, now=NOW)) == ["style-drift.emoji_rate"]
+
+
+@given(
+    user=st.floats(min_value=0, max_value=1),
+    internal=st.floats(min_value=0, max_value=1),
+    emoji=st.floats(min_value=0, max_value=5),
+)
+def test_passed_means_no_failed_check_and_no_reason(user: float, internal: float, emoji: float) -> None:
+    result = evaluate_offline(
+        OfflineGateSpec(),
+        metrics(
+            win_rate_user=user, win_rate_internal=internal, style=PARENT_STYLE.model_copy(update={"emoji_rate": emoji})
+        ),
+        now=NOW,
+    )
+    assert result.passed == (not failed(result)) == (not result.reasons)
+    if user > 0.65 or abs(user - internal) > 0.10:
+        assert not result.passed

@@ -1,0 +1,213 @@
+"""The online decision: promotion only on evidence, harm stops early, no data never promotes."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from flywheel_operator.api import ArmStats, Guardrail, OnlineDecision, PromotionSpec
+from flywheel_operator.gate import evaluate_online
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.gate.arms import NOW, reading, simulate_arm
+
+DAY = timedelta(days=1)
+SPEC = PromotionSpec()
+
+
+def decide(control, treatment, *, elapsed=3 * DAY, previous=None, spec=SPEC, traffic=50, error=None):
+    return evaluate_online(
+        spec,
+        reading(control, treatment, error),
+        traffic_percent=traffic,
+        elapsed=elapsed,
+        min_duration=DAY,
+        max_duration=7 * DAY,
+        previous=previous,
+        now=NOW,
+    )
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(11)
+
+
+def test_a_clear_winner_is_promoted_after_min_duration(rng) -> None:
+    control = simulate_arm(rng, 20_000)
+    treatment = simulate_arm(rng, 20_000, depth_scale=1.15)
+    decision = decide(control, treatment)
+    assert decision.outcome == "PROMOTE", decision.reasons
+    assert decision.numbers["depth.lift"] == pytest.approx(0.15, abs=0.04)
+    assert decision.numbers["depth.lower"] > 0
+    assert decision.numbers["depth.cuped_variance_reduction"] > 0.1
+    # the same users engage, each 15 % deeper: turns per engaged user (a delta-method ratio) moves by 15 %
+    assert decision.numbers["depth_per_engaged.lift"] == pytest.approx(0.15, abs=0.04)
+    assert {c.name for c in decision.checks} >= {"srm", "breadth", "depth", "guardrail.errors", "min-duration"}
+
+
+def test_a_winner_waits_for_min_duration(rng) -> None:
+    decision = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.15), elapsed=DAY / 2)
+    assert decision.outcome == "CONTINUE"
+    assert any("minDuration" in r for r in decision.reasons)
+
+
+def test_a_clear_loser_is_rolled_back_before_min_duration(rng) -> None:
+    decision = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=0.8), elapsed=DAY / 4)
+    assert decision.outcome == "ROLL_BACK"
+    assert any("depth is significantly worse" in r for r in decision.reasons)
+
+
+def test_a_breached_guardrail_rolls_back(rng) -> None:
+    decision = decide(
+        simulate_arm(rng, 20_000, guardrail_rate=0.01),
+        simulate_arm(rng, 20_000, depth_scale=1.15, guardrail_rate=0.05),
+        elapsed=DAY / 4,
+    )
+    assert decision.outcome == "ROLL_BACK"
+    assert any("guardrail" in r and "breached" in r for r in decision.reasons)
+
+
+def test_a_guardrail_the_exporter_does_not_report_blocks_promotion(rng) -> None:
+    spec = PromotionSpec(guardrails=[Guardrail(name="toxicity", margin=0.01)])
+    decision = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.15), spec=spec)
+    assert decision.outcome == "CONTINUE"
+    assert any("toxicity" in r for r in decision.reasons)
+
+
+def test_no_difference_continues_then_becomes_inconclusive(rng) -> None:
+    control, treatment = simulate_arm(rng, 3_000), simulate_arm(rng, 3_000)
+    assert decide(control, treatment).outcome == "CONTINUE"
+    final = decide(control, treatment, elapsed=7 * DAY)
+    assert final.outcome == "INCONCLUSIVE"
+    assert any("maxDuration" in r for r in final.reasons)
+
+
+def test_too_few_users_are_never_judged(rng) -> None:
+    decision = decide(simulate_arm(rng, 150), simulate_arm(rng, 150, depth_scale=3.0))
+    assert decision.outcome == "CONTINUE"
+    assert "depth.lift" not in decision.numbers
+
+
+def test_srm_stops_even_a_winner(rng) -> None:
+    decision = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 18_500, depth_scale=1.2))
+    assert decision.outcome == "ROLL_BACK"
+    assert decision.reasons[0].startswith("sample ratio mismatch")
+    assert decision.numbers["srm.p_value"] < 0.001
+
+
+def test_srm_uses_the_configured_split(rng) -> None:
+    control, treatment = simulate_arm(rng, 9_000), simulate_arm(rng, 1_000)
+    # by default every user off the candidate is control: 9,000 vs 1,000 users is the expected 90/10
+    assert decide(control, treatment, traffic=10).outcome != "ROLL_BACK"
+    # with equal arms of 10 % each (the report's design), the same counts are broken
+    spec = PromotionSpec(control_percent=10)
+    assert decide(control, treatment, traffic=10, spec=spec).outcome == "ROLL_BACK"
+
+
+def test_running_state_keeps_the_test_always_valid(rng) -> None:
+    control, treatment = simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.03)
+    first = decide(control, treatment)
+    previous = first.model_copy(update={"numbers": {**first.numbers, "depth.p_value": 1e-6, "depth.lower": 0.02}})
+    second = decide(control, treatment, previous=previous)
+    assert second.numbers["depth.p_value"] == 1e-6
+    assert second.numbers["depth.lower"] >= 0.02
+
+
+def test_running_state_survives_an_outage(rng) -> None:
+    first = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.1))
+    outage = decide(None, None, previous=first, error="Prometheus is unreachable")
+    assert outage.outcome == "CONTINUE"
+    for key in ("depth.p_value", "depth.lower", "depth.upper", "guardrail.errors.upper"):
+        assert outage.numbers[key] == first.numbers[key]
+    assert "srm.p_value" not in outage.numbers and "depth.lift" not in outage.numbers
+
+
+def test_without_the_covariate_cuped_is_skipped(rng) -> None:
+    decision = decide(simulate_arm(rng, 5_000, covariate=False), simulate_arm(rng, 5_000, covariate=False))
+    assert "depth.cuped_theta" not in decision.numbers
+
+
+def test_numbers_are_json_finite_and_the_decision_round_trips(rng) -> None:
+    decision = decide(simulate_arm(rng, 5_000), simulate_arm(rng, 5_000))
+    again = OnlineDecision.model_validate_json(decision.model_dump_json(by_alias=True))
+    assert again == decision
+
+
+# ------------------------------------------------------------------------------------------- invariants
+arm_strategy = st.builds(
+    lambda n, engaged_share, mean, spread, responses, events: ArmStats(
+        users=n,
+        engaged_users=int(n * engaged_share),
+        depth_sum=n * mean,
+        depth_sum_squares=n * (mean * mean + spread),
+        responses=responses,
+        guardrails=dict.fromkeys(("instruction-violations", "false-refusals", "errors"), float(min(events, responses))),
+    ),
+    st.integers(min_value=1, max_value=200_000),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=0.0, max_value=30.0),
+    st.floats(min_value=0.0, max_value=400.0),
+    st.integers(min_value=0, max_value=1_000_000),
+    st.integers(min_value=0, max_value=10_000),
+)
+elapsed_strategy = st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=10))
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(control=st.none() | arm_strategy, treatment=st.none() | arm_strategy, elapsed=elapsed_strategy)
+def test_no_data_never_promotes(control, treatment, elapsed) -> None:
+    outage = decide(control, treatment, elapsed=elapsed, error="Prometheus is unreachable")
+    assert outage.outcome == ("INCONCLUSIVE" if elapsed >= 7 * DAY else "CONTINUE")
+    if control is None or treatment is None:
+        assert decide(control, treatment, elapsed=elapsed).outcome in {"CONTINUE", "INCONCLUSIVE"}
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(control=arm_strategy, treatment=arm_strategy, elapsed=elapsed_strategy)
+def test_srm_or_early_never_promotes(control, treatment, elapsed) -> None:
+    decision = decide(control, treatment, elapsed=elapsed)
+    if decision.outcome == "PROMOTE":
+        assert elapsed >= DAY
+        assert decision.numbers["srm.p_value"] >= SPEC.srm_p_value
+        assert any(c.name == "srm" and c.passed for c in decision.checks)
+    if "srm.p_value" in decision.numbers and decision.numbers["srm.p_value"] < SPEC.srm_p_value:
+        assert decision.outcome == "ROLL_BACK"
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(control=arm_strategy, treatment=arm_strategy)
+def test_swapping_arms_flips_the_sign_of_the_lift(control, treatment) -> None:
+    forward, backward = decide(control, treatment), decide(treatment, control)
+    for metric in ("breadth", "depth"):
+        key = f"{metric}.lift_absolute"
+        if key in forward.numbers:
+            assert forward.numbers[key] == pytest.approx(-backward.numbers[key], rel=1e-9, abs=1e-9)
+
+
+def test_swapping_arms_flips_the_cuped_lift(rng) -> None:
+    a, b = simulate_arm(rng, 4_000), simulate_arm(rng, 4_000, depth_scale=1.1)
+    forward, backward = decide(a, b), decide(b, a)
+    assert forward.numbers["depth.lift_absolute"] == pytest.approx(-backward.numbers["depth.lift_absolute"])
+    assert forward.numbers["depth.cuped_theta"] == pytest.approx(backward.numbers["depth.cuped_theta"])
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow])
+@given(control=arm_strategy, treatment=arm_strategy, k=st.integers(min_value=2, max_value=20))
+def test_scaling_all_counts_keeps_the_point_estimates(control, treatment, k) -> None:
+    def scale(arm: ArmStats) -> ArmStats:
+        return ArmStats(
+            users=arm.users * k,
+            engaged_users=arm.engaged_users * k,
+            depth_sum=arm.depth_sum * k,
+            depth_sum_squares=arm.depth_sum_squares * k,
+            responses=arm.responses * k,
+            guardrails={name: v * k for name, v in arm.guardrails.items()},
+        )
+
+    base, scaled = decide(control, treatment), decide(scale(control), scale(treatment))
+    for key in ("breadth.lift", "depth.lift", "breadth.lift_absolute", "depth.lift_absolute"):
+        if key in base.numbers:
+            assert scaled.numbers[key] == pytest.approx(base.numbers[key], rel=1e-9, abs=1e-12)
