@@ -316,7 +316,7 @@ def _run_canary(
             why = f"the canary did not become Ready within {spec.canary.ready_timeout}"
             if seen is not None and seen.message:
                 why += f": {seen.message}"
-            _roll_back(generation, status, "ROLL_BACK", [why], now, work)
+            _end_canary(status, "ROLL_BACK", [why], now, work)
         else:
             canary.message = seen.message if seen is not None else canary.message
             work.wake.append(now + CANARY_POLL)
@@ -356,69 +356,40 @@ def _observe(generation: FlywheelGeneration, status: FlywheelGenerationStatus, o
     online.next_check_at = now + interval
     status.lift = _lift_summary(decision)
     status.decision_summary = decision.outcome
-    if decision.outcome == "PROMOTE":
-        _promote(generation, status, decision, now, work)
-    elif decision.outcome in ("ROLL_BACK", "INCONCLUSIVE"):
-        _roll_back(generation, status, decision.outcome, decision.reasons, now, work)
+    if decision.outcome in ("PROMOTE", "ROLL_BACK", "INCONCLUSIVE"):
+        _end_canary(status, decision.outcome, decision.reasons, now, work)
     else:
         work.wake.append(online.next_check_at)
 
 
-def _promote(
-    generation: FlywheelGeneration,
-    status: FlywheelGenerationStatus,
-    decision: OnlineDecision,
-    now: datetime,
-    work: _Work,
-) -> None:
+def _end_canary(status: FlywheelGenerationStatus, outcome: str, reasons: list[str], now: datetime, work: _Work) -> None:
+    """PROMOTE sends all traffic to the candidate; ROLL_BACK and INCONCLUSIVE send it back to the parent."""
     canary = status.canary
     assert canary is not None
-    work.actions.append(
-        PromoteCanary(
-            inference_service=canary.inference_service, mode=canary.mode, candidate_policy=canary.candidate_policy
+    promote = outcome == "PROMOTE"
+    if promote:
+        work.actions.append(
+            PromoteCanary(
+                inference_service=canary.inference_service, mode=canary.mode, candidate_policy=canary.candidate_policy
+            )
         )
-    )
-    canary.phase = "Promoted"
-    status.promoted_policy = canary.candidate_policy
-    _check_divergence(status, decision, work)
-    _finish(
-        status,
-        "Promoted",
-        "PROMOTE",
-        decision.reasons,
-        now,
-        work,
-        event=Event("Promoted", "promoted: " + "; ".join(decision.reasons)),
-    )
-
-
-def _roll_back(
-    generation: FlywheelGeneration,
-    status: FlywheelGenerationStatus,
-    outcome: str,
-    reasons: list[str],
-    now: datetime,
-    work: _Work,
-) -> None:
-    canary = status.canary
-    assert canary is not None
-    work.actions.append(
-        RollBackCanary(
-            inference_service=canary.inference_service, mode=canary.mode, control_policy=canary.control_policy
+        canary.phase, status.promoted_policy = "Promoted", canary.candidate_policy
+    else:
+        work.actions.append(
+            RollBackCanary(
+                inference_service=canary.inference_service, mode=canary.mode, control_policy=canary.control_policy
+            )
         )
-    )
-    canary.phase = "RolledBack"
+        canary.phase = "RolledBack"
     if status.online is not None and status.online.decision is not None:
         _check_divergence(status, status.online.decision, work)
-    _finish(
-        status,
-        "RolledBack",
-        outcome,
-        reasons,
-        now,
-        work,
-        event=Event("RolledBack", f"rolled back ({outcome}): " + "; ".join(reasons), "Warning"),
+    summary = "; ".join(reasons)
+    event = (
+        Event("Promoted", f"promoted: {summary}")
+        if promote
+        else Event("RolledBack", f"rolled back ({outcome}): {summary}", "Warning")
     )
+    _finish(status, "Promoted" if promote else "RolledBack", outcome, reasons, now, work, event=event)
 
 
 def _check_divergence(status: FlywheelGenerationStatus, decision: OnlineDecision, work: _Work) -> None:
