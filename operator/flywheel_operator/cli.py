@@ -47,7 +47,8 @@ def _exporter(args: argparse.Namespace) -> int:
     from flywheel_operator.gate.exporter import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return serve(args.host, args.port, Path(args.snapshot) if args.snapshot else None)
+    snapshot = Path(args.snapshot) if args.snapshot else None
+    return serve(args.host, args.port, snapshot, engaged_min_days=args.engaged_min_days)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=9101, help="port to listen on")
     p.add_argument("--snapshot", default=None, help="file that keeps the counts across restarts (+ .journal)")
+    p.add_argument(
+        "--engaged-min-days",
+        type=int,
+        default=2,
+        help="distinct active days (≥ 1 turn each) that make an exposed user engaged, the breadth numerator "
+        "(default 2: one visit is exposure, coming back is engagement)",
+    )
     p.set_defaults(func=_exporter)
     return parser
 

@@ -10,10 +10,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from flywheel_operator.gate.events import utc_day
 from flywheel_operator.gate.exporter import METRIC_NAMES, ExporterServer, make_server
 from flywheel_operator.gate.store import DurableStore
 from prometheus_client.parser import text_string_to_metric_families
@@ -21,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.gate.test_store import engagement, exposure
 
 
-def start(durable: DurableStore) -> ExporterServer:
-    server = make_server("127.0.0.1", 0, durable)
+def start(durable: DurableStore, **options) -> ExporterServer:
+    server = make_server("127.0.0.1", 0, durable, **options)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 
@@ -73,6 +75,28 @@ def test_events_become_counters(exporter) -> None:
         *METRIC_NAMES,
         *(f"flywheel_response_latency_seconds_{s}" for s in ("bucket", "sum", "count")),
     }
+
+
+def test_undated_engagement_counts_on_the_day_it_arrives() -> None:
+    clock = [datetime(2026, 11, 23, 9, 0, tzinfo=UTC)]
+    server = start(DurableStore(None), clock=lambda: clock[0])
+    engaged = ("flywheel_users_engaged_total", (("arm", "control"), ("generation", "gen2")))
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as client:
+            assert post(client, exposure("a"), engagement("a", 2), exposure("b"), engagement("b", 1)).status_code == 200
+            clock[0] += timedelta(hours=14)  # 23:00, the same UTC day: a single visit still
+            assert post(client, engagement("a", 1)).status_code == 200
+            assert samples(client)[engaged] == 0
+            clock[0] += timedelta(hours=2)  # the next day: a comes back
+            assert post(client, engagement("a", 1)).status_code == 200
+            assert samples(client)[engaged] == 1
+            # an explicit day wins over the receipt day: b's late event of its first day is no return visit
+            first_day = utc_day(datetime(2026, 11, 23, tzinfo=UTC))
+            assert post(client, engagement("b", 1, day=first_day)).status_code == 200
+            assert samples(client)[engaged] == 1
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_malformed_events_get_a_400_with_the_reason_and_are_not_counted(exporter) -> None:
@@ -130,7 +154,9 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
         port = sock.getsockname()[1]
     snapshot = tmp_path / "state" / "exporter.json"
     command = [sys.executable, "-m", "flywheel_operator.cli", "exporter", "--host", "127.0.0.1", "--port", str(port)]
-    process = subprocess.Popen([*command, "--snapshot", str(snapshot)], stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*command, "--snapshot", str(snapshot), "--engaged-min-days", "1"], stderr=subprocess.PIPE, text=True
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -149,6 +175,10 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
             process.kill()
             process.wait(timeout=10)
         process.stderr.close()
-    control, _ = DurableStore(snapshot).store.arm_stats("gen2")
+    control, _ = DurableStore(snapshot, engaged_min_days=1).store.arm_stats("gen2")
     assert control is not None and (control.users, control.depth_sum, control.pre_cross_sum) == (1, 2.0, 6.0)
+    assert control.engaged_users == 1  # --engaged-min-days 1 reached the store: one turn is enough
     assert snapshot.with_name("exporter.json.journal").read_text() == ""
+    # restarted under another rule, the exporter refuses the snapshot and says how to go on
+    refused = subprocess.run([*command, "--snapshot", str(snapshot)], capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--engaged-min-days 1" in refused.stderr

@@ -35,6 +35,8 @@ def submit(durable: DurableStore, *lines: str) -> list[str]:
         ('{"type": "exposure", "generation": "Gen_2", "user": "u", "arm": "control"}', "'generation'"),
         ('{"type": "exposure", "generation": "g", "user": "u", "arm": "control", "pre_depth": -1}', "'pre_depth'"),
         ('{"type": "engagement", "generation": "g", "user": "u", "turns": -2}', "'turns'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "day": -1}', "'day'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "day": 1.5}', "'day'"),
         ('{"type": "engagement", "generation": "g", "user": "u", "turns": 1, "guardrails": {"errors": 3}}', "exceeds"),
         ('{"type": "exposure", "generation": "g", "user": "u", "arm": "control", "colour": 1}', "'colour'"),
     ],
@@ -55,12 +57,16 @@ def test_sums_match_the_users() -> None:
     durable = DurableStore(None)
     users = {f"u{i}": ("control" if i % 2 else "treatment", float(rng.integers(0, 6))) for i in range(300)}
     depth = dict.fromkeys(users, 0)
+    active_days: dict[str, set[int]] = {u: set() for u in users}
     lines = [exposure(u, arm, pre) for u, (arm, pre) in users.items()]
     for _ in range(900):
         user = f"u{rng.integers(0, 300)}"
         turns = int(rng.integers(0, 4))
+        day = int(rng.integers(0, 7))  # in any order: late events are normal
         depth[user] += turns
-        lines.append(engagement(user, turns, guardrails={"errors": min(turns, 1)}))
+        if turns:
+            active_days[user].add(day)
+        lines.append(engagement(user, turns, guardrails={"errors": min(turns, 1)}, day=day))
     assert submit(durable, *lines) == []
     control, treatment = durable.store.arm_stats("gen2")
     for arm, stats in (("control", control), ("treatment", treatment)):
@@ -69,7 +75,8 @@ def test_sums_match_the_users() -> None:
         y = np.array([depth[u] for u in members], dtype=float)
         x = np.array([users[u][1] for u in members])
         assert stats.users == len(members)
-        assert stats.engaged_users == int((y > 0).sum())
+        assert stats.engaged_users == sum(len(active_days[u]) >= 2 for u in members)  # the default rule
+        assert 0 < stats.engaged_users < int((y > 0).sum())  # coming back is rarer than a turn
         assert stats.depth_sum == pytest.approx(y.sum())
         assert stats.depth_sum_squares == pytest.approx((y**2).sum())
         assert stats.pre_sum == pytest.approx(x.sum())
@@ -100,9 +107,10 @@ def test_repeated_exposures_count_once() -> None:
 def test_a_restart_loses_no_counts(tmp_path) -> None:
     snapshot = tmp_path / "exporter.json"
     first = DurableStore(snapshot, compact_every=3)
-    assert submit(first, exposure("a", pre=1), exposure("b", "treatment"), engagement("a", 2)) == []  # compacts
-    assert submit(first, engagement("a", 1), engagement("b", 4)) == []  # journal only
+    assert submit(first, exposure("a", pre=1), exposure("b", "treatment"), engagement("a", 2, day=0)) == []
+    assert submit(first, engagement("a", 1, day=1), engagement("b", 4, day=0)) == []  # journal only
     before = first.store.arm_stats("gen2")
+    assert before[0] is not None and before[0].engaged_users == 1  # a's second day came from the journal
     # a crash: no compaction at shutdown; the journal is replayed over the snapshot
     assert DurableStore(snapshot).store.arm_stats("gen2") == before
     # a crash between writing the snapshot and emptying the journal never double-counts
@@ -113,13 +121,23 @@ def test_a_restart_loses_no_counts(tmp_path) -> None:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 9), st.integers(0, 5)), min_size=1, max_size=60))
-def test_snapshot_round_trip(turns) -> None:
-    store = EngagementStore()
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(0, 5), st.none() | st.integers(0, 6)), min_size=1, max_size=60),
+    st.integers(1, 3),
+    st.integers(0, 60),
+)
+def test_snapshot_round_trip(turns, min_days, split) -> None:
+    """A reloaded store holds the same sums and goes on counting the same (active days are state too)."""
+    store = EngagementStore(engaged_min_days=min_days)
     for user in range(10):
         store.apply(parse_event(exposure(f"u{user}", "control" if user < 5 else "treatment", pre=user)))
-    for user, k in turns:
-        store.apply(parse_event(engagement(f"u{user}", k)))
+    events = [parse_event(engagement(f"u{user}", k, day=day)) for user, k, day in turns]
+    for event in events[:split]:
+        store.apply(event)
     again = EngagementStore.from_dict(json.loads(json.dumps(store.to_dict())))
     assert again.arm_stats("gen2") == store.arm_stats("gen2")
-    assert again.sequence == store.sequence
+    assert (again.sequence, again.engaged_min_days) == (store.sequence, min_days)
+    for event in events[split:]:
+        store.apply(event)
+        again.apply(event)
+    assert again.arm_stats("gen2") == store.arm_stats("gen2")

@@ -7,6 +7,8 @@ line's reason, so a client can fix it and resend it without counting anything tw
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -52,6 +54,10 @@ class EngagementEvent(_Event):
     """Guardrail events among those responses, e.g. {"instruction-violations": 1}."""
     latency_seconds: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=list)
     """Latency of each response served, for the latency histogram."""
+    day: int | None = Field(default=None, ge=0)
+    """Day index the turns happened on; only whether two events share a day matters (breadth counts the distinct
+    days a user was active). The app's experiment day (0 = first day) or any other consistent numbering; when
+    absent, the exporter stamps the UTC day it received the event on (`utc_day`)."""
 
     @property
     def served(self) -> int:
@@ -84,6 +90,22 @@ def parse_event(line: str) -> Event:
         return _EVENT.validate_python(raw)
     except ValidationError as exc:
         raise ValueError("; ".join(_describe(error) for error in exc.errors())) from exc
+
+
+def utc_day(moment: datetime) -> int:
+    """The day index of a moment: whole UTC days since 1970-01-01 (timezone-aware `moment` required)."""
+    if moment.tzinfo is None:
+        raise ValueError("utc_day needs a timezone-aware datetime, e.g. datetime.now(UTC)")
+    return (moment.astimezone(UTC).date() - datetime(1970, 1, 1, tzinfo=UTC).date()).days
+
+
+def with_day(events: Sequence[Event], day: int) -> list[Event]:
+    """`day` on every engagement event that has none (the exporter's receipt day), the rest unchanged; done before
+    journaling, so a replayed journal counts the same active days."""
+    return [
+        event.model_copy(update={"day": day}) if isinstance(event, EngagementEvent) and event.day is None else event
+        for event in events
+    ]
 
 
 def parse_batch(text: str) -> tuple[list[Event], list[str]]:

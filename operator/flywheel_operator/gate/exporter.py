@@ -12,7 +12,8 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,8 +23,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from flywheel_operator.gate.events import parse_batch
-from flywheel_operator.gate.store import LATENCY_BUCKETS, DurableStore, EngagementStore
+from flywheel_operator.gate.events import parse_batch, utc_day, with_day
+from flywheel_operator.gate.store import DEFAULT_ENGAGED_MIN_DAYS, LATENCY_BUCKETS, DurableStore, EngagementStore
 
 LOG = logging.getLogger("flywheel.exporter")
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -32,7 +33,12 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 ARM_LABELS = ["generation", "arm"]
 COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("flywheel_users_exposed", "users", "Users exposed to the arm (n)."),
-    ("flywheel_users_engaged", "engaged", "Exposed users with at least one turn (breadth numerator)."),
+    (
+        "flywheel_users_engaged",
+        "engaged",
+        "Exposed users active (≥ 1 turn) on at least the exporter's --engaged-min-days distinct days "
+        "(breadth numerator).",
+    ),
     ("flywheel_depth_turns", "depth_sum", "Σ depth over exposed users; depth = user turns since exposure."),
     ("flywheel_depth_turns_squared", "depth_sum_squares", "Σ depth² over exposed users."),
     ("flywheel_pre_depth_turns", "pre_sum", "CUPED: Σ pre-period depth X over exposed users."),
@@ -96,9 +102,13 @@ class ExporterServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], durable: DurableStore) -> None:
+    def __init__(
+        self, address: tuple[str, int], durable: DurableStore, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
         super().__init__(address, ExporterHandler)
         self.durable = durable
+        # Receipt time: engagement events without `day` are counted on its UTC day (events.with_day).
+        self.clock = clock or (lambda: datetime.now(UTC))
         self.outcomes = {"accepted": 0, "rejected": 0}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StoreCollector(durable, self.outcomes))
@@ -139,6 +149,7 @@ class ExporterHandler(BaseHTTPRequestHandler):
             return
         events, errors = parse_batch(text)
         if not errors:
+            events = with_day(events, utc_day(self.server.clock()))
             errors = self.server.durable.submit(events)
         lines = sum(1 for line in text.splitlines() if line.strip())
         if errors:
@@ -170,17 +181,30 @@ class ExporterHandler(BaseHTTPRequestHandler):
         LOG.debug("%s " + format, self.address_string(), *args)
 
 
-def make_server(host: str, port: int, durable: DurableStore) -> ExporterServer:
+def make_server(
+    host: str, port: int, durable: DurableStore, *, clock: Callable[[], datetime] | None = None
+) -> ExporterServer:
     """Bind (port 0 picks a free one); the caller runs `serve_forever` and later `shutdown`."""
-    return ExporterServer((host, port), durable)
+    return ExporterServer((host, port), durable, clock=clock)
 
 
-def serve(host: str, port: int, snapshot: Path | None) -> int:
-    """Run until SIGTERM or Ctrl-C, then write the snapshot so a restart loses no counts."""
-    durable = DurableStore(snapshot)
+def serve(host: str, port: int, snapshot: Path | None, *, engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS) -> int:
+    """Run until SIGTERM or Ctrl-C, then write the snapshot so a restart loses no counts. Returns 2, having logged
+    why, when the settings or the snapshot are unusable (e.g. a snapshot counted under another engaged_min_days)."""
+    try:
+        durable = DurableStore(snapshot, engaged_min_days=engaged_min_days)
+    except ValueError as exc:
+        LOG.error("%s", exc)
+        return 2
     server = make_server(host, port, durable)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
-    LOG.info("engagement exporter on http://%s:%d (snapshot: %s)", host, server.port, snapshot or "none")
+    LOG.info(
+        "engagement exporter on http://%s:%d (snapshot: %s; engaged = active on ≥ %d distinct days)",
+        host,
+        server.port,
+        snapshot or "none",
+        engaged_min_days,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -1,8 +1,13 @@
 """The exporter's store: per-user state folded into per-arm sufficient statistics, kept durable on disk.
 
 Prometheus holds aggregates, not users, so the exporter pre-aggregates per user: it remembers each exposed
-user's arm, depth and pre-period covariate, and updates Σdepth, Σdepth², ΣXY incrementally as depth grows.
-Every sum only grows (depth and X are non-negative), so each one is a Prometheus counter.
+user's arm, depth, pre-period covariate and the distinct days they were active on (up to `engaged_min_days` of
+them: that is all breadth needs), and updates Σdepth, Σdepth², ΣXY and the engaged count incrementally. Every sum
+only grows (depth and X are non-negative, and a user once engaged stays engaged), so each one is a Prometheus
+counter.
+
+Engaged means active on at least `engaged_min_days` distinct days (default 2): the day of exposure is a visit
+that every exposed user makes, so only coming back tells the arms apart (docs/metrics.md, "breadth").
 
 Durability: accepted events are appended to a journal (flushed and fsynced before the client gets its 200),
 and the whole store is compacted into a snapshot every `compact_every` events and on shutdown. Each journal
@@ -26,7 +31,13 @@ DEFAULT_GUARDRAILS = ("instruction-violations", "false-refusals", "errors")
 """Guardrails exported at 0 from a user's first exposure, so "no events yet" reads as 0, not as missing."""
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
 """Upper bounds (seconds) of the response-latency histogram: chat responses take from 0.1 s to tens of s."""
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2
+"""2: users carry their active days and the snapshot its `engaged_min_days`; 1 (engaged = depth > 0) still loads
+with engaged_min_days=1, the rule it was counted with."""
+DEFAULT_ENGAGED_MIN_DAYS = 2
+"""A single visit is exposure; coming back on another day is engagement (the report's breadth)."""
+UNDATED = -1
+"""Active day of a user whose turns so far came without `day`: one day, not yet known which."""
 
 
 @dataclass
@@ -67,12 +78,45 @@ class UserState:
     arm: str
     depth: int = 0
     pre: float = 0.0
+    days: list[int] = field(default_factory=list)
+    """Distinct days with at least one turn, sorted, kept only until there are `engaged_min_days` of them."""
+
+    def add_day(self, day: int | None, *, enough: int) -> bool:
+        """Record activity on `day`; True when this makes `enough` distinct days (the user becomes engaged).
+
+        Days may arrive in any order. An undated event (day None) adds no day of its own unless the user had
+        none: it is taken to be on a day already counted, and an undated first day is replaced by the first dated
+        one, so mixing dated and undated events never invents a return visit.
+        """
+        if len(self.days) >= enough:
+            return False
+        if day is None:
+            if self.days:
+                return False
+            self.days.append(UNDATED)
+        elif day in self.days:
+            return False
+        elif self.days == [UNDATED]:
+            self.days[0] = day
+            return False
+        else:
+            self.days = sorted([*self.days, day])
+        return len(self.days) >= enough
 
 
 class EngagementStore:
-    """In-memory per-user state and per-arm totals. Not thread-safe on its own: the exporter holds `lock`."""
+    """In-memory per-user state and per-arm totals. Not thread-safe on its own: the exporter holds `lock`.
 
-    def __init__(self) -> None:
+    `engaged_min_days`: distinct active days (days with ≥ 1 turn) that make a user engaged; 1 counts every user
+    with a turn.
+    """
+
+    def __init__(self, *, engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS) -> None:
+        if isinstance(engaged_min_days, bool) or not isinstance(engaged_min_days, int) or engaged_min_days < 1:
+            raise ValueError(
+                f"engaged_min_days must be a whole number ≥ 1 (distinct active days); got {engaged_min_days!r}"
+            )
+        self.engaged_min_days = engaged_min_days
         self.users: dict[str, dict[str, UserState]] = {}
         self.arms: dict[tuple[str, str], ArmTotals] = {}
         self.sequence = 0
@@ -123,7 +167,7 @@ class EngagementStore:
     def _engage(self, user: UserState, event: EngagementEvent) -> None:
         totals = self._totals(event.generation, user.arm)
         before, after = user.depth, user.depth + event.turns
-        if before == 0 and after > 0:
+        if event.turns > 0 and user.add_day(event.day, enough=self.engaged_min_days):
             totals.engaged += 1
         totals.depth_sum += event.turns
         totals.depth_sum_squares += after * after - before * before
@@ -153,38 +197,87 @@ class EngagementStore:
     def to_dict(self) -> dict:
         return {
             "version": SNAPSHOT_VERSION,
+            "engaged_min_days": self.engaged_min_days,
             "sequence": self.sequence,
             "users": {
-                generation: {user: [s.arm, s.depth, s.pre] for user, s in users.items()}
+                generation: {user: [s.arm, s.depth, s.pre, list(s.days)] for user, s in users.items()}
                 for generation, users in self.users.items()
             },
             "arms": [{"generation": g, "arm": a, **asdict(t)} for (g, a), t in self.arms.items()],
         }
 
     @classmethod
-    def from_dict(cls, data: dict) -> EngagementStore:
-        if data.get("version") != SNAPSHOT_VERSION:
-            raise ValueError(f"snapshot version {data.get('version')!r} is not {SNAPSHOT_VERSION}")
-        store = cls()
+    def from_dict(cls, data: dict, *, engaged_min_days: int | None = None) -> EngagementStore:
+        """A store from `to_dict`'s output. `engaged_min_days`, when given, must be the rule the snapshot was
+        counted with: the engaged counters cannot be recounted under another one (the days beyond it are gone)."""
+        version = data.get("version")
+        if version == 1:
+            return cls._from_version_1(data, engaged_min_days)
+        if version != SNAPSHOT_VERSION:
+            raise ValueError(
+                f"snapshot version {version!r} is not {SNAPSHOT_VERSION} (or 1); it was written by another exporter "
+                "version: run that version, or start from a new snapshot file"
+            )
+        counted = int(data["engaged_min_days"])
+        if engaged_min_days is not None and engaged_min_days != counted:
+            raise ValueError(
+                f"the snapshot counted engaged users with engaged_min_days={counted}, not {engaged_min_days}; "
+                f"run with --engaged-min-days {counted}, or start from a new snapshot file for a new rule"
+            )
+        store = cls(engaged_min_days=counted)
         store.sequence = int(data["sequence"])
         store.users = {
-            generation: {user: UserState(arm=a, depth=int(d), pre=float(p)) for user, (a, d, p) in users.items()}
+            generation: {
+                user: UserState(arm=a, depth=int(d), pre=float(p), days=[int(day) for day in days])
+                for user, (a, d, p, days) in users.items()
+            }
             for generation, users in data["users"].items()
         }
-        for row in data["arms"]:
+        store._load_arms(data["arms"])
+        return store
+
+    @classmethod
+    def _from_version_1(cls, data: dict, engaged_min_days: int | None) -> EngagementStore:
+        """Version 1 counted engaged = depth > 0 and kept no days: loadable only under that rule (min days 1)."""
+        if engaged_min_days not in (None, 1):
+            raise ValueError(
+                "the snapshot is version 1, whose engaged counts mean 'at least one turn' (engaged_min_days=1) and "
+                f"which kept no active days to recount them with engaged_min_days={engaged_min_days}; run with "
+                "--engaged-min-days 1 to go on with it, or start from a new snapshot file"
+            )
+        store = cls(engaged_min_days=1)
+        store.sequence = int(data["sequence"])
+        store.users = {
+            generation: {
+                user: UserState(arm=a, depth=int(d), pre=float(p), days=[UNDATED] if int(d) > 0 else [])
+                for user, (a, d, p) in users.items()
+            }
+            for generation, users in data["users"].items()
+        }
+        store._load_arms(data["arms"])
+        return store
+
+    def _load_arms(self, rows: list[dict]) -> None:
+        for row in rows:
             row = dict(row)
             key = (row.pop("generation"), row.pop("arm"))
-            store.arms[key] = ArmTotals(**row)
-        return store
+            self.arms[key] = ArmTotals(**row)
 
 
 class DurableStore:
     """An EngagementStore backed by a snapshot file and a journal next to it (`<snapshot>.journal`)."""
 
-    def __init__(self, snapshot: Path | None, *, compact_every: int = 10_000) -> None:
+    def __init__(
+        self,
+        snapshot: Path | None,
+        *,
+        compact_every: int = 10_000,
+        engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS,
+    ) -> None:
         self.snapshot = snapshot
         self.journal = snapshot.with_name(snapshot.name + ".journal") if snapshot else None
         self.compact_every = compact_every
+        self.engaged_min_days = engaged_min_days
         if snapshot is not None:
             snapshot.parent.mkdir(parents=True, exist_ok=True)
         self.store = self._load()
@@ -192,12 +285,16 @@ class DurableStore:
 
     def _load(self) -> EngagementStore:
         if self.snapshot is None:
-            return EngagementStore()
-        store = (
-            EngagementStore.from_dict(json.loads(self.snapshot.read_text()))
-            if self.snapshot.exists()
-            else EngagementStore()
-        )
+            return EngagementStore(engaged_min_days=self.engaged_min_days)
+        if self.snapshot.exists():
+            try:
+                store = EngagementStore.from_dict(
+                    json.loads(self.snapshot.read_text()), engaged_min_days=self.engaged_min_days
+                )
+            except ValueError as exc:
+                raise ValueError(f"cannot load snapshot {self.snapshot}: {exc}") from exc
+        else:
+            store = EngagementStore(engaged_min_days=self.engaged_min_days)
         assert self.journal is not None
         if self.journal.exists():
             for line in self.journal.read_text().splitlines():
