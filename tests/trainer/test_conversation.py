@@ -188,7 +188,7 @@ def test_write_refuses_invalid_records(tmp_path: Path) -> None:
 def test_system_prompt_describes_persona_and_instructions() -> None:
     prompt = system_prompt(make_record()["character"])
     assert prompt.startswith("You are Captain Nova. A cheerful starship captain")
-    assert "- Answer in at most 40 words.\n- Do not use emojis.\n- Include the word \"stars\"." in prompt
+    assert '- Answer in at most 40 words.\n- Do not use emojis.\n- Include the word "stars".' in prompt
     bare = system_prompt({"name": "Bo", "persona": "", "instructions": []})
     assert bare == "You are Bo."
 

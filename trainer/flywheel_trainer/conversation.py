@@ -86,9 +86,7 @@ def _build_schema() -> dict[str, Any]:
         "description": "What the user did with this response. Null or absent fields take their defaults.",
         "additionalProperties": False,
         "properties": {
-            "continued": _nullable(
-                {"type": "boolean"}, "The user sent another message after it (default false)."
-            ),
+            "continued": _nullable({"type": "boolean"}, "The user sent another message after it (default false)."),
             "thumb": {"enum": ["up", "down", None], "description": "Explicit rating, if any (default null)."},
             "regenerated": _nullable(
                 {"type": "boolean"}, "The user regenerated this turn at least once (default false)."
@@ -107,9 +105,7 @@ def _build_schema() -> dict[str, Any]:
                 {"type": "array", "items": {"type": "string"}},
                 "Assistant messages only: earlier candidates of this turn that the user regenerated away.",
             ),
-            "flagged": _nullable(
-                {"type": "boolean"}, "Set by production safety or privacy filters; never trained on."
-            ),
+            "flagged": _nullable({"type": "boolean"}, "Set by production safety or privacy filters; never trained on."),
         },
         "if": {"properties": {"role": {"const": "assistant"}}, "required": ["role"]},
         "else": {
@@ -136,9 +132,7 @@ def _build_schema() -> dict[str, Any]:
         "title": "CharacterFlywheel conversation log record",
         "description": "One conversation between a user and an AI character (docs/data.md).",
         "type": "object",
-        "required": [
-            "conversation_id", "character", "user_id", "source", "generation", "day", "session", "messages"
-        ],
+        "required": ["conversation_id", "character", "user_id", "source", "generation", "day", "session", "messages"],
         "additionalProperties": False,
         "properties": {
             "conversation_id": {"type": "string", "minLength": 1},
@@ -173,9 +167,7 @@ def _json_path(parts: Iterator[str | int] | Any) -> str:
 
 def validate_record(record: object) -> list[str]:
     """Every way `record` breaks the schema, as '<JSON path>: <problem>' (empty when valid)."""
-    errors = sorted(
-        _VALIDATOR.iter_errors(record), key=lambda e: ([str(p) for p in e.absolute_path], e.message)
-    )
+    errors = sorted(_VALIDATOR.iter_errors(record), key=lambda e: ([str(p) for p in e.absolute_path], e.message))
     return [f"{_json_path(error.absolute_path)}: {error.message}" for error in errors]
 
 
@@ -207,9 +199,7 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
             "id": character["id"],
             "name": character["name"],
             "persona": character["persona"],
-            "instructions": [
-                {"kind": i["kind"], "value": i.get("value")} for i in character["instructions"]
-            ],
+            "instructions": [{"kind": i["kind"], "value": i.get("value")} for i in character["instructions"]],
         },
         "user_id": record["user_id"],
         "source": record["source"],
@@ -281,7 +271,8 @@ def _log_files(path: Path) -> list[Path]:
             f"{path}: no such file or directory (expected a .jsonl or .parquet file, or a directory of them)"
         )
     files = sorted(
-        p for p in path.rglob("*")
+        p
+        for p in path.rglob("*")
         if p.is_file() and p.suffix in LOG_SUFFIXES and not any(part.startswith(".") for part in p.parts)
     )
     if not files:
@@ -435,8 +426,7 @@ def preference_pairs(record: Mapping[str, Any]) -> list[dict[str, Any]]:
         for candidate in message.get("rejected") or []:
             if candidate != message["content"]:
                 pairs.append(
-                    {"prompt": to_chat(record, turn), "chosen": message["content"], "rejected": candidate,
-                     "turn": turn}
+                    {"prompt": to_chat(record, turn), "chosen": message["content"], "rejected": candidate, "turn": turn}
                 )
     return pairs
 

@@ -35,8 +35,8 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row):] = 1
+        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -47,8 +47,11 @@ def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> lis
 
 
 def _check(max_new_tokens: int, temperature: float, num_samples: int, batch_size: int) -> None:
-    for name, value, low in (("max_new_tokens", max_new_tokens, 1), ("num_samples", num_samples, 1),
-                             ("batch_size", batch_size, 1)):
+    for name, value, low in (
+        ("max_new_tokens", max_new_tokens, 1),
+        ("num_samples", num_samples, 1),
+        ("batch_size", batch_size, 1),
+    ):
         if value < low:
             raise ValueError(f"{name} must be at least {low}; got {value}")
     if temperature < 0:
@@ -88,9 +91,11 @@ def generate_tokens(
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_positions} positions")
     prompts = [prompt_ids(tokenizer, chat, max_tokens=max_prompt) for chat in chats]
     sampling = temperature > 0
-    options = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {
-        "do_sample": False
-    }
+    options = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        if sampling
+        else {"do_sample": False}
+    )
     chats_per_batch = max(1, batch_size // num_samples)
     device = next(model.parameters()).device
     results: list[list[list[int]]] = []
@@ -100,7 +105,7 @@ def generate_tokens(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
             torch.manual_seed(seed)
             for start in range(0, len(prompts), chats_per_batch):
-                ids, mask = _left_pad(prompts[start:start + chats_per_batch], pad_id, device)
+                ids, mask = _left_pad(prompts[start : start + chats_per_batch], pad_id, device)
                 output = model.generate(
                     input_ids=ids,
                     attention_mask=mask,
@@ -110,9 +115,9 @@ def generate_tokens(
                     eos_token_id=stop,
                     **options,
                 )
-                new = output[:, ids.shape[1]:].tolist()
+                new = output[:, ids.shape[1] :].tolist()
                 for row in range(ids.shape[0]):
-                    samples = new[row * num_samples:(row + 1) * num_samples] if sampling else [new[row]] * num_samples
+                    samples = new[row * num_samples : (row + 1) * num_samples] if sampling else [new[row]] * num_samples
                     results.append([_until_stop(tokens, stop) for tokens in samples])
     finally:
         model.train(was_training)

@@ -78,8 +78,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
 A refusal of a benign prompt is a false refusal (the report brought them below 5 %)."""
 
 _STOCK = [
-    regex.compile(r"(?<![\p{L}\p{N}])" + regex.escape(phrase.lower()) + r"(?![\p{L}\p{N}])")
-    for phrase in STOCK_PHRASES
+    regex.compile(r"(?<![\p{L}\p{N}])" + regex.escape(phrase.lower()) + r"(?![\p{L}\p{N}])") for phrase in STOCK_PHRASES
 ]
 _REFUSALS = [regex.compile(pattern, flags=regex.IGNORECASE) for pattern in REFUSAL_PATTERNS]
 
@@ -89,9 +88,7 @@ def _normalise_apostrophes(text: str) -> str:
 
 
 def _is_emoji(grapheme: str) -> bool:
-    return bool(
-        _PRESENTED.search(grapheme) or _EMOJI_VARIATION.search(grapheme) or _CHAT_PICTOGRAPH.search(grapheme)
-    )
+    return bool(_PRESENTED.search(grapheme) or _EMOJI_VARIATION.search(grapheme) or _CHAT_PICTOGRAPH.search(grapheme))
 
 
 def emoji_count(text: str) -> int:

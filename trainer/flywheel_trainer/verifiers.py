@@ -67,9 +67,7 @@ _INTRODUCTION = regex.compile(
 
 def _ensure_known(kind: object) -> str:
     if not isinstance(kind, str) or kind not in VALUE_TYPES:
-        raise ValueError(
-            f"unknown instruction kind {kind!r}: use one of {', '.join(INSTRUCTION_KINDS)}"
-        )
+        raise ValueError(f"unknown instruction kind {kind!r}: use one of {', '.join(INSTRUCTION_KINDS)}")
     return kind
 
 
@@ -127,7 +125,7 @@ def _starts_with(response: str, prefix: str) -> bool:
     prefix = prefix.strip().replace("’", "'")
     if not text.lower().startswith(prefix.lower()):
         return False
-    rest = text[len(prefix):]
+    rest = text[len(prefix) :]
     return not (prefix[-1].isalnum() and rest[:1].isalnum())
 
 
@@ -162,9 +160,7 @@ def check(instruction: Mapping[str, Any], response: str, *, character_name: str)
     return _CHECKS[kind](response, value, character_name)
 
 
-def violations(
-    instructions: Iterable[Mapping[str, Any]], response: str, *, character_name: str
-) -> list[str]:
+def violations(instructions: Iterable[Mapping[str, Any]], response: str, *, character_name: str) -> list[str]:
     """Kinds of the instructions `response` breaks, in order (empty when it follows all)."""
     return [
         str(instruction["kind"])

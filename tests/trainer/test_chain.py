@@ -1,0 +1,181 @@
+"""The whole chain curate → reward (pointwise, pairwise, user-signal) → sft → rl (DPO patch + GRPO) → eval on a
+tiny Llama-config model, on CPU, through the same entry points the Jobs use, asserting behaviour."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from flywheel_operator.api import OfflineMetrics, StageConfig, StageResult
+from flywheel_trainer import cli
+from flywheel_trainer.outputs import RESULT_FILE, combined_digest, read_jsonl, sha256_path
+from flywheel_trainer.synthetic import synthetic_records
+from flywheel_trainer.turns import assistant_turns
+
+pytestmark = pytest.mark.slow
+
+REWARD_MODELS = [
+    {"name": "pointwise", "kind": "pointwise", "learningRate": 3e-3, "epochs": 2, "batchSize": 16},
+    {"name": "pairwise", "kind": "pairwise", "learningRate": 3e-3, "epochs": 2, "batchSize": 16},
+    {
+        "name": "continue",
+        "kind": "user-signal",
+        "signal": "continue",
+        "learningRate": 3e-3,
+        "maxSteps": 20,
+        "batchSize": 16,
+    },
+]
+SETTINGS: dict[str, Any] = {
+    "rewardModels": REWARD_MODELS,
+    "sft": {
+        "rejectionSampling": {"samplesPerPrompt": 4, "prompts": 32, "maxNewTokens": 24},
+        "learningRate": 1e-3,
+        "maxSteps": 4,
+        "batchSize": 8,
+    },
+    "dpo": {"enabled": True, "maxPairs": 16, "learningRate": 1e-4, "batchSize": 8},
+    "rl": {
+        "numGenerations": 4,
+        "prompts": 12,
+        "selectionSamples": 4,
+        "selectionPool": 32,
+        "promptsPerStep": 4,
+        "maxSteps": 8,
+        "learningRate": 2e-3,
+        "maxNewTokens": 24,
+        "klBeta": 0.02,
+    },
+    "eval": {"promptsPerSource": 24, "maxNewTokens": 24},
+}
+
+
+def _config(
+    stage: str, name: str, root: Path, policy: Path, log: Path, done: dict[str, StageResult], **extra: Any
+) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "name": name,
+        "generation": "gen1",
+        "outputDir": str(root / name),
+        "policy": str(policy),
+        "data": {"userTraffic": {"uri": str(log)}},
+        "settings": SETTINGS,
+        "seed": 0,
+        "upstream": {n: r.artifacts for n, r in done.items()},
+        "upstreamDigests": {n: r.output_digest for n, r in done.items()},
+        **extra,
+    }
+
+
+@pytest.fixture(scope="module")
+def chain(
+    tmp_path_factory: pytest.TempPathFactory, synthetic_log: Path, tiny_parent: Path, single_torch_thread: None
+) -> dict[str, StageResult]:
+    root = tmp_path_factory.mktemp("chain")
+    done: dict[str, StageResult] = {}
+    # curate goes through the command line with a YAML file, as in a Job
+    config_file = root / "curate.yaml"
+    config_file.write_text(yaml.safe_dump(_config("curate", "curate", root, tiny_parent, synthetic_log, done)))
+    assert cli.main(["curate", "--config", str(config_file)]) == 0
+    done["curate"] = StageResult.model_validate_json((root / "curate" / RESULT_FILE).read_text())
+    for model in REWARD_MODELS:
+        name = f"reward-{model['name']}"
+        config = _config("reward", name, root, tiny_parent, synthetic_log, done, rewardModel=model["name"])
+        done[name] = cli.run_stage(StageConfig.model_validate(config))
+    for stage in ("sft", "rl", "eval"):
+        done[stage] = cli.run_stage(
+            StageConfig.model_validate(_config(stage, stage, root, tiny_parent, synthetic_log, done))
+        )
+    return done
+
+
+def test_pointwise_reward_model_separates_held_out_pairs(chain: dict[str, StageResult]) -> None:
+    from flywheel_trainer.scoring import load_reward_model, pointwise_scores
+
+    assert chain["reward-pointwise"].metrics["accuracy"] > 0.9
+    # a fresh held-out set the reward model never saw: good and bad replies to new conversations
+    rm = load_reward_model(chain["reward-pointwise"].artifacts["model"], field="test")
+    prompts, chosen, rejected = [], [], []
+    for record in synthetic_records(80, seed=99):
+        for turn in assistant_turns(record):
+            for bad in turn.rejected:
+                prompts.append(turn.context)
+                chosen.append(turn.response)
+                rejected.append(bad)
+    assert len(prompts) >= 20
+    margin = pointwise_scores(rm, prompts, chosen) - pointwise_scores(rm, prompts, rejected)
+    assert float(np.mean(margin > 0)) > 0.9
+
+
+def test_reward_models_report_calibration(chain: dict[str, StageResult]) -> None:
+    for name in ("reward-pointwise", "reward-pairwise", "reward-continue"):
+        metrics = chain[name].metrics
+        for key in ("accuracy", "ece", "ece_calibrated"):
+            assert 0.0 <= metrics[key] <= 1.0, (name, key)
+        assert metrics["temperature"] > 0
+
+
+def test_rl_raises_the_policys_mean_reward_on_its_prompts(chain: dict[str, StageResult]) -> None:
+    from flywheel_trainer.generation import generate
+    from flywheel_trainer.scoring import load_reward_model, pointwise_scores
+    from flywheel_trainer.upstream import load_policy
+
+    rl = chain["rl"]
+    rm = load_reward_model(chain["reward-pointwise"].artifacts["model"], field="test")
+    prompts = [row["prompt"] for row in read_jsonl(rl.artifacts["prompts"])]
+    assert len(prompts) == SETTINGS["rl"]["prompts"]
+
+    def mean_reward(source: str) -> float:
+        model, tokenizer = load_policy(source)
+        responses = generate(model, tokenizer, prompts, max_new_tokens=24, temperature=1.0, num_samples=4, seed=7)
+        flat_prompts = [p for p in prompts for _ in range(4)]
+        return float(pointwise_scores(rm, flat_prompts, [r for group in responses for r in group]).mean())
+
+    before, after = mean_reward(rl.artifacts["dpo_model"]), mean_reward(rl.artifacts["model"])
+    assert after > before
+    assert rl.metrics["reward_after"] > rl.metrics["reward_before"]
+    steps = rl.details["steps"]
+    assert len(steps) == SETTINGS["rl"]["maxSteps"]
+    assert {"reward", "kl", "mean_length_tokens", "emoji_rate"} <= set(steps[0])
+
+
+def test_every_rate_is_a_probability(chain: dict[str, StageResult]) -> None:
+    offline = OfflineMetrics.model_validate(chain["eval"].details["offline_metrics"])
+    assert offline.pairwise_win_rate_user is not None
+    for result in chain.values():
+        for key, value in result.metrics.items():
+            if key.endswith(("_rate", "accuracy", "ece", "ece_calibrated", "instruction_following")) or (
+                key.startswith("win_rate") or key.startswith("pairwise_win_rate")
+            ):
+                assert 0.0 <= value <= 1.0, (result.stage, key, value)
+    report = chain["eval"].details
+    assert set(report["style_by_stage"]) == {"sft", "dpo", "rl"}
+
+
+def test_stage_results_chain_by_digest(chain: dict[str, StageResult]) -> None:
+    upstream_of = {
+        "reward-pointwise": ["curate"],
+        "sft": ["curate", "reward-pointwise", "reward-continue"],
+        "rl": ["curate", "sft", "reward-pointwise"],
+        "eval": ["curate", "sft", "rl", "reward-pairwise"],
+    }
+    for stage, parents in upstream_of.items():
+        for parent in parents:
+            assert chain[stage].input_digests[parent] == chain[parent].output_digest, (stage, parent)
+    for result in chain.values():
+        on_disk = {key: sha256_path(path) for key, path in result.artifacts.items()}
+        assert combined_digest(on_disk) == result.output_digest
+        written = json.loads((Path(result.artifacts[next(iter(result.artifacts))]).parent / RESULT_FILE).read_text())
+        assert StageResult.model_validate(written) == result
+
+
+def test_outputs_hold_no_scratch_or_partial_files(chain: dict[str, StageResult]) -> None:
+    root = Path(chain["curate"].artifacts["report"]).parent.parent
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]
+    for result in chain.values():
+        assert not (Path(result.artifacts[next(iter(result.artifacts))]).parent / "scratch").exists()

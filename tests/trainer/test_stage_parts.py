@@ -1,0 +1,144 @@
+"""Pure parts of the stages: calibration, MinHash dedup, stratified sampling, privacy rules, prompt selection,
+rejection-sampling selection, instruction rewards, win rates."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+from flywheel_trainer.calibration import calibration_report, expected_calibration_error, sigmoid
+from flywheel_trainer.dedup import keep_first_of_clusters, near_duplicate_clusters
+from flywheel_trainer.evaluate import instruction_rates, win_rate
+from flywheel_trainer.privacy import pii_kinds
+from flywheel_trainer.rl import instruction_reward, select_prompts
+from flywheel_trainer.sampling import stratified_sample, stratified_split
+from flywheel_trainer.sft import select_best
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def test_ece_is_zero_for_calibrated_and_large_for_overconfident_predictions() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    labels = (rng.uniform(0, 1, p.size) < p).astype(int)
+    assert expected_calibration_error(p, labels) < 0.02
+    overconfident = np.where(p > 0.5, 0.99, 0.01)
+    assert expected_calibration_error(overconfident, labels) > 0.2
+
+
+def test_temperature_scaling_fixes_overconfidence_without_changing_accuracy() -> None:
+    rng = np.random.default_rng(1)
+    true_logits = rng.normal(0, 1.5, 4000)
+    labels = (rng.uniform(0, 1, true_logits.size) < sigmoid(true_logits)).astype(int)
+    report = calibration_report(true_logits * 4, labels)
+    assert report["temperature"] == pytest.approx(4, rel=0.15)
+    assert report["ece_calibrated"] < report["ece"] / 3
+    assert report["accuracy"] == pytest.approx(float(np.mean((true_logits > 0) == labels)))
+
+
+def test_minhash_clusters_near_duplicates_and_keeps_distinct_texts() -> None:
+    base = "the starship captain tells a long story about comets and moons and the quiet of deep space tonight"
+    texts = [
+        base,
+        base + " friend",
+        "a gardener explains how roses need sun water and patience every spring day",
+        base.replace("tonight", "today"),
+        "short",
+    ]
+    clusters = near_duplicate_clusters(texts, threshold=0.7)
+    assert clusters[0] == clusters[1] == clusters[3] == 0
+    assert clusters[2] == 2 and clusters[4] == 4
+    assert keep_first_of_clusters(texts, threshold=0.7) == [True, False, True, False, True]
+    assert all(keep_first_of_clusters(texts, threshold=1.0)[i] for i in (0, 1, 2, 4))
+
+
+@given(st.lists(st.sampled_from("abcd"), min_size=1, max_size=80), st.integers(0, 100), st.integers(0, 5))
+@settings(max_examples=60, deadline=None)
+def test_stratified_sample_keeps_proportions(strata: list[str], size: int, seed: int) -> None:
+    items = list(enumerate(strata))
+    sample = stratified_sample(items, size, stratum=lambda item: item[1], seed=seed)
+    assert len(sample) == min(size, len(items))
+    assert sample == sorted(sample)
+    counts, picked = Counter(strata), Counter(s for _, s in sample)
+    for key, count in counts.items():
+        assert abs(picked[key] - len(sample) * count / len(items)) < 1 + 1e-9
+
+
+@given(st.lists(st.sampled_from("xy"), min_size=2, max_size=50), st.floats(0.01, 0.9))
+@settings(max_examples=40, deadline=None)
+def test_stratified_split_is_a_partition_with_a_nonempty_hold_out(strata: list[str], fraction: float) -> None:
+    items = list(enumerate(strata))
+    kept, held = stratified_split(items, fraction, stratum=lambda item: item[1], seed=0)
+    assert held and sorted(kept + held) == items
+
+
+@pytest.mark.parametrize(
+    ("text", "kinds"),
+    [
+        ("write to ana.lopez@mail.example.org", ["email"]),
+        ("call me on (555) 123-4567", ["phone"]),
+        ("+44 20 7946 0958", ["phone"]),
+        ("account 123456789012", ["phone", "digit_run"]),
+        ("i have 3 cats and 12 fish", []),
+        ("it was 1999, a good year", []),
+        ("see you at 10:30", []),
+    ],
+)
+def test_personal_data_rules(text: str, kinds: list[str]) -> None:
+    assert pii_kinds(text) == kinds
+
+
+def test_prompt_selection_takes_low_scores_high_variance_or_both() -> None:
+    means = np.array([0.0, -3.0, 1.0, -1.0, 2.0])
+    variances = np.array([0.1, 0.0, 5.0, 0.2, 3.0])
+    assert select_prompts(means, variances, 2, "low-score") == [1, 3]
+    assert select_prompts(means, variances, 2, "high-variance") == [2, 4]
+    assert select_prompts(means, variances, 3, "mixed") == [1, 2, 3]
+
+
+def test_rejection_sampling_keeps_the_best_candidate_above_the_margin() -> None:
+    selection = np.array([0.1, 0.9, 0.2, 0.5, 0.5, 0.5])
+    assert select_best(selection, 3, margin=0.0) == [1, 0]
+    assert select_best(selection, 3, margin=0.3) == [1, None]
+
+
+def test_instruction_reward_is_the_share_of_followed_instructions() -> None:
+    character = json.dumps(
+        {
+            "name": "Rex",
+            "instructions": [{"kind": "no_emoji", "value": None}, {"kind": "ends_with_question", "value": None}],
+        }
+    )
+    logged: dict[str, float] = {}
+    rewards = instruction_reward(
+        prompts=[[], [], []],
+        completions=[
+            [{"role": "assistant", "content": "what now?"}],
+            [{"role": "assistant", "content": "ok 🙂"}],
+            [{"role": "assistant", "content": "fine 🙂?"}],
+        ],
+        character=[character] * 3,
+        log_metric=lambda name, value: logged.__setitem__(name, value),
+    )
+    assert rewards == [1.0, 0.0, 0.5]
+    assert logged["style/emoji_rate"] == pytest.approx(2 / 3)
+
+
+def test_win_rate_counts_ties_half_and_instruction_rates_skip_characters_without_instructions() -> None:
+    assert win_rate(np.array([1.0, 2.0, 3.0, 0.0]), np.array([0.0, 2.0, 4.0, -1.0])) == pytest.approx(0.625)
+    rows = [
+        {"character": {"name": "Sage", "instructions": [{"kind": "ends_with_question", "value": None}]}},
+        {
+            "character": {
+                "name": "Sage",
+                "instructions": [{"kind": "ends_with_question", "value": None}, {"kind": "no_emoji", "value": None}],
+            }
+        },
+        {"character": {"name": "Nova", "instructions": []}},
+    ]
+    rates = instruction_rates(rows, ["how are you?", "hi 🙂?", "anything"])
+    assert rates["instruction_following"] == pytest.approx(0.5)
+    assert rates["violation_rate"] == pytest.approx(0.5)
+    assert rates["instruction_level_following"] == pytest.approx(2 / 3)

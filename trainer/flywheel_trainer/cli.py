@@ -1,0 +1,80 @@
+"""`flywheel-train STAGE --config FILE`: the one entry point of every stage Job and local subprocess.
+
+The config is a StageConfig (YAML or JSON) rendered by the operator. It is validated by the API model
+before anything runs, so an unknown or misspelt setting fails at once with its name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from flywheel_operator.api import STAGE_KINDS, StageConfig, StageResult
+from pydantic import ValidationError
+
+from flywheel_trainer.outputs import StageError
+
+STAGE_MODULES = {
+    "curate": "flywheel_trainer.curate",
+    "reward": "flywheel_trainer.reward",
+    "sft": "flywheel_trainer.sft",
+    "rl": "flywheel_trainer.rl",
+    "eval": "flywheel_trainer.evaluate",
+}
+
+
+def load_config(path: str | Path, *, stage: str | None = None) -> StageConfig:
+    """Read and validate a stage config; errors name the offending field and the file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise StageError(f"--config: {path} does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise StageError(f"--config: {path} is neither valid YAML nor JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise StageError(f"--config: {path} must hold a mapping (a StageConfig), not {type(raw).__name__}")
+    try:
+        config = StageConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or '<root>'}: {error['msg']}" for error in exc.errors()
+        )
+        raise StageError(f"invalid stage config {path}: {problems}") from exc
+    if stage is not None and config.stage != stage:
+        raise StageError(f"{path} configures stage {config.stage!r}, but {stage!r} was asked for; fix `stage`")
+    return config
+
+
+def run_stage(config: StageConfig) -> StageResult:
+    """Run the stage program the config names (the same function the Job, the CLI and the tests call)."""
+    module = importlib.import_module(STAGE_MODULES[config.stage])
+    return module.main(config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel-train", description=__doc__.splitlines()[0])
+    parser.add_argument("stage", choices=STAGE_KINDS, help="stage program to run")
+    parser.add_argument("--config", required=True, help="StageConfig file (YAML or JSON)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, stage=args.stage)
+        result = run_stage(config)
+    except StageError as exc:
+        print(f"flywheel-train {args.stage}: error: {exc}", file=sys.stderr)
+        return 2
+    summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(result.metrics.items()))
+    print(f"flywheel-train {args.stage}: done ({summary}); output digest {result.output_digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

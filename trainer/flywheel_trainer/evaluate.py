@@ -1,0 +1,204 @@
+"""Stage `eval`: the candidate against its parent on held-out user and internal prompts (never trained on).
+
+Writes the OfflineMetrics the offline gate reads: reward-model win rates per traffic source (pointwise and,
+when configured, pairwise), instruction following and violations by the programmatic verifiers, the false-
+refusal rate, and style artifacts of the candidate and the parent. Style is also measured after each
+training stage (SFT, the DPO patch when it ran, RL), each with its drift against the parent, so a reward
+hack shows where it started. Every model answers the same prompts with the same sampling seed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flywheel_operator.api import OfflineMetrics, StageConfig, StageResult, StyleStats
+
+from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_result, read_jsonl, sha256_path
+from flywheel_trainer.progress import generate_reporting
+from flywheel_trainer.runtime import model_source
+from flywheel_trainer.style import is_refusal, style_stats
+from flywheel_trainer.upstream import (
+    artifact_path,
+    load_policy,
+    optional_artifact,
+    pairwise_model_name,
+    pointwise_reward_name,
+    reward_model_path,
+)
+from flywheel_trainer.verifiers import follows_all, violations
+
+SOURCES = ("user", "internal")
+SAMPLE_RESPONSES = 20
+"""Prompt/response examples of each source kept in the report for people to read."""
+
+
+def win_rate(candidate: np.ndarray, parent: np.ndarray) -> float:
+    """Share of prompts where the candidate scores higher; ties count half."""
+    return float(np.mean((candidate > parent) + 0.5 * (candidate == parent)))
+
+
+def instruction_rates(rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
+    """Prompt-level following (all instructions kept) and instruction-level following, over responses whose
+    character has instructions; violation rate = share of those responses breaking at least one."""
+    followed, kept_instructions, total_instructions, counted = 0, 0, 0, 0
+    for row, response in zip(rows, responses, strict=True):
+        instructions = row["character"].get("instructions") or []
+        if not instructions:
+            continue
+        name = row["character"]["name"]
+        counted += 1
+        followed += follows_all(instructions, response, character_name=name)
+        total_instructions += len(instructions)
+        kept_instructions += len(instructions) - len(violations(instructions, response, character_name=name))
+    if counted == 0:
+        return {
+            "instruction_following": 1.0,
+            "violation_rate": 0.0,
+            "instruction_level_following": 1.0,
+            "responses_with_instructions": 0.0,
+        }
+    return {
+        "instruction_following": followed / counted,
+        "violation_rate": 1.0 - followed / counted,
+        "instruction_level_following": kept_instructions / total_instructions,
+        "responses_with_instructions": float(counted),
+    }
+
+
+def style_drift(style: StyleStats, parent: StyleStats) -> dict[str, float | None]:
+    """Relative change of each style artifact over the parent; None where the parent's value is 0."""
+    ours, theirs = style.model_dump(), parent.model_dump()
+    return {k: (ours[k] - theirs[k]) / theirs[k] if theirs[k] > 0 else None for k in ours}
+
+
+def respond(
+    source: str, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float, seed: int
+) -> tuple[list[str], int]:
+    """One sampled response per prompt from the model at `source`, and how many tokens they hold."""
+    import gc
+
+    model, tokenizer = load_policy(source)
+    outputs = generate_reporting(
+        model,
+        tokenizer,
+        prompts,
+        phase="generate",
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        num_samples=1,
+        seed=seed,
+    )
+    del model
+    gc.collect()
+    responses = [group[0] for group in outputs]
+    tokens = sum(len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"])
+    return responses, tokens
+
+
+def main(config: StageConfig) -> StageResult:
+    from flywheel_trainer.scoring import load_reward_model, pairwise_probabilities, pointwise_scores
+
+    settings = config.settings.eval
+    parent = model_source(config.policy, field="policy")
+    stage_models: dict[str, str] = {
+        "sft": model_source(str(artifact_path(config, "sft", "model")), field="upstream.sft.model")
+    }
+    if (dpo := optional_artifact(config, "rl", "dpo_model")) is not None:
+        stage_models["dpo"] = str(dpo)
+    if (rl := optional_artifact(config, "rl", "model")) is not None:
+        stage_models["rl"] = model_source(str(rl), field="upstream.rl.model")
+    candidate_stage = list(stage_models)[-1]
+    prompt_paths = {s: artifact_path(config, "curate", f"eval_{s}") for s in SOURCES}
+    rows = {s: read_jsonl(path)[: settings.prompts_per_source] for s, path in prompt_paths.items()}
+    if not rows["user"]:
+        raise StageError(f"upstream.curate.eval_user: {prompt_paths['user']} holds no prompts to evaluate on")
+    all_rows = rows["user"] + rows["internal"]
+    prompts = [row["prompt"] for row in all_rows]
+    generation = {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "seed": config.seed}
+    responses, tokens_generated = {}, 0
+    for stage, source in {"parent": parent, **stage_models}.items():
+        responses[stage], tokens = respond(source, prompts, **generation)
+        tokens_generated += tokens
+    candidate = responses[candidate_stage]
+    split = len(rows["user"])
+
+    name = pointwise_reward_name(config)
+    rm = load_reward_model(reward_model_path(config, name), field=f"upstream.reward-{name}.model")
+    cand_scores = pointwise_scores(rm, prompts, candidate)
+    parent_scores = pointwise_scores(rm, prompts, responses["parent"])
+    del rm
+    ranges = {"user": slice(0, split), "internal": slice(split, len(all_rows))}
+    have_internal = bool(rows["internal"])
+    wins = {s: win_rate(cand_scores[r], parent_scores[r]) for s, r in ranges.items() if s == "user" or have_internal}
+    pairwise: dict[str, float] = {}
+    if (pairwise_name := pairwise_model_name(config)) is not None:
+        pairwise_rm = load_reward_model(
+            reward_model_path(config, pairwise_name), field=f"upstream.reward-{pairwise_name}.model"
+        )
+        p_better = pairwise_probabilities(pairwise_rm, prompts, candidate, responses["parent"])
+        pairwise = {
+            s: win_rate(p_better[r], np.full(r.stop - r.start, 0.5))
+            for s, r in ranges.items()
+            if s == "user" or have_internal
+        }
+
+    rates = instruction_rates(all_rows, candidate)
+    parent_rates = instruction_rates(all_rows, responses["parent"])
+    parent_style = style_stats(responses["parent"])
+    by_stage = {stage: style_stats(texts) for stage, texts in responses.items() if stage != "parent"}
+    offline = OfflineMetrics(
+        win_rate_user=wins["user"],
+        win_rate_internal=wins.get("internal", wins["user"]),
+        pairwise_win_rate_user=pairwise.get("user"),
+        pairwise_win_rate_internal=pairwise.get("internal", pairwise.get("user")),
+        instruction_following=rates["instruction_following"],
+        violation_rate=rates["violation_rate"],
+        false_refusal_rate=float(np.mean([is_refusal(r) for r in candidate])),
+        style=by_stage[candidate_stage],
+        parent_style=parent_style,
+    )
+    metrics = {k: v for k, v in offline.model_dump(exclude={"style", "parent_style"}).items() if v is not None}
+    metrics.update({f"style_{k}": v for k, v in offline.style.model_dump().items()})
+    metrics.update({f"parent_style_{k}": v for k, v in parent_style.model_dump().items()})
+    metrics.update({k: v for k, v in rates.items() if k not in metrics})
+    metrics.update({f"parent_{k}": v for k, v in parent_rates.items()})
+    metrics["parent_false_refusal_rate"] = float(np.mean([is_refusal(r) for r in responses["parent"]]))
+    metrics["mean_reward_candidate"] = float(cand_scores.mean())
+    metrics["mean_reward_parent"] = float(parent_scores.mean())
+    metrics["tokens_generated"] = tokens_generated
+    report = {
+        "candidate_stage": candidate_stage,
+        "prompts": {s: len(r) for s, r in rows.items()},
+        "internal_prompts_missing": not have_internal,
+        "style_by_stage": {
+            s: {"style": st.model_dump(), "drift_vs_parent": style_drift(st, parent_style)}
+            for s, st in by_stage.items()
+        },
+        "parent_style": parent_style.model_dump(),
+        "samples": [
+            {
+                "source": "user" if i < split else "internal",
+                "prompt": all_rows[i]["prompt"][-1]["content"],
+                "parent": responses["parent"][i],
+                "candidate": candidate[i],
+            }
+            for i in range(min(SAMPLE_RESPONSES, len(all_rows)))
+        ],
+    }
+    with atomic_output_dir(config.output_dir) as out:
+        Path(out / "report.json").write_text(
+            json.dumps({**report, "offline_metrics": offline.to_wire(), "metrics": metrics}, indent=2), encoding="utf-8"
+        )
+        inputs = {f"eval_{s}": sha256_path(path) for s, path in prompt_paths.items()}
+        return finish_result(
+            out,
+            config.output_dir,
+            stage="eval",
+            artifacts={"report": "report.json"},
+            input_digests={**config.upstream_digests, **inputs},
+            metrics=metrics,
+            details={"offline_metrics": offline.to_wire(), **report},
+        )

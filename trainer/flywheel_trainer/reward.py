@@ -1,0 +1,203 @@
+"""Stage `reward`: train one configured reward model (config.reward_model names it) on the curated data.
+
+- `pointwise`: Bradley–Terry on preference pairs with TRL's RewardTrainer (reward centering); drives RL and
+  rejection sampling and gives the offline win rates.
+- `pairwise`: both responses in one input, a logit for "A is better"; every pair is shown in both orders so
+  position carries no signal.
+- `user-signal`: a classifier of p(continue) or p(thumb up) on served responses (the report found these noisy
+  and used them only to select rejection-sampling data).
+
+Every kind ends in one logit; held-out accuracy and expected calibration error are reported before and after
+temperature scaling, and the fitted temperature is saved with the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
+
+from flywheel_trainer.calibration import calibration_report
+from flywheel_trainer.outputs import (
+    SCRATCH,
+    StageError,
+    atomic_output_dir,
+    finish_result,
+    read_jsonl,
+    sha256_path,
+)
+from flywheel_trainer.progress import attach_progress
+from flywheel_trainer.runtime import existing_path, model_dtype, model_source, save_trained, training_kwargs
+from flywheel_trainer.scoring import logits_for_texts, render, render_pair, write_metadata
+
+Row = dict[str, Any]
+SIGNAL_COLUMNS = {"continue": "continued", "thumb-up": "thumb_up"}
+
+
+def reward_settings(config: StageConfig) -> RewardModelSettings:
+    """The settings of the reward model this Job trains."""
+    models = {m.name: m for m in config.settings.reward_models}
+    if config.reward_model not in models:
+        raise StageError(
+            f"rewardModel: {config.reward_model!r} is not in settings.rewardModels; choose one of {sorted(models)}"
+        )
+    return models[config.reward_model]
+
+
+def split_held_out(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
+    """(train, held_out) by prompt, so no context is on both sides; at least one context is held out."""
+
+    def key(row: Row) -> str:
+        return hashlib.sha256(f"{seed}:{row['prompt']}".encode()).hexdigest()
+
+    contexts = sorted({key(row) for row in rows})
+    if len(contexts) < 2:
+        raise StageError("the reward model needs data from at least two prompts; curate produced fewer")
+    held = set(contexts[: max(1, round(len(contexts) * fraction))])
+    return [r for r in rows if key(r) not in held], [r for r in rows if key(r) in held]
+
+
+def _upstream(config: StageConfig, artifact: str) -> Path:
+    uri = config.upstream.get("curate", {}).get(artifact)
+    if uri is None:
+        raise StageError(f"upstream.curate.{artifact} is missing: the reward stage needs the curate stage's output")
+    return existing_path(uri, field=f"upstream.curate.{artifact}")
+
+
+def _train_pointwise(settings: RewardModelSettings, base: str, train: list[Row], args: dict, tokenizer: Any) -> Any:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=model_dtype())
+    model.config.pad_token_id = tokenizer.pad_token_id
+    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train])
+    trainer = RewardTrainer(
+        model=model,
+        args=RewardConfig(
+            **args,
+            center_rewards_coefficient=settings.center_rewards_coefficient or None,
+            max_length=settings.max_length,
+        ),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    attach_progress(trainer).train()
+    return trainer
+
+
+def _classifier_examples(settings: RewardModelSettings, rows: list[Row], tokenizer: Any) -> tuple[list[str], list[int]]:
+    """Texts and binary labels of a pairwise or user-signal model."""
+    texts, labels = [], []
+    if settings.kind == "pairwise":
+        for r in rows:
+            chosen, rejected = r["chosen"][0]["content"], r["rejected"][0]["content"]
+            texts += [
+                render_pair(tokenizer, r["prompt"], chosen, rejected),
+                render_pair(tokenizer, r["prompt"], rejected, chosen),
+            ]
+            labels += [1, 0]
+    else:
+        column = SIGNAL_COLUMNS[settings.signal]
+        for r in rows:
+            texts.append(render(tokenizer, r["prompt"], r["completion"][0]["content"]))
+            labels.append(int(bool(r[column])))
+    return texts, labels
+
+
+def _train_classifier(
+    settings: RewardModelSettings, base: str, texts: list[str], labels: list[int], args: dict, tokenizer: Any
+) -> Any:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=1, problem_type="multi_label_classification", dtype=model_dtype()
+    )
+    model.config.pad_token_id = tokenizer.pad_token_id
+    encoded = tokenizer(texts, truncation=True, max_length=settings.max_length, add_special_tokens=False)
+    dataset = Dataset.from_dict({**encoded, "labels": [[float(y)] for y in labels]})
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**args, remove_unused_columns=False),
+        train_dataset=dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),
+    )
+    attach_progress(trainer).train()
+    return trainer
+
+
+def main(config: StageConfig) -> StageResult:
+
+    settings = reward_settings(config)
+    base = model_source(
+        settings.base_model or config.policy,
+        field=f"settings.rewardModels[{settings.name}].baseModel" if settings.base_model else "policy",
+    )
+    artifact = "pairs" if settings.kind in ("pointwise", "pairwise") else "signals"
+    data_path = _upstream(config, artifact)
+    rows = read_jsonl(data_path)
+    if settings.kind == "user-signal":
+        rows = [r for r in rows if r.get(SIGNAL_COLUMNS[settings.signal]) is not None]
+    train, held_out = split_held_out(rows, settings.held_out_fraction, config.seed)
+    from transformers import AutoTokenizer, set_seed
+
+    set_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    with atomic_output_dir(config.output_dir) as out:
+        args = training_kwargs(
+            out / SCRATCH,
+            seed=config.seed,
+            deepspeed_stage=config.deepspeed_stage,
+            max_steps=settings.max_steps,
+            learning_rate=settings.learning_rate,
+        ) | {"per_device_train_batch_size": settings.batch_size, "num_train_epochs": settings.epochs}
+        if settings.kind == "pointwise":
+            trainer = _train_pointwise(settings, base, train, args, tokenizer)
+            chosen = [render(tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in held_out]
+            rejected = [render(tokenizer, r["prompt"], r["rejected"][0]["content"]) for r in held_out]
+            model = trainer.model
+            margin = logits_for_texts(model, tokenizer, chosen, max_length=settings.max_length) - logits_for_texts(
+                model, tokenizer, rejected, max_length=settings.max_length
+            )
+            held_logits, held_labels = [*margin, *(-margin)], [1] * len(margin) + [0] * len(margin)
+        else:
+            texts, labels = _classifier_examples(settings, train, tokenizer)
+            trainer = _train_classifier(settings, base, texts, labels, args, tokenizer)
+            held_texts, held_labels = _classifier_examples(settings, held_out, tokenizer)
+            model = trainer.model
+            held_logits = list(logits_for_texts(model, tokenizer, held_texts, max_length=settings.max_length))
+        calibration = calibration_report(held_logits, held_labels)
+        save_trained(trainer, out / "model", tokenizer, merge_lora=False)
+        write_metadata(
+            out / "model",
+            name=settings.name,
+            kind=settings.kind,
+            signal=settings.signal,
+            temperature=calibration["temperature"],
+            max_length=settings.max_length,
+        )
+        losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+        metrics = {
+            **calibration,
+            "train_examples": len(train),
+            "held_out_examples": len(held_out),
+            "positive_rate": sum(held_labels) / max(len(held_labels), 1),
+            **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
+            "steps": trainer.state.global_step,
+            "tokens_seen": trainer.state.num_input_tokens_seen,
+        }
+        return finish_result(
+            out,
+            config.output_dir,
+            stage="reward",
+            artifacts={"model": "model"},
+            input_digests={**config.upstream_digests, artifact: sha256_path(data_path)},
+            metrics=metrics,
+            details={"reward_model": settings.model_dump(mode="json"), "log_history": trainer.state.log_history},
+        )

@@ -1,0 +1,136 @@
+"""Where a stage runs: locating models and data, and the training arguments every TRL trainer shares.
+
+The same code runs on a laptop CPU with a tiny model and on GPU nodes with a Hugging Face id: bf16 and
+DeepSpeed only when CUDA is present, `use_cpu` otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from flywheel_trainer.outputs import StageError
+
+ARTIFACTS_MOUNT = "/artifacts"
+"""Where the artifact PersistentVolumeClaim is mounted in stage pods (StorageSpec.pvc)."""
+
+
+def local_path(uri: str, *, field: str) -> Path:
+    """Map an artifact or data URI to a local path: plain paths, `file://…` and `pvc://<claim>/<path>`.
+
+    Object-store URIs are not read directly: the operator stages them onto the claim first.
+    """
+    if uri.startswith("file://"):
+        return Path(uri.removeprefix("file://"))
+    if uri.startswith("pvc://"):
+        _, _, rest = uri.removeprefix("pvc://").partition("/")
+        return Path(ARTIFACTS_MOUNT) / rest
+    if "://" in uri:
+        raise StageError(f"{field}: {uri!r} is not readable by a stage program; use a path, file:// or pvc:// URI")
+    return Path(uri)
+
+
+def existing_path(uri: str, *, field: str) -> Path:
+    """`local_path`, failing with the field's name when nothing is there."""
+    path = local_path(uri, field=field)
+    if not path.exists():
+        raise StageError(f"{field}: {uri!r} does not exist; check the path or the upstream stage's output")
+    return path
+
+
+def model_source(value: str, *, field: str) -> str:
+    """Check a model reference before any heavy work: a local directory with a config, or a Hugging Face id.
+
+    With `HF_HUB_OFFLINE=1` a Hub id must already be in the local cache; the error names the field.
+    """
+    if "://" in value or value.startswith(("/", ".", "~")) or Path(value).exists():
+        path = local_path(value, field=field).expanduser()
+        if not (path / "config.json").is_file():
+            raise StageError(f"{field}: no model at {value!r} (expected a directory with config.json)")
+        return str(path)
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(value, "config.json"), str):
+            raise StageError(
+                f"{field}: model {value!r} is neither a local directory nor in the Hugging Face cache, and "
+                "HF_HUB_OFFLINE=1 forbids downloading it; give a path or pre-download the model"
+            )
+    return value
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def deepspeed_config(stage: int) -> dict[str, Any]:
+    """A ZeRO-2/3 config whose batch and precision values TrainingArguments fills in ("auto")."""
+    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
+    if stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    return {
+        "zero_optimization": zero,
+        "bf16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "train_batch_size": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+    }
+
+
+def training_kwargs(
+    output_dir: Path, *, seed: int, deepspeed_stage: int, max_steps: int | None, learning_rate: float
+) -> dict[str, Any]:
+    """Arguments shared by every TRL config: no checkpoints or trackers, bf16 + DeepSpeed on CUDA only."""
+    cuda = has_cuda()
+    kwargs: dict[str, Any] = {
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "learning_rate": learning_rate,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "use_cpu": not cuda,
+        "bf16": cuda,
+        "max_steps": max_steps if max_steps is not None else -1,
+        "include_num_input_tokens_seen": "non_padding",  # result metric `tokens_seen` (bench: tokens/s)
+    }
+    if cuda and deepspeed_stage > 0:
+        kwargs["deepspeed"] = deepspeed_config(deepspeed_stage)
+    return kwargs
+
+
+def lora_config(lora: Any, *, task_type: str) -> Any:
+    """A peft LoraConfig from LoraSettings, or None when LoRA is off."""
+    if not lora.enabled:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules="all-linear", task_type=task_type
+    )
+
+
+def save_trained(trainer: Any, directory: Path, tokenizer: Any, *, merge_lora: bool) -> Any:
+    """Save the trained model where the next stage loads it and return it: LoRA adapters merged into the base
+    model; otherwise through `trainer.save_model`, which gathers DeepSpeed ZeRO-3 partitioned weights."""
+    if merge_lora:
+        model = trainer.model.merge_and_unload()
+        if trainer.args.should_save:
+            model.save_pretrained(directory)
+    else:
+        trainer.save_model(str(directory))
+        model = trainer.model
+    if trainer.args.should_save:
+        tokenizer.save_pretrained(directory)
+    return model
+
+
+def model_dtype() -> Any:
+    import torch
+
+    return torch.bfloat16 if has_cuda() else torch.float32

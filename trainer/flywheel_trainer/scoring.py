@@ -1,0 +1,123 @@
+"""Loading trained reward models and scoring responses with them (rejection sampling, RL selection, eval).
+
+Every reward model is a sequence classifier with one logit, saved with `flywheel_reward.json` (its kind,
+signal and fitted temperature). Inputs are rendered with the tokenizer's chat template exactly as TRL's
+RewardTrainer and GRPOTrainer render them, so training and scoring see the same text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flywheel_trainer.calibration import sigmoid
+from flywheel_trainer.outputs import StageError
+
+METADATA_FILE = "flywheel_reward.json"
+SCORE_BATCH = 32
+Chat = list[dict[str, str]]
+
+
+@dataclass
+class RewardModel:
+    """A loaded reward model and what it predicts."""
+
+    name: str
+    kind: str
+    signal: str | None
+    temperature: float
+    model: Any
+    tokenizer: Any
+    max_length: int
+
+
+def render(tokenizer: Any, prompt: Chat, response: str) -> str:
+    """The chat-template text of a prompt followed by one assistant response."""
+    return tokenizer.apply_chat_template([*prompt, {"role": "assistant", "content": response}], tokenize=False)
+
+
+def render_pair(tokenizer: Any, prompt: Chat, first: str, second: str) -> str:
+    """The pairwise model's input: both responses in one assistant turn, labelled A and B."""
+    return render(tokenizer, prompt, f"Response A:\n{first}\n\nResponse B:\n{second}")
+
+
+def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
+    """Load a reward model written by the reward stage; the error names the config field when it is missing."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from flywheel_trainer.runtime import existing_path
+
+    directory = existing_path(str(path), field=field)
+    meta_file = directory / METADATA_FILE
+    if not meta_file.is_file():
+        raise StageError(f"{field}: {directory} is not a reward model written by the reward stage (no {METADATA_FILE})")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSequenceClassification.from_pretrained(directory).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    return RewardModel(
+        name=meta["name"],
+        kind=meta["kind"],
+        signal=meta.get("signal"),
+        temperature=float(meta["temperature"]),
+        model=model,
+        tokenizer=tokenizer,
+        max_length=int(meta["max_length"]),
+    )
+
+
+def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int) -> np.ndarray:
+    """The first logit of a sequence classifier for each text, in batches (right padding)."""
+    import torch
+
+    out: list[float] = []
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "right"
+    for start in range(0, len(texts), SCORE_BATCH):
+        batch = tokenizer(
+            list(texts[start : start + SCORE_BATCH]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            add_special_tokens=False,
+        ).to(device)
+        with torch.inference_mode():
+            out.extend(model(**batch).logits[:, 0].float().cpu().tolist())
+    return np.asarray(out, dtype=float)
+
+
+def pointwise_scores(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
+    """Bradley–Terry rewards (higher is better) of each response to its prompt."""
+    texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    return logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
+
+
+def signal_probabilities(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
+    """Calibrated probability of the user signal (p(continue) or p(thumb up)) for each response."""
+    texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    return sigmoid(logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length) / rm.temperature)
+
+
+def pairwise_probabilities(
+    rm: RewardModel, prompts: Sequence[Chat], first: Sequence[str], second: Sequence[str]
+) -> np.ndarray:
+    """Calibrated P(first better than second), averaged over both presentation orders (no position bias)."""
+    forward = [render_pair(rm.tokenizer, p, a, b) for p, a, b in zip(prompts, first, second, strict=True)]
+    backward = [render_pair(rm.tokenizer, p, b, a) for p, a, b in zip(prompts, first, second, strict=True)]
+    p_forward = sigmoid(logits_for_texts(rm.model, rm.tokenizer, forward, max_length=rm.max_length) / rm.temperature)
+    p_backward = sigmoid(logits_for_texts(rm.model, rm.tokenizer, backward, max_length=rm.max_length) / rm.temperature)
+    return (p_forward + 1.0 - p_backward) / 2.0
+
+
+def write_metadata(
+    directory: Path, *, name: str, kind: str, signal: str | None, temperature: float, max_length: int
+) -> None:
+    meta = {"name": name, "kind": kind, "signal": signal, "temperature": temperature, "max_length": max_length}
+    (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")
