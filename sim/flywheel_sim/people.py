@@ -1,0 +1,121 @@
+"""Simulated people: hidden preferences drawn from the world's segments, and how they react.
+
+Appeal is a person's logit change for one response; it drives continuing (depth), thumbs and regenerating.
+The *lasting* value leaves out the emoji pull, and emoji overuse costs satisfaction memory, which drives
+coming back the next day (breadth). That gap is the planted reward-hacking trap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from flywheel_sim.features import ResponseFeatures, feature_matrix
+from flywheel_sim.world import Population, Preferences, World
+
+Source = Literal["user", "internal"]
+_PREFERENCE_ORDER = ("question", "on_topic", "persona", "compliance", "emoji")
+
+
+def sigmoid(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+@dataclass(frozen=True)
+class People:
+    """A population as arrays (row i is person i)."""
+
+    source: Source
+    ids: list[str]
+    segments: np.ndarray
+    """Segment index of each person."""
+    weights: np.ndarray
+    """(n, 5) weights of question, on_topic, persona, compliance, capped emojis."""
+    length_weight: np.ndarray
+    ideal_length: np.ndarray
+    favourites: np.ndarray
+    """(n, k) character indices each person chats with."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _segment_vector(p: Preferences) -> list[float]:
+    return [getattr(p, name) for name in _PREFERENCE_ORDER]
+
+
+def build_people(world: World, source: Source, seed: int) -> People:
+    """The world's user or tester population, drawn deterministically from `seed`."""
+    population: Population = world.users if source == "user" else world.internal.population
+    rng = np.random.default_rng([seed, 0 if source == "user" else 1, 7919])
+    n = population.size
+    shares = np.array([s.share for s in population.segments])
+    segments = rng.choice(len(shares), size=n, p=shares / shares.sum())
+    base = np.array([_segment_vector(s.preferences) for s in population.segments])[segments]
+    weights = base + rng.normal(0.0, population.preference_noise, size=base.shape)
+    length_base = np.array([s.preferences.length for s in population.segments])[segments]
+    length_weight = length_base + rng.normal(0.0, population.preference_noise, size=n)
+    ideal = np.array([s.preferences.ideal_length for s in population.segments], dtype=np.float64)[segments]
+    k = population.favourite_characters
+    favourites = np.array([rng.permutation(len(world.characters))[:k] for _ in range(n)]).reshape(n, k)
+    prefix = "user" if source == "user" else "tester"
+    width = len(str(n))
+    return People(
+        source=source,
+        ids=[f"{prefix}-{i:0{width}d}" for i in range(n)],
+        segments=segments,
+        weights=weights,
+        length_weight=length_weight,
+        ideal_length=ideal,
+        favourites=favourites,
+    )
+
+
+@dataclass(frozen=True)
+class Reaction:
+    """How each person (row) weighs the response served to them."""
+
+    appeal: np.ndarray
+    """Immediate logit change (drives continue, thumbs, regenerate)."""
+    lasting: np.ndarray
+    """Appeal without the emoji pull (drives next-day return)."""
+    emojis: np.ndarray
+    """Raw emoji counts (the trap's overuse is measured on them)."""
+
+
+def react(world: World, people: People, persons: np.ndarray, features: list[ResponseFeatures]) -> Reaction:
+    """Appeal of each response `features[j]` to person `persons[j]`."""
+    f = feature_matrix(features, world.trap.emoji_cap)
+    w = people.weights[persons]
+    words = np.array([x.words for x in features], dtype=np.float64)
+    ideal = people.ideal_length[persons]
+    length_term = people.length_weight[persons] * np.abs(words - ideal) / ideal
+    emoji_term = w[:, 4] * f[:, 4]
+    appeal = (w * f).sum(axis=1) + length_term
+    return Reaction(appeal=appeal, lasting=appeal - emoji_term, emojis=np.array([x.emojis for x in features], float))
+
+
+def day_value(world: World, lasting_mean: np.ndarray, emoji_mean: np.ndarray) -> np.ndarray:
+    """What a day of chatting leaves in satisfaction memory: lasting appeal minus the trap's overuse cost."""
+    overuse = np.maximum(0.0, emoji_mean - world.trap.threshold)
+    return lasting_mean - world.trap.return_penalty * overuse
+
+
+def update_memory(world: World, memory: np.ndarray, active: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """Satisfaction memory after a day: an EMA of active days' values, decaying on days without a session."""
+    r = world.returning
+    return np.where(active, (1.0 - r.memory) * memory + r.memory * value, (1.0 - r.decay) * memory)
+
+
+def active_probability(world: World, source: Source, memory: np.ndarray) -> np.ndarray:
+    """Chance of having a session on a day: satisfaction-driven for users, a fixed rate for testers."""
+    if source == "internal":
+        return np.full(memory.shape, world.internal.daily_active)
+    r = world.returning
+    return sigmoid(r.bias + r.satisfaction_weight * memory)
+
+
+def continue_bias(world: World, source: Source) -> float:
+    return world.internal.continue_bias if source == "internal" else world.session.continue_bias
