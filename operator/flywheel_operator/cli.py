@@ -31,13 +31,11 @@ def _docs(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    sys.stderr.write(
-        f"flywheel run {args.file}: the local runner is not built yet (issue 'Local runner').\n"
-        "It will: validate the generation, build generation 0 of the simulated world, run curate → reward models →\n"
-        "rejection-sampling SFT → RL → eval as `flywheel-train` subprocesses, gate offline, run a simulated A/B\n"
-        "canary against simulated users and decide with the online gate. Until then nothing is run.\n"
+    from flywheel_operator.local.commands import run_command
+
+    return run_command(
+        args.file, generations=args.generations, run_dir=args.run_dir, world=args.world, cache_dir=args.cache_dir
     )
-    return 2
 
 
 def _exporter(args: argparse.Namespace) -> int:
@@ -49,6 +47,18 @@ def _exporter(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     snapshot = Path(args.snapshot) if args.snapshot else None
     return serve(args.host, args.port, snapshot, engaged_min_days=args.engaged_min_days)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flywheel_operator.local.commands import status_command
+
+    return status_command(args.run_dir, as_json=args.json)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from flywheel_operator.local.commands import report_command
+
+    return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a generation locally against simulated users")
     p.add_argument("file", help="FlywheelGeneration manifest, e.g. examples/local/gen1.yaml")
+    p.add_argument("--generations", type=int, default=1, help="chain N generations; each promoted one is the parent")
+    p.add_argument("--run-dir", help="run directory (default: resources.storage.uri of the manifest); rerun to resume")
+    p.add_argument("--world", help="simulated world file (default: examples/local/world.yaml)")
+    p.add_argument("--cache-dir", help="cache of generation-0 builds (default: runs/cache)")
     p.set_defaults(func=_run)
+
+    p = sub.add_parser("status", help="show the status documents of a local run")
+    p.add_argument("run_dir", help="run directory printed by `flywheel run`, or one generation's directory")
+    p.add_argument("--json", action="store_true", help="print the status documents as JSON")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("report", help="write the HTML report (with PNG plots) of a local run")
+    p.add_argument("run_dir", help="run directory printed by `flywheel run`")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    p.add_argument("--no-oracle", action="store_true", help="skip the simulator's ground-truth engagement")
+    p.set_defaults(func=_report)
 
     # Further subcommands (exporter, operator, status, report) are added below by their modules' owners.
     p = sub.add_parser("exporter", help="serve the engagement exporter: POST /events, GET /metrics, GET /healthz")

@@ -1,0 +1,369 @@
+"""LocalBackend: carries out the planner's actions on this machine and observes what happened.
+
+- StartStage: the same `flywheel-train STAGE --config FILE` a Job runs, as a subprocess in its own session,
+  its config written to `configs/<child>.json` and its stdout and stderr to `logs/<child>.log`. `sim://` URIs
+  are resolved here (the planner never sees files): generation 0 is built, simulated traffic is written.
+- DeployCanary / PromoteCanary / RollBackCanary: the simulated A/B canary (flywheel_operator.local.canary).
+- observe: polls the subprocesses and reads `result.json`; a stage that finished while the runner was away is
+  read from its output directory, one that was interrupted is started again under the same child name (like a
+  Job whose pod restarted), so a resumed run never re-runs a finished stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from flywheel_operator.api import (
+    FlywheelGeneration,
+    FlywheelGenerationStatus,
+    StageConfig,
+    StageResult,
+    TrafficSource,
+    parse_duration,
+)
+from flywheel_operator.local import sources
+from flywheel_operator.local.canary import SimulatedCanary, simulated_days
+from flywheel_operator.planner import (
+    Action,
+    DeployCanary,
+    JobObservation,
+    Observed,
+    ParentObservation,
+    PromoteCanary,
+    RollBackCanary,
+    StartStage,
+)
+
+RESULT_FILE = "result.json"
+LOG_TAIL_LINES = 8
+"""Lines of a failed stage's log quoted in its failure message."""
+STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where one generation's local files live (docs/local.md, 'Run directory')."""
+
+    root: Path
+
+    @property
+    def status(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events.log"
+
+    def config(self, child: str) -> Path:
+        return self.root / "configs" / f"{child}.json"
+
+    def log(self, child: str) -> Path:
+        return self.root / "logs" / f"{child}.log"
+
+    def pid(self, child: str) -> Path:
+        return self.root / "pids" / f"{child}.pid"
+
+    def traffic(self, source: str) -> Path:
+        return self.root / "traffic" / source
+
+    @property
+    def canary(self) -> Path:
+        return self.root / "canary"
+
+
+class LocalBackend:
+    """Runs one generation's stage programs and canary in `paths.root`, against the world in `world_file`."""
+
+    def __init__(
+        self,
+        generation: FlywheelGeneration,
+        paths: RunPaths,
+        *,
+        world_file: Path,
+        cache_dir: Path,
+        cpus: int | None = None,
+        note: Callable[[str], None] = lambda text: None,
+    ) -> None:
+        self.generation = generation
+        self.note = note
+        """Where slow in-process work (generation 0, simulated traffic) is announced."""
+        self.paths = paths
+        self.world_file = world_file
+        self.cache_dir = cache_dir
+        self.cpus = cpus or os.cpu_count() or 1
+        self.canary = SimulatedCanary(paths.canary, world_file, note)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.configs: dict[str, StageConfig] = {}
+        self._resolved: dict[str, str] = {}
+        self.launched: list[str] = []
+        """Children started by this backend (a resumed run starts only unfinished ones)."""
+
+    # ------------------------------------------------------------------------------------------ policies
+    def resolve_policy(self, uri: str) -> str:
+        """A policy reference as a model directory: `sim://generation-0` is built (or read from the cache)."""
+        if not sources.is_sim(uri):
+            return uri
+        if uri not in self._resolved:
+            self.note(f"generation 0 of the simulated world ({uri}; built once, then cached in {self.cache_dir})")
+            self._resolved[uri] = str(sources.generation0(uri, self.world_file, self.cache_dir))
+        return self._resolved[uri]
+
+    def _resolve_source(self, source: TrafficSource | None, policy_dir: str) -> TrafficSource | None:
+        if source is None or not sources.is_sim(source.uri):
+            return source
+        from flywheel_operator.local.users import simulate_source
+
+        parsed = sources.parse_sim_uri(source.uri)
+        if not isinstance(parsed, sources.TrafficUri):
+            raise sources.SimUriError(f"{source.uri}: traffic must be sim://users or sim://internal-testers")
+        if not (self.paths.traffic(parsed.source) / "events.jsonl").is_file():
+            self.note(f"simulating {parsed.days} day(s) of {parsed.source} traffic with the starting policy")
+        log = simulate_source(
+            self.world_file,
+            policy_dir,
+            self._policy_name(),
+            parsed,
+            self.paths.traffic(parsed.source),
+            seed=self.generation.spec.generation,
+        )
+        return source.model_copy(update={"uri": str(log)})
+
+    def _policy_name(self) -> str:
+        parent = self.generation.spec.parent
+        return parent if parent is not None else "generation-0"
+
+    def render(self, config: StageConfig) -> StageConfig:
+        """The config as the subprocess reads it: every `sim://` URI replaced by the file it stands for."""
+        policy = self.resolve_policy(config.policy)
+        data = config.data.model_copy(
+            update={
+                name: self._resolve_source(getattr(config.data, name), policy)
+                for name in ("user_traffic", "internal_traffic", "eval_prompts_user", "eval_prompts_internal")
+            }
+        )
+        return config.model_copy(update={"policy": policy, "data": data})
+
+    # ------------------------------------------------------------------------------------------- actions
+    def carry_out(self, actions: Sequence[Action], status: FlywheelGenerationStatus) -> None:
+        starts = [a for a in actions if isinstance(a, StartStage)]
+        for action in starts:
+            self._start(action, parallel=len(starts))
+        for action in actions:
+            if isinstance(action, DeployCanary):
+                self._deploy(action)
+            elif isinstance(action, PromoteCanary):
+                self.canary.finish("Promoted")
+            elif isinstance(action, RollBackCanary):
+                self.canary.finish("RolledBack")
+
+    def _deploy(self, action: DeployCanary) -> None:
+        resolved = DeployCanary(
+            inference_service=action.inference_service,
+            mode=action.mode,
+            traffic_percent=action.traffic_percent,
+            candidate_policy=self.resolve_policy(action.candidate_policy),
+            control_policy=self.resolve_policy(action.control_policy),
+        )
+        self.canary.deploy(
+            resolved,
+            experiment=self.generation.metadata.name,
+            days=simulated_days(_max_duration(self.generation)),
+            seed=self.generation.spec.generation,
+            people=_simulated_people(self.generation),
+        )
+
+    def _start(self, action: StartStage, *, parallel: int) -> None:
+        if action.child in self.procs and self.procs[action.child].poll() is None:
+            return  # idempotent: this child runs already
+        config = self.render(action.config)
+        path = self.paths.config(action.child)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, json.dumps(config.to_wire(), indent=2) + "\n")
+        self.configs[action.child] = config
+        self._launch(action.child, config.stage, path, parallel=parallel)
+
+    def _launch(self, child: str, stage: str, config_path: Path, *, parallel: int) -> None:
+        self._stop_orphan(child)
+        log = self.paths.log(child)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        threads = str(max(1, self.cpus // max(1, parallel)))
+        env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "TRL_EXPERIMENTAL_SILENCE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+            "PYTHONUNBUFFERED": "1",
+        }
+        with log.open("ab") as handle:
+            handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child}\n".encode())
+            handle.flush()
+            proc = subprocess.Popen(
+                [*_train_command(), stage, "--config", str(config_path)],
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # Ctrl-C reaches the runner only; it stops the children itself
+            )
+        self.procs[child] = proc
+        self.launched.append(child)
+        pid_file = self.paths.pid(child)
+        pid_file.parent.mkdir(parents=True, exist_ok=True)
+        pid_file.write_text(f"{proc.pid}\n")
+
+    def _stop_orphan(self, child: str) -> None:
+        """A subprocess left running by a runner that was killed: stop it before starting the child again."""
+        pid_file = self.paths.pid(child)
+        if child in self.procs or not pid_file.is_file():
+            return
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (ValueError, OSError):
+            return
+        if str(self.paths.config(child)).encode() in cmdline:
+            _terminate_group(pid)
+
+    # ------------------------------------------------------------------------------------------ observing
+    def observe(
+        self, status: FlywheelGenerationStatus, now: datetime, parent: ParentObservation | None
+    ) -> Observed:
+        jobs = {}
+        for record in status.stages:
+            if record.state == "Running":
+                jobs[record.child] = self._job(record.child, record.name)
+        online = None
+        if status.online is not None and status.online.started_at is not None and status.canary is not None:
+            if status.canary.phase == "Ready":
+                self.canary.reveal(now - status.online.started_at)
+            online = self.canary.reading(now)
+        return Observed(now=now, jobs=jobs, canary=self.canary.observation(), online=online, parent=parent)
+
+    def _job(self, child: str, stage: str) -> JobObservation:
+        proc = self.procs.get(child)
+        output = self._output_dir(child, stage)
+        if proc is None:
+            if output is not None and (output / RESULT_FILE).is_file():
+                return JobObservation(name=child, state="Succeeded", result=_read_result(output))
+            self._relaunch(child)
+            return JobObservation(name=child, state="Running")
+        code = proc.poll()
+        if code is None:
+            return JobObservation(name=child, state="Running")
+        if code == 0:
+            return JobObservation(
+                name=child, state="Succeeded", result=_read_result(output) if output is not None else None
+            )
+        return JobObservation(name=child, state="Failed", message=f"exit code {code}: {self.log_tail(child)}")
+
+    def _output_dir(self, child: str, stage: str) -> Path | None:
+        config = self.configs.get(child) or self._saved_config(child)
+        return Path(config.output_dir) if config is not None else None
+
+    def _saved_config(self, child: str) -> StageConfig | None:
+        path = self.paths.config(child)
+        if not path.is_file():
+            return None
+        config = StageConfig.model_validate_json(path.read_text())
+        self.configs[child] = config
+        return config
+
+    def _relaunch(self, child: str) -> None:
+        """Start a child that was interrupted (or never started) from its saved config."""
+        config = self._saved_config(child)
+        if config is None:
+            return  # never written: the planner re-requests it after its visibility grace
+        with self.paths.log(child).open("ab") as handle:
+            handle.write(b"# the runner was stopped while this stage ran; starting it again\n")
+        self._launch(child, config.stage, self.paths.config(child), parallel=1)
+
+    def log_tail(self, child: str) -> str:
+        try:
+            lines = self.paths.log(child).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "no log"
+        interesting = [line for line in lines if line.strip() and not line.startswith(("{", "# "))]
+        return " | ".join(interesting[-LOG_TAIL_LINES:])[-1500:]
+
+    def running(self) -> list[str]:
+        return [child for child, proc in self.procs.items() if proc.poll() is None]
+
+    # ------------------------------------------------------------------------------------------ stopping
+    def stop(self) -> list[str]:
+        """Terminate every running child (SIGTERM to its session, SIGKILL after a grace); returns their names."""
+        running = self.running()
+        for child in running:
+            _terminate_group(self.procs[child].pid, wait=False)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for child in running:
+            proc = self.procs[child]
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait()
+        return running
+
+
+def _train_command() -> list[str]:
+    """`flywheel-train` of this environment (the console script next to the interpreter), else `-m`."""
+    script = Path(sys.executable).with_name("flywheel-train")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "flywheel_trainer.cli"]
+
+
+def _read_result(output: Path) -> StageResult | None:
+    try:
+        return StageResult.model_validate_json((output / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _terminate_group(pid: int, *, wait: bool = True) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    if not wait:
+        return
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _max_duration(generation: FlywheelGeneration) -> timedelta:
+    return parse_duration(generation.spec.canary.max_duration)
+
+
+def _simulated_people(generation: FlywheelGeneration) -> int | None:
+    """The canary simulates the same slice of the population as the user traffic (`sim://users?people=N`)."""
+    uri = generation.spec.data.user_traffic.uri
+    parsed = sources.parse_sim_uri(uri) if sources.is_sim(uri) else None
+    return parsed.people if isinstance(parsed, sources.TrafficUri) else None

@@ -1,0 +1,216 @@
+"""The local canary: a simulated A/B test between the parent (control) and the candidate (treatment).
+
+Both models are served by the trainer image's `ChatPredictor`; the world's users are assigned stickily to an
+arm by hash (the spec's `trafficPercent` on the candidate, as many on the control), chat day after day, and
+their exposure and engagement go through the gate's engagement store — the exporter's — from which the gate's
+local reader takes the per-arm sums. Time is simulated: the runner's clock says how many days have passed
+since the canary became Ready, and that many simulated days are revealed to the store.
+
+Days are simulated only when they are due (`flywheel_sim.TrafficSimulation`, one day at a time), so a canary
+the gate stops after two days costs two days. Each day's events and the simulation's state are kept in the
+canary directory, so a resumed run replays the revealed days into a fresh store and goes on from there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from flywheel_operator.api import OnlineReading
+from flywheel_operator.planner import CanaryObservation, DeployCanary
+
+PRE_DAYS = 1
+"""Control-only days before exposure, whose depth is the CUPED covariate."""
+STATE_FILE = "canary.json"
+STATE_PICKLE = "simulation-state.pickle"
+"""The simulation's state after the last simulated day (flywheel_sim.TrafficState)."""
+DAY = timedelta(days=1)
+
+
+@dataclass
+class CanaryState:
+    """What was deployed and how far the experiment has been revealed (canary.json)."""
+
+    experiment: str
+    control_policy: str
+    candidate_policy: str
+    traffic_percent: int
+    days: int
+    seed: int
+    people: int | None = None
+    revealed_days: int = 0
+    phase: str = "Ready"
+
+
+def simulated_days(max_duration: timedelta) -> int:
+    """Days to simulate for a canary that may run `max_duration` (at least one)."""
+    return max(1, math.ceil(max_duration / DAY))
+
+
+class SimulatedCanary:
+    """One generation's canary, kept in `directory`; its world is `world_file`."""
+
+    def __init__(self, directory: Path, world_file: Path, note: Callable[[str], None] = lambda text: None) -> None:
+        self.directory = directory
+        self.world_file = world_file
+        self.note = note
+        self.state = self._load()
+        self._store: Any = None
+        self._simulation: Any = None
+
+    # ---------------------------------------------------------------------------------------- actions
+    def deploy(self, action: DeployCanary, *, experiment: str, days: int, seed: int, people: int | None) -> None:
+        """Record the deployment (idempotent: the same action again changes nothing)."""
+        if self.state is not None and self.state.candidate_policy == action.candidate_policy:
+            return
+        self.state = CanaryState(
+            experiment=experiment,
+            control_policy=action.control_policy,
+            candidate_policy=action.candidate_policy,
+            traffic_percent=action.traffic_percent,
+            days=days,
+            seed=seed,
+            people=people,
+        )
+        self._save()
+
+    def finish(self, phase: str) -> None:
+        """Promote or roll back: the experiment stops; its logs stay for the report."""
+        if self.state is not None and self.state.phase != phase:
+            self.state.phase = phase
+            self._save()
+
+    # -------------------------------------------------------------------------------------- observing
+    def observation(self) -> CanaryObservation | None:
+        if self.state is None:
+            return None
+        missing = [p for p in (self.state.control_policy, self.state.candidate_policy) if not _is_model(p)]
+        if missing:
+            return CanaryObservation(ready=False, message=f"no model directory at {', '.join(missing)}")
+        return CanaryObservation(
+            ready=True,
+            message="parent and candidate served by ChatPredictor in process",
+            traffic_percent=self.state.traffic_percent,
+            revisions={"control": self.state.control_policy, "candidate": self.state.candidate_policy},
+        )
+
+    def reveal(self, elapsed: timedelta) -> int:
+        """Reveal every simulated day that has passed after `elapsed` of exposure; returns days revealed."""
+        assert self.state is not None, "reveal() before deploy()"
+        due = min(self.state.days, int(elapsed / DAY))
+        store = self.store()
+        for index in range(self.state.revealed_days, due):
+            errors = store.submit(_parse(self._day_events(index)))
+            if errors:
+                raise RuntimeError(f"the exporter store refused simulated day {index}: {errors[:3]}")
+            self.state.revealed_days = index + 1
+            self._save()
+        return self.state.revealed_days
+
+    def reading(self, now: datetime) -> OnlineReading | None:
+        """The gate's local reader over the store; None until a day has been revealed."""
+        from flywheel_operator.gate.readers import read_local
+
+        if self.state is None or self.state.revealed_days == 0:
+            return None
+        return read_local(self.store().store, generation=self.state.experiment, now=now)
+
+    def store(self) -> Any:
+        """The exporter's durable store, rebuilt from the revealed days (a snapshot is kept for inspection)."""
+        from flywheel_operator.gate.store import DurableStore
+
+        if self._store is None:
+            snapshot = self.directory / "exporter-snapshot.json"
+            for stale in (snapshot, snapshot.with_name(snapshot.name + ".journal")):
+                stale.unlink(missing_ok=True)
+            self._store = DurableStore(snapshot)
+            for index in range(self.state.revealed_days if self.state is not None else 0):
+                self._store.submit(_parse(self._day_events(index)))
+        return self._store
+
+    # --------------------------------------------------------------------------------------- traffic
+    def _day_events(self, index: int) -> list[dict[str, Any]]:
+        """The exporter events of test day `index` (0-based), simulating the days up to it when needed."""
+        path = self.directory / "traffic" / f"day-{index}.events.jsonl"
+        while not path.is_file():
+            self._simulate_next_day()
+        return _read_jsonl(path)
+
+    def _simulate_next_day(self) -> None:
+        """Simulate the next test day (after the pre-period, on the first call), keeping its logs and the state."""
+        import pickle
+
+        from flywheel_operator.local.users import PredictorPolicy, load_predictor
+        from flywheel_sim import TrafficSimulation, load_world, write_traffic
+
+        state = self.state
+        assert state is not None
+        traffic = self.directory / "traffic"
+        traffic.mkdir(parents=True, exist_ok=True)
+        if self._simulation is None:
+            world = load_world(self.world_file)
+            policies = {}
+            for arm, path in (("control", state.control_policy), ("treatment", state.candidate_policy)):
+                name = f"{state.experiment}-{arm}"
+                policies[arm] = PredictorPolicy(load_predictor(name, path, world), name)
+            saved = traffic / STATE_PICKLE
+            self._simulation = TrafficSimulation(
+                world,
+                policies,
+                seed=state.seed,
+                traffic_percent=state.traffic_percent,
+                pre_days=PRE_DAYS,
+                experiment=state.experiment,
+                max_people=state.people,
+                state=pickle.loads(saved.read_bytes()) if saved.is_file() else None,
+            )
+        simulation = self._simulation
+        if simulation.state.offset == 0:
+            self.note(f"simulating {PRE_DAYS} pre-period day(s) of the A/B test (the CUPED covariate)")
+            for _ in range(PRE_DAYS):
+                simulation.next_day()
+        index = simulation.state.offset - PRE_DAYS
+        self.note(
+            f"simulated A/B day {index + 1} of at most {state.days}: {state.traffic_percent}% of users per arm"
+        )
+        day = simulation.next_day()
+        write_traffic(day, traffic / f"day-{index}")
+        tmp = traffic / (STATE_PICKLE + ".tmp")
+        tmp.write_bytes(pickle.dumps(simulation.state))
+        tmp.replace(traffic / STATE_PICKLE)
+        events = traffic / f"day-{index}.events.jsonl"
+        partial = events.with_name(events.name + ".tmp")
+        partial.write_text("".join(json.dumps(e) + "\n" for e in day.events))
+        partial.replace(events)  # last: a day counts as simulated only once its events and the state are saved
+
+    # ------------------------------------------------------------------------------------------- disk
+    def _load(self) -> CanaryState | None:
+        path = self.directory / STATE_FILE
+        return CanaryState(**json.loads(path.read_text())) if path.is_file() else None
+
+    def _save(self) -> None:
+        assert self.state is not None
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state), indent=2) + "\n")
+        tmp.replace(path)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _is_model(path: str) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def _parse(lines: list[dict[str, Any]]) -> list[Any]:
+    from flywheel_operator.gate.events import parse_event
+
+    return [parse_event(json.dumps(line)) for line in lines]

@@ -1,0 +1,139 @@
+"""The `flywheel run`, `flywheel status` and `flywheel report` subcommands (thin: the work is elsewhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from flywheel_operator.local.progress import Display
+from flywheel_operator.local.runner import (
+    RUN_FILE,
+    LocalRunError,
+    Runner,
+    default_run_dir,
+    load_manifest,
+)
+from flywheel_operator.local.statusview import generation_dirs, render_status
+from rich.console import Console
+
+EXIT_INTERRUPTED = 130
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",
+    "TRL_EXPERIMENTAL_SILENCE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the runner draws its own bars; the stage logs keep theirs
+}
+
+
+def run_command(
+    file: str,
+    *,
+    generations: int = 1,
+    run_dir: str | None = None,
+    world: str | None = None,
+    cache_dir: str | None = None,
+    console: Console | None = None,
+) -> int:
+    """Run (or resume) `generations` generations of `file` locally; print the decision and the report path."""
+    from flywheel_operator.local.sources import SimUriError
+    from flywheel_sim import DEFAULT_WORLD, WorldFileError
+
+    for name, value in OFFLINE_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    console = console or Console(highlight=False, soft_wrap=True)
+    if generations < 1:
+        console.print(f"--generations must be at least 1 (got {generations})")
+        return 2
+    try:
+        first = load_manifest(Path(file))
+    except LocalRunError as exc:
+        console.print(str(exc), markup=False)
+        return 2
+    directory = Path(run_dir) if run_dir else default_run_dir(first)
+    world_file = Path(world) if world else DEFAULT_WORLD
+    cache = Path(cache_dir) if cache_dir else Path("runs") / "cache"
+    started = time.monotonic()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run as cleanly as Ctrl-C does
+    console.print(f"flywheel run {file}: run directory {directory}, world {world_file}", markup=False)
+    with Display(console) as display:
+        runner = Runner(directory, world_file=world_file, cache_dir=cache, display=display)
+        try:
+            outcomes = runner.run(first, generations)
+        except KeyboardInterrupt:
+            stopped = runner.stop()
+            display.event(
+                f"stopped ({', '.join(stopped) or 'no stage was running'}); the status is saved — run the same "
+                "command again to resume where it stopped",
+                warning=True,
+            )
+            return EXIT_INTERRUPTED
+        except (LocalRunError, SimUriError, WorldFileError) as exc:
+            runner.stop()
+            console.print(f"flywheel run: {exc}", markup=False)
+            return 2
+    minutes = (time.monotonic() - started) / 60
+    for outcome in outcomes:
+        decision = outcome.status.decision
+        line = f"{outcome.status.phase}" + (
+            f" ({decision.outcome}): " + "; ".join(decision.reasons) if decision else f": {outcome.status.message}"
+        )
+        console.print(f"{outcome.name}: {line}", markup=False)
+    console.print("writing the report (with the simulator's oracle: ground truth the gates never saw)", markup=False)
+    report = _write_report(directory, console, world_file)
+    console.print(f"status: flywheel status {directory}", markup=False)
+    if report is not None:
+        console.print(f"report: {report}", markup=False)
+    console.print(f"done in {minutes:.1f} min", markup=False)
+    return 0 if all(o.status.phase != "Failed" for o in outcomes) else 1
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _write_report(directory: Path, console: Console, world_file: Path) -> Path | None:
+    from flywheel_operator.local.report import compute_oracle, write_report
+
+    try:
+        compute_oracle(directory, world_file)
+        return write_report(directory)
+    except (OSError, ValueError) as exc:
+        console.print(f"the report could not be written: {exc}", markup=False)
+        return None
+
+
+def status_command(run_dir: str, *, as_json: bool = False) -> int:
+    """Print the status documents of a run directory (or of one generation's directory)."""
+    directory = Path(run_dir)
+    dirs = generation_dirs(directory)
+    if not dirs:
+        hint = "" if (directory / RUN_FILE).is_file() else " (is it a run directory? `flywheel run` prints it)"
+        sys.stderr.write(f"{directory}: no status.json found{hint}\n")
+        return 1
+    if as_json:
+        documents = {d.name: json.loads((d / "status.json").read_text()) for d in dirs}
+        sys.stdout.write(json.dumps(documents, indent=2) + "\n")
+        return 0
+    Console(highlight=False).print(render_status(dirs))
+    return 0
+
+
+def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True) -> int:
+    from flywheel_operator.local.report import compute_oracle, write_report
+
+    directory = Path(run_dir)
+    if not generation_dirs(directory):
+        sys.stderr.write(f"{directory}: no generation with a status.json; run `flywheel run` first\n")
+        return 1
+    if oracle:
+        run = json.loads((directory / RUN_FILE).read_text()) if (directory / RUN_FILE).is_file() else {}
+        from flywheel_sim import DEFAULT_WORLD
+
+        compute_oracle(directory, Path(run.get("world", DEFAULT_WORLD)))
+    path = write_report(directory, Path(out) if out else None)
+    sys.stdout.write(f"{path}\n")
+    return 0
