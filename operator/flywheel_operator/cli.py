@@ -61,6 +61,14 @@ def _report(args: argparse.Namespace) -> int:
     return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
 
 
+def _operator(args: argparse.Namespace) -> int:
+    from flywheel_operator.kube.run import run
+
+    return run(namespaces=args.namespaces or (), all_namespaces=args.all_namespaces, metrics_port=args.metrics_port,
+               health_port=args.health_port, peering=None if args.standalone else args.peering,
+               standalone=args.standalone)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -108,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 2: one visit is exposure, coming back is engagement)",
     )
     p.set_defaults(func=_exporter)
+
+    p = sub.add_parser("operator", help="run the Kubernetes operator (kopf): reconcile FlywheelGenerations")
+    scope = p.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--namespace", action="append", dest="namespaces", metavar="NS", help="watch NS (repeatable)")
+    scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
+    p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics")
+    p.add_argument("--health-port", type=int, default=8081, help="port of kopf's liveness endpoint /healthz")
+    peers = p.add_mutually_exclusive_group()
+    peers.add_argument("--peering", default="characterflywheel", help="kopf peering name (active/standby replicas)")
+    peers.add_argument("--standalone", action="store_true", help="no peering: a single replica")
+    p.set_defaults(func=_operator)
     return parser
 
 

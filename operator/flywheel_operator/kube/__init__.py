@@ -1,0 +1,1 @@
+"""The Kubernetes side of the operator: kopf handlers, the backend that carries out plans, manifests."""

@@ -1,0 +1,228 @@
+"""KubernetesBackend: observes a generation's world (Jobs, their results, the canary, the parent, Prometheus) and
+carries out the planner's actions. It decides nothing.
+
+Results travel in the stage pod's termination message (see kube/termination.py): once a Job has succeeded, the
+backend reads `status.containerStatuses[stage].state.terminated.message` of its pod. Every action is idempotent:
+children have deterministic names, so a second create answers 409 and is taken as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from flywheel_operator.api import (
+    TERMINAL_PHASES,
+    FlywheelGeneration,
+    FlywheelGenerationStatus,
+    OnlineReading,
+    StageResult,
+)
+from flywheel_operator.kube import canary, manifests
+from flywheel_operator.kube.client import ApiError, KubeClient, resource_path
+from flywheel_operator.kube.termination import parse_message
+from flywheel_operator.planner import (
+    Action,
+    CanaryObservation,
+    DeployCanary,
+    JobObservation,
+    Observed,
+    ParentObservation,
+    PromoteCanary,
+    RollBackCanary,
+    StartStage,
+)
+
+log = logging.getLogger(__name__)
+
+OnlineReader = Callable[[FlywheelGeneration, datetime], Awaitable[OnlineReading]]
+"""Reads the per-arm statistics of a generation's A/B test at `now` ("no data" is a reading with an error)."""
+
+
+async def prometheus_reader(generation: FlywheelGeneration, now: datetime) -> OnlineReading:
+    """The gate's PromQL reader (blocking httpx) in a worker thread."""
+    from flywheel_operator.gate.readers import PrometheusReader
+
+    reader = PrometheusReader(generation.spec.promotion)
+    return await asyncio.to_thread(
+        reader.read, generation=generation.metadata.name, namespace=generation.metadata.namespace or "", now=now
+    )
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
+
+
+def job_observation(job: dict[str, Any], result: StageResult | None = None) -> JobObservation:
+    """A batch/v1 Job as the planner sees it: Pending (suspended or not started), Running, Succeeded, Failed."""
+    status = job.get("status") or {}
+    name = job["metadata"]["name"]
+    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    started = _parse_time(status.get("startTime"))
+    if "Complete" in conditions:
+        finished = _parse_time(status.get("completionTime") or conditions["Complete"].get("lastTransitionTime"))
+        return JobObservation(name=name, state="Succeeded", started_at=started, finished_at=finished, result=result)
+    if "Failed" in conditions:
+        failed = conditions["Failed"]
+        message = ": ".join(p for p in (failed.get("reason"), failed.get("message")) if p) or "the Job failed"
+        return JobObservation(name=name, state="Failed", started_at=started,
+                              finished_at=_parse_time(failed.get("lastTransitionTime")), message=message)
+    if (job.get("spec") or {}).get("suspend") or not (started or status.get("active")):
+        return JobObservation(name=name, state="Pending")
+    return JobObservation(name=name, state="Running", started_at=started)
+
+
+def result_from_pods(pods: list[dict[str, Any]]) -> StageResult | None:
+    """The result in the termination message of the stage container of a succeeded pod (index 0 first)."""
+
+    def index(pod: dict[str, Any]) -> int:
+        value = (pod.get("metadata", {}).get("annotations") or {}).get(manifests.COMPLETION_INDEX_ANNOTATION, "0")
+        return int(value) if str(value).isdigit() else 0
+
+    for pod in sorted(pods, key=index):
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if container.get("name") == manifests.CONTAINER and terminated.get("exitCode") == 0:
+                result = parse_message(terminated.get("message"))
+                if result is not None:
+                    return result
+    return None
+
+
+def merge_patch(old: Any, new: Any) -> Any:
+    """RFC 7386 patch turning `old` into `new`: changed keys, removed keys as null, lists whole."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    patch: dict[str, Any] = {key: None for key in old if key not in new}
+    for key, value in new.items():
+        if key not in old:
+            patch[key] = value
+        elif old[key] != value:
+            patch[key] = merge_patch(old[key], value)
+    return patch
+
+
+@dataclass
+class KubernetesBackend:
+    client: KubeClient
+    read_online: OnlineReader = prometheus_reader
+    _results: dict[tuple[str, str], StageResult] = field(default_factory=dict)
+    """Results of succeeded Jobs already read (immutable once written)."""
+
+    # ------------------------------------------------------------------------------------------ observe
+    async def get_generation(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.client.get(resource_path("flywheelgenerations", namespace, name))
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def observe(self, generation: FlywheelGeneration, now: datetime) -> Observed:
+        """Only what the planner will look at in the current phase, to keep API calls per generation low."""
+        status = FlywheelGenerationStatus.model_validate(generation.status or {})
+        if status.phase in TERMINAL_PHASES:
+            return Observed(now=now)
+        namespace, name = generation.metadata.namespace or "", generation.metadata.name
+        jobs: dict[str, JobObservation] = {}
+        if status.canary is None:  # the pipeline is not over: a plan may start, or absorb, any stage
+            absorbed = {r.child for r in status.stages if r.state == "Succeeded"}
+            listed = await self.client.list(resource_path("jobs", namespace), {manifests.GENERATION_LABEL: name})
+            for job in listed:
+                observation = job_observation(job)
+                if observation.state == "Succeeded" and observation.name not in absorbed:
+                    observation = job_observation(job, await self._result(namespace, observation.name))
+                jobs[observation.name] = observation
+        parent = None
+        if status.policy is None and generation.spec.parent:
+            parent = await self._parent(namespace, generation.spec.parent)
+        seen_canary = None
+        if status.canary is not None and status.canary.phase == "Deploying":
+            seen_canary = await self._canary(namespace, name, status)
+        online = None
+        if (
+            status.canary is not None
+            and status.canary.phase == "Ready"
+            and status.online is not None
+            and status.online.next_check_at is not None
+            and now >= status.online.next_check_at
+        ):
+            online = await self.read_online(generation, now)
+        return Observed(now=now, jobs=jobs, canary=seen_canary, online=online, parent=parent)
+
+    async def _result(self, namespace: str, child: str) -> StageResult | None:
+        key = (namespace, child)
+        if key not in self._results:
+            pods = await self.client.list(resource_path("pods", namespace), {manifests.CHILD_LABEL: child})
+            result = result_from_pods(pods)
+            if result is None:
+                return None
+            self._results[key] = result
+        return self._results[key]
+
+    async def _parent(self, namespace: str, parent: str) -> ParentObservation | None:
+        body = await self.get_generation(namespace, parent)
+        if body is None:
+            return None
+        status = body.get("status") or {}
+        return ParentObservation(name=parent, phase=status.get("phase") or "Pending",
+                                 promoted_policy=status.get("promotedPolicy"))
+
+    async def _canary(self, namespace: str, name: str, status: FlywheelGenerationStatus) -> CanaryObservation:
+        assert status.canary is not None
+        try:
+            isvc = await self.client.get(resource_path("inferenceservices", namespace, status.canary.inference_service))
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            isvc = None
+        return canary.observe(isvc, mode=status.canary.mode, generation=name,
+                              traffic_percent=status.canary.traffic_percent)
+
+    # ---------------------------------------------------------------------------------------------- act
+    async def act(self, generation: FlywheelGeneration, action: Action) -> None:
+        namespace, name = generation.metadata.namespace or "", generation.metadata.name
+        storage = generation.spec.resources.storage
+        if isinstance(action, StartStage):
+            for plural, body in manifests.children(generation, action):
+                await self._create(resource_path(plural, namespace), body)
+        elif isinstance(action, DeployCanary):
+            path = resource_path("inferenceservices", namespace, action.inference_service)
+            try:
+                await self.client.patch(path, canary.deploy_patch(action, generation=name, storage=storage))
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                body = canary.new_inference_service(action, generation=name, namespace=namespace, storage=storage)
+                await self._create(resource_path("inferenceservices", namespace), body)
+                if action.mode == "knative":  # the parent's revision first, then the candidate as the canary
+                    await self.client.patch(path, canary.deploy_patch(action, generation=name, storage=storage))
+        elif isinstance(action, PromoteCanary | RollBackCanary):
+            path = resource_path("inferenceservices", namespace, action.inference_service)
+            patch = (
+                canary.promote_patch(action, generation=name, storage=storage)
+                if isinstance(action, PromoteCanary)
+                else canary.rollback_patch(action)
+            )
+            try:
+                await self.client.patch(path, patch)
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                log.warning("InferenceService %s/%s is gone; nothing to %s", namespace, action.inference_service,
+                            type(action).__name__)
+
+    async def _create(self, path: str, body: dict[str, Any]) -> None:
+        try:
+            await self.client.create(path, body)
+        except ApiError as exc:
+            if exc.status != 409:  # AlreadyExists: created by an earlier pass (deterministic names)
+                raise
+
+    async def write_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+        path = resource_path("flywheelgenerations", namespace, name, "status")
+        await self.client.patch(path, {"status": merge_patch(old, new)})

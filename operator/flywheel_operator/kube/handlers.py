@@ -1,0 +1,165 @@
+"""Thin kopf handlers: each one asks the Reconciler to reconcile a generation and translates its errors.
+
+- create / resume / update(spec): reconcile now; an invalid spec is a kopf.PermanentError (the status already
+  says Failed with a Stalled condition and an Event), a transient API error a kopf.TemporaryError with backoff.
+- a daemon per generation sleeps until the planner's `requeue_at` (retry backoffs, canary polls, gate checks),
+  capped by `poll` as a safety net, and exits once the generation is terminal;
+- Job events (finished Jobs labelled with a generation) reconcile the owning generation at once, so the next
+  stage starts within the handling latency rather than a poll interval;
+- delete drops the generation's metric series (children go with their owner references).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import kopf
+
+from flywheel_operator.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from flywheel_operator.kube.client import ApiError, KubeClient
+from flywheel_operator.kube.manifests import GENERATION_LABEL
+from flywheel_operator.kube.reconciler import InvalidSpec, Reconciler
+from flywheel_operator.planner import Event
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_DELAY = 1.0
+"""Seconds before a handler retries after a timeout, conflict or server error."""
+PERSISTENT_DELAY = 30.0
+"""Seconds before retrying an error that needs a person (RBAC, an admission webhook), without giving up."""
+ANNOTATION_PREFIX = "characterflywheel.io"
+
+Login = Callable[..., kopf.ConnectionInfo | None]
+
+
+def kopf_event(body: dict[str, Any], event: Event) -> None:
+    """Plan events become Kubernetes Events on the generation (posted by kopf in the background)."""
+    kopf.event(body, type=event.type, reason=event.reason, message=event.message[:1024])
+
+
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then the kubeconfig (as kopf itself does)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+def configure(settings: kopf.OperatorSettings) -> None:
+    """Settings every deployment needs: kopf's bookkeeping in our annotations, none in status."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/operator"
+
+
+def _retry(exc: ApiError) -> kopf.TemporaryError:
+    delay = TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY
+    return kopf.TemporaryError(f"Kubernetes API: {exc}", delay=delay)
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: Reconciler,
+    *,
+    login: Login = default_login,
+    poll: float = 60.0,
+) -> None:
+    """Add the operator's handlers to `registry`; `poll` caps how long a generation goes unobserved."""
+    resource = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info = login(**kwargs)
+        if info is not None:
+            reconciler.backend.client = KubeClient.from_connection(info)
+        return info
+
+    @kopf.on.cleanup(registry=registry)
+    async def _close(**_: Any) -> None:
+        await reconciler.backend.client.close()
+
+    async def reconcile_or_raise(namespace: str, name: str) -> None:
+        try:
+            await reconciler.reconcile(namespace, name)
+        except InvalidSpec as exc:
+            raise kopf.PermanentError(f"invalid FlywheelGeneration spec: {exc}") from exc
+        except ApiError as exc:
+            raise _retry(exc) from exc
+
+    @kopf.on.create(**resource)
+    async def _created(namespace: str, name: str, **_: Any) -> None:
+        await reconcile_or_raise(namespace, name)
+
+    @kopf.on.resume(**resource)
+    async def _resumed(namespace: str, name: str, **_: Any) -> None:
+        await reconcile_or_raise(namespace, name)
+
+    @kopf.on.update(**resource, field="spec")
+    async def _updated(namespace: str, name: str, **_: Any) -> None:
+        await reconcile_or_raise(namespace, name)
+
+    @kopf.on.delete(**resource, optional=True)
+    async def _deleted(namespace: str, name: str, **_: Any) -> None:
+        reconciler.forget(namespace, name)
+
+    @kopf.daemon(**resource, cancellation_timeout=1.0)
+    async def _watch_over(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        key = (namespace, name)
+        wake = reconciler.wake_event(key)
+        delay: float | None = None
+        while not stopped:
+            if delay is None:
+                due = reconciler.requeue_at.get(key)
+                delay = poll if due is None else (due - reconciler.clock()).total_seconds()
+            delay = min(max(delay, 0.0), poll)
+            woken = await _wait(wake, stopped, delay)
+            if stopped:
+                return
+            if woken:
+                wake.clear()
+                delay = None
+                continue
+            try:
+                result = await reconciler.reconcile(namespace, name)
+            except InvalidSpec:
+                return
+            except ApiError as exc:
+                log.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, exc)
+                delay = TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY
+                continue
+            if result is None or result.status.phase in TERMINAL_PHASES:
+                return
+            wake.clear()
+            delay = None
+
+    @kopf.on.event("batch", "v1", "jobs", labels={GENERATION_LABEL: kopf.PRESENT}, registry=registry)
+    async def _job_changed(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
+        conditions = (body.get("status") or {}).get("conditions") or []
+        if not any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True" for c in conditions):
+            return
+        owner = labels[GENERATION_LABEL]
+        try:
+            await reconciler.reconcile(namespace, owner)
+        except InvalidSpec:
+            pass  # the generation's own handlers report it
+        except ApiError as exc:
+            log.warning("reconcile of %s/%s after a Job event failed; the daemon retries: %s", namespace, owner, exc)
+            reconciler.requeue_at[(namespace, owner)] = reconciler.clock() + timedelta(seconds=TRANSIENT_DELAY)
+            reconciler.wake_event((namespace, owner)).set()
+
+
+async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:
+    """Sleep up to `timeout`; True when woken by a reconcile elsewhere (the wake-up time may have moved)."""
+    if wake.is_set():
+        return True
+    waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stopped.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+    return wake.is_set()

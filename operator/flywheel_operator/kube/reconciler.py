@@ -1,0 +1,138 @@
+"""One reconcile of one generation: read it, observe, plan, act, write the status once (skipped when unchanged).
+
+Every kopf handler (create, resume, update, the per-generation daemon, Job events) calls `Reconciler.reconcile`;
+a lock per generation serialises them, and each reconcile reads the generation afresh, so the order in which
+the triggers arrive does not matter. Actions run before the status write: after a crash the status is behind
+the world, never ahead of it, and the idempotent actions are simply repeated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from flywheel_operator.api import (
+    Condition,
+    FinalDecision,
+    FlywheelGeneration,
+    FlywheelGenerationStatus,
+)
+from flywheel_operator.kube.backend import KubernetesBackend
+from flywheel_operator.metrics import OperatorMetrics, phase_counts
+from flywheel_operator.planner import Event, Plan, plan
+
+log = logging.getLogger(__name__)
+
+EventPoster = Callable[[dict[str, Any], Event], None]
+Key = tuple[str, str]
+
+
+class InvalidSpec(Exception):
+    """The generation cannot be parsed: retrying will not help (the handlers raise kopf.PermanentError)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def spec_errors(exc: ValidationError) -> list[str]:
+    return [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
+
+
+def invalid_status(errors: list[str], now: datetime, previous: dict[str, Any] | None) -> FlywheelGenerationStatus:
+    """Failed with the validation errors, a Stalled condition and a FAIL decision; nothing is started."""
+    message = "invalid spec: " + "; ".join(errors)
+    old = FlywheelGenerationStatus.model_validate(previous) if previous else None
+    stamp = old.decision.at if old is not None and old.decision is not None else now
+    return FlywheelGenerationStatus(
+        phase="Failed",
+        message=message[:500],
+        decision_summary="FAIL",
+        decision=FinalDecision(outcome="FAIL", reasons=errors, at=stamp),
+        conditions=[
+            Condition(type="Ready", status="False", reason="InvalidSpec", message=message[:1000],
+                      last_transition_time=stamp),
+            Condition(type="Stalled", status="True", reason="InvalidSpec", message=message[:1000],
+                      last_transition_time=stamp),
+            Condition(type="Reconciling", status="False", reason="InvalidSpec", last_transition_time=stamp),
+        ],
+    )
+
+
+@dataclass
+class Reconciler:
+    backend: KubernetesBackend
+    metrics: OperatorMetrics
+    post_event: EventPoster
+    clock: Callable[[], datetime] = utcnow
+    requeue_at: dict[Key, datetime | None] = field(default_factory=dict)
+    """Latest wake-up time each generation's planner asked for (the daemon sleeps until it)."""
+    _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
+    _wake: dict[Key, asyncio.Event] = field(default_factory=dict)
+    _phases: dict[Key, str] = field(default_factory=dict)
+
+    def wake_event(self, key: Key) -> asyncio.Event:
+        return self._wake.setdefault(key, asyncio.Event())
+
+    async def reconcile(self, namespace: str, name: str) -> Plan | None:
+        """Reconcile `namespace/name`; None when it is gone or being deleted. Raises InvalidSpec or ApiError."""
+        key = (namespace, name)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            body = await self.backend.get_generation(namespace, name)
+            if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+                return None
+            old_status = body.get("status") or {}
+            body.setdefault("metadata", {}).setdefault("namespace", namespace)
+            try:
+                generation = FlywheelGeneration.model_validate(
+                    {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
+                )
+            except ValidationError as exc:
+                await self._reject(body, spec_errors(exc), old_status)
+                raise InvalidSpec("; ".join(spec_errors(exc))) from exc
+            now = self.clock()
+            observed = await self.backend.observe(generation, now)
+            result = plan(generation, observed)
+            for action in result.actions:
+                await self.backend.act(generation, action)
+            new_status = result.status.to_wire()
+            if new_status != old_status:
+                await self.backend.write_status(namespace, name, old_status, new_status)
+                previous = FlywheelGenerationStatus.model_validate(old_status) if old_status else None
+                self.metrics.observe(namespace, name, previous, result.status, now=now)
+            elif key not in self._phases:
+                self.metrics.observe(namespace, name, None, result.status, now=now)
+            for event in result.events:
+                self.post_event(body, event)
+            self._set_phase(key, result.status.phase)
+            self.requeue_at[key] = result.requeue_at
+        self.wake_event(key).set()
+        return result
+
+    async def _reject(self, body: dict[str, Any], errors: list[str], old_status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        status = invalid_status(errors, self.clock(), old_status or None)
+        new_status = status.to_wire()
+        if new_status != old_status:
+            await self.backend.write_status(meta["namespace"], meta["name"], old_status, new_status)
+            self.post_event(body, Event("InvalidSpec", status.message or "invalid spec", "Warning"))
+        self._set_phase((meta["namespace"], meta["name"]), "Failed")
+
+    def _set_phase(self, key: Key, phase: str) -> None:
+        if self._phases.get(key) != phase:
+            self._phases[key] = phase
+            self.metrics.set_phase_counts(phase_counts((ns, p) for (ns, _), p in self._phases.items()))
+
+    def forget(self, namespace: str, name: str) -> None:
+        """The generation was deleted: drop its series and bookkeeping."""
+        key = (namespace, name)
+        for table in (self._phases, self.requeue_at, self._locks, self._wake):
+            table.pop(key, None)
+        self.metrics.forget(namespace, name)
+        self.metrics.set_phase_counts(phase_counts((ns, p) for (ns, _), p in self._phases.items()))

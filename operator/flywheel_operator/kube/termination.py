@@ -1,0 +1,65 @@
+"""The result channel from a stage pod to the operator: result.json, compacted into the termination message.
+
+The operator does not mount the artifact store. After `flywheel-train` succeeds, the Job's container runs
+`python -m flywheel_operator.kube.termination CONFIG [LOG]`, which copies the stage's result.json into
+`/dev/termination-log`; the kubelet puts it in the Pod's `status.containerStatuses[].state.terminated.message`
+(at most 4096 bytes), where the backend reads it. Only what the planner needs is kept: metrics, artifacts,
+the output digest and the eval stage's `details.offline_metrics`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flywheel_operator.api import StageConfig, StageResult
+
+MESSAGE_LIMIT = 4096
+"""Bytes the kubelet keeps of a termination message."""
+
+
+def compact_result(result: StageResult) -> str:
+    """The smallest JSON of `result` that still carries what the planner reads; raises when it cannot fit."""
+    details = {"offline_metrics": result.details["offline_metrics"]} if "offline_metrics" in result.details else {}
+    wire: dict[str, Any] = result.model_copy(update={"details": details, "input_digests": {}}).to_wire()
+    text = json.dumps(wire, separators=(",", ":"), sort_keys=True)
+    if len(text.encode()) > MESSAGE_LIMIT:
+        raise ValueError(
+            f"the {result.stage} result is {len(text.encode())} bytes compacted, over the {MESSAGE_LIMIT}-byte "
+            "termination message limit: report fewer metrics or shorter artifact URIs"
+        )
+    return text
+
+
+def parse_message(message: str | None) -> StageResult | None:
+    """The StageResult in a termination message; None when it is absent or not a result."""
+    if not message or not message.strip().startswith("{"):
+        return None
+    try:
+        return StageResult.model_validate_json(message)
+    except ValueError:
+        return None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (1, 2):
+        print("usage: python -m flywheel_operator.kube.termination CONFIG [TERMINATION_LOG]", file=sys.stderr)
+        return 2
+    config = StageConfig.model_validate(yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")))
+    source = Path(config.output_dir) / "result.json"
+    try:
+        result = StageResult.model_validate_json(source.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        print(f"{source} does not exist: the stage wrote no result", file=sys.stderr)
+        return 1
+    target = Path(argv[1] if len(argv) == 2 else "/dev/termination-log")
+    target.write_text(compact_result(result), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

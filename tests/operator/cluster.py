@@ -1,0 +1,423 @@
+"""A Kubernetes API emulator (kmock) plus the parts of a cluster the operator relies on: a kubelet that finishes
+Jobs (pod with a termination message, Job conditions) and KServe writing InferenceService status.
+
+The world is changed through HTTP, like the real components do, so kopf's watches see every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+import kmock
+import kopf
+from flywheel_operator.api import GROUP, KIND, PLURAL, VERSION, OnlineReading
+from flywheel_operator.kube.backend import KubernetesBackend
+from flywheel_operator.kube.client import KubeClient, resource_path
+from flywheel_operator.kube.handlers import configure, register
+from flywheel_operator.kube.manifests import CONTAINER, GENERATION_LABEL
+from flywheel_operator.kube.reconciler import Reconciler
+from flywheel_operator.kube.termination import compact_result
+from flywheel_operator.metrics import OperatorMetrics
+from flywheel_operator.planner import Event
+
+from tests.planner.harness import reading, result_for
+
+NAMESPACE = "flywheel"
+WORLD_AGENT = "test-world"
+
+RESOURCES: dict[str, kmock.ResourceInfo] = {
+    "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs={"list", "watch", "get"}),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition", namespaced=False, verbs={"list", "watch", "get"}
+    ),
+    f"{GROUP}/{VERSION}/{PLURAL}": kmock.ResourceInfo(
+        kind=KIND, namespaced=True, verbs={"list", "watch", "get", "patch", "create", "delete"},
+        subresources={"status"},
+    ),
+    "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True, verbs={"list", "watch", "get", "create", "patch"},
+                                        subresources={"status"}),
+    "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True, verbs={"list", "watch", "get", "create", "patch"},
+                                  subresources={"status"}),
+    "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", namespaced=True, verbs={"list", "get", "create"}),
+    "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True, verbs={"list", "get", "create"}),
+    "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs={"list", "create"}),
+    "serving.kserve.io/v1beta1/inferenceservices": kmock.ResourceInfo(
+        kind="InferenceService", namespaced=True, verbs={"list", "get", "create", "patch"}, subresources={"status"}
+    ),
+}
+
+
+@attrs.define(kw_only=True)
+class FaultyEmulator(kmock.KubernetesEmulator):
+    """The emulator, failing a share of the operator's non-watch requests: 409 (writes only), 500 or a response
+    slower than the client waits. A 409 on POST is answered after the object was created (a retried create); the others
+    change nothing (the 500s) or change it late (the timeouts). The test's own kubelet/KServe calls never fail."""
+
+    fault_rate: float = 0.0
+    delay: float = 0.0
+    faults: dict[str, int] = attrs.field(factory=lambda: {"409": 0, "500": 0, "timeout": 0})
+    requests: int = 0
+    generated: int = 0
+    on_create: Callable[[kmock.Request], None] | None = None
+    """Called after an operator's create was stored (the fault tests kill the operator there)."""
+    _random: random.Random = attrs.field(factory=random.Random)
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        watching = request.action == kmock.action.WATCH
+        world = request.headers.get("User-Agent") == WORLD_AGENT
+        if not watching and not world:
+            self.requests += 1
+        if request.action == kmock.action.CREATE and request.resource is not None:
+            self._name_generated(request)
+        if watching or world:
+            return await super()._handle(request)
+        if request.resource is None or self._random.random() >= self.fault_rate:
+            response = await super()._handle(request)
+            if request.action == kmock.action.CREATE and self.on_create is not None:
+                self.on_create(request)
+            return response
+        writing = request.action in (kmock.action.CREATE, kmock.action.UPDATE)
+        fault = self._random.choice(["409", "500", "timeout"] if writing else ["500", "timeout"])
+        self.faults[fault] += 1
+        if fault == "500":
+            raise kmock.KubernetesError(500, "InternalError", "injected fault")
+        if fault == "timeout":
+            await asyncio.sleep(self.delay)
+            return await super()._handle(request)
+        if request.action == kmock.action.CREATE:
+            with contextlib.suppress(kmock.KubernetesError):
+                await super()._handle(request)
+        raise kmock.KubernetesError(409, "Conflict", "injected fault")
+
+
+    def _name_generated(self, request: kmock.Request) -> None:
+        """What the API server does for `metadata.generateName` (kopf's Events use it)."""
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            self.generated += 1
+            meta["name"] = f"{meta['generateName']}{self.generated:06d}"
+
+
+def generation_body(name: str, *, mode: str = "standard", parent: str | None = None, **spec: Any) -> dict[str, Any]:
+    """A small generation with second-scale durations, so the canary can decide within a test."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1,
+                     "resourceVersion": "1"},
+        "spec": {
+            "generation": 2,
+            "data": {"userTraffic": {"uri": "/artifacts/logs/user"}, "internalTraffic": {"uri": "/artifacts/logs/int"}},
+            "stages": {"rewardModels": [{"name": "pointwise", "kind": "pointwise"},
+                                        {"name": "pairwise", "kind": "pairwise"}]},
+            "resources": {"gpusPerNode": 1, "cpu": "2", "memory": "8Gi"},
+            "retry": {"maxAttempts": 3, "backoff": "1s", "maxBackoff": "2s"},
+            "canary": {"inferenceService": "chat", "mode": mode, "minDuration": "1s", "maxDuration": "60s",
+                       "checkInterval": "1s", "readyTimeout": "60s"},
+        },
+    }
+    if parent is None:
+        body["spec"]["basePolicy"] = "/artifacts/models/base"
+    else:
+        body["spec"]["parent"] = parent
+    body["spec"].update(spec)
+    return body
+
+
+@dataclass
+class Readings:
+    """The Prometheus seam: a lift per generation, turned into per-arm sums (tests.planner.harness.reading)."""
+
+    lift: dict[str, float] = field(default_factory=dict)
+    calls: int = 0
+
+    async def __call__(self, generation: Any, now: datetime) -> OnlineReading:
+        self.calls += 1
+        return reading(now, self.lift.get(generation.metadata.name, 0.0))
+
+
+@dataclass
+class Cluster:
+    emulator: FaultyEmulator
+    url: str
+    api: KubeClient
+    """The kubelet's and KServe's own client (not counted as operator traffic)."""
+
+    def objects(self, plural: str) -> dict[str, dict[str, Any]]:
+        found = {}
+        for (resource, _namespace, name), obj in list(self.emulator.objects.items()):
+            if resource.plural == plural and not obj.deleted:
+                found[name] = obj.raw
+        return found
+
+    def generation(self, name: str) -> dict[str, Any]:
+        return self.objects(PLURAL)[name]
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.generation(name).get("status") or {}
+
+    async def apply(self, body: dict[str, Any]) -> None:
+        await self.api.create(resource_path(PLURAL, NAMESPACE), body)
+
+    def jobs_of(self, generation: str) -> dict[str, dict[str, Any]]:
+        return {n: j for n, j in self.objects("jobs").items()
+                if (j["metadata"].get("labels") or {}).get(GENERATION_LABEL) == generation}
+
+    async def finish_job(self, name: str, *, ok: bool = True, lift_offline: dict[str, Any] | None = None) -> None:
+        """What the kubelet and the Job controller do when the stage pod exits."""
+        job = await self.api.get(resource_path("jobs", NAMESPACE, name))
+        labels = dict(job["spec"]["template"]["metadata"]["labels"])
+        stage = labels["characterflywheel.io/stage"]
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        terminated: dict[str, Any] = {"exitCode": 0 if ok else 1, "reason": "Completed" if ok else "Error"}
+        if ok:
+            result = result_for(stage, **(lift_offline or {}))
+            generation = labels[GENERATION_LABEL]
+            artifacts = {k: v.replace("/a/", f"/artifacts/{generation}/") for k, v in result.artifacts.items()}
+            result = result.model_copy(update={"artifacts": artifacts})
+            terminated["message"] = compact_result(result)
+        pod = {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"{name}-pod", "namespace": NAMESPACE, "labels": {**labels, "job-name": name}},
+            "status": {"phase": "Succeeded" if ok else "Failed",
+                       "containerStatuses": [{"name": CONTAINER, "state": {"terminated": terminated}}]},
+        }
+        with contextlib.suppress(Exception):
+            await self.api.create(resource_path("pods", NAMESPACE), pod)
+        condition = {"type": "Complete" if ok else "Failed", "status": "True", "lastTransitionTime": now,
+                     **({} if ok else {"reason": "BackoffLimitExceeded", "message": "Job has reached the limit"})}
+        status: dict[str, Any] = {"startTime": now, "conditions": [condition]}
+        if ok:
+            status.update(succeeded=1, completionTime=now)
+        else:
+            status.update(failed=1)
+        await self.api.patch(resource_path("jobs", NAMESPACE, name, "status"), {"status": status})
+
+    async def existing_inference_service(self, mode: str, name: str = "chat") -> None:
+        """The production InferenceService serving the parent, as KServe leaves it."""
+        predictor: dict[str, Any] = {"model": {"modelFormat": {"name": "huggingface"},
+                                               "storageUri": "pvc://flywheel-artifacts/models/base"}}
+        status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        if mode == "standard":
+            predictor["name"] = "control"
+        else:
+            status["components"] = {"predictor": {
+                "latestCreatedRevision": f"{name}-predictor-00001", "latestReadyRevision": f"{name}-predictor-00001",
+                "latestRolledoutRevision": f"{name}-predictor-00001",
+                "traffic": [{"revisionName": f"{name}-predictor-00001", "latestRevision": True, "percent": 100}]}}
+        body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                "metadata": {"name": name, "namespace": NAMESPACE}, "spec": {"predictor": predictor},
+                "status": status}
+        await self.api.create(resource_path("inferenceservices", NAMESPACE), body)
+
+    async def kserve_rolls_out_canary(self, mode: str, generation: str, name: str = "chat") -> None:
+        """KServe's status once the canary serves its share."""
+        isvc = self.objects("inferenceservices")[name]
+        if mode == "standard":
+            canary = isvc["spec"]["canary"][0]
+            status = {"canaryStatuses": [{"name": canary["predictor"]["name"], "ready": True,
+                                          "trafficPercent": canary["trafficPercent"]}],
+                      "conditions": [{"type": "Ready", "status": "True"}, {"type": "CanaryReady", "status": "True"}]}
+        else:
+            percent = isvc["spec"]["predictor"]["canaryTrafficPercent"]
+            old, new = f"{name}-predictor-00001", f"{name}-predictor-00002"
+            status = {"conditions": [{"type": "Ready", "status": "True"}],
+                      "components": {"predictor": {
+                          "latestCreatedRevision": new, "latestReadyRevision": new,
+                          "latestRolledoutRevision": old, "previousRolledoutRevision": old,
+                          "traffic": [{"revisionName": new, "latestRevision": True, "percent": percent,
+                                       "tag": "latest"},
+                                      {"revisionName": old, "latestRevision": False, "percent": 100 - percent,
+                                       "tag": "prev"}]}}}
+        await self.api.patch(resource_path("inferenceservices", NAMESPACE, name, "status"), {"status": status})
+
+
+def operator_settings() -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    configure(settings)
+    settings.scanning.disabled = True
+    settings.peering.standalone = True
+    settings.posting.enabled = True
+    settings.posting.default_backoffs = [0.05, 0.1]
+    settings.watching.server_timeout = 1
+    settings.watching.client_timeout = 10
+    settings.watching.reconnect_backoff = 0.05
+    settings.networking.request_timeout = 2
+    settings.networking.error_backoffs = [0.05, 0.1, 0.2, 0.4]
+    settings.persistence.consistency_timeout = 0.5
+    settings.batching.idle_timeout = 0.5
+    settings.batching.exit_timeout = 0.5
+    settings.batching.batch_window = 0.02
+    return settings
+
+
+@dataclass
+class Operator:
+    """The operator as a restartable kopf loop against the emulator, in its own thread and event loop (as in its
+    own pod): stopping it never touches the emulator's server tasks."""
+
+    cluster: Cluster
+    readings: Readings
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    poll: float = 0.5
+    """Short, because the emulator has no KServe to watch: canary readiness is noticed by polling."""
+    client_timeout: float = 2.0
+    settings: Callable[[], kopf.OperatorSettings] = field(default=lambda: operator_settings())
+    events: list[tuple[str, Event]] = field(default_factory=list)
+    starts: int = 0
+    requests: int = 0
+    """Requests made by the backends of every run so far (kopf's own are counted by the emulator)."""
+    _thread: threading.Thread | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+    _task: asyncio.Task[None] | None = None
+    _stop: threading.Event | None = None
+
+    def _reconciler(self) -> Reconciler:
+        client = KubeClient(server=self.cluster.url, timeout=self.client_timeout)
+        backend = KubernetesBackend(client=client, read_online=self.readings)
+
+        def remember(body: dict[str, Any], event: Event) -> None:
+            self.events.append((body["metadata"]["name"], event))
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+        return Reconciler(backend=backend, metrics=self.metrics, post_event=remember)
+
+    async def start(self) -> None:
+        registry = kopf.OperatorRegistry()
+        reconciler = self._reconciler()
+        url, timeout = self.cluster.url, self.client_timeout
+
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=url, insecure=True)
+
+        register(registry, reconciler, login=login, poll=self.poll)
+        stop = self._stop = threading.Event()
+        started = threading.Event()
+        settings = self.settings()
+
+        def main() -> None:
+            loop = self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._task = loop.create_task(kopf.operator(
+                registry=registry, settings=settings, namespaces=[NAMESPACE], standalone=True, stop_flag=stop))
+            started.set()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(self._task)
+            client = reconciler.backend.client
+            client.timeout = timeout
+            self.requests += client.requests
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(client.close())
+            loop.close()
+            settings.execution.executor.shutdown(wait=False, cancel_futures=True)  # no idle threads at exit
+
+        self._thread = threading.Thread(target=main, name=f"operator-{self.starts}", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(started.wait, 10)
+        self.starts += 1
+
+    async def stop(self, *, abrupt: bool = False) -> None:
+        """Graceful (the stop flag) or abrupt (every task cancelled mid-flight, like a killed pod)."""
+        assert self._thread is not None and self._stop is not None and self._loop is not None
+        if not abrupt:
+            self._stop.set()
+            await asyncio.to_thread(self._thread.join, 1.0)  # kopf waits 5 s for daemons spawned while stopping
+        if self._thread.is_alive():
+            task = self._task
+            assert task is not None
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(task.cancel)
+        await asyncio.to_thread(self._thread.join, 30)
+        assert not self._thread.is_alive(), "the operator did not stop within 30 s"
+        self._thread = None
+
+    async def restart(self, *, abrupt: bool = False) -> None:
+        await self.stop(abrupt=abrupt)
+        await self.start()
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(
+    *, fault_rate: float = 0.0, delay: float = 2.5, seed: int = 0, world_timeout: float = 10.0
+) -> AsyncIterator[Cluster]:
+    emulator = FaultyEmulator(fault_rate=0.0, delay=delay, random=random.Random(seed))
+    async with emulator, kmock.Server(emulator) as server:
+        for key, info in RESOURCES.items():
+            emulator.resources[key] = info
+        url = str(server.url).rstrip("/")
+        api = KubeClient(server=url, timeout=world_timeout, user_agent=WORLD_AGENT)
+        cluster = Cluster(emulator=emulator, url=url, api=api)
+        emulator.fault_rate = fault_rate  # set after our own set-up, so only the run itself sees faults
+        try:
+            yield cluster
+        finally:
+            emulator.fault_rate = 0.0
+            await api.close()
+
+
+async def eventually(check: Callable[[], Any], *, timeout: float = 30.0, step: float = 0.02) -> Any:
+    """Poll `check` until it returns something truthy (waits on the operator, asserts nothing about speed)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not reached within {timeout}s: {check}")
+        await asyncio.sleep(step)
+
+
+TERMINAL = ("Promoted", "RolledBack", "Failed")
+
+
+@dataclass
+class World:
+    """The kubelet and KServe: finishes every new stage Job and rolls out every requested canary."""
+
+    cluster: Cluster
+    mode: str = "standard"
+    failing: set[str] = field(default_factory=set)
+    """Jobs (by name) whose pod fails instead of succeeding."""
+    finished: set[str] = field(default_factory=set)
+    rolled_out: set[str] = field(default_factory=set)
+
+    async def step(self, names: list[str]) -> None:
+        for name in names:
+            for job in sorted(self.cluster.jobs_of(name)):
+                if job not in self.finished:
+                    self.finished.add(job)
+                    await self.cluster.finish_job(job, ok=job not in self.failing)
+            status = self.cluster.status(name)
+            if status.get("phase") == "Canary" and name not in self.rolled_out:
+                isvc = self.cluster.objects("inferenceservices").get(status["canary"]["inferenceService"])
+                if isvc is not None and _canary_requested(isvc, self.mode):
+                    self.rolled_out.add(name)
+                    await self.cluster.kserve_rolls_out_canary(self.mode, name, isvc["metadata"]["name"])
+
+    def done(self, names: list[str]) -> bool:
+        return all(self.cluster.status(name).get("phase") in TERMINAL for name in names)
+
+    async def run(self, names: list[str], *, timeout: float = 60.0) -> None:
+        """Play the world until every generation is terminal."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.done(names):
+            if asyncio.get_running_loop().time() > deadline:
+                phases = {n: self.cluster.status(n).get("phase") for n in names}
+                raise AssertionError(f"generations not terminal within {timeout}s: {phases}")
+            await self.step(names)
+            await asyncio.sleep(0.02)
+
+
+def _canary_requested(isvc: dict[str, Any], mode: str) -> bool:
+    spec = isvc.get("spec") or {}
+    if mode == "standard":
+        return bool(spec.get("canary"))
+    return (spec.get("predictor") or {}).get("canaryTrafficPercent") is not None

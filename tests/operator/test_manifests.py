@@ -1,0 +1,152 @@
+"""Pure builders of the stage children: validated against the Kubernetes 1.30 schemas, field by field."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from flywheel_operator.api import StageConfig
+from flywheel_operator.kube import manifests
+from flywheel_operator.planner import Observed, StartStage, plan
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.planner.harness import generation
+
+
+def start(stage: str = "curate", **spec: Any) -> tuple[Any, StartStage]:
+    gen = generation(**spec)
+    gen.metadata.namespace = "ml"
+    first = plan(gen, Observed(now=datetime(2026, 11, 23, tzinfo=UTC))).actions[0]
+    assert isinstance(first, StartStage)
+    kind = "reward" if stage.startswith("reward-") else stage
+    config = first.config.model_copy(update={"stage": kind, "name": stage, "output_dir": f"/artifacts/gen2/{stage}"})
+    return gen, StartStage(stage=stage, child=f"gen2-{stage}-1", attempt=1, config=config)
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def env(job: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(job)["env"]}
+
+
+def test_single_node_job() -> None:
+    gen, action = start("sft", resources={"gpusPerNode": 1, "nodeSelector": {"gpu": "h100"},
+                                          "serviceAccountName": "trainer", "activeDeadline": "2h",
+                                          "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                                           "effect": "NoSchedule"}]})
+    job = manifests.job(gen, action)
+    spec, pod = job["spec"], job["spec"]["template"]["spec"]
+    assert job["metadata"]["name"] == "gen2-sft-1" and job["metadata"]["namespace"] == "ml"
+    assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 7200
+    assert spec["ttlSecondsAfterFinished"] == manifests.FINISHED_JOB_TTL_SECONDS
+    assert "completionMode" not in spec and "suspend" not in spec
+    assert pod["nodeSelector"] == {"gpu": "h100"} and pod["serviceAccountName"] == "trainer"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["restartPolicy"] == "Never" and "subdomain" not in pod
+    c = container(job)
+    assert c["image"] == gen.spec.resources.image
+    assert c["command"][-4:] == ["flywheel-train", "sft", "--config", "/etc/flywheel/stage.yaml"]
+    assert "torchrun" not in c["command"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["terminationMessagePath"] == "/dev/termination-log"
+    assert {"name": "artifacts", "persistentVolumeClaim": {"claimName": "flywheel-artifacts"}} in pod["volumes"]
+    values = env(job)
+    assert values["HF_HUB_OFFLINE"] == "1" and values["TRANSFORMERS_OFFLINE"] == "1"
+    assert values["DEEPSPEED_CONFIG"] == manifests.DEEPSPEED_FILE
+    assert "PET_NNODES" not in values
+
+
+def test_restricted_pod_security() -> None:
+    gen, action = start("rl")
+    pod = manifests.job(gen, action)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+    allowed = {"configMap", "emptyDir", "persistentVolumeClaim", "secret", "projected", "downwardAPI", "ephemeral",
+               "csi", "name"}
+    assert all(set(v) <= allowed for v in pod["volumes"])
+
+
+def test_multi_node_indexed_job_with_rendezvous_service() -> None:
+    gen, action = start("rl", resources={"nodes": 4, "gpusPerNode": 8})
+    bodies = dict(manifests.children(gen, action))
+    job, service = bodies["jobs"], bodies["services"]
+    assert [p for p, _ in manifests.children(gen, action)] == ["configmaps", "services", "jobs"]
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
+    assert job["spec"]["template"]["spec"]["subdomain"] == service["metadata"]["name"] == "gen2-rl-1"
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {manifests.CHILD_LABEL: "gen2-rl-1"}
+    values = env(job)
+    assert values["PET_NNODES"] == "4" and values["PET_NPROC_PER_NODE"] == "8"
+    assert values["PET_MASTER_ADDR"] == "gen2-rl-1-0.gen2-rl-1"
+    assert values["PET_NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
+    assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
+
+
+def test_curate_and_eval_stay_single_node_and_curate_needs_no_gpu() -> None:
+    gen, curate = start("curate", resources={"nodes": 4, "gpusPerNode": 8})
+    job = manifests.job(gen, curate)
+    assert "nvidia.com/gpu" not in container(job)["resources"]["limits"]
+    assert [p for p, _ in manifests.children(gen, curate)] == ["configmaps", "jobs"]
+    gen, evaluation = start("eval", resources={"nodes": 4, "gpusPerNode": 8})
+    assert manifests.nodes_for(gen, evaluation) == 1
+
+
+def test_kueue_queue_suspends_and_labels() -> None:
+    gen, action = start("sft", resources={"queueName": "gpu-queue"})
+    job = manifests.job(gen, action)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][manifests.QUEUE_LABEL] == "gpu-queue"
+
+
+def test_config_map_round_trips_the_stage_config_and_carries_deepspeed() -> None:
+    gen, action = start("sft", resources={"deepspeedStage": 3})
+    body = manifests.config_map(gen, action)
+    assert StageConfig.model_validate(yaml.safe_load(body["data"]["stage.yaml"])) == action.config
+    deepspeed = yaml.safe_load(body["data"]["deepspeed.json"])
+    assert deepspeed["zero_optimization"]["stage"] == 3
+    gen, curate = start("curate")
+    assert "deepspeed.json" not in manifests.config_map(gen, curate)["data"]
+
+
+def test_object_store_storage_mounts_no_pvc() -> None:
+    gen, action = start("sft", resources={"storage": {"uri": "s3://bucket/flywheel"}})
+    pod = manifests.job(gen, action)["spec"]["template"]["spec"]
+    assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
+    assert env(manifests.job(gen, action))["FLYWHEEL_OUTPUT_DIR"] == "/artifacts/gen2/sft"
+
+
+def test_owner_reference_needs_a_uid() -> None:
+    gen, action = start()
+    gen.metadata.uid = None
+    with pytest.raises(ValueError, match=r"metadata\.uid"):
+        manifests.job(gen, action)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stage=st.sampled_from(["curate", "reward-pointwise", "sft", "rl", "eval"]),
+    nodes=st.integers(1, 8),
+    gpus=st.integers(0, 8),
+    queue=st.one_of(st.none(), st.just("q")),
+    deepspeed=st.sampled_from([0, 2, 3]),
+)
+def test_every_child_is_a_valid_kubernetes_object(stage: str, nodes: int, gpus: int, queue: str | None,
+                                                  deepspeed: int) -> None:
+    resources: dict[str, Any] = {"nodes": nodes, "gpusPerNode": gpus, "deepspeedStage": deepspeed}
+    if queue:
+        resources["queueName"] = queue
+    gen, action = start(stage, resources=resources)
+    for _, body in manifests.children(gen, action):
+        kubernetes_validate.validate(body, "1.30", strict=True)
+        assert body["metadata"]["ownerReferences"][0]["uid"] == "uid-gen2"
