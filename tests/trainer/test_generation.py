@@ -124,3 +124,19 @@ def test_bad_arguments(tokenizer, kwargs: dict, message: str) -> None:
     model = tiny_llama(tokenizer)
     with pytest.raises(ValueError, match=message):
         generate(model, tokenizer, [SHORT], **kwargs)
+
+
+def test_sampling_follows_the_distribution_and_the_nucleus() -> None:
+    """The inverse-CDF draw samples softmax(logits / T) exactly; top_p keeps the smallest nucleus."""
+    import torch
+    from flywheel_trainer.generation import _pick
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    logits = probs.clamp(min=1e-12).log().expand(40_000, -1)
+    generator = torch.Generator().manual_seed(0)
+    counts = torch.bincount(_pick(logits, 1.0, 1.0, generator), minlength=5).float() / 40_000
+    assert torch.allclose(counts, probs, atol=0.01)
+    assert counts[4] == 0
+    nucleus = torch.bincount(_pick(logits, 1.0, 0.7, generator), minlength=5).float() / 40_000
+    assert nucleus[2:].sum() == 0 and abs(nucleus[0] - 0.5 / 0.8) < 0.01
+    assert _pick(logits[:3], 0.0, 1.0, generator).tolist() == [0, 0, 0]

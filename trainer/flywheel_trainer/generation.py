@@ -74,7 +74,7 @@ def generate_tokens(
 
     `temperature` 0 decodes greedily (then all samples of a chat are equal). `batch_size` counts sequences,
     so a batch holds batch_size // num_samples chats (at least one). Sampling is from the full distribution
-    (no top-k) unless `top_p` < 1. The same arguments and seed give the same tokens.
+    (no top-k) unless `top_p` < 1. The same arguments and seed give the same tokens; the global RNG is not used.
     """
     import torch
 
@@ -91,37 +91,89 @@ def generate_tokens(
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_positions} positions")
     prompts = [prompt_ids(tokenizer, chat, max_tokens=max_prompt) for chat in chats]
     sampling = temperature > 0
-    options = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-        if sampling
-        else {"do_sample": False}
-    )
+    draws = num_samples if sampling else 1
     chats_per_batch = max(1, batch_size // num_samples)
     device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
     results: list[list[list[int]]] = []
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
-            torch.manual_seed(seed)
+        with torch.inference_mode():
             for start in range(0, len(prompts), chats_per_batch):
-                ids, mask = _left_pad(prompts[start : start + chats_per_batch], pad_id, device)
-                output = model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=num_samples if sampling else 1,
-                    pad_token_id=pad_id,
-                    eos_token_id=stop,
-                    **options,
-                )
-                new = output[:, ids.shape[1] :].tolist()
-                for row in range(ids.shape[0]):
-                    samples = new[row * num_samples : (row + 1) * num_samples] if sampling else [new[row]] * num_samples
+                batch = [row for row in prompts[start : start + chats_per_batch] for _ in range(draws)]
+                ids, mask = _left_pad(batch, pad_id, device)
+                new = _decode(model, ids, mask, max_new_tokens, temperature, top_p, stop, generator)
+                for row in range(0, len(new), draws):
+                    samples = new[row : row + draws] if sampling else new[row : row + 1] * num_samples
                     results.append([_until_stop(tokens, stop) for tokens in samples])
     finally:
         model.train(was_training)
     return results
+
+
+def _decode(
+    model: PreTrainedModel,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    stop: list[int],
+    generator: torch.Generator,
+) -> list[list[int]]:
+    """Up to `max_new_tokens` tokens per left-padded row, with a KV cache. Rows that stopped leave the batch
+    (with their cache) once they are an eighth of it, so a long straggler does not carry finished rows along:
+    on small models most of a step's cost is proportional to its rows."""
+    import torch
+    from transformers import DynamicCache
+
+    rows = ids.shape[0]
+    out = torch.full((rows, max_new_tokens), stop[0], dtype=torch.long, device=ids.device)
+    alive = torch.arange(rows, device=ids.device)  # the original row of each batch row
+    stopped = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+    stop_ids = torch.tensor(stop, device=ids.device)
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
+    ).logits[:, -1]
+    position = positions[:, -1:] + 1
+    for step in range(max_new_tokens):
+        token = _pick(logits, temperature, top_p, generator)
+        out[alive, step] = torch.where(stopped, stop_ids[0], token)
+        stopped |= torch.isin(token, stop_ids)
+        if step == max_new_tokens - 1 or bool(stopped.all()):
+            break
+        if int(stopped.sum()) * 8 >= len(alive):
+            keep = (~stopped).nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            alive, token, mask, position, stopped = alive[keep], token[keep], mask[keep], position[keep], stopped[keep]
+        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
+        logits = model(
+            input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache
+        ).logits[:, -1]
+        position = position + 1
+    return out.tolist()
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
+    """The next token per row: argmax at temperature 0, else a draw from softmax(logits / temperature),
+    restricted to the top-p nucleus when top_p < 1. A draw inverts the cumulative distribution at one uniform
+    number per row: exact, and much cheaper on CPU than multinomial or one random number per vocabulary entry."""
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    cumulative = probs.cumsum(dim=-1)
+    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device) * cumulative[:, -1:]
+    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
 def _until_stop(tokens: list[int], stop: list[int]) -> list[int]:
