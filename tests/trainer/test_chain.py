@@ -33,7 +33,7 @@ REWARD_MODELS = [
 SETTINGS: dict[str, Any] = {
     "rewardModels": REWARD_MODELS,
     "sft": {
-        "rejectionSampling": {"samplesPerPrompt": 4, "prompts": 32, "maxNewTokens": 24},
+        "rejectionSampling": {"samplesPerPrompt": 4, "prompts": 32, "maxNewTokens": 24, "instructionWeight": 3.0},
         "learningRate": 1e-3,
         "maxSteps": 4,
         "batchSize": 8,
@@ -142,6 +142,13 @@ def test_rl_raises_the_policys_mean_reward_on_its_prompts(chain: dict[str, Stage
     steps = rl.details["steps"]
     assert len(steps) == SETTINGS["rl"]["maxSteps"]
     assert {"reward", "kl", "mean_length_tokens", "emoji_rate"} <= set(steps[0])
+
+
+def test_rejection_sampling_prefers_candidates_that_follow_the_instructions(chain: dict[str, StageResult]) -> None:
+    sft = chain["sft"]
+    assert sft.metrics["instruction_following_selected"] > sft.metrics["instruction_following_all"]
+    selected = read_jsonl(sft.artifacts["selected"])
+    assert all(0.0 <= row["scores"]["instruction_following"] <= 1.0 for row in selected)
 
 
 def test_every_rate_is_a_probability(chain: dict[str, StageResult]) -> None:

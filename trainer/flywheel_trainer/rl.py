@@ -31,7 +31,7 @@ from flywheel_trainer.progress import attach_progress, generate_reporting
 from flywheel_trainer.runtime import existing_path, lora_config, model_source, save_trained, training_kwargs
 from flywheel_trainer.style import emoji_count, word_count
 from flywheel_trainer.upstream import artifact_path, load_policy, pointwise_reward_name, reward_model_path
-from flywheel_trainer.verifiers import check
+from flywheel_trainer.verifiers import instruction_share
 
 Row = dict[str, Any]
 STEP_KEYS = {
@@ -45,15 +45,6 @@ STEP_KEYS = {
     "loss": "loss",
 }
 """Per-step log keys of GRPO and online DPO → the names in result.details["steps"]."""
-
-
-def instruction_share(character: dict[str, Any], response: str) -> float:
-    """Share of the character's instructions `response` follows (1.0 without instructions)."""
-    instructions = character.get("instructions") or []
-    if not instructions:
-        return 1.0
-    name = character.get("name", "")
-    return sum(check(i, response, character_name=name) for i in instructions) / len(instructions)
 
 
 def completion_text(completion: Any) -> str:

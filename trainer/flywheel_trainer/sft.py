@@ -34,6 +34,7 @@ from flywheel_trainer.upstream import (
     reward_model_path,
     signal_model_names,
 )
+from flywheel_trainer.verifiers import instruction_share
 
 Chat = list[dict[str, str]]
 
@@ -64,8 +65,12 @@ def sample_candidates(
     )
 
 
-def selection_scores(config: StageConfig, prompts: list[Chat], responses: list[str]) -> dict[str, np.ndarray]:
-    """Each scorer's values for the flat (prompt, response) list, and the weighted selection score."""
+def selection_scores(
+    config: StageConfig, prompts: list[Chat], responses: list[str], characters: list[dict[str, Any]]
+) -> dict[str, np.ndarray]:
+    """Each scorer's values for the flat (prompt, response, character) list, and the weighted selection score:
+    the standardised pointwise reward, the user-signal probabilities, and the share of the character's
+    instructions followed (the report's steerability stream, here scored by the verifiers)."""
     from flywheel_trainer.scoring import load_reward_model, pointwise_scores, signal_probabilities
 
     rs = config.settings.sft.rejection_sampling
@@ -84,7 +89,9 @@ def selection_scores(config: StageConfig, prompts: list[Chat], responses: list[s
         scores[f"p_{signal.replace('-', '_')}"] = probability
         total = total + weights[signal] * probability
         del signal_rm
-    scores["selection"] = total
+    following = np.array([instruction_share(c, r) for c, r in zip(characters, responses, strict=True)])
+    scores["instruction_following"] = following
+    scores["selection"] = total + rs.instruction_weight * following
     return scores
 
 
@@ -136,6 +143,7 @@ def main(config: StageConfig) -> StageResult:
     prompts_path = artifact_path(config, "curate", "sft_prompts")
     rows = read_jsonl(prompts_path)[: rs.prompts]
     prompts = [row["prompt"] for row in rows]
+    characters = [row.get("character") or {} for row in rows]
     if not prompts:
         raise StageError(f"upstream.curate.sft_prompts: {prompts_path} holds no prompts to sample for")
     from transformers import set_seed
@@ -170,7 +178,8 @@ def main(config: StageConfig) -> StageResult:
     per_prompt = rs.samples_per_prompt * len(per_model)
     responses = [r for i in range(len(prompts)) for samples in per_model for r in samples[i]]
     flat_prompts = [p for p in prompts for _ in range(per_prompt)]
-    scores = selection_scores(config, flat_prompts, responses)
+    flat_characters = [c for c in characters for _ in range(per_prompt)]
+    scores = selection_scores(config, flat_prompts, responses, flat_characters)
     kept = select_best(scores["selection"], per_prompt, rs.min_score_margin)
 
     accepted, rejected, train_rows = [], [], []
@@ -204,6 +213,8 @@ def main(config: StageConfig) -> StageResult:
             "acceptance_rate": len(train_rows) / len(prompts),
             "mean_reward_all": float(scores["reward"].mean()),
             "mean_reward_selected": float(scores["reward"][chosen_idx].mean()),
+            "instruction_following_all": float(scores["instruction_following"].mean()),
+            "instruction_following_selected": float(scores["instruction_following"][chosen_idx].mean()),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
             "steps": trainer.state.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,

@@ -174,6 +174,16 @@ def follows_all(instructions: Iterable[Mapping[str, Any]], response: str, *, cha
     return not violations(instructions, response, character_name=character_name)
 
 
+def instruction_share(character: Mapping[str, Any], response: str) -> float:
+    """Share of a character's instructions (a log record's `character`) that `response` follows; 1.0 without
+    instructions. The graded reward of RL and the steerability score of rejection sampling."""
+    instructions = character.get("instructions") or []
+    if not instructions:
+        return 1.0
+    name = character.get("name", "")
+    return sum(check(i, response, character_name=name) for i in instructions) / len(instructions)
+
+
 def _plural(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 

@@ -141,6 +141,9 @@ class RejectionSamplingSettings(ApiModel):
     """Weight of p(continue) from the user-signal model, when one is configured."""
     thumb_up_weight: float = Field(default=0.5, ge=0)
     """Weight of p(thumb up) from the user-signal model, when one is configured."""
+    instruction_weight: float = Field(default=1.0, ge=0)
+    """Weight of the share of the character's instructions a candidate follows (checked by the verifiers; the
+    report's steerability annotations). 0 selects on the reward and user-signal models alone."""
     min_score_margin: float = Field(default=0.0, ge=0)
     """Keep a prompt's best candidate only if it beats the candidates' mean score by this margin."""
     temperature: float = Field(default=1.0, gt=0)
