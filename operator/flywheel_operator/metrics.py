@@ -279,6 +279,8 @@ class OperatorMetrics:
             self.generation_phase, self.time_in_phase, self.phase_start_time, self.online_lift,
             self.offline_metric, self.srm_detected, self.guardrail_breach, self.overfitting_alarm,
         )
+        self._series: dict[tuple[str, str], dict[Gauge, set[tuple[str, ...]]]] = {}
+        """The label values each generation has in each per-generation gauge (what the next write may drop)."""
 
     def observe(self, namespace: str, name: str, previous: FlywheelGenerationStatus | None,
                 current: FlywheelGenerationStatus, *, now: datetime) -> None:
@@ -310,15 +312,17 @@ class OperatorMetrics:
             self.overfitting_alarm: ({key: samples.overfitting_alarm}
                                      if samples.overfitting_alarm is not None else {}),
         }
+        series = self._series.setdefault(key, {})
         for gauge, values in wanted.items():
             for labels, value in values.items():
                 gauge.labels(*labels).set(value)
-            for labels in _label_sets(gauge):
-                if labels[:2] == key and labels not in values:
-                    gauge.remove(*labels)
+            for labels in series.get(gauge, set()) - values.keys():  # this generation's only: O(1) in generations
+                gauge.remove(*labels)
+            series[gauge] = set(values)
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop every per-generation series of `namespace/name` (when the generation is deleted)."""
+        self._series.pop((namespace, name), None)
         for metric in self._per_generation:
             metric.remove_by_labels({"namespace": namespace, "generation": name})
 
@@ -327,12 +331,6 @@ class OperatorMetrics:
         self.generations.clear()
         for (namespace, phase), count in counts.items():
             self.generations.labels(namespace, phase).set(count)
-
-
-def _label_sets(metric: Gauge) -> list[tuple[str, ...]]:
-    """Label values of every series `metric` currently has (in its label order)."""
-    return [tuple(sample.labels[n] for n in metric._labelnames) for family in metric.collect()
-            for sample in family.samples]
 
 
 def exposed_names(registry: CollectorRegistry) -> set[str]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,13 +41,17 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         kind="CustomResourceDefinition", namespaced=False, verbs={"list", "watch", "get"}
     ),
     f"{GROUP}/{VERSION}/{PLURAL}": kmock.ResourceInfo(
-        kind=KIND, namespaced=True, verbs={"list", "watch", "get", "patch", "create", "delete"},
+        kind=KIND,
+        namespaced=True,
+        verbs={"list", "watch", "get", "patch", "create", "delete"},
         subresources={"status"},
     ),
-    "batch/v1/jobs": kmock.ResourceInfo(kind="Job", namespaced=True, verbs={"list", "watch", "get", "create", "patch"},
-                                        subresources={"status"}),
-    "v1/pods": kmock.ResourceInfo(kind="Pod", namespaced=True, verbs={"list", "watch", "get", "create", "patch"},
-                                  subresources={"status"}),
+    "batch/v1/jobs": kmock.ResourceInfo(
+        kind="Job", namespaced=True, verbs={"list", "watch", "get", "create", "patch"}, subresources={"status"}
+    ),
+    "v1/pods": kmock.ResourceInfo(
+        kind="Pod", namespaced=True, verbs={"list", "watch", "get", "create", "patch"}, subresources={"status"}
+    ),
     "v1/configmaps": kmock.ResourceInfo(kind="ConfigMap", namespaced=True, verbs={"list", "get", "create"}),
     "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True, verbs={"list", "get", "create"}),
     "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, verbs={"list", "create"}),
@@ -68,13 +74,44 @@ class FaultyEmulator(kmock.KubernetesEmulator):
     generated: int = 0
     on_create: Callable[[kmock.Request], None] | None = None
     """Called after an operator's create was stored (the fault tests kill the operator there)."""
+    on_stored: Callable[[kmock.Request, float], None] | None = None
+    """Called after any create or update was stored, the world's included, with the `time.monotonic()` at which
+    the request reached the emulator (kmock stores it right away, under its lock): the benchmark's clock."""
+    watches: int = 0
     _random: random.Random = attrs.field(factory=random.Random)
+    _index: dict[tuple[str | None, ...], dict[int, tuple[str | None, Any]]] = attrs.field(factory=dict, init=False)
+    """(namespace, object) by id(object): of each resource, and of each resource and label key=value."""
+    _indexed: int = attrs.field(default=0, init=False)
 
     async def _handle(self, request: kmock.Request) -> Any:
+        arrived = time.monotonic()
+        try:
+            response = await self._serve(request)
+            if request.action in (kmock.action.CREATE, kmock.action.UPDATE):
+                self._reindex(request)
+                if self.on_stored is not None:
+                    self.on_stored(request, arrived)
+            return response
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: kmock.Request) -> None:
+        """Drop a served request from kmock's request log. kmock keeps every request for assertions and matches
+        each new one by scanning that whole log (`request in reaction`), so a long run slows down quadratically;
+        nothing here asserts on the log (the counters above are what the tests and the benchmark read), so only
+        the requests in flight (open watches, mostly) stay in it."""
+        for log in (self._requests, *(payload._requests for payload in self._payloads)):
+            for index in range(len(log) - 1, -1, -1):
+                if log[index] is request:
+                    del log[index]
+                    break
+
+    async def _serve(self, request: kmock.Request) -> Any:
         watching = request.action == kmock.action.WATCH
         world = request.headers.get("User-Agent") == WORLD_AGENT
         if not watching and not world:
             self.requests += 1
+        self.watches += watching
         if request.action == kmock.action.CREATE and request.resource is not None:
             self._name_generated(request)
         if watching or world:
@@ -97,6 +134,84 @@ class FaultyEmulator(kmock.KubernetesEmulator):
                 await super()._handle(request)
         raise kmock.KubernetesError(409, "Conflict", "injected fault")
 
+    # kmock finds the object of every request by scanning all stored objects, and serves every list whole,
+    # ignoring labelSelector. With hundreds of generations that makes each request O(all objects) and each Job
+    # list return every Job of every generation, unlike an API server. The reads below look the object up by its
+    # key and filter lists by label as the API server does; the writes stay kmock's own.
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        if request.resource is None or request.resource not in self.resources:
+            return await super()._serve_list(request)
+        selector = LabelSelector.parse(request.params.get("labelSelector"))
+        async with self._lock:
+            self._catch_up()
+            kind = _kind(request.resource)
+            candidates = self._index.get(kind if selector.first is None else (*kind, *selector.first), {})
+            items = [
+                obj.raw
+                for namespace, obj in candidates.values()
+                if (request.namespace is None or namespace == request.namespace)
+                and not obj.deleted
+                and selector.selects(obj.raw)
+            ]
+        return {"metadata": {"resourceVersion": "..."}, "items": items}
+
+    def _add(self, kind: tuple[str | None, ...], namespace: str | None, obj: Any) -> None:
+        entry = (namespace, obj)
+        self._index.setdefault(kind, {})[id(obj)] = entry
+        if not obj.deleted:
+            for label in ((obj.raw.get("metadata") or {}).get("labels") or {}).items():
+                self._index.setdefault((*kind, *label), {})[id(obj)] = entry
+
+    def _catch_up(self) -> None:
+        """Index the objects stored since the last call: kmock only ever adds keys (a deletion is a tombstone in
+        the object's history), so they are the last ones; objects removed by hand start the index over."""
+        stored = len(self._objects)
+        if stored < self._indexed:
+            self._index.clear()
+            self._indexed = 0
+        if stored > self._indexed:
+            for (resource, namespace, _), obj in itertools.islice(self._objects.items(), self._indexed, None):
+                self._add(_kind(resource), namespace, obj)
+            self._indexed = stored
+
+    def _reindex(self, request: kmock.Request) -> None:
+        """A create or update may have changed an indexed object's labels: index it under the new ones too
+        (entries under old labels stay; lists check every label again)."""
+        if request.resource is None:
+            return
+        namespace, name = request.namespace, request.name
+        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+            meta = request.data.get("metadata") or {}
+            namespace, name = namespace or meta.get("namespace"), name or meta.get("name")
+        obj = self._stored(request, namespace, name)
+        if obj is not None and id(obj) in self._index.get(_kind(request.resource), {}):
+            self._add(_kind(request.resource), namespace, obj)
+
+    def _stored(self, request: kmock.Request, namespace: str | None, name: str | None) -> Any:
+        try:
+            return self._objects[request.resource, namespace, name]
+        except KeyError:
+            return None
+
+    async def _serve_fetch(self, request: kmock.Request) -> Any:
+        async with self._lock:
+            obj = self._stored(request, request.namespace, request.name)
+        if obj is None or obj.deleted:
+            raise kmock.KubernetesObjectNotFoundError()
+        return obj.raw
+
+    async def _serve_create(self, request: kmock.Request) -> Any:
+        meta = request.data.get("metadata", {})
+        async with self._lock:
+            obj = self._stored(request, request.namespace or meta.get("namespace"), request.name or meta.get("name"))
+        assert obj is not None  # stored by KubernetesEmulator._handle before the fallback runs
+        return obj.raw
+
+    async def _serve_update(self, request: kmock.Request) -> Any:
+        async with self._lock:
+            obj = self._stored(request, request.namespace, request.name)
+        assert obj is not None  # patched by KubernetesEmulator._handle before the fallback runs
+        return obj.last.raw
 
     def _name_generated(self, request: kmock.Request) -> None:
         """What the API server does for `metadata.generateName` (kopf's Events use it)."""
@@ -106,22 +221,81 @@ class FaultyEmulator(kmock.KubernetesEmulator):
             meta["name"] = f"{meta['generateName']}{self.generated:06d}"
 
 
+def _kind(resource: kmock.resource) -> tuple[str | None, ...]:
+    return resource.group, resource.version, resource.plural
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """The API server's label filter for `k=v`, `k==v`, `k!=v`, `k` and `!k` terms. A set-based selector (`in`,
+    `notin`) selects everything: clients filter again (as ours does)."""
+
+    equal: tuple[tuple[str, str], ...] = ()
+    unequal: tuple[tuple[str, str], ...] = ()
+    present: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str | None) -> LabelSelector:
+        if not text or "(" in text:
+            return cls()
+        equal, unequal, present, absent = [], [], [], []
+        for term in (t.strip() for t in text.split(",")):
+            if "!=" in term:
+                key, value = term.split("!=", 1)
+                unequal.append((key.strip(), value.strip()))
+            elif "=" in term:
+                key, value = term.replace("==", "=").split("=", 1)
+                equal.append((key.strip(), value.strip()))
+            elif term.startswith("!"):
+                absent.append(term[1:].strip())
+            elif term:
+                present.append(term)
+        return cls(tuple(equal), tuple(unequal), tuple(present), tuple(absent))
+
+    @property
+    def first(self) -> tuple[str, str] | None:
+        """A `k=v` term every selected object has (to look candidates up by)."""
+        return self.equal[0] if self.equal else None
+
+    def selects(self, obj: dict[str, Any]) -> bool:
+        labels = (obj.get("metadata") or {}).get("labels") or {}
+        return (
+            all(labels.get(k) == v for k, v in self.equal)
+            and all(labels.get(k) != v for k, v in self.unequal)
+            and all(k in labels for k in self.present)
+            and not any(k in labels for k in self.absent)
+        )
+
+
 def generation_body(name: str, *, mode: str = "standard", parent: str | None = None, **spec: Any) -> dict[str, Any]:
     """A small generation with second-scale durations, so the canary can decide within a test."""
     body: dict[str, Any] = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": KIND,
-        "metadata": {"name": name, "namespace": NAMESPACE, "uid": f"uid-{name}", "generation": 1,
-                     "resourceVersion": "1"},
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "uid": f"uid-{name}",
+            "generation": 1,
+            "resourceVersion": "1",
+        },
         "spec": {
             "generation": 2,
             "data": {"userTraffic": {"uri": "/artifacts/logs/user"}, "internalTraffic": {"uri": "/artifacts/logs/int"}},
-            "stages": {"rewardModels": [{"name": "pointwise", "kind": "pointwise"},
-                                        {"name": "pairwise", "kind": "pairwise"}]},
+            "stages": {
+                "rewardModels": [{"name": "pointwise", "kind": "pointwise"}, {"name": "pairwise", "kind": "pairwise"}]
+            },
             "resources": {"gpusPerNode": 1, "cpu": "2", "memory": "8Gi"},
             "retry": {"maxAttempts": 3, "backoff": "1s", "maxBackoff": "2s"},
-            "canary": {"inferenceService": "chat", "mode": mode, "minDuration": "1s", "maxDuration": "60s",
-                       "checkInterval": "1s", "readyTimeout": "60s"},
+            "canary": {
+                "inferenceService": "chat",
+                "mode": mode,
+                "minDuration": "1s",
+                "maxDuration": "60s",
+                "checkInterval": "1s",
+                "readyTimeout": "60s",
+            },
         },
     }
     if parent is None:
@@ -168,8 +342,11 @@ class Cluster:
         await self.api.create(resource_path(PLURAL, NAMESPACE), body)
 
     def jobs_of(self, generation: str) -> dict[str, dict[str, Any]]:
-        return {n: j for n, j in self.objects("jobs").items()
-                if (j["metadata"].get("labels") or {}).get(GENERATION_LABEL) == generation}
+        return {
+            n: j
+            for n, j in self.objects("jobs").items()
+            if (j["metadata"].get("labels") or {}).get(GENERATION_LABEL) == generation
+        }
 
     async def finish_job(self, name: str, *, ok: bool = True, lift_offline: dict[str, Any] | None = None) -> None:
         """What the kubelet and the Job controller do when the stage pod exits."""
@@ -185,15 +362,22 @@ class Cluster:
             result = result.model_copy(update={"artifacts": artifacts})
             terminated["message"] = compact_result(result)
         pod = {
-            "apiVersion": "v1", "kind": "Pod",
+            "apiVersion": "v1",
+            "kind": "Pod",
             "metadata": {"name": f"{name}-pod", "namespace": NAMESPACE, "labels": {**labels, "job-name": name}},
-            "status": {"phase": "Succeeded" if ok else "Failed",
-                       "containerStatuses": [{"name": CONTAINER, "state": {"terminated": terminated}}]},
+            "status": {
+                "phase": "Succeeded" if ok else "Failed",
+                "containerStatuses": [{"name": CONTAINER, "state": {"terminated": terminated}}],
+            },
         }
         with contextlib.suppress(Exception):
             await self.api.create(resource_path("pods", NAMESPACE), pod)
-        condition = {"type": "Complete" if ok else "Failed", "status": "True", "lastTransitionTime": now,
-                     **({} if ok else {"reason": "BackoffLimitExceeded", "message": "Job has reached the limit"})}
+        condition = {
+            "type": "Complete" if ok else "Failed",
+            "status": "True",
+            "lastTransitionTime": now,
+            **({} if ok else {"reason": "BackoffLimitExceeded", "message": "Job has reached the limit"}),
+        }
         status: dict[str, Any] = {"startTime": now, "conditions": [condition]}
         if ok:
             status.update(succeeded=1, completionTime=now)
@@ -203,19 +387,28 @@ class Cluster:
 
     async def existing_inference_service(self, mode: str, name: str = "chat") -> None:
         """The production InferenceService serving the parent, as KServe leaves it."""
-        predictor: dict[str, Any] = {"model": {"modelFormat": {"name": "huggingface"},
-                                               "storageUri": "pvc://flywheel-artifacts/models/base"}}
+        predictor: dict[str, Any] = {
+            "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/models/base"}
+        }
         status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True"}]}
         if mode == "standard":
             predictor["name"] = "control"
         else:
-            status["components"] = {"predictor": {
-                "latestCreatedRevision": f"{name}-predictor-00001", "latestReadyRevision": f"{name}-predictor-00001",
-                "latestRolledoutRevision": f"{name}-predictor-00001",
-                "traffic": [{"revisionName": f"{name}-predictor-00001", "latestRevision": True, "percent": 100}]}}
-        body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-                "metadata": {"name": name, "namespace": NAMESPACE}, "spec": {"predictor": predictor},
-                "status": status}
+            status["components"] = {
+                "predictor": {
+                    "latestCreatedRevision": f"{name}-predictor-00001",
+                    "latestReadyRevision": f"{name}-predictor-00001",
+                    "latestRolledoutRevision": f"{name}-predictor-00001",
+                    "traffic": [{"revisionName": f"{name}-predictor-00001", "latestRevision": True, "percent": 100}],
+                }
+            }
+        body = {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "spec": {"predictor": predictor},
+            "status": status,
+        }
         await self.api.create(resource_path("inferenceservices", NAMESPACE), body)
 
     async def kserve_rolls_out_canary(self, mode: str, generation: str, name: str = "chat") -> None:
@@ -223,20 +416,30 @@ class Cluster:
         isvc = self.objects("inferenceservices")[name]
         if mode == "standard":
             canary = isvc["spec"]["canary"][0]
-            status = {"canaryStatuses": [{"name": canary["predictor"]["name"], "ready": True,
-                                          "trafficPercent": canary["trafficPercent"]}],
-                      "conditions": [{"type": "Ready", "status": "True"}, {"type": "CanaryReady", "status": "True"}]}
+            status = {
+                "canaryStatuses": [
+                    {"name": canary["predictor"]["name"], "ready": True, "trafficPercent": canary["trafficPercent"]}
+                ],
+                "conditions": [{"type": "Ready", "status": "True"}, {"type": "CanaryReady", "status": "True"}],
+            }
         else:
             percent = isvc["spec"]["predictor"]["canaryTrafficPercent"]
             old, new = f"{name}-predictor-00001", f"{name}-predictor-00002"
-            status = {"conditions": [{"type": "Ready", "status": "True"}],
-                      "components": {"predictor": {
-                          "latestCreatedRevision": new, "latestReadyRevision": new,
-                          "latestRolledoutRevision": old, "previousRolledoutRevision": old,
-                          "traffic": [{"revisionName": new, "latestRevision": True, "percent": percent,
-                                       "tag": "latest"},
-                                      {"revisionName": old, "latestRevision": False, "percent": 100 - percent,
-                                       "tag": "prev"}]}}}
+            status = {
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "components": {
+                    "predictor": {
+                        "latestCreatedRevision": new,
+                        "latestReadyRevision": new,
+                        "latestRolledoutRevision": old,
+                        "previousRolledoutRevision": old,
+                        "traffic": [
+                            {"revisionName": new, "latestRevision": True, "percent": percent, "tag": "latest"},
+                            {"revisionName": old, "latestRevision": False, "percent": 100 - percent, "tag": "prev"},
+                        ],
+                    }
+                },
+            }
         await self.api.patch(resource_path("inferenceservices", NAMESPACE, name, "status"), {"status": status})
 
 
@@ -306,8 +509,11 @@ class Operator:
         def main() -> None:
             loop = self._loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
-            self._task = loop.create_task(kopf.operator(
-                registry=registry, settings=settings, namespaces=[NAMESPACE], standalone=True, stop_flag=stop))
+            self._task = loop.create_task(
+                kopf.operator(
+                    registry=registry, settings=settings, namespaces=[NAMESPACE], standalone=True, stop_flag=stop
+                )
+            )
             started.set()
             with contextlib.suppress(BaseException):
                 loop.run_until_complete(self._task)
@@ -316,6 +522,11 @@ class Operator:
             self.requests += client.requests
             with contextlib.suppress(BaseException):
                 loop.run_until_complete(client.close())
+            # kopf waits for the stop flag in a thread of this loop's executor; after an abrupt stop nobody sets
+            # it, and the interpreter would wait for that thread at exit forever.
+            stop.set()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
             settings.execution.executor.shutdown(wait=False, cancel_futures=True)  # no idle threads at exit
 

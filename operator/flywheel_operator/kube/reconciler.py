@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from flywheel_operator.api import (
     FlywheelGenerationStatus,
 )
 from flywheel_operator.kube.backend import KubernetesBackend
-from flywheel_operator.metrics import OperatorMetrics, phase_counts
+from flywheel_operator.metrics import PHASES, OperatorMetrics
 from flywheel_operator.planner import Event, Plan, plan
 
 log = logging.getLogger(__name__)
@@ -56,10 +57,12 @@ def invalid_status(errors: list[str], now: datetime, previous: dict[str, Any] | 
         decision_summary="FAIL",
         decision=FinalDecision(outcome="FAIL", reasons=errors, at=stamp),
         conditions=[
-            Condition(type="Ready", status="False", reason="InvalidSpec", message=message[:1000],
-                      last_transition_time=stamp),
-            Condition(type="Stalled", status="True", reason="InvalidSpec", message=message[:1000],
-                      last_transition_time=stamp),
+            Condition(
+                type="Ready", status="False", reason="InvalidSpec", message=message[:1000], last_transition_time=stamp
+            ),
+            Condition(
+                type="Stalled", status="True", reason="InvalidSpec", message=message[:1000], last_transition_time=stamp
+            ),
             Condition(type="Reconciling", status="False", reason="InvalidSpec", last_transition_time=stamp),
         ],
     )
@@ -76,6 +79,8 @@ class Reconciler:
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _wake: dict[Key, asyncio.Event] = field(default_factory=dict)
     _phases: dict[Key, str] = field(default_factory=dict)
+    _counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    """(namespace, phase) -> generations in it, kept with `_phases` (no walk over every generation per change)."""
 
     def wake_event(self, key: Key) -> asyncio.Event:
         return self._wake.setdefault(key, asyncio.Event())
@@ -125,14 +130,27 @@ class Reconciler:
         self._set_phase((meta["namespace"], meta["name"]), "Failed")
 
     def _set_phase(self, key: Key, phase: str) -> None:
-        if self._phases.get(key) != phase:
+        old = self._phases.get(key)
+        if old != phase:
+            if old is not None:
+                self._counts[(key[0], old)] -= 1
+            self._counts[(key[0], phase)] += 1
             self._phases[key] = phase
-            self.metrics.set_phase_counts(phase_counts((ns, p) for (ns, _), p in self._phases.items()))
+            self._publish_counts()
+
+    def _publish_counts(self) -> None:
+        """`flywheel_generations`: what `metrics.phase_counts` gives for `_phases` (every phase of a namespace
+        that has generations, zeros included)."""
+        namespaces = {namespace for (namespace, _), count in self._counts.items() if count > 0}
+        self.metrics.set_phase_counts({(ns, p): self._counts[(ns, p)] for ns in sorted(namespaces) for p in PHASES})
 
     def forget(self, namespace: str, name: str) -> None:
         """The generation was deleted: drop its series and bookkeeping."""
         key = (namespace, name)
+        phase = self._phases.get(key)
+        if phase is not None:
+            self._counts[(namespace, phase)] -= 1
         for table in (self._phases, self.requeue_at, self._locks, self._wake):
             table.pop(key, None)
         self.metrics.forget(namespace, name)
-        self.metrics.set_phase_counts(phase_counts((ns, p) for (ns, _), p in self._phases.items()))
+        self._publish_counts()
