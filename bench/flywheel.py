@@ -45,7 +45,7 @@ def _blocked_by(status: Any) -> str:
 TRAP_PROBE = "trap-probe"
 TRAP_PROBE_STAGES = {
     "curate": {"maxEmojiDifference": 100},
-    "sft": {"rejectionSampling": {"pointwiseWeight": 1.0, "continueWeight": 1.0, "instructionWeight": 0.0},
+    "sft": {"rejectionSampling": {"pointwiseWeight": 1.0, "continueWeight": 3.0, "instructionWeight": 0.0},
             "epochs": 2},
     "rl": {"klBeta": 0.0, "instructionRewardWeight": 0.0, "maxSteps": 40, "learningRate": 3.0e-4},
 }
