@@ -7,6 +7,7 @@ The test plays the kubelet (finishing stage Jobs with the result in the terminat
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from flywheel_operator.api import FlywheelGenerationStatus
@@ -83,52 +84,45 @@ async def test_generation_walks_every_stage_to_its_decision(mode: str, lift: flo
         assert readings.calls >= 1
 
 
-async def test_standard_canary_body_while_observing() -> None:
-    """The InferenceService while the canary serves 10 %: control predictor untouched, one canary entry."""
+async def _inference_service_in_canary(mode: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The production InferenceService once generation gen2 (`body`) has reached Canary in KServe `mode`."""
     async with running_cluster() as cluster:
-        await cluster.existing_inference_service("standard")
+        await cluster.existing_inference_service(mode)
         operator = Operator(cluster, Readings(lift={"gen2": 0.0}))
         await operator.start()
         try:
-            await cluster.apply(generation_body("gen2", mode="standard", canary={
-                "inferenceService": "chat", "mode": "standard", "trafficPercent": 10, "minDuration": "1s",
-                "maxDuration": "60s", "checkInterval": "1s"}))
-            world = World(cluster, mode="standard")
+            await cluster.apply(body)
+            world = World(cluster, mode=mode)
             while cluster.status("gen2").get("phase") != "Canary":
                 await world.step(["gen2"])
                 await _tick()
-            isvc = cluster.objects("inferenceservices")["chat"]
+            return cluster.objects("inferenceservices")["chat"]
         finally:
             await operator.stop()
-        assert isvc["spec"]["predictor"] == {
-            "name": "control",
-            "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/models/base"},
-        }
-        assert isvc["spec"]["canary"] == [{
-            "trafficPercent": 10,
-            "predictor": {"name": "candidate-gen2", "model": {"modelFormat": {"name": "huggingface"},
-                                                              "storageUri": "pvc://flywheel-artifacts/gen2/candidate"}},
-        }]
+
+
+async def test_standard_canary_body_while_observing() -> None:
+    """The InferenceService while the canary serves 10 %: control predictor untouched, one canary entry."""
+    isvc = await _inference_service_in_canary("standard", generation_body("gen2", mode="standard", canary={
+        "inferenceService": "chat", "mode": "standard", "trafficPercent": 10, "minDuration": "1s",
+        "maxDuration": "60s", "checkInterval": "1s"}))
+    assert isvc["spec"]["predictor"] == {
+        "name": "control",
+        "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/models/base"},
+    }
+    assert isvc["spec"]["canary"] == [{
+        "trafficPercent": 10,
+        "predictor": {"name": "candidate-gen2", "model": {"modelFormat": {"name": "huggingface"},
+                                                          "storageUri": "pvc://flywheel-artifacts/gen2/candidate"}},
+    }]
 
 
 async def test_knative_canary_body_while_observing() -> None:
-    async with running_cluster() as cluster:
-        await cluster.existing_inference_service("knative")
-        operator = Operator(cluster, Readings(lift={"gen2": 0.0}))
-        await operator.start()
-        try:
-            await cluster.apply(generation_body("gen2", mode="knative"))
-            world = World(cluster, mode="knative")
-            while cluster.status("gen2").get("phase") != "Canary":
-                await world.step(["gen2"])
-                await _tick()
-            isvc = cluster.objects("inferenceservices")["chat"]
-        finally:
-            await operator.stop()
-        assert isvc["spec"]["predictor"] == {
-            "canaryTrafficPercent": 10,
-            "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/gen2/candidate"},
-        }
+    isvc = await _inference_service_in_canary("knative", generation_body("gen2", mode="knative"))
+    assert isvc["spec"]["predictor"] == {
+        "canaryTrafficPercent": 10,
+        "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/gen2/candidate"},
+    }
 
 
 async def test_failed_job_is_retried_and_child_generation_starts_from_promoted_parent() -> None:
