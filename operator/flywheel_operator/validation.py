@@ -98,15 +98,21 @@ def problems_of(document: Any) -> list[Problem]:
     try:
         FlywheelGeneration.model_validate(document)
     except ValidationError as exc:
-        out = []
-        for error in exc.errors():
-            path = ".".join(str(part) for part in error["loc"]) or "(document)"
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] not in ("missing", "extra_forbidden", "value_error"):
-                message += f" (got {error.get('input')!r})"
-            out.append(Problem(path, message, _hint(error)))
-        return out
+        return problems_of_error(exc)
     return []
+
+
+def problems_of_error(exc: ValidationError) -> list[Problem]:
+    """A pydantic error of the API models as problems with field paths and hints (also what the operator
+    writes into an invalid generation's status)."""
+    out = []
+    for error in exc.errors():
+        path = ".".join(str(part) for part in error["loc"]) or "(document)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] not in ("missing", "extra_forbidden", "value_error"):
+            message += f" (got {error.get('input')!r})"
+        out.append(Problem(path, message, _hint(error)))
+    return out
 
 
 def load_documents(path: Path) -> list[Any]:

@@ -27,6 +27,7 @@ from flywheel_operator.api import (
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.metrics import PHASES, OperatorMetrics
 from flywheel_operator.planner import Event, Plan, plan
+from flywheel_operator.validation import problems_of_error
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,6 @@ class InvalidSpec(Exception):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def spec_errors(exc: ValidationError) -> list[str]:
-    return [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()]
 
 
 def invalid_status(errors: list[str], now: datetime, previous: dict[str, Any] | None) -> FlywheelGenerationStatus:
@@ -99,8 +96,9 @@ class Reconciler:
                     {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
                 )
             except ValidationError as exc:
-                await self._reject(body, spec_errors(exc), old_status)
-                raise InvalidSpec("; ".join(spec_errors(exc))) from exc
+                errors = [str(problem) for problem in problems_of_error(exc)]
+                await self._reject(body, errors, old_status)
+                raise InvalidSpec("; ".join(errors)) from exc
             now = self.clock()
             observed = await self.backend.observe(generation, now)
             result = plan(generation, observed)
