@@ -61,12 +61,19 @@ def _report(args: argparse.Namespace) -> int:
     return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _operator(args: argparse.Namespace) -> int:
     from flywheel_operator.kube.run import run
 
     return run(namespaces=args.namespaces or (), all_namespaces=args.all_namespaces, metrics_port=args.metrics_port,
                health_port=args.health_port, peering=None if args.standalone else args.peering,
-               standalone=args.standalone)
+               standalone=args.standalone, max_concurrent_reconciles=args.max_concurrent_reconciles)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
     p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics")
     p.add_argument("--health-port", type=int, default=8081, help="port of kopf's liveness endpoint /healthz")
+    p.add_argument("--max-concurrent-reconciles", type=_positive_int, default=16, metavar="N",
+                   help="reconciles in flight at once; running generations go before new ones (default 16)")
     peers = p.add_mutually_exclusive_group()
     peers.add_argument("--peering", default="characterflywheel", help="kopf peering name (active/standby replicas)")
     peers.add_argument("--standalone", action="store_true", help="no peering: a single replica")

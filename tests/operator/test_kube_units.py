@@ -197,3 +197,15 @@ def test_operator_command_line() -> None:
     assert args.all_namespaces and args.peering == "ha" and args.metrics_port == 9000 and args.health_port == 8081
     with pytest.raises(SystemExit):
         build_parser().parse_args(["operator", "--namespace", "a", "--all-namespaces"])
+
+
+def test_operator_reconcile_limit_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from flywheel_operator.cli import build_parser
+
+    args = build_parser().parse_args(["operator", "--namespace", "a"])
+    assert args.max_concurrent_reconciles == 16
+    args = build_parser().parse_args(["operator", "--namespace", "a", "--max-concurrent-reconciles", "4"])
+    assert args.max_concurrent_reconciles == 4
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["operator", "--namespace", "a", "--max-concurrent-reconciles", "0"])
+    assert "--max-concurrent-reconciles: must be at least 1, got 0" in capsys.readouterr().err

@@ -7,6 +7,9 @@
 - Job events (finished Jobs labelled with a generation) reconcile the owning generation at once, so the next
   stage starts within the handling latency rather than a poll interval;
 - delete drops the generation's metric series (children go with their owner references).
+
+Job events and the daemon reconcile at Priority.PROGRESS, create/resume/update at Priority.ADMIT: when many
+generations arrive at once, those already running move on first (kube/admission.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 import kopf
 
 from flywheel_operator.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from flywheel_operator.kube.admission import Priority
 from flywheel_operator.kube.client import ApiError, KubeClient
 from flywheel_operator.kube.manifests import GENERATION_LABEL
 from flywheel_operator.kube.reconciler import InvalidSpec, Reconciler
@@ -82,7 +86,7 @@ def register(
 
     async def reconcile_or_raise(namespace: str, name: str) -> None:
         try:
-            await reconciler.reconcile(namespace, name)
+            await reconciler.reconcile(namespace, name, priority=Priority.ADMIT)
         except InvalidSpec as exc:
             raise kopf.PermanentError(f"invalid FlywheelGeneration spec: {exc}") from exc
         except ApiError as exc:

@@ -24,6 +24,7 @@ from flywheel_operator.api import (
     FlywheelGeneration,
     FlywheelGenerationStatus,
 )
+from flywheel_operator.kube.admission import Admission, Priority
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.metrics import PHASES, OperatorMetrics
 from flywheel_operator.planner import Event, Plan, plan
@@ -33,6 +34,9 @@ log = logging.getLogger(__name__)
 
 EventPoster = Callable[[dict[str, Any], Event], None]
 Key = tuple[str, str]
+MAX_CONCURRENT_RECONCILES = 16
+"""Reconciles in flight at once (`flywheel operator --max-concurrent-reconciles`): each is a few API round trips,
+so a handful keeps the API server busy while a finished Job's generation never queues behind hundreds."""
 
 
 class InvalidSpec(Exception):
@@ -71,6 +75,7 @@ class Reconciler:
     metrics: OperatorMetrics
     post_event: EventPoster
     clock: Callable[[], datetime] = utcnow
+    admission: Admission = field(default_factory=lambda: Admission(MAX_CONCURRENT_RECONCILES))
     requeue_at: dict[Key, datetime | None] = field(default_factory=dict)
     """Latest wake-up time each generation's planner asked for (the daemon sleeps until it)."""
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
@@ -82,10 +87,11 @@ class Reconciler:
     def wake_event(self, key: Key) -> asyncio.Event:
         return self._wake.setdefault(key, asyncio.Event())
 
-    async def reconcile(self, namespace: str, name: str) -> Plan | None:
-        """Reconcile `namespace/name`; None when it is gone or being deleted. Raises InvalidSpec or ApiError."""
+    async def reconcile(self, namespace: str, name: str, *, priority: Priority = Priority.PROGRESS) -> Plan | None:
+        """Reconcile `namespace/name` once admitted at `priority` (the slot is taken before the generation's lock,
+        so a lock holder always runs); None when it is gone or being deleted. Raises InvalidSpec or ApiError."""
         key = (namespace, name)
-        async with self._locks.setdefault(key, asyncio.Lock()):
+        async with self.admission.slot(priority), self._locks.setdefault(key, asyncio.Lock()):
             body = await self.backend.get_generation(namespace, name)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 return None

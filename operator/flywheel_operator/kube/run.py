@@ -11,10 +11,11 @@ from collections.abc import Sequence
 import kopf
 from prometheus_client import start_http_server
 
+from flywheel_operator.kube.admission import Admission
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.client import KubeClient
 from flywheel_operator.kube.handlers import configure, kopf_event, register
-from flywheel_operator.kube.reconciler import Reconciler
+from flywheel_operator.kube.reconciler import MAX_CONCURRENT_RECONCILES, Reconciler
 from flywheel_operator.metrics import METRICS
 
 PEERING_NAME = "characterflywheel"
@@ -29,6 +30,7 @@ def run(
     peering: str | None = PEERING_NAME,
     standalone: bool = False,
     poll: float = 60.0,
+    max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES,
 ) -> int:
     """Block running the operator until it is stopped (SIGTERM/SIGINT)."""
     if not all_namespaces and not namespaces:
@@ -37,7 +39,9 @@ def run(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     registry = kopf.OperatorRegistry()
     backend = KubernetesBackend(client=KubeClient(server=""))  # replaced by the login handler
-    reconciler = Reconciler(backend=backend, metrics=METRICS, post_event=kopf_event)
+    reconciler = Reconciler(
+        backend=backend, metrics=METRICS, post_event=kopf_event, admission=Admission(max_concurrent_reconciles)
+    )
     register(registry, reconciler, poll=poll)
 
     @kopf.on.startup(registry=registry)
