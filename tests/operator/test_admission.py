@@ -10,25 +10,26 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
+async def _hold(gate: Admission, release: asyncio.Event) -> None:
+    async with gate.slot(Priority.ADMIT):
+        await release.wait()
+
+
+async def _record(gate: Admission, priority: Priority, served: list, name: object) -> None:
+    async with gate.slot(priority):
+        served.append(name)
+        await asyncio.sleep(0)
+
+
 async def _queue_behind_a_held_slot(gate: Admission, priorities: list[Priority]) -> list[int]:
     """Hold every slot, queue one waiter per priority (in order), then release: the order they were served."""
     served: list[int] = []
     release = asyncio.Event()
-
-    async def holder() -> None:
-        async with gate.slot(Priority.PROGRESS):
-            await release.wait()
-
-    async def waiter(index: int, priority: Priority) -> None:
-        async with gate.slot(priority):
-            served.append(index)
-            await asyncio.sleep(0)
-
-    holders = [asyncio.create_task(holder()) for _ in range(gate.limit)]
+    holders = [asyncio.create_task(_hold(gate, release)) for _ in range(gate.limit)]
     await asyncio.sleep(0)
     waiters = []
     for index, priority in enumerate(priorities):
-        waiters.append(asyncio.create_task(waiter(index, priority)))
+        waiters.append(asyncio.create_task(_record(gate, priority, served, index)))
         await asyncio.sleep(0)  # each waiter queues before the next arrives
     assert gate.waiting == len(priorities)
     release.set()
@@ -78,19 +79,10 @@ def test_a_cancelled_waiter_gives_its_place_away() -> None:
         gate = Admission(1)
         served: list[str] = []
         release = asyncio.Event()
-
-        async def holder() -> None:
-            async with gate.slot(Priority.ADMIT):
-                await release.wait()
-
-        async def waiter(name: str, priority: Priority) -> None:
-            async with gate.slot(priority):
-                served.append(name)
-
-        held = asyncio.create_task(holder())
+        held = asyncio.create_task(_hold(gate, release))
         await asyncio.sleep(0)
-        doomed = asyncio.create_task(waiter("cancelled", Priority.PROGRESS))
-        later = asyncio.create_task(waiter("later", Priority.ADMIT))
+        doomed = asyncio.create_task(_record(gate, Priority.PROGRESS, served, "cancelled"))
+        later = asyncio.create_task(_record(gate, Priority.ADMIT, served, "later"))
         await asyncio.sleep(0)
         doomed.cancel()
         release.set()
