@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import kmock  # noqa: E402
-from flywheel_operator.kube.reconciler import MAX_CONCURRENT_RECONCILES  # noqa: E402
+from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES  # noqa: E402
 
 from tests.operator.cluster import NAMESPACE, WORLD_AGENT, Cluster, generation_body, running_cluster  # noqa: E402
 

@@ -9,6 +9,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES
+
 
 def _validate(args: argparse.Namespace) -> int:
     from flywheel_operator.validation import validate_files
@@ -130,8 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
     p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics")
     p.add_argument("--health-port", type=int, default=8081, help="port of kopf's liveness endpoint /healthz")
-    p.add_argument("--max-concurrent-reconciles", type=_positive_int, default=16, metavar="N",
-                   help="reconciles in flight at once; running generations go before new ones (default 16)")
+    p.add_argument("--max-concurrent-reconciles", type=_positive_int, default=MAX_CONCURRENT_RECONCILES, metavar="N",
+                   help="reconciles in flight at once; running generations go before new ones (default %(default)s)")
     peers = p.add_mutually_exclusive_group()
     peers.add_argument("--peering", default="characterflywheel", help="kopf peering name (active/standby replicas)")
     peers.add_argument("--standalone", action="store_true", help="no peering: a single replica")

@@ -16,6 +16,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from enum import IntEnum
 
+MAX_CONCURRENT_RECONCILES = 16
+"""Reconciles in flight at once (`flywheel operator --max-concurrent-reconciles`): each is a few API round trips,
+so a handful keeps the API server busy while a finished Job's generation never queues behind hundreds."""
+
 
 class Priority(IntEnum):
     """Lower goes first."""

@@ -24,7 +24,7 @@ from flywheel_operator.api import (
     FlywheelGeneration,
     FlywheelGenerationStatus,
 )
-from flywheel_operator.kube.admission import Admission, Priority
+from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admission, Priority
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.metrics import PHASES, OperatorMetrics
 from flywheel_operator.planner import Event, Plan, plan
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 
 EventPoster = Callable[[dict[str, Any], Event], None]
 Key = tuple[str, str]
-MAX_CONCURRENT_RECONCILES = 16
-"""Reconciles in flight at once (`flywheel operator --max-concurrent-reconciles`): each is a few API round trips,
-so a handful keeps the API server busy while a finished Job's generation never queues behind hundreds."""
 
 
 class InvalidSpec(Exception):

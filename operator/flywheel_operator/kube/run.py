@@ -11,11 +11,11 @@ from collections.abc import Sequence
 import kopf
 from prometheus_client import start_http_server
 
-from flywheel_operator.kube.admission import Admission
+from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admission
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.client import KubeClient
 from flywheel_operator.kube.handlers import configure, kopf_event, register
-from flywheel_operator.kube.reconciler import MAX_CONCURRENT_RECONCILES, Reconciler
+from flywheel_operator.kube.reconciler import Reconciler
 from flywheel_operator.metrics import METRICS
 
 PEERING_NAME = "characterflywheel"
