@@ -44,6 +44,7 @@ class Admission:
 
     @property
     def waiting(self) -> int:
+        """Live waiters (a scan: for tests and debugging, not the hot path)."""
         return sum(1 for _, _, future in self._waiters if not future.done())
 
     @asynccontextmanager
@@ -55,7 +56,7 @@ class Admission:
             self._release()
 
     async def _acquire(self, priority: Priority) -> None:
-        if self.active < self.limit and not self.waiting:
+        if self.active < self.limit:  # a live waiter exists only while every slot is held: release hands it over
             self.active += 1
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
