@@ -45,11 +45,13 @@ class ChatPredictor(kserve.Model):
     def load(self) -> bool:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from flywheel_trainer.placement import inference_dtype, local_device
+
         if not (self.model_dir / "config.json").is_file():
             raise FileNotFoundError(f"model_dir {self.model_dir} holds no config.json: not a transformers model")
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
-        self._model = AutoModelForCausalLM.from_pretrained(self.model_dir)
-        self._model.eval()
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=inference_dtype())
+        self._model = model.to(local_device()).eval()  # the GPU when the serving pod has one
         self.ready = True
         return self.ready
 

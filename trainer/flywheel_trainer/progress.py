@@ -56,13 +56,21 @@ def generate_reporting(
     model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], *, phase: str, **options: Any
 ) -> list[list[str]]:
     """flywheel_trainer.generation.generate over `chats` in chunks, one progress line per chunk; chunk i is
-    seeded with seed + i, so the same arguments give the same responses."""
+    seeded with seed + i, so the same arguments give the same responses. With several ranks each samples its
+    share of the chats and every rank gets all responses in order (flywheel_trainer.placement.across_ranks)."""
     from flywheel_trainer.generation import generate
+    from flywheel_trainer.placement import across_ranks, compute_autocast
 
     seed = options.pop("seed", 0)
-    results: list[list[str]] = []
-    chunks = range(0, len(chats), PROGRESS_CHUNK)
-    for index, start in enumerate(chunks):
-        results.extend(generate(model, tokenizer, chats[start : start + PROGRESS_CHUNK], seed=seed + index, **options))
-        report_progress(index + 1, len(chunks), phase)
-    return results
+
+    def sample(share: Any) -> list[list[str]]:
+        results: list[list[str]] = []
+        chunks = range(0, len(share), PROGRESS_CHUNK)
+        for index, start in enumerate(chunks):
+            with compute_autocast():
+                batch = share[start : start + PROGRESS_CHUNK]
+                results.extend(generate(model, tokenizer, batch, seed=seed + index, **options))
+            report_progress(index + 1, len(chunks), phase)
+        return results
+
+    return across_ranks(chats, sample)

@@ -28,8 +28,9 @@ from flywheel_trainer.outputs import (
     read_jsonl,
     sha256_path,
 )
+from flywheel_trainer.placement import training_dtype
 from flywheel_trainer.progress import attach_progress
-from flywheel_trainer.runtime import existing_path, model_dtype, model_source, save_trained, training_kwargs
+from flywheel_trainer.runtime import existing_path, model_source, save_trained, training_kwargs
 from flywheel_trainer.scoring import logits_for_texts, render, render_pair, write_metadata
 
 Row = dict[str, Any]
@@ -71,16 +72,15 @@ def _train_pointwise(settings: RewardModelSettings, base: str, train: list[Row],
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=model_dtype())
+    config = RewardConfig(
+        **args, center_rewards_coefficient=settings.center_rewards_coefficient or None, max_length=settings.max_length
+    )  # before the model: under ZeRO-3 the model then loads partitioned (zero.Init)
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=training_dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
     dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train])
     trainer = RewardTrainer(
         model=model,
-        args=RewardConfig(
-            **args,
-            center_rewards_coefficient=settings.center_rewards_coefficient or None,
-            max_length=settings.max_length,
-        ),
+        args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
     )
@@ -113,15 +113,16 @@ def _train_classifier(
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
+    training_args = TrainingArguments(**args, remove_unused_columns=False)  # before the model (ZeRO-3)
     model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=1, problem_type="multi_label_classification", dtype=model_dtype()
+        base, num_labels=1, problem_type="multi_label_classification", dtype=training_dtype()
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     encoded = tokenizer(texts, truncation=True, max_length=settings.max_length, add_special_tokens=False)
     dataset = Dataset.from_dict({**encoded, "labels": [[float(y)] for y in labels]})
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(**args, remove_unused_columns=False),
+        args=training_args,
         train_dataset=dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
     )

@@ -27,6 +27,7 @@ from flywheel_trainer.outputs import (
     sha256_path,
     write_jsonl,
 )
+from flywheel_trainer.placement import trained_for_inference
 from flywheel_trainer.progress import attach_progress, generate_reporting
 from flywheel_trainer.runtime import existing_path, lora_config, model_source, save_trained, training_kwargs
 from flywheel_trainer.style import emoji_count, word_count
@@ -120,7 +121,6 @@ def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[st
     pairs = read_jsonl(pairs_path)[: settings.max_pairs]
     if not pairs:
         raise StageError(f"settings.dpo: no preference pairs in {pairs_path}; disable the patch or give pairsUri")
-    model, tokenizer = load_policy(policy)
     args = DPOConfig(
         **training_kwargs(
             out / SCRATCH,
@@ -133,6 +133,7 @@ def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[st
         per_device_train_batch_size=settings.batch_size,
         num_train_epochs=settings.epochs,
     )
+    model, tokenizer = load_policy(policy, training=True)  # after the config: ZeRO-3 loads it partitioned
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     attach_progress(trainer, "dpo").train()
@@ -166,6 +167,7 @@ def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Pat
             max_completion_length=settings.max_new_tokens,
             temperature=settings.temperature,
             reward_weights=weights,
+            model_init_kwargs={"dtype": "float32"},  # fp32 master weights; bf16 is the compute dtype
         )
         return GRPOTrainer(
             model=policy,
@@ -188,7 +190,7 @@ def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Pat
         temperature=settings.temperature,
         reward_weights=weights,
     )
-    model, _ = load_policy(policy)
+    model, _ = load_policy(policy, training=True)
     return OnlineDPOTrainer(
         model=model,
         reward_funcs=rewards,
@@ -257,7 +259,8 @@ def main(config: StageConfig) -> StageResult:
         trainer = rl_trainer(config, policy, rm, dataset, out)
         attach_progress(trainer).train()
         trained = save_trained(trainer, out / "model", trainer.processing_class, merge_lora=settings.lora.enabled)
-        after = sampled_rewards(trained.eval(), trainer.processing_class, rm, prompts, **sampling)
+        with trained_for_inference(trainer, trained) as model:  # ZeRO-3: gathered whole on every rank
+            after = sampled_rewards(model, trainer.processing_class, rm, prompts, **sampling)
         write_jsonl(
             out / "prompts.jsonl",
             (

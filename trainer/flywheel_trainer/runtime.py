@@ -129,8 +129,3 @@ def save_trained(trainer: Any, directory: Path, tokenizer: Any, *, merge_lora: b
         tokenizer.save_pretrained(directory)
     return model
 
-
-def model_dtype() -> Any:
-    import torch
-
-    return torch.bfloat16 if has_cuda() else torch.float32

@@ -48,9 +48,9 @@ def render_pair(tokenizer: Any, prompt: Chat, first: str, second: str) -> str:
 
 def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
     """Load a reward model written by the reward stage; the error names the config field when it is missing."""
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from flywheel_trainer.placement import inference_dtype, local_device, without_zero_init
     from flywheel_trainer.runtime import existing_path
 
     directory = existing_path(str(path), field=field)
@@ -58,8 +58,9 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
     if not meta_file.is_file():
         raise StageError(f"{field}: {directory} is not a reward model written by the reward stage (no {METADATA_FILE})")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSequenceClassification.from_pretrained(directory).to(device).eval()
+    with without_zero_init():  # scoring-only: a whole bf16 copy on this rank's GPU
+        model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=inference_dtype())
+    model = model.to(local_device()).eval()
     tokenizer = AutoTokenizer.from_pretrained(directory)
     return RewardModel(
         name=meta["name"],
@@ -76,6 +77,8 @@ def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_le
     """The first logit of a sequence classifier for each text, in batches (right padding)."""
     import torch
 
+    from flywheel_trainer.placement import compute_autocast
+
     out: list[float] = []
     device = next(model.parameters()).device
     tokenizer.padding_side = "right"
@@ -88,7 +91,7 @@ def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_le
             max_length=max_length,
             add_special_tokens=False,
         ).to(device)
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_autocast():
             out.extend(model(**batch).logits[:, 0].float().cpu().tolist())
     return np.asarray(out, dtype=float)
 

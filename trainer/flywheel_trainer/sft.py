@@ -105,6 +105,8 @@ def select_best(selection: np.ndarray, per_prompt: int, margin: float) -> list[i
 
 
 def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]], out: Any) -> Any:
+    """SFTTrainer on `rows`; `model` is a model or a source to load with fp32 masters once the config exists
+    (so ZeRO-3 loads it partitioned)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
@@ -121,6 +123,8 @@ def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[s
         num_train_epochs=settings.epochs,
         max_length=settings.max_length,
     )
+    if isinstance(model, str):
+        model, _ = load_policy(model, training=True)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -163,6 +167,8 @@ def main(config: StageConfig) -> StageResult:
             tokenizer=tokenizer,
         )
     ]
+    del model  # an inference copy (bf16 on CUDA); training loads fp32 masters (flywheel_trainer.placement)
+    gc.collect()
     for index, source in enumerate(candidates, start=1):
         per_model.append(
             sample_candidates(
@@ -194,7 +200,7 @@ def main(config: StageConfig) -> StageResult:
     chosen_idx = [i * per_prompt + b for i, b in enumerate(kept) if b is not None]
 
     with atomic_output_dir(config.output_dir) as out:
-        trainer = train_sft(config, model, tokenizer, train_rows, out)
+        trainer = train_sft(config, policy, tokenizer, train_rows, out)
         save_trained(trainer, out / "model", tokenizer, merge_lora=config.settings.sft.lora.enabled)
         write_jsonl(
             out / "selected.jsonl",

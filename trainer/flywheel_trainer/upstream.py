@@ -11,7 +11,7 @@ from typing import Any
 from flywheel_operator.api import StageConfig
 
 from flywheel_trainer.outputs import StageError
-from flywheel_trainer.runtime import existing_path, model_dtype
+from flywheel_trainer.runtime import existing_path
 
 
 def artifact_path(config: StageConfig, stage: str, key: str) -> Path:
@@ -52,13 +52,23 @@ def pairwise_model_name(config: StageConfig) -> str | None:
     return next((m.name for m in config.settings.reward_models if m.kind == "pairwise"), None)
 
 
-def load_policy(source: str) -> tuple[Any, Any]:
-    """A causal LM and its tokenizer on the training device (bf16 on CUDA), with a pad token."""
-    import torch
+def load_policy(source: str, *, training: bool = False) -> tuple[Any, Any]:
+    """A causal LM and its tokenizer (with a pad token).
+
+    `training`: fp32 master weights left where they are loaded, for a Trainer to place (build the stage's
+    TrainingArguments first, so ZeRO-3 loads it partitioned under `zero.Init`). Otherwise an inference copy:
+    bf16 on CUDA, whole, on this rank's device, in eval mode (flywheel_trainer.placement).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=model_dtype()).to(device)
+    from flywheel_trainer.placement import inference_dtype, local_device, training_dtype, without_zero_init
+
+    if training:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=training_dtype())
+    else:
+        with without_zero_init():
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=inference_dtype())
+        model = model.to(local_device()).eval()
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
