@@ -20,6 +20,7 @@ from typing import Any
 from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
 from flywheel_trainer.calibration import calibration_report
+from flywheel_trainer.checkpoints import checkpoint_args, checkpoint_dir, last_checkpoint
 from flywheel_trainer.outputs import (
     SCRATCH,
     StageError,
@@ -67,7 +68,9 @@ def _upstream(config: StageConfig, artifact: str) -> Path:
     return existing_path(uri, field=f"upstream.curate.{artifact}")
 
 
-def _train_pointwise(settings: RewardModelSettings, base: str, train: list[Row], args: dict, tokenizer: Any) -> Any:
+def _train_pointwise(
+    settings: RewardModelSettings, base: str, train: list[Row], args: dict, tokenizer: Any, resume: str | None = None
+) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -84,7 +87,7 @@ def _train_pointwise(settings: RewardModelSettings, base: str, train: list[Row],
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    attach_progress(trainer).train()
+    attach_progress(trainer).train(resume_from_checkpoint=resume)
     return trainer
 
 
@@ -108,7 +111,13 @@ def _classifier_examples(settings: RewardModelSettings, rows: list[Row], tokeniz
 
 
 def _train_classifier(
-    settings: RewardModelSettings, base: str, texts: list[str], labels: list[int], args: dict, tokenizer: Any
+    settings: RewardModelSettings,
+    base: str,
+    texts: list[str],
+    labels: list[int],
+    args: dict,
+    tokenizer: Any,
+    resume: str | None = None,
 ) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
@@ -126,7 +135,7 @@ def _train_classifier(
         train_dataset=dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
-    attach_progress(trainer).train()
+    attach_progress(trainer).train(resume_from_checkpoint=resume)
     return trainer
 
 
@@ -158,8 +167,10 @@ def main(config: StageConfig) -> StageResult:
             max_steps=settings.max_steps,
             learning_rate=settings.learning_rate,
         ) | {"per_device_train_batch_size": settings.batch_size, "num_train_epochs": settings.epochs}
+        args |= checkpoint_args(config, "reward")
+        resume = last_checkpoint(checkpoint_dir(config, "reward"))
         if settings.kind == "pointwise":
-            trainer = _train_pointwise(settings, base, train, args, tokenizer)
+            trainer = _train_pointwise(settings, base, train, args, tokenizer, resume)
             chosen = [render(tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in held_out]
             rejected = [render(tokenizer, r["prompt"], r["rejected"][0]["content"]) for r in held_out]
             model = trainer.model
@@ -169,7 +180,7 @@ def main(config: StageConfig) -> StageResult:
             held_logits, held_labels = [*margin, *(-margin)], [1] * len(margin) + [0] * len(margin)
         else:
             texts, labels = _classifier_examples(settings, train, tokenizer)
-            trainer = _train_classifier(settings, base, texts, labels, args, tokenizer)
+            trainer = _train_classifier(settings, base, texts, labels, args, tokenizer, resume)
             held_texts, held_labels = _classifier_examples(settings, held_out, tokenizer)
             model = trainer.model
             held_logits = list(logits_for_texts(model, tokenizer, held_texts, max_length=settings.max_length))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from flywheel_operator.api import StageConfig, StageResult
 
+from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
 from flywheel_trainer.outputs import (
     SCRATCH,
     StageError,
@@ -128,7 +129,8 @@ def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[st
             deepspeed_stage=config.deepspeed_stage,
             max_steps=None,
             learning_rate=settings.learning_rate,
-        ),
+        )
+        | checkpoint_args(config, "dpo"),
         beta=settings.beta,
         per_device_train_batch_size=settings.batch_size,
         num_train_epochs=settings.epochs,
@@ -136,7 +138,7 @@ def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[st
     model, tokenizer = load_policy(policy, training=True)  # after the config: ZeRO-3 loads it partitioned
     dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
     trainer = DPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    attach_progress(trainer, "dpo").train()
+    train_resuming(attach_progress(trainer, "dpo"), config, "dpo")
     save_trained(trainer, out / "dpo_model", tokenizer, merge_lora=False)
     last = next((e for e in reversed(trainer.state.log_history) if "loss" in e), {})
     return str(out / "dpo_model"), {"dpo_pairs": len(pairs), **({"dpo_loss_last": last["loss"]} if last else {})}
@@ -151,7 +153,7 @@ def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Pat
         deepspeed_stage=config.deepspeed_stage,
         max_steps=settings.max_steps,
         learning_rate=settings.learning_rate,
-    )
+    ) | checkpoint_args(config, "rl")
     rewards = [rm.model, instruction_reward]
     reward_tokenizers = [rm.tokenizer, None]
     weights = [1.0, settings.instruction_reward_weight]
@@ -257,7 +259,7 @@ def main(config: StageConfig) -> StageResult:
             [{"prompt": row["prompt"], "character": json.dumps(row["character"])} for row in selected]
         )
         trainer = rl_trainer(config, policy, rm, dataset, out)
-        attach_progress(trainer).train()
+        train_resuming(attach_progress(trainer), config, "rl")
         trained = save_trained(trainer, out / "model", trainer.processing_class, merge_lora=settings.lora.enabled)
         with trained_for_inference(trainer, trained) as model:  # ZeRO-3: gathered whole on every rank
             after = sampled_rewards(model, trainer.processing_class, rm, prompts, **sampling)

@@ -128,4 +128,3 @@ def save_trained(trainer: Any, directory: Path, tokenizer: Any, *, merge_lora: b
     if trainer.args.should_save:
         tokenizer.save_pretrained(directory)
     return model
-

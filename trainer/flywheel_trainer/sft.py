@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from flywheel_operator.api import StageConfig, StageResult
 
+from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
 from flywheel_trainer.outputs import (
     SCRATCH,
     StageError,
@@ -118,7 +119,8 @@ def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[s
             deepspeed_stage=config.deepspeed_stage,
             max_steps=settings.max_steps,
             learning_rate=settings.learning_rate,
-        ),
+        )
+        | checkpoint_args(config, "sft"),
         per_device_train_batch_size=settings.batch_size,
         num_train_epochs=settings.epochs,
         max_length=settings.max_length,
@@ -132,8 +134,7 @@ def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[s
         processing_class=tokenizer,
         peft_config=lora_config(settings.lora, task_type="CAUSAL_LM"),
     )
-    attach_progress(trainer).train()
-    return trainer
+    return train_resuming(attach_progress(trainer), config, "sft")
 
 
 def main(config: StageConfig) -> StageResult:

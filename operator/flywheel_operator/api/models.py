@@ -496,6 +496,9 @@ class RetryPolicy(ApiModel):
     """Multiplier of the wait for each further attempt."""
     max_backoff: Duration = "1h"
     """Longest wait between attempts."""
+    checkpoint_steps: Annotated[int, Field(ge=0)] = 200
+    """Training stages save a checkpoint every this many optimizer steps under the stage's output directory
+    (shared by its attempts); a retried attempt resumes from the last one instead of step 0. 0 disables."""
 
 
 # ------------------------------------------------------------------------------------------------ spec

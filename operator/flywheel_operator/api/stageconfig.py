@@ -42,5 +42,8 @@ class StageConfig(ApiModel):
     """Output digests of the upstream stages (lineage: the stage records them as its input digests)."""
     deepspeed_stage: Literal[0, 2, 3] = 0
     """DeepSpeed ZeRO stage (0: none)."""
+    checkpoint_steps: int = Field(default=0, ge=0)
+    """Save a training checkpoint every this many steps under `outputDir`/checkpoints and resume from the
+    last one when the stage runs again (spec.retry.checkpointSteps; 0: no checkpoints)."""
     seed: int = 0
     """Random seed (derived from the generation number, so reruns reproduce)."""

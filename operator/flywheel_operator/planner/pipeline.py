@@ -60,5 +60,6 @@ def stage_config(generation: FlywheelGeneration, status: FlywheelGenerationStatu
         upstream={r.name: dict(r.artifacts) for r in finished},
         upstream_digests={r.name: r.output_digest for r in finished if r.output_digest},
         deepspeed_stage=spec.resources.deepspeed_stage,
+        checkpoint_steps=spec.retry.checkpoint_steps,
         seed=spec.generation,
     )
