@@ -7,9 +7,7 @@ memory is its own (os.wait4). tokens/s = tokens the stage's trainer consumed / t
 PyTorch causal-LM training loop; `vs baseline` is stage tokens/s over baseline tokens/s (how much the stage's
 sampling, scoring and TRL machinery cost on top of bare training).
 
-On a CUDA machine it also runs the SFT trainer on a ~1B-parameter random-weights Llama config in bf16 and
-reports MFU (model FLOPs utilisation: 6 · parameters · tokens/s over the device's dense bf16 peak); on CPU that
-part is skipped. Writes bench/results/trainer.json.
+GPU throughput and MFU of every stage on a ~1B-parameter model: bench/gpu.py. Writes bench/results/trainer.json.
 
     python bench/trainer.py [--threads N] [--out bench/results/trainer.json]
 """
@@ -65,8 +63,6 @@ SETTINGS: dict[str, Any] = {
     },
     "eval": {"promptsPerSource": 48, "maxNewTokens": 24},
 }
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-"""Dense bf16 peak FLOP/s by device name fragment (vendor data sheets, no sparsity)."""
 
 
 def run_stage(stage: str, name: str, config: dict[str, Any], workdir: Path) -> dict[str, Any]:
@@ -163,70 +159,6 @@ def cpu_chain(workdir: Path) -> dict[str, Any]:
     return {"baseline_tokens_per_s": round(baseline, 1), "stages": stages}
 
 
-def gpu_sft(workdir: Path) -> dict[str, Any] | None:
-    """SFT throughput and MFU of a ~1B Llama config (random weights, bf16) on CUDA; None without a GPU."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    from flywheel_operator.api import StageConfig
-    from flywheel_trainer.conversation import to_chat
-    from flywheel_trainer.sft import train_sft
-    from flywheel_trainer.synthetic import synthetic_records
-    from flywheel_trainer.tinymodel import train_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    records = synthetic_records(512)
-    tokenizer = train_tokenizer([m["content"] for r in records for m in to_chat(r)], vocab_size=4000)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=2048,
-        intermediate_size=5632,
-        num_hidden_layers=22,
-        num_attention_heads=32,
-        num_key_value_heads=4,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = LlamaForCausalLM(config).to(torch.bfloat16).cuda()
-    parameters = sum(p.numel() for p in model.parameters())
-    rows = [
-        {
-            "prompt": to_chat(r, len(r["messages"]) - 1),
-            "completion": [{"role": "assistant", "content": r["messages"][-1]["content"] * 8}],
-        }
-        for r in records
-        if r["messages"][-1]["role"] == "assistant"
-    ]
-    stage = StageConfig.model_validate(
-        {
-            "stage": "sft",
-            "name": "sft",
-            "generation": "bench",
-            "outputDir": str(workdir / "gpu-sft"),
-            "policy": "random-1b",
-            "data": {"userTraffic": {"uri": str(workdir)}},
-            "settings": {"sft": {"maxSteps": 30, "batchSize": 16, "learningRate": 1e-5, "maxLength": 1024}},
-        }
-    )
-    torch.cuda.reset_peak_memory_stats()
-    started = time.perf_counter()
-    trainer = train_sft(stage, model, tokenizer, rows, workdir / "gpu-sft")
-    wall = time.perf_counter() - started
-    tokens_per_s = trainer.state.num_input_tokens_seen / wall
-    name = torch.cuda.get_device_name()
-    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in name), None)
-    return {
-        "device": name,
-        "parameters": parameters,
-        "tokens_per_s": round(tokens_per_s, 1),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-        "mfu": round(6 * parameters * tokens_per_s / peak, 4) if peak else None,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (all processes)")
@@ -236,7 +168,6 @@ def main() -> None:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read by torch in every process started here
     with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
         cpu = cpu_chain(Path(tmp))
-        gpu = gpu_sft(Path(tmp))
     print(f"baseline (plain PyTorch LM training): {cpu['baseline_tokens_per_s']:.0f} tokens/s")
     print(f"{'stage':<18}{'wall s':>9}{'tokens':>10}{'tokens/s':>11}{'peak MiB':>10}{'vs base':>9}")
     for name, row in cpu["stages"].items():
@@ -245,11 +176,9 @@ def main() -> None:
             f"{name:<18}{row['wall_s']:>9.1f}{row['tokens']:>10}{row['tokens_per_s']:>11.1f}"
             f"{row['peak_rss_mib']:>10.0f}{ratio:>9}"
         )
-    print("gpu sft (~1B, bf16):", "skipped, no CUDA device" if gpu is None else json.dumps(gpu))
     report = {
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "threads": args.threads},
         "cpu": cpu,
-        "gpu_sft": gpu,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -85,9 +85,9 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(tmp_path: Path) -> None
     first = start(config_file, tmp_path / "first.log")
     try:
         while last_checkpoint(checkpoints) is None:
-            assert first.poll() is None, "the stage ended without writing a checkpoint:\n" + (
-                tmp_path / "first.log"
-            ).read_text()[-3000:]
+            assert first.poll() is None, (
+                "the stage ended without writing a checkpoint:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            )
             time.sleep(0.05)
         first.kill()  # preemption: no cleanup runs
     finally:
