@@ -7,13 +7,14 @@ RL/DPO learning rates leaves almost every bf16 weight where it was. The stage co
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from flywheel_operator.api import RewardModelSettings, StageConfig
-from flywheel_trainer import reward, runtime, sft
+from flywheel_trainer import reward, rl, runtime, sft
 from flywheel_trainer.tinymodel import tiny_llama, train_tokenizer
 
 LR = 1e-6
@@ -67,6 +68,28 @@ def one_step(stage: str, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
         trainer = reward._train_pointwise(
             settings, str(base), rows, args | {"per_device_train_batch_size": 4}, tokenizer
         )
+    elif stage == "dpo":
+        pairs = tmp_path / "pairs.jsonl"
+        pairs.parent.mkdir(parents=True, exist_ok=True)
+        row = {"prompt": CHAT, "chosen": [{"role": "assistant", "content": GOOD}]}
+        pairs.write_text(json.dumps(row | {"rejected": [{"role": "assistant", "content": BAD}]}) + "\n")
+        config = StageConfig.model_validate(
+            {
+                "stage": "rl",
+                "name": "rl",
+                "generation": "g",
+                "outputDir": str(tmp_path / "out"),
+                "policy": str(base),
+                "data": {"userTraffic": {"uri": str(tmp_path)}},
+                "settings": {"dpo": {"enabled": True, "learningRate": LR, "batchSize": 1}},
+                "upstream": {"curate": {"pairs": str(pairs)}},
+            }
+        )
+        monkeypatch.setattr(rl, "training_kwargs", lambda *a, **k: args)
+        patched, _ = rl.dpo_patch(config, str(base), tmp_path)
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(patched)  # as saved: in the dtype it was trained in
     else:
         config = StageConfig.model_validate(
             {
@@ -86,21 +109,25 @@ def one_step(stage: str, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyP
     return trainer.model
 
 
-def base_weights(base: Path) -> dict[str, torch.Tensor]:
+def base_weights(base: Path, like: Any) -> dict[str, torch.Tensor]:
+    """The base model's weights as `like` started from: loaded in `like`'s dtype (rounding is not training)."""
     from transformers import AutoModelForCausalLM
 
-    return {k: v.float().clone() for k, v in AutoModelForCausalLM.from_pretrained(base).state_dict().items()}
+    dtype = next(like.parameters()).dtype
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
+    return {k: v.float().clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("stage", ["reward", "sft"])
+@pytest.mark.parametrize("stage", ["reward", "sft", "dpo"])
 def test_one_step_at_lr_1e6_moves_weights_as_fp32_training_does(
     stage: str, base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_torch_thread: None
 ) -> None:
-    before = base_weights(base)
-    reference = changed_fraction(one_step(stage, base, tmp_path / "fp32", monkeypatch, cuda=False), before)
+    fp32 = one_step(stage, base, tmp_path / "fp32", monkeypatch, cuda=False)
+    reference = changed_fraction(fp32, base_weights(base, fp32))
     trained = one_step(stage, base, tmp_path / "bf16", monkeypatch, cuda=True)
     assert reference > 0.9
-    assert changed_fraction(trained, before) >= 0.95 * reference
+    moved = changed_fraction(trained, base_weights(base, trained))
+    assert moved >= 0.95 * reference, f"{moved:.1%} of the weights moved; fp32 training moves {reference:.1%}"
     assert {p.dtype for p in trained.parameters()} == {torch.float32}, "master weights must stay fp32"
 
 
