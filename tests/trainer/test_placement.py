@@ -120,7 +120,22 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         return [f"r{rank}:{x}" for x in share]
 
     result = placement.across_ranks(list(range(11)), work)
-    Path(out, f"{rank}.json").write_text(json.dumps({"seen": seen, "result": result}))
+
+    import flywheel_trainer.generation as generation
+    from flywheel_trainer.progress import generate_reporting
+
+    sampled: list[str] = []
+
+    def fake_generate(model: object, tokenizer: object, chats: list, **options: object) -> list[list[str]]:
+        sampled.extend(chat[0]["content"] for chat in chats)
+        return [[f"reply to {chat[0]['content']}"] for chat in chats]
+
+    generation.generate = fake_generate  # the sampling loop's split, without a model
+    chats = [[{"role": "user", "content": f"p{i}"}] for i in range(7)]
+    replies = generate_reporting(None, None, chats, phase="sample", max_new_tokens=4, temperature=1.0)
+    Path(out, f"{rank}.json").write_text(
+        json.dumps({"seen": seen, "result": result, "sampled": sampled, "replies": replies})
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -132,6 +147,9 @@ def test_sampling_is_split_across_ranks_and_gathered_in_order(tmp_path: Path) ->
     assert [o["seen"] for o in outputs] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10]]
     expected = [f"r{0 if x < 4 else 1 if x < 8 else 2}:{x}" for x in range(11)]
     assert all(o["result"] == expected for o in outputs)
+    # rejection sampling, prompt selection and eval sample through generate_reporting: each rank its share
+    assert [o["sampled"] for o in outputs] == [["p0", "p1", "p2"], ["p3", "p4"], ["p5", "p6"]]
+    assert all(o["replies"] == [[f"reply to p{i}"] for i in range(7)] for o in outputs)
 
 
 def test_one_process_does_all_the_work_without_a_process_group(monkeypatch: pytest.MonkeyPatch) -> None:
