@@ -156,3 +156,71 @@ def test_one_process_does_all_the_work_without_a_process_group(monkeypatch: pyte
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert placement.across_ranks([1, 2, 3], lambda share: [x * 2 for x in share]) == [2, 4, 6]
     assert not torch.distributed.is_initialized()
+
+
+class Loaded(Exception):
+    """Raised by the recording from_pretrained: the test needs only the moment of the load."""
+
+
+ZERO3 = {
+    "zero_optimization": {"stage": 3},
+    "train_micro_batch_size_per_gpu": "auto",
+    "train_batch_size": "auto",
+    "gradient_accumulation_steps": "auto",
+}
+
+
+@pytest.mark.parametrize("stage", ["reward", "sft", "dpo"])
+def test_trained_models_load_once_their_zero3_config_exists(
+    stage: str, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers partitions a from_pretrained under zero.Init only while a ZeRO-3 TrainingArguments exists: a
+    trained model loaded before its config would be materialised whole on every rank."""
+    from flywheel_operator.api import RewardModelSettings, StageConfig
+    from flywheel_trainer import reward, rl, sft
+    from transformers import AutoTokenizer, PreTrainedModel
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    zero3_at_load: list[bool] = []
+
+    def recording(cls: type, *args: object, **kwargs: object) -> None:
+        zero3_at_load.append(is_deepspeed_zero3_enabled())
+        raise Loaded
+
+    monkeypatch.setattr(PreTrainedModel, "from_pretrained", classmethod(recording))
+    args = {"output_dir": str(tmp_path), "use_cpu": True, "report_to": "none", "bf16": False, "max_steps": 1}
+    args["deepspeed"] = ZERO3
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pair = {
+        "prompt": [{"role": "user", "content": "hello"}],
+        "chosen": [{"role": "assistant", "content": "good morning"}],
+        "rejected": [{"role": "assistant", "content": "there"}],
+    }
+    config = StageConfig.model_validate(
+        {
+            "stage": "rl" if stage == "dpo" else stage,
+            "name": stage,
+            "generation": "g",
+            "outputDir": str(tmp_path / "out"),
+            "policy": str(model_dir),
+            "data": {"userTraffic": {"uri": str(tmp_path)}},
+            "settings": {"dpo": {"enabled": True}},
+            "upstream": {"curate": {"pairs": str(tmp_path / "pairs.jsonl")}},
+        }
+    )
+    (tmp_path / "pairs.jsonl").write_text(json.dumps(pair) + "\n")
+    try:
+        with pytest.raises(Loaded):
+            if stage == "reward":
+                settings = RewardModelSettings(name="rm", kind="pointwise")
+                reward._train_pointwise(settings, str(model_dir), [pair], args, tokenizer)
+            elif stage == "sft":
+                monkeypatch.setattr(sft, "training_kwargs", lambda *a, **k: args)
+                rows = [{"prompt": pair["prompt"], "completion": pair["chosen"]}]
+                sft.train_sft(config, str(model_dir), tokenizer, rows, tmp_path / "out")
+            else:
+                monkeypatch.setattr(rl, "training_kwargs", lambda *a, **k: args)
+                rl.dpo_patch(config, str(model_dir), tmp_path / "out")
+    finally:
+        unset_hf_deepspeed_config()
+    assert zero3_at_load == [True]
