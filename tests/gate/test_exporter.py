@@ -136,6 +136,29 @@ def test_a_restarted_exporter_resumes_its_counters(tmp_path: Path) -> None:
     assert {k: after[k] for k in counters} == counters
 
 
+def test_a_poison_batch_gets_a_400_changes_nothing_and_a_restart_works(tmp_path: Path) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    server = start(DurableStore(snapshot))
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as client:
+        assert post(client, exposure("a", pre=1), engagement("a", 5)).status_code == 200
+        before = samples(client)
+        response = post(client, exposure("b"), engagement("b", 2), engagement("a", 10**160))
+        assert response.status_code == 400 and response.json()["errors"][0].startswith("line 3: field 'turns'")
+        after = samples(client)
+    server.shutdown()
+    server.server_close()
+    counters = {k: v for k, v in before.items() if k[0] != "flywheel_exporter_events_total"}
+    assert {k: after[k] for k in counters} == counters and len(after) == len(before)
+    again = start(DurableStore(snapshot))  # nothing poison was journaled: the restart comes up with the same counts
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{again.port}", timeout=10) as client:
+            restarted = samples(client)
+    finally:
+        again.shutdown()
+        again.server_close()
+    assert {k: restarted[k] for k in counters} == counters
+
+
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
 def test_metric_names_pass_promtool(exporter) -> None:
     _, client = exporter

@@ -79,6 +79,10 @@ class PrometheusReader:
             # A missing guardrail stays missing: the gate reports it unmeasured and will not promote.
             with contextlib.suppress(NoData):
                 values["guardrails"][guardrail.name] = self._value(client, query, now)
+            if guardrail.name in values["guardrails"]:  # present but not a count: the whole reading is no data
+                values["guardrails"][guardrail.name] = _whole(
+                    values["guardrails"][guardrail.name], f"guardrail {guardrail.name!r}"
+                )
         values["users"] = _whole(values["users"], "users")
         values["engaged_users"] = _whole(values.pop("engaged"), "engaged")
         values["responses"] = _whole(values["responses"], "responses")
