@@ -48,7 +48,20 @@ def _exporter(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     snapshot = Path(args.snapshot) if args.snapshot else None
-    return serve(args.host, args.port, snapshot, engaged_min_days=args.engaged_min_days)
+    if args.token_file is None and not args.allow_unauthenticated_writes:
+        logging.getLogger("flywheel.exporter").error(
+            "give --token-file (the chat backend's bearer token, from a Secret) or, for a local test only, "
+            "--allow-unauthenticated-writes"
+        )
+        return 2
+    return serve(
+        args.host,
+        args.port,
+        snapshot,
+        engaged_min_days=args.engaged_min_days,
+        token_file=Path(args.token_file) if args.token_file else None,
+        metrics_port=args.metrics_port,
+    )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -123,6 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=2,
         help="distinct active days (≥ 1 turn each) that make an exposed user engaged, the breadth numerator "
         "(default 2: one visit is exposure, coming back is engagement)",
+    )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the bearer token writers must send (`Authorization: Bearer …`); the chart mounts it from "
+        "a Secret",
+    )
+    p.add_argument(
+        "--allow-unauthenticated-writes",
+        action="store_true",
+        help="serve POST /events without a token (local tests only: anyone who reaches the port steers the A/B)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve GET /metrics and /healthz, read-only, on this port (for scrapers the NetworkPolicy admits)",
     )
     p.set_defaults(func=_exporter)
 

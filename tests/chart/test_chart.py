@@ -169,8 +169,35 @@ def test_service_monitor_scrapes_ports_the_services_expose(all_features: tuple[d
     services = [s for s in of_kind(all_features, "Service")
                 if selector.items() <= s["metadata"]["labels"].items()]
     ports = {p["name"] for s in services for p in s["spec"]["ports"]}
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == ports == {"metrics", "http"}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "http-metrics"}
+    assert ports == {"metrics", "http", "http-metrics"}  # the exporter's events port is not scraped
     assert all(e["honorLabels"] for e in monitor["spec"]["endpoints"])
+
+
+WRITER_LABEL = {"characterflywheel.io/exporter-writer": "true"}
+
+
+def test_only_labelled_writers_with_the_secret_token_reach_the_exporter_events_port() -> None:
+    """Defaults: a Secret with a random token, mounted and passed as --token-file; the events port admits only pods
+    with the writer label, the read-only metrics port (the one scraped and probed) every scraper."""
+    docs = render("helm3", None, "--set", "exporter.enabled=true")
+    (secret,) = of_kind(docs, "Secret")
+    assert secret["metadata"]["name"] == "flywheel-characterflywheel-exporter-writer" and secret["data"]["token"]
+    (pod,) = [d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment") if "exporter" in d["metadata"]["name"]]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "writer-token"]
+    assert f"--token-file={mount['mountPath']}/token" in container["args"] and mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "writer-token"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "http-metrics"
+    (policy,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-exporter")]
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert rules.keys() == {"http", "http-metrics"} and rules["http-metrics"] is None
+    assert rules["http"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": WRITER_LABEL}}]
+    own = render("helm3", None, "--set", "exporter.enabled=true", "--set", "exporter.auth.existingSecret=chat-token")
+    assert not of_kind(own, "Secret")
+    (pod,) = [d["spec"]["template"]["spec"] for d in of_kind(own, "Deployment") if "exporter" in d["metadata"]["name"]]
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "writer-token"] == ["chat-token"]
 
 
 def test_dashboard_config_map_carries_the_committed_dashboard(all_features: tuple[dict, ...]) -> None:

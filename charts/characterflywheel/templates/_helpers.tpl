@@ -67,6 +67,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-exporter" (include "characterflywheel.fullname" .) }}
 {{- end }}
 
+{{/* The Secret with the exporter writers' bearer token (key `token`): the user's, or the one the chart creates. */}}
+{{- define "characterflywheel.exporterTokenSecret" -}}
+{{- default (printf "%s-writer" (include "characterflywheel.exporterName" .)) .Values.exporter.auth.existingSecret }}
+{{- end }}
+
 {{/*
 checkov skips as resource annotations, each with its reason (the values that cause them say so in values.yaml).
 Call with (dict "ctx" . "extra" (list "CKV_…=reason")).
