@@ -202,6 +202,32 @@ def test_only_labelled_writers_with_the_secret_token_reach_the_exporter_events_p
     assert [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "writer-token"] == ["chat-token"]
 
 
+def _exporter_pod(docs: tuple[dict, ...]) -> dict:
+    (pod,) = [d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment") if "exporter" in d["metadata"]["name"]]
+    return pod
+
+
+def test_exporter_snapshot_lives_on_a_claim_by_default() -> None:
+    """A rescheduled exporter pod must find its snapshot and journal: the default is a PVC the chart creates."""
+    docs = render("helm3", None, "--set", "exporter.enabled=true")
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    pod = _exporter_pod(docs)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "snapshot"]
+    assert volume == {"name": "snapshot", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    (container,) = pod["containers"]
+    (snapshot,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--snapshot=")]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "snapshot"]
+    assert snapshot.rsplit("/", 1)[0] == mount["mountPath"]
+    assert of_kind(docs, "Deployment")[-1]["spec"]["strategy"]["type"] == "Recreate"  # one pod holds the claim
+    ephemeral = render("helm3", None, "--set", "exporter.enabled=true", "--set", "exporter.persistence.enabled=false")
+    assert not of_kind(ephemeral, "PersistentVolumeClaim")
+    assert next(v for v in _exporter_pod(ephemeral)["volumes"] if v["name"] == "snapshot")["emptyDir"]
+    own = render("helm3", None, "--set", "exporter.enabled=true", "--set", "exporter.persistence.existingClaim=mine")
+    assert not of_kind(own, "PersistentVolumeClaim")
+    assert next(v for v in _exporter_pod(own)["volumes"] if v["name"] == "snapshot")["persistentVolumeClaim"] == {
+        "claimName": "mine"}
+
+
 def test_dashboard_config_map_carries_the_committed_dashboard(all_features: tuple[dict, ...]) -> None:
     (config_map,) = [c for c in of_kind(all_features, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"

@@ -253,3 +253,47 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
     command.remove("--token-file")
     open_writes = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert open_writes.returncode == 2 and "--token-file" in open_writes.stderr
+
+
+def _start_command(command: list[str], url: str) -> subprocess.Popen:
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline and process.poll() is None, "the exporter did not start"
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path) -> None:
+    """What the chart's PersistentVolumeClaim is for: the pod dies without its SIGTERM compaction (node lost,
+    OOM kill) and its replacement mounts the same volume; every acknowledged event is still counted."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    volume = tmp_path / "pvc"
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "flywheel_operator.cli", "exporter", "--host", "127.0.0.1", "--port", str(port),
+               "--snapshot", str(volume / "snapshot.json"), "--allow-unauthenticated-writes"]
+    first = _start_command(command, url)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert post(client, exposure("a", pre=2), exposure("b", "treatment"), engagement("a", 3, day=0)).is_success
+            second_batch = (engagement("a", 1, day=1), engagement("b", 5, day=0, guardrails={"errors": 1}))
+            assert post(client, *second_batch).is_success
+            before = samples(client)
+    finally:
+        first.kill()  # SIGKILL: no compaction, only the fsynced journal survives
+        first.wait(timeout=10)
+    second = _start_command(command, url)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            after = samples(client)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    counters = {k: v for k, v in before.items() if k[0] != "flywheel_exporter_events_total"}
+    assert counters and {k: after.get(k) for k in counters} == counters

@@ -67,6 +67,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-exporter" (include "characterflywheel.fullname" .) }}
 {{- end }}
 
+{{/* The exporter's snapshot claim: the user's, or the one the chart creates. */}}
+{{- define "characterflywheel.exporterClaim" -}}
+{{- default (printf "%s-snapshot" (include "characterflywheel.exporterName" .)) .Values.exporter.persistence.existingClaim }}
+{{- end }}
+
 {{/* The Secret with the exporter writers' bearer token (key `token`): the user's, or the one the chart creates. */}}
 {{- define "characterflywheel.exporterTokenSecret" -}}
 {{- default (printf "%s-writer" (include "characterflywheel.exporterName" .)) .Values.exporter.auth.existingSecret }}
