@@ -58,6 +58,7 @@ def answers(generation: str = "gen2") -> dict[str, float]:
         table[queries.responses.format(**labels)] = stats.responses
         for name, count in stats.guardrails.items():
             table[queries.guardrail.format(**labels, guardrail=name)] = count
+    table[queries.last_event.format(generation=generation, namespace="ns")] = NOW.timestamp() - 60
     return table
 
 
@@ -211,3 +212,24 @@ def test_arm_stats_refuse_infinite_and_nan_sums(field: str, value: float) -> Non
     raw[field] = {"errors": value} if field == "guardrails" else value
     with pytest.raises(ValueError, match=r"finite|greater than or equal"):
         ArmStats.model_validate(raw)
+
+
+def test_events_that_stopped_flowing_are_stale_no_data() -> None:
+    """The sums are aggregated instant queries, always evaluated at `now`: only the exporter's last-event time
+    shows that the chat backend stopped posting, and then the gate must not decide on frozen sums."""
+    table = answers()
+    last = SPEC.queries.last_event.format(generation="gen2", namespace="ns")
+    table[last] = NOW.timestamp() - 2 * 3600
+    reading = reader(table).read(generation="gen2", namespace="ns", now=NOW)
+    assert not reading.has_data and "stale" in (reading.error or "") and "latest engagement event" in reading.error
+    del table[last]
+    assert "no series" in (reader(table).read(generation="gen2", namespace="ns", now=NOW).error or "")
+    unchecked = SPEC.model_copy(update={"queries": SPEC.queries.model_copy(update={"last_event": ""})})
+    client = httpx.Client(transport=transport(table), base_url=SPEC.prometheus_url)
+    assert PrometheusReader(unchecked, client=client).read(generation="gen2", namespace="ns", now=NOW).has_data
+
+
+def test_default_queries_select_the_generations_namespace() -> None:
+    for name in ("users", "engaged", "depth_sum", "depth_sum_squares", "pre_sum", "responses", "guardrail"):
+        query = getattr(SPEC.queries, name).format(arm="control", generation="gen2", namespace="ns", guardrail="g")
+        assert 'namespace="ns"' in query, name

@@ -36,6 +36,15 @@ class _Event(BaseModel):
     """The FlywheelGeneration whose A/B test this is (the candidate's name, the same on both arms)."""
     user: UserId
     """Pseudonymous user id; the unit of randomisation (arms are sticky per user)."""
+    namespace: Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)] | None = None
+    """The generation's namespace. Send it when one exporter serves generations of several namespaces (two of them
+    may share a name); absent, the series carry no `namespace` and Prometheus labels them with the exporter's own
+    namespace (the ServiceMonitor's target label), right for a single-namespace install."""
+
+    @property
+    def experiment(self) -> str:
+        """The exporter's key of this A/B test: `namespace/generation`, or the generation alone."""
+        return experiment_key(self.generation, self.namespace)
 
 
 class ExposureEvent(_Event):
@@ -86,6 +95,17 @@ class EngagementEvent(_Event):
 
 Event = Annotated[ExposureEvent | EngagementEvent, Field(discriminator="type")]
 _EVENT = TypeAdapter(Event)
+
+
+def experiment_key(generation: str, namespace: str | None = None) -> str:
+    """`namespace/generation`, or `generation` when the namespace is not known (see `_Event.namespace`)."""
+    return f"{namespace}/{generation}" if namespace else generation
+
+
+def experiment_labels(key: str) -> dict[str, str]:
+    """The Prometheus labels of an experiment key: `generation`, and `namespace` when the key has one."""
+    namespace, _, generation = key.rpartition("/")
+    return {"namespace": namespace, "generation": generation} if namespace else {"generation": generation}
 
 
 def parse_event(line: str) -> Event:

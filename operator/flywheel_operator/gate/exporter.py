@@ -25,11 +25,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from flywheel_operator.gate.events import parse_batch, utc_day, with_day
+from flywheel_operator.gate.events import experiment_labels, parse_batch, utc_day, with_day
 from flywheel_operator.gate.store import DEFAULT_ENGAGED_MIN_DAYS, LATENCY_BUCKETS, DurableStore, EngagementStore
 
 LOG = logging.getLogger("flywheel.exporter")
@@ -56,6 +56,7 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
 GUARDRAIL_METRIC = "flywheel_guardrail_events"
 LATENCY_METRIC = "flywheel_response_latency_seconds"
 EVENTS_METRIC = "flywheel_exporter_events"
+LAST_EVENT_METRIC = "flywheel_exporter_last_event_timestamp_seconds"
 REFUSED_WRITES_METRIC = "flywheel_exporter_refused_writes"
 REFUSED_REASONS = ("missing-token", "wrong-token")
 """Why a POST /events was refused before its body was read (`reason` label of REFUSED_WRITES_METRIC)."""
@@ -65,16 +66,24 @@ METRIC_NAMES: tuple[str, ...] = (
     LATENCY_METRIC,
     f"{EVENTS_METRIC}_total",
     f"{REFUSED_WRITES_METRIC}_total",
+    LAST_EVENT_METRIC,
 )
 """Every series name family the exporter exposes (the chart's alerts and dashboard may use only these)."""
+
+
+def _arm_labels(key: str, arm: str) -> dict[str, str]:
+    return {**experiment_labels(key), "arm": arm}
 
 
 class StoreCollector(Collector):
     """Reads the store at scrape time: counters survive restarts because the store does."""
 
-    def __init__(self, durable: DurableStore, outcomes: dict[str, int]) -> None:
+    def __init__(
+        self, durable: DurableStore, outcomes: dict[str, int], last_events: dict[str, float] | None = None
+    ) -> None:
         self.durable = durable
         self.outcomes = outcomes
+        self.last_events = last_events if last_events is not None else {}
 
     def collect(self) -> Iterator[Metric]:
         store: EngagementStore = self.durable.store
@@ -82,25 +91,41 @@ class StoreCollector(Collector):
             arms = {key: (totals, dict(totals.guardrails)) for key, totals in store.arms.items()}
             outcomes = dict(self.outcomes)
             latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in store.arms.items()}
+            last_events = dict(self.last_events)
+        # Samples carry `namespace` only for experiments whose events named one (events.experiment_labels).
         for name, attribute, documentation in COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=ARM_LABELS)
-            for (generation, arm), (totals, _) in sorted(arms.items()):
-                family.add_metric([generation, arm], float(getattr(totals, attribute)))
+            for (key, arm), (totals, _) in sorted(arms.items()):
+                family.add_sample(f"{name}_total", _arm_labels(key, arm), float(getattr(totals, attribute)))
             yield family
         guardrails = CounterMetricFamily(
             GUARDRAIL_METRIC,
             "Guardrail events (instruction violations, false refusals, errors) among responses served.",
             labels=[*ARM_LABELS, "guardrail"],
         )
-        for (generation, arm), (_, counts) in sorted(arms.items()):
+        for (key, arm), (_, counts) in sorted(arms.items()):
             for guardrail, count in sorted(counts.items()):
-                guardrails.add_metric([generation, arm, guardrail], float(count))
+                guardrails.add_sample(
+                    f"{GUARDRAIL_METRIC}_total", {**_arm_labels(key, arm), "guardrail": guardrail}, float(count)
+                )
         yield guardrails
         histogram = HistogramMetricFamily(LATENCY_METRIC, "Latency of responses served.", labels=ARM_LABELS)
-        for (generation, arm), (buckets, total, count) in sorted(latency.items()):
-            cumulative = [(f"{bound:g}", float(n)) for bound, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
-            histogram.add_metric([generation, arm], [*cumulative, ("+Inf", float(count))], total)
+        for (key, arm), (buckets, total, count) in sorted(latency.items()):
+            labels = _arm_labels(key, arm)
+            for bound, n in [*zip((f"{b:g}" for b in LATENCY_BUCKETS), buckets, strict=True), ("+Inf", count)]:
+                histogram.add_sample(f"{LATENCY_METRIC}_bucket", {**labels, "le": bound}, float(n))
+            histogram.add_sample(f"{LATENCY_METRIC}_count", labels, float(count))
+            histogram.add_sample(f"{LATENCY_METRIC}_sum", labels, float(total))
         yield histogram
+        last = GaugeMetricFamily(
+            LAST_EVENT_METRIC,
+            "Unix time of the latest accepted event of each experiment (since this exporter process started): the "
+            "gate's staleness check.",
+            labels=["generation"],
+        )
+        for key, seconds in sorted(last_events.items()):
+            last.add_sample(LAST_EVENT_METRIC, experiment_labels(key), seconds)
+        yield last
         events = CounterMetricFamily(EVENTS_METRIC, "Event lines received, by outcome.", labels=["outcome"])
         for outcome in ("accepted", "rejected"):
             events.add_metric([outcome], float(outcomes.get(outcome, 0)))
@@ -137,10 +162,13 @@ class ExporterServer(ThreadingHTTPServer):
         self.read_only = writes_to is not None
         if writes_to is not None:
             self.outcomes, self.registry = writes_to.outcomes, writes_to.registry
+            self.last_events = writes_to.last_events
             return
         self.outcomes = {"accepted": 0, "rejected": 0, **dict.fromkeys(REFUSED_REASONS, 0)}
+        self.last_events: dict[str, float] = {}
+        """Experiment key -> receipt time (Unix seconds) of its latest accepted event."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(durable, self.outcomes))
+        self.registry.register(StoreCollector(durable, self.outcomes, self.last_events))
 
     @property
     def port(self) -> int:
@@ -187,8 +215,9 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self._reject(["body is not UTF-8 text"], lines=1)
             return
         events, errors = parse_batch(text)
+        received = self.server.clock()
         if not errors:
-            events = with_day(events, utc_day(self.server.clock()))
+            events = with_day(events, utc_day(received))
             errors = self.server.durable.submit(events)
         lines = sum(1 for line in text.splitlines() if line.strip())
         if errors:
@@ -196,6 +225,8 @@ class ExporterHandler(BaseHTTPRequestHandler):
             return
         with self.server.durable.store.lock:
             self.server.outcomes["accepted"] += len(events)
+            for event in events:
+                self.server.last_events[event.experiment] = received.timestamp()
         self._json(HTTPStatus.OK, {"accepted": len(events)})
 
     def _authenticate(self) -> str | None:

@@ -135,10 +135,10 @@ class EngagementStore:
         depth: dict[tuple[str, str], int] = {}
         errors: list[str] = []
         for index, event in enumerate(events, start=1):
-            known = self.users.get(event.generation, {}).get(event.user)
-            arm = assigned.get((event.generation, event.user)) or (known.arm if known else None)
+            known = self.users.get(event.experiment, {}).get(event.user)
+            arm = assigned.get((event.experiment, event.user)) or (known.arm if known else None)
             if isinstance(event, EngagementEvent):
-                key = (event.generation, event.user)
+                key = (event.experiment, event.user)
                 depth[key] = depth.get(key, known.depth if known else 0) + event.turns
                 if depth[key] > MAX_USER_DEPTH:
                     errors.append(
@@ -151,7 +151,7 @@ class EngagementStore:
                         f"event {index}: user {event.user!r} is already in arm {arm!r} of {event.generation!r}; "
                         "arms are sticky per user, fix the assignment"
                     )
-                assigned[(event.generation, event.user)] = event.arm
+                assigned[(event.experiment, event.user)] = event.arm
             elif arm is None:
                 errors.append(
                     f"event {index}: user {event.user!r} has no exposure in {event.generation!r}; "
@@ -167,12 +167,12 @@ class EngagementStore:
     def apply(self, event: Event) -> None:
         """Fold one checked event into the totals."""
         self.sequence += 1
-        users = self.users.setdefault(event.generation, {})
+        users = self.users.setdefault(event.experiment, {})
         if isinstance(event, ExposureEvent):
             if event.user in users:
                 return
             users[event.user] = UserState(arm=event.arm, pre=event.pre_depth)
-            totals = self._totals(event.generation, event.arm)
+            totals = self._totals(event.experiment, event.arm)
             totals.users += 1
             totals.pre_sum += event.pre_depth
             totals.pre_sum_squares += event.pre_depth * event.pre_depth
@@ -180,7 +180,7 @@ class EngagementStore:
         self._engage(users[event.user], event)
 
     def _engage(self, user: UserState, event: EngagementEvent) -> None:
-        totals = self._totals(event.generation, user.arm)
+        totals = self._totals(event.experiment, user.arm)
         before, after = user.depth, user.depth + event.turns
         if event.turns > 0 and user.add_day(event.day, enough=self.engaged_min_days):
             totals.engaged += 1
@@ -203,7 +203,8 @@ class EngagementStore:
 
     # ------------------------------------------------------------------------------------------- reads
     def arm_stats(self, generation: str) -> tuple[ArmStats | None, ArmStats | None]:
-        """(control, treatment) of one generation; None for an arm nobody was exposed to."""
+        """(control, treatment) of one generation (its experiment key: `namespace/generation` when its events
+        carried a namespace); None for an arm nobody was exposed to."""
         control = self.arms.get((generation, "control"))
         treatment = self.arms.get((generation, "treatment"))
         return (control.to_arm_stats() if control else None, treatment.to_arm_stats() if treatment else None)
