@@ -81,7 +81,8 @@ async def test_a_stage_image_or_service_account_outside_the_allowlist_fails_with
             status = FlywheelGenerationStatus.model_validate(cluster.status(name))
             assert status.phase == "Failed" and field in (status.message or "")
             assert "--allowed-" in status.decision.reasons[0]
-            assert {c.type: c.status for c in status.conditions}["Stalled"] == "True"
+            conditions = {c.type: c.status for c in status.conditions}
+            assert conditions["Stalled"] == "True" and conditions["Finished"] == "True"
             assert not cluster.jobs_of(name), "nothing may start"
 
 

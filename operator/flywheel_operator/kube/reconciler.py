@@ -64,6 +64,10 @@ def invalid_status(errors: list[str], now: datetime, previous: dict[str, Any] | 
                 type="Stalled", status="True", reason="InvalidSpec", message=message[:1000], last_transition_time=stamp
             ),
             Condition(type="Reconciling", status="False", reason="InvalidSpec", last_transition_time=stamp),
+            # terminal like every Failed generation, so `kubectl wait --for=condition=Finished` returns
+            Condition(
+                type="Finished", status="True", reason="Failed", message=message[:1000], last_transition_time=stamp
+            ),
         ],
     )
 
