@@ -6,7 +6,7 @@
   capped by `poll` as a safety net, and exits once the generation is terminal;
 - Job events (finished Jobs labelled with a generation) reconcile the owning generation at once, so the next
   stage starts within the handling latency rather than a poll interval;
-- a generation's DELETED event drops its metric series and ends its daemon (children go with their owner
+- a generation's DELETED event drops its metric series; its daemon ends at its next reconcile (children go with their owner
   references). No finalizer: nothing needs cleaning up before a generation goes, and a finalizer would make
   `kubectl delete fwg` (or deleting the CRD) hang for ever once the operator is uninstalled.
 
@@ -111,13 +111,8 @@ def register(
 
     @kopf.on.event(**resource)
     async def _deleted(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
-        if event.get("type") != "DELETED":
-            return
-        key = (namespace, name)
-        wake = reconciler.wake_event(key)  # the daemon's, if one runs: it reconciles now, finds nothing and ends
-        reconciler.forget(namespace, name)
-        reconciler.requeue_at[key] = reconciler.clock()
-        wake.set()
+        if event.get("type") == "DELETED":  # a daemon still running ends at its next reconcile (≤ poll)
+            reconciler.forget(namespace, name)
 
     @kopf.daemon(**resource, cancellation_timeout=1.0)
     async def _watch_over(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
