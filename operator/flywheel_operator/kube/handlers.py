@@ -6,9 +6,9 @@
   capped by `poll` as a safety net, and exits once the generation is terminal;
 - Job events (finished Jobs labelled with a generation) reconcile the owning generation at once, so the next
   stage starts within the handling latency rather than a poll interval;
-- a generation's DELETED event drops its metric series; its daemon ends at its next reconcile (children go with their owner
-  references). No finalizer: nothing needs cleaning up before a generation goes, and a finalizer would make
-  `kubectl delete fwg` (or deleting the CRD) hang for ever once the operator is uninstalled.
+- a generation's DELETED event drops its metric series; its daemon ends at its next reconcile (children go with
+  their owner references). No finalizer: nothing needs cleaning up before a generation goes, and a finalizer
+  would make `kubectl delete fwg` (or deleting the CRD) hang for ever once the operator is uninstalled.
 
 Job events and the daemon reconcile at Priority.PROGRESS, create/resume/update at Priority.ADMIT: when many
 generations arrive at once, those already running move on first (kube/admission.py).
