@@ -48,7 +48,20 @@ def _exporter(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     snapshot = Path(args.snapshot) if args.snapshot else None
-    return serve(args.host, args.port, snapshot, engaged_min_days=args.engaged_min_days)
+    if args.token_file is None and not args.allow_unauthenticated_writes:
+        logging.getLogger("flywheel.exporter").error(
+            "give --token-file (the chat backend's bearer token, from a Secret) or, for a local test only, "
+            "--allow-unauthenticated-writes"
+        )
+        return 2
+    return serve(
+        args.host,
+        args.port,
+        snapshot,
+        engaged_min_days=args.engaged_min_days,
+        token_file=Path(args.token_file) if args.token_file else None,
+        metrics_port=args.metrics_port,
+    )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -71,11 +84,13 @@ def _positive_int(text: str) -> int:
 
 
 def _operator(args: argparse.Namespace) -> int:
+    from flywheel_operator.kube.policy import StagePolicy
     from flywheel_operator.kube.run import run
 
     return run(namespaces=args.namespaces or (), all_namespaces=args.all_namespaces, metrics_port=args.metrics_port,
                health_port=args.health_port, peering=None if args.standalone else args.peering,
-               standalone=args.standalone, max_concurrent_reconciles=args.max_concurrent_reconciles)
+               standalone=args.standalone, max_concurrent_reconciles=args.max_concurrent_reconciles,
+               policy=StagePolicy(images=tuple(args.allowed_images), service_accounts=tuple(args.allowed_accounts)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,6 +139,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="distinct active days (≥ 1 turn each) that make an exposed user engaged, the breadth numerator "
         "(default 2: one visit is exposure, coming back is engagement)",
     )
+    p.add_argument(
+        "--token-file",
+        default=None,
+        help="file holding the bearer token writers must send (`Authorization: Bearer …`); the chart mounts it from "
+        "a Secret",
+    )
+    p.add_argument(
+        "--allow-unauthenticated-writes",
+        action="store_true",
+        help="serve POST /events without a token (local tests only: anyone who reaches the port steers the A/B)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="also serve GET /metrics and /healthz, read-only, on this port (for scrapers the NetworkPolicy admits)",
+    )
     p.set_defaults(func=_exporter)
 
     p = sub.add_parser("operator", help="run the Kubernetes operator (kopf): reconcile FlywheelGenerations")
@@ -134,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--health-port", type=int, default=8081, help="port of kopf's liveness endpoint /healthz")
     p.add_argument("--max-concurrent-reconciles", type=_positive_int, default=MAX_CONCURRENT_RECONCILES, metavar="N",
                    help="reconciles in flight at once; running generations go before new ones (default %(default)s)")
+    p.add_argument("--allowed-image", dest="allowed_images", action="append", default=[], metavar="PATTERN",
+                   help="stage image a generation may use (shell pattern, e.g. 'ghcr.io/acme/trainer:*'; repeatable; "
+                   "none: any image)")
+    p.add_argument("--allowed-service-account", dest="allowed_accounts", action="append", default=[],
+                   metavar="PATTERN", help="ServiceAccount stage pods may run as (unset means 'default'; repeatable; "
+                   "none: any)")
     peers = p.add_mutually_exclusive_group()
     peers.add_argument("--peering", default="characterflywheel", help="kopf peering name (active/standby replicas)")
     peers.add_argument("--standalone", action="store_true", help="no peering: a single replica")

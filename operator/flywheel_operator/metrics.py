@@ -287,6 +287,10 @@ class OperatorMetrics:
         """Record one status write of generation `namespace/name` (previous: the status before it, if any)."""
         for event in stage_events(previous, current):
             if event.kind == "attempt":
+                # prometheus_client shows a counter from its first increment on, at 1; Prometheus' increase()
+                # counts nothing for the first sample of a series, so a first failure would never alert. The
+                # failure counter of a (namespace, stage) therefore appears at 0 with its first attempt.
+                self.stage_failures.labels(namespace, event.stage)
                 self.stage_attempts.labels(namespace, event.stage).inc()
             elif event.kind == "failure":
                 self.stage_failures.labels(namespace, event.stage).inc()

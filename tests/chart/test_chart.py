@@ -91,16 +91,16 @@ def _rules(docs: tuple[dict, ...], kind: str) -> dict[tuple[str, str], set[str]]
     return verbs
 
 
-OPERATOR_VERBS = {
+OPERATOR_VERBS = {  # what tests/operator/test_rbac.py records the operator calling in the emulator
     ("characterflywheel.io", "flywheelgenerations"): {"get", "list", "watch", "patch"},
-    ("characterflywheel.io", "flywheelgenerations/status"): {"get", "patch"},
-    ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
+    ("characterflywheel.io", "flywheelgenerations/status"): {"patch"},
+    ("characterflywheel.io", "flywheelgenerations/finalizers"): {"update"},
+    ("batch", "jobs"): {"create", "list", "watch"},
     ("", "pods"): {"list"},
-    ("", "configmaps"): {"create", "get", "list", "watch", "delete"},
-    ("", "services"): {"create", "get", "list", "delete"},
+    ("", "configmaps"): {"create"},
+    ("", "services"): {"create"},
     ("", "events"): {"create"},
-    ("events.k8s.io", "events"): {"create"},
-    ("serving.kserve.io", "inferenceservices"): {"create", "get", "list", "watch", "patch"},
+    ("serving.kserve.io", "inferenceservices"): {"create", "get", "patch"},
 }
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 
@@ -113,6 +113,8 @@ def test_default_install_is_namespaced_with_exactly_the_operator_verbs(default_r
     (deployment,) = of_kind(default_render, "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--namespace={NAMESPACE}" in args and "--standalone" in args
+    assert "--allowed-image=ghcr.io/characterflywheel/trainer:*" in args  # the stage allowlist is on by default
+    assert "--allowed-service-account=default" in args
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
 
 
@@ -169,8 +171,61 @@ def test_service_monitor_scrapes_ports_the_services_expose(all_features: tuple[d
     services = [s for s in of_kind(all_features, "Service")
                 if selector.items() <= s["metadata"]["labels"].items()]
     ports = {p["name"] for s in services for p in s["spec"]["ports"]}
-    assert {e["port"] for e in monitor["spec"]["endpoints"]} == ports == {"metrics", "http"}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} == {"metrics", "http-metrics"}
+    assert ports == {"metrics", "http", "http-metrics"}  # the exporter's events port is not scraped
     assert all(e["honorLabels"] for e in monitor["spec"]["endpoints"])
+
+
+WRITER_LABEL = {"characterflywheel.io/exporter-writer": "true"}
+
+
+def test_only_labelled_writers_with_the_secret_token_reach_the_exporter_events_port() -> None:
+    """Defaults: a Secret with a random token, mounted and passed as --token-file; the events port admits only pods
+    with the writer label, the read-only metrics port (the one scraped and probed) every scraper."""
+    docs = render("helm3", None, "--set", "exporter.enabled=true")
+    (secret,) = of_kind(docs, "Secret")
+    assert secret["metadata"]["name"] == "flywheel-characterflywheel-exporter-writer" and secret["data"]["token"]
+    (pod,) = [d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment") if "exporter" in d["metadata"]["name"]]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "writer-token"]
+    assert f"--token-file={mount['mountPath']}/token" in container["args"] and mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "writer-token"]
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert container["livenessProbe"]["httpGet"]["port"] == "http-metrics"
+    (policy,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-exporter")]
+    rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+    assert rules.keys() == {"http", "http-metrics"} and rules["http-metrics"] is None
+    assert rules["http"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": WRITER_LABEL}}]
+    own = render("helm3", None, "--set", "exporter.enabled=true", "--set", "exporter.auth.existingSecret=chat-token")
+    assert not of_kind(own, "Secret")
+    (pod,) = [d["spec"]["template"]["spec"] for d in of_kind(own, "Deployment") if "exporter" in d["metadata"]["name"]]
+    assert [v["secret"]["secretName"] for v in pod["volumes"] if v["name"] == "writer-token"] == ["chat-token"]
+
+
+def _exporter_pod(docs: tuple[dict, ...]) -> dict:
+    (pod,) = [d["spec"]["template"]["spec"] for d in of_kind(docs, "Deployment") if "exporter" in d["metadata"]["name"]]
+    return pod
+
+
+def test_exporter_snapshot_lives_on_a_claim_by_default() -> None:
+    """A rescheduled exporter pod must find its snapshot and journal: the default is a PVC the chart creates."""
+    docs = render("helm3", None, "--set", "exporter.enabled=true")
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    pod = _exporter_pod(docs)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "snapshot"]
+    assert volume == {"name": "snapshot", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
+    (container,) = pod["containers"]
+    (snapshot,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--snapshot=")]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "snapshot"]
+    assert snapshot.rsplit("/", 1)[0] == mount["mountPath"]
+    assert of_kind(docs, "Deployment")[-1]["spec"]["strategy"]["type"] == "Recreate"  # one pod holds the claim
+    ephemeral = render("helm3", None, "--set", "exporter.enabled=true", "--set", "exporter.persistence.enabled=false")
+    assert not of_kind(ephemeral, "PersistentVolumeClaim")
+    assert next(v for v in _exporter_pod(ephemeral)["volumes"] if v["name"] == "snapshot")["emptyDir"]
+    own = render("helm3", None, "--set", "exporter.enabled=true", "--set", "exporter.persistence.existingClaim=mine")
+    assert not of_kind(own, "PersistentVolumeClaim")
+    assert next(v for v in _exporter_pod(own)["volumes"] if v["name"] == "snapshot")["persistentVolumeClaim"] == {
+        "claimName": "mine"}
 
 
 def test_dashboard_config_map_carries_the_committed_dashboard(all_features: tuple[dict, ...]) -> None:

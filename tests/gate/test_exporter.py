@@ -16,11 +16,20 @@ from pathlib import Path
 import httpx
 import pytest
 from flywheel_operator.gate.events import utc_day
-from flywheel_operator.gate.exporter import METRIC_NAMES, ExporterServer, make_server
+from flywheel_operator.gate.exporter import (
+    LAST_EVENT_METRIC,
+    METRIC_NAMES,
+    ExporterServer,
+    make_metrics_server,
+    make_server,
+)
 from flywheel_operator.gate.store import DurableStore
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gate.test_store import engagement, exposure
+
+PROCESS_SERIES = ("flywheel_exporter_events_total", LAST_EVENT_METRIC)
+"""Series about this exporter process (what it received since it started), not the store's counts."""
 
 
 def start(durable: DurableStore, **options) -> ExporterServer:
@@ -132,8 +141,68 @@ def test_a_restarted_exporter_resumes_its_counters(tmp_path: Path) -> None:
     finally:
         again.shutdown()
         again.server_close()
-    counters = {k: v for k, v in before.items() if k[0] != "flywheel_exporter_events_total"}
+    counters = {k: v for k, v in before.items() if k[0] not in PROCESS_SERIES}
     assert {k: after[k] for k in counters} == counters
+
+
+def test_a_poison_batch_gets_a_400_changes_nothing_and_a_restart_works(tmp_path: Path) -> None:
+    snapshot = tmp_path / "snapshot.json"
+    server = start(DurableStore(snapshot))
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=10) as client:
+        assert post(client, exposure("a", pre=1), engagement("a", 5)).status_code == 200
+        before = samples(client)
+        response = post(client, exposure("b"), engagement("b", 2), engagement("a", 10**160))
+        assert response.status_code == 400 and response.json()["errors"][0].startswith("line 3: field 'turns'")
+        after = samples(client)
+    server.shutdown()
+    server.server_close()
+    counters = {k: v for k, v in before.items() if k[0] not in PROCESS_SERIES}
+    assert {k: after[k] for k in counters} == counters and len(after) == len(before)
+    again = start(DurableStore(snapshot))  # nothing poison was journaled: the restart comes up with the same counts
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{again.port}", timeout=10) as client:
+            restarted = samples(client)
+    finally:
+        again.shutdown()
+        again.server_close()
+    assert {k: restarted[k] for k in counters} == counters
+
+
+TOKEN = "chat-backend-token-0123456789"
+
+
+def test_only_the_chat_backend_token_may_write_events(caplog) -> None:
+    server = start(DurableStore(None), token=TOKEN)
+    reader = make_metrics_server("127.0.0.1", 0, server)
+    threading.Thread(target=reader.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.port}"
+    batch = exposure("marker-user-7f3a", "treatment") + "\n" + engagement("marker-user-7f3a", 9)
+    try:
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert post(client, exposure("a")).status_code == 401  # no token: not even a well-formed batch
+            before = samples(client)  # /metrics needs no token: it only reads
+            with caplog.at_level("WARNING", logger="flywheel.exporter"):
+                for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"Authorization": TOKEN}):
+                    refused = client.post("/events", content=batch, headers=headers)
+                    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Bearer")
+            after = samples(client)
+            bearer = {"Authorization": f"Bearer {TOKEN}"}
+            assert client.post("/events", content=batch, headers=bearer).status_code == 200
+        with httpx.Client(base_url=f"http://127.0.0.1:{reader.port}", timeout=10) as scraper:
+            assert scraper.post("/events", content=batch, headers=bearer).status_code == 405
+            scraped = samples(scraper)
+    finally:
+        for each in (server, reader):
+            each.shutdown()
+            each.server_close()
+    refusals = ("flywheel_exporter_refused_writes_total", "reason")
+    assert after.pop((refusals[0], ((refusals[1], "missing-token"),))) == 3
+    assert after.pop((refusals[0], ((refusals[1], "wrong-token"),))) == 1
+    before = {k: v for k, v in before.items() if k[0] != refusals[0]}
+    assert after == before  # refused writes counted nothing
+    assert "marker-user-7f3a" not in caplog.text and "refused POST /events" in caplog.text
+    treatment = (("arm", "treatment"), ("generation", "gen2"))
+    assert scraped[("flywheel_depth_turns_total", treatment)] == 9  # the read-only port shows the same counters
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
@@ -153,7 +222,10 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     snapshot = tmp_path / "state" / "exporter.json"
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-0123456789\n")
     command = [sys.executable, "-m", "flywheel_operator.cli", "exporter", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--token-file", str(token)]
     process = subprocess.Popen(
         [*command, "--snapshot", str(snapshot), "--engaged-min-days", "1"], stderr=subprocess.PIPE, text=True
     )
@@ -167,7 +239,10 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
             except httpx.HTTPError:
                 assert time.monotonic() < deadline and process.poll() is None, "the exporter did not start"
                 time.sleep(0.2)
-        assert httpx.post(f"{url}/events", content=exposure("a", pre=3) + "\n" + engagement("a", 2)).status_code == 200
+        batch = exposure("a", pre=3) + "\n" + engagement("a", 2)
+        assert httpx.post(f"{url}/events", content=batch).status_code == 401
+        bearer = {"Authorization": "Bearer s3cret-token-0123456789"}
+        assert httpx.post(f"{url}/events", content=batch, headers=bearer).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
@@ -182,3 +257,63 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
     # restarted under another rule, the exporter refuses the snapshot and says how to go on
     refused = subprocess.run([*command, "--snapshot", str(snapshot)], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--engaged-min-days 1" in refused.stderr
+    # without a token the command refuses to serve writes unless told the port is for a local test
+    command.remove(str(token))
+    command.remove("--token-file")
+    open_writes = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert open_writes.returncode == 2 and "--token-file" in open_writes.stderr
+
+
+def _start_command(command: list[str], url: str) -> subprocess.Popen:
+    process = subprocess.Popen(command, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            assert time.monotonic() < deadline and process.poll() is None, "the exporter did not start"
+            time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path) -> None:
+    """What the chart's PersistentVolumeClaim is for: the pod dies without its SIGTERM compaction (node lost,
+    OOM kill) and its replacement mounts the same volume; every acknowledged event is still counted."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    volume = tmp_path / "pvc"
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "flywheel_operator.cli",
+        "exporter",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--snapshot",
+        str(volume / "snapshot.json"),
+        "--allow-unauthenticated-writes",
+    ]
+    first = _start_command(command, url)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert post(client, exposure("a", pre=2), exposure("b", "treatment"), engagement("a", 3, day=0)).is_success
+            second_batch = (engagement("a", 1, day=1), engagement("b", 5, day=0, guardrails={"errors": 1}))
+            assert post(client, *second_batch).is_success
+            before = samples(client)
+    finally:
+        first.kill()  # SIGKILL: no compaction, only the fsynced journal survives
+        first.wait(timeout=10)
+    second = _start_command(command, url)
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            after = samples(client)
+    finally:
+        second.terminate()
+        second.wait(timeout=30)
+    counters = {k: v for k, v in before.items() if k[0] not in PROCESS_SERIES}
+    assert counters and {k: after.get(k) for k in counters} == counters

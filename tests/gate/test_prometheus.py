@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -63,8 +64,9 @@ def prometheus(tmp_path: Path, exporter: ExporterServer) -> Iterator[tuple[str, 
     config = tmp_path / "prometheus.yml"
     config.write_text(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: flywheel-exporter\n"
+        "scrape_configs:\n  - job_name: flywheel-exporter\n    honor_labels: true\n"  # as the chart's ServiceMonitor
         f"    static_configs:\n      - targets: ['127.0.0.1:{exporter.port}']\n"
+        "        labels: {namespace: default}\n"  # the target's namespace, as the ServiceMonitor labels it
     )
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
@@ -147,3 +149,27 @@ def test_the_gate_reads_back_what_the_exporter_holds(exporter: ExporterServer, p
         now=datetime.now(UTC),
     )
     assert decision.outcome == "CONTINUE"
+
+
+def test_same_named_generations_of_two_namespaces_never_merge(exporter: ExporterServer, prometheus) -> None:
+    """One exporter serves every watched namespace; each generation reads only its own namespace's users (events
+    that name no namespace count in the exporter's own, `default` here)."""
+    url, _ = prometheus
+    lines = []
+    for namespace, users in (("characters", 30), ("research", 70), (None, 11)):
+        for i in range(users):
+            extra = {"namespace": namespace} if namespace else {}
+            for arm in ("control", "treatment"):
+                event = json.loads(exposure(f"{namespace}-{arm}-{i}", arm))
+                lines.append(json.dumps({**event, **extra}))
+                lines.append(json.dumps({**json.loads(engagement(f"{namespace}-{arm}-{i}", 2)), **extra}))
+    with httpx.Client(base_url=f"http://127.0.0.1:{exporter.port}") as client:
+        assert client.post("/events", content="\n".join(lines)).status_code == 200
+    prom_reader = PrometheusReader(PromotionSpec(prometheus_url=url), timeout=5.0, retries=1, backoff=0.1)
+
+    def users(namespace: str) -> tuple[int, int] | None:
+        reading = prom_reader.read(generation="gen2", namespace=namespace, now=datetime.now(UTC))
+        return (reading.control.users, reading.treatment.users) if reading.has_data else None
+
+    wait_for(lambda: users("characters") is not None and users("default") is not None, "the scrape")
+    assert users("characters") == (30, 30) and users("research") == (70, 70) and users("default") == (11, 11)

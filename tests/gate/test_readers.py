@@ -58,6 +58,7 @@ def answers(generation: str = "gen2") -> dict[str, float]:
         table[queries.responses.format(**labels)] = stats.responses
         for name, count in stats.guardrails.items():
             table[queries.guardrail.format(**labels, guardrail=name)] = count
+    table[queries.last_event.format(generation=generation, namespace="ns")] = NOW.timestamp() - 60
     return table
 
 
@@ -98,6 +99,8 @@ def test_reads_both_arms_from_the_templates() -> None:
         ({"depth_sum": "+Inf"}, "Inf"),
         ({"users": 10.5}, "whole count"),
         ({"engaged": 5000}, "inconsistent"),
+        ({"depth_sum": -3}, "inconsistent"),
+        ({"pre_cross_sum": -1}, "inconsistent"),
         ({"users": httpx.Response(400, json={"status": "error", "errorType": "bad_data", "error": "parse"})}, "parse"),
         ({"users": httpx.Response(503, text="overloaded")}, "503"),
         ({"users": httpx.ConnectError("refused")}, "unreachable"),
@@ -179,3 +182,54 @@ def test_local_reader_reads_the_store() -> None:
         store.apply(parse_event(line))
     reading = read_local(store, generation="gen2", now=NOW)
     assert reading.has_data and reading.control is not None and reading.control.depth_sum == 2
+
+
+@pytest.mark.parametrize("count", [-500, 2.5, -0.5])
+def test_a_guardrail_count_that_is_not_a_whole_non_negative_number_is_no_data_and_never_promotes(count) -> None:
+    """A treatment false-refusal count of -500 used to hide a real harm and let the candidate PROMOTE."""
+    table = answers()
+    labels = {"arm": "treatment", "generation": "gen2", "namespace": "ns"}
+    table[SPEC.queries.guardrail.format(**labels, guardrail="false-refusals")] = count
+    reading = reader(table).read(generation="gen2", namespace="ns", now=NOW)
+    assert not reading.has_data and "false-refusals" in (reading.error or "") and "whole count" in reading.error
+    decision = evaluate_online(
+        SPEC,
+        reading,
+        traffic_percent=50,
+        elapsed=timedelta(hours=25),
+        min_duration=timedelta(days=1),
+        max_duration=timedelta(days=7),
+        previous=None,
+        now=NOW,
+    )
+    assert decision.outcome == "CONTINUE" and any("no data" in reason for reason in decision.reasons)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("field", ["depth_sum", "depth_sum_squares", "pre_sum", "pre_cross_sum", "guardrails"])
+def test_arm_stats_refuse_infinite_and_nan_sums(field: str, value: float) -> None:
+    raw = ARMS["control"].model_dump()
+    raw[field] = {"errors": value} if field == "guardrails" else value
+    with pytest.raises(ValueError, match=r"finite|greater than or equal"):
+        ArmStats.model_validate(raw)
+
+
+def test_events_that_stopped_flowing_are_stale_no_data() -> None:
+    """The sums are aggregated instant queries, always evaluated at `now`: only the exporter's last-event time
+    shows that the chat backend stopped posting, and then the gate must not decide on frozen sums."""
+    table = answers()
+    last = SPEC.queries.last_event.format(generation="gen2", namespace="ns")
+    table[last] = NOW.timestamp() - 2 * 3600
+    reading = reader(table).read(generation="gen2", namespace="ns", now=NOW)
+    assert not reading.has_data and "stale" in (reading.error or "") and "latest engagement event" in reading.error
+    del table[last]
+    assert "no series" in (reader(table).read(generation="gen2", namespace="ns", now=NOW).error or "")
+    unchecked = SPEC.model_copy(update={"queries": SPEC.queries.model_copy(update={"last_event": ""})})
+    client = httpx.Client(transport=transport(table), base_url=SPEC.prometheus_url)
+    assert PrometheusReader(unchecked, client=client).read(generation="gen2", namespace="ns", now=NOW).has_data
+
+
+def test_default_queries_select_the_generations_namespace() -> None:
+    for name in ("users", "engaged", "depth_sum", "depth_sum_squares", "pre_sum", "responses", "guardrail"):
+        query = getattr(SPEC.queries, name).format(arm="control", generation="gen2", namespace="ns", guardrail="g")
+        assert 'namespace="ns"' in query, name

@@ -39,6 +39,14 @@ def submit(durable: DurableStore, *lines: str) -> list[str]:
         ('{"type": "engagement", "generation": "g", "user": "u", "day": 1.5}', "'day'"),
         ('{"type": "engagement", "generation": "g", "user": "u", "turns": 1, "guardrails": {"errors": 3}}', "exceeds"),
         ('{"type": "exposure", "generation": "g", "user": "u", "arm": "control", "colour": 1}', "'colour'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "turns": 1' + "0" * 160 + "}", "'turns'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "turns": true}', "'turns'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "turns": 2.5}', "'turns'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "responses": 1e200}', "'responses'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "day": 100000000000}', "'day'"),
+        ('{"type": "engagement", "generation": "g", "user": "u", "latency_seconds": [1e300]}', "'latency_seconds"),
+        ('{"type": "exposure", "generation": "g", "user": "u", "arm": "control", "pre_depth": 1e300}', "'pre_depth'"),
+        ('{"type": "exposure", "generation": "g", "user": "u", "arm": "control", "pre_depth": NaN}', "'pre_depth'"),
     ],
 )
 def test_malformed_lines_are_refused_with_their_reason(line: str, fragment: str) -> None:
@@ -141,3 +149,49 @@ def test_snapshot_round_trip(turns, min_days, split) -> None:
         store.apply(event)
         again.apply(event)
     assert again.arm_stats("gen2") == store.arm_stats("gen2")
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sampled_from(["turns", "responses", "pre_depth"]),
+    st.integers(-(10**20), 10**200) | st.floats(allow_nan=True, allow_infinity=True),
+)
+def test_an_event_that_parses_always_applies_to_finite_sums(field, value) -> None:
+    """Validation bounds every number, so a checked batch can never fail half-way through being applied."""
+    durable = DurableStore(None)
+    first = exposure("b", pre=value) if field == "pre_depth" else exposure("b")
+    second = engagement("b", 2) if field == "pre_depth" else engagement("b", **{field: value})
+    events, errors = parse_batch(first + "\n" + second)
+    if errors:
+        assert events == []
+        return
+    assert durable.submit(events) == []
+    control, _ = durable.store.arm_stats("gen2")
+    assert control is not None and control.depth_sum_squares < 1e30 and (control.pre_cross_sum or 0) < 1e30
+
+
+def test_a_poison_line_in_the_journal_is_skipped_with_a_logged_error(tmp_path, caplog) -> None:
+    """An older exporter journaled `turns=10**160` and then crashed applying it; a restart must come up."""
+    snapshot = tmp_path / "exporter.json"
+    first = DurableStore(snapshot)
+    assert submit(first, exposure("a"), engagement("a", 2)) == []
+    poison = {"type": "engagement", "generation": "gen2", "user": "a", "turns": 10**160, "day": 3}
+    with snapshot.with_name("exporter.json.journal").open("a") as journal:
+        journal.write(json.dumps({"sequence": 3, "event": poison}) + "\n")
+        journal.write(json.dumps({"sequence": 4, "event": json.loads(engagement("a", 1, day=4))}) + "\n")
+    with caplog.at_level("ERROR", logger="flywheel.exporter"):
+        again = DurableStore(snapshot)
+    assert again.skipped == 1 and "turns" in caplog.text and "skipped journal record" in caplog.text
+    control, _ = again.store.arm_stats("gen2")
+    assert control is not None and control.depth_sum == 3 and again.store.sequence == 4
+    assert submit(again, engagement("a", 1)) == []
+    assert DurableStore(snapshot).store.arm_stats("gen2")[0].depth_sum == 4  # numbering stays aligned
+
+
+def test_a_user_cannot_accumulate_more_turns_than_sums_can_hold() -> None:
+    durable = DurableStore(None)
+    assert submit(durable, exposure("a")) == []
+    durable.store.users["gen2"]["a"].depth = 10**12 - 1
+    errors = submit(durable, engagement("a", 1), engagement("a", 1))
+    assert len(errors) == 1 and errors[0].startswith("event 2:") and "turns" in errors[0]
+    assert durable.store.users["gen2"]["a"].depth == 10**12 - 1

@@ -27,6 +27,7 @@ from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.client import KubeClient, resource_path
 from flywheel_operator.kube.handlers import configure, register
 from flywheel_operator.kube.manifests import CONTAINER, GENERATION_LABEL
+from flywheel_operator.kube.policy import StagePolicy
 from flywheel_operator.kube.reconciler import Reconciler
 from flywheel_operator.kube.termination import compact_result
 from flywheel_operator.metrics import OperatorMetrics
@@ -111,6 +112,9 @@ class FaultyEmulator(kmock.KubernetesEmulator):
     """Called after any create or update was stored, the world's included, with the `time.monotonic()` at which
     the request reached the emulator (kmock stores it right away, under its lock): the benchmark's clock."""
     watches: int = 0
+    permissions: set[tuple[str, str, str]] = attrs.field(factory=set)
+    """(API group, resource[/subresource], RBAC verb) of every operator request, kopf's included: what its Role
+    must grant (tests/operator/test_rbac.py compares it with the chart's)."""
     _random: random.Random = attrs.field(factory=random.Random)
     _index: dict[tuple[str | None, ...], dict[int, tuple[str | None, Any]]] = attrs.field(factory=dict, init=False)
     """(namespace, object) by id(object): of each resource, and of each resource and label key=value."""
@@ -146,6 +150,8 @@ class FaultyEmulator(kmock.KubernetesEmulator):
             self.requests += 1
             self.requests_by_kind[_request_kind(request)] += 1
         self.watches += watching
+        if not world:
+            self.permissions |= rbac_permissions(request)
         if request.action == kmock.action.CREATE and request.resource is not None:
             self._name_generated(request)
         if watching or world:
@@ -253,6 +259,26 @@ class FaultyEmulator(kmock.KubernetesEmulator):
         if not meta.get("name") and meta.get("generateName"):
             self.generated += 1
             meta["name"] = f"{meta['generateName']}{self.generated:06d}"
+
+
+RBAC_VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}
+OWNER_GROUPS = {KIND: (GROUP, PLURAL)}
+
+
+def rbac_permissions(request: kmock.Request) -> set[tuple[str, str, str]]:
+    """The RBAC (group, resource, verb) a request needs, as the API server's authorizer derives it; a create with
+    `blockOwnerDeletion` also needs `update` on the owner's `finalizers` (OwnerReferencesPermissionEnforcement)."""
+    if request.resource is None or request.resource.plural is None or request.action is None:
+        return set()  # API discovery (/api/v1, /apis): readable by every authenticated user
+    verb = RBAC_VERBS.get(request.action.value) or ("update" if request.method == "PUT" else "patch")
+    resource = request.resource.plural + (f"/{request.subresource}" if request.subresource else "")
+    needed = {(request.resource.group or "", resource, verb)}
+    if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+        for owner in (request.data.get("metadata") or {}).get("ownerReferences") or []:
+            if owner.get("blockOwnerDeletion") and owner.get("kind") in OWNER_GROUPS:
+                group, plural = OWNER_GROUPS[owner["kind"]]
+                needed.add((group, f"{plural}/finalizers", "update"))
+    return needed
 
 
 def _request_kind(request: kmock.Request) -> str:
@@ -513,6 +539,7 @@ class Operator:
     """Short, because the emulator has no KServe to watch: canary readiness is noticed by polling."""
     client_timeout: float = 2.0
     settings: Callable[[], kopf.OperatorSettings] = field(default=lambda: operator_settings())
+    policy: StagePolicy = field(default_factory=StagePolicy)
     events: list[tuple[str, Event]] = field(default_factory=list)
     starts: int = 0
     requests: int = 0
@@ -530,7 +557,7 @@ class Operator:
             self.events.append((body["metadata"]["name"], event))
             kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
-        return Reconciler(backend=backend, metrics=self.metrics, post_event=remember)
+        return Reconciler(backend=backend, metrics=self.metrics, post_event=remember, policy=self.policy)
 
     async def start(self) -> None:
         registry = kopf.OperatorRegistry()

@@ -48,6 +48,7 @@ async def test_generation_walks_every_stage_to_its_decision(mode: str, lift: flo
         assert status.canary.revisions, "revisions seen at readiness are recorded"
         conditions = {c.type: c.status for c in status.conditions}
         assert conditions["Promoted"] == ("True" if outcome == "PROMOTE" else "False")
+        assert conditions["Finished"] == "True"  # `kubectl wait --for=condition=Finished` returns on both
 
         isvc = cluster.objects("inferenceservices")["chat"]
         candidate = "pvc://flywheel-artifacts/gen2/candidate"

@@ -132,3 +132,17 @@ def test_suspended_generation_starts_nothing(history, suspend_after):
             assert not [a for a in result.actions if isinstance(a, StartStage | DeployCanary)]
             if world.status.phase not in ("Promoted", "RolledBack", "Failed"):
                 assert result.actions == () and world.status.phase == "Suspended"
+
+
+@PROPERTY
+@given(st.one_of(st.lists(moves, max_size=40), journeys.map(journey_moves)))
+def test_finished_condition_is_true_exactly_on_terminal_phases(history):
+    """`kubectl wait --for=condition=Finished` returns on Promoted, RolledBack and Failed alike, and only then."""
+    world = World(generation(retry={"maxAttempts": 2, "backoff": "1s"}))
+    for move in history:
+        apply(world, move)
+        status = world.step().status
+        finished = {c.type: c for c in status.conditions}["Finished"]
+        assert (finished.status == "True") == (status.phase in ("Promoted", "RolledBack", "Failed"))
+        if finished.status == "True":
+            assert finished.reason == status.phase

@@ -29,7 +29,7 @@ def test_pending_to_curating_starts_curate():
     assert result.status.policy == "/models/base"
     assert result.status.observed_generation == 1
     assert [e.reason for e in result.events] == ["StageStarted"]
-    assert conditions(result.status)["Reconciling"] == "True"
+    assert conditions(result.status)["Reconciling"] == "True" and conditions(result.status)["Finished"] == "False"
 
 
 def test_reward_models_train_in_parallel_and_phase_waits_for_all():
@@ -97,6 +97,7 @@ def test_full_walk_to_promoted():
     assert promoted.status.decision.outcome == "PROMOTE" and promoted.status.decision.reasons
     assert promoted.status.lift is not None and "depth +" in promoted.status.lift
     assert conditions(promoted.status).items() >= {"Ready": "True", "Promoted": "True", "Reconciling": "False"}.items()
+    assert conditions(promoted.status)["Finished"] == "True"
     assert promoted.requeue_at is None
     assert world.step().actions == ()  # terminal: nothing more
 
@@ -130,6 +131,7 @@ def test_online_loss_rolls_back():
     assert world.canary_actions[-1] is RollBackCanary
     assert world.status.decision.outcome == "ROLL_BACK" and world.status.promoted_policy is None
     assert conditions(world.status)["Promoted"] == "False"
+    assert conditions(world.status)["Finished"] == "True"  # kubectl wait --for=condition=Finished returns
 
 
 def test_prometheus_outage_continues_then_inconclusive_never_promotes():
@@ -223,7 +225,7 @@ def test_stage_failing_past_max_attempts_fails_the_generation():
     result = world.step()
     assert result.status.phase == "Failed" and result.actions == ()
     assert "stage curate failed 2 time(s): OOMKilled" in result.status.decision.reasons[0]
-    assert conditions(result.status)["Stalled"] == "True"
+    assert conditions(result.status)["Stalled"] == "True" and conditions(result.status)["Finished"] == "True"
 
 
 def test_success_without_result_counts_as_a_failed_attempt():

@@ -67,6 +67,16 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-exporter" (include "characterflywheel.fullname" .) }}
 {{- end }}
 
+{{/* The exporter's snapshot claim: the user's, or the one the chart creates. */}}
+{{- define "characterflywheel.exporterClaim" -}}
+{{- default (printf "%s-snapshot" (include "characterflywheel.exporterName" .)) .Values.exporter.persistence.existingClaim }}
+{{- end }}
+
+{{/* The Secret with the exporter writers' bearer token (key `token`): the user's, or the one the chart creates. */}}
+{{- define "characterflywheel.exporterTokenSecret" -}}
+{{- default (printf "%s-writer" (include "characterflywheel.exporterName" .)) .Values.exporter.auth.existingSecret }}
+{{- end }}
+
 {{/*
 checkov skips as resource annotations, each with its reason (the values that cause them say so in values.yaml).
 Call with (dict "ctx" . "extra" (list "CKV_…=reason")).
@@ -86,31 +96,30 @@ Only the verbs the operator uses (docs/operator.md, "RBAC"). kopf runs with scan
 cluster-wide read of CustomResourceDefinitions or Namespaces; API discovery is open to every authenticated user.
 */}}
 {{- define "characterflywheel.rules" -}}
+{{- /* Exactly the requests the operator makes (tests/operator/test_rbac.py records them in the emulator). */ -}}
 - apiGroups: [characterflywheel.io]
   resources: [flywheelgenerations]
   verbs: [get, list, watch, patch]
 - apiGroups: [characterflywheel.io]
   resources: [flywheelgenerations/status]
-  verbs: [get, patch]
+  verbs: [patch]
+# Children are created with ownerReferences.blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
+- apiGroups: [characterflywheel.io]
+  resources: [flywheelgenerations/finalizers]
+  verbs: [update]
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, get, list, watch, delete]
+  verbs: [create, list, watch]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [create, get, list, watch, delete]
-- apiGroups: [""]
-  resources: [services]
-  verbs: [create, get, list, delete]
-- apiGroups: [""]
-  resources: [events]
+  resources: [configmaps, services]
   verbs: [create]
-- apiGroups: [events.k8s.io]
+- apiGroups: [""]
   resources: [events]
   verbs: [create]
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
-  verbs: [create, get, list, watch, patch]
+  verbs: [create, get, patch]
 {{- end }}

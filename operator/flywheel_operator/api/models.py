@@ -418,33 +418,44 @@ class Guardrail(ApiModel):
     """Largest tolerated absolute increase of the rate (e.g. 0.01 = one percentage point)."""
 
 
+_ARM_SELECTOR = '{{arm="{arm}",generation="{generation}",namespace="{namespace}"}}'
+"""The label matchers of one arm of one generation in one namespace (a template: braces doubled)."""
+
+
 class PromotionQueries(ApiModel):
     """PromQL templates; `{arm}`, `{generation}` and `{namespace}` are filled in, one query per arm.
 
     The defaults read the engagement exporter's counters (docs/metrics.md); `generation` is the candidate
-    FlywheelGeneration's name on both arms (the experiment), `arm` is `control` or `treatment`.
+    FlywheelGeneration's name on both arms (the experiment), `arm` is `control` or `treatment`, and `namespace`
+    the generation's, so same-named generations of two namespaces never merge.
     """
 
-    users: str = 'sum(flywheel_users_exposed_total{{arm="{arm}",generation="{generation}"}})'
+    users: str = "sum(flywheel_users_exposed_total" + _ARM_SELECTOR + ")"
     """Users exposed to an arm."""
-    engaged: str = 'sum(flywheel_users_engaged_total{{arm="{arm}",generation="{generation}"}})'
+    engaged: str = "sum(flywheel_users_engaged_total" + _ARM_SELECTOR + ")"
     """Users who engaged (breadth numerator)."""
-    depth_sum: str = 'sum(flywheel_depth_turns_total{{arm="{arm}",generation="{generation}"}})'
+    depth_sum: str = "sum(flywheel_depth_turns_total" + _ARM_SELECTOR + ")"
     """Σ depth over users."""
-    depth_sum_squares: str = 'sum(flywheel_depth_turns_squared_total{{arm="{arm}",generation="{generation}"}})'
+    depth_sum_squares: str = "sum(flywheel_depth_turns_squared_total" + _ARM_SELECTOR + ")"
     """Σ depth² over users."""
-    pre_sum: str = 'sum(flywheel_pre_depth_turns_total{{arm="{arm}",generation="{generation}"}})'
+    pre_sum: str = "sum(flywheel_pre_depth_turns_total" + _ARM_SELECTOR + ")"
     """CUPED: Σ pre-period depth X over users (CUPED is skipped when it returns no data)."""
-    pre_sum_squares: str = 'sum(flywheel_pre_depth_turns_squared_total{{arm="{arm}",generation="{generation}"}})'
+    pre_sum_squares: str = "sum(flywheel_pre_depth_turns_squared_total" + _ARM_SELECTOR + ")"
     """CUPED: Σ X² over users."""
-    pre_cross_sum: str = 'sum(flywheel_pre_depth_cross_turns_total{{arm="{arm}",generation="{generation}"}})'
+    pre_cross_sum: str = "sum(flywheel_pre_depth_cross_turns_total" + _ARM_SELECTOR + ")"
     """CUPED: Σ X·depth over users."""
-    responses: str = 'sum(flywheel_responses_total{{arm="{arm}",generation="{generation}"}})'
+    responses: str = "sum(flywheel_responses_total" + _ARM_SELECTOR + ")"
     """Responses served (denominator of guardrail rates)."""
     guardrail: str = (
-        'sum(flywheel_guardrail_events_total{{arm="{arm}",generation="{generation}",guardrail="{guardrail}"}})'
+        'sum(flywheel_guardrail_events_total{{arm="{arm}",generation="{generation}",namespace="{namespace}",'
+        'guardrail="{guardrail}"}})'
     )
     """Guardrail event count; `{guardrail}` is filled with each guardrail's name."""
+    last_event: str = (
+        'max(flywheel_exporter_last_event_timestamp_seconds{{generation="{generation}",namespace="{namespace}"}})'
+    )
+    """Unix time of the experiment's latest event (one query, no `{arm}`). When it is older than the reader's event
+    age limit (30 min) the reading is no data: the sums stopped moving. Empty: no such check."""
 
 
 class PromotionSpec(ApiModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -66,25 +66,27 @@ class OfflineMetrics(ApiModel):
 
 
 class ArmStats(ApiModel):
-    """Per-arm sufficient statistics of user-level metrics (docs/metrics.md). Prometheus holds these, not users."""
+    """Per-arm sufficient statistics of user-level metrics (docs/metrics.md). Prometheus holds these, not users.
+
+    Every sum is finite and non-negative (±Inf or NaN would turn a test statistic into a decision on nothing)."""
 
     users: int = Field(ge=0)
     """Users exposed to the arm (n)."""
     engaged_users: int = Field(ge=0)
     """Users who engaged (breadth numerator)."""
-    depth_sum: float = Field(ge=0)
+    depth_sum: float = Field(ge=0, allow_inf_nan=False)
     """Σ depth (turns) over exposed users."""
-    depth_sum_squares: float = Field(ge=0)
+    depth_sum_squares: float = Field(ge=0, allow_inf_nan=False)
     """Σ depth² over exposed users."""
-    pre_sum: float | None = None
+    pre_sum: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """CUPED: Σ pre-period depth X over exposed users."""
-    pre_sum_squares: float | None = None
+    pre_sum_squares: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """CUPED: Σ X²."""
-    pre_cross_sum: float | None = None
+    pre_cross_sum: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     """CUPED: Σ X·depth."""
     responses: int = Field(default=0, ge=0)
     """Responses served (denominator of guardrail rates)."""
-    guardrails: dict[str, float] = Field(default_factory=dict)
+    guardrails: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
     """Guardrail event counts by guardrail name (instruction-violations, false-refusals, errors)."""
 
     @model_validator(mode="after")

@@ -146,7 +146,8 @@ class CanaryStatus(ApiModel):
 
 
 class Condition(ApiModel):
-    """A kstatus-style condition (`Ready`, `Reconciling`, `Stalled`, `OfflineGatePassed`, `CanaryReady`, `Promoted`)."""
+    """A kstatus-style condition (`Ready`, `Reconciling`, `Stalled`, `Finished`, `OfflineGatePassed`, `CanaryReady`,
+    `Promoted`). `Finished` is True on every terminal phase (Promoted, RolledBack, Failed): wait on it."""
 
     type: str
     """Condition type."""

@@ -17,6 +17,16 @@ Arm = Literal["control", "treatment"]
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 GenerationName = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)]
 UserId = Annotated[str, Field(min_length=1, max_length=256)]
+MAX_TURNS = 100_000
+"""Most turns (or responses, or guardrail events) one event may carry: a chat backend sends an event per turn or
+per session, and the bound keeps every sum a finite float (a poison `turns=10**160` would overflow depth²)."""
+MAX_PRE_DEPTH = 1e9
+"""Largest CUPED covariate (pre-period turns) accepted: X² and X·depth stay finite."""
+MAX_DAY = 10_000_000
+"""Largest day index (UTC days since 1970 are about 20,000 today; experiment days are small)."""
+MAX_LATENCY_SECONDS = 86_400.0
+"""Longest response latency accepted (a day): anything longer is a clock or unit bug."""
+Count = Annotated[int, Field(ge=0, le=MAX_TURNS, strict=True)]
 
 
 class _Event(BaseModel):
@@ -26,6 +36,15 @@ class _Event(BaseModel):
     """The FlywheelGeneration whose A/B test this is (the candidate's name, the same on both arms)."""
     user: UserId
     """Pseudonymous user id; the unit of randomisation (arms are sticky per user)."""
+    namespace: Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=63)] | None = None
+    """The generation's namespace. Send it when one exporter serves generations of several namespaces (two of them
+    may share a name); absent, the series carry no `namespace` and Prometheus labels them with the exporter's own
+    namespace (the ServiceMonitor's target label), right for a single-namespace install."""
+
+    @property
+    def experiment(self) -> str:
+        """The exporter's key of this A/B test: `namespace/generation`, or the generation alone."""
+        return experiment_key(self.generation, self.namespace)
 
 
 class ExposureEvent(_Event):
@@ -34,7 +53,7 @@ class ExposureEvent(_Event):
     type: Literal["exposure"]
     arm: Arm
     """The arm the user is assigned to."""
-    pre_depth: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    pre_depth: float = Field(default=0.0, ge=0, le=MAX_PRE_DEPTH, allow_inf_nan=False)
     """CUPED covariate: the user's depth (turns) in the pre-period before exposure; 0 for new users."""
 
 
@@ -44,17 +63,17 @@ class EngagementEvent(_Event):
     type: Literal["engagement"]
     arm: Arm | None = None
     """Optional; when given it must be the arm the user was exposed to (catches routing bugs)."""
-    turns: int = Field(default=1, ge=0)
-    """User turns answered (depth increments)."""
-    responses: int | None = Field(default=None, ge=0)
+    turns: Count = 1
+    """User turns answered (depth increments), at most MAX_TURNS."""
+    responses: Count | None = None
     """Responses served (guardrail denominator); `turns` when unset."""
-    guardrails: dict[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)], Annotated[int, Field(ge=0)]] = Field(
-        default_factory=dict
-    )
+    guardrails: dict[Annotated[str, Field(pattern=DNS_LABEL, max_length=63)], Count] = Field(default_factory=dict)
     """Guardrail events among those responses, e.g. {"instruction-violations": 1}."""
-    latency_seconds: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=list)
+    latency_seconds: list[Annotated[float, Field(ge=0, le=MAX_LATENCY_SECONDS, allow_inf_nan=False)]] = Field(
+        default_factory=list, max_length=MAX_TURNS
+    )
     """Latency of each response served, for the latency histogram."""
-    day: int | None = Field(default=None, ge=0)
+    day: int | None = Field(default=None, ge=0, le=MAX_DAY, strict=True)
     """Day index the turns happened on; only whether two events share a day matters (breadth counts the distinct
     days a user was active). The app's experiment day (0 = first day) or any other consistent numbering; when
     absent, the exporter stamps the UTC day it received the event on (`utc_day`)."""
@@ -76,6 +95,17 @@ class EngagementEvent(_Event):
 
 Event = Annotated[ExposureEvent | EngagementEvent, Field(discriminator="type")]
 _EVENT = TypeAdapter(Event)
+
+
+def experiment_key(generation: str, namespace: str | None = None) -> str:
+    """`namespace/generation`, or `generation` when the namespace is not known (see `_Event.namespace`)."""
+    return f"{namespace}/{generation}" if namespace else generation
+
+
+def experiment_labels(key: str) -> dict[str, str]:
+    """The Prometheus labels of an experiment key: `generation`, and `namespace` when the key has one."""
+    namespace, _, generation = key.rpartition("/")
+    return {"namespace": namespace, "generation": generation} if namespace else {"generation": generation}
 
 
 def parse_event(line: str) -> Event:

@@ -1,5 +1,10 @@
 """`flywheel exporter`: the engagement exporter. POST /events (JSON lines), GET /metrics, GET /healthz.
 
+Only the chat backend may write: with a token configured, POST /events needs `Authorization: Bearer <token>`
+(compared in constant time); a refused write is counted and logged without its body. An optional second,
+read-only listener serves /metrics and /healthz alone, so a NetworkPolicy can admit scrapers to it without
+admitting them to the events port.
+
 It turns exposure and engagement events into the per-arm sufficient statistics the online gate needs, exported
 as Prometheus counters labelled with `generation` and `arm` (names and meaning in docs/metrics.md). A custom
 collector reads the store at scrape time, so a restart that reloads the snapshot resumes every counter where it
@@ -8,6 +13,7 @@ was.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import signal
@@ -19,11 +25,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from flywheel_operator.gate.events import parse_batch, utc_day, with_day
+from flywheel_operator.gate.events import experiment_labels, parse_batch, utc_day, with_day
 from flywheel_operator.gate.store import DEFAULT_ENGAGED_MIN_DAYS, LATENCY_BUCKETS, DurableStore, EngagementStore
 
 LOG = logging.getLogger("flywheel.exporter")
@@ -50,21 +56,34 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
 GUARDRAIL_METRIC = "flywheel_guardrail_events"
 LATENCY_METRIC = "flywheel_response_latency_seconds"
 EVENTS_METRIC = "flywheel_exporter_events"
+LAST_EVENT_METRIC = "flywheel_exporter_last_event_timestamp_seconds"
+REFUSED_WRITES_METRIC = "flywheel_exporter_refused_writes"
+REFUSED_REASONS = ("missing-token", "wrong-token")
+"""Why a POST /events was refused before its body was read (`reason` label of REFUSED_WRITES_METRIC)."""
 METRIC_NAMES: tuple[str, ...] = (
     *(f"{name}_total" for name, _, _ in COUNTERS),
     f"{GUARDRAIL_METRIC}_total",
     LATENCY_METRIC,
     f"{EVENTS_METRIC}_total",
+    f"{REFUSED_WRITES_METRIC}_total",
+    LAST_EVENT_METRIC,
 )
 """Every series name family the exporter exposes (the chart's alerts and dashboard may use only these)."""
+
+
+def _arm_labels(key: str, arm: str) -> dict[str, str]:
+    return {**experiment_labels(key), "arm": arm}
 
 
 class StoreCollector(Collector):
     """Reads the store at scrape time: counters survive restarts because the store does."""
 
-    def __init__(self, durable: DurableStore, outcomes: dict[str, int]) -> None:
+    def __init__(
+        self, durable: DurableStore, outcomes: dict[str, int], last_events: dict[str, float] | None = None
+    ) -> None:
         self.durable = durable
         self.outcomes = outcomes
+        self.last_events = last_events if last_events is not None else {}
 
     def collect(self) -> Iterator[Metric]:
         store: EngagementStore = self.durable.store
@@ -72,29 +91,51 @@ class StoreCollector(Collector):
             arms = {key: (totals, dict(totals.guardrails)) for key, totals in store.arms.items()}
             outcomes = dict(self.outcomes)
             latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in store.arms.items()}
+            last_events = dict(self.last_events)
+        # Samples carry `namespace` only for experiments whose events named one (events.experiment_labels).
         for name, attribute, documentation in COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=ARM_LABELS)
-            for (generation, arm), (totals, _) in sorted(arms.items()):
-                family.add_metric([generation, arm], float(getattr(totals, attribute)))
+            for (key, arm), (totals, _) in sorted(arms.items()):
+                family.add_sample(f"{name}_total", _arm_labels(key, arm), float(getattr(totals, attribute)))
             yield family
         guardrails = CounterMetricFamily(
             GUARDRAIL_METRIC,
             "Guardrail events (instruction violations, false refusals, errors) among responses served.",
             labels=[*ARM_LABELS, "guardrail"],
         )
-        for (generation, arm), (_, counts) in sorted(arms.items()):
+        for (key, arm), (_, counts) in sorted(arms.items()):
             for guardrail, count in sorted(counts.items()):
-                guardrails.add_metric([generation, arm, guardrail], float(count))
+                guardrails.add_sample(
+                    f"{GUARDRAIL_METRIC}_total", {**_arm_labels(key, arm), "guardrail": guardrail}, float(count)
+                )
         yield guardrails
         histogram = HistogramMetricFamily(LATENCY_METRIC, "Latency of responses served.", labels=ARM_LABELS)
-        for (generation, arm), (buckets, total, count) in sorted(latency.items()):
-            cumulative = [(f"{bound:g}", float(n)) for bound, n in zip(LATENCY_BUCKETS, buckets, strict=True)]
-            histogram.add_metric([generation, arm], [*cumulative, ("+Inf", float(count))], total)
+        for (key, arm), (buckets, total, count) in sorted(latency.items()):
+            labels = _arm_labels(key, arm)
+            for bound, n in [*zip((f"{b:g}" for b in LATENCY_BUCKETS), buckets, strict=True), ("+Inf", count)]:
+                histogram.add_sample(f"{LATENCY_METRIC}_bucket", {**labels, "le": bound}, float(n))
+            histogram.add_sample(f"{LATENCY_METRIC}_count", labels, float(count))
+            histogram.add_sample(f"{LATENCY_METRIC}_sum", labels, float(total))
         yield histogram
+        last = GaugeMetricFamily(
+            LAST_EVENT_METRIC,
+            "Unix time of the latest accepted event of each experiment (since this exporter process started): the "
+            "gate's staleness check.",
+            labels=["generation"],
+        )
+        for key, seconds in sorted(last_events.items()):
+            last.add_sample(LAST_EVENT_METRIC, experiment_labels(key), seconds)
+        yield last
         events = CounterMetricFamily(EVENTS_METRIC, "Event lines received, by outcome.", labels=["outcome"])
         for outcome in ("accepted", "rejected"):
             events.add_metric([outcome], float(outcomes.get(outcome, 0)))
         yield events
+        refused = CounterMetricFamily(
+            REFUSED_WRITES_METRIC, "POST /events refused for want of the writers' bearer token.", labels=["reason"]
+        )
+        for reason in REFUSED_REASONS:
+            refused.add_metric([reason], float(outcomes.get(reason, 0)))
+        yield refused
 
 
 class ExporterServer(ThreadingHTTPServer):
@@ -103,15 +144,31 @@ class ExporterServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], durable: DurableStore, *, clock: Callable[[], datetime] | None = None
+        self,
+        address: tuple[str, int],
+        durable: DurableStore,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        token: str | None = None,
+        writes_to: ExporterServer | None = None,
     ) -> None:
+        """`token`: the writers' bearer token (None: anyone may write, for in-process use and tests only).
+        `writes_to`: make this a read-only listener that shows that server's metrics."""
         super().__init__(address, ExporterHandler)
         self.durable = durable
         # Receipt time: engagement events without `day` are counted on its UTC day (events.with_day).
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.outcomes = {"accepted": 0, "rejected": 0}
+        self.token = token.encode() if token is not None else None
+        self.read_only = writes_to is not None
+        if writes_to is not None:
+            self.outcomes, self.registry = writes_to.outcomes, writes_to.registry
+            self.last_events = writes_to.last_events
+            return
+        self.outcomes = {"accepted": 0, "rejected": 0, **dict.fromkeys(REFUSED_REASONS, 0)}
+        self.last_events: dict[str, float] = {}
+        """Experiment key -> receipt time (Unix seconds) of its latest accepted event."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(durable, self.outcomes))
+        self.registry.register(StoreCollector(durable, self.outcomes, self.last_events))
 
     @property
     def port(self) -> int:
@@ -133,8 +190,18 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0]
+        if self.server.read_only:
+            self._drain()
+            self._json(
+                HTTPStatus.METHOD_NOT_ALLOWED, {"error": "this port is read-only; POST events to the events port"}
+            )
+            return
         if path != "/events":
             self._json(HTTPStatus.NOT_FOUND, {"error": f"no route {path}; POST JSON lines to /events"})
+            return
+        refusal = self._authenticate()
+        if refusal is not None:
+            self._refuse(refusal)
             return
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY_BYTES:
@@ -148,8 +215,9 @@ class ExporterHandler(BaseHTTPRequestHandler):
             self._reject(["body is not UTF-8 text"], lines=1)
             return
         events, errors = parse_batch(text)
+        received = self.server.clock()
         if not errors:
-            events = with_day(events, utc_day(self.server.clock()))
+            events = with_day(events, utc_day(received))
             errors = self.server.durable.submit(events)
         lines = sum(1 for line in text.splitlines() if line.strip())
         if errors:
@@ -157,7 +225,52 @@ class ExporterHandler(BaseHTTPRequestHandler):
             return
         with self.server.durable.store.lock:
             self.server.outcomes["accepted"] += len(events)
+            for event in events:
+                self.server.last_events[event.experiment] = received.timestamp()
         self._json(HTTPStatus.OK, {"accepted": len(events)})
+
+    def _authenticate(self) -> str | None:
+        """None when the writer may post; else the refusal reason (a REFUSED_REASONS entry)."""
+        if self.server.token is None:
+            return None
+        scheme, _, credential = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not credential.strip():
+            return "missing-token"
+        if not hmac.compare_digest(credential.strip().encode(), self.server.token):
+            return "wrong-token"
+        return None
+
+    def _refuse(self, reason: str) -> None:
+        """401. The body is drained unparsed (never counted or logged) so the connection stays usable; one over
+        MAX_BODY_BYTES is not drained and the connection closes instead."""
+        with self.server.durable.store.lock:
+            self.server.outcomes[reason] += 1
+        length = int(self.headers.get("Content-Length") or 0)
+        LOG.warning(
+            "refused POST /events from %s: %s (body of %d bytes dropped unread)",
+            self.address_string(),
+            reason.replace("-", " "),
+            length,
+        )
+        self._drain()
+        self._json(
+            HTTPStatus.UNAUTHORIZED,
+            {"error": f"{reason}: send `Authorization: Bearer <token>` with the token from the writers' Secret"},
+            headers={"WWW-Authenticate": 'Bearer realm="flywheel-exporter"'},
+        )
+
+    def _drain(self) -> None:
+        """Read and drop the request body, so the connection can carry the next request; close it instead when the
+        body is over MAX_BODY_BYTES."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return
+        while length > 0:
+            chunk = self.rfile.read(min(length, 65536))
+            if not chunk:
+                break
+            length -= len(chunk)
 
     def _reject(self, errors: list[str], *, lines: int) -> None:
         with self.server.durable.store.lock:
@@ -167,11 +280,13 @@ class ExporterHandler(BaseHTTPRequestHandler):
             {"error": f"batch refused, nothing counted: {errors[0]}", "errors": errors, "accepted": 0},
         )
 
-    def _json(self, status: HTTPStatus, payload: dict) -> None:
-        self._send(status, (json.dumps(payload) + "\n").encode(), "application/json")
+    def _json(self, status: HTTPStatus, payload: dict, headers: dict[str, str] | None = None) -> None:
+        self._send(status, (json.dumps(payload) + "\n").encode(), "application/json", headers)
 
-    def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -182,22 +297,65 @@ class ExporterHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    host: str, port: int, durable: DurableStore, *, clock: Callable[[], datetime] | None = None
+    host: str,
+    port: int,
+    durable: DurableStore,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    token: str | None = None,
 ) -> ExporterServer:
     """Bind (port 0 picks a free one); the caller runs `serve_forever` and later `shutdown`."""
-    return ExporterServer((host, port), durable, clock=clock)
+    return ExporterServer((host, port), durable, clock=clock, token=token)
 
 
-def serve(host: str, port: int, snapshot: Path | None, *, engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS) -> int:
-    """Run until SIGTERM or Ctrl-C, then write the snapshot so a restart loses no counts. Returns 2, having logged
-    why, when the settings or the snapshot are unusable (e.g. a snapshot counted under another engaged_min_days)."""
+def make_metrics_server(host: str, port: int, events: ExporterServer) -> ExporterServer:
+    """A read-only listener (GET /metrics and /healthz; POST answers 405) showing `events`' counters."""
+    return ExporterServer((host, port), events.durable, writes_to=events)
+
+
+def read_token(path: Path) -> str:
+    """The writers' bearer token from a file (a mounted Secret); ValueError naming the file when unusable."""
     try:
+        token = path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the writers' token file {path}: {exc.strerror}") from exc
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise ValueError(
+            f"the writers' token in {path} must be at least 16 characters without whitespace; "
+            "generate one with `openssl rand -hex 24`"
+        )
+    return token
+
+
+def serve(
+    host: str,
+    port: int,
+    snapshot: Path | None,
+    *,
+    engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS,
+    token_file: Path | None = None,
+    metrics_port: int | None = None,
+) -> int:
+    """Run until SIGTERM or Ctrl-C, then write the snapshot so a restart loses no counts. Returns 2, having logged
+    why, when the settings or the snapshot are unusable (e.g. a snapshot counted under another engaged_min_days).
+    Without `token_file` anyone who reaches the port may write events (the CLI asks for that explicitly)."""
+    try:
+        token = read_token(token_file) if token_file is not None else None
         durable = DurableStore(snapshot, engaged_min_days=engaged_min_days)
     except ValueError as exc:
         LOG.error("%s", exc)
         return 2
-    server = make_server(host, port, durable)
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    server = make_server(host, port, durable, token=token)
+    metrics = make_metrics_server(host, metrics_port, server) if metrics_port is not None else None
+    if metrics is not None:
+        threading.Thread(target=metrics.serve_forever, daemon=True).start()
+    if token is None:
+        LOG.warning("POST /events is open to anyone who reaches port %d: no --token-file", server.port)
+
+    def stop(*_: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
     LOG.info(
         "engagement exporter on http://%s:%d (snapshot: %s; engaged = active on ≥ %d distinct days)",
         host,
@@ -211,5 +369,8 @@ def serve(host: str, port: int, snapshot: Path | None, *, engaged_min_days: int 
         pass
     finally:
         server.server_close()
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
         durable.compact()
     return 0

@@ -44,11 +44,15 @@ class PrometheusReader:
     """Seconds before the first retry, doubled for each further one."""
     max_age: timedelta = timedelta(minutes=5)
     """A sample older than this at `now` is stale: no data."""
+    max_event_age: timedelta = timedelta(minutes=30)
+    """The experiment's latest event (`queries.last_event`) older than this at `now`: no data. An aggregated
+    instant query is always evaluated at `now`, so only the exporter's own clock shows that events stopped."""
     sleep: Callable[[float], None] = time.sleep
 
     def read(self, *, generation: str, namespace: str, now: datetime) -> OnlineReading:
         client = self.client or httpx.Client(base_url=self.promotion.prometheus_url, timeout=self.timeout)
         try:
+            self._check_events_flow(client, generation, namespace, now)
             arms = {arm: self._read_arm(client, arm, generation, namespace, now) for arm in ARMS}
         except NoData as exc:
             return OnlineReading(at=now, error=str(exc))
@@ -79,10 +83,26 @@ class PrometheusReader:
             # A missing guardrail stays missing: the gate reports it unmeasured and will not promote.
             with contextlib.suppress(NoData):
                 values["guardrails"][guardrail.name] = self._value(client, query, now)
+            if guardrail.name in values["guardrails"]:  # present but not a count: the whole reading is no data
+                values["guardrails"][guardrail.name] = _whole(
+                    values["guardrails"][guardrail.name], f"guardrail {guardrail.name!r}"
+                )
         values["users"] = _whole(values["users"], "users")
         values["engaged_users"] = _whole(values.pop("engaged"), "engaged")
         values["responses"] = _whole(values["responses"], "responses")
         return values
+
+    def _check_events_flow(self, client: httpx.Client, generation: str, namespace: str, now: datetime) -> None:
+        template = self.promotion.queries.last_event
+        if not template:
+            return
+        latest = self._value(client, template.format(generation=generation, namespace=namespace), now)
+        age = now.timestamp() - latest
+        if age > self.max_event_age.total_seconds():
+            raise NoData(
+                f"the latest engagement event of {generation!r} is {age:.0f}s old (limit "
+                f"{self.max_event_age.total_seconds():.0f}s, stale): is the chat backend still posting events?"
+            )
 
     def _value(self, client: httpx.Client, query: str, now: datetime) -> float:
         payload = self._query(client, query, now)

@@ -18,6 +18,7 @@ snapshot and truncating the journal never counts an event twice.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from collections.abc import Iterable
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from flywheel_operator.api import ArmStats
 from flywheel_operator.gate.events import EngagementEvent, Event, ExposureEvent, parse_event
+
+LOG = logging.getLogger("flywheel.exporter")
 
 DEFAULT_GUARDRAILS = ("instruction-violations", "false-refusals", "errors")
 """Guardrails exported at 0 from a user's first exposure, so "no events yet" reads as 0, not as missing."""
@@ -37,6 +40,9 @@ with engaged_min_days=1, the rule it was counted with."""
 DEFAULT_ENGAGED_MIN_DAYS = 2
 """A single visit is exposure; coming back on another day is engagement (the report's breadth)."""
 UNDATED = -1
+MAX_USER_DEPTH = 10**12
+"""Most turns one user may accumulate: depth² stays an exact, finite float, so applying a checked event cannot fail
+half-way."""
 """Active day of a user whose turns so far came without `day`: one day, not yet known which."""
 
 
@@ -126,17 +132,26 @@ class EngagementStore:
     def check(self, events: Iterable[Event]) -> list[str]:
         """Reasons the batch cannot be applied to the current state (sticky arms, exposure first), in order."""
         assigned: dict[tuple[str, str], str] = {}
+        depth: dict[tuple[str, str], int] = {}
         errors: list[str] = []
         for index, event in enumerate(events, start=1):
-            known = self.users.get(event.generation, {}).get(event.user)
-            arm = assigned.get((event.generation, event.user)) or (known.arm if known else None)
+            known = self.users.get(event.experiment, {}).get(event.user)
+            arm = assigned.get((event.experiment, event.user)) or (known.arm if known else None)
+            if isinstance(event, EngagementEvent):
+                key = (event.experiment, event.user)
+                depth[key] = depth.get(key, known.depth if known else 0) + event.turns
+                if depth[key] > MAX_USER_DEPTH:
+                    errors.append(
+                        f"event {index}: user {event.user!r} would reach {depth[key]} turns in {event.generation!r}, "
+                        f"over the {MAX_USER_DEPTH} a user can have; the events repeat or count something else"
+                    )
             if isinstance(event, ExposureEvent):
                 if arm is not None and arm != event.arm:
                     errors.append(
                         f"event {index}: user {event.user!r} is already in arm {arm!r} of {event.generation!r}; "
                         "arms are sticky per user, fix the assignment"
                     )
-                assigned[(event.generation, event.user)] = event.arm
+                assigned[(event.experiment, event.user)] = event.arm
             elif arm is None:
                 errors.append(
                     f"event {index}: user {event.user!r} has no exposure in {event.generation!r}; "
@@ -152,12 +167,12 @@ class EngagementStore:
     def apply(self, event: Event) -> None:
         """Fold one checked event into the totals."""
         self.sequence += 1
-        users = self.users.setdefault(event.generation, {})
+        users = self.users.setdefault(event.experiment, {})
         if isinstance(event, ExposureEvent):
             if event.user in users:
                 return
             users[event.user] = UserState(arm=event.arm, pre=event.pre_depth)
-            totals = self._totals(event.generation, event.arm)
+            totals = self._totals(event.experiment, event.arm)
             totals.users += 1
             totals.pre_sum += event.pre_depth
             totals.pre_sum_squares += event.pre_depth * event.pre_depth
@@ -165,7 +180,7 @@ class EngagementStore:
         self._engage(users[event.user], event)
 
     def _engage(self, user: UserState, event: EngagementEvent) -> None:
-        totals = self._totals(event.generation, user.arm)
+        totals = self._totals(event.experiment, user.arm)
         before, after = user.depth, user.depth + event.turns
         if event.turns > 0 and user.add_day(event.day, enough=self.engaged_min_days):
             totals.engaged += 1
@@ -188,7 +203,8 @@ class EngagementStore:
 
     # ------------------------------------------------------------------------------------------- reads
     def arm_stats(self, generation: str) -> tuple[ArmStats | None, ArmStats | None]:
-        """(control, treatment) of one generation; None for an arm nobody was exposed to."""
+        """(control, treatment) of one generation (its experiment key: `namespace/generation` when its events
+        carried a namespace); None for an arm nobody was exposed to."""
         control = self.arms.get((generation, "control"))
         treatment = self.arms.get((generation, "treatment"))
         return (control.to_arm_stats() if control else None, treatment.to_arm_stats() if treatment else None)
@@ -264,6 +280,32 @@ class EngagementStore:
             self.arms[key] = ArmTotals(**row)
 
 
+def _replay(store: EngagementStore, record: object, journal: Path) -> bool:
+    """Apply one journal record newer than the snapshot; False when it was skipped. A record that no longer
+    validates (written by an older exporter that let it through) is skipped with a logged error and its sequence
+    number consumed: one poison line must not stop every restart."""
+    sequence = None
+    try:
+        if not isinstance(record, dict):
+            raise ValueError("a journal record must be a JSON object with `sequence` and `event`")
+        sequence = record.get("sequence")
+        if isinstance(sequence, bool) or not isinstance(sequence, int):
+            raise ValueError(f"`sequence` must be an integer, got {sequence!r}")
+        if sequence <= store.sequence:
+            return True
+        event = parse_event(json.dumps(record.get("event")))
+        errors = store.check([event])
+        if errors:
+            raise ValueError(errors[0])
+    except ValueError as exc:
+        LOG.error("skipped journal record of %s that cannot be applied (counted nowhere): %s", journal, exc)
+        if isinstance(sequence, int):
+            store.sequence = max(store.sequence, sequence)
+        return False
+    store.apply(event)
+    return True
+
+
 class DurableStore:
     """An EngagementStore backed by a snapshot file and a journal next to it (`<snapshot>.journal`)."""
 
@@ -280,6 +322,8 @@ class DurableStore:
         self.engaged_min_days = engaged_min_days
         if snapshot is not None:
             snapshot.parent.mkdir(parents=True, exist_ok=True)
+        self.skipped = 0
+        """Journal records skipped on load because they no longer validate (each logged as an error)."""
         self.store = self._load()
         self._since_compaction = 0
 
@@ -304,8 +348,8 @@ class DurableStore:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     break  # a torn last line from a crash mid-write: its batch was never acknowledged
-                if record["sequence"] > store.sequence:
-                    store.apply(parse_event(json.dumps(record["event"])))
+                if not _replay(store, record, self.journal):
+                    self.skipped += 1
         return store
 
     def submit(self, events: list[Event]) -> list[str]:

@@ -6,7 +6,9 @@
   capped by `poll` as a safety net, and exits once the generation is terminal;
 - Job events (finished Jobs labelled with a generation) reconcile the owning generation at once, so the next
   stage starts within the handling latency rather than a poll interval;
-- delete drops the generation's metric series (children go with their owner references).
+- a generation's DELETED event drops its metric series; its daemon ends at its next reconcile (children go with
+  their owner references). No finalizer: nothing needs cleaning up before a generation goes, and a finalizer
+  would make `kubectl delete fwg` (or deleting the CRD) hang for ever once the operator is uninstalled.
 
 Job events and the daemon reconcile at Priority.PROGRESS, create/resume/update at Priority.ADMIT: when many
 generations arrive at once, those already running move on first (kube/admission.py).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -55,6 +58,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     """Settings every deployment needs: kopf's bookkeeping in our annotations, none in status."""
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # No handler requires a finalizer (`_without_finalizer`): kopf adds this one to no generation and removes it
+    # from generations an older operator version marked.
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/operator"
 
 
@@ -104,9 +109,10 @@ def register(
     async def _updated(namespace: str, name: str, **_: Any) -> None:
         await reconcile_or_raise(namespace, name)
 
-    @kopf.on.delete(**resource, optional=True)
-    async def _deleted(namespace: str, name: str, **_: Any) -> None:
-        reconciler.forget(namespace, name)
+    @kopf.on.event(**resource)
+    async def _deleted(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+        if event.get("type") == "DELETED":  # a daemon still running ends at its next reconcile (≤ poll)
+            reconciler.forget(namespace, name)
 
     @kopf.daemon(**resource, cancellation_timeout=1.0)
     async def _watch_over(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
@@ -133,10 +139,15 @@ def register(
                 log.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, exc)
                 delay = TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY
                 continue
-            if result is None or result.status.phase in TERMINAL_PHASES:
+            if result is None:
+                reconciler.forget(namespace, name)  # deleted (its DELETED event may still be on the way)
+                return
+            if result.status.phase in TERMINAL_PHASES:
                 return
             wake.clear()
             delay = None
+
+    _without_finalizer(registry, _watch_over)
 
     @kopf.on.event("batch", "v1", "jobs", labels={GENERATION_LABEL: kopf.PRESENT}, registry=registry)
     async def _job_changed(body: kopf.Body, namespace: str, labels: kopf.Labels, **_: Any) -> None:
@@ -152,6 +163,18 @@ def register(
             log.warning("reconcile of %s/%s after a Job event failed; the daemon retries: %s", namespace, owner, exc)
             reconciler.requeue_at[(namespace, owner)] = reconciler.clock() + timedelta(seconds=TRANSIENT_DELAY)
             reconciler.wake_event((namespace, owner)).set()
+
+
+def _without_finalizer(registry: kopf.OperatorRegistry, daemon: Callable[..., Any]) -> None:
+    """kopf marks every daemon as needing a finalizer, to stop it before its object goes. This daemon holds
+    nothing that must be released (it ends by itself once the generation is gone), so the finalizer would only
+    block `kubectl delete` whenever no operator runs. kopf 1.45 has no public switch; the registered handler is
+    replaced by a copy that requires none (tests/operator/test_uninstall.py checks that no finalizer appears)."""
+    spawning = registry._spawning
+    spawning._handlers = [
+        dataclasses.replace(h, requires_finalizer=False) if getattr(h, "fn", None) is daemon else h
+        for h in spawning._handlers
+    ]
 
 
 async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:

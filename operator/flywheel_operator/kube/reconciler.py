@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from flywheel_operator.api import (
+    TERMINAL_PHASES,
     Condition,
     FinalDecision,
     FlywheelGeneration,
@@ -26,6 +27,7 @@ from flywheel_operator.api import (
 )
 from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admission, Priority
 from flywheel_operator.kube.backend import KubernetesBackend
+from flywheel_operator.kube.policy import StagePolicy
 from flywheel_operator.metrics import PHASES, OperatorMetrics
 from flywheel_operator.planner import Event, Plan, plan
 from flywheel_operator.validation import problems_of_error
@@ -62,6 +64,10 @@ def invalid_status(errors: list[str], now: datetime, previous: dict[str, Any] | 
                 type="Stalled", status="True", reason="InvalidSpec", message=message[:1000], last_transition_time=stamp
             ),
             Condition(type="Reconciling", status="False", reason="InvalidSpec", last_transition_time=stamp),
+            # terminal like every Failed generation, so `kubectl wait --for=condition=Finished` returns
+            Condition(
+                type="Finished", status="True", reason="Failed", message=message[:1000], last_transition_time=stamp
+            ),
         ],
     )
 
@@ -73,6 +79,8 @@ class Reconciler:
     post_event: EventPoster
     clock: Callable[[], datetime] = utcnow
     admission: Admission = field(default_factory=lambda: Admission(MAX_CONCURRENT_RECONCILES))
+    policy: StagePolicy = field(default_factory=StagePolicy)
+    """Images and ServiceAccounts stage Jobs may use; a generation asking for others fails before any action."""
     requeue_at: dict[Key, datetime | None] = field(default_factory=dict)
     """Latest wake-up time each generation's planner asked for (the daemon sleeps until it)."""
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
@@ -102,6 +110,10 @@ class Reconciler:
                 errors = [str(problem) for problem in problems_of_error(exc)]
                 await self._reject(body, errors, old_status)
                 raise InvalidSpec("; ".join(errors)) from exc
+            refused = [] if old_status.get("phase") in TERMINAL_PHASES else self.policy.problems(generation)
+            if refused:  # a finished generation keeps its outcome when the allowlist changes later
+                await self._reject(body, refused, old_status)
+                raise InvalidSpec("; ".join(refused))
             now = self.clock()
             observed = await self.backend.observe(generation, now)
             result = plan(generation, observed)

@@ -15,6 +15,7 @@ from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admissio
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.client import KubeClient
 from flywheel_operator.kube.handlers import configure, kopf_event, register
+from flywheel_operator.kube.policy import StagePolicy
 from flywheel_operator.kube.reconciler import Reconciler
 from flywheel_operator.metrics import METRICS
 
@@ -31,17 +32,30 @@ def run(
     standalone: bool = False,
     poll: float = 60.0,
     max_concurrent_reconciles: int = MAX_CONCURRENT_RECONCILES,
+    policy: StagePolicy | None = None,
 ) -> int:
     """Block running the operator until it is stopped (SIGTERM/SIGINT)."""
     if not all_namespaces and not namespaces:
         raise SystemExit("flywheel operator: give --namespace NS (repeatable) or --all-namespaces")
     level = logging.DEBUG if os.environ.get("FLYWHEEL_DEBUG") else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    policy = policy or StagePolicy()
     registry = kopf.OperatorRegistry()
     backend = KubernetesBackend(client=KubeClient(server=""))  # replaced by the login handler
     reconciler = Reconciler(
-        backend=backend, metrics=METRICS, post_event=kopf_event, admission=Admission(max_concurrent_reconciles)
+        backend=backend,
+        metrics=METRICS,
+        post_event=kopf_event,
+        admission=Admission(max_concurrent_reconciles),
+        policy=policy,
     )
+    unlimited = [what for what, allowed in (("image", policy.images), ("ServiceAccount", policy.service_accounts))
+                 if not allowed]
+    if unlimited:
+        logging.getLogger(__name__).warning(
+            "stage Jobs may use any %s a FlywheelGeneration names; narrow with --allowed-image and "
+            "--allowed-service-account", " and any ".join(unlimited)
+        )
     register(registry, reconciler, poll=poll)
 
     @kopf.on.startup(registry=registry)

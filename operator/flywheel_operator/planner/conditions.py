@@ -1,5 +1,9 @@
 """kstatus-style conditions derived from the status, so `kubectl wait --for=condition=Promoted` works.
 
+`Finished` is True on every terminal outcome (Promoted, RolledBack, Failed) with the phase as its reason, so
+`kubectl wait --for=condition=Finished` returns whatever the outcome; `Promoted` alone would wait out its timeout
+on a rollback or a failure.
+
 A condition's lastTransitionTime moves only when its status flips; otherwise the previous one is kept, so an
 unchanged generation produces an unchanged status (and no status write).
 """
@@ -10,20 +14,30 @@ from datetime import datetime
 
 from flywheel_operator.api import Condition, FlywheelGeneration, FlywheelGenerationStatus
 
+TERMINAL_PHASES = ("Promoted", "RolledBack", "Failed")
+"""Phases a generation never leaves; each sets the `Finished` condition."""
+
 
 def _desired(status: FlywheelGenerationStatus) -> list[tuple[str, str, str, str]]:
     """(type, status, reason, message) for every condition that applies now."""
     phase, message = status.phase, status.message or ""
     terminal_success = phase == "Promoted"
+    finished = phase in TERMINAL_PHASES
     wanted = [
         ("Ready", "True" if terminal_success else "False", phase, message),
         (
             "Reconciling",
-            "True" if phase not in ("Promoted", "RolledBack", "Failed", "Suspended") else "False",
+            "True" if phase not in (*TERMINAL_PHASES, "Suspended") else "False",
             phase,
             message,
         ),
         ("Stalled", "True" if phase == "Failed" else "False", phase, message if phase == "Failed" else ""),
+        (
+            "Finished",
+            "True" if finished else "False",
+            phase,
+            "; ".join(status.decision.reasons) if finished and status.decision else message if finished else "",
+        ),
         (
             "Promoted",
             {"Promoted": "True", "RolledBack": "False", "Failed": "False"}.get(phase, "Unknown"),
