@@ -6,8 +6,7 @@ from datetime import timedelta
 
 from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus, StageConfig, parse_duration
 from flywheel_operator.api.models import RetryPolicy, StorageSpec
-
-PVC_MOUNT = "/artifacts"
+from flywheel_operator.storage import PVC_MOUNT, join
 
 
 def pipeline_steps(generation: FlywheelGeneration) -> list[tuple[str, list[str]]]:
@@ -34,7 +33,7 @@ def child_name(generation: str, stage: str, attempt: int) -> str:
 
 def artifact_root(storage: StorageSpec) -> str:
     """Where a stage's output directory lives: under the PVC mount, or under the object-store prefix."""
-    return PVC_MOUNT if storage.pvc is not None else str(storage.uri).rstrip("/")
+    return PVC_MOUNT if storage.pvc is not None else str(storage.uri)
 
 
 def backoff(retry: RetryPolicy, failed_attempts: int) -> timedelta:
@@ -52,7 +51,7 @@ def stage_config(generation: FlywheelGeneration, status: FlywheelGenerationStatu
         stage=stage_kind(stage),
         name=stage,
         generation=name,
-        output_dir=f"{artifact_root(spec.resources.storage)}/{name}/{stage}",
+        output_dir=join(artifact_root(spec.resources.storage), name, stage),
         policy=str(status.policy),
         data=spec.data,
         settings=spec.stages,
