@@ -58,14 +58,24 @@ def is_object_store(uri: str) -> bool:
 
 
 def uri_problem(uri: str, *, also: Iterable[str] = ()) -> str | None:
-    """Why a stage could not read `uri` (None when it can); `also` admits extra schemes (e.g. the local runner's
-    `sim://`)."""
+    """Why a stage could not read `uri` (None when it can); `also` admits extra schemes (the local runner's
+    `sim://`). The fix is ACCEPTED_FORMS."""
     found = scheme(uri)
     if found and found not in READABLE_SCHEMES and found not in also:
-        return f"the scheme {found!r} of {uri!r} is not readable by the stages; use {ACCEPTED_FORMS}"
+        return f"the scheme {found!r} of {uri!r} is not readable by the stages"
     if found in (*OBJECT_STORE_SCHEMES, "pvc") and not uri.split("://", 1)[1].split("/", 1)[0]:
-        return f"{uri!r} names no {'claim' if found == 'pvc' else 'bucket'}; write {found}://<name>/<path>"
+        return f"{uri!r} names no {'claim' if found == 'pvc' else 'bucket'}"
     return None
+
+
+def uri_cel_rule(also: Iterable[str] = ()) -> str:
+    """The CEL rule (x-kubernetes-validations) that mirrors `uri_problem`'s scheme check in the CRD."""
+    named = "|".join(s for s in READABLE_SCHEMES if s != "file")  # pvc://<claim>/…, s3://<bucket>/…
+    free = "|".join(("file", *also))
+    return (
+        f"!self.matches('^[a-zA-Z][a-zA-Z0-9+.-]*://') || self.matches('^({free})://') "
+        f"|| self.matches('^({named})://[^/]')"
+    )
 
 
 def join(base: str, *parts: str) -> str:
@@ -88,7 +98,7 @@ def local_path(uri: str) -> Path | None:
         return Path(PVC_MOUNT) / rest
     if found in OBJECT_STORE_SCHEMES:
         return None
-    raise StorageError(uri_problem(uri) or f"{uri!r}: unsupported URI")
+    raise StorageError(f"{uri_problem(uri) or repr(uri)}; use {ACCEPTED_FORMS}")
 
 
 def storage_options(uri: str) -> dict[str, Any]:

@@ -22,7 +22,7 @@ def local_path(uri: str, *, field: str) -> Path:
     """A local path for an artifact or data URI: plain paths, `file://…` and `pvc://<claim>/<path>` map onto the
     file system; `s3://` and `gs://` objects are downloaded into the local cache (storage.localize)."""
     if problem := storage.uri_problem(uri):
-        raise StageError(f"{field}: {problem}")
+        raise StageError(f"{field}: {problem}; use {storage.ACCEPTED_FORMS}")
     path = storage.local_path(uri)
     return path if path is not None else existing_path(uri, field=field)
 
@@ -30,7 +30,7 @@ def local_path(uri: str, *, field: str) -> Path:
 def existing_path(uri: str, *, field: str) -> Path:
     """`local_path`, failing with the field's name and the URI when nothing is there."""
     if problem := storage.uri_problem(uri):
-        raise StageError(f"{field}: {problem}")
+        raise StageError(f"{field}: {problem}; use {storage.ACCEPTED_FORMS}")
     try:
         return storage.localize(uri)
     except storage.MissingObjectError as exc:
@@ -42,7 +42,7 @@ def existing_path(uri: str, *, field: str) -> Path:
 def existing_uri(uri: str, *, field: str) -> str:
     """`uri` when something is there, for readers that stream through the storage seam (no local copy)."""
     if problem := storage.uri_problem(uri):
-        raise StageError(f"{field}: {problem}")
+        raise StageError(f"{field}: {problem}; use {storage.ACCEPTED_FORMS}")
     try:
         found = storage.exists(uri)
     except storage.StorageError as exc:

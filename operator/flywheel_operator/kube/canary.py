@@ -25,7 +25,7 @@ from kserve import (
 from kubernetes.client import ApiClient, V1ObjectMeta
 
 from flywheel_operator import storage as storage_seam
-from flywheel_operator.api import StorageSpec
+from flywheel_operator.api import StorageSpec, names
 from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCanary, RollBackCanary
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
@@ -50,8 +50,9 @@ def _drop_empty(value: Any) -> Any:
 
 
 def canary_name(generation: str) -> str:
-    """The canary's predictor name in standard mode (Deployment `<isvc>-<name>-predictor`)."""
-    return f"candidate-{generation}"
+    """The canary's predictor name in standard mode (Deployment `<isvc>-<name>-predictor`; its length is checked
+    by the API, api/names.py)."""
+    return names.canary_predictor_name(generation)
 
 
 def storage_uri(policy: str, storage: StorageSpec) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus, StageConfig, parse_duration
+from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus, StageConfig, names, parse_duration
 from flywheel_operator.api.models import RetryPolicy, StorageSpec
 from flywheel_operator.storage import PVC_MOUNT, join
 
@@ -27,8 +27,9 @@ def stage_kind(stage: str) -> str:
 
 
 def child_name(generation: str, stage: str, attempt: int) -> str:
-    """Deterministic Job name: the same plan twice names the same Job, so creating it is idempotent."""
-    return f"{generation}-{stage}-{attempt}"
+    """Deterministic Job name: the same plan twice names the same Job, so creating it is idempotent; never over
+    Kubernetes' limits (api/names.py shortens an overlong one with a hash)."""
+    return names.child_name(generation, stage, attempt)
 
 
 def artifact_root(storage: StorageSpec) -> str:
