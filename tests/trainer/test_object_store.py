@@ -23,7 +23,7 @@ ROOT = f"s3://{BUCKET}"
 
 
 @pytest.fixture(scope="module")
-def s3() -> Iterator[str]:
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 with dummy credentials and its endpoint in the environment, as a stage
     pod gets them (resources.storage.secretRef / endpointUrl); yields the bucket's URI."""
     from moto.server import ThreadedMotoServer
@@ -38,6 +38,7 @@ def s3() -> Iterator[str]:
         env.setenv("AWS_DEFAULT_REGION", "us-east-1")
         env.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
         env.delenv("AWS_PROFILE", raising=False)
+        env.setenv(storage.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
         S3FileSystem.clear_instance_cache()
         S3FileSystem(endpoint_url=f"http://{host}:{port}").mkdir(BUCKET)
         yield ROOT
@@ -67,6 +68,18 @@ def test_the_seam_round_trips_and_digests_like_the_local_files(s3: str, tmp_path
     assert (storage.localize(uri) / "sub" / "b.bin").read_bytes() == b"\x00\x01"
     with pytest.raises(storage.MissingObjectError, match=r"s3://flywheel/roundtrip/absent\.txt"):
         storage.read_text(f"{uri}/absent.txt")
+
+
+def test_a_retried_output_replaces_the_previous_attempt_and_publishes_the_result_last(s3: str, tmp_path: Path) -> None:
+    uri = storage.join(s3, "gen1", "retried")
+    for attempt, name in ((1, "old.txt"), (2, "new.txt")):
+        local = tmp_path / f"attempt{attempt}"
+        local.mkdir()
+        (local / name).write_text(str(attempt))
+        (local / RESULT_FILE).write_text(json.dumps({"attempt": attempt}))
+        storage.publish_dir(local, uri)
+    assert storage.list_files(uri) == [f"{uri}/new.txt", f"{uri}/{RESULT_FILE}"]
+    assert json.loads(storage.read_text(f"{uri}/{RESULT_FILE}")) == {"attempt": 2}
 
 
 def test_missing_objects_fail_naming_the_field_and_the_uri(s3: str, tmp_path: Path) -> None:
@@ -139,6 +152,9 @@ def test_stages_read_and_write_only_the_object_store(chain_on_s3: dict[str, Stag
     assert chain_on_s3["reward-pointwise"].input_digests["curate"] == curate.output_digest
     assert chain_on_s3["sft"].input_digests["reward-pointwise"] == chain_on_s3["reward-pointwise"].output_digest
     assert len(read_jsonl(chain_on_s3["sft"].artifacts["selected"])) > 0
+    # the logs were streamed shard by shard, never downloaded into the local cache (models and artifacts were)
+    cached = [p.name for p in storage.cache_dir().rglob("*")]
+    assert "model" in cached and not any(name.startswith("part-") for name in cached)
 
 
 @pytest.mark.slow
