@@ -50,7 +50,7 @@ class MissingObjectError(StorageError, FileNotFoundError):
 def scheme(uri: str) -> str:
     """`s3` for `s3://b/k`; empty for a plain path."""
     match = _SCHEME.match(uri)
-    return match.group(1).lower() if match else ""
+    return match.group(1) if match else ""
 
 
 def is_object_store(uri: str) -> bool:

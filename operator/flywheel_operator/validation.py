@@ -67,6 +67,8 @@ def _hint(error: dict[str, Any]) -> str:
         pattern = error.get("ctx", {}).get("pattern", "")
         if "(s|m|h|d)" in pattern:
             return "write a whole number with s, m, h or d, e.g. '30m' or '7d'"
+        if "_." in pattern:
+            return "use a label value: letters, digits, '-', '_' and '.', a letter or digit at both ends"
         if pattern == DNS_1035:
             return "start with a lowercase letter, then lowercase letters, digits and '-' (Service names need it)"
         return "use lowercase letters, digits and '-' (a DNS label)"

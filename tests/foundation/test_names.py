@@ -148,3 +148,9 @@ def test_storage_uri_refuses_what_stages_cannot_write_and_names_claims_by_pvc() 
                                                       "endpointUrl": "http://minio.storage:9000"}})) == []
     (rule,) = field_rules("spec", "resources", "storage", "uri")
     assert not cel_accepts(rule, "sim://users")
+
+
+@pytest.mark.parametrize("queue", ["q" * 64, "gpu queue", "-gpu"])
+def test_a_queue_name_must_be_a_label_value(queue: str) -> None:
+    (problem,) = problems_of(minimal(resources={"queueName": queue}))
+    assert problem.path == "spec.resources.queueName"

@@ -372,8 +372,9 @@ class ResourcesSpec(ApiModel):
     """Taints the stage pods tolerate."""
     service_account_name: str | None = None
     """Service account of the stage pods (e.g. with object-store access)."""
-    queue_name: str | None = None
-    """Kueue LocalQueue: Jobs are created suspended with the `kueue.x-k8s.io/queue-name` label."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+    """Kueue LocalQueue: Jobs are created suspended with the `kueue.x-k8s.io/queue-name` label (so it must be a
+    valid label value: at most 63 characters)."""
     storage: StorageSpec = Field(default_factory=lambda: StorageSpec(pvc="flywheel-artifacts"))
     """Artifact storage."""
     active_deadline: Duration = "24h"
