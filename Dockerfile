@@ -19,9 +19,10 @@ COPY operator ./operator
 COPY trainer ./trainer
 COPY sim ./sim
 # The operator reconciles, gates and exports: it never trains. Its requirements are pyproject's dependencies
-# minus the training stack, so the pins stay in one place; the package itself goes in without dependencies.
+# minus the training stack and the object-store clients (stages read storage; the operator reads results from
+# termination messages), so the pins stay in one place; the package itself goes in without dependencies.
 RUN python -c "import tomllib; \
-train = {'torch', 'transformers', 'tokenizers', 'trl', 'peft', 'datasets', 'accelerate', 'matplotlib'}; \
+train = {'torch', 'transformers', 'tokenizers', 'trl', 'peft', 'datasets', 'accelerate', 'matplotlib', 's3fs', 'gcsfs'}; \
 deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 name = lambda d: d.split('[')[0].split('=')[0].split('>')[0].split('<')[0].split('~')[0].strip(); \
 print('\n'.join(d for d in deps if name(d) not in train))" > /tmp/operator-requirements.txt \

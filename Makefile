@@ -13,16 +13,30 @@ export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
 setup: $(STAMP)
 
-# CPU machines get the pinned CPU wheel first (a looser pin pulls a multi-GB CUDA build);
-# machines with a GPU keep the torch their image provides.
+# torch is pinned for every install into the venv by a constraints file, so no dependency can pull another
+# build (pyproject.toml leaves torch unversioned because GPU images bring their own):
+# - no CUDA device: the CPU wheel torch==$(TORCH_PIN) (a looser pin pulls a multi-GB CUDA build);
+# - a CUDA device and a system torch (a CUDA base image): the venv sees the system packages
+#   (--system-site-packages) and keeps that torch, pinned at its version;
+# - a CUDA device and no system torch: torch==$(TORCH_PIN) from PyPI (its Linux wheel is the CUDA build).
+TORCH_PIN   := 2.13.0
+CONSTRAINTS := $(VENV)/constraints.txt
+
 $(STAMP): pyproject.toml
-	@test -x $(PY) || python3 -m venv $(VENV)
+	@if [ ! -x $(PY) ]; then \
+	  if command -v nvidia-smi >/dev/null 2>&1 && python3 -c 'import torch' >/dev/null 2>&1; then \
+	    echo "==> CUDA device and a system torch: the venv reuses it (--system-site-packages)"; \
+	    python3 -m venv --system-site-packages $(VENV); \
+	  else python3 -m venv $(VENV); fi; fi
 	@$(PY) -m pip install -q --upgrade pip >/dev/null
-	@if ! command -v nvidia-smi >/dev/null 2>&1; then \
-	  echo "==> no CUDA device: installing the CPU torch wheel"; \
-	  $(PY) -m pip install -q torch==2.13.0; fi
-	@echo "==> pip install -e '.[dev]'"
-	@$(PY) -m pip install -q -e '.[dev]'
+	@version=$$($(PY) -c 'import torch; print(torch.__version__)' 2>/dev/null); \
+	if [ -z "$$version" ]; then \
+	  echo "==> installing torch==$(TORCH_PIN)"; \
+	  $(PY) -m pip install -q torch==$(TORCH_PIN) || exit 1; \
+	  version=$(TORCH_PIN); fi; \
+	echo "torch==$$version" > $(CONSTRAINTS)
+	@echo "==> pip install -e '.[dev]' (torch pinned by $(CONSTRAINTS))"
+	@PIP_CONSTRAINT=$(CONSTRAINTS) $(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
 tools: $(TOOLS)

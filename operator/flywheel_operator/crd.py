@@ -21,6 +21,9 @@ from flywheel_operator.api import (
     VERSION,
     FlywheelGenerationSpec,
     FlywheelGenerationStatus,
+    RetryPolicy,
+    StageSettings,
+    names,
 )
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
@@ -54,6 +57,44 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
         },
     ],
 }
+
+
+def _root_rules() -> list[dict[str, str]]:
+    """Rules over metadata.name and the spec together: the names the operator derives (api/names.py) must fit
+    Kubernetes' limits. Absent fields take the API's defaults, which the rules spell out."""
+    default_models = ", ".join(f"'{m.name}'" for m in StageSettings().reward_models)
+    models = (
+        "(has(self.spec.stages) && has(self.spec.stages.rewardModels) ? "
+        f"self.spec.stages.rewardModels.map(m, m.name) : [{default_models}])"
+    )
+    attempts = (
+        "(has(self.spec.retry) && has(self.spec.retry.maxAttempts) ? self.spec.retry.maxAttempts : "
+        f"{RetryPolicy().max_attempts})"
+    )
+    child = f"size(self.metadata.name) + {len('-reward-') + len('-')} + size(n) + size(string({attempts}))"
+    canary = (
+        f"size(self.spec.canary.inferenceService) + {len('-' + names.CANARY_PREFIX + names.PREDICTOR_SUFFIX)} "
+        "+ size(self.metadata.name)"
+    )
+    return [
+        {
+            "rule": f"size(self.metadata.name) <= 40 && self.metadata.name.matches('{names.DNS_1035}')",
+            "message": "metadata.name must be a DNS-1035 label (a letter first) of at most 40 characters",
+        },
+        {
+            "rule": f"{models}.all(n, {child} <= {names.CHILD_NAME_LIMIT})",
+            "message": f"a stage Job name <name>-reward-<rewardModel>-<attempt> would exceed "
+            f"{names.CHILD_NAME_LIMIT} characters: shorten metadata.name or the reward model names",
+            "fieldPath": ".spec.stages.rewardModels",
+        },
+        {
+            "rule": f"has(self.spec.canary.mode) && self.spec.canary.mode == 'knative' "
+            f"|| {canary} <= {names.NAME_LIMIT}",
+            "message": f"KServe's canary name <inferenceService>-candidate-<name>-predictor would exceed "
+            f"{names.NAME_LIMIT} characters: shorten metadata.name or canary.inferenceService",
+            "fieldPath": ".spec.canary.inferenceService",
+        },
+    ]
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -144,6 +185,7 @@ def crd() -> dict[str, Any]:
                             "type": "object",
                             "description": f"{KIND} ({API_VERSION}): one turn of the engagement flywheel.",
                             "required": ["spec"],
+                            "x-kubernetes-validations": _root_rules(),
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from flywheel_operator.api import API_VERSION, KIND, FlywheelGeneration
+from flywheel_operator.api.names import DNS_1035
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ _KNOWN_FIELDS = sorted(_all_field_names(FlywheelGeneration))
 
 def _hint(error: dict[str, Any]) -> str:
     kind, loc = error["type"], error["loc"]
+    if "hint" in error.get("ctx", {}):  # custom errors of the API models carry their own fix
+        return str(error["ctx"]["hint"])
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(str(loc[-1]), _KNOWN_FIELDS, n=1)
         return f"did you mean {close[0]!r}?" if close else "remove it: the API has no such field (see docs/api.md)"
@@ -64,6 +67,10 @@ def _hint(error: dict[str, Any]) -> str:
         pattern = error.get("ctx", {}).get("pattern", "")
         if "(s|m|h|d)" in pattern:
             return "write a whole number with s, m, h or d, e.g. '30m' or '7d'"
+        if "_." in pattern:
+            return "use a label value: letters, digits, '-', '_' and '.', a letter or digit at both ends"
+        if pattern == DNS_1035:
+            return "start with a lowercase letter, then lowercase letters, digits and '-' (Service names need it)"
         return "use lowercase letters, digits and '-' (a DNS label)"
     if kind.startswith(("greater_than", "less_than")):
         return "change the value to fit the range"
@@ -109,7 +116,7 @@ def problems_of_error(exc: ValidationError) -> list[Problem]:
     for error in exc.errors():
         path = ".".join(str(part) for part in error["loc"]) or "(document)"
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] not in ("missing", "extra_forbidden", "value_error"):
+        if error["type"] not in ("missing", "extra_forbidden", "value_error") and "hint" not in error.get("ctx", {}):
             message += f" (got {error.get('input')!r})"
         out.append(Problem(path, message, _hint(error)))
     return out

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from flywheel_operator import storage
 from jsonschema import Draft202012Validator
 
 from flywheel_trainer.verifiers import INSTRUCTION_KINDS, VALUE_TYPES, describe
@@ -263,26 +264,25 @@ class RowError:
         return f"{self.file}:{self.row}: " + "; ".join(self.errors)
 
 
-def _log_files(path: Path) -> list[Path]:
-    if path.is_file():
-        return [path]
-    if not path.exists():
+def _log_files(uri: str) -> list[str]:
+    """The log files at `uri` (any storage URI): itself, or the JSONL/Parquet shards under it, sorted."""
+    try:
+        files = storage.list_files(uri, suffixes=LOG_SUFFIXES)
+    except storage.MissingObjectError as exc:
         raise FileNotFoundError(
-            f"{path}: no such file or directory (expected a .jsonl or .parquet file, or a directory of them)"
-        )
-    files = sorted(
-        p
-        for p in path.rglob("*")
-        if p.is_file() and p.suffix in LOG_SUFFIXES and not any(part.startswith(".") for part in p.parts)
-    )
+            f"{uri}: no such file or directory (expected a .jsonl or .parquet file, or a directory of them)"
+        ) from exc
+    except storage.StorageError as exc:
+        raise ConversationLoadError(str(exc)) from exc
     if not files:
-        raise ConversationLoadError(f"{path}: no {', '.join(LOG_SUFFIXES)} files in this directory")
+        raise ConversationLoadError(f"{uri}: no {', '.join(LOG_SUFFIXES)} files in this directory")
     return files
 
 
-def _jsonl_rows(file: Path) -> Iterator[tuple[int, object]]:
+def _jsonl_rows(file: str) -> Iterator[tuple[int, object]]:
+    """Rows of one JSONL shard, streamed line by line (an object-store shard is never downloaded whole)."""
     try:
-        with file.open(encoding="utf-8") as handle:
+        with storage.open_uri(file, "rt", encoding="utf-8") as handle:
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -294,31 +294,42 @@ def _jsonl_rows(file: Path) -> Iterator[tuple[int, object]]:
         raise ConversationLoadError(f"{file}: cannot read the file ({exc})") from exc
 
 
-def _parquet_rows(file: Path) -> Iterator[tuple[int, object]]:
+PARQUET_BATCH_ROWS = 1024
+"""Rows decoded at a time from a Parquet shard (row groups are read as needed, not the whole file)."""
+
+
+def _parquet_rows(file: str) -> Iterator[tuple[int, object]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     from datasets import Dataset
 
+    number = 0
     try:
-        table = pq.read_table(file)
+        with storage.open_uri(file, "rb") as handle:
+            parquet = pq.ParquetFile(handle)
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                # Dataset decodes the JSON-typed columns (instruction values, metadata) using the features that
+                # the file's schema metadata carries.
+                table = pa.Table.from_batches([batch], schema=parquet.schema_arrow)
+                for row in Dataset(table):
+                    number += 1
+                    yield number, row
     except (OSError, pa.ArrowException) as exc:
         raise ConversationLoadError(f"{file}: cannot read the Parquet file ({exc})") from exc
-    # Dataset decodes the JSON-typed columns (instruction values, metadata) using the features in the file.
-    yield from enumerate(Dataset(table), start=1)
 
 
-def _rows(file: Path) -> Iterator[tuple[int, object]]:
-    return _parquet_rows(file) if file.suffix == ".parquet" else _jsonl_rows(file)
+def _rows(file: str) -> Iterator[tuple[int, object]]:
+    return _parquet_rows(file) if file.endswith(".parquet") else _jsonl_rows(file)
 
 
 def _read(path: str | Path, *, lenient: bool) -> tuple[list[dict[str, Any]], list[RowError]]:
     records: list[dict[str, Any]] = []
     bad: list[RowError] = []
-    for file in _log_files(Path(path)):
+    for file in _log_files(str(path)):
         for row, record in _rows(file):
             errors = [str(record)] if isinstance(record, ConversationLoadError) else validate_record(record)
             if errors:
-                error = RowError(str(file), row, tuple(errors))
+                error = RowError(file, row, tuple(errors))
                 if not lenient:
                     raise ConversationLoadError(f"{error} (see docs/data.md for the record format)")
                 bad.append(error)

@@ -20,7 +20,7 @@ from flywheel_trainer.conversation import ConversationLoadError, load_conversati
 from flywheel_trainer.dedup import keep_first_of_clusters
 from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_result, sha256_path, write_jsonl
 from flywheel_trainer.privacy import pii_kinds
-from flywheel_trainer.runtime import existing_path
+from flywheel_trainer.runtime import existing_uri
 from flywheel_trainer.sampling import stratified_sample, stratified_split
 from flywheel_trainer.style import style_stats
 from flywheel_trainer.turns import Turn, assistant_turns, conversation_text, engagement_pairs, pair_filter_reason
@@ -37,9 +37,9 @@ def _by_character(record: Record) -> str:
 
 def _read_source(source: TrafficSource, field: str, report: dict[str, Any]) -> list[Record]:
     """Valid records of one source; malformed rows go to the report with their location and reasons."""
-    path = existing_path(source.uri, field=field)
+    uri = existing_uri(source.uri, field=field)
     try:
-        dataset, bad_rows = load_conversations_lenient(path)
+        dataset, bad_rows = load_conversations_lenient(uri)
     except ConversationLoadError as exc:
         raise StageError(f"{field}: {exc}") from exc
     report["rows_read"] += len(dataset) + len(bad_rows)
@@ -224,9 +224,9 @@ def main(config: StageConfig) -> StageResult:
         Path(out / "report.json").write_text(
             json.dumps(curation_report, indent=2, sort_keys=True, ensure_ascii=False), encoding="utf-8"
         )
-        inputs = {name: sha256_path(existing_path(src.uri, field=name)) for name, src in sources.items() if src}
+        inputs = {name: sha256_path(existing_uri(src.uri, field=name)) for name, src in sources.items() if src}
         inputs.update(
-            {f"eval_prompts_{k}": sha256_path(existing_path(s.uri, field=k)) for k, s in eval_given.items() if s}
+            {f"eval_prompts_{k}": sha256_path(existing_uri(s.uri, field=k)) for k, s in eval_given.items() if s}
         )
         artifacts = {
             name: f"{name}.jsonl"

@@ -16,12 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from flywheel_operator import storage
 from flywheel_operator.api import StageResult
 
 RESULT_FILE = "result.json"
 SCRATCH = "scratch"
 """Trainers' working directory inside the staging directory; removed before the output is published."""
-_CHUNK = 1 << 20
 
 
 class StageError(Exception):
@@ -29,20 +29,11 @@ class StageError(Exception):
 
 
 def sha256_path(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file, or of a directory's relative file names and contents in sorted order."""
-    root = Path(path)
-    if not root.exists():
-        raise StageError(f"cannot digest {root}: it does not exist")
-    digest = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    for file in files:
-        if root.is_dir():
-            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
-        with file.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-        digest.update(b"\0")
-    return digest.hexdigest()
+    """sha256 of a file, or of a directory's relative file names and contents in sorted order (any URI)."""
+    try:
+        return storage.digest(str(path))
+    except storage.MissingObjectError as exc:
+        raise StageError(f"cannot digest {path}: it does not exist") from exc
 
 
 def combined_digest(digests: Mapping[str, str]) -> str:
@@ -64,8 +55,8 @@ def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """Read a JSON-lines artifact written by `write_jsonl`."""
-    with open(path, encoding="utf-8") as handle:
+    """Read a JSON-lines artifact written by `write_jsonl` (a path or any storage URI)."""
+    with storage.open_uri(str(path), "rt", encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -75,8 +66,14 @@ def atomic_output_dir(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
 
     The temporary directory is a sibling of `final_dir`, so the final `rename` stays on one file system and is
     atomic; a previous output (a retried attempt) is moved aside first and removed only after the rename.
+    An object-store `final_dir` is staged locally and uploaded on success, `result.json` last
+    (storage.publish_dir).
     """
-    final = Path(final_dir)
+    if storage.is_object_store(str(final_dir)):
+        with _published_to_object_store(str(final_dir)) as staging:
+            yield staging
+        return
+    final = storage.local_path(str(final_dir)) or Path(final_dir)
     if int(os.environ.get("RANK", "0")) != 0:
         # Under torchrun / accelerate every rank runs the stage; only rank 0 publishes its output.
         scratch = Path(tempfile.mkdtemp(prefix=f"{final.name}.rank"))
@@ -102,6 +99,17 @@ def atomic_output_dir(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(previous, ignore_errors=True)
 
 
+@contextmanager
+def _published_to_object_store(uri: str) -> Iterator[Path]:
+    staging = Path(tempfile.mkdtemp(prefix="flywheel-output-"))
+    try:
+        yield staging
+        if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 publishes (as on a shared volume)
+            storage.publish_dir(staging, uri)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def finish_result(
     staging: Path,
     final_dir: str | os.PathLike[str],
@@ -122,7 +130,7 @@ def finish_result(
     result = StageResult(
         stage=stage,
         metrics={name: float(value) for name, value in metrics.items()},
-        artifacts={name: str(Path(final_dir) / rel) for name, rel in artifacts.items()},
+        artifacts={name: storage.join(str(final_dir), rel) for name, rel in artifacts.items()},
         input_digests=dict(input_digests),
         output_digest=combined_digest(artifact_digests),
         details={**details, "artifact_digests": artifact_digests},

@@ -10,33 +10,46 @@ import os
 from pathlib import Path
 from typing import Any
 
+from flywheel_operator import storage
+
 from flywheel_trainer.outputs import StageError
 
-ARTIFACTS_MOUNT = "/artifacts"
+ARTIFACTS_MOUNT = storage.PVC_MOUNT
 """Where the artifact PersistentVolumeClaim is mounted in stage pods (StorageSpec.pvc)."""
 
 
 def local_path(uri: str, *, field: str) -> Path:
-    """Map an artifact or data URI to a local path: plain paths, `file://…` and `pvc://<claim>/<path>`.
-
-    Object-store URIs are not read directly: the operator stages them onto the claim first.
-    """
-    if uri.startswith("file://"):
-        return Path(uri.removeprefix("file://"))
-    if uri.startswith("pvc://"):
-        _, _, rest = uri.removeprefix("pvc://").partition("/")
-        return Path(ARTIFACTS_MOUNT) / rest
-    if "://" in uri:
-        raise StageError(f"{field}: {uri!r} is not readable by a stage program; use a path, file:// or pvc:// URI")
-    return Path(uri)
+    """A local path for an artifact or data URI: plain paths, `file://…` and `pvc://<claim>/<path>` map onto the
+    file system; `s3://` and `gs://` objects are downloaded into the local cache (storage.localize)."""
+    if problem := storage.uri_problem(uri):
+        raise StageError(f"{field}: {problem}; use {storage.ACCEPTED_FORMS}")
+    path = storage.local_path(uri)
+    return path if path is not None else existing_path(uri, field=field)
 
 
 def existing_path(uri: str, *, field: str) -> Path:
-    """`local_path`, failing with the field's name when nothing is there."""
-    path = local_path(uri, field=field)
-    if not path.exists():
-        raise StageError(f"{field}: {uri!r} does not exist; check the path or the upstream stage's output")
-    return path
+    """`local_path`, failing with the field's name and the URI when nothing is there."""
+    if problem := storage.uri_problem(uri):
+        raise StageError(f"{field}: {problem}; use {storage.ACCEPTED_FORMS}")
+    try:
+        return storage.localize(uri)
+    except storage.MissingObjectError as exc:
+        raise StageError(f"{field}: {uri!r} does not exist; check the URI or the upstream stage's output") from exc
+    except storage.StorageError as exc:
+        raise StageError(f"{field}: {exc}") from exc
+
+
+def existing_uri(uri: str, *, field: str) -> str:
+    """`uri` when something is there, for readers that stream through the storage seam (no local copy)."""
+    if problem := storage.uri_problem(uri):
+        raise StageError(f"{field}: {problem}; use {storage.ACCEPTED_FORMS}")
+    try:
+        found = storage.exists(uri)
+    except storage.StorageError as exc:
+        raise StageError(f"{field}: {exc}") from exc
+    if not found:
+        raise StageError(f"{field}: {uri!r} does not exist; check the URI or the upstream stage's output")
+    return uri
 
 
 def model_source(value: str, *, field: str) -> str:
@@ -44,7 +57,7 @@ def model_source(value: str, *, field: str) -> str:
 
     With `HF_HUB_OFFLINE=1` a Hub id must already be in the local cache; the error names the field.
     """
-    if "://" in value or value.startswith(("/", ".", "~")) or Path(value).exists():
+    if storage.scheme(value) or value.startswith(("/", ".", "~")) or Path(value).exists():
         path = local_path(value, field=field).expanduser()
         if not (path / "config.json").is_file():
             raise StageError(f"{field}: no model at {value!r} (expected a directory with config.json)")

@@ -6,10 +6,13 @@ Choices the CharacterFlywheel report leaves open are defaults here, each documen
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from flywheel_operator import storage as storage_seam
+from flywheel_operator.api import names
 from flywheel_operator.api.base import ApiModel
 from flywheel_operator.api.durations import Duration, parse_duration
 
@@ -26,14 +29,42 @@ UNIQUE_BY_NAME = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys":
 """CRD list semantics: entries are keyed (and so unique) by name, enforced by the API server."""
 PositiveInt = Annotated[int, Field(ge=1)]
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=40)]
+Dns1035Label = Annotated[str, Field(pattern=names.DNS_1035, min_length=1, max_length=40)]
+"""A name that becomes (part of) a Service name, which must start with a letter."""
+LOCAL_RUNNER_SCHEMES = ("sim",)
+"""`sim://` data and policies exist only for the local runner, which resolves them to files before a stage runs."""
+
+
+def _readable(also: tuple[str, ...]):
+    def check(uri: str) -> str:
+        if problem := storage_seam.uri_problem(uri, also=also):
+            raise PydanticCustomError("uri_scheme", "{problem}", {"problem": problem,
+                                                                   "hint": f"use {storage_seam.ACCEPTED_FORMS}"})
+        return uri
+
+    return AfterValidator(check)
+
+
+def _uri_rule(also: tuple[str, ...]) -> dict:
+    return {"x-kubernetes-validations": [{
+        "rule": storage_seam.uri_cel_rule(also),
+        "message": f"not readable by the stages: use {storage_seam.ACCEPTED_FORMS}",
+    }]}
+
+
+DataUri = Annotated[str, Field(min_length=1, json_schema_extra=_uri_rule(LOCAL_RUNNER_SCHEMES)),
+                    _readable(LOCAL_RUNNER_SCHEMES)]
+"""A URI the storage seam reads (or a local runner `sim://` URI); other schemes are refused at validation."""
+StoreUri = Annotated[str, Field(min_length=1, json_schema_extra=_uri_rule(())), _readable(())]
 
 
 # ----------------------------------------------------------------------------------------------- data
 class TrafficSource(ApiModel):
     """A set of conversation logs in the contract of docs/data.md (JSONL or Parquet)."""
 
-    uri: str = Field(min_length=1)
-    """Where the logs are: a local path, `pvc://<claim>/<path>`, `s3://…` or `gs://…`; a directory or one file."""
+    uri: DataUri
+    """Where the logs are: a local path, `pvc://<claim>/<path>`, `s3://…` or `gs://…`; a directory (of JSONL or
+    Parquet shards, read one at a time) or one file."""
     sample_size: PositiveInt | None = None
     """Conversations to sample from this source (stratified by character); all of them when unset."""
 
@@ -176,8 +207,8 @@ class DpoSettings(ApiModel):
 
     enabled: bool = False
     """Run the patch."""
-    pairs_uri: str | None = None
-    """Preference pairs for the patch; the curated engagement pairs when unset."""
+    pairs_uri: DataUri | None = None
+    """Preference pairs for the patch (a path or storage URI); the curated engagement pairs when unset."""
     max_pairs: PositiveInt = 500
     """At most this many pairs: a patch, not a training phase."""
     beta: float = Field(default=0.1, gt=0)
@@ -248,9 +279,10 @@ class StageSettings(ApiModel):
             RewardModelSettings(name="continue", kind="user-signal", signal="continue"),
         ],
         min_length=1,
+        max_length=16,  # bounds the CRD's CEL rules over the list (their estimated cost)
         json_schema_extra=UNIQUE_BY_NAME,
     )
-    """Reward models to train (in parallel); at least one must be `pointwise`."""
+    """Reward models to train (in parallel, at most 16); at least one must be `pointwise`."""
     sft: SftSettings = Field(default_factory=SftSettings)
     """Rejection-sampling SFT."""
     dpo: DpoSettings = Field(default_factory=DpoSettings)
@@ -297,13 +329,25 @@ class StorageSpec(ApiModel):
 
     pvc: str | None = None
     """A ReadWriteMany PersistentVolumeClaim mounted at /artifacts in every stage pod."""
-    uri: str | None = None
-    """An object-store prefix (`s3://…`, `gs://…`) or, for the local runner, a directory."""
+    uri: StoreUri | None = None
+    """An object-store prefix (`s3://<bucket>/<prefix>`, `gs://<bucket>/<prefix>`) or, for the local runner, a
+    directory. Stages read their inputs and publish their outputs there (`result.json` last); the candidate
+    handed to KServe is the `s3://`/`gs://` URI of its model, read by KServe's storage initializer."""
+    secret_ref: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """Name of a Secret in the generation's namespace whose keys become environment variables of every stage pod
+    (envFrom), e.g. `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` for S3. Credentials never go in the spec;
+    leave it unset to use workload identity (IRSA, GKE Workload Identity) through
+    `resources.serviceAccountName`."""
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+(/.*)?$")
+    """Endpoint of an S3-compatible store (MinIO, Ceph RGW, …), given to stage pods as `AWS_ENDPOINT_URL_S3`;
+    AWS's own endpoint when unset. Set the same endpoint for KServe's storage initializer (its S3 Secret)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageSpec:
         if (self.pvc is None) == (self.uri is None):
             raise ValueError("set exactly one of `pvc` (a claim name) and `uri` (an object-store prefix or directory)")
+        if self.uri is not None and storage_seam.scheme(self.uri) == "pvc":
+            raise ValueError(f"uri {self.uri!r} names a claim: set `pvc: <claim>` instead, which mounts it")
         return self
 
 
@@ -328,8 +372,9 @@ class ResourcesSpec(ApiModel):
     """Taints the stage pods tolerate."""
     service_account_name: str | None = None
     """Service account of the stage pods (e.g. with object-store access)."""
-    queue_name: str | None = None
-    """Kueue LocalQueue: Jobs are created suspended with the `kueue.x-k8s.io/queue-name` label."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+    """Kueue LocalQueue: Jobs are created suspended with the `kueue.x-k8s.io/queue-name` label (so it must be a
+    valid label value: at most 63 characters)."""
     storage: StorageSpec = Field(default_factory=lambda: StorageSpec(pvc="flywheel-artifacts"))
     """Artifact storage."""
     active_deadline: Duration = "24h"
@@ -385,7 +430,7 @@ class OfflineGateSpec(ApiModel):
 class CanarySpec(ApiModel):
     """The KServe canary that exposes the candidate to a slice of users."""
 
-    inference_service: DnsLabel
+    inference_service: Dns1035Label
     """Name of the InferenceService that serves the parent; the candidate is added to it as the canary."""
     mode: Literal["knative", "standard"] = "standard"
     """KServe deployment mode: `knative` (canaryTrafficPercent) or `standard` (spec.canary[], KServe ≥ 0.20)."""
@@ -521,8 +566,9 @@ class FlywheelGenerationSpec(ApiModel):
     parent: DnsLabel | None = None
     """Name of the parent FlywheelGeneration in the same namespace: its promoted policy is the starting point
     and the A/B control. Omit for the first generation and give `basePolicy` instead."""
-    base_policy: str | None = None
-    """Starting policy when there is no parent: a Hugging Face id, a path or a URI."""
+    base_policy: DataUri | None = None
+    """Starting policy when there is no parent: a Hugging Face id, a path or a storage URI (`s3://…` of a model
+    directory)."""
     data: DataSources
     """Fresh traffic and evaluation prompts."""
     stages: StageSettings = Field(default_factory=StageSettings)
@@ -554,8 +600,10 @@ class ObjectMeta(ApiModel):
 
     model_config = ConfigDict(extra="allow")  # labels, annotations, ownerReferences… pass through untouched
 
-    name: str = Field(min_length=1, max_length=40, pattern=DNS_LABEL)
-    """Generation name; at most 40 characters so child names `<name>-<stage>-<attempt>` stay valid labels."""
+    name: str = Field(min_length=1, max_length=40, pattern=names.DNS_1035)
+    """Generation name: a DNS-1035 label (it starts the stage Services' names, so it begins with a letter) of at
+    most 40 characters; with the reward model names it must leave the child names `<name>-<stage>-<attempt>`
+    within 59 characters (Kubernetes' 63 less an Indexed Job's `-<index>`)."""
     namespace: str | None = None
     """Namespace (the operator's default when unset)."""
     generation: int | None = None
@@ -577,3 +625,27 @@ class FlywheelGeneration(ApiModel):
     """Desired generation."""
     status: dict | None = None
     """Observed state, written by the operator (see FlywheelGenerationStatus)."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _derived_names_fit(cls, data: Any, handler: Any) -> FlywheelGeneration:
+        """Refuse a generation whose child names would break Kubernetes' limits, naming the field to shorten."""
+        generation = handler(data)
+        spec = generation.spec
+        problems = names.derived_name_problems(
+            generation.metadata.name,
+            [model.name for model in spec.stages.reward_models],
+            spec.retry.max_attempts,
+            spec.canary.inference_service,
+            spec.canary.mode,
+        )
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, [
+                InitErrorDetails(
+                    type=PydanticCustomError("name_too_long", "{message}", {"message": p.message, "hint": p.hint}),
+                    loc=p.loc,
+                    input=generation.metadata.name,
+                )
+                for p in problems
+            ])
+        return generation

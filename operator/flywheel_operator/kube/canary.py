@@ -24,9 +24,9 @@ from kserve import (
 )
 from kubernetes.client import ApiClient, V1ObjectMeta
 
-from flywheel_operator.api import StorageSpec
+from flywheel_operator import storage as storage_seam
+from flywheel_operator.api import StorageSpec, names
 from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCanary, RollBackCanary
-from flywheel_operator.planner.pipeline import PVC_MOUNT
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 MODEL_FORMAT = "huggingface"
@@ -50,19 +50,17 @@ def _drop_empty(value: Any) -> Any:
 
 
 def canary_name(generation: str) -> str:
-    """The canary's predictor name in standard mode (Deployment `<isvc>-<name>-predictor`)."""
-    return f"candidate-{generation}"
+    """The canary's predictor name in standard mode (Deployment `<isvc>-<name>-predictor`; its length is checked
+    by the API, api/names.py)."""
+    return names.canary_predictor_name(generation)
 
 
 def storage_uri(policy: str, storage: StorageSpec) -> str:
-    """Where KServe loads a policy from: a path under the artifact PVC becomes `pvc://<claim>/<path>`, URIs stay,
-    a bare name is a Hugging Face model id (`hf://`)."""
-    if "://" in policy:
-        return policy
-    if storage.pvc and (policy == PVC_MOUNT or policy.startswith(PVC_MOUNT + "/")):
-        return f"pvc://{storage.pvc}/{policy.removeprefix(PVC_MOUNT).lstrip('/')}"
-    if policy.startswith("/"):
-        return policy  # outside the artifact store: KServe reports it, and the canary never becomes Ready
+    """Where KServe loads a policy from: object-store and pvc:// URIs stay, a path under the artifact PVC becomes
+    `pvc://<claim>/<path>`, a bare name is a Hugging Face model id (`hf://`)."""
+    if storage_seam.scheme(policy) or policy.startswith("/"):
+        # a path outside the artifact store stays as it is: KServe reports it and the canary never becomes Ready
+        return storage_seam.serving_uri(policy, storage.pvc)
     return f"hf://{policy}"
 
 

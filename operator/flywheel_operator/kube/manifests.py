@@ -158,6 +158,8 @@ def _env(generation: FlywheelGeneration, action: StartStage, nodes: int, gpus: i
         {"name": "FLYWHEEL_ATTEMPT", "value": str(action.attempt)},
         {"name": "FLYWHEEL_OUTPUT_DIR", "value": action.config.output_dir},
     ]
+    if storage.endpoint_url:
+        env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.endpoint_url})  # read by the storage seam
     if uses_deepspeed(action.config):
         env.append({"name": "DEEPSPEED_CONFIG", "value": DEEPSPEED_FILE})
     if nodes > 1 or gpus > 1:
@@ -219,6 +221,7 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
                 "image": res.image,
                 "command": stage_command(stage_kind(action.stage), nodes=nodes, gpus=gpus),
                 "env": _env(generation, action, nodes, gpus),
+                **({"envFrom": [{"secretRef": {"name": res.storage.secret_ref}}]} if res.storage.secret_ref else {}),
                 "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": mounts,
                 "securityContext": restricted_container_security(),

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from flywheel_operator import storage
 from flywheel_operator.api import StageConfig, StageResult
 
 MESSAGE_LIMIT = 4096
@@ -50,9 +51,9 @@ def main(argv: list[str]) -> int:
         print("usage: python -m flywheel_operator.kube.termination CONFIG [TERMINATION_LOG]", file=sys.stderr)
         return 2
     config = StageConfig.model_validate(yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")))
-    source = Path(config.output_dir) / "result.json"
+    source = storage.join(config.output_dir, "result.json")
     try:
-        result = StageResult.model_validate_json(source.read_text(encoding="utf-8"))
+        result = StageResult.model_validate_json(storage.read_text(source))
     except FileNotFoundError:
         print(f"{source} does not exist: the stage wrote no result", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from flywheel_operator import storage
 from flywheel_operator.api import (
     FlywheelGeneration,
     FlywheelGenerationStatus,
@@ -255,7 +256,7 @@ class LocalBackend:
         proc = self.procs.get(child)
         output = self._output_dir(child, stage)
         if proc is None:
-            if output is not None and (output / RESULT_FILE).is_file():
+            if output is not None and storage.exists(storage.join(output, RESULT_FILE)):
                 return JobObservation(name=child, state="Succeeded", result=_read_result(output))
             self._relaunch(child)
             return JobObservation(name=child, state="Running")
@@ -268,9 +269,9 @@ class LocalBackend:
             )
         return JobObservation(name=child, state="Failed", message=f"exit code {code}: {self.log_tail(child)}")
 
-    def _output_dir(self, child: str, stage: str) -> Path | None:
+    def _output_dir(self, child: str, stage: str) -> str | None:
         config = self.configs.get(child) or self._saved_config(child)
-        return Path(config.output_dir) if config is not None else None
+        return config.output_dir if config is not None else None
 
     def _saved_config(self, child: str) -> StageConfig | None:
         path = self.paths.config(child)
@@ -323,10 +324,10 @@ def _train_command() -> list[str]:
     return [str(script)] if script.is_file() else [sys.executable, "-m", "flywheel_trainer.cli"]
 
 
-def _read_result(output: Path) -> StageResult | None:
+def _read_result(output: str) -> StageResult | None:
     try:
-        return StageResult.model_validate_json((output / RESULT_FILE).read_text())
-    except (OSError, ValueError):
+        return StageResult.model_validate_json(storage.read_text(storage.join(output, RESULT_FILE)))
+    except (OSError, ValueError, storage.StorageError):
         return None
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from flywheel_operator import storage
 from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelGenerationStatus
 from flywheel_operator.local.backend import LocalBackend, RunPaths
 from flywheel_operator.local.clock import SimulatedClock
@@ -61,7 +62,7 @@ def load_manifest(path: Path) -> FlywheelGeneration:
 def default_run_dir(generation: FlywheelGeneration) -> Path:
     """`resources.storage.uri` when it is a local directory, else `runs/<name>`."""
     uri = generation.spec.resources.storage.uri
-    if uri is not None and "://" not in uri:
+    if uri is not None and not storage.scheme(uri):
         return Path(uri)
     return Path("runs") / generation.metadata.name
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus, StageConfig, parse_duration
+from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus, StageConfig, names, parse_duration
 from flywheel_operator.api.models import RetryPolicy, StorageSpec
-
-PVC_MOUNT = "/artifacts"
+from flywheel_operator.storage import PVC_MOUNT, join
 
 
 def pipeline_steps(generation: FlywheelGeneration) -> list[tuple[str, list[str]]]:
@@ -28,13 +27,14 @@ def stage_kind(stage: str) -> str:
 
 
 def child_name(generation: str, stage: str, attempt: int) -> str:
-    """Deterministic Job name: the same plan twice names the same Job, so creating it is idempotent."""
-    return f"{generation}-{stage}-{attempt}"
+    """Deterministic Job name: the same plan twice names the same Job, so creating it is idempotent; never over
+    Kubernetes' limits (api/names.py shortens an overlong one with a hash)."""
+    return names.child_name(generation, stage, attempt)
 
 
 def artifact_root(storage: StorageSpec) -> str:
     """Where a stage's output directory lives: under the PVC mount, or under the object-store prefix."""
-    return PVC_MOUNT if storage.pvc is not None else str(storage.uri).rstrip("/")
+    return PVC_MOUNT if storage.pvc is not None else str(storage.uri)
 
 
 def backoff(retry: RetryPolicy, failed_attempts: int) -> timedelta:
@@ -52,7 +52,7 @@ def stage_config(generation: FlywheelGeneration, status: FlywheelGenerationStatu
         stage=stage_kind(stage),
         name=stage,
         generation=name,
-        output_dir=f"{artifact_root(spec.resources.storage)}/{name}/{stage}",
+        output_dir=join(artifact_root(spec.resources.storage), name, stage),
         policy=str(status.policy),
         data=spec.data,
         settings=spec.stages,
