@@ -93,6 +93,19 @@ def test_multi_node_indexed_job_with_rendezvous_service() -> None:
     assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
 
 
+def test_one_node_with_several_gpus_rendezvous_locally_without_a_service() -> None:
+    """One pod: torchrun's standalone rendezvous; a `<job>-0.<job>` name would not resolve without a Service."""
+    gen, action = start("eval", resources={"nodes": 1, "gpusPerNode": 4})
+    bodies = dict(manifests.children(gen, action))
+    assert "services" not in bodies
+    job = bodies["jobs"]
+    values = env(job)
+    assert values["PET_STANDALONE"] == "1" and values["PET_NPROC_PER_NODE"] == "4"
+    assert not {"PET_MASTER_ADDR", "PET_NNODES", "PET_NODE_RANK"} & set(values)
+    assert "subdomain" not in job["spec"]["template"]["spec"]
+    assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
+
+
 def test_curate_and_eval_stay_single_node_and_curate_needs_no_gpu() -> None:
     gen, curate = start("curate", resources={"nodes": 4, "gpusPerNode": 8})
     job = manifests.job(gen, curate)

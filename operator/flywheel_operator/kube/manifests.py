@@ -139,7 +139,10 @@ def headless_service(generation: FlywheelGeneration, action: StartStage) -> dict
 
 def stage_command(stage: str, *, nodes: int, gpus: int) -> list[str]:
     """`flywheel-train STAGE --config FILE` (under torchrun when several processes train), then the result
-    is copied to the termination message, where the operator reads it from the Pod status."""
+    is copied to the termination message, where the operator reads it from the Pod status.
+
+    Any rank's failure fails its pod (torchrun exits non-zero) and so the Job (backoffLimit 0); only node 0
+    publishes the result (see kube/termination.py)."""
     program = ["flywheel-train", stage, "--config", CONFIG_FILE]
     if nodes > 1 or gpus > 1:
         program = ["torchrun", "--no-python", *program]  # PET_* variables carry the topology
@@ -160,18 +163,22 @@ def _env(generation: FlywheelGeneration, action: StartStage, nodes: int, gpus: i
     ]
     if uses_deepspeed(action.config):
         env.append({"name": "DEEPSPEED_CONFIG", "value": DEEPSPEED_FILE})
-    if nodes > 1 or gpus > 1:
+    if nodes == 1 and gpus > 1:
+        # One pod: torchrun's standalone rendezvous on a free local port; no DNS name, no Service.
+        env += [
+            {"name": "PET_STANDALONE", "value": "1"},
+            {"name": "PET_NPROC_PER_NODE", "value": str(gpus)},
+        ]
+    elif nodes > 1:
+        # Several pods meet at index 0's stable name `<job>-0.<service>`, which the headless Service publishes.
+        index = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}
         env += [
             {"name": "PET_NNODES", "value": str(nodes)},
             {"name": "PET_NPROC_PER_NODE", "value": str(max(gpus, 1))},
             {"name": "PET_MASTER_ADDR", "value": f"{action.child}-0.{action.child}"},
             {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            {"name": "PET_NODE_RANK", "valueFrom": index},
         ]
-        if nodes > 1:
-            index = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}
-            env.append({"name": "PET_NODE_RANK", "valueFrom": index})
-        else:
-            env.append({"name": "PET_NODE_RANK", "value": "0"})
     return env
 
 
