@@ -117,7 +117,10 @@ def lora_config(lora: Any, *, task_type: str) -> Any:
 
 def save_trained(trainer: Any, directory: Path, tokenizer: Any, *, merge_lora: bool) -> Any:
     """Save the trained model where the next stage loads it and return it: LoRA adapters merged into the base
-    model; otherwise through `trainer.save_model`, which gathers DeepSpeed ZeRO-3 partitioned weights."""
+    model; otherwise through `trainer.save_model`, which gathers DeepSpeed ZeRO-3 partitioned weights.
+    Only the main process writes files; the others get the empty directory, so writing metadata beside the
+    model and digesting their (discarded) scratch output works on every rank."""
+    directory.mkdir(parents=True, exist_ok=True)
     if merge_lora:
         model = trainer.model.merge_and_unload()
         if trainer.args.should_save:
