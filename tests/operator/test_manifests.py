@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from flywheel_operator.api import StageConfig
+from flywheel_operator.api.deepspeed import deepspeed_config
 from flywheel_operator.kube import manifests
 from flywheel_operator.planner import Observed, StartStage, plan
 from hypothesis import HealthCheck, given, settings
@@ -123,13 +124,18 @@ def test_kueue_queue_suspends_and_labels() -> None:
 
 
 def test_config_map_round_trips_the_stage_config_and_carries_deepspeed() -> None:
+    """The ConfigMap carries the shared builder's DeepSpeed config (tests/trainer/test_deepspeed.py shows the
+    trainer reads it and DeepSpeed accepts it); stages without DeepSpeed get neither the file nor the env."""
     gen, action = start("sft", resources={"deepspeedStage": 3})
     body = manifests.config_map(gen, action)
     assert StageConfig.model_validate(yaml.safe_load(body["data"]["stage.yaml"])) == action.config
-    deepspeed = yaml.safe_load(body["data"]["deepspeed.json"])
-    assert deepspeed["zero_optimization"]["stage"] == 3
+    assert yaml.safe_load(body["data"]["deepspeed.json"]) == deepspeed_config(3)
     gen, curate = start("curate")
     assert "deepspeed.json" not in manifests.config_map(gen, curate)["data"]
+    assert "DEEPSPEED_CONFIG" not in env(manifests.job(gen, curate))
+    gen, plain = start("sft", resources={"deepspeedStage": 0})
+    assert "deepspeed.json" not in manifests.config_map(gen, plain)["data"]
+    assert "DEEPSPEED_CONFIG" not in env(manifests.job(gen, plain))
 
 
 def test_object_store_storage_mounts_no_pvc() -> None:

@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 from flywheel_operator.api import API_VERSION, KIND, FlywheelGeneration, StageConfig, parse_duration
+from flywheel_operator.api.deepspeed import DEEPSPEED_CONFIG_ENV, deepspeed_config
 from flywheel_operator.planner import StartStage
 from flywheel_operator.planner.pipeline import PVC_MOUNT, stage_kind
 
@@ -88,25 +89,12 @@ def _metadata(generation: FlywheelGeneration, action: StartStage, name: str) -> 
     }
 
 
-def deepspeed_config(stage: int) -> dict[str, Any]:
-    """A ZeRO config whose batch and precision settings defer to the trainer's arguments ("auto")."""
-    return {
-        "zero_optimization": {"stage": stage, "overlap_comm": True, "contiguous_gradients": True},
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto",
-        "gradient_clipping": "auto",
-    }
-
-
 def uses_deepspeed(config: StageConfig) -> bool:
     return config.deepspeed_stage > 0 and config.stage in MULTI_NODE_STAGES
 
 
 def config_map(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
-    """The stage's config file (JSON is YAML) and, for training stages, the DeepSpeed config."""
+    """The stage's config file (JSON is YAML) and, for training stages, the DeepSpeed config the trainer reads."""
     data = {"stage.yaml": json.dumps(action.config.to_wire(), indent=1, sort_keys=True)}
     if uses_deepspeed(action.config):
         data["deepspeed.json"] = json.dumps(deepspeed_config(action.config.deepspeed_stage), indent=1)
@@ -162,7 +150,7 @@ def _env(generation: FlywheelGeneration, action: StartStage, nodes: int, gpus: i
         {"name": "FLYWHEEL_OUTPUT_DIR", "value": action.config.output_dir},
     ]
     if uses_deepspeed(action.config):
-        env.append({"name": "DEEPSPEED_CONFIG", "value": DEEPSPEED_FILE})
+        env.append({"name": DEEPSPEED_CONFIG_ENV, "value": DEEPSPEED_FILE})
     if nodes == 1 and gpus > 1:
         # One pod: torchrun's standalone rendezvous on a free local port; no DNS name, no Service.
         env += [
