@@ -43,8 +43,8 @@ def scaled_down_gen15(root: Path, *, nodes: int, gpus_per_node: int, storage: Pa
     spec["data"] = {"userTraffic": {"uri": str(root / "logs" / "user.jsonl")}}
     spec["stages"]["rewardModels"] = [{"name": "pointwise", "kind": "pointwise", "maxSteps": 2, "batchSize": 4}]
     resources = spec["resources"]
-    resources.update(nodes=nodes, gpusPerNode=gpus_per_node, deepspeedStage=0, storage={"uri": str(storage)},
-                     activeDeadline="10m")
+    resources.update(deepspeedStage=0, storage={"uri": str(storage)}, activeDeadline="10m")
+    resources["stages"]["reward"] = {"nodes": nodes, "gpusPerNode": gpus_per_node}  # the launch shape
     resources.pop("queueName")  # Kueue would unsuspend the Job; nothing admits it here
     return FlywheelGeneration.model_validate(manifest)
 

@@ -32,8 +32,40 @@ def test_pending_to_curating_starts_curate():
     assert conditions(result.status)["Reconciling"] == "True"
 
 
-def test_reward_models_train_in_parallel_and_phase_waits_for_all():
+def test_reward_models_train_one_at_a_time_by_default():
+    """Four reward models never ask for four stages' GPUs at once unless resources.maxParallelJobs allows it."""
+    rewards = [{"name": "pointwise", "kind": "pointwise"}, {"name": "pairwise", "kind": "pairwise"},
+               {"name": "continue", "kind": "user-signal", "signal": "continue"},
+               {"name": "thumbs", "kind": "user-signal", "signal": "thumb-up"}]
+    world = World(generation(stages={"rewardModels": rewards}))
+    world.step()
+    world.finish("gen2-curate-1")
+    order = []
+    for _ in range(4):
+        result = world.step()
+        assert len(world.running()) == 1 and result.status.phase == "TrainingRewardModels"
+        order += started(result)
+        world.finish(world.running()[0])
+    assert order == [f"gen2-reward-{r['name']}-1" for r in rewards]
+    assert started(world.step()) == ["gen2-sft-1"]
+
+
+def test_a_retried_reward_model_waits_for_a_free_slot():
     world = World(generation())
+    world.step()
+    world.finish("gen2-curate-1")
+    world.step()
+    world.finish("gen2-reward-pointwise-1", ok=False)
+    result = world.step()  # the pointwise retry waits for its backoff; pairwise takes the free slot
+    assert started(result) == ["gen2-reward-pairwise-1"]
+    world.advance(timedelta(minutes=5))
+    assert started(world.step()) == []  # backoff over, but pairwise holds the only slot
+    world.finish("gen2-reward-pairwise-1")
+    assert started(world.step()) == ["gen2-reward-pointwise-2"]
+
+
+def test_reward_models_train_in_parallel_and_phase_waits_for_all():
+    world = World(generation(resources={"maxParallelJobs": 2}))
     world.step()
     world.finish("gen2-curate-1")
     result = world.step()
@@ -48,7 +80,7 @@ def test_reward_models_train_in_parallel_and_phase_waits_for_all():
 
 
 def test_stage_configs_chain_upstream_artifacts_and_digests():
-    world = World(generation())
+    world = World(generation(resources={"maxParallelJobs": 2}))
     world.step()
     world.finish("gen2-curate-1")
     world.step()
@@ -63,7 +95,7 @@ def test_stage_configs_chain_upstream_artifacts_and_digests():
 
 
 def test_reward_stage_config_names_its_model():
-    world = World(generation())
+    world = World(generation(resources={"maxParallelJobs": 2}))
     world.step()
     world.finish("gen2-curate-1")
     configs = {a.child: a.config for a in world.step().actions}

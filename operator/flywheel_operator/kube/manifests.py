@@ -12,6 +12,7 @@ from typing import Any
 
 from flywheel_operator.api import API_VERSION, KIND, FlywheelGeneration, StageConfig, parse_duration
 from flywheel_operator.api.deepspeed import DEEPSPEED_CONFIG_ENV, deepspeed_config
+from flywheel_operator.api.models import PodOverrides, StageResources
 from flywheel_operator.planner import StartStage
 from flywheel_operator.planner.pipeline import PVC_MOUNT, stage_kind
 
@@ -35,8 +36,6 @@ FINISHED_JOB_TTL_SECONDS = 7 * 86400
 RUN_AS_USER = 1000
 MULTI_NODE_STAGES = frozenset({"reward", "sft", "rl"})
 """Training stages; curate and eval run on one node."""
-CPU_STAGES = frozenset({"curate"})
-"""Stages that need no GPU."""
 
 OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
@@ -102,12 +101,18 @@ def config_map(generation: FlywheelGeneration, action: StartStage) -> dict[str, 
             "data": data}
 
 
+def stage_resources(generation: FlywheelGeneration, action: StartStage) -> StageResources:
+    """The stage's resolved resources (`resources.stages.<kind>` over the shared block; curate on CPU)."""
+    return generation.spec.resources.for_stage(stage_kind(action.stage))
+
+
 def nodes_for(generation: FlywheelGeneration, action: StartStage) -> int:
-    return generation.spec.resources.nodes if stage_kind(action.stage) in MULTI_NODE_STAGES else 1
+    nodes = stage_resources(generation, action).nodes or 1
+    return nodes if stage_kind(action.stage) in MULTI_NODE_STAGES else 1
 
 
 def gpus_for(generation: FlywheelGeneration, action: StartStage) -> int:
-    return 0 if stage_kind(action.stage) in CPU_STAGES else generation.spec.resources.gpus_per_node
+    return stage_resources(generation, action).gpus_per_node or 0
 
 
 def headless_service(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
@@ -180,13 +185,21 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
-    """The stage Job: one attempt (backoffLimit 0: the planner owns retries and their backoff)."""
+    """The stage Job: one attempt (backoffLimit 0: the planner owns retries and their backoff).
+
+    Resources and placement are the stage's own (`resources.stages.<kind>` over the shared block), with its pod
+    overrides merged in: annotations, extra labels, priority class, affinity, extended resources, tolerations.
+    """
     res = generation.spec.resources
+    own = stage_resources(generation, action)
+    overrides = own.pod_overrides or PodOverrides()
     nodes, gpus = nodes_for(generation, action), gpus_for(generation, action)
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, str] = {"memory": res.memory}
+    requests: dict[str, str] = {"cpu": str(own.cpu), "memory": str(own.memory)}
+    limits: dict[str, str] = {"memory": str(own.memory)}
     if gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
+    for name, quantity in overrides.extra_resources.items():
+        requests[name] = limits[name] = quantity  # extended resources must be requested as much as limited
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": action.child}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
@@ -198,14 +211,16 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
     if res.storage.pvc:
         volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": res.storage.pvc}})
         mounts.append({"name": "artifacts", "mountPath": PVC_MOUNT})
-    pod_labels = labels(generation, action)
+    pod_labels = {**overrides.labels, **labels(generation, action)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # stage programs never call the Kubernetes API
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
             "runAsGroup": RUN_AS_USER,
             "fsGroup": RUN_AS_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",  # no recursive chown of a large artifact volume per pod
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
@@ -224,10 +239,15 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
         ],
         "volumes": volumes,
     }
-    if res.node_selector:
-        pod_spec["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if own.node_selector:
+        pod_spec["nodeSelector"] = dict(own.node_selector)
+    tolerations = [*(own.tolerations or []), *overrides.tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in tolerations]
+    if overrides.affinity:
+        pod_spec["affinity"] = overrides.affinity
+    if overrides.priority_class_name:
+        pod_spec["priorityClassName"] = overrides.priority_class_name
     if res.service_account_name:
         pod_spec["serviceAccountName"] = res.service_account_name
     if nodes > 1:
@@ -236,7 +256,9 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
         "backoffLimit": 0,
         "activeDeadlineSeconds": int(parse_duration(res.active_deadline).total_seconds()),
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, **({"annotations": dict(overrides.annotations)}
+                                                            if overrides.annotations else {})},
+                     "spec": pod_spec},
     }
     if nodes > 1:
         spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
