@@ -388,9 +388,11 @@ class ResourcesSpec(ApiModel):
     image: str = "ghcr.io/characterflywheel/trainer:0.1.0"
     """Trainer image that runs `flywheel-train`."""
     gpus_per_node: int = Field(default=8, ge=0)
-    """`nvidia.com/gpu` requested by each stage pod; 0 runs on CPU."""
+    """`nvidia.com/gpu` requested by each stage pod (curate runs on CPU; `stages` overrides it per stage); 0 runs
+    on CPU. Above 1 on one node, torchrun starts one process per GPU with a standalone (local) rendezvous."""
     nodes: PositiveInt = 1
-    """Nodes per training stage; above 1 a stage runs as an Indexed Job with torchrun rendezvous."""
+    """Nodes per training stage; above 1 a stage runs as an Indexed Job whose pods meet through a headless
+    Service (torchrun rendezvous at `<job>-0.<job>`)."""
     deepspeed_stage: Literal[0, 2, 3] = 2
     """DeepSpeed ZeRO stage for training stages; 0 disables DeepSpeed."""
     cpu: str = "16"
