@@ -9,6 +9,8 @@ from flywheel_operator.api import OnlineReading
 from flywheel_operator.planner import DeployCanary, PromoteCanary, RollBackCanary, StartStage
 from flywheel_operator.planner.core import JOB_VISIBILITY_GRACE
 from flywheel_operator.planner.observed import CanaryObservation, ParentObservation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.planner.harness import T0, World, generation, reading
 
@@ -48,6 +50,29 @@ def test_reward_models_train_one_at_a_time_by_default():
         world.finish(world.running()[0])
     assert order == [f"gen2-reward-{r['name']}-1" for r in rewards]
     assert started(world.step()) == ["gen2-sft-1"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(models=st.integers(1, 5), limit=st.integers(1, 5), failing=st.sets(st.integers(0, 4), max_size=2))
+def test_never_more_reward_jobs_than_max_parallel_jobs(models: int, limit: int, failing: set[int]):
+    """Whatever the count, the limit and which first attempts fail, at most `limit` reward Jobs run at once and
+    every model still trains."""
+    names = ["pointwise", *(f"pairwise{i}" for i in range(1, models))]
+    rewards = [{"name": "pointwise", "kind": "pointwise"}, *({"name": n, "kind": "pairwise"} for n in names[1:])]
+    world = World(generation(stages={"rewardModels": rewards}, resources={"maxParallelJobs": limit}))
+    world.step()
+    world.finish("gen2-curate-1")
+    fail_first = {f"gen2-reward-{names[i]}-1" for i in failing if i < models}
+    for _ in range(4 * models + 4):
+        if world.step().status.phase != "TrainingRewardModels":
+            break
+        running = world.running()
+        assert len(running) <= limit
+        for child in running:
+            world.finish(child, ok=child not in fail_first)
+        world.advance(timedelta(minutes=2))  # past any retry's backoff (1m in the harness)
+    assert world.status.phase == "SFT"
+    assert all(r.state == "Succeeded" for r in world.status.stages if r.name.startswith("reward-"))
 
 
 def test_a_retried_reward_model_waits_for_a_free_slot():
