@@ -146,6 +146,19 @@ def test_termination_program_copies_the_result(tmp_path) -> None:
     assert main([str(config), str(log)]) == 1
 
 
+def test_only_node_zero_publishes_and_other_nodes_succeed_without_a_result(tmp_path, monkeypatch) -> None:
+    """Rank 0 (node 0) writes result.json, maybe after node 1 finished: node 1's writer must not fail the Job."""
+    config = tmp_path / "stage.yaml"
+    config.write_text(f"stage: sft\nname: sft\ngeneration: g\noutputDir: {tmp_path / 'out'}\npolicy: p\n"
+                      "data: {userTraffic: {uri: /logs}}\n")
+    log = tmp_path / "termination-log"
+    monkeypatch.setenv("PET_NODE_RANK", "1")
+    assert main([str(config), str(log)]) == 0
+    assert parse_message(log.read_text()) is None
+    monkeypatch.setenv("PET_NODE_RANK", "0")
+    assert main([str(config), str(log)]) == 1  # node 0 without a result is a failed stage
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=3),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=3), children, max_size=3),

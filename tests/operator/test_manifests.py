@@ -9,6 +9,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from flywheel_operator.api import StageConfig
+from flywheel_operator.api.deepspeed import deepspeed_config
 from flywheel_operator.kube import manifests
 from flywheel_operator.planner import Observed, StartStage, plan
 from hypothesis import HealthCheck, given, settings
@@ -93,6 +94,19 @@ def test_multi_node_indexed_job_with_rendezvous_service() -> None:
     assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
 
 
+def test_one_node_with_several_gpus_rendezvous_locally_without_a_service() -> None:
+    """One pod: torchrun's standalone rendezvous; a `<job>-0.<job>` name would not resolve without a Service."""
+    gen, action = start("eval", resources={"nodes": 1, "gpusPerNode": 4})
+    bodies = dict(manifests.children(gen, action))
+    assert "services" not in bodies
+    job = bodies["jobs"]
+    values = env(job)
+    assert values["PET_STANDALONE"] == "1" and values["PET_NPROC_PER_NODE"] == "4"
+    assert not {"PET_MASTER_ADDR", "PET_NNODES", "PET_NODE_RANK"} & set(values)
+    assert "subdomain" not in job["spec"]["template"]["spec"]
+    assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
+
+
 def test_curate_and_eval_stay_single_node_and_curate_needs_no_gpu() -> None:
     gen, curate = start("curate", resources={"nodes": 4, "gpusPerNode": 8})
     job = manifests.job(gen, curate)
@@ -100,6 +114,76 @@ def test_curate_and_eval_stay_single_node_and_curate_needs_no_gpu() -> None:
     assert [p for p, _ in manifests.children(gen, curate)] == ["configmaps", "jobs"]
     gen, evaluation = start("eval", resources={"nodes": 4, "gpusPerNode": 8})
     assert manifests.nodes_for(gen, evaluation) == 1
+
+
+GPU_PLACEMENT: dict[str, Any] = {
+    "gpusPerNode": 8, "nodes": 4, "cpu": "64", "memory": "900Gi",
+    "nodeSelector": {"nvidia.com/gpu.product": "H100"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "podOverrides": {"extraResources": {"rdma/ib": "1"}, "priorityClassName": "training",
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": "ib-sriov"}},
+}
+
+
+def test_curate_runs_as_a_modest_cpu_pod_off_the_gpu_nodes() -> None:
+    gen, curate = start("curate", resources=GPU_PLACEMENT)
+    job = manifests.job(gen, curate)
+    pod = job["spec"]["template"]["spec"]
+    assert container(job)["resources"] == {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "32Gi"}}
+    assert not {"nodeSelector", "tolerations", "priorityClassName", "affinity"} & set(pod)
+    assert "annotations" not in job["spec"]["template"]["metadata"]
+    gen, curate = start("curate", resources={**GPU_PLACEMENT, "stages": {"curate": {"cpu": "8"}}})
+    requests = container(manifests.job(gen, curate))["resources"]["requests"]
+    assert requests == {"cpu": "8", "memory": "32Gi"}  # unset curate fields keep the CPU defaults
+
+
+def test_training_stages_take_the_shared_block_and_its_pod_overrides() -> None:
+    gen, sft = start("sft", resources=GPU_PLACEMENT)
+    job = manifests.job(gen, sft)
+    pod, resources = job["spec"]["template"]["spec"], container(job)["resources"]
+    assert resources["requests"] == {"cpu": "64", "memory": "900Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert resources["limits"] == {"memory": "900Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"} and pod["priorityClassName"] == "training"
+    assert job["spec"]["template"]["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": "ib-sriov"}
+    assert job["spec"]["completions"] == 4
+
+
+def test_per_stage_overrides_replace_gpus_nodes_memory_and_pod_additions() -> None:
+    affinity = {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 50,
+                "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                    "labelSelector": {"matchLabels": {"team": "ml"}}}}]}}
+    stages = {
+        "reward": {"nodes": 1, "gpusPerNode": 2, "memory": "160Gi"},
+        "eval": {"gpusPerNode": 1, "podOverrides": {"affinity": affinity, "labels": {"team": "ml"},
+                                                     "tolerations": [{"key": "spot", "operator": "Exists"}]}},
+    }
+    gen, reward = start("reward-pointwise", resources={**GPU_PLACEMENT, "stages": stages})
+    bodies = dict(manifests.children(gen, reward))
+    assert "services" not in bodies  # one node now: standalone rendezvous
+    requests = container(bodies["jobs"])["resources"]["requests"]
+    assert (requests["nvidia.com/gpu"], requests["memory"], requests["rdma/ib"]) == ("2", "160Gi", "1")
+    assert env(bodies["jobs"])["PET_NPROC_PER_NODE"] == "2"
+    gen, evaluation = start("eval", resources={**GPU_PLACEMENT, "stages": stages})
+    job = manifests.job(gen, evaluation)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["affinity"] == affinity and "priorityClassName" not in pod  # the stage's overrides replace
+    assert "rdma/ib" not in container(job)["resources"]["requests"]
+    assert [t["key"] for t in pod["tolerations"]] == ["nvidia.com/gpu", "spot"]  # the shared ones, then its own
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+    assert job["spec"]["template"]["metadata"]["labels"][manifests.CHILD_LABEL] == "gen2-eval-1"
+
+
+def test_single_node_stages_refuse_several_nodes() -> None:
+    with pytest.raises(ValueError, match=r"resources\.stages\.eval\.nodes"):
+        start("eval", resources={"stages": {"eval": {"nodes": 2}}})
+
+
+def test_stage_pods_mount_no_token_and_skip_the_recursive_chown() -> None:
+    for stage in ("curate", "sft"):
+        gen, action = start(stage)
+        pod = manifests.job(gen, action)["spec"]["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
 
 
 def test_kueue_queue_suspends_and_labels() -> None:
@@ -110,13 +194,18 @@ def test_kueue_queue_suspends_and_labels() -> None:
 
 
 def test_config_map_round_trips_the_stage_config_and_carries_deepspeed() -> None:
+    """The ConfigMap carries the shared builder's DeepSpeed config (tests/trainer/test_deepspeed.py shows the
+    trainer reads it and DeepSpeed accepts it); stages without DeepSpeed get neither the file nor the env."""
     gen, action = start("sft", resources={"deepspeedStage": 3})
     body = manifests.config_map(gen, action)
     assert StageConfig.model_validate(yaml.safe_load(body["data"]["stage.yaml"])) == action.config
-    deepspeed = yaml.safe_load(body["data"]["deepspeed.json"])
-    assert deepspeed["zero_optimization"]["stage"] == 3
+    assert yaml.safe_load(body["data"]["deepspeed.json"]) == deepspeed_config(3)
     gen, curate = start("curate")
     assert "deepspeed.json" not in manifests.config_map(gen, curate)["data"]
+    assert "DEEPSPEED_CONFIG" not in env(manifests.job(gen, curate))
+    gen, plain = start("sft", resources={"deepspeedStage": 0})
+    assert "deepspeed.json" not in manifests.config_map(gen, plain)["data"]
+    assert "DEEPSPEED_CONFIG" not in env(manifests.job(gen, plain))
 
 
 def test_object_store_storage_mounts_no_pvc() -> None:
@@ -140,12 +229,19 @@ def test_owner_reference_needs_a_uid() -> None:
     gpus=st.integers(0, 8),
     queue=st.one_of(st.none(), st.just("q")),
     deepspeed=st.sampled_from([0, 2, 3]),
+    overrides=st.booleans(),
 )
 def test_every_child_is_a_valid_kubernetes_object(stage: str, nodes: int, gpus: int, queue: str | None,
-                                                  deepspeed: int) -> None:
+                                                  deepspeed: int, overrides: bool) -> None:
     resources: dict[str, Any] = {"nodes": nodes, "gpusPerNode": gpus, "deepspeedStage": deepspeed}
     if queue:
         resources["queueName"] = queue
+    if overrides:
+        resources.update({key: GPU_PLACEMENT[key] for key in ("nodeSelector", "tolerations", "podOverrides")})
+        resources["podOverrides"] = {**GPU_PLACEMENT["podOverrides"], "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}}}}
+        resources["stages"] = {"reward": {"gpusPerNode": 1, "memory": "64Gi"}, "curate": {"cpu": "2"}}
     gen, action = start(stage, resources=resources)
     for _, body in manifests.children(gen, action):
         kubernetes_validate.validate(body, "1.30", strict=True)

@@ -9,6 +9,8 @@ from flywheel_operator.api import OnlineReading
 from flywheel_operator.planner import DeployCanary, PromoteCanary, RollBackCanary, StartStage
 from flywheel_operator.planner.core import JOB_VISIBILITY_GRACE
 from flywheel_operator.planner.observed import CanaryObservation, ParentObservation
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.planner.harness import T0, World, generation, reading
 
@@ -32,8 +34,63 @@ def test_pending_to_curating_starts_curate():
     assert conditions(result.status)["Reconciling"] == "True" and conditions(result.status)["Finished"] == "False"
 
 
-def test_reward_models_train_in_parallel_and_phase_waits_for_all():
+def test_reward_models_train_one_at_a_time_by_default():
+    """Four reward models never ask for four stages' GPUs at once unless resources.maxParallelJobs allows it."""
+    rewards = [{"name": "pointwise", "kind": "pointwise"}, {"name": "pairwise", "kind": "pairwise"},
+               {"name": "continue", "kind": "user-signal", "signal": "continue"},
+               {"name": "thumbs", "kind": "user-signal", "signal": "thumb-up"}]
+    world = World(generation(stages={"rewardModels": rewards}))
+    world.step()
+    world.finish("gen2-curate-1")
+    order = []
+    for _ in range(4):
+        result = world.step()
+        assert len(world.running()) == 1 and result.status.phase == "TrainingRewardModels"
+        order += started(result)
+        world.finish(world.running()[0])
+    assert order == [f"gen2-reward-{r['name']}-1" for r in rewards]
+    assert started(world.step()) == ["gen2-sft-1"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(models=st.integers(1, 5), limit=st.integers(1, 5), failing=st.sets(st.integers(0, 4), max_size=2))
+def test_never_more_reward_jobs_than_max_parallel_jobs(models: int, limit: int, failing: set[int]):
+    """Whatever the count, the limit and which first attempts fail, at most `limit` reward Jobs run at once and
+    every model still trains."""
+    names = ["pointwise", *(f"pairwise{i}" for i in range(1, models))]
+    rewards = [{"name": "pointwise", "kind": "pointwise"}, *({"name": n, "kind": "pairwise"} for n in names[1:])]
+    world = World(generation(stages={"rewardModels": rewards}, resources={"maxParallelJobs": limit}))
+    world.step()
+    world.finish("gen2-curate-1")
+    fail_first = {f"gen2-reward-{names[i]}-1" for i in failing if i < models}
+    for _ in range(4 * models + 4):
+        if world.step().status.phase != "TrainingRewardModels":
+            break
+        running = world.running()
+        assert len(running) <= limit
+        for child in running:
+            world.finish(child, ok=child not in fail_first)
+        world.advance(timedelta(minutes=2))  # past any retry's backoff (1m in the harness)
+    assert world.status.phase == "SFT"
+    assert all(r.state == "Succeeded" for r in world.status.stages if r.name.startswith("reward-"))
+
+
+def test_a_retried_reward_model_waits_for_a_free_slot():
     world = World(generation())
+    world.step()
+    world.finish("gen2-curate-1")
+    world.step()
+    world.finish("gen2-reward-pointwise-1", ok=False)
+    result = world.step()  # the pointwise retry waits for its backoff; pairwise takes the free slot
+    assert started(result) == ["gen2-reward-pairwise-1"]
+    world.advance(timedelta(minutes=5))
+    assert started(world.step()) == []  # backoff over, but pairwise holds the only slot
+    world.finish("gen2-reward-pairwise-1")
+    assert started(world.step()) == ["gen2-reward-pointwise-2"]
+
+
+def test_reward_models_train_in_parallel_and_phase_waits_for_all():
+    world = World(generation(resources={"maxParallelJobs": 2}))
     world.step()
     world.finish("gen2-curate-1")
     result = world.step()
@@ -48,7 +105,7 @@ def test_reward_models_train_in_parallel_and_phase_waits_for_all():
 
 
 def test_stage_configs_chain_upstream_artifacts_and_digests():
-    world = World(generation())
+    world = World(generation(resources={"maxParallelJobs": 2}))
     world.step()
     world.finish("gen2-curate-1")
     world.step()
@@ -63,7 +120,7 @@ def test_stage_configs_chain_upstream_artifacts_and_digests():
 
 
 def test_reward_stage_config_names_its_model():
-    world = World(generation())
+    world = World(generation(resources={"maxParallelJobs": 2}))
     world.step()
     world.finish("gen2-curate-1")
     configs = {a.child: a.config for a in world.step().actions}

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -110,6 +111,18 @@ def _published_to_object_store(uri: str) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+def process_group_size() -> int:
+    """Processes that ran this stage together: the size of the initialised torch.distributed group, else 1.
+
+    Stages that never import torch (curate) ran alone; a trainer launched by torchrun joins its group through
+    accelerate (gloo on CPU, NCCL on GPUs).
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
 def finish_result(
     staging: Path,
     final_dir: str | os.PathLike[str],
@@ -122,6 +135,8 @@ def finish_result(
 ) -> StageResult:
     """Digest the artifacts (paths relative to `staging`), write `result.json` and return the result.
 
+    Every result records `world_size`, the processes that trained it together (1 unless launched by torchrun).
+
     Artifact URIs in the result point at their final location under `final_dir`; the trainers' scratch
     directory is removed first.
     """
@@ -129,7 +144,7 @@ def finish_result(
     artifact_digests = {name: sha256_path(staging / rel) for name, rel in artifacts.items()}
     result = StageResult(
         stage=stage,
-        metrics={name: float(value) for name, value in metrics.items()},
+        metrics={"world_size": float(process_group_size()), **{name: float(value) for name, value in metrics.items()}},
         artifacts={name: storage.join(str(final_dir), rel) for name, rel in artifacts.items()},
         input_digests=dict(input_digests),
         output_digest=combined_digest(artifact_digests),

@@ -6,11 +6,13 @@ DeepSpeed only when CUDA is present, `use_cpu` otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from flywheel_operator import storage
+from flywheel_operator.api.deepspeed import DEEPSPEED_CONFIG_ENV, deepspeed_config
 
 from flywheel_trainer.outputs import StageError
 
@@ -79,19 +81,23 @@ def has_cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def deepspeed_config(stage: int) -> dict[str, Any]:
-    """A ZeRO-2/3 config whose batch and precision values TrainingArguments fills in ("auto")."""
-    zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True}
-    if stage == 3:
-        zero["stage3_gather_16bit_weights_on_model_save"] = True
-    return {
-        "zero_optimization": zero,
-        "bf16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "train_batch_size": "auto",
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-    }
+def deepspeed_settings(stage: int) -> dict[str, Any]:
+    """The DeepSpeed config: the file the operator rendered (`DEEPSPEED_CONFIG`, from the stage ConfigMap), or
+    for a run without one the same builder's dict; a file for another ZeRO stage is refused."""
+    path = os.environ.get(DEEPSPEED_CONFIG_ENV)
+    if not path:
+        return deepspeed_config(stage)
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise StageError(f"{DEEPSPEED_CONFIG_ENV}: cannot read a JSON DeepSpeed config from {path}: {exc}") from exc
+    rendered = config.get("zero_optimization", {}).get("stage") if isinstance(config, dict) else None
+    if rendered != stage:
+        raise StageError(
+            f"{DEEPSPEED_CONFIG_ENV}: {path} configures ZeRO stage {rendered}, but deepspeedStage is {stage}; "
+            "render both from the same generation"
+        )
+    return config
 
 
 def training_kwargs(
@@ -113,7 +119,7 @@ def training_kwargs(
         "include_num_input_tokens_seen": "non_padding",  # result metric `tokens_seen` (bench: tokens/s)
     }
     if cuda and deepspeed_stage > 0:
-        kwargs["deepspeed"] = deepspeed_config(deepspeed_stage)
+        kwargs["deepspeed"] = deepspeed_settings(deepspeed_stage)
     return kwargs
 
 
@@ -130,7 +136,10 @@ def lora_config(lora: Any, *, task_type: str) -> Any:
 
 def save_trained(trainer: Any, directory: Path, tokenizer: Any, *, merge_lora: bool) -> Any:
     """Save the trained model where the next stage loads it and return it: LoRA adapters merged into the base
-    model; otherwise through `trainer.save_model`, which gathers DeepSpeed ZeRO-3 partitioned weights."""
+    model; otherwise through `trainer.save_model`, which gathers DeepSpeed ZeRO-3 partitioned weights.
+    Only the main process writes files; the others get the empty directory, so writing metadata beside the
+    model and digesting their (discarded) scratch output works on every rank."""
+    directory.mkdir(parents=True, exist_ok=True)
     if merge_lora:
         model = trainer.model.merge_and_unload()
         if trainer.args.should_save:

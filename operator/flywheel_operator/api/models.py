@@ -351,15 +351,92 @@ class StorageSpec(ApiModel):
         return self
 
 
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")]
+"""A Kubernetes resource quantity such as `16`, `500m` or `200Gi`."""
+
+
+class PodOverrides(ApiModel):
+    """Additions to the stage pods for what a cluster needs beyond GPUs (RDMA, secondary networks, priorities).
+
+    Validated with the Job at creation; a value Kubernetes refuses fails the stage with the API server's message.
+    """
+
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Pod annotations, e.g. `k8s.v1.cni.cncf.io/networks` for a Multus secondary (InfiniBand/RoCE) network."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra pod labels (the operator's own labels win on a clash)."""
+    priority_class_name: str | None = None
+    """PriorityClass of the stage pods (e.g. to let training preempt batch work, or be preempted by serving)."""
+    affinity: dict | None = None
+    """A Kubernetes `affinity` object (node/pod affinity and anti-affinity), copied into the pod spec as is."""
+    extra_resources: dict[str, Quantity] = Field(default_factory=dict)
+    """Extended resources requested and limited per pod besides CPU, memory and GPUs, e.g. `rdma/ib: "1"`."""
+    tolerations: list[Toleration] = Field(default_factory=list)
+    """Tolerations added to the stage's own."""
+
+
+class StageResources(ApiModel):
+    """Resources of one stage kind; a field left unset takes the shared value from `resources` (for curate, the
+    CPU defaults)."""
+
+    gpus_per_node: int | None = Field(default=None, ge=0)
+    """`nvidia.com/gpu` per pod; 0 runs the stage on CPU."""
+    nodes: PositiveInt | None = None
+    """Nodes (pods) of the stage; only reward, sft and rl run on several."""
+    cpu: Quantity | None = None
+    """CPU request of each pod."""
+    memory: Quantity | None = None
+    """Memory request and limit of each pod."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the pods must match (replaces the shared selector; `{}` for none)."""
+    tolerations: list[Toleration] | None = None
+    """Taints the pods tolerate (replaces the shared list; `[]` for none)."""
+    pod_overrides: PodOverrides | None = None
+    """Pod additions (replace the shared `podOverrides`)."""
+
+
+CPU_STAGES = frozenset({"curate"})
+"""Stage kinds that need no GPU: their unset resources come from `CPU_STAGE_DEFAULTS`, not the shared GPU values."""
+CPU_STAGE_DEFAULTS = StageResources(gpus_per_node=0, nodes=1, cpu="4", memory="32Gi", node_selector={},
+                                    tolerations=[], pod_overrides=PodOverrides())
+"""A modest CPU pod with no GPU node selector, tolerations or pod additions: it lands off the GPU nodes."""
+
+
+class StageResourceOverrides(ApiModel):
+    """Per-stage resources. Curate needs no GPU: its unset fields take a modest CPU pod (0 GPUs, 4 CPU, 32Gi,
+    no node selector, tolerations or pod additions), so it runs off the GPU nodes; the other stages' unset
+    fields take the shared values of `resources`."""
+
+    curate: StageResources = Field(default_factory=StageResources)
+    """Data consolidation (CPU only)."""
+    reward: StageResources = Field(default_factory=StageResources)
+    """Each reward model's Job."""
+    sft: StageResources = Field(default_factory=StageResources)
+    """Rejection sampling and SFT."""
+    rl: StageResources = Field(default_factory=StageResources)
+    """DPO patch and RL."""
+    eval: StageResources = Field(default_factory=StageResources)
+    """Offline evaluation (one node)."""
+
+    @model_validator(mode="after")
+    def _single_node_stages(self) -> StageResourceOverrides:
+        for kind in ("curate", "eval"):
+            if (getattr(self, kind).nodes or 1) > 1:
+                raise ValueError(f"resources.stages.{kind}.nodes: {kind} runs on one node; remove `nodes` or set 1")
+        return self
+
+
 class ResourcesSpec(ApiModel):
     """Where and how the stage Jobs run."""
 
     image: str = "ghcr.io/characterflywheel/trainer:0.1.0"
     """Trainer image that runs `flywheel-train`."""
     gpus_per_node: int = Field(default=8, ge=0)
-    """`nvidia.com/gpu` requested by each stage pod; 0 runs on CPU."""
+    """`nvidia.com/gpu` requested by each stage pod (curate runs on CPU; `stages` overrides it per stage); 0 runs
+    on CPU. Above 1 on one node, torchrun starts one process per GPU with a standalone (local) rendezvous."""
     nodes: PositiveInt = 1
-    """Nodes per training stage; above 1 a stage runs as an Indexed Job with torchrun rendezvous."""
+    """Nodes per training stage; above 1 a stage runs as an Indexed Job whose pods meet through a headless
+    Service (torchrun rendezvous at `<job>-0.<job>`)."""
     deepspeed_stage: Literal[0, 2, 3] = 2
     """DeepSpeed ZeRO stage for training stages; 0 disables DeepSpeed."""
     cpu: str = "16"
@@ -379,6 +456,25 @@ class ResourcesSpec(ApiModel):
     """Artifact storage."""
     active_deadline: Duration = "24h"
     """Longest a stage Job may run before Kubernetes stops it (counts as a failed attempt)."""
+    pod_overrides: PodOverrides = Field(default_factory=PodOverrides)
+    """Additions to the GPU stages' pods (not curate's), unless a stage sets `stages.<kind>.podOverrides`."""
+    stages: StageResourceOverrides = Field(default_factory=StageResourceOverrides)
+    """Per-stage overrides of GPUs, nodes, CPU, memory, placement and pod additions."""
+    max_parallel_jobs: PositiveInt = 1
+    """Most stage Jobs of this generation running at once. Only the reward models share a step; at 1 they train
+    one after another, so four reward models never ask for four stages' GPUs together (and never hold part of
+    the cluster each while waiting for the rest). Raise it when capacity or a Kueue quota admits them together."""
+
+    def for_stage(self, kind: str) -> StageResources:
+        """The resolved resources of a stage kind, every field set: its own overrides over the shared values
+        (over `CPU_STAGE_DEFAULTS` for a CPU stage)."""
+        shared = StageResources(gpus_per_node=self.gpus_per_node, nodes=self.nodes, cpu=self.cpu, memory=self.memory,
+                                node_selector=self.node_selector, tolerations=self.tolerations,
+                                pod_overrides=self.pod_overrides)
+        base = CPU_STAGE_DEFAULTS if kind in CPU_STAGES else shared
+        own: StageResources = getattr(self.stages, kind)
+        return base.model_copy(update={name: value for name in StageResources.model_fields
+                                       if (value := getattr(own, name)) is not None})
 
 
 # ----------------------------------------------------------------------------------------------- gates

@@ -11,6 +11,8 @@ import json
 from typing import Any
 
 from flywheel_operator.api import API_VERSION, KIND, FlywheelGeneration, StageConfig, parse_duration
+from flywheel_operator.api.deepspeed import DEEPSPEED_CONFIG_ENV, deepspeed_config
+from flywheel_operator.api.models import PodOverrides, StageResources
 from flywheel_operator.planner import StartStage
 from flywheel_operator.planner.pipeline import PVC_MOUNT, stage_kind
 
@@ -34,8 +36,6 @@ FINISHED_JOB_TTL_SECONDS = 7 * 86400
 RUN_AS_USER = 1000
 MULTI_NODE_STAGES = frozenset({"reward", "sft", "rl"})
 """Training stages; curate and eval run on one node."""
-CPU_STAGES = frozenset({"curate"})
-"""Stages that need no GPU."""
 
 OFFLINE_ENV: dict[str, str] = {
     "HF_HUB_OFFLINE": "1",
@@ -88,25 +88,12 @@ def _metadata(generation: FlywheelGeneration, action: StartStage, name: str) -> 
     }
 
 
-def deepspeed_config(stage: int) -> dict[str, Any]:
-    """A ZeRO config whose batch and precision settings defer to the trainer's arguments ("auto")."""
-    return {
-        "zero_optimization": {"stage": stage, "overlap_comm": True, "contiguous_gradients": True},
-        "bf16": {"enabled": "auto"},
-        "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto",
-        "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto",
-        "gradient_clipping": "auto",
-    }
-
-
 def uses_deepspeed(config: StageConfig) -> bool:
     return config.deepspeed_stage > 0 and config.stage in MULTI_NODE_STAGES
 
 
 def config_map(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
-    """The stage's config file (JSON is YAML) and, for training stages, the DeepSpeed config."""
+    """The stage's config file (JSON is YAML) and, for training stages, the DeepSpeed config the trainer reads."""
     data = {"stage.yaml": json.dumps(action.config.to_wire(), indent=1, sort_keys=True)}
     if uses_deepspeed(action.config):
         data["deepspeed.json"] = json.dumps(deepspeed_config(action.config.deepspeed_stage), indent=1)
@@ -114,12 +101,18 @@ def config_map(generation: FlywheelGeneration, action: StartStage) -> dict[str, 
             "data": data}
 
 
+def stage_resources(generation: FlywheelGeneration, action: StartStage) -> StageResources:
+    """The stage's resolved resources (`resources.stages.<kind>` over the shared block; curate on CPU)."""
+    return generation.spec.resources.for_stage(stage_kind(action.stage))
+
+
 def nodes_for(generation: FlywheelGeneration, action: StartStage) -> int:
-    return generation.spec.resources.nodes if stage_kind(action.stage) in MULTI_NODE_STAGES else 1
+    nodes = stage_resources(generation, action).nodes or 1
+    return nodes if stage_kind(action.stage) in MULTI_NODE_STAGES else 1
 
 
 def gpus_for(generation: FlywheelGeneration, action: StartStage) -> int:
-    return 0 if stage_kind(action.stage) in CPU_STAGES else generation.spec.resources.gpus_per_node
+    return stage_resources(generation, action).gpus_per_node or 0
 
 
 def headless_service(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
@@ -139,7 +132,10 @@ def headless_service(generation: FlywheelGeneration, action: StartStage) -> dict
 
 def stage_command(stage: str, *, nodes: int, gpus: int) -> list[str]:
     """`flywheel-train STAGE --config FILE` (under torchrun when several processes train), then the result
-    is copied to the termination message, where the operator reads it from the Pod status."""
+    is copied to the termination message, where the operator reads it from the Pod status.
+
+    Any rank's failure fails its pod (torchrun exits non-zero) and so the Job (backoffLimit 0); only node 0
+    publishes the result (see kube/termination.py)."""
     program = ["flywheel-train", stage, "--config", CONFIG_FILE]
     if nodes > 1 or gpus > 1:
         program = ["torchrun", "--no-python", *program]  # PET_* variables carry the topology
@@ -161,19 +157,23 @@ def _env(generation: FlywheelGeneration, action: StartStage, nodes: int, gpus: i
     if storage.endpoint_url:
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": storage.endpoint_url})  # read by the storage seam
     if uses_deepspeed(action.config):
-        env.append({"name": "DEEPSPEED_CONFIG", "value": DEEPSPEED_FILE})
-    if nodes > 1 or gpus > 1:
+        env.append({"name": DEEPSPEED_CONFIG_ENV, "value": DEEPSPEED_FILE})
+    if nodes == 1 and gpus > 1:
+        # One pod: torchrun's standalone rendezvous on a free local port; no DNS name, no Service.
+        env += [
+            {"name": "PET_STANDALONE", "value": "1"},
+            {"name": "PET_NPROC_PER_NODE", "value": str(gpus)},
+        ]
+    elif nodes > 1:
+        # Several pods meet at index 0's stable name `<job>-0.<service>`, which the headless Service publishes.
+        index = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}
         env += [
             {"name": "PET_NNODES", "value": str(nodes)},
             {"name": "PET_NPROC_PER_NODE", "value": str(max(gpus, 1))},
             {"name": "PET_MASTER_ADDR", "value": f"{action.child}-0.{action.child}"},
             {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
+            {"name": "PET_NODE_RANK", "valueFrom": index},
         ]
-        if nodes > 1:
-            index = {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}
-            env.append({"name": "PET_NODE_RANK", "valueFrom": index})
-        else:
-            env.append({"name": "PET_NODE_RANK", "value": "0"})
     return env
 
 
@@ -187,13 +187,21 @@ def restricted_container_security() -> dict[str, Any]:
 
 
 def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
-    """The stage Job: one attempt (backoffLimit 0: the planner owns retries and their backoff)."""
+    """The stage Job: one attempt (backoffLimit 0: the planner owns retries and their backoff).
+
+    Resources and placement are the stage's own (`resources.stages.<kind>` over the shared block), with its pod
+    overrides merged in: annotations, extra labels, priority class, affinity, extended resources, tolerations.
+    """
     res = generation.spec.resources
+    own = stage_resources(generation, action)
+    overrides = own.pod_overrides or PodOverrides()
     nodes, gpus = nodes_for(generation, action), gpus_for(generation, action)
-    requests: dict[str, str] = {"cpu": res.cpu, "memory": res.memory}
-    limits: dict[str, str] = {"memory": res.memory}
+    requests: dict[str, str] = {"cpu": str(own.cpu), "memory": str(own.memory)}
+    limits: dict[str, str] = {"memory": str(own.memory)}
     if gpus:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
+    for name, quantity in overrides.extra_resources.items():
+        requests[name] = limits[name] = quantity  # extended resources must be requested as much as limited
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": action.child}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
@@ -205,14 +213,16 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
     if res.storage.pvc:
         volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": res.storage.pvc}})
         mounts.append({"name": "artifacts", "mountPath": PVC_MOUNT})
-    pod_labels = labels(generation, action)
+    pod_labels = {**overrides.labels, **labels(generation, action)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # stage programs never call the Kubernetes API
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
             "runAsGroup": RUN_AS_USER,
             "fsGroup": RUN_AS_USER,
+            "fsGroupChangePolicy": "OnRootMismatch",  # no recursive chown of a large artifact volume per pod
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [
@@ -232,10 +242,15 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
         ],
         "volumes": volumes,
     }
-    if res.node_selector:
-        pod_spec["nodeSelector"] = dict(res.node_selector)
-    if res.tolerations:
-        pod_spec["tolerations"] = [t.to_wire() for t in res.tolerations]
+    if own.node_selector:
+        pod_spec["nodeSelector"] = dict(own.node_selector)
+    tolerations = [*(own.tolerations or []), *overrides.tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = [t.to_wire() for t in tolerations]
+    if overrides.affinity:
+        pod_spec["affinity"] = overrides.affinity
+    if overrides.priority_class_name:
+        pod_spec["priorityClassName"] = overrides.priority_class_name
     if res.service_account_name:
         pod_spec["serviceAccountName"] = res.service_account_name
     if nodes > 1:
@@ -244,7 +259,9 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
         "backoffLimit": 0,
         "activeDeadlineSeconds": int(parse_duration(res.active_deadline).total_seconds()),
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels, **({"annotations": dict(overrides.annotations)}
+                                                            if overrides.annotations else {})},
+                     "spec": pod_spec},
     }
     if nodes > 1:
         spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)

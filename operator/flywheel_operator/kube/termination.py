@@ -5,11 +5,15 @@ The operator does not mount the artifact store. After `flywheel-train` succeeds,
 `/dev/termination-log`; the kubelet puts it in the Pod's `status.containerStatuses[].state.terminated.message`
 (at most 4096 bytes), where the backend reads it. Only what the planner needs is kept: metrics, artifacts,
 the output digest and the eval stage's `details.offline_metrics`.
+
+In a multi-node stage every pod runs the writer, but only node 0 hosts rank 0, which writes result.json; the
+other nodes exit 0 without it (their training already succeeded, or `&&` would not have run the writer).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,10 +50,24 @@ def parse_message(message: str | None) -> StageResult | None:
         return None
 
 
+def publishing_node() -> int:
+    """This pod's node rank: `PET_NODE_RANK` (the Indexed Job's completion index) or 0 for a one-pod Job."""
+    value = os.environ.get("PET_NODE_RANK", "0")
+    if not value.isdigit():
+        raise ValueError(f"PET_NODE_RANK={value!r} is not a node rank: the Job must set the completion index")
+    return int(value)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m flywheel_operator.kube.termination CONFIG [TERMINATION_LOG]", file=sys.stderr)
         return 2
+    target = Path(argv[1] if len(argv) == 2 else "/dev/termination-log")
+    node = publishing_node()
+    if node != 0:
+        # Rank 0 (on node 0) writes result.json, possibly after this node's ranks finished: nothing to wait for.
+        target.write_text(f"node {node} finished; node 0 publishes the result", encoding="utf-8")
+        return 0
     config = StageConfig.model_validate(yaml.safe_load(Path(argv[0]).read_text(encoding="utf-8")))
     source = storage.join(config.output_dir, "result.json")
     try:
@@ -57,7 +75,6 @@ def main(argv: list[str]) -> int:
     except FileNotFoundError:
         print(f"{source} does not exist: the stage wrote no result", file=sys.stderr)
         return 1
-    target = Path(argv[1] if len(argv) == 2 else "/dev/termination-log")
     target.write_text(compact_result(result), encoding="utf-8")
     return 0
 

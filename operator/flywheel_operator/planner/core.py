@@ -222,18 +222,26 @@ def _resolve_policy(
 def _run_pipeline(
     generation: FlywheelGeneration, status: FlywheelGenerationStatus, observed: Observed, work: _Work
 ) -> bool:
-    """Start or wait for the stages of the first unfinished step. True once every stage has succeeded."""
+    """Start or wait for the stages of the first unfinished step. True once every stage has succeeded.
+
+    At most `resources.maxParallelJobs` stages of a step run at once; the others start, in order, as those end.
+    """
     now = observed.now
+    limit = generation.spec.resources.max_parallel_jobs
     for phase, stages in pipeline_steps(generation):
+        running = sum(1 for s in stages if (r := status.record(s)) is not None and r.state == "Running")
         for stage in stages:
             record = status.record(stage)
             if record is None:
-                _start(generation, status, stage, 1, now, work)
+                if running < limit:
+                    _start(generation, status, stage, 1, now, work)
+                    running += 1
             elif record.state == "Retrying" and record.next_attempt_at is not None:
-                if now >= record.next_attempt_at:
-                    _start(generation, status, stage, record.attempts + 1, now, work)
-                else:
+                if now < record.next_attempt_at:
                     work.wake.append(record.next_attempt_at)
+                elif running < limit:
+                    _start(generation, status, stage, record.attempts + 1, now, work)
+                    running += 1
             elif record.state == "Running" and record.child not in observed.jobs:
                 if now - record.created_at >= JOB_VISIBILITY_GRACE:
                     _start(generation, status, stage, record.attempts, now, work)  # same name: re-request
