@@ -445,6 +445,18 @@ class PromotionQueries(ApiModel):
         'sum(flywheel_guardrail_events_total{{arm="{arm}",generation="{generation}",guardrail="{guardrail}"}})'
     )
     """Guardrail event count; `{guardrail}` is filled with each guardrail's name."""
+    responses_sum_squares: str = 'sum(flywheel_responses_squared_total{{arm="{arm}",generation="{generation}"}})'
+    """Σ per-user responses² (user-clustered guardrail variance; the per-response variance is used without it)."""
+    guardrail_sum_squares: str = (
+        'sum(flywheel_guardrail_events_squared_total{{arm="{arm}",generation="{generation}",guardrail="{guardrail}"}})'
+    )
+    """Σ per-user guardrail events²."""
+    guardrail_cross_sum: str = (
+        'sum(flywheel_guardrail_events_cross_total{{arm="{arm}",generation="{generation}",guardrail="{guardrail}"}})'
+    )
+    """Σ per-user guardrail events × responses."""
+    adopted: str = 'sum(flywheel_users_adopted_total{{arm="{arm}",generation="{generation}"}})'
+    """Users first seen through engagement after an exporter restart (left out of the sample-ratio test)."""
 
 
 class PromotionSpec(ApiModel):
@@ -455,7 +467,8 @@ class PromotionSpec(ApiModel):
     queries: PromotionQueries = Field(default_factory=PromotionQueries)
     """PromQL templates for the per-arm sufficient statistics."""
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
-    """False-positive rate of the always-valid sequential test (two-sided)."""
+    """Family-wise false-decision rate of the whole gate (SRM, breadth, depth and every guardrail together,
+    however often it looks); split between them as docs/metrics.md says."""
     min_breadth_lift: float = Field(default=0.0, ge=-1)
     """Smallest relative breadth lift (engaged users / exposed users) that counts as a win."""
     min_depth_lift: float = Field(default=0.0, ge=-1)
@@ -463,7 +476,8 @@ class PromotionSpec(ApiModel):
     cuped: bool = True
     """Reduce variance with the pre-period covariate (CUPED) when the exporter provides it."""
     srm_p_value: Annotated[float, Field(gt=0, lt=0.5)] = 0.001
-    """A sample-ratio-mismatch χ² p-value below this stops the canary: the experiment is broken."""
+    """The always-valid sample-ratio-mismatch p-value (a sequential beta-binomial test, valid at any check
+    interval) below which the canary stops: the experiment is broken. Spent out of `alpha`."""
     guardrails: list[Guardrail] = Field(
         default_factory=lambda: [
             Guardrail(name="instruction-violations", margin=0.01),
@@ -483,6 +497,19 @@ class PromotionSpec(ApiModel):
     min_users_per_arm: Annotated[int, Field(ge=2)] = 200
     """No lift is judged significant before each arm has this many users (the normal approximation needs
     them)."""
+    min_events_per_arm: Annotated[int, Field(ge=1)] = 100
+    """Minimum information before breadth or depth may decide: each arm needs this many engaged users and (for
+    breadth) this many not engaged, besides `minUsersPerArm` users; plug-in variances of rare events are not
+    to be trusted with fewer. The confidence sequences hold uniformly in time, so waiting keeps them valid."""
+
+    @model_validator(mode="after")
+    def _srm_within_alpha(self) -> PromotionSpec:
+        if self.srm_p_value >= self.alpha:
+            raise ValueError(
+                f"promotion.srmPValue ({self.srm_p_value}) is spent out of promotion.alpha ({self.alpha}) and must be "
+                "smaller than it; lower srmPValue (default 0.001) or raise alpha"
+            )
+        return self
 
 
 class RetryPolicy(ApiModel):
