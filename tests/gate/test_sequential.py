@@ -83,7 +83,7 @@ def test_the_family_wise_alpha_adds_up() -> None:
 
     spec = PromotionSpec()
     split = alpha_split(spec)
-    total = split.srm + 2 * split.success + len(spec.guardrails) * split.guardrail
+    total = split.srm + 2 * (split.success + split.final) + len(spec.guardrails) * split.guardrail
     assert total == pytest.approx(spec.alpha)
     with pytest.raises(ValueError, match="srmPValue"):
         PromotionSpec(alpha=0.001, srm_p_value=0.001)
@@ -228,3 +228,27 @@ def test_running_state_carries_the_sums_through_an_outage() -> None:
     assert outage.numbers["sums.control.users"] == 20_000
     after = decide(arm_with(100), arm_with(100), previous=outage)
     assert after.numbers["counter_resets"] == 1.0
+
+
+def test_the_fixed_horizon_share_decides_once_at_max_duration() -> None:
+    """A lift the always-valid interval cannot yet confirm, but the one fixed-horizon test at maxDuration can."""
+    def arm(mean: float) -> ArmStats:  # 20,000 users, depth sd 20: the relative lift's standard error is 0.02
+        n = 20_000
+        return ArmStats(
+            users=n,
+            engaged_users=n // 2,
+            depth_sum=n * mean,
+            depth_sum_squares=400.0 * (n - 1) + n * mean * mean,
+            responses=3 * n,
+            guardrails=dict.fromkeys(GUARDRAILS, 0.0),
+        )
+
+    control, treatment = arm(10.0), arm(10.62)
+    before = decide(control, treatment, elapsed=6 * DAY)
+    assert before.outcome == "CONTINUE", before.reasons
+    assert before.numbers["depth.lower"] < 0 < before.numbers["depth.final_test_lower"]
+    at_the_end = decide(control, treatment, elapsed=7 * DAY)
+    assert at_the_end.outcome == "PROMOTE", at_the_end.reasons
+    assert "fixed-horizon" in at_the_end.reasons[0]
+    sequential_only = PromotionSpec(final_test_share=0.0)
+    assert decide(control, treatment, elapsed=7 * DAY, spec=sequential_only).outcome == "INCONCLUSIVE"

@@ -45,10 +45,16 @@ class MetricVerdict:
     upper: float
     p_value: float
     minimum_lift: float
+    final_lower: float = -math.inf
+    """Lower bound of the fixed-horizon interval at the final test's level (only read at `maxDuration`)."""
 
     @property
     def better(self) -> bool:
         return self.lower > self.minimum_lift
+
+    @property
+    def better_at_the_end(self) -> bool:
+        return self.final_lower > self.minimum_lift
 
     @property
     def worse(self) -> bool:
@@ -80,19 +86,24 @@ class AlphaSplit:
 
     srm: float
     success: float
-    """Each success metric's (two-sided) level."""
+    """Each success metric's (two-sided) level of its always-valid test."""
+    final: float
+    """Each success metric's (two-sided) level of its one fixed-horizon test at `maxDuration`."""
     guardrail: float
     """Each guardrail's (two-sided) level."""
 
 
 def alpha_split(promotion: PromotionSpec) -> AlphaSplit:
     """SRM gets `srmPValue`; of the rest, half goes to breadth and depth (a quarter each), half to the guardrails
-    (split equally). A wrong decision needs at least one of these tests to be wrong at some look, so the
-    chance of any wrong PROMOTE or ROLL_BACK stays ≤ alpha whatever the check interval."""
+    (split equally); each success metric's part is shared between its always-valid test and one fixed test at
+    `maxDuration` (`finalTestShare`). A wrong decision needs at least one of these tests to be wrong at some
+    look, so the chance of any wrong PROMOTE or ROLL_BACK stays ≤ alpha whatever the check interval."""
     rest = promotion.alpha - promotion.srm_p_value
     share = rest / 2 if promotion.guardrails else rest
     guardrail = rest / 2 / len(promotion.guardrails) if promotion.guardrails else 0.0
-    return AlphaSplit(srm=promotion.srm_p_value, success=share / len(SUCCESS_METRICS), guardrail=guardrail)
+    metric = share / len(SUCCESS_METRICS)
+    final = metric * promotion.final_test_share
+    return AlphaSplit(srm=promotion.srm_p_value, success=metric - final, final=final, guardrail=guardrail)
 
 
 class Inconsistent(Exception):
@@ -120,6 +131,7 @@ def evaluate_online(
         "alpha": promotion.alpha,
         "alpha.srm": alphas.srm,
         "alpha.success_metric": alphas.success,
+        "alpha.final_test": alphas.final,
         "alpha.guardrail": alphas.guardrail,
         "traffic_percent": float(traffic_percent),
     }
@@ -169,7 +181,7 @@ def evaluate_online(
     else:
         try:
             for judge in (_breadth, _depth):
-                verdict = judge(promotion, control, treatment, alphas.success, carried, numbers)
+                verdict = judge(promotion, control, treatment, alphas, carried, numbers)
                 if isinstance(verdict, str):
                     waiting.append(verdict)
                 else:
@@ -199,10 +211,16 @@ def evaluate_online(
         return _finish("ROLL_BACK", harm, numbers, checks, now)
 
     winners = [v for v in verdicts if v.better]
+    if out_of_time and alphas.final > 0:  # the one fixed-horizon look
+        winners += [v for v in verdicts if v.better_at_the_end and not v.better]
     unproven = [g for g in guardrails if not g.non_inferior]
     if winners and not unproven and not waiting:
         wins = "; ".join(
-            f"{v.name} lift {v.lift:+.2%} in [{v.lower:+.2%}, {v.upper:+.2%}] > {v.minimum_lift:.2%}" for v in winners
+            f"{v.name} lift {v.lift:+.2%} in [{v.lower:+.2%}, {v.upper:+.2%}] > {v.minimum_lift:.2%}"
+            if v.better
+            else f"{v.name} lift {v.lift:+.2%}, fixed-horizon lower bound {v.final_lower:+.2%} > {v.minimum_lift:.2%} "
+            "at maxDuration"
+            for v in winners
         )
         if elapsed >= min_duration:
             checks.append(GateCheck(name="min-duration", passed=True, message="The canary ran long enough."))
@@ -395,7 +413,7 @@ def _breadth(
     promotion: PromotionSpec,
     control: ArmStats,
     treatment: ArmStats,
-    alpha: float,
+    alphas: AlphaSplit,
     carried: dict[str, float],
     numbers: dict[str, float],
 ) -> MetricVerdict | str:
@@ -412,14 +430,14 @@ def _breadth(
         )
     c = stats.proportion_moments(control.users, control.engaged_users)
     t = stats.proportion_moments(treatment.users, treatment.engaged_users)
-    return _judge("breadth", c, t, promotion.min_breadth_lift, promotion.sequential_tau, alpha, carried, numbers)
+    return _judge("breadth", c, t, promotion.min_breadth_lift, promotion.sequential_tau, alphas, carried, numbers)
 
 
 def _depth(
     promotion: PromotionSpec,
     control: ArmStats,
     treatment: ArmStats,
-    alpha: float,
+    alphas: AlphaSplit,
     carried: dict[str, float],
     numbers: dict[str, float],
 ) -> MetricVerdict | str:
@@ -440,7 +458,7 @@ def _depth(
         numbers["depth.cuped_theta"] = result.theta
         numbers["depth.cuped_variance_reduction"] = result.variance_reduction
         c, t = result.control, result.treatment
-    return _judge("depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alpha, carried, numbers)
+    return _judge("depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alphas, carried, numbers)
 
 
 def _judge(
@@ -449,7 +467,7 @@ def _judge(
     treatment: stats.Moments,
     minimum_lift: float,
     tau: float,
-    alpha: float,
+    alphas: AlphaSplit,
     carried: dict[str, float],
     numbers: dict[str, float],
 ) -> MetricVerdict:
@@ -463,10 +481,14 @@ def _judge(
     numbers[f"{name}.lift"] = relative.estimate
     numbers[f"{name}.lift_se"] = relative.standard_error
     numbers[f"{name}.fixed_p_value"] = stats.z_test_p_value(relative)
-    sequential = stats.msprt(relative, tau=tau, alpha=alpha)
+    sequential = stats.msprt(relative, tau=tau, alpha=alphas.success)
     lower, upper, p_value = _intersect(name, sequential, carried)
     _put_interval(numbers, name, lower, upper, p_value)
-    return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+    final_lower = -math.inf
+    if alphas.final > 0:
+        final_lower = relative.estimate - stats.normal_quantile(1.0 - alphas.final / 2) * relative.standard_error
+        numbers[f"{name}.final_test_lower"] = final_lower
+    return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, final_lower)
 
 
 def _depth_per_engaged(control: ArmStats, treatment: ArmStats, numbers: dict[str, float]) -> None:

@@ -292,3 +292,8 @@ def clustered_rate(
     divides by the number of independent units, not by the responses.
     """
     return ratio_metric(users, events, events_squares, responses, responses_squares, cross)
+
+
+def normal_quantile(probability: float) -> float:
+    """Φ⁻¹(p), the critical value of a fixed-horizon z-test."""
+    return float(special.ndtri(probability))
