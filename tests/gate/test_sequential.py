@@ -232,6 +232,7 @@ def test_running_state_carries_the_sums_through_an_outage() -> None:
 
 def test_the_fixed_horizon_share_decides_once_at_max_duration() -> None:
     """A lift the always-valid interval cannot yet confirm, but the one fixed-horizon test at maxDuration can."""
+
     def arm(mean: float) -> ArmStats:  # 20,000 users, depth sd 20: the relative lift's standard error is 0.02
         n = 20_000
         return ArmStats(
@@ -252,3 +253,43 @@ def test_the_fixed_horizon_share_decides_once_at_max_duration() -> None:
     assert "fixed-horizon" in at_the_end.reasons[0]
     sequential_only = PromotionSpec(final_test_share=0.0)
     assert decide(control, treatment, elapsed=7 * DAY, spec=sequential_only).outcome == "INCONCLUSIVE"
+
+
+# --------------------------------------------------------------------------------------- novelty guard
+def moments_arm(mean: float, sd: float, engaged: int, n: int = 200_000) -> ArmStats:
+    return ArmStats(
+        users=n,
+        engaged_users=engaged,
+        depth_sum=n * mean,
+        depth_sum_squares=sd * sd * (n - 1) + n * mean * mean,
+        responses=3 * n,
+        guardrails=dict.fromkeys(GUARDRAILS, 0.0),
+    )
+
+
+def test_the_novelty_guard_blocks_a_lift_that_faded() -> None:
+    """Treatment users chat 20 % more in the first 30 hours, then exactly as much as control: the cumulative lift
+    after 3.5 days (+7 %) is significant, but over the last two days it is 0."""
+    looks = [  # (elapsed, control mean depth, treatment mean depth, engaged per arm)
+        (DAY / 4, 0.5, 0.6, 50),
+        (DAY * 1.25, 2.5, 3.0, 90),  # engaged users still below minEventsPerArm: nothing is judged yet
+        (DAY * 3.5, 7.0, 7.5, 60_000),
+    ]
+
+    def run(spec: PromotionSpec) -> OnlineDecision:
+        previous = None
+        for elapsed, mc, mt, engaged in looks:
+            previous = decide(
+                moments_arm(mc, 2 * mc, engaged), moments_arm(mt, 2 * mc, engaged), spec=spec,
+                elapsed=elapsed, previous=previous,
+            )  # fmt: skip
+            assert previous is not None
+        assert previous is not None
+        return previous
+
+    assert run(PromotionSpec()).outcome == "PROMOTE"
+    guarded = run(PromotionSpec(novelty_window="2d"))
+    assert guarded.outcome == "CONTINUE", guarded.reasons
+    assert any(r.startswith("novelty guard") for r in guarded.reasons)
+    assert guarded.numbers["novelty.depth_lift"] == pytest.approx(0.0, abs=1e-9)
+    assert guarded.numbers["novelty.window_hours"] == pytest.approx(54.0)

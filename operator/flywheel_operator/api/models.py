@@ -509,6 +509,12 @@ class PromotionSpec(ApiModel):
     had 0.95 (docs/metrics.md, section 8): the final test keeps most of the fixed test's power, and the
     sequential part still stops early on large effects and on harm."""
 
+    novelty_window: Duration | None = None
+    """Novelty guard, off when unset: with e.g. `2d`, PROMOTE also needs depth's lift over the last window (turns
+    added during it, per exposed user, from carried checkpoints of the sums) to stay above `minDepthLift`, so a
+    lift that fades after the first days is not promoted. No promotion comes before one window has passed;
+    the cost in days and power is measured in docs/metrics.md (section 8)."""
+
     @model_validator(mode="after")
     def _srm_within_alpha(self) -> PromotionSpec:
         if self.srm_p_value >= self.alpha:

@@ -29,6 +29,7 @@ from flywheel_operator.api import (
     OnlineDecision,
     OnlineReading,
     PromotionSpec,
+    parse_duration,
 )
 from flywheel_operator.gate import stats
 
@@ -214,6 +215,10 @@ def evaluate_online(
     if out_of_time and alphas.final > 0:  # the one fixed-horizon look
         winners += [v for v in verdicts if v.better_at_the_end and not v.better]
     unproven = [g for g in guardrails if not g.non_inferior]
+    if promotion.novelty_window is not None:
+        fading = _novelty(promotion, control, treatment, elapsed, carried, numbers)
+        if fading is not None and winners:
+            waiting.append(fading)
     if winners and not unproven and not waiting:
         wins = "; ".join(
             f"{v.name} lift {v.lift:+.2%} in [{v.lower:+.2%}, {v.upper:+.2%}] > {v.minimum_lift:.2%}"
@@ -280,7 +285,8 @@ def _running_state(previous: OnlineDecision | None) -> dict[str, float]:
     }
 
 
-_CARRIED_PREFIXES = ("sums.", "offset.", "counter_resets")
+_CARRIED_PREFIXES = ("sums.", "offset.", "counter_resets", "novelty.checkpoint.")
+_CHECKPOINT_FIELDS = ("users", "depth_sum", "depth_sum_squares")
 _COUNTS = ("users", "engaged_users", "depth_sum", "responses")
 """Sums that never go down while the exporter keeps its state: one of them going down is a counter reset."""
 
@@ -489,6 +495,64 @@ def _judge(
         final_lower = relative.estimate - stats.normal_quantile(1.0 - alphas.final / 2) * relative.standard_error
         numbers[f"{name}.final_test_lower"] = final_lower
     return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, final_lower)
+
+
+def _novelty(
+    promotion: PromotionSpec,
+    control: ArmStats,
+    treatment: ArmStats,
+    elapsed: timedelta,
+    carried: dict[str, float],
+    numbers: dict[str, float],
+) -> str | None:
+    """The novelty guard: why PROMOTE must wait, or None when depth's lift holds over the last window.
+
+    Checkpoints of (users, Σdepth, Σdepth²) are taken every half window and carried; the baseline is the newest
+    one at least a window old, so the window is 1 to 1.5 windows long. Per exposed user, the turns added since
+    then have mean ΔΣdepth/n, and their second moment is at most ΔΣdepth²/n (depth only grows), a conservative
+    variance. Only the point estimate is required to exceed `minDepthLift`: the guard only blocks promotion, so
+    it cannot add false decisions, and a stricter bound would cost most of the power of a real, lasting lift."""
+    assert promotion.novelty_window is not None
+    window = parse_duration(promotion.novelty_window).total_seconds() / 3600.0
+    now = elapsed.total_seconds() / 3600.0
+    checkpoints = sorted(
+        {int(k.split(".")[2]) for k in carried if k.startswith("novelty.checkpoint.")},
+    )
+    taken = [(i, carried[f"novelty.checkpoint.{i}.hours"]) for i in checkpoints]
+    if not taken or now - taken[-1][1] >= window / 2:
+        index = taken[-1][0] + 1 if taken else 0
+        taken.append((index, now))
+        numbers[f"novelty.checkpoint.{index}.hours"] = now
+        for arm, stats_ in (("control", control), ("treatment", treatment)):
+            for name in _CHECKPOINT_FIELDS:
+                numbers[f"novelty.checkpoint.{index}.{arm}.{name}"] = float(getattr(stats_, name))
+    old = [(i, at) for i, at in taken if now - at >= window]
+    for i, _ in old[:-1]:  # only the newest baseline is needed
+        for key in [k for k in numbers if k.startswith(f"novelty.checkpoint.{i}.")]:
+            del numbers[key]
+    if not old:
+        return f"novelty guard: no promotion before one window ({promotion.novelty_window}) of data"
+    base = old[-1][0]
+    moments = []
+    for arm, stats_ in (("control", control), ("treatment", treatment)):
+        then = {name: numbers[f"novelty.checkpoint.{base}.{arm}.{name}"] for name in _CHECKPOINT_FIELDS}
+        n = stats_.users
+        added = stats_.depth_sum - then["depth_sum"]
+        second = max(stats_.depth_sum_squares - then["depth_sum_squares"], 0.0)
+        mean = added / n
+        moments.append(stats.Moments(n=n, mean=mean, variance=max(second / n - mean * mean, 0.0) * n / max(n - 1, 1)))
+    lift = stats.relative_lift(moments[0], moments[1])
+    if lift is None:
+        return "novelty guard: no turns in the control arm over the last window"
+    numbers["novelty.window_hours"] = now - numbers[f"novelty.checkpoint.{base}.hours"]
+    numbers["novelty.depth_lift"] = lift.estimate
+    numbers["novelty.depth_lift_se"] = lift.standard_error
+    if lift.estimate > promotion.min_depth_lift:
+        return None
+    return (
+        f"novelty guard: depth's lift over the last {numbers['novelty.window_hours']:.0f}h is {lift.estimate:+.2%} "
+        f"(± {lift.standard_error:.2%}), not above {promotion.min_depth_lift:.2%}: the lift may be fading"
+    )
 
 
 def _depth_per_engaged(control: ArmStats, treatment: ArmStats, numbers: dict[str, float]) -> None:
