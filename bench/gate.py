@@ -417,10 +417,10 @@ def summarise(rows, fixed, totals, lift) -> dict:
 
 def novelty_study(streams: int, seed: int, out: Path) -> int:
     """The novelty guard's benefit and cost: a +10 % lift that fades to 0 by day 4, and a lasting +5 % lift, each
-    through `evaluate_online` itself at hourly looks, with and without `noveltyWindow: 2d`."""
+    through `evaluate_online` itself at hourly looks, without the guard and with `noveltyWindow` 1d, 2d, 3d."""
     started = time.perf_counter()
     base = PromotionSpec(control_percent=10)
-    specs = {"off": base, "2d": base.model_copy(update={"novelty_window": "2d"})}
+    specs = {"off": base, **{w: base.model_copy(update={"novelty_window": w}) for w in ("1d", "2d", "3d")}}
     fading = 0.10 * np.maximum(0.0, 1.0 - np.arange(DAYS) / 4)
     noise = calibrate_noise(0.3, seed)  # a useful covariate, so that early promotions happen at all
     results: dict = {}

@@ -502,18 +502,19 @@ class PromotionSpec(ApiModel):
     breadth) this many not engaged, besides `minUsersPerArm` users; plug-in variances of rare events are not
     to be trusted with fewer. The confidence sequences hold uniformly in time, so waiting keeps them valid."""
 
-    final_test_share: float = Field(default=0.5, ge=0, lt=1)
+    final_test_share: float = Field(default=0.75, ge=0, lt=1)
     """Share of each success metric's α kept for one fixed-horizon z-test at `maxDuration` (the last look); the
     rest goes to the always-valid test that can promote early. 0 is purely sequential. On engagement data whose
-    per-user sums grow for days, a purely sequential gate had 0.62 power at +5 % depth where the fixed 7-day test
+    per-user sums grow for days, a purely sequential gate had 0.64 power at +5 % depth where the fixed 7-day test
     had 0.95 (docs/metrics.md, section 8): the final test keeps most of the fixed test's power, and the
     sequential part still stops early on large effects and on harm."""
 
     novelty_window: Duration | None = None
     """Novelty guard, off when unset: with e.g. `2d`, PROMOTE also needs depth's lift over the last window (turns
     added during it, per exposed user, from carried checkpoints of the sums) to stay above `minDepthLift`, so a
-    lift that fades after the first days is not promoted. No promotion comes before one window has passed;
-    the cost in days and power is measured in docs/metrics.md (section 8)."""
+    lift that fades after the first days is not promoted. The window never holds the first window of the test,
+    so no promotion comes before two windows; the cost in days and power is measured in docs/metrics.md
+    (section 8)."""
 
     @model_validator(mode="after")
     def _srm_within_alpha(self) -> PromotionSpec:
