@@ -492,8 +492,8 @@ class PromotionSpec(ApiModel):
     (100 − canary.trafficPercent) when unset; set it when only a slice of the others is logged as control."""
     sequential_tau: float = Field(default=0.05, gt=0)
     """Mixing scale τ of the always-valid test (mSPRT) on relative lifts: the lift worth detecting fast.
-    0.05 held the A/A false-positive rate under α and reached a decision in under half the users of a fixed
-    7-day test in bench/gate.py."""
+    0.05 matches the lifts the report saw and makes the interval narrowest near the end of a 7-day test on
+    bench/gate.py's streams (docs/metrics.md, section 4)."""
     min_users_per_arm: Annotated[int, Field(ge=2)] = 200
     """No lift is judged significant before each arm has this many users (the normal approximation needs
     them)."""
