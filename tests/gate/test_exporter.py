@@ -182,3 +182,23 @@ def test_flywheel_exporter_command_keeps_its_counts_across_sigterm(tmp_path: Pat
     # restarted under another rule, the exporter refuses the snapshot and says how to go on
     refused = subprocess.run([*command, "--snapshot", str(snapshot)], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "--engaged-min-days 1" in refused.stderr
+
+
+def test_an_exporter_that_lost_its_state_accepts_the_next_hourly_batch(exporter) -> None:
+    """Issue 15, cause 5: exposures were logged once, before a restart without the snapshot. The next batch is
+    accepted: users naming their arm are adopted (and exported as such), the rest counted as unattributed."""
+    _, client = exporter  # a fresh, empty exporter: the restarted one
+    response = post(
+        client,
+        engagement("old-1", 2, day=3, arm="control", responses=2, guardrails={"errors": 1}),
+        engagement("old-2", 1, day=3, arm="treatment"),
+        engagement("old-3", 1, day=3),
+    )
+    assert response.status_code == 200 and response.json() == {"accepted": 3}
+    after = samples(client)
+    control = (("arm", "control"), ("generation", "gen2"))
+    assert after[("flywheel_users_exposed_total", control)] == 1
+    assert after[("flywheel_users_adopted_total", control)] == 1
+    assert after[("flywheel_responses_squared_total", control)] == 4
+    assert after[("flywheel_guardrail_events_cross_total", (*control, ("guardrail", "errors")))] == 2
+    assert after[("flywheel_exporter_events_total", (("outcome", "unattributed"),))] == 1
