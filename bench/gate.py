@@ -18,6 +18,7 @@ Baselines on the same streams: a fixed 7-day Welch test on raw depth and a fixed
 
     .venv/bin/python bench/gate.py [--aa 500] [--ab 200] [--sweep 60] [--check 2] [--seed 0]
     .venv/bin/python bench/gate.py --novelty 60      # the novelty guard's study (bench/results/gate_novelty.json)
+    .venv/bin/python bench/gate.py --reset 120       # an exporter restart on day 3 (bench/results/gate_reset.json)
 
 About 12 CPU-minutes with the defaults (≈0.45 s per stream to simulate and run 3 gate variants × 2 cadences);
 the replicate counts used are printed and written with the results.
@@ -53,7 +54,7 @@ RATE_CONCENTRATION = 20.0
 START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 FIELDS = (
     "users", "engaged", "y", "y2", "x", "x2", "xy", "responses", "r2",
-    *(f"{kind}.{name}" for name in GUARDRAIL_RATES for kind in ("g", "g2", "gr")),
+    *(f"{kind}.{name}" for name in GUARDRAIL_RATES for kind in ("g", "g2", "gr")), "adopted",
 )  # fmt: skip
 F = {name: i for i, name in enumerate(FIELDS)}
 FLYWHEEL_RESULTS = Path(__file__).parent / "results" / "flywheel.json"
@@ -71,16 +72,19 @@ POPULATION = int(USERS_PER_ARM / 0.8)
 """Users who could come during the test; about 80 % of them have a session in the 7 days (and are exposed)."""
 
 
-def simulate_stream(rng: np.random.Generator, lift: float | np.ndarray, noise: float) -> np.ndarray:
+def simulate_stream(
+    rng: np.random.Generator, lift: float | np.ndarray, noise: float, *, restart_day: int | None = None
+) -> np.ndarray:
     """Cumulative per-arm sums at every minute: shape (2, MINUTES, len(FIELDS)). `lift`: one relative depth lift,
-    or one per day of the test (a novelty effect)."""
+    or one per day of the test (a novelty effect). `restart_day`: the exporter restarts without its state at
+    the start of that day; from then on the sums are what the empty exporter counts (returning users adopted on
+    their arm, their depth and active days counted from the restart), as Prometheus would show them."""
     n = 2 * POPULATION
     activity = rng.beta(1.1, 2.2, n)
     propensity = rng.normal(0.7, 0.8, n) + 0.6 * (activity - 0.33)
     treated = rng.random(n) < 0.5
     active = rng.random((n, DAYS)) < np.minimum(activity[:, None] * WEEKDAY, 1.0)
     exposed = active.any(axis=1)
-    first = np.argmax(active, axis=1)
     day_noise = rng.normal(0.0, 0.6, (n, DAYS))
     lift_by_day = np.broadcast_to(np.asarray(lift, dtype=float), (DAYS,))
     turns = active * np.exp(propensity[:, None] + day_noise) * (1.0 + treated[:, None] * lift_by_day[None, :])
@@ -88,19 +92,39 @@ def simulate_stream(rng: np.random.Generator, lift: float | np.ndarray, noise: f
     before = rng.random(n) < 1.0 - (1.0 - activity) ** 7
     habit = 7 * activity * np.exp(propensity + 0.18)
     pre = before * habit * np.exp(noise * rng.normal(size=n) - noise * noise / 2)
-
-    cum = np.cumsum(turns, axis=1)
-    days_active = np.cumsum(active, axis=1)
     responses = np.ceil(turns)
-    cum_r = np.cumsum(responses, axis=1)
     rows, cols = np.nonzero(active & exposed[:, None])
     minute = cols * 1440 + np.searchsorted(DIURNAL, rng.random(len(rows)))
-    arm = treated[rows].astype(np.int64)
-    index = arm * MINUTES + minute
+    events = {}
+    for name, mean in GUARDRAIL_RATES.items():
+        rate = rng.beta(RATE_CONCENTRATION * mean, RATE_CONCENTRATION * (1 - mean), n)
+        events[name] = np.zeros((n, DAYS))
+        events[name][rows, cols] = rng.binomial(responses[rows, cols].astype(np.int64), rate[rows])
+    world = (active, treated, turns, responses, events, pre, rows, cols, minute)
+    sums = _fold(world, 0)
+    if restart_day is not None:
+        cut = restart_day * 1440
+        sums[:, cut:] = _fold(world, restart_day)[:, cut:]
+    return sums
+
+
+def _fold(world: tuple, start: int) -> np.ndarray:
+    """The exporter's counters at every minute over the days from `start` on, per-user state counted from it."""
+    active, treated, turns, responses, events, pre, rows, cols, minute = world
+    counted = active.copy()
+    counted[:, :start] = False
+    first = np.argmax(counted, axis=1)
+    earliest = np.argmax(active, axis=1)
+    cum, cum_r = np.cumsum(turns * counted, axis=1), np.cumsum(responses * counted, axis=1)
+    days_active = np.cumsum(counted, axis=1)
+    keep = cols >= start
+    rows, cols, minute = rows[keep], cols[keep], minute[keep]
+    index = treated[rows].astype(np.int64) * MINUTES + minute
     y, c = turns[rows, cols], cum[rows, cols]
     r, cr = responses[rows, cols], cum_r[rows, cols]
     is_first = cols == first[rows]
-    x = pre[rows]
+    adopted = is_first & (earliest[rows] < start)  # exposed before the restart: no exposure event, no covariate
+    x = np.where(adopted, 0.0, pre[rows])
     weights = {
         "users": is_first.astype(float),
         "engaged": (days_active[rows, cols] == 2).astype(float),
@@ -111,13 +135,12 @@ def simulate_stream(rng: np.random.Generator, lift: float | np.ndarray, noise: f
         "xy": x * y,
         "responses": r,
         "r2": cr * cr - (cr - r) ** 2,
+        "adopted": adopted.astype(float),
     }
-    for name, mean in GUARDRAIL_RATES.items():
-        rate = rng.beta(RATE_CONCENTRATION * mean, RATE_CONCENTRATION * (1 - mean), n)
-        events = np.zeros((n, DAYS))
-        events[rows, cols] = rng.binomial(r.astype(np.int64), rate[rows])
-        cum_g = np.cumsum(events, axis=1)
-        g, cg = events[rows, cols], cum_g[rows, cols]
+    for name, matrix in events.items():
+        counted_events = matrix * counted
+        cum_g = np.cumsum(counted_events, axis=1)
+        g, cg = counted_events[rows, cols], cum_g[rows, cols]
         weights[f"g.{name}"] = g
         weights[f"g2.{name}"] = cg * cg - (cg - g) ** 2
         weights[f"gr.{name}"] = cg * cr - (cg - g) * (cr - r)
@@ -287,6 +310,7 @@ def arm_stats(row: np.ndarray) -> ArmStats:
         responses_sum_squares=float(row[F["r2"]]),
         guardrail_sum_squares={name: float(row[F[f"g2.{name}"]]) for name in GUARDRAIL_RATES},
         guardrail_cross_sums={name: float(row[F[f"gr.{name}"]]) for name in GUARDRAIL_RATES},
+        adopted_users=round(row[F["adopted"]]),
     )
 
 
@@ -452,6 +476,40 @@ def novelty_study(streams: int, seed: int, out: Path) -> int:
     return 0
 
 
+def reset_study(streams: int, seed: int, out: Path) -> int:
+    """An exporter restart without its state on day 3, through `evaluate_online` itself at 30-minute looks: the
+    same A/A and +5 % streams with and without the restart."""
+    started = time.perf_counter()
+    spec = PromotionSpec(control_percent=10)
+    noise = calibrate_noise(0.0054, seed)
+    results: dict = {}
+    for name, lift, count in (("A/A", 0.0, streams), ("+5%", 0.05, streams // 2)):
+        rows: dict[str, list[Path_]] = {"no restart": [], "restart on day 3": []}
+        for i in range(count):
+            for key, restart in (("no restart", None), ("restart on day 3", 3)):
+                rng = np.random.default_rng([seed, zlib.crc32(name.encode()), i])  # the same users both ways
+                rows[key].append(replay(looks(simulate_stream(rng, lift, noise, restart_day=restart), 30), spec, 30))
+        results[name] = {}
+        for key, paths in rows.items():
+            outcomes = [p.outcome for p in paths]
+            decisive = outcomes.count("PROMOTE") + outcomes.count("ROLL_BACK")
+            results[name][key] = {
+                "promote": outcomes.count("PROMOTE") / count,
+                "roll_back": outcomes.count("ROLL_BACK") / count,
+                "decisive": decisive / count,
+                "decisive_ci95": interval95(decisive, count),
+                "inconclusive": outcomes.count("INCONCLUSIVE") / count,
+            }
+            print(f"{name:<4} {key:<17} {count} streams: PROMOTE {outcomes.count('PROMOTE') / count:.3f}, "
+                  f"ROLL_BACK {outcomes.count('ROLL_BACK') / count:.3f}", flush=True)  # fmt: skip
+    seconds = time.perf_counter() - started
+    print(f"30-minute looks through evaluate_online; {seconds:.0f} s")
+    out.write_text(
+        json.dumps({"streams": streams, "look_minutes": 30, "results": results, "seconds": seconds}, indent=2) + "\n"
+    )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--aa", type=int, default=500, help="A/A streams")
@@ -461,7 +519,10 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gate.json")
     parser.add_argument("--novelty", type=int, default=0, help="run only the novelty-guard study with N streams")
+    parser.add_argument("--reset", type=int, default=0, help="run only the exporter-restart study with N A/A streams")
     args = parser.parse_args()
+    if args.reset:
+        return reset_study(args.reset, args.seed, Path(__file__).parent / "results" / "gate_reset.json")
     if args.novelty:
         return novelty_study(args.novelty, args.seed, Path(__file__).parent / "results" / "gate_novelty.json")
 

@@ -160,6 +160,9 @@ def evaluate_online(
         )
     assert reading.control is not None and reading.treatment is not None  # has_data guarantees both
     control, treatment, reset = _stitch(reading.control, reading.treatment, carried, numbers)
+    restarted = numbers.get("counter_resets", 0.0) > 0
+    if restarted:
+        control, treatment = _after_reset(control), _after_reset(treatment)
     checks: list[GateCheck] = [GateCheck(name="data", passed=True, message="Both arms reported data.")]
     numbers["users.control"] = float(control.users)
     numbers["users.treatment"] = float(treatment.users)
@@ -190,7 +193,10 @@ def evaluate_online(
     else:
         try:
             for judge in (_breadth, _depth):
-                verdict = judge(promotion, control, treatment, alphas, carried, numbers)
+                if restarted and judge is _breadth:
+                    verdict = _frozen("breadth", promotion.min_breadth_lift, carried)
+                else:
+                    verdict = judge(promotion, control, treatment, alphas, carried, numbers)
                 if isinstance(verdict, str):
                     waiting.append(verdict)
                 else:
@@ -348,6 +354,34 @@ def _stitch(
         numbers.update({f"offset.{arm}.{k}": v for k, v in offsets[arm].items()})
         numbers.update({f"sums.{arm}.{k}": v for k, v in totals[arm].items()})
     return _unflatten(totals["control"]), _unflatten(totals["treatment"]), reset
+
+
+_SECOND_MOMENTS = ("depth_sum_squares", "responses_sum_squares", "guardrail_sum_squares", "guardrail_cross_sums")
+
+
+def _after_reset(arm: ArmStats) -> ArmStats:
+    """The stitched sums as the statistics may use them once a reset happened. A user who came back after it was
+    adopted (counted again) and has their turns split in two parts d₁, d₂: the first moments add up right, so the
+    users are counted once (adopted ones left out), and (d₁ + d₂)² ≤ 2(d₁² + d₂²) bounds every second moment (and
+    so every variance) from above. Breadth cannot be stitched (a returning user is engaged anew): it is frozen."""
+    users = arm.users - arm.adopted_users
+    update: dict[str, object] = {"users": users, "adopted_users": 0, "engaged_users": min(arm.engaged_users, users)}
+    for name in _SECOND_MOMENTS:
+        value = getattr(arm, name)
+        if isinstance(value, dict):
+            update[name] = {k: 2.0 * v for k, v in value.items()}
+        elif value is not None:
+            update[name] = 2.0 * value
+    return arm.model_copy(update=update)
+
+
+def _frozen(name: str, minimum_lift: float, carried: dict[str, float]) -> MetricVerdict | str:
+    """A metric that gets no new information after a counter reset keeps its last always-valid interval."""
+    if f"{name}.lower" not in carried and f"{name}.upper" not in carried:
+        return f"{name} cannot be judged: the exporter's counters were reset before it had enough information"
+    lower, upper = carried.get(f"{name}.lower", -math.inf), carried.get(f"{name}.upper", math.inf)
+    estimate = (lower + upper) / 2 if math.isfinite(lower + upper) else 0.0
+    return MetricVerdict(name, estimate, lower, upper, carried.get(f"{name}.p_value", 1.0), minimum_lift)
 
 
 def _prefixed(numbers: dict[str, float], prefix: str) -> dict[str, float]:
