@@ -317,3 +317,23 @@ def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path)
         second.wait(timeout=30)
     counters = {k: v for k, v in before.items() if k[0] not in PROCESS_SERIES}
     assert counters and {k: after.get(k) for k in counters} == counters
+
+
+def test_an_exporter_that_lost_its_state_accepts_the_next_hourly_batch(exporter) -> None:
+    """Issue 15, cause 5: exposures were logged once, before a restart without the snapshot. The next batch is
+    accepted: users naming their arm are adopted (and exported as such), the rest counted as unattributed."""
+    _, client = exporter  # a fresh, empty exporter: the restarted one
+    response = post(
+        client,
+        engagement("old-1", 2, day=3, arm="control", responses=2, guardrails={"errors": 1}),
+        engagement("old-2", 1, day=3, arm="treatment"),
+        engagement("old-3", 1, day=3),
+    )
+    assert response.status_code == 200 and response.json() == {"accepted": 3}
+    after = samples(client)
+    control = (("arm", "control"), ("generation", "gen2"))
+    assert after[("flywheel_users_exposed_total", control)] == 1
+    assert after[("flywheel_users_adopted_total", control)] == 1
+    assert after[("flywheel_responses_squared_total", control)] == 4
+    assert after[("flywheel_guardrail_events_cross_total", (*control, ("guardrail", "errors")))] == 2
+    assert after[("flywheel_exporter_events_total", (("outcome", "unattributed"),))] == 1

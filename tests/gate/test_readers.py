@@ -144,7 +144,7 @@ def test_transient_errors_are_retried() -> None:
             flaky["count"] += 1
             raise httpx.ReadTimeout("slow")
         at = float(request.url.params["time"])
-        result = [{"metric": {}, "value": [at, str(table[query])]}]
+        result = [{"metric": {}, "value": [at, str(table[query])]}] if query in table else []
         return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": result}})
 
     client = httpx.Client(transport=httpx.MockTransport(handle), base_url=SPEC.prometheus_url)

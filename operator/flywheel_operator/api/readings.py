@@ -88,11 +88,24 @@ class ArmStats(ApiModel):
     """Responses served (denominator of guardrail rates)."""
     guardrails: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(default_factory=dict)
     """Guardrail event counts by guardrail name (instruction-violations, false-refusals, errors)."""
+    responses_sum_squares: float | None = Field(default=None, ge=0)
+    """Σ over users of (responses served to the user)²: with the two below, the user-clustered variance of the
+    guardrail rates (a user's responses are not independent). None when the exporter does not provide it."""
+    guardrail_sum_squares: dict[str, float] = Field(default_factory=dict)
+    """Σ over users of (the user's guardrail events)², by guardrail name."""
+    guardrail_cross_sums: dict[str, float] = Field(default_factory=dict)
+    """Σ over users of (the user's guardrail events × the user's responses), by guardrail name."""
+    adopted_users: int = Field(default=0, ge=0)
+    """Users counted from an engagement event after the exporter lost its state (their exposure came before it):
+    counted in `users` for the metrics, left out of the sample-ratio test (whether they come back depends on
+    the arm)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ArmStats:
         if self.engaged_users > self.users:
             raise ValueError(f"engagedUsers ({self.engaged_users}) cannot exceed users ({self.users})")
+        if self.adopted_users > self.users:
+            raise ValueError(f"adoptedUsers ({self.adopted_users}) cannot exceed users ({self.users})")
         return self
 
 

@@ -51,9 +51,24 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("flywheel_pre_depth_turns_squared", "pre_sum_squares", "CUPED: Σ X² over exposed users."),
     ("flywheel_pre_depth_cross_turns", "pre_cross_sum", "CUPED: Σ X·depth over exposed users."),
     ("flywheel_responses", "responses", "Responses served to exposed users (guardrail denominator)."),
+    ("flywheel_responses_squared", "responses_sum_squares", "Σ over users of (responses served to the user)²."),
+    (
+        "flywheel_users_adopted",
+        "adopted",
+        "Users first seen through an engagement event naming their arm (exposure lost in a restart).",
+    ),
 )
 """(metric name without `_total`, ArmTotals field, help text) of every per-arm counter."""
 GUARDRAIL_METRIC = "flywheel_guardrail_events"
+PER_USER_GUARDRAIL_METRICS = (
+    ("flywheel_guardrail_events_squared", "guardrail_sum_squares", "Σ over users of (the user's guardrail events)²."),
+    (
+        "flywheel_guardrail_events_cross",
+        "guardrail_cross_sums",
+        "Σ over users of (the user's guardrail events) × (the user's responses).",
+    ),
+)
+"""Per-user sums of the guardrail rates' user-clustered variance (absent for totals from an older snapshot)."""
 LATENCY_METRIC = "flywheel_response_latency_seconds"
 EVENTS_METRIC = "flywheel_exporter_events"
 LAST_EVENT_METRIC = "flywheel_exporter_last_event_timestamp_seconds"
@@ -63,6 +78,7 @@ REFUSED_REASONS = ("missing-token", "wrong-token")
 METRIC_NAMES: tuple[str, ...] = (
     *(f"{name}_total" for name, _, _ in COUNTERS),
     f"{GUARDRAIL_METRIC}_total",
+    *(f"{name}_total" for name, _, _ in PER_USER_GUARDRAIL_METRICS),
     LATENCY_METRIC,
     f"{EVENTS_METRIC}_total",
     f"{REFUSED_WRITES_METRIC}_total",
@@ -89,13 +105,20 @@ class StoreCollector(Collector):
         store: EngagementStore = self.durable.store
         with store.lock:
             arms = {key: (totals, dict(totals.guardrails)) for key, totals in store.arms.items()}
-            outcomes = dict(self.outcomes)
+            per_user = {
+                key: {attribute: dict(getattr(t, attribute)) for _, attribute, _ in PER_USER_GUARDRAIL_METRICS}
+                for key, t in store.arms.items()
+                if t.per_user_sums
+            }
+            outcomes = dict(self.outcomes, unattributed=store.unattributed)
             latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in store.arms.items()}
             last_events = dict(self.last_events)
         # Samples carry `namespace` only for experiments whose events named one (events.experiment_labels).
         for name, attribute, documentation in COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=ARM_LABELS)
             for (key, arm), (totals, _) in sorted(arms.items()):
+                if attribute == "responses_sum_squares" and not totals.per_user_sums:
+                    continue
                 family.add_sample(f"{name}_total", _arm_labels(key, arm), float(getattr(totals, attribute)))
             yield family
         guardrails = CounterMetricFamily(
@@ -109,6 +132,12 @@ class StoreCollector(Collector):
                     f"{GUARDRAIL_METRIC}_total", {**_arm_labels(key, arm), "guardrail": guardrail}, float(count)
                 )
         yield guardrails
+        for name, attribute, documentation in PER_USER_GUARDRAIL_METRICS:
+            family = CounterMetricFamily(name, documentation, labels=[*ARM_LABELS, "guardrail"])
+            for (key, arm), sums in sorted(per_user.items()):
+                for guardrail, value in sorted(sums[attribute].items()):
+                    family.add_sample(f"{name}_total", {**_arm_labels(key, arm), "guardrail": guardrail}, float(value))
+            yield family
         histogram = HistogramMetricFamily(LATENCY_METRIC, "Latency of responses served.", labels=ARM_LABELS)
         for (key, arm), (buckets, total, count) in sorted(latency.items()):
             labels = _arm_labels(key, arm)
@@ -127,7 +156,7 @@ class StoreCollector(Collector):
             last.add_sample(LAST_EVENT_METRIC, experiment_labels(key), seconds)
         yield last
         events = CounterMetricFamily(EVENTS_METRIC, "Event lines received, by outcome.", labels=["outcome"])
-        for outcome in ("accepted", "rejected"):
+        for outcome in ("accepted", "rejected", "unattributed"):
             events.add_metric([outcome], float(outcomes.get(outcome, 0)))
         yield events
         refused = CounterMetricFamily(

@@ -23,7 +23,7 @@ from flywheel_operator.gate.store import EngagementStore
 
 ARMS = ("control", "treatment")
 REQUIRED = ("users", "engaged", "depth_sum", "depth_sum_squares", "responses")
-OPTIONAL = ("pre_sum", "pre_sum_squares", "pre_cross_sum")
+OPTIONAL = ("pre_sum", "pre_sum_squares", "pre_cross_sum", "responses_sum_squares", "adopted")
 
 
 class NoData(Exception):
@@ -87,9 +87,19 @@ class PrometheusReader:
                 values["guardrails"][guardrail.name] = _whole(
                     values["guardrails"][guardrail.name], f"guardrail {guardrail.name!r}"
                 )
+            for field, template in (
+                ("guardrail_sum_squares", queries.guardrail_sum_squares),
+                ("guardrail_cross_sums", queries.guardrail_cross_sum),
+            ):  # per-user sums: missing ones leave that guardrail with the per-response variance
+                with contextlib.suppress(NoData):
+                    values.setdefault(field, {})[guardrail.name] = self._value(
+                        client, template.format(**labels, guardrail=guardrail.name), now
+                    )
         values["users"] = _whole(values["users"], "users")
         values["engaged_users"] = _whole(values.pop("engaged"), "engaged")
         values["responses"] = _whole(values["responses"], "responses")
+        adopted = values.pop("adopted")
+        values["adopted_users"] = _whole(adopted, "adopted") if adopted is not None else 0
         return values
 
     def _check_events_flow(self, client: httpx.Client, generation: str, namespace: str, now: datetime) -> None:

@@ -3,8 +3,9 @@
 Prometheus holds sums, not users, so every estimate here is computed from n, ΣY, ΣY² (and ΣX, ΣX², ΣXY for
 CUPED). Formulas follow docs/metrics.md: Welch for differences of means, the delta method for relative lifts
 and ratio metrics, CUPED (Deng et al. 2013) for variance reduction, the mixture SPRT (Johari et al., "Always
-Valid Inference") for tests that stay valid however often they are looked at, and a χ² test for sample-ratio
-mismatch.
+Valid Inference") for tests that stay valid however often they are looked at, and a beta-binomial mixture
+e-value (Lindon & Malek's Dirichlet-multinomial test with two arms) for sample-ratio mismatch, valid at any look
+cadence. The fixed-horizon χ² is kept for reporting only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ import math
 from dataclasses import dataclass
 
 from scipy import special
+
+SRM_CONCENTRATION = 1000.0
+"""Prior concentration of the beta mixture over the treatment share in the sequential SRM test: its prior
+standard deviation around the configured share is about √(p(1−p)/1000) ≈ 1.6 points at 50/50, the size of split
+bug (a dropped pod, a sticky-routing leak) the test should catch within a few thousand users."""
 
 
 @dataclass(frozen=True)
@@ -233,3 +239,61 @@ def sample_ratio_mismatch(control_users: int, treatment_users: int, treatment_sh
     observed = (control_users, treatment_users)
     chi2 = sum((o - e) ** 2 / e for o, e in zip(observed, expected, strict=True))
     return SrmResult(chi2=chi2, p_value=float(special.chdtrc(1, chi2)), expected_treatment_share=treatment_share)
+
+
+@dataclass(frozen=True)
+class SequentialSrm:
+    """The anytime-valid sample-ratio test at one look: the mixture e-value and its p-value 1/E."""
+
+    log_e_value: float
+    p_value: float
+    expected_treatment_share: float
+    observed_treatment_share: float
+
+
+def sequential_srm(
+    control_users: int, treatment_users: int, treatment_share: float, *, concentration: float = SRM_CONCENTRATION
+) -> SequentialSrm:
+    """Beta-binomial mixture likelihood ratio of the users per arm against the configured split.
+
+    Each exposed user is an independent draw of the arm with P(treatment) = p₀ under a correct split, so
+    E = B(t + a, c + b) / B(a, b) / (p₀ᵗ (1 − p₀)ᶜ) with a = κp₀, b = κ(1 − p₀) is a non-negative martingale
+    over users (Lindon & Malek 2022, two arms). By Ville's inequality P(supₙ E ≥ 1/α) ≤ α, and E depends only
+    on the current counts: the test holds at any look cadence (every minute, every user) with no state to carry.
+    """
+    if not 0.0 < treatment_share < 1.0:
+        raise ValueError(f"the expected treatment share must be in (0, 1), got {treatment_share}")
+    if control_users < 0 or treatment_users < 0:
+        raise ValueError(f"user counts must be non-negative, got {control_users}, {treatment_users}")
+    a, b = concentration * treatment_share, concentration * (1.0 - treatment_share)
+    c, t = float(control_users), float(treatment_users)
+    log_e = (
+        float(special.betaln(t + a, c + b) - special.betaln(a, b))
+        - t * math.log(treatment_share)
+        - c * math.log1p(-treatment_share)
+    )
+    total = c + t
+    return SequentialSrm(
+        log_e_value=log_e,
+        p_value=math.exp(-log_e) if log_e > 0 else 1.0,
+        expected_treatment_share=treatment_share,
+        observed_treatment_share=t / total if total > 0 else treatment_share,
+    )
+
+
+def clustered_rate(
+    users: int, events: float, events_squares: float, responses: float, responses_squares: float, cross: float
+) -> Moments:
+    """A rate per response (guardrail events / responses) with its user-clustered variance.
+
+    Responses of one user are correlated (one user hitting the same refusal again and again), so the rate is a
+    ratio of per-user sums, ΣG/ΣR, and its variance comes from the delta method over users (Deng et al. 2018,
+    `ratio_metric`) with the exporter's per-user sums ΣG², ΣR², ΣGR. `n` is the users, so `absolute_lift`
+    divides by the number of independent units, not by the responses.
+    """
+    return ratio_metric(users, events, events_squares, responses, responses_squares, cross)
+
+
+def normal_quantile(probability: float) -> float:
+    """Φ⁻¹(p), the critical value of a fixed-horizon z-test."""
+    return float(special.ndtri(probability))

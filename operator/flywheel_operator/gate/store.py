@@ -62,6 +62,18 @@ class ArmTotals:
     latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     latency_sum: float = 0.0
     latency_count: int = 0
+    responses_sum_squares: float = 0.0
+    """Σ over users of (the user's responses)², for the user-clustered variance of guardrail rates."""
+    guardrail_sum_squares: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DEFAULT_GUARDRAILS, 0.0))
+    """Σ over users of (the user's events of each guardrail)²."""
+    guardrail_cross_sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(DEFAULT_GUARDRAILS, 0.0))
+    """Σ over users of (the user's events of each guardrail) × (the user's responses)."""
+    adopted: int = 0
+    """Users first seen through an engagement event naming their arm (their exposure was lost with the state of
+    an exporter that restarted without its snapshot); counted in `users`, left out of the SRM test."""
+    per_user_sums: bool = True
+    """False for totals loaded from a snapshot written before the per-user guardrail sums existed: they cannot be
+    rebuilt, so they are not exported (the gate falls back to per-response variances)."""
 
     def to_arm_stats(self) -> ArmStats:
         return ArmStats(
@@ -74,6 +86,10 @@ class ArmTotals:
             pre_cross_sum=self.pre_cross_sum,
             responses=self.responses,
             guardrails={name: float(count) for name, count in self.guardrails.items()},
+            responses_sum_squares=self.responses_sum_squares if self.per_user_sums else None,
+            guardrail_sum_squares=dict(self.guardrail_sum_squares) if self.per_user_sums else {},
+            guardrail_cross_sums=dict(self.guardrail_cross_sums) if self.per_user_sums else {},
+            adopted_users=self.adopted,
         )
 
 
@@ -86,6 +102,10 @@ class UserState:
     pre: float = 0.0
     days: list[int] = field(default_factory=list)
     """Distinct days with at least one turn, sorted, kept only until there are `engaged_min_days` of them."""
+    responses: int = 0
+    """Responses served to the user so far (per-user sums of the guardrail rates)."""
+    events: dict[str, int] = field(default_factory=dict)
+    """The user's guardrail events so far, by guardrail."""
 
     def add_day(self, day: int | None, *, enough: int) -> bool:
         """Record activity on `day`; True when this makes `enough` distinct days (the user becomes engaged).
@@ -126,6 +146,8 @@ class EngagementStore:
         self.users: dict[str, dict[str, UserState]] = {}
         self.arms: dict[tuple[str, str], ArmTotals] = {}
         self.sequence = 0
+        self.unattributed = 0
+        """Engagement events of users with no known exposure and no `arm`: not counted (see `apply`)."""
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ events
@@ -153,10 +175,11 @@ class EngagementStore:
                     )
                 assigned[(event.experiment, event.user)] = event.arm
             elif arm is None:
-                errors.append(
-                    f"event {index}: user {event.user!r} has no exposure in {event.generation!r}; "
-                    "send the exposure event first (only exposed users are counted)"
-                )
+                # No exposure known: after an exporter restart that lost its state, the exposure came before it.
+                # Refusing would refuse every later batch of a client that logs exposure once; `apply` adopts the
+                # user when the event names its arm and otherwise counts the event as unattributed.
+                if event.arm is not None:
+                    assigned[(event.generation, event.user)] = event.arm
             elif event.arm is not None and event.arm != arm:
                 errors.append(
                     f"event {index}: engagement says arm {event.arm!r} but user {event.user!r} was exposed "
@@ -177,7 +200,16 @@ class EngagementStore:
             totals.pre_sum += event.pre_depth
             totals.pre_sum_squares += event.pre_depth * event.pre_depth
             return
-        self._engage(users[event.user], event)
+        user = users.get(event.user)
+        if user is None:
+            if event.arm is None:
+                self.unattributed += 1
+                return
+            user = users[event.user] = UserState(arm=event.arm)
+            totals = self._totals(event.generation, event.arm)
+            totals.users += 1
+            totals.adopted += 1
+        self._engage(user, event)
 
     def _engage(self, user: UserState, event: EngagementEvent) -> None:
         totals = self._totals(event.experiment, user.arm)
@@ -191,12 +223,27 @@ class EngagementStore:
         totals.responses += event.served
         for name, count in event.guardrails.items():
             totals.guardrails[name] = totals.guardrails.get(name, 0) + count
+        self._per_user_sums(totals, user, event)
         for latency in event.latency_seconds:
             totals.latency_sum += latency
             totals.latency_count += 1
             for i, bound in enumerate(LATENCY_BUCKETS):
                 if latency <= bound:
                     totals.latency_buckets[i] += 1
+
+    @staticmethod
+    def _per_user_sums(totals: ArmTotals, user: UserState, event: EngagementEvent) -> None:
+        """Σ responses², Σ events² and Σ events·responses over users, kept exact as the user's counts grow."""
+        before, after = user.responses, user.responses + event.served
+        totals.responses_sum_squares += after * after - before * before
+        for name in {*user.events, *event.guardrails}:
+            old = user.events.get(name, 0)
+            new = old + event.guardrails.get(name, 0)
+            totals.guardrail_sum_squares[name] = totals.guardrail_sum_squares.get(name, 0.0) + new * new - old * old
+            totals.guardrail_cross_sums[name] = totals.guardrail_cross_sums.get(name, 0.0) + new * after - old * before
+            if new:
+                user.events[name] = new
+        user.responses = after
 
     def _totals(self, generation: str, arm: str) -> ArmTotals:
         return self.arms.setdefault((generation, arm), ArmTotals())
@@ -216,7 +263,10 @@ class EngagementStore:
             "engaged_min_days": self.engaged_min_days,
             "sequence": self.sequence,
             "users": {
-                generation: {user: [s.arm, s.depth, s.pre, list(s.days)] for user, s in users.items()}
+                generation: {
+                    user: [s.arm, s.depth, s.pre, list(s.days), s.responses, dict(s.events)]
+                    for user, s in users.items()
+                }
                 for generation, users in self.users.items()
             },
             "arms": [{"generation": g, "arm": a, **asdict(t)} for (g, a), t in self.arms.items()],
@@ -244,8 +294,15 @@ class EngagementStore:
         store.sequence = int(data["sequence"])
         store.users = {
             generation: {
-                user: UserState(arm=a, depth=int(d), pre=float(p), days=[int(day) for day in days])
-                for user, (a, d, p, days) in users.items()
+                user: UserState(
+                    arm=row[0],
+                    depth=int(row[1]),
+                    pre=float(row[2]),
+                    days=[int(day) for day in row[3]],
+                    responses=int(row[4]) if len(row) > 4 else 0,
+                    events={k: int(v) for k, v in row[5].items()} if len(row) > 5 else {},
+                )
+                for user, row in users.items()
             }
             for generation, users in data["users"].items()
         }
@@ -276,6 +333,7 @@ class EngagementStore:
     def _load_arms(self, rows: list[dict]) -> None:
         for row in rows:
             row = dict(row)
+            row.setdefault("per_user_sums", "responses_sum_squares" in row)  # older snapshots lack them
             key = (row.pop("generation"), row.pop("arm"))
             self.arms[key] = ArmTotals(**row)
 
