@@ -95,7 +95,7 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(
             assert first.poll() is None, (
                 "the stage ended without writing a checkpoint:\n" + (tmp_path / "first.log").read_text()[-3000:]
             )
-            time.sleep(0.2)
+            time.sleep(0.1)
         first.kill()  # preemption: no cleanup runs
     finally:
         first.kill()
