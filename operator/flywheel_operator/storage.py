@@ -116,7 +116,7 @@ def _fs(uri: str) -> tuple[Any, str]:
     if path is not None:
         from fsspec.implementations.local import LocalFileSystem
 
-        return LocalFileSystem(), str(path)
+        return LocalFileSystem(), os.path.abspath(path.expanduser())  # fsspec lists local files by absolute path
     import fsspec
 
     try:

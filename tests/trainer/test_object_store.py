@@ -42,6 +42,16 @@ def test_the_seam_round_trips_and_digests_like_the_local_files(s3: str, tmp_path
         storage.read_text(f"{uri}/absent.txt")
 
 
+def test_a_relative_local_path_lists_and_digests_like_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert storage.list_files("out") == ["out/checkpoint-3/trainer_state.json"]
+    assert storage.digest("out") == storage.digest(str(tmp_path / "out"))
+
+
 def test_a_retried_output_replaces_the_previous_attempt_and_publishes_the_result_last(s3: str, tmp_path: Path) -> None:
     uri = storage.join(s3, "gen1", "retried")
     for attempt, name in ((1, "old.txt"), (2, "new.txt")):
