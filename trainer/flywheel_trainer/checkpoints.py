@@ -123,6 +123,8 @@ def _uploader(uri: str) -> Any:
 
     class UploadCheckpoints(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                return  # the end of training: the published output follows and would delete it at once
             name = f"checkpoint-{state.global_step}"
             local = Path(args.output_dir) / name
             target = storage.join(uri, name)
