@@ -22,10 +22,12 @@ from flywheel_trainer.tinymodel import tiny_llama, train_tokenizer
 pytestmark = pytest.mark.slow
 MAX_STEPS = 120
 EVERY = 10
+EVERY_REMOTE = 30
+"""Fewer, larger steps between checkpoints on S3: each one is an upload of about ten objects."""
 REPLIES = ["I love sunny days by the sea!", "Tell me more about your garden.", "no", "whatever"]
 
 
-def stage_config(tmp_path: Path, output_root: str | None = None) -> Path:
+def stage_config(tmp_path: Path, output_root: str | None = None, every: int = EVERY) -> Path:
     base = tmp_path / "base"
     prompts = [f"what do you think about topic {i}?" for i in range(6)]
     tokenizer = train_tokenizer(prompts + REPLIES, vocab_size=300)
@@ -49,7 +51,7 @@ def stage_config(tmp_path: Path, output_root: str | None = None) -> Path:
         "policy": str(base),
         "data": {"userTraffic": {"uri": str(pairs)}},
         "rewardModel": "rm",
-        "checkpointSteps": EVERY,
+        "checkpointSteps": every,
         "settings": {
             "rewardModels": [
                 {"name": "rm", "kind": "pointwise", "maxSteps": MAX_STEPS, "batchSize": 1, "learningRate": 1e-4}
@@ -84,7 +86,7 @@ def test_a_killed_stage_resumes_from_its_last_checkpoint(
     tmp_path: Path, where: str, request: pytest.FixtureRequest
 ) -> None:
     output_root = request.getfixturevalue("s3") if where == "s3" else None
-    config_file = stage_config(tmp_path, output_root)
+    config_file = stage_config(tmp_path, output_root, EVERY_REMOTE if output_root else EVERY)
     config = StageConfig.model_validate(json.loads(config_file.read_text()))
     checkpoints = checkpoint_uri(config, "reward")
     assert checkpoints is not None and storage.is_object_store(checkpoints) == (where == "s3")
