@@ -116,7 +116,7 @@ def _fs(uri: str) -> tuple[Any, str]:
     if path is not None:
         from fsspec.implementations.local import LocalFileSystem
 
-        return LocalFileSystem(), str(path)
+        return LocalFileSystem(), os.path.abspath(path.expanduser())  # fsspec lists local files by absolute path
     import fsspec
 
     try:
@@ -155,6 +155,7 @@ def list_files(uri: str, *, suffixes: Iterable[str] = ()) -> list[str]:
     """The URIs of the files at `uri` (itself when it is a file; recursively, sorted, hidden parts skipped)."""
     with _naming(uri):
         fs, path = _fs(uri)
+        fs.invalidate_cache(path)  # a prefix another process writes to (checkpoints) is listed as it is now
         if fs.isfile(path):
             return [uri]
         if not fs.isdir(path):
@@ -190,6 +191,24 @@ def read_text(uri: str) -> str:
 def write_text(uri: str, text: str) -> None:
     with open_uri(uri, "wt", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def put_file(local: Path, uri: str) -> None:
+    """Copy one local file to `uri` (any backend)."""
+    with _naming(uri):
+        fs, path = _fs(uri)
+        if local_path(uri) is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fs.put_file(str(local), path)
+
+
+def remove(uri: str) -> None:
+    """Delete a file or a whole directory (prefix); nothing to delete is fine."""
+    with _naming(uri):
+        fs, path = _fs(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        fs.invalidate_cache(path)
 
 
 def digest(uri: str) -> str:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,33 +16,6 @@ from flywheel_trainer import cli
 from flywheel_trainer.conversation import load_conversations, write_conversations
 from flywheel_trainer.outputs import RESULT_FILE, StageError, combined_digest, read_jsonl, sha256_path
 from flywheel_trainer.runtime import model_source
-
-BUCKET = "flywheel"
-ROOT = f"s3://{BUCKET}"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 with dummy credentials and its endpoint in the environment, as a stage
-    pod gets them (resources.storage.secretRef / endpointUrl); yields the bucket's URI."""
-    from moto.server import ThreadedMotoServer
-    from s3fs import S3FileSystem
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("AWS_ACCESS_KEY_ID", "testing")
-        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-        env.setenv("AWS_DEFAULT_REGION", "us-east-1")
-        env.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
-        env.delenv("AWS_PROFILE", raising=False)
-        env.setenv(storage.CACHE_ENV, str(tmp_path_factory.mktemp("cache")))
-        S3FileSystem.clear_instance_cache()
-        S3FileSystem(endpoint_url=f"http://{host}:{port}").mkdir(BUCKET)
-        yield ROOT
-        S3FileSystem.clear_instance_cache()
-    server.stop()
 
 
 def _upload(local: Path, uri: str) -> str:
@@ -68,6 +40,16 @@ def test_the_seam_round_trips_and_digests_like_the_local_files(s3: str, tmp_path
     assert (storage.localize(uri) / "sub" / "b.bin").read_bytes() == b"\x00\x01"
     with pytest.raises(storage.MissingObjectError, match=r"s3://flywheel/roundtrip/absent\.txt"):
         storage.read_text(f"{uri}/absent.txt")
+
+
+def test_a_relative_local_path_lists_and_digests_like_its_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert storage.list_files("out") == ["out/checkpoint-3/trainer_state.json"]
+    assert storage.digest("out") == storage.digest(str(tmp_path / "out"))
 
 
 def test_a_retried_output_replaces_the_previous_attempt_and_publishes_the_result_last(s3: str, tmp_path: Path) -> None:

@@ -7,39 +7,56 @@ from resuming checkpoints of different training.
 The output directory is the same for every attempt of a stage (the planner names it `<root>/<gen>/<stage>`,
 without the attempt), and it is not the stage's atomic staging directory, so checkpoints outlive a killed
 attempt. When the stage succeeds, its published output replaces the directory and the checkpoints with it
-(outputs.atomic_output_dir). Every rank writes its own optimizer shards there, so on several nodes the output
-directory must be shared storage (the artifact PVC). With an object-store output directory there is no local
-directory to checkpoint into yet, and the stage trains without checkpoints.
+(outputs.atomic_output_dir). Every rank writes its own optimizer shards there, so on several nodes a local
+output directory must be shared storage (the artifact PVC).
+
+With an object-store output directory (`s3://`, `gs://`) the Trainer checkpoints into a local scratch directory
+(under storage.cache_dir()), and each complete checkpoint is uploaded to the same place under the output URI
+through the storage seam, `trainer_state.json` last (it marks the checkpoint complete, as it does locally; the
+Trainer writes it last). The newest KEEP complete checkpoints are kept there too. A stage that starts again
+downloads the newest complete one and resumes from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
+from flywheel_operator import storage
 from flywheel_operator.api import StageConfig
-
-from flywheel_trainer.outputs import StageError
-from flywheel_trainer.runtime import local_path
 
 CHECKPOINTS = "checkpoints"
 KEEP = 2
 """Checkpoints kept per phase: the newest may be half-written when the pod dies, the one before is complete."""
+COMPLETE_MARKER = "trainer_state.json"
+"""Written last by the Trainer into a checkpoint, and uploaded last: a checkpoint without it is incomplete."""
 _STEP = re.compile(r"^checkpoint-(\d+)$")
 
 
-def checkpoint_dir(config: StageConfig, phase: str) -> Path | None:
-    """Where `phase` of this stage checkpoints; None when checkpoints are off or the output is not a local path."""
+def _name(config: StageConfig, phase: str) -> str:
+    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
+    return f"{phase}-{digest}"
+
+
+def checkpoint_uri(config: StageConfig, phase: str) -> str | None:
+    """Where `phase` of this stage keeps its checkpoints (a path or an object-store URI); None when off."""
     if config.checkpoint_steps <= 0:
         return None
-    try:
-        root = local_path(config.output_dir, field="outputDir")
-    except StageError:
+    return storage.join(config.output_dir, CHECKPOINTS, _name(config, phase))
+
+
+def checkpoint_dir(config: StageConfig, phase: str) -> Path | None:
+    """The local directory the Trainer checkpoints `phase` into: under the output directory, or a scratch
+    directory uploaded from when the output is in an object store; None when checkpoints are off."""
+    uri = checkpoint_uri(config, phase)
+    if uri is None:
         return None
-    digest = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:12]
-    return root / CHECKPOINTS / f"{phase}-{digest}"
+    if storage.is_object_store(uri):
+        return storage.cache_dir() / CHECKPOINTS / _name(config, phase)
+    return storage.local_path(uri)
 
 
 def checkpoint_args(config: StageConfig, phase: str) -> dict[str, Any]:
@@ -55,19 +72,88 @@ def checkpoint_args(config: StageConfig, phase: str) -> dict[str, Any]:
     }
 
 
-def last_checkpoint(directory: Path | None) -> str | None:
-    """The newest complete checkpoint in `directory` (the Trainer writes trainer_state.json last), or None."""
-    if directory is None or not directory.is_dir():
-        return None
-    complete = [
-        (int(match.group(1)), path)
-        for path in directory.iterdir()
-        if (match := _STEP.match(path.name)) and (path / "trainer_state.json").is_file()
-    ]
-    return str(max(complete)[1]) if complete else None
+def _relative_parts(uri: str) -> list[list[str]]:
+    """The path parts below `uri` of every file under it (none when nothing is there)."""
+    try:
+        files = storage.list_files(uri)
+    except storage.MissingObjectError:
+        return []
+    return [file[len(uri.rstrip("/")) + 1 :].split("/") for file in files]
+
+
+def complete_checkpoints(uri: str | None) -> list[tuple[int, str]]:
+    """(step, URI) of the complete checkpoints under `uri` (a path or an object-store prefix), oldest first."""
+    if uri is None:
+        return []
+    found = []
+    for parts in _relative_parts(uri):
+        if len(parts) == 2 and parts[1] == COMPLETE_MARKER and (match := _STEP.match(parts[0])):
+            found.append((int(match.group(1)), storage.join(uri, parts[0])))
+    return sorted(found)
+
+
+def last_checkpoint(uri: str | Path | None) -> str | None:
+    """The newest complete checkpoint under `uri` (a directory or an object-store prefix), or None."""
+    complete = complete_checkpoints(None if uri is None else str(uri))
+    return complete[-1][1] if complete else None
 
 
 def train_resuming(trainer: Any, config: StageConfig, phase: str) -> Any:
-    """`trainer.train()`, from the last checkpoint of `phase` when an earlier attempt left one."""
-    trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir(config, phase)))
+    """`trainer.train()`, from the last checkpoint of `phase` when an earlier attempt left one; with an
+    object-store output the checkpoints are uploaded as they are saved and the last one downloaded first."""
+    uri = checkpoint_uri(config, phase)
+    resume = None
+    if uri is not None and storage.is_object_store(uri):
+        scratch = checkpoint_dir(config, phase)
+        with trainer.args.main_process_first(local=True, desc="checkpoint download"):
+            if trainer.args.local_process_index == 0:
+                shutil.rmtree(scratch, ignore_errors=True)  # a stale scratch from an earlier run on this node
+            newest = last_checkpoint(uri)
+            resume = str(storage.localize(newest)) if newest else None
+        trainer.add_callback(_uploader(uri))
+    elif uri is not None:
+        resume = last_checkpoint(uri)
+    trainer.train(resume_from_checkpoint=resume)
     return trainer
+
+
+def _uploader(uri: str) -> Any:
+    """A TrainerCallback that uploads each saved checkpoint to `uri` and keeps the newest KEEP there."""
+    from transformers import TrainerCallback
+
+    class UploadCheckpoints(TrainerCallback):
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.max_steps > 0 and state.global_step >= state.max_steps:
+                return  # the end of training: the published output follows and would delete it at once
+            name = f"checkpoint-{state.global_step}"
+            local = Path(args.output_dir) / name
+            target = storage.join(uri, name)
+            if state.is_local_process_zero:  # each node uploads what its ranks wrote (ZeRO shards)
+                for file in sorted(p for p in local.rglob("*") if p.is_file() and p.name != COMPLETE_MARKER):
+                    storage.put_file(file, storage.join(target, file.relative_to(local).as_posix()))
+            _barrier()
+            if state.is_world_process_zero:
+                storage.put_file(local / COMPLETE_MARKER, storage.join(target, COMPLETE_MARKER))
+                _prune(uri)
+
+    return UploadCheckpoints()
+
+
+def _prune(uri: str) -> None:
+    """Keep the newest KEEP complete checkpoints under `uri`; older ones, complete or not, go."""
+    complete = complete_checkpoints(uri)
+    if len(complete) <= KEEP:
+        return
+    oldest_kept = complete[-KEEP][0]
+    steps = {int(match.group(1)) for parts in _relative_parts(uri) if (match := _STEP.match(parts[0]))}
+    for step in sorted(steps):
+        if step < oldest_kept:
+            storage.remove(storage.join(uri, f"checkpoint-{step}"))
+
+
+def _barrier() -> None:
+    """Wait for every rank (no-op outside torch.distributed): all shards are up before the marker goes."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -20,7 +20,7 @@ from typing import Any
 from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
 from flywheel_trainer.calibration import calibration_report
-from flywheel_trainer.checkpoints import checkpoint_args, checkpoint_dir, last_checkpoint
+from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
 from flywheel_trainer.outputs import (
     SCRATCH,
     StageError,
@@ -69,7 +69,12 @@ def _upstream(config: StageConfig, artifact: str) -> Path:
 
 
 def _train_pointwise(
-    settings: RewardModelSettings, base: str, train: list[Row], args: dict, tokenizer: Any, resume: str | None = None
+    settings: RewardModelSettings,
+    base: str,
+    train: list[Row],
+    args: dict,
+    tokenizer: Any,
+    stage: StageConfig | None = None,
 ) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
@@ -87,8 +92,15 @@ def _train_pointwise(
         train_dataset=dataset,
         processing_class=tokenizer,
     )
-    attach_progress(trainer).train(resume_from_checkpoint=resume)
-    return trainer
+    return _train(trainer, stage)
+
+
+def _train(trainer: Any, stage: StageConfig | None) -> Any:
+    """Train with progress lines; resuming from (and writing) the stage's checkpoints when `stage` is given."""
+    if stage is None:
+        attach_progress(trainer).train()
+        return trainer
+    return train_resuming(attach_progress(trainer), stage, "reward")
 
 
 def _classifier_examples(settings: RewardModelSettings, rows: list[Row], tokenizer: Any) -> tuple[list[str], list[int]]:
@@ -117,7 +129,7 @@ def _train_classifier(
     labels: list[int],
     args: dict,
     tokenizer: Any,
-    resume: str | None = None,
+    stage: StageConfig | None = None,
 ) -> Any:
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
@@ -135,8 +147,7 @@ def _train_classifier(
         train_dataset=dataset,
         data_collator=DataCollatorWithPadding(tokenizer),
     )
-    attach_progress(trainer).train(resume_from_checkpoint=resume)
-    return trainer
+    return _train(trainer, stage)
 
 
 def main(config: StageConfig) -> StageResult:
@@ -168,9 +179,8 @@ def main(config: StageConfig) -> StageResult:
             learning_rate=settings.learning_rate,
         ) | {"per_device_train_batch_size": settings.batch_size, "num_train_epochs": settings.epochs}
         args |= checkpoint_args(config, "reward")
-        resume = last_checkpoint(checkpoint_dir(config, "reward"))
         if settings.kind == "pointwise":
-            trainer = _train_pointwise(settings, base, train, args, tokenizer, resume)
+            trainer = _train_pointwise(settings, base, train, args, tokenizer, config)
             chosen = [render(tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in held_out]
             rejected = [render(tokenizer, r["prompt"], r["rejected"][0]["content"]) for r in held_out]
             model = trainer.model
@@ -180,7 +190,7 @@ def main(config: StageConfig) -> StageResult:
             held_logits, held_labels = [*margin, *(-margin)], [1] * len(margin) + [0] * len(margin)
         else:
             texts, labels = _classifier_examples(settings, train, tokenizer)
-            trainer = _train_classifier(settings, base, texts, labels, args, tokenizer, resume)
+            trainer = _train_classifier(settings, base, texts, labels, args, tokenizer, config)
             held_texts, held_labels = _classifier_examples(settings, held_out, tokenizer)
             model = trainer.model
             held_logits = list(logits_for_texts(model, tokenizer, held_texts, max_length=settings.max_length))

@@ -124,6 +124,7 @@ def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[s
         per_device_train_batch_size=settings.batch_size,
         num_train_epochs=settings.epochs,
         max_length=settings.max_length,
+        activation_checkpointing=settings.activation_checkpointing,
     )
     if isinstance(model, str):
         model, _ = load_policy(model, training=True)
