@@ -1,0 +1,135 @@
+"""What the API server and KServe's webhooks check on a write, enforced by the emulator (tests/operator/cluster.py).
+
+Every object the operator creates or patches is validated as the real cluster would: the merge patch is applied
+to the stored object, KServe's defaulting webhook runs, then the result must match the pinned upstream schema
+(core kinds: kubernetes-validate's schemas, strict; InferenceService: KServe's CRD `openAPIV3Schema`, pinned under
+tests/schemas/, see its README) and pass KServe's validating webhook rules for canaries. A violation is answered
+with 422 like the API server does, and recorded so the test fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+
+SCHEMAS = Path(__file__).parent.parent / "schemas"
+KUBERNETES_VERSION = "1.30"
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+CUSTOM_SCHEMAS = {
+    ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-inferenceservice-v1beta1.schema.json.gz",
+}
+"""Custom resources the operator writes, by (apiVersion, kind), and their pinned CRD schema."""
+
+
+@functools.cache
+def crd_schema(filename: str) -> jsonschema.protocols.Validator:
+    with gzip.open(SCHEMAS / filename, "rt") as f:
+        schema = json.load(f)
+    return jsonschema.Draft7Validator(schema)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: what the API server stores after an `application/merge-patch+json` PATCH."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def schema_problems(obj: dict[str, Any]) -> list[str]:
+    """Where `obj` breaks its kind's upstream schema ([] when it conforms)."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in CUSTOM_SCHEMAS:
+        validator = crd_schema(CUSTOM_SCHEMAS[key])  # type: ignore[index]
+        return [
+            f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
+            for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+        ]
+    try:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        return [f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"]
+    return []
+
+
+def kserve_default(isvc: dict[str, Any], *, default_mode: str) -> dict[str, Any]:
+    """KServe's mutating webhook (DefaultInferenceService): legacy mode names are normalised, and the annotation
+    is added only when the cluster's default mode is Standard; a Knative-default cluster leaves it unset."""
+    isvc = copy.deepcopy(isvc)
+    annotations = isvc.setdefault("metadata", {}).get("annotations") or {}
+    mode = annotations.get(DEPLOYMENT_MODE)
+    if mode is not None:
+        annotations[DEPLOYMENT_MODE] = {"RawDeployment": "Standard", "Serverless": "Knative"}.get(mode, mode)
+    elif default_mode == "Standard":
+        annotations[DEPLOYMENT_MODE] = "Standard"
+    if annotations:
+        isvc["metadata"]["annotations"] = annotations
+    return isvc
+
+
+def kserve_admission(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    """KServe's validating webhook (pkg/apis/serving/v1beta1/inference_service_validation.go): the canary rules
+    of validateCanarySpecs, validateDeploymentMode and validatePredictorNameChange."""
+    problems = []
+    annotations = (new.get("metadata") or {}).get("annotations") or {}
+    spec = new.get("spec") or {}
+    predictor = spec.get("predictor") or {}
+    if old is not None:
+        recorded = (old.get("status") or {}).get("deploymentMode")
+        wanted = annotations.get(DEPLOYMENT_MODE)
+        if recorded and wanted is not None and wanted != {"RawDeployment": "Standard"}.get(recorded, recorded):
+            problems.append(f"update rejected: deploymentMode cannot be changed from '{recorded}' to '{wanted}'")
+        old_predictor = (old.get("spec") or {}).get("predictor") or {}
+        if old_predictor.get("name") != predictor.get("name") and _storage_uri(old_predictor) == _storage_uri(
+            predictor
+        ):
+            problems.append("predictor.name change requires a model change (e.g. storageUri)")
+    canaries = spec.get("canary") or []
+    if not canaries:
+        return problems
+    if annotations.get(DEPLOYMENT_MODE) != "Standard":
+        return [*problems, "canary is only supported in Standard deployment mode"]
+    if _storage_uri(predictor) is None and predictor.get("model") is None:
+        problems.append("canary requires a stable predictor with a model")
+    names: set[str] = set()
+    total = 0
+    for index, canary in enumerate(canaries):
+        name = (canary.get("predictor") or {}).get("name") or ""
+        if not name:
+            problems.append(f"canary[{index}] predictor.name is required")
+        elif name in names:
+            problems.append(f'canary predictor.name "{name}" is duplicated')
+        elif name == predictor.get("name"):
+            problems.append(f'canary predictor.name "{name}" conflicts with stable predictor name')
+        names.add(name)
+        total += int(canary.get("trafficPercent") or 0)
+    if total > 100:
+        problems.append(f"sum of canary trafficPercent values ({total}) must be <= 100")
+    return problems
+
+
+def _storage_uri(predictor: dict[str, Any]) -> str | None:
+    return (predictor.get("model") or {}).get("storageUri")
+
+
+def check_write(
+    obj: dict[str, Any], old: dict[str, Any] | None, *, default_mode: str = "Knative"
+) -> tuple[dict[str, Any], list[str]]:
+    """The object as stored after admission, and the problems that make the API server refuse it."""
+    if obj.get("kind") == "InferenceService":
+        obj = kserve_default(obj, default_mode=default_mode)
+        problems = schema_problems(obj)
+        return obj, problems or kserve_admission(obj, old)
+    return obj, schema_problems(obj)
