@@ -755,8 +755,8 @@ class World:
 
 def _canary_requested(isvc: dict[str, Any], mode: str, generation: str) -> bool:
     holder = ((isvc.get("metadata") or {}).get("annotations") or {}).get("characterflywheel.io/canary-of")
-    if holder is not None and holder != generation:
-        return False  # another generation's canary
+    if holder != generation:
+        return False  # another generation's canary, or none requested yet
     spec = isvc.get("spec") or {}
     if mode == "standard":
         return bool(spec.get("canary"))

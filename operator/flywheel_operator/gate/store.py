@@ -120,32 +120,25 @@ class EngagementStore:
         self.users: dict[str, dict[str, UserState]] = {}
         self.arms: dict[tuple[str, str], ArmTotals] = {}
         self.sequence = 0
+        self.crossovers: dict[str, set[str]] = {}
+        """Per generation, the users seen in both arms (exposed to one, then served or exposed by the other)."""
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ events
     def check(self, events: Iterable[Event]) -> list[str]:
-        """Reasons the batch cannot be applied to the current state (sticky arms, exposure first), in order."""
+        """Reasons the batch cannot be applied to the current state (exposure first), in order. A user seen in the
+        other arm is no error: `apply` counts the crossover (see `crossover_users`) and keeps the first arm."""
         assigned: dict[tuple[str, str], str] = {}
         errors: list[str] = []
         for index, event in enumerate(events, start=1):
             known = self.users.get(event.generation, {}).get(event.user)
             arm = assigned.get((event.generation, event.user)) or (known.arm if known else None)
             if isinstance(event, ExposureEvent):
-                if arm is not None and arm != event.arm:
-                    errors.append(
-                        f"event {index}: user {event.user!r} is already in arm {arm!r} of {event.generation!r}; "
-                        "arms are sticky per user, fix the assignment"
-                    )
-                assigned[(event.generation, event.user)] = event.arm
+                assigned.setdefault((event.generation, event.user), event.arm)
             elif arm is None:
                 errors.append(
                     f"event {index}: user {event.user!r} has no exposure in {event.generation!r}; "
                     "send the exposure event first (only exposed users are counted)"
-                )
-            elif event.arm is not None and event.arm != arm:
-                errors.append(
-                    f"event {index}: engagement says arm {event.arm!r} but user {event.user!r} was exposed "
-                    f"to {arm!r}; fix the routing or drop `arm`"
                 )
         return errors
 
@@ -155,6 +148,8 @@ class EngagementStore:
         users = self.users.setdefault(event.generation, {})
         if isinstance(event, ExposureEvent):
             if event.user in users:
+                if users[event.user].arm != event.arm:
+                    self.crossovers.setdefault(event.generation, set()).add(event.user)
                 return
             users[event.user] = UserState(arm=event.arm, pre=event.pre_depth)
             totals = self._totals(event.generation, event.arm)
@@ -162,7 +157,14 @@ class EngagementStore:
             totals.pre_sum += event.pre_depth
             totals.pre_sum_squares += event.pre_depth * event.pre_depth
             return
-        self._engage(users[event.user], event)
+        user = users[event.user]
+        if event.arm is not None and event.arm != user.arm:
+            self.crossovers.setdefault(event.generation, set()).add(event.user)
+        self._engage(user, event)  # intention to treat: the turns count in the arm the user was first exposed to
+
+    def crossover_users(self, generation: str) -> int:
+        """Users of `generation` seen in both arms: routing that is not sticky (gate.crossover judges the share)."""
+        return len(self.crossovers.get(generation, ()))
 
     def _engage(self, user: UserState, event: EngagementEvent) -> None:
         totals = self._totals(event.generation, user.arm)
@@ -204,6 +206,7 @@ class EngagementStore:
                 for generation, users in self.users.items()
             },
             "arms": [{"generation": g, "arm": a, **asdict(t)} for (g, a), t in self.arms.items()],
+            "crossovers": {generation: sorted(users) for generation, users in self.crossovers.items()},
         }
 
     @classmethod
@@ -234,6 +237,7 @@ class EngagementStore:
             for generation, users in data["users"].items()
         }
         store._load_arms(data["arms"])
+        store.crossovers = {g: set(users) for g, users in (data.get("crossovers") or {}).items()}
         return store
 
     @classmethod
