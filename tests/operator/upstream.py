@@ -24,8 +24,9 @@ KUBERNETES_VERSION = "1.30"
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 CUSTOM_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-inferenceservice-v1beta1.schema.json.gz",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "kserve-clusterservingruntime-v1alpha1.schema.json.gz",
 }
-"""Custom resources the operator writes, by (apiVersion, kind), and their pinned CRD schema."""
+"""Custom resources the operator writes or the chart installs, by (apiVersion, kind), and their pinned CRD schema."""
 
 
 @functools.cache

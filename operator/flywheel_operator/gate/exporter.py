@@ -50,11 +50,14 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
 GUARDRAIL_METRIC = "flywheel_guardrail_events"
 LATENCY_METRIC = "flywheel_response_latency_seconds"
 EVENTS_METRIC = "flywheel_exporter_events"
+CROSSOVER_METRIC = "flywheel_crossover_users"
+"""Users seen in both arms, per generation (gate.crossover judges the share of flywheel_users_exposed)."""
 METRIC_NAMES: tuple[str, ...] = (
     *(f"{name}_total" for name, _, _ in COUNTERS),
     f"{GUARDRAIL_METRIC}_total",
     LATENCY_METRIC,
     f"{EVENTS_METRIC}_total",
+    f"{CROSSOVER_METRIC}_total",
 )
 """Every series name family the exporter exposes (the chart's alerts and dashboard may use only these)."""
 
@@ -71,6 +74,7 @@ class StoreCollector(Collector):
         with store.lock:
             arms = {key: (totals, dict(totals.guardrails)) for key, totals in store.arms.items()}
             outcomes = dict(self.outcomes)
+            crossovers = {generation: len(users) for generation, users in store.crossovers.items()}
             latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in store.arms.items()}
         for name, attribute, documentation in COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=ARM_LABELS)
@@ -95,6 +99,11 @@ class StoreCollector(Collector):
         for outcome in ("accepted", "rejected"):
             events.add_metric([outcome], float(outcomes.get(outcome, 0)))
         yield events
+        crossed = CounterMetricFamily(CROSSOVER_METRIC, "Exposed users seen in both arms (arms not sticky).",
+                                      labels=["generation"])
+        for generation, count in sorted(crossovers.items()):
+            crossed.add_metric([generation], float(count))
+        yield crossed
 
 
 class ExporterServer(ThreadingHTTPServer):
