@@ -63,6 +63,10 @@ def test_checks_catch_what_the_api_server_refuses() -> None:
     body["spec"]["canary"][0]["predictor"]["name"] = "control"
     assert upstream.check_write(body, None)[1] == [
         'canary predictor.name "control" conflicts with stable predictor name']
+    misspelt = existing("knative")
+    misspelt["spec"]["predictor"]["model"]["storageURI"] = "hf://x"
+    assert upstream.check_write(misspelt, None)[1] == [
+        "spec.predictor.model.storageURI: unknown field (not in the CRD schema)"]
     job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": {"template": {"spec": {
         "containers": [{"name": "c", "image": "i", "gpus": 1}], "restartPolicy": "Never"}}}}
     assert "gpus" in upstream.check_write(job, None)[1][0]

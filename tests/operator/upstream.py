@@ -13,6 +13,7 @@ import copy
 import functools
 import gzip
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 CUSTOM_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-inferenceservice-v1beta1.schema.json.gz",
     ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "kserve-clusterservingruntime-v1alpha1.schema.json.gz",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-operator-servicemonitor-v1.schema.json.gz",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheus-operator-prometheusrule-v1.schema.json.gz",
 }
 """Custom resources the operator writes or the chart installs, by (apiVersion, kind), and their pinned CRD schema."""
 
@@ -57,12 +60,29 @@ def schema_problems(obj: dict[str, Any]) -> list[str]:
         return [
             f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
             for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
-        ]
+        ] + list(unknown_fields(validator.schema, obj))
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as error:
         return [f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"]
     return []
+
+
+def unknown_fields(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[str]:
+    """Fields a structural CRD schema does not declare: the API server drops them silently (or refuses them
+    under `fieldValidation=Strict`, kubectl's default), so a misspelt field would never take effect."""
+    if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                yield f"{path + '.' if path else ''}{key}: unknown field (not in the CRD schema)"
+            else:
+                yield from unknown_fields(schema["properties"][key], item, f"{path + '.' if path else ''}{key}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():
+            yield from unknown_fields(schema["additionalProperties"], item, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from unknown_fields(schema["items"], item, f"{path}.{index}")
 
 
 def kserve_default(isvc: dict[str, Any], *, default_mode: str) -> dict[str, Any]:
