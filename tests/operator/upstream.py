@@ -13,12 +13,12 @@ import copy
 import functools
 import gzip
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
-import kubernetes_validate
 
 SCHEMAS = Path(__file__).parent.parent / "schemas"
 KUBERNETES_VERSION = "1.30"
@@ -61,11 +61,32 @@ def schema_problems(obj: dict[str, Any]) -> list[str]:
             f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
             for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
         ] + list(unknown_fields(validator.schema, obj))
-    try:
-        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
-    except kubernetes_validate.ValidationError as error:
-        return [f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"]
-    return []
+    validator = core_schema(str(obj.get("apiVersion")), str(obj.get("kind")))
+    return [
+        f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
+        for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+@functools.cache
+def core_schema(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    """kubernetes-validate's strict schema of a core kind, built once (its `validate` rereads the files per call,
+    which at hundreds of writes per test is most of the emulator's time)."""
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    directory = f"kubernetes-json-schema/v{_schema_version()}-local-strict"
+    schema = utils.schema_contents(f"{directory}/{kind.lower()}-{group}.json", KUBERNETES_VERSION)
+    definitions = utils.schema_contents(f"{directory}/_definitions.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _schema_version() -> str:
+    from kubernetes_validate import utils
+
+    return [v for v in utils.all_versions() if utils.major_minor(v) <= KUBERNETES_VERSION][-1]
 
 
 def unknown_fields(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[str]:
