@@ -152,9 +152,8 @@ class KubernetesBackend:
         if status.policy is None and generation.spec.parent:
             parent = await self._parent(namespace, generation.spec.parent)
         seen_canary, holder = None, None
-        if status.candidate_policy is not None and (
-            status.canary is None or status.canary.phase in ("Waiting", "Deploying")
-        ):
+        passed = status.offline_gate is not None and status.offline_gate.passed
+        if passed and (status.canary is None or status.canary.phase in ("Waiting", "Deploying")):
             isvc = await self._inference_service(namespace, generation.spec.canary.inference_service)
             holder = await self._other_holder(namespace, name, isvc)
             if status.canary is not None and status.canary.phase == "Deploying":
@@ -253,7 +252,11 @@ class KubernetesBackend:
             return  # the planner sees the holder and waits
         if canary.ready_for_candidate(isvc, action.mode):
             path = resource_path("inferenceservices", namespace, action.inference_service)
-            await self.client.patch(path, canary.deploy_patch(action, generation=name, storage=storage))
+            patch = canary.deploy_patch(action, generation=name, storage=storage)
+            version = (isvc.get("metadata") or {}).get("resourceVersion")
+            if version:  # two generations claiming the service at once: the API server answers the later one 409
+                patch["metadata"]["resourceVersion"] = version
+            await self.client.patch(path, patch)
 
     async def _create(self, path: str, body: dict[str, Any]) -> None:
         try:

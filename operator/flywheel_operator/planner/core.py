@@ -305,6 +305,10 @@ def _run_canary(
         return
     if canary.phase == "Deploying":
         seen = observed.canary
+        if observed.canary_holder is not None:  # lost a race for the service: nothing of ours is on it
+            canary.phase = "Waiting"
+            _wait_for_holder(canary, observed.canary_holder, status, now, work)
+            return
         if seen is not None and seen.ready:
             canary.phase, canary.ready_at, canary.message = "Ready", now, seen.message
             canary.revisions = dict(seen.revisions)
