@@ -5,6 +5,7 @@ endpoints and salt in status."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from flywheel_operator.api import FlywheelGenerationStatus
@@ -29,9 +30,7 @@ async def test_a_new_inference_service_is_accepted_and_publishes_sticky_arms(mod
                 "inferenceService": "chat", "mode": mode, "minDuration": "5s", "maxDuration": "60s",
                 "checkInterval": "1s", "readyTimeout": "60s"}))
             world = World(cluster, mode=mode)
-            while cluster.status("gen2").get("phase") != "Observing":
-                await world.step(["gen2"])
-                await asyncio.sleep(0.05)
+            await play_until(world, ["gen2"], lambda: _phase(cluster, "gen2") == "Observing")
             status = FlywheelGenerationStatus.model_validate(cluster.status("gen2"))
             await world.run(["gen2"])
         finally:
@@ -63,7 +62,9 @@ async def test_knative_candidate_joins_only_after_the_parent_revision_rolled_out
         try:
             await cluster.apply(generation_body("gen2", mode="knative"))
             world = World(cluster, mode="knative")
+            deadline = asyncio.get_running_loop().time() + 60
             while "chat" not in cluster.objects("inferenceservices"):
+                assert asyncio.get_running_loop().time() < deadline, "the operator created no InferenceService"
                 for job in sorted(cluster.jobs_of("gen2")):
                     if job not in world.finished:
                         world.finished.add(job)
@@ -100,13 +101,10 @@ async def test_a_second_generation_on_the_same_inference_service_waits_for_the_f
                       "checkInterval": "1s", "readyTimeout": "60s"}
             await cluster.apply(generation_body("gen2", mode=mode, canary=canary))
             world = World(cluster, mode=mode)
-            while _phase(cluster, "gen2") != "Observing":
-                await world.step(["gen2"])
-                await asyncio.sleep(0.05)
+            await play_until(world, ["gen2"], lambda: _phase(cluster, "gen2") == "Observing")
             await cluster.apply(generation_body("gen9", mode=mode, canary=canary))
-            while (cluster.status("gen9").get("canary") or {}).get("phase") != "Waiting":
-                await world.step(["gen9"])
-                await asyncio.sleep(0.05)
+            await play_until(world, ["gen9"], lambda: (cluster.status("gen9").get("canary") or {}).get("phase")
+                             == "Waiting")
             waiting = cluster.status("gen9")["message"]
             isvc = cluster.objects("inferenceservices")["chat"]
             assert isvc["metadata"]["annotations"][HOLDER] == "gen2", "gen2's canary is left alone"
@@ -130,9 +128,7 @@ async def test_a_refused_write_is_reported_in_status_and_an_event() -> None:
         try:
             await cluster.apply(generation_body("gen2", mode="standard"))
             world = World(cluster, mode="standard")
-            while "refused" not in (cluster.status("gen2").get("message") or ""):
-                await world.step(["gen2"])
-                await asyncio.sleep(0.05)
+            await play_until(world, ["gen2"], lambda: "refused" in (cluster.status("gen2").get("message") or ""))
         finally:
             await operator.stop()
     message = cluster.status("gen2")["message"]
@@ -140,6 +136,16 @@ async def test_a_refused_write_is_reported_in_status_and_an_event() -> None:
     assert "deploymentMode cannot be changed from 'Knative' to 'Standard'" in message
     assert [e for n, e in operator.events if n == "gen2" and e.reason == "ChildRefused" and e.type == "Warning"]
     assert cluster.emulator.violations
+
+
+async def play_until(world: World, names: list[str], done: Callable[[], bool], *, timeout: float = 60.0) -> None:
+    """Play the kubelet and KServe for `names` until `done()`; fail (not hang) when it never comes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done():
+        phases = {n: world.cluster.status(n).get("phase") for n in names}
+        assert asyncio.get_running_loop().time() < deadline, f"not reached within {timeout}s; phases {phases}"
+        await world.step(names)
+        await asyncio.sleep(0.05)
 
 
 def _reads_of_inference_services(cluster) -> int:
