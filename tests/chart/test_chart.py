@@ -23,6 +23,7 @@ from tests.chart.conftest import (
     render,
     run,
 )
+from tests.operator import upstream
 
 K8S_VERSIONS = ("1.30.0", latest_version())
 CUSTOM_GROUPS = ("kopf.dev/", "characterflywheel.io/")
@@ -49,8 +50,9 @@ def test_every_rendered_manifest_validates(helm: str, values: str, version: str)
     for doc in docs:
         if doc["apiVersion"].startswith(CUSTOM_GROUPS):
             _validate_against_crd(doc, crds[doc["kind"]])
-        elif doc["apiVersion"] == MONITORING:
-            continue  # no offline schema: PrometheusRule is checked by promtool, ServiceMonitor below
+        elif doc["apiVersion"].startswith("serving.kserve.io/") or doc["apiVersion"] == MONITORING:
+            # KServe's and prometheus-operator's CRD schemas, pinned in tests/schemas (rules also by promtool)
+            assert upstream.schema_problems(doc) == [], doc["kind"]
         else:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -63,6 +65,21 @@ def _validate_against_crd(doc: dict, crd: dict) -> None:
     (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     # A CRD's schema is OpenAPI 3.0: draft-4 semantics (boolean exclusiveMinimum), x-kubernetes-* ignored.
     jsonschema.Draft4Validator(served["schema"]["openAPIV3Schema"]).validate(doc)
+
+
+def test_the_chart_installs_the_runtime_the_operator_names() -> None:
+    """The canary's model names runtime `characterflywheel-chat`: the chart's ClusterServingRuntime, serving the
+    trainer image's ChatPredictor (KServe v1 protocol, as `flywheel run` serves locally)."""
+    from flywheel_operator.kube import canary
+
+    (runtime,) = [d for d in render("helm3", None) if d["kind"] == "ClusterServingRuntime"]
+    assert runtime["metadata"]["name"] == canary.RUNTIME
+    assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == [canary.MODEL_FORMAT]
+    (container,) = runtime["spec"]["containers"]
+    assert container["name"] == canary.CONTAINER and container["image"].startswith("ghcr.io/characterflywheel/trainer:")
+    assert container["command"] == ["python", "-m", "flywheel_trainer.predictor"]
+    assert "--model_name={{.Name}}" in container["args"] and "--model_dir=/mnt/models" in container["args"]
+    assert runtime["spec"]["protocolVersions"] == ["v1"]
 
 
 def test_chart_crds_are_the_generated_ones() -> None:

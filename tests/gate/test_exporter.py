@@ -80,6 +80,9 @@ def test_events_become_counters(exporter) -> None:
     assert metrics[("flywheel_response_latency_seconds_bucket", (*control, ("le", "0.5")))] == 1
     assert metrics[("flywheel_response_latency_seconds_bucket", (*control, ("le", "+Inf")))] == 3
     assert metrics[("flywheel_exporter_events_total", (("outcome", "accepted"),))] == 4
+    assert ("flywheel_crossover_users_total", (("generation", "gen2"),)) not in metrics, "arms were sticky"
+    assert post(client, exposure("a", "treatment")).status_code == 200, "a user in both arms is counted, not refused"
+    assert samples(client)[("flywheel_crossover_users_total", (("generation", "gen2"),))] == 1
     assert {name for name, _ in metrics} <= {
         *METRIC_NAMES,
         *(f"flywheel_response_latency_seconds_{s}" for s in ("bucket", "sum", "count")),

@@ -93,15 +93,20 @@ def test_sums_match_the_users() -> None:
         assert set(stats.guardrails) >= {"instruction-violations", "false-refusals", "errors"}
 
 
-def test_arms_are_sticky() -> None:
+def test_a_user_seen_in_both_arms_is_counted_as_a_crossover_and_stays_in_the_first() -> None:
+    """Issue 14: the exporter detects users seen in both arms (routing that is not sticky) instead of refusing
+    the batch; their turns count in the arm of their first exposure (intention to treat)."""
     durable = DurableStore(None)
     assert submit(durable, exposure("a", "control")) == []
-    errors = submit(durable, exposure("b", "treatment"), exposure("a", "treatment"))
-    assert len(errors) == 1 and "sticky" in errors[0]
-    assert "routing" in submit(durable, engagement("a", arm="treatment"))[0]
-    # nothing of the refused batches was counted: b was never exposed
+    assert submit(durable, exposure("b", "treatment"), exposure("a", "treatment")) == []
+    assert submit(durable, engagement("nobody")) == [] and durable.store.unattributed == 1  # no arm: not counted
+    assert submit(durable, engagement("b", arm="control")) == []
+    assert durable.store.crossover_users("gen2") == 2
     control, treatment = durable.store.arm_stats("gen2")
-    assert control is not None and control.users == 1 and treatment is None
+    assert control is not None and control.users == 1 and control.depth_sum == 0
+    assert treatment is not None and treatment.users == 1 and treatment.depth_sum > 0
+    restored = type(durable.store).from_dict(json.loads(json.dumps(durable.store.to_dict())))
+    assert restored.crossover_users("gen2") == 2
 
 
 def test_repeated_exposures_count_once() -> None:
@@ -213,8 +218,9 @@ def test_events_after_a_restart_that_lost_the_state_are_not_refused() -> None:
     assert (control.users, control.adopted_users, control.depth_sum) == (1, 1, 3.0)
     assert (treatment.users, treatment.adopted_users, treatment.depth_sum) == (2, 1, 3.0)
     assert durable.store.unattributed == 1
-    # an adopted user's arm is sticky from then on
-    assert "routing" in submit(durable, engagement("old-1", arm="treatment"))[0]
+    # an adopted user's arm is sticky from then on: a later event from the other arm is a crossover
+    assert submit(durable, engagement("old-1", arm="treatment")) == []
+    assert durable.store.crossover_users("gen2") == 1
 
 
 @settings(max_examples=25, deadline=None)

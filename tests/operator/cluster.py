@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import itertools
 import random
 import threading
@@ -33,6 +34,7 @@ from flywheel_operator.kube.termination import compact_result
 from flywheel_operator.metrics import OperatorMetrics
 from flywheel_operator.planner import Event
 
+from tests.operator import upstream
 from tests.planner.harness import reading, result_for
 
 NAMESPACE = "flywheel"
@@ -115,6 +117,12 @@ class FaultyEmulator(kmock.KubernetesEmulator):
     permissions: set[tuple[str, str, str]] = attrs.field(factory=set)
     """(API group, resource[/subresource], RBAC verb) of every operator request, kopf's included: what its Role
     must grant (tests/operator/test_rbac.py compares it with the chart's)."""
+    validate: bool = True
+    """Check the operator's writes as the API server and KServe's webhooks do (tests/operator/upstream.py)."""
+    default_deployment_mode: str = "Knative"
+    """KServe's `defaultDeploymentMode` (inferenceservice-config): Knative, where the webhook adds no annotation."""
+    violations: list[str] = attrs.field(factory=list)
+    """Writes the real cluster would have refused (answered 422 here); a test fails when any is left."""
     _random: random.Random = attrs.field(factory=random.Random)
     _index: dict[tuple[str | None, ...], dict[int, tuple[str | None, Any]]] = attrs.field(factory=dict, init=False)
     """(namespace, object) by id(object): of each resource, and of each resource and label key=value."""
@@ -156,6 +164,8 @@ class FaultyEmulator(kmock.KubernetesEmulator):
             self._name_generated(request)
         if watching or world:
             return await super()._handle(request)
+        if self.validate:
+            await self._admit(request)
         if request.resource is None or self._random.random() >= self.fault_rate:
             response = await super()._handle(request)
             if request.action == kmock.action.CREATE and self.on_create is not None:
@@ -173,6 +183,47 @@ class FaultyEmulator(kmock.KubernetesEmulator):
             with contextlib.suppress(kmock.KubernetesError):
                 await super()._handle(request)
         raise kmock.KubernetesError(409, "Conflict", "injected fault")
+
+    async def _admit(self, request: kmock.Request) -> None:
+        """Refuse (422) a create or merge patch of a foreign kind whose result breaks its upstream schema or KServe's
+        webhook rules; apply KServe's defaulting to what is stored."""
+        if (
+            request.resource is None
+            or request.subresource
+            or request.action not in (kmock.action.CREATE, kmock.action.UPDATE)
+            or request.resource.plural not in VALIDATED
+            or not isinstance(request.data, dict)
+        ):
+            return
+        async with self._lock:
+            if request.action == kmock.action.CREATE:
+                meta = request.data.get("metadata") or {}
+                old = self._stored(request, request.namespace or meta.get("namespace"), meta.get("name"))
+                old_raw = None if old is None or old.deleted else copy.deepcopy(old.raw)
+                if old_raw is not None:
+                    return  # AlreadyExists (409) is the API server's answer, not a validation
+                new = copy.deepcopy(request.data)
+            else:
+                old = self._stored(request, request.namespace, request.name)
+                if old is None or old.deleted:
+                    return
+                old_raw = copy.deepcopy(old.raw)
+                new = upstream.merge_patch(old_raw, request.data)
+        resource = request.resource
+        api_version = f"{resource.group}/{resource.version}" if resource.group else resource.version
+        info = self.resources.get(f"{api_version}/{resource.plural}")
+        new.setdefault("apiVersion", api_version)
+        if info is not None:
+            new.setdefault("kind", info.kind)  # the API server knows both from the URL (kopf's Events omit them)
+        stored, problems = upstream.check_write(new, old_raw, default_mode=self.default_deployment_mode)
+        if problems:
+            name = request.name or (new.get("metadata") or {}).get("name")
+            what = f"{request.method.value} {request.resource.plural}/{name}"
+            self.violations.append(f"{what}: {'; '.join(problems)}")
+            raise kmock.KubernetesError(422, "Invalid", f"{what} is invalid: {'; '.join(problems)}")
+        annotations = (stored.get("metadata") or {}).get("annotations")
+        if annotations != (new.get("metadata") or {}).get("annotations"):  # the defaulting webhook's mutation
+            request.data.setdefault("metadata", {})["annotations"] = annotations
 
     # kmock finds the object of every request by scanning all stored objects, and serves every list whole,
     # ignoring labelSelector. With hundreds of generations that makes each request O(all objects) and each Job
@@ -279,6 +330,8 @@ def rbac_permissions(request: kmock.Request) -> set[tuple[str, str, str]]:
                 group, plural = OWNER_GROUPS[owner["kind"]]
                 needed.add((group, f"{plural}/finalizers", "update"))
     return needed
+VALIDATED = {"jobs", "pods", "configmaps", "services", "events", "inferenceservices"}
+"""Foreign kinds whose writes are checked against their upstream schema (our own CRD is tested on its own)."""
 
 
 def _request_kind(request: kmock.Request) -> str:
@@ -455,33 +508,50 @@ class Cluster:
         predictor: dict[str, Any] = {
             "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/models/base"}
         }
-        status: dict[str, Any] = {"conditions": [{"type": "Ready", "status": "True"}]}
+        deployment_mode = "Standard" if mode == "standard" else "Knative"
+        status = {"conditions": [{"type": "Ready", "status": "True"}], "deploymentMode": deployment_mode}
         if mode == "standard":
             predictor["name"] = "control"
-        else:
-            status["components"] = {
-                "predictor": {
-                    "latestCreatedRevision": f"{name}-predictor-00001",
-                    "latestReadyRevision": f"{name}-predictor-00001",
-                    "latestRolledoutRevision": f"{name}-predictor-00001",
-                    "traffic": [{"revisionName": f"{name}-predictor-00001", "latestRevision": True, "percent": 100}],
-                }
-            }
         body = {
             "apiVersion": "serving.kserve.io/v1beta1",
             "kind": "InferenceService",
-            "metadata": {"name": name, "namespace": NAMESPACE},
+            "metadata": {
+                "name": name,
+                "namespace": NAMESPACE,
+                "annotations": {upstream.DEPLOYMENT_MODE: deployment_mode},
+            },
             "spec": {"predictor": predictor},
-            "status": status,
         }
         await self.api.create(resource_path("inferenceservices", NAMESPACE), body)
+        if mode != "standard":
+            await self.kserve_rolls_out_parent(name)
+        else:
+            await self.api.patch(resource_path("inferenceservices", NAMESPACE, name, "status"), {"status": status})
+
+    async def kserve_rolls_out_parent(self, name: str = "chat") -> None:
+        """Knative: the InferenceService's first revision has rolled out and takes all traffic."""
+        revision = f"{name}-predictor-00001"
+        status = {
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "deploymentMode": "Knative",
+            "components": {
+                "predictor": {
+                    "latestCreatedRevision": revision,
+                    "latestReadyRevision": revision,
+                    "latestRolledoutRevision": revision,
+                    "traffic": [{"revisionName": revision, "latestRevision": True, "percent": 100}],
+                }
+            },
+        }
+        await self.api.patch(resource_path("inferenceservices", NAMESPACE, name, "status"), {"status": status})
 
     async def kserve_rolls_out_canary(self, mode: str, generation: str, name: str = "chat") -> None:
-        """KServe's status once the canary serves its share."""
+        """KServe's status once the canary serves its share (Knative: tag URLs only with tag routing on)."""
         isvc = self.objects("inferenceservices")[name]
         if mode == "standard":
             canary = isvc["spec"]["canary"][0]
             status = {
+                "deploymentMode": "Standard",
                 "canaryStatuses": [
                     {"name": canary["predictor"]["name"], "ready": True, "trafficPercent": canary["trafficPercent"]}
                 ],
@@ -490,7 +560,14 @@ class Cluster:
         else:
             percent = isvc["spec"]["predictor"]["canaryTrafficPercent"]
             old, new = f"{name}-predictor-00001", f"{name}-predictor-00002"
+            tagged = (isvc["metadata"].get("annotations") or {}).get("serving.kserve.io/enable-tag-routing") == "true"
+            latest = {"revisionName": new, "latestRevision": True, "percent": percent, "tag": "latest"}
+            previous = {"revisionName": old, "latestRevision": False, "percent": 100 - percent, "tag": "prev"}
+            if tagged:
+                latest["url"] = f"http://latest-{name}-predictor.{NAMESPACE}.example.com"
+                previous["url"] = f"http://prev-{name}-predictor.{NAMESPACE}.example.com"
             status = {
+                "deploymentMode": "Knative",
                 "conditions": [{"type": "Ready", "status": "True"}],
                 "components": {
                     "predictor": {
@@ -498,10 +575,7 @@ class Cluster:
                         "latestReadyRevision": new,
                         "latestRolledoutRevision": old,
                         "previousRolledoutRevision": old,
-                        "traffic": [
-                            {"revisionName": new, "latestRevision": True, "percent": percent, "tag": "latest"},
-                            {"revisionName": old, "latestRevision": False, "percent": 100 - percent, "tag": "prev"},
-                        ],
+                        "traffic": [latest, previous],
                     }
                 },
             }
@@ -623,8 +697,14 @@ class Operator:
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    *, fault_rate: float = 0.0, delay: float = 2.5, seed: int = 0, world_timeout: float = 10.0
+    *,
+    fault_rate: float = 0.0,
+    delay: float = 2.5,
+    seed: int = 0,
+    world_timeout: float = 10.0,
+    allow_violations: bool = False,
 ) -> AsyncIterator[Cluster]:
+    """The emulator on 127.0.0.1; unless `allow_violations`, a write the real cluster would refuse fails the test."""
     emulator = FaultyEmulator(fault_rate=0.0, delay=delay, random=random.Random(seed))
     async with emulator, kmock.Server(emulator) as server:
         for key, info in RESOURCES.items():
@@ -635,6 +715,9 @@ async def running_cluster(
         emulator.fault_rate = fault_rate  # set after our own set-up, so only the run itself sees faults
         try:
             yield cluster
+            assert allow_violations or not emulator.violations, "writes a real cluster refuses:\n" + "\n".join(
+                emulator.violations
+            )
         finally:
             emulator.fault_rate = 0.0
             await api.close()
@@ -675,7 +758,9 @@ class World:
             status = self.cluster.status(name)
             if status.get("phase") == "Canary" and name not in self.rolled_out:
                 isvc = self.cluster.objects("inferenceservices").get(status["canary"]["inferenceService"])
-                if isvc is not None and _canary_requested(isvc, self.mode):
+                if isvc is not None and self.mode == "knative" and not isvc.get("status"):
+                    await self.cluster.kserve_rolls_out_parent(isvc["metadata"]["name"])  # created by the operator
+                elif isvc is not None and _canary_requested(isvc, self.mode, name):
                     self.rolled_out.add(name)
                     await self.cluster.kserve_rolls_out_canary(self.mode, name, isvc["metadata"]["name"])
 
@@ -693,7 +778,10 @@ class World:
             await asyncio.sleep(0.02)
 
 
-def _canary_requested(isvc: dict[str, Any], mode: str) -> bool:
+def _canary_requested(isvc: dict[str, Any], mode: str, generation: str) -> bool:
+    holder = ((isvc.get("metadata") or {}).get("annotations") or {}).get("characterflywheel.io/canary-of")
+    if holder != generation:
+        return False  # another generation's canary, or none requested yet
     spec = isvc.get("spec") or {}
     if mode == "standard":
         return bool(spec.get("canary"))

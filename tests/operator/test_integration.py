@@ -17,6 +17,9 @@ from tests.operator.cluster import NAMESPACE, Operator, Readings, World, generat
 
 pytestmark = pytest.mark.slow
 
+MODEL = {"name": "kserve-container", "modelFormat": {"name": "characterflywheel-chat"},
+         "runtime": "characterflywheel-chat"}
+"""The model of every predictor the operator writes: the chart's ChatPredictor runtime."""
 STAGES = ["curate", "reward-pointwise", "reward-pairwise", "sft", "rl", "eval"]
 
 
@@ -58,20 +61,28 @@ async def test_generation_walks_every_stage_to_its_decision(mode: str, lift: flo
             predictor = isvc["spec"]["predictor"]
             if outcome == "PROMOTE":
                 assert predictor == {"name": "candidate-gen2",
-                                     "model": {"modelFormat": {"name": "huggingface"}, "storageUri": candidate}}
+                                     "model": {**MODEL, "storageUri": candidate}}
             else:
                 assert predictor == {"name": "control",
                                      "model": {"modelFormat": {"name": "huggingface"}, "storageUri": parent}}
             assert status.canary.revisions == {"predictor": "control", "canary": "candidate-gen2"}
         else:
             predictor = isvc["spec"]["predictor"]
-            assert predictor["model"] == {"modelFormat": {"name": "huggingface"}, "storageUri": candidate}
+            assert predictor["model"] == {
+                "modelFormat": {"name": "characterflywheel-chat"},
+                "name": "kserve-container",
+                "runtime": "characterflywheel-chat",
+                "storageUri": candidate,
+            }
             if outcome == "PROMOTE":
                 assert "canaryTrafficPercent" not in predictor
             else:
                 assert predictor["canaryTrafficPercent"] == 0
             assert status.canary.revisions["latestReadyRevision"] == "chat-predictor-00002"
             assert status.canary.revisions["previousRolledoutRevision"] == "chat-predictor-00001"
+
+        assert "characterflywheel.io/canary-of" not in isvc["metadata"]["annotations"], "the service is released"
+        assert status.canary.routing is not None and status.canary.routing.endpoints == {}, "arms end with the test"
 
         reasons = [event.reason for name, event in operator.events if name == "gen2"]
         assert reasons.count("StageStarted") == len(STAGES)
@@ -113,17 +124,22 @@ async def test_standard_canary_body_while_observing() -> None:
     }
     assert isvc["spec"]["canary"] == [{
         "trafficPercent": 10,
-        "predictor": {"name": "candidate-gen2", "model": {"modelFormat": {"name": "huggingface"},
-                                                          "storageUri": "pvc://flywheel-artifacts/gen2/candidate"}},
+        "predictor": {"name": "candidate-gen2",
+                      "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/candidate"}},
     }]
+    assert isvc["metadata"]["annotations"] == {
+        "serving.kserve.io/deploymentMode": "Standard", "characterflywheel.io/canary-of": "gen2"}
 
 
 async def test_knative_canary_body_while_observing() -> None:
     isvc = await _inference_service_in_canary("knative", generation_body("gen2", mode="knative"))
     assert isvc["spec"]["predictor"] == {
         "canaryTrafficPercent": 10,
-        "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/gen2/candidate"},
+        "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/candidate"},
     }
+    assert isvc["metadata"]["annotations"] == {
+        "serving.kserve.io/deploymentMode": "Knative", "serving.kserve.io/enable-tag-routing": "true",
+        "characterflywheel.io/canary-of": "gen2"}
 
 
 async def test_failed_job_is_retried_and_child_generation_starts_from_promoted_parent() -> None:

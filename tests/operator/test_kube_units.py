@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from flywheel_operator.api import StageResult, StorageSpec
+from flywheel_operator.api import ServingResources, StageResult, StorageSpec
 from flywheel_operator.kube import canary
 from flywheel_operator.kube.backend import job_observation, merge_patch, result_from_pods
 from flywheel_operator.kube.client import ApiError, matches, selector
@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from tests.planner.harness import result_for
 
 PVC = StorageSpec(pvc="flywheel-artifacts")
-HF = {"modelFormat": {"name": "huggingface"}}
+MODEL = {"name": "kserve-container", "modelFormat": {"name": "characterflywheel-chat"},
+         "runtime": "characterflywheel-chat"}
 
 
 def deploy(mode: str) -> DeployCanary:
@@ -32,39 +33,55 @@ def test_storage_uri() -> None:
 
 
 def test_knative_bodies() -> None:
-    assert canary.deploy_patch(deploy("knative"), generation="gen2", storage=PVC) == {"spec": {"predictor": {
-        "canaryTrafficPercent": 10, "model": {**HF, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}}}}
+    patch = canary.deploy_patch(deploy("knative"), generation="gen2", storage=PVC)
+    assert patch == {
+        "metadata": {"annotations": {"serving.kserve.io/deploymentMode": "Knative",
+                                     "serving.kserve.io/enable-tag-routing": "true",
+                                     "characterflywheel.io/canary-of": "gen2"}},
+        "spec": {"predictor": {"canaryTrafficPercent": 10,
+                               "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}}}}
     promote = PromoteCanary(inference_service="chat", mode="knative", candidate_policy="x")
     assert canary.promote_patch(promote, generation="gen2", storage=PVC) == {
+        "metadata": {"annotations": {"characterflywheel.io/canary-of": None}},
         "spec": {"predictor": {"canaryTrafficPercent": None}}}
     back = RollBackCanary(inference_service="chat", mode="knative", control_policy="x")
-    assert canary.rollback_patch(back) == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    assert canary.rollback_patch(back) == {"metadata": {"annotations": {"characterflywheel.io/canary-of": None}},
+                                           "spec": {"predictor": {"canaryTrafficPercent": 0}}}
 
 
 def test_standard_bodies() -> None:
-    assert canary.deploy_patch(deploy("standard"), generation="gen2", storage=PVC) == {"spec": {"canary": [{
+    patch = canary.deploy_patch(deploy("standard"), generation="gen2", storage=PVC)
+    assert patch["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
+    assert patch["spec"] == {"canary": [{
         "trafficPercent": 10,
-        "predictor": {"name": "candidate-gen2", "model": {**HF, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}},
-    }]}}
+        "predictor": {"name": "candidate-gen2",
+                      "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}},
+    }]}
     promote = PromoteCanary(inference_service="chat", mode="standard", candidate_policy="/artifacts/gen2/rl/model")
-    assert canary.promote_patch(promote, generation="gen2", storage=PVC) == {"spec": {
-        "predictor": {"name": "candidate-gen2", "model": {**HF, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}},
-        "canary": None}}
+    assert canary.promote_patch(promote, generation="gen2", storage=PVC)["spec"] == {
+        "predictor": {"name": "candidate-gen2",
+                      "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}},
+        "canary": None}
     back = RollBackCanary(inference_service="chat", mode="standard", control_policy="x")
-    assert canary.rollback_patch(back) == {"spec": {"canary": None}}
+    assert canary.rollback_patch(back)["spec"] == {"canary": None}
 
 
 @pytest.mark.parametrize("mode", ["standard", "knative"])
-def test_new_inference_service_serves_the_parent(mode: str) -> None:
-    body = canary.new_inference_service(deploy(mode), generation="gen2", namespace="ml", storage=PVC)
+def test_new_inference_service_serves_the_parent_with_resources(mode: str) -> None:
+    serving = ServingResources(gpus=2, cpu="8", memory="64Gi")
+    body = canary.new_inference_service(deploy(mode), generation="gen2", namespace="ml", storage=PVC, serving=serving)
     assert body["apiVersion"] == "serving.kserve.io/v1beta1" and body["kind"] == "InferenceService"
-    assert body["metadata"] == {"name": "chat", "namespace": "ml"}
-    assert body["spec"]["predictor"]["model"] == {**HF, "storageUri": "hf://org/base-model"}
-    assert ("canary" in body["spec"]) == (mode == "standard")
+    assert body["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == canary.DEPLOYMENT_MODES[mode]
+    assert body["spec"]["predictor"]["model"] == {
+        **MODEL, "storageUri": "hf://org/base-model",
+        "resources": {"requests": {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "2"},
+                      "limits": {"memory": "64Gi", "nvidia.com/gpu": "2"}}}
+    assert ("canary" in body["spec"]) == (mode == "standard"), "Knative: the candidate joins after the rollout"
 
 
-def test_observe_standard() -> None:
-    isvc: dict[str, Any] = {"spec": {"predictor": {"name": "control"}}, "status": {
+def test_observe_standard_publishes_each_arm_service() -> None:
+    isvc: dict[str, Any] = {"metadata": {"name": "chat", "namespace": "ml"}, "spec": {"predictor": {"name": "control"}},
+                            "status": {
         "canaryStatuses": [{"name": "candidate-gen2", "ready": False, "trafficPercent": 10}],
         "conditions": [{"type": "CanaryReady", "status": "False", "message": "pulling image"}]}}
     seen = canary.observe(isvc, mode="standard", generation="gen2", traffic_percent=10)
@@ -73,22 +90,39 @@ def test_observe_standard() -> None:
     seen = canary.observe(isvc, mode="standard", generation="gen2", traffic_percent=10)
     assert seen.ready and seen.traffic_percent == 10
     assert seen.revisions == {"predictor": "control", "canary": "candidate-gen2"}
+    assert seen.endpoints == {"control": "http://chat-control-predictor.ml.svc.cluster.local",
+                              "treatment": "http://chat-candidate-gen2-predictor.ml.svc.cluster.local"}
     assert not canary.observe(None, mode="standard", generation="gen2", traffic_percent=10).ready
 
 
-def test_observe_knative_needs_the_split_on_a_ready_latest_revision() -> None:
+def test_observe_knative_needs_the_split_on_a_ready_latest_revision_and_tag_urls() -> None:
     component = {"latestCreatedRevision": "r2", "latestReadyRevision": "r1", "previousRolledoutRevision": "r1",
                  "traffic": [{"revisionName": "r1", "latestRevision": True, "percent": 100}]}
     isvc: dict[str, Any] = {"metadata": {"generation": 2}, "status": {
         "observedGeneration": 2, "conditions": [{"type": "Ready", "status": "True"}],
         "components": {"predictor": component}}}
     assert not canary.observe(isvc, mode="knative", generation="g", traffic_percent=10).ready
-    component.update(latestReadyRevision="r2", traffic=[{"revisionName": "r2", "latestRevision": True, "percent": 10},
-                                                        {"revisionName": "r1", "latestRevision": False, "percent": 90}])
+    latest = {"revisionName": "r2", "latestRevision": True, "percent": 10, "tag": "latest"}
+    prev = {"revisionName": "r1", "latestRevision": False, "percent": 90, "tag": "prev"}
+    component.update(latestReadyRevision="r2", traffic=[latest, prev])
+    seen = canary.observe(isvc, mode="knative", generation="g", traffic_percent=10)
+    assert not seen.ready and "enable-tag-routing" in (seen.message or ""), "no per-arm URL, no sticky arms"
+    latest["url"], prev["url"] = "http://latest-chat.ml", "http://prev-chat.ml"
     seen = canary.observe(isvc, mode="knative", generation="g", traffic_percent=10)
     assert seen.ready and seen.traffic_percent == 10 and seen.revisions["previousRolledoutRevision"] == "r1"
+    assert seen.endpoints == {"treatment": "http://latest-chat.ml", "control": "http://prev-chat.ml"}
     isvc["metadata"]["generation"] = 3  # KServe has not caught up with a newer spec
     assert not canary.observe(isvc, mode="knative", generation="g", traffic_percent=10).ready
+
+
+def test_knative_candidate_waits_for_the_parent_rollout() -> None:
+    """KServe splits only once a revision has rolled out; before that the candidate would take 100 %."""
+    isvc: dict[str, Any] = {"metadata": {"generation": 1}, "status": {}}
+    assert not canary.ready_for_candidate(isvc, "knative")
+    isvc["status"] = {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}],
+                      "components": {"predictor": {"latestRolledoutRevision": "chat-predictor-00001"}}}
+    assert canary.ready_for_candidate(isvc, "knative")
+    assert canary.ready_for_candidate({}, "standard")
 
 
 @pytest.mark.parametrize(("job", "state"), [

@@ -111,12 +111,15 @@ class World:
     canary: CanaryObservation | None = None
     online: OnlineReading | None = None
     parent: ParentObservation | None = None
+    holder: str | None = None
+    """Another live generation whose canary the InferenceService carries."""
     history: list[Plan] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
     canary_actions: list[type] = field(default_factory=list)
 
     def observed(self) -> Observed:
-        return Observed(now=self.now, jobs=dict(self.jobs), canary=self.canary, online=self.online, parent=self.parent)
+        return Observed(now=self.now, jobs=dict(self.jobs), canary=self.canary, online=self.online, parent=self.parent,
+                        canary_holder=self.holder)
 
     def step(self) -> Plan:
         result = plan(self.gen, self.observed())

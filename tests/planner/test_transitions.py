@@ -374,6 +374,37 @@ def test_canary_not_ready_in_time_rolls_back():
     assert "image pull backoff" in result.status.decision.reasons[0]
 
 
+def test_a_canary_waits_while_another_generation_holds_the_inference_service():
+    """Issue 14: two generations on one InferenceService overwrote each other's canary. The second waits, says
+    for whom, does not time out while waiting, and deploys once the first has ended."""
+    world = World(generation(canary={"inferenceService": "chat", "readyTimeout": "30m"}))
+    world.holder = "gen1"
+    world.train_through()
+    status = world.status
+    assert status.phase == "Canary" and status.canary is not None and status.canary.phase == "Waiting"
+    assert "carries the canary of generation gen1" in (status.message or "")
+    assert DeployCanary not in world.canary_actions
+    assert [e.reason for p in world.history for e in p.events].count("CanaryWaiting") == 1
+    world.advance(timedelta(hours=2))  # longer than readyTimeout: waiting is not deploying
+    assert world.step().status.canary.phase == "Waiting"
+    world.holder = None
+    result = world.step()
+    assert result.status.canary.phase == "Deploying" and [type(a) for a in result.actions] == [DeployCanary]
+    assert result.status.canary.requested_at == world.now, "the ready timeout counts from the deployment"
+    routing = result.status.canary.routing
+    assert routing is not None and world.gen.metadata.name in routing.salt and routing.traffic_percent == 10
+
+
+def test_a_deploying_canary_that_lost_the_race_for_the_service_waits():
+    world = World(generation())
+    world.train_through()
+    assert world.status.canary.phase == "Deploying"
+    world.holder = "gen7"
+    result = world.step()
+    assert result.status.canary.phase == "Waiting" and result.actions == ()
+    assert "gen7" in (result.status.message or "")
+
+
 def test_condition_transition_times_are_kept_while_status_holds():
     world = World(generation())
     first = world.step().status

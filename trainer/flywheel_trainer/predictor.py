@@ -1,8 +1,9 @@
 """The chat predictor the trainer image serves: one small `kserve.Model` over a transformers model directory.
 
-The cluster runs it behind an InferenceService (`python -m flywheel_trainer.predictor --model_dir DIR
---model_name NAME`); the local runner calls the very same class in process for the simulated users, so what
-users meet locally is what the cluster serves. Requests use KServe's v1 protocol:
+The cluster runs it behind every InferenceService the operator writes, through the chart's ClusterServingRuntime
+`characterflywheel-chat` (`python -m flywheel_trainer.predictor --model_name NAME --model_dir /mnt/models`); the
+local runner calls the very same class in process for the simulated users, so what users meet locally is what the
+cluster serves. Requests use KServe's v1 protocol:
 
     {"instances": [{"messages": [{"role": "system", "content": ...}, {"role": "user", ...}]}, ...],
      "parameters": {"seed": 7, "temperature": 1.0, "max_new_tokens": 32}}

@@ -31,6 +31,7 @@ from flywheel_operator.api.models import (
     RetryPolicy,
     RewardModelSettings,
     RLSettings,
+    ServingResources,
     SftSettings,
     StageSettings,
     StorageSpec,
@@ -49,6 +50,7 @@ from flywheel_operator.api.readings import (
 from flywheel_operator.api.stageconfig import STAGE_KINDS, StageConfig
 from flywheel_operator.api.status import (
     TERMINAL_PHASES,
+    CanaryRouting,
     CanaryStatus,
     Condition,
     FinalDecision,
@@ -72,6 +74,7 @@ __all__ = [
     "TERMINAL_PHASES",
     "VERSION",
     "ArmStats",
+    "CanaryRouting",
     "CanarySpec",
     "CanaryStatus",
     "Condition",
@@ -102,6 +105,7 @@ __all__ = [
     "ResourcesSpec",
     "RetryPolicy",
     "RewardModelSettings",
+    "ServingResources",
     "SftSettings",
     "StageConfig",
     "StageRecord",

@@ -527,6 +527,18 @@ class OfflineGateSpec(ApiModel):
     """Limits on style-artifact drift versus the parent."""
 
 
+class ServingResources(ApiModel):
+    """Resources of each predictor replica when the operator creates the InferenceService (an existing one keeps
+    its own; KServe gives a Standard-mode canary the stable predictor's)."""
+
+    gpus: int = Field(default=1, ge=0)
+    """`nvidia.com/gpu` per replica; 0 serves on CPU."""
+    cpu: str = "4"
+    """CPU request."""
+    memory: str = "32Gi"
+    """Memory request and limit."""
+
+
 class CanarySpec(ApiModel):
     """The KServe canary that exposes the candidate to a slice of users."""
 
@@ -544,6 +556,8 @@ class CanarySpec(ApiModel):
     """By this time the gate decides; a canary still undecided is rolled back as inconclusive."""
     check_interval: Duration = "10m"
     """How often the online gate reads the metrics."""
+    serving: ServingResources = Field(default_factory=ServingResources)
+    """Predictor resources of an InferenceService the operator has to create."""
 
     @model_validator(mode="after")
     def _ordered(self) -> CanarySpec:

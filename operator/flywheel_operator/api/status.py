@@ -120,11 +120,23 @@ class OnlineStatus(ApiModel):
     """The overfitting alarm at decision time: failed when a large offline RM gain met no online lift (V12)."""
 
 
+class CanaryRouting(ApiModel):
+    """How the chat backend gives each user their arm (`flywheel_operator.arms.endpoint_for`): a salted hash of
+    the user id picks the arm, and each arm has its own endpoint, so arms are sticky per user in both modes."""
+
+    salt: str
+    """Experiment salt hashed with the user id."""
+    traffic_percent: int
+    """Share of users per arm (treatment below it, control the next share, the rest outside the experiment)."""
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    """URL per arm (`control`, `treatment`) once KServe serves both; empty until the canary is Ready."""
+
+
 class CanaryStatus(ApiModel):
     """The KServe canary."""
 
-    phase: Literal["Deploying", "Ready", "Promoted", "RolledBack"]
-    """Where the canary is."""
+    phase: Literal["Waiting", "Deploying", "Ready", "Promoted", "RolledBack"]
+    """Where the canary is (`Waiting`: the InferenceService carries another generation's canary)."""
     inference_service: str
     """InferenceService name."""
     mode: Literal["knative", "standard"]
@@ -143,6 +155,8 @@ class CanaryStatus(ApiModel):
     """KServe revisions or predictor names (e.g. latestRolledoutRevision)."""
     message: str | None = None
     """Latest message from KServe."""
+    routing: CanaryRouting | None = None
+    """Sticky-arm routing the chat backend follows while the canary is Ready."""
 
 
 class Condition(ApiModel):

@@ -75,6 +75,8 @@ LAST_EVENT_METRIC = "flywheel_exporter_last_event_timestamp_seconds"
 REFUSED_WRITES_METRIC = "flywheel_exporter_refused_writes"
 REFUSED_REASONS = ("missing-token", "wrong-token")
 """Why a POST /events was refused before its body was read (`reason` label of REFUSED_WRITES_METRIC)."""
+CROSSOVER_METRIC = "flywheel_crossover_users"
+"""Users seen in both arms, per generation (gate.crossover judges the share of flywheel_users_exposed)."""
 METRIC_NAMES: tuple[str, ...] = (
     *(f"{name}_total" for name, _, _ in COUNTERS),
     f"{GUARDRAIL_METRIC}_total",
@@ -83,6 +85,7 @@ METRIC_NAMES: tuple[str, ...] = (
     f"{EVENTS_METRIC}_total",
     f"{REFUSED_WRITES_METRIC}_total",
     LAST_EVENT_METRIC,
+    f"{CROSSOVER_METRIC}_total",
 )
 """Every series name family the exporter exposes (the chart's alerts and dashboard may use only these)."""
 
@@ -111,6 +114,7 @@ class StoreCollector(Collector):
                 if t.per_user_sums
             }
             outcomes = dict(self.outcomes, unattributed=store.unattributed)
+            crossovers = {key: len(users) for key, users in store.crossovers.items()}
             latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in store.arms.items()}
             last_events = dict(self.last_events)
         # Samples carry `namespace` only for experiments whose events named one (events.experiment_labels).
@@ -165,6 +169,12 @@ class StoreCollector(Collector):
         for reason in REFUSED_REASONS:
             refused.add_metric([reason], float(outcomes.get(reason, 0)))
         yield refused
+        crossed = CounterMetricFamily(
+            CROSSOVER_METRIC, "Exposed users seen in both arms (arms not sticky).", labels=["generation"]
+        )
+        for key, count in sorted(crossovers.items()):
+            crossed.add_sample(f"{CROSSOVER_METRIC}_total", experiment_labels(key), float(count))
+        yield crossed
 
 
 class ExporterServer(ThreadingHTTPServer):

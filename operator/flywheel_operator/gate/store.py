@@ -148,11 +148,14 @@ class EngagementStore:
         self.sequence = 0
         self.unattributed = 0
         """Engagement events of users with no known exposure and no `arm`: not counted (see `apply`)."""
+        self.crossovers: dict[str, set[str]] = {}
+        """Per generation, the users seen in both arms (exposed to one, then served or exposed by the other)."""
         self.lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ events
     def check(self, events: Iterable[Event]) -> list[str]:
-        """Reasons the batch cannot be applied to the current state (sticky arms, exposure first), in order."""
+        """Reasons the batch cannot be applied to the current state (exposure first), in order. A user seen in the
+        other arm is no error: `apply` counts the crossover (see `crossover_users`) and keeps the first arm."""
         assigned: dict[tuple[str, str], str] = {}
         depth: dict[tuple[str, str], int] = {}
         errors: list[str] = []
@@ -168,23 +171,12 @@ class EngagementStore:
                         f"over the {MAX_USER_DEPTH} a user can have; the events repeat or count something else"
                     )
             if isinstance(event, ExposureEvent):
-                if arm is not None and arm != event.arm:
-                    errors.append(
-                        f"event {index}: user {event.user!r} is already in arm {arm!r} of {event.generation!r}; "
-                        "arms are sticky per user, fix the assignment"
-                    )
-                assigned[(event.experiment, event.user)] = event.arm
-            elif arm is None:
+                assigned.setdefault((event.experiment, event.user), event.arm)
+            elif arm is None and event.arm is not None:
                 # No exposure known: after an exporter restart that lost its state, the exposure came before it.
                 # Refusing would refuse every later batch of a client that logs exposure once; `apply` adopts the
                 # user when the event names its arm and otherwise counts the event as unattributed.
-                if event.arm is not None:
-                    assigned[(event.generation, event.user)] = event.arm
-            elif event.arm is not None and event.arm != arm:
-                errors.append(
-                    f"event {index}: engagement says arm {event.arm!r} but user {event.user!r} was exposed "
-                    f"to {arm!r}; fix the routing or drop `arm`"
-                )
+                assigned[(event.experiment, event.user)] = event.arm
         return errors
 
     def apply(self, event: Event) -> None:
@@ -193,6 +185,8 @@ class EngagementStore:
         users = self.users.setdefault(event.experiment, {})
         if isinstance(event, ExposureEvent):
             if event.user in users:
+                if users[event.user].arm != event.arm:
+                    self.crossovers.setdefault(event.experiment, set()).add(event.user)
                 return
             users[event.user] = UserState(arm=event.arm, pre=event.pre_depth)
             totals = self._totals(event.experiment, event.arm)
@@ -206,10 +200,16 @@ class EngagementStore:
                 self.unattributed += 1
                 return
             user = users[event.user] = UserState(arm=event.arm)
-            totals = self._totals(event.generation, event.arm)
+            totals = self._totals(event.experiment, event.arm)
             totals.users += 1
             totals.adopted += 1
-        self._engage(user, event)
+        elif event.arm is not None and event.arm != user.arm:
+            self.crossovers.setdefault(event.experiment, set()).add(event.user)
+        self._engage(user, event)  # intention to treat: the turns count in the arm the user was first exposed to
+
+    def crossover_users(self, experiment: str) -> int:
+        """Users of an experiment seen in both arms: routing that is not sticky (gate.crossover judges the share)."""
+        return len(self.crossovers.get(experiment, ()))
 
     def _engage(self, user: UserState, event: EngagementEvent) -> None:
         totals = self._totals(event.experiment, user.arm)
@@ -270,6 +270,7 @@ class EngagementStore:
                 for generation, users in self.users.items()
             },
             "arms": [{"generation": g, "arm": a, **asdict(t)} for (g, a), t in self.arms.items()],
+            "crossovers": {generation: sorted(users) for generation, users in self.crossovers.items()},
         }
 
     @classmethod
@@ -307,6 +308,7 @@ class EngagementStore:
             for generation, users in data["users"].items()
         }
         store._load_arms(data["arms"])
+        store.crossovers = {g: set(users) for g, users in (data.get("crossovers") or {}).items()}
         return store
 
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any
 
 from flywheel_operator.api import (
     TERMINAL_PHASES,
+    CanaryStatus,
     FlywheelGeneration,
     FlywheelGenerationStatus,
     OnlineReading,
@@ -27,7 +28,6 @@ from flywheel_operator.kube.client import ApiError, KubeClient, resource_path
 from flywheel_operator.kube.termination import parse_message
 from flywheel_operator.planner import (
     Action,
-    CanaryObservation,
     DeployCanary,
     JobObservation,
     Observed,
@@ -93,6 +93,17 @@ def result_from_pods(pods: list[dict[str, Any]]) -> StageResult | None:
     return None
 
 
+def deploy_action(status: CanaryStatus) -> DeployCanary:
+    """The DeployCanary a Deploying canary was requested with (carried out over several reconciles in Knative)."""
+    return DeployCanary(
+        inference_service=status.inference_service,
+        mode=status.mode,
+        traffic_percent=status.traffic_percent,
+        candidate_policy=status.candidate_policy,
+        control_policy=status.control_policy,
+    )
+
+
 def merge_patch(old: Any, new: Any) -> Any:
     """RFC 7386 patch turning `old` into `new`: changed keys, removed keys as null, lists whole."""
     if not isinstance(old, dict) or not isinstance(new, dict):
@@ -140,9 +151,16 @@ class KubernetesBackend:
         parent = None
         if status.policy is None and generation.spec.parent:
             parent = await self._parent(namespace, generation.spec.parent)
-        seen_canary = None
-        if status.canary is not None and status.canary.phase == "Deploying":
-            seen_canary = await self._canary(namespace, name, status)
+        seen_canary, holder = None, None
+        passed = status.offline_gate is not None and status.offline_gate.passed
+        if passed and (status.canary is None or status.canary.phase in ("Waiting", "Deploying")):
+            isvc = await self._inference_service(namespace, generation.spec.canary.inference_service)
+            holder = await self._other_holder(namespace, name, isvc)
+            if status.canary is not None and status.canary.phase == "Deploying":
+                if isvc is not None and holder is None and not canary.carries(isvc, status.canary.mode, name):
+                    await self._deploy(generation, deploy_action(status.canary))  # a step KServe was not ready for
+                seen_canary = canary.observe(isvc, mode=status.canary.mode, generation=name,
+                                             traffic_percent=status.canary.traffic_percent)
         online = None
         if (
             status.canary is not None
@@ -152,7 +170,9 @@ class KubernetesBackend:
             and now >= status.online.next_check_at
         ):
             online = await self.read_online(generation, now)
-        return Observed(now=now, jobs=jobs, canary=seen_canary, online=online, parent=parent)
+        return Observed(
+            now=now, jobs=jobs, canary=seen_canary, online=online, parent=parent, canary_holder=holder
+        )
 
     async def _result(self, namespace: str, child: str) -> StageResult | None:
         key = (namespace, child)
@@ -172,16 +192,24 @@ class KubernetesBackend:
         return ParentObservation(name=parent, phase=status.get("phase") or "Pending",
                                  promoted_policy=status.get("promotedPolicy"))
 
-    async def _canary(self, namespace: str, name: str, status: FlywheelGenerationStatus) -> CanaryObservation:
-        assert status.canary is not None
+    async def _inference_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            isvc = await self.client.get(resource_path("inferenceservices", namespace, status.canary.inference_service))
+            return await self.client.get(resource_path("inferenceservices", namespace, name))
         except ApiError as exc:
             if exc.status != 404:
                 raise
-            isvc = None
-        return canary.observe(isvc, mode=status.canary.mode, generation=name,
-                              traffic_percent=status.canary.traffic_percent)
+            return None
+
+    async def _other_holder(self, namespace: str, name: str, isvc: dict[str, Any] | None) -> str | None:
+        """Another generation whose canary `isvc` carries and that has not ended (a deleted or finished holder
+        whose release was lost holds nothing)."""
+        other = canary.holder(isvc)
+        if other is None or other == name:
+            return None
+        body = await self.get_generation(namespace, other)
+        if body is None or (body.get("status") or {}).get("phase") in TERMINAL_PHASES:
+            return None
+        return other
 
     # ---------------------------------------------------------------------------------------------- act
     async def act(self, generation: FlywheelGeneration, action: Action) -> None:
@@ -191,30 +219,44 @@ class KubernetesBackend:
             for plural, body in manifests.children(generation, action):
                 await self._create(resource_path(plural, namespace), body)
         elif isinstance(action, DeployCanary):
-            path = resource_path("inferenceservices", namespace, action.inference_service)
-            try:
-                await self.client.patch(path, canary.deploy_patch(action, generation=name, storage=storage))
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                body = canary.new_inference_service(action, generation=name, namespace=namespace, storage=storage)
-                await self._create(resource_path("inferenceservices", namespace), body)
-                if action.mode == "knative":  # the parent's revision first, then the candidate as the canary
-                    await self.client.patch(path, canary.deploy_patch(action, generation=name, storage=storage))
+            await self._deploy(generation, action)
         elif isinstance(action, PromoteCanary | RollBackCanary):
             path = resource_path("inferenceservices", namespace, action.inference_service)
+            isvc = await self._inference_service(namespace, action.inference_service)
+            if isvc is None:
+                log.warning("InferenceService %s/%s is gone; nothing to %s", namespace, action.inference_service,
+                            type(action).__name__)
+                return
+            if await self._other_holder(namespace, name, isvc) is not None:
+                return  # never deployed here: the canary on it is another generation's
             patch = (
                 canary.promote_patch(action, generation=name, storage=storage)
                 if isinstance(action, PromoteCanary)
-                else canary.rollback_patch(action)
+                else canary.rollback_patch(action, storage=storage)
             )
-            try:
-                await self.client.patch(path, patch)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
-                log.warning("InferenceService %s/%s is gone; nothing to %s", namespace, action.inference_service,
-                            type(action).__name__)
+            await self.client.patch(path, patch)
+
+    async def _deploy(self, generation: FlywheelGeneration, action: DeployCanary) -> None:
+        """Create the InferenceService serving the parent if there is none; add the candidate once KServe can
+        split without handing it all traffic (Knative: after the parent's revision rolled out) and only while no
+        other live generation's canary is on it."""
+        namespace, name = generation.metadata.namespace or "", generation.metadata.name
+        storage = generation.spec.resources.storage
+        isvc = await self._inference_service(namespace, action.inference_service)
+        if isvc is None:
+            body = canary.new_inference_service(action, generation=name, namespace=namespace, storage=storage,
+                                                serving=generation.spec.canary.serving)
+            await self._create(resource_path("inferenceservices", namespace), body)
+            return
+        if await self._other_holder(namespace, name, isvc) is not None:
+            return  # the planner sees the holder and waits
+        if canary.ready_for_candidate(isvc, action.mode):
+            path = resource_path("inferenceservices", namespace, action.inference_service)
+            patch = canary.deploy_patch(action, generation=name, storage=storage)
+            version = (isvc.get("metadata") or {}).get("resourceVersion")
+            if version:  # two generations claiming the service at once: the API server answers the later one 409
+                patch["metadata"]["resourceVersion"] = version
+            await self.client.patch(path, patch)
 
     async def _create(self, path: str, body: dict[str, Any]) -> None:
         try:

@@ -1,52 +1,47 @@
-"""KServe canaries in both deployment modes, built with the kserve SDK's models (pure: bodies in, bodies out).
+"""KServe canaries: what both deployment modes share (the model, its storage, the deployment-mode annotation, which
+generation holds the InferenceService) and the dispatch to the module of each mode (pure: bodies in, bodies out).
 
-- Knative: the candidate becomes the predictor's model with `canaryTrafficPercent: P`; KServe splits traffic
-  between the latest revision and the previous rolled-out one (tag `prev`). Promote removes the percentage
-  (100 % to the latest), roll back sets it to 0 (all traffic to `prev`).
-- Standard (KServe ≥ 0.20): the candidate is an entry of `spec.canary[]` with its own predictor name; promote
-  retargets `spec.predictor` to it and removes the entry, roll back removes the entry.
+- `kube/knative.py`: the candidate becomes the predictor's latest revision, reached through its `latest` tag URL,
+  the parent through `prev` (Knative tag routing).
+- `kube/standard.py`: the candidate is an entry of `spec.canary[]`, reached through its own predictor Service.
 
-The InferenceService serves production, so it is never owned by a generation; a missing one is created
-serving the parent, with the canary.
+Either way each arm has its own endpoint, published with the salt in `status.canary.routing`, and the chat backend
+sends each user to their arm's endpoint by the salted hash of `flywheel_operator.arms`: arms are sticky per user
+whatever KServe's per-request split does (docs/install.md, "Sticky arms").
+
+The InferenceService serves production, so it is never owned by a generation; a missing one is created serving
+the parent. Its `characterflywheel.io/canary-of` annotation names the generation whose canary it carries, so a
+second generation waits instead of overwriting it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kserve import (
-    V1beta1CanarySpec,
-    V1beta1InferenceService,
-    V1beta1InferenceServiceSpec,
-    V1beta1ModelFormat,
-    V1beta1ModelSpec,
-    V1beta1PredictorSpec,
-)
-from kubernetes.client import ApiClient, V1ObjectMeta
+from kserve import V1beta1ModelFormat, V1beta1ModelSpec
+from kubernetes.client import ApiClient, V1ResourceRequirements
 
 from flywheel_operator import storage as storage_seam
-from flywheel_operator.api import StorageSpec, names
+from flywheel_operator.api import ServingResources, StorageSpec, names
 from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCanary, RollBackCanary
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
-MODEL_FORMAT = "huggingface"
-CONTROL_PREDICTOR = "control"
+RUNTIME = "characterflywheel-chat"
+"""The ClusterServingRuntime the chart installs: the trainer image's ChatPredictor (KServe v1 protocol)."""
+MODEL_FORMAT = "characterflywheel-chat"
+CONTAINER = "kserve-container"
+"""KServe's predictor container name; its CRD requires `model.name` on a canary."""
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+DEPLOYMENT_MODES = {"knative": "Knative", "standard": "Standard"}
+HOLDER_ANNOTATION = "characterflywheel.io/canary-of"
+"""The generation whose canary the InferenceService carries (absent when none)."""
 
 _SERIALIZER = ApiClient()
 
 
 def to_json(model: Any) -> Any:
-    """A kserve/kubernetes model as the API server's camelCase JSON, without Nones and without the empty
-    strings the generated models default to (V1beta1ModelSpec.name is the container name, empty means unset)."""
-    return _drop_empty(_SERIALIZER.sanitize_for_serialization(model))
-
-
-def _drop_empty(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_empty(v) for k, v in value.items() if v != ""}
-    if isinstance(value, list):
-        return [_drop_empty(v) for v in value]
-    return value
+    """A kserve/kubernetes model as the API server's camelCase JSON, without Nones."""
+    return _SERIALIZER.sanitize_for_serialization(model)
 
 
 def canary_name(generation: str) -> str:
@@ -64,66 +59,89 @@ def storage_uri(policy: str, storage: StorageSpec) -> str:
     return f"hf://{policy}"
 
 
-def model(policy: str, storage: StorageSpec) -> V1beta1ModelSpec:
-    model_format = V1beta1ModelFormat(name=MODEL_FORMAT)
-    return V1beta1ModelSpec(model_format=model_format, storage_uri=storage_uri(policy, storage))
+def model(policy: str, storage: StorageSpec, serving: ServingResources | None = None) -> dict[str, Any]:
+    """The predictor's model: the chart's ChatPredictor runtime loading `policy`; with `serving`, its resources."""
+    spec = V1beta1ModelSpec(
+        name=CONTAINER,
+        model_format=V1beta1ModelFormat(name=MODEL_FORMAT),
+        runtime=RUNTIME,
+        storage_uri=storage_uri(policy, storage),
+    )
+    if serving is not None:
+        requests = {"cpu": serving.cpu, "memory": serving.memory}
+        limits: dict[str, Any] = {"memory": serving.memory}
+        if serving.gpus:
+            requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(serving.gpus)
+        spec.resources = V1ResourceRequirements(requests=requests, limits=limits)
+    return to_json(spec)
+
+
+def annotations(mode: str, generation: str | None) -> dict[str, str | None]:
+    """The deployment mode KServe's webhook needs (a canary is refused without `Standard`), tag routing for
+    Knative's per-arm URLs, and the holder (None removes it in a merge patch)."""
+    wanted: dict[str, str | None] = {DEPLOYMENT_MODE_ANNOTATION: DEPLOYMENT_MODES[mode], HOLDER_ANNOTATION: generation}
+    if mode == "knative":
+        wanted["serving.kserve.io/enable-tag-routing"] = "true"
+    return wanted
+
+
+def carries(isvc: dict[str, Any], mode: str, generation: str) -> bool:
+    """Has the candidate of `generation` been put on `isvc` (held by it, canary requested)?"""
+    spec = isvc.get("spec") or {}
+    if holder(isvc) != generation:
+        return False
+    if mode == "knative":
+        return (spec.get("predictor") or {}).get("canaryTrafficPercent") is not None
+    return any((c.get("predictor") or {}).get("name") == canary_name(generation) for c in spec.get("canary") or [])
+
+
+def holder(isvc: dict[str, Any] | None) -> str | None:
+    """The generation whose canary `isvc` carries."""
+    return (((isvc or {}).get("metadata") or {}).get("annotations") or {}).get(HOLDER_ANNOTATION) or None
+
+
+def _mode(mode: str) -> Any:
+    from flywheel_operator.kube import knative, standard
+
+    return knative if mode == "knative" else standard
 
 
 def new_inference_service(
-    action: DeployCanary, *, generation: str, namespace: str, storage: StorageSpec
+    action: DeployCanary, *, generation: str, namespace: str, storage: StorageSpec, serving: ServingResources
 ) -> dict[str, Any]:
-    """The whole InferenceService when none exists yet: the parent serves, the candidate is the canary."""
-    control = V1beta1PredictorSpec(model=model(action.control_policy, storage))
-    spec = V1beta1InferenceServiceSpec(predictor=control)
-    if action.mode == "standard":
-        control.name = CONTROL_PREDICTOR
-        spec.canary = [_standard_canary(action, generation, storage)]
-    isvc = V1beta1InferenceService(
-        api_version=KSERVE_API_VERSION,
-        kind="InferenceService",
-        metadata=V1ObjectMeta(name=action.inference_service, namespace=namespace),
-        spec=spec,
+    """The whole InferenceService when none exists yet, serving the parent (Knative: the candidate joins later,
+    once the parent's revision has rolled out; Standard: the candidate is the canary from the start)."""
+    return _mode(action.mode).new_inference_service(
+        action, generation=generation, namespace=namespace, storage=storage, serving=serving
     )
-    return to_json(isvc)
 
 
-def _standard_canary(action: DeployCanary, generation: str, storage: StorageSpec) -> V1beta1CanarySpec:
-    predictor = V1beta1PredictorSpec(name=canary_name(generation), model=model(action.candidate_policy, storage))
-    return V1beta1CanarySpec(traffic_percent=action.traffic_percent, predictor=predictor)
+def ready_for_candidate(isvc: dict[str, Any], mode: str) -> bool:
+    """May the candidate be added now? Knative splits only after a first revision has rolled out."""
+    return _mode(mode).ready_for_candidate(isvc)
 
 
 def deploy_patch(action: DeployCanary, *, generation: str, storage: StorageSpec) -> dict[str, Any]:
     """Merge patch that adds the candidate as the canary of an existing InferenceService."""
-    if action.mode == "knative":
-        predictor = V1beta1PredictorSpec(
-            canary_traffic_percent=action.traffic_percent, model=model(action.candidate_policy, storage)
-        )
-        return {"spec": {"predictor": to_json(predictor)}}
-    return {"spec": {"canary": [to_json(_standard_canary(action, generation, storage))]}}
+    return _mode(action.mode).deploy_patch(action, generation=generation, storage=storage)
 
 
 def promote_patch(action: PromoteCanary, *, generation: str, storage: StorageSpec) -> dict[str, Any]:
-    """Merge patch that sends all traffic to the candidate."""
-    if action.mode == "knative":
-        return {"spec": {"predictor": {"canaryTrafficPercent": None}}}
-    candidate = model(action.candidate_policy, storage)
-    predictor = to_json(V1beta1PredictorSpec(name=canary_name(generation), model=candidate))
-    return {"spec": {"predictor": predictor, "canary": None}}
+    """Merge patch that sends all traffic to the candidate and releases the InferenceService."""
+    return _mode(action.mode).promote_patch(action, generation=generation, storage=storage)
 
 
-def rollback_patch(action: RollBackCanary) -> dict[str, Any]:
-    """Merge patch that sends all traffic back to the parent."""
-    if action.mode == "knative":
-        return {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
-    return {"spec": {"canary": None}}
+def rollback_patch(action: RollBackCanary, *, storage: StorageSpec | None = None) -> dict[str, Any]:
+    """Merge patch that sends all traffic back to the parent and releases the InferenceService."""
+    return _mode(action.mode).rollback_patch(action, storage=storage)
 
 
-def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
 def observe(isvc: dict[str, Any] | None, *, mode: str, generation: str, traffic_percent: int) -> CanaryObservation:
-    """Is the canary serving its share? Reads the InferenceService status as KServe writes it in each mode."""
+    """Is the canary serving its share, and at which endpoint is each arm? Read from KServe's status."""
     if isvc is None:
         return CanaryObservation(ready=False, message="the InferenceService does not exist (yet)")
     status = isvc.get("status") or {}
@@ -131,37 +149,4 @@ def observe(isvc: dict[str, Any] | None, *, mode: str, generation: str, traffic_
     observed_generation = status.get("observedGeneration")
     if meta_generation is not None and observed_generation is not None and observed_generation < meta_generation:
         return CanaryObservation(ready=False, message="KServe has not reconciled the latest spec yet")
-    ready_condition = _condition(status, "Ready") or {}
-    if mode == "standard":
-        name = canary_name(generation)
-        entry = next((c for c in status.get("canaryStatuses") or [] if c.get("name") == name), None)
-        canary_ready = _condition(status, "CanaryReady") or {}
-        if entry is None:
-            return CanaryObservation(ready=False, message=canary_ready.get("message") or f"no canaryStatuses[{name}]")
-        predictor = ((isvc.get("spec") or {}).get("predictor") or {}).get("name") or ""
-        return CanaryObservation(
-            ready=bool(entry.get("ready")),
-            message=canary_ready.get("message") or None,
-            traffic_percent=entry.get("trafficPercent"),
-            revisions={"predictor": predictor, "canary": name},
-        )
-    component = (status.get("components") or {}).get("predictor") or {}
-    latest = next((t for t in component.get("traffic") or [] if t.get("latestRevision")), {})
-    revisions = {
-        key: component[key]
-        for key in ("latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision",
-                    "previousRolledoutRevision")
-        if component.get(key)
-    }
-    ready = (
-        ready_condition.get("status") == "True"
-        and bool(component.get("latestCreatedRevision"))
-        and component.get("latestCreatedRevision") == component.get("latestReadyRevision")
-        and latest.get("percent") == traffic_percent
-    )
-    return CanaryObservation(
-        ready=ready,
-        message=ready_condition.get("message") or None,
-        traffic_percent=latest.get("percent"),
-        revisions=revisions,
-    )
+    return _mode(mode).observe(isvc, generation=generation, traffic_percent=traffic_percent)

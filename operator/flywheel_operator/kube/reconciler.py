@@ -27,9 +27,10 @@ from flywheel_operator.api import (
 )
 from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admission, Priority
 from flywheel_operator.kube.backend import KubernetesBackend
+from flywheel_operator.kube.client import ApiError
 from flywheel_operator.kube.policy import StagePolicy
 from flywheel_operator.metrics import PHASES, OperatorMetrics
-from flywheel_operator.planner import Event, Plan, plan
+from flywheel_operator.planner import Action, Event, Plan, StartStage, plan
 from flywheel_operator.validation import problems_of_error
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,13 @@ class InvalidSpec(Exception):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def describe(action: Action) -> str:
+    """The child an action writes, as `kubectl` names it."""
+    if isinstance(action, StartStage):
+        return f"stage {action.stage} (Job {action.child})"
+    return f"{type(action).__name__} on InferenceService {action.inference_service}"
 
 
 def invalid_status(errors: list[str], now: datetime, previous: dict[str, Any] | None) -> FlywheelGenerationStatus:
@@ -118,7 +126,12 @@ class Reconciler:
             observed = await self.backend.observe(generation, now)
             result = plan(generation, observed)
             for action in result.actions:
-                await self.backend.act(generation, action)
+                try:
+                    await self.backend.act(generation, action)
+                except ApiError as exc:
+                    if not exc.transient:
+                        await self._refused(body, old_status, action, exc)
+                    raise
             new_status = result.status.to_wire()
             if new_status != old_status:
                 await self.backend.write_status(namespace, name, old_status, new_status)
@@ -132,6 +145,18 @@ class Reconciler:
             self.requeue_at[key] = result.requeue_at
         self.wake_event(key).set()
         return result
+
+    async def _refused(self, body: dict[str, Any], old_status: dict[str, Any], action: Action, exc: ApiError) -> None:
+        """The API server refused a child (403, 404, 422…): retrying alone will not fix it, so the status says
+        what and why and a Warning Event is posted once; the plan's own status is not written (its actions did
+        not happen) and the handlers retry with their backoff, in case the cause is fixed outside."""
+        meta = body["metadata"]
+        status = FlywheelGenerationStatus.model_validate(old_status or {})
+        status.message = f"{describe(action)} was refused by the API server: {exc}"[:500]
+        new_status = status.to_wire()
+        if new_status != old_status:
+            await self.backend.write_status(meta["namespace"], meta["name"], old_status, new_status)
+            self.post_event(body, Event("ChildRefused", status.message, "Warning"))
 
     async def _reject(self, body: dict[str, Any], errors: list[str], old_status: dict[str, Any]) -> None:
         meta = body["metadata"]

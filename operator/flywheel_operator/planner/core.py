@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from flywheel_operator import gate
 from flywheel_operator.api import (
     TERMINAL_PHASES,
+    CanaryRouting,
     CanaryStatus,
     FinalDecision,
     FlywheelGeneration,
@@ -286,26 +287,24 @@ def _run_canary(
 ) -> None:
     spec, now = generation.spec, observed.now
     canary = status.canary
-    if canary is None:
+    if canary is None or canary.phase == "Waiting":
         assert status.candidate_policy is not None and status.policy is not None
-        status.canary = CanaryStatus(
-            phase="Deploying",
-            inference_service=spec.canary.inference_service,
-            mode=spec.canary.mode,
-            traffic_percent=spec.canary.traffic_percent,
-            candidate_policy=status.candidate_policy,
-            control_policy=status.policy,
-            requested_at=now,
-        )
-        work.actions.append(
-            DeployCanary(
+        if canary is None:
+            canary = status.canary = CanaryStatus(
+                phase="Waiting",
                 inference_service=spec.canary.inference_service,
                 mode=spec.canary.mode,
                 traffic_percent=spec.canary.traffic_percent,
                 candidate_policy=status.candidate_policy,
                 control_policy=status.policy,
+                requested_at=now,
+                routing=CanaryRouting(salt=_salt(generation), traffic_percent=spec.canary.traffic_percent),
             )
-        )
+        if observed.canary_holder is not None:
+            _wait_for_holder(canary, observed.canary_holder, status, now, work)
+            return
+        canary.phase, canary.requested_at, canary.message = "Deploying", now, None
+        work.actions.append(_deploy(canary))
         work.events.append(
             Event("CanaryDeploying", f"serving {status.candidate_policy} to {spec.canary.traffic_percent}% of users")
         )
@@ -314,9 +313,15 @@ def _run_canary(
         return
     if canary.phase == "Deploying":
         seen = observed.canary
+        if observed.canary_holder is not None:  # lost a race for the service: nothing of ours is on it
+            canary.phase = "Waiting"
+            _wait_for_holder(canary, observed.canary_holder, status, now, work)
+            return
         if seen is not None and seen.ready:
             canary.phase, canary.ready_at, canary.message = "Ready", now, seen.message
             canary.revisions = dict(seen.revisions)
+            if canary.routing is not None:
+                canary.routing.endpoints = dict(seen.endpoints)
             status.online = OnlineStatus(started_at=now, next_check_at=now)
             status.phase, status.message = "Observing", "canary Ready: measuring engagement"
             work.events.append(Event("CanaryReady", f"canary on {canary.inference_service} is Ready"))
@@ -331,6 +336,38 @@ def _run_canary(
         return
     if canary.phase == "Ready":
         _observe(generation, status, observed, work)
+
+
+def _salt(generation: FlywheelGeneration) -> str:
+    """The experiment's salt: a generation of the same name created again is a new experiment."""
+    meta = generation.metadata
+    return f"{meta.namespace or ''}/{meta.name}/{meta.uid or ''}"
+
+
+def _deploy(canary: CanaryStatus) -> DeployCanary:
+    return DeployCanary(
+        inference_service=canary.inference_service,
+        mode=canary.mode,
+        traffic_percent=canary.traffic_percent,
+        candidate_policy=canary.candidate_policy,
+        control_policy=canary.control_policy,
+    )
+
+
+def _wait_for_holder(
+    canary: CanaryStatus, holder: str, status: FlywheelGenerationStatus, now: datetime, work: _Work
+) -> None:
+    """Another generation's canary is on the InferenceService: one experiment per service, so wait for its end
+    (the ready timeout counts from the deployment, not from the wait)."""
+    message = (
+        f"InferenceService {canary.inference_service} carries the canary of generation {holder}; "
+        "this canary is deployed once that one is promoted or rolled back"
+    )
+    if canary.message != message:
+        work.events.append(Event("CanaryWaiting", message))
+    canary.message = message
+    status.phase, status.message = "Canary", message
+    work.wake.append(now + CANARY_POLL)
 
 
 def _observe(generation: FlywheelGeneration, status: FlywheelGenerationStatus, observed: Observed, work: _Work) -> None:
@@ -374,6 +411,8 @@ def _end_canary(status: FlywheelGenerationStatus, outcome: str, reasons: list[st
     """PROMOTE sends all traffic to the candidate; ROLL_BACK and INCONCLUSIVE send it back to the parent."""
     canary = status.canary
     assert canary is not None
+    if canary.routing is not None:
+        canary.routing.endpoints = {}  # the chat backend sends everybody to the InferenceService's own URL again
     promote = outcome == "PROMOTE"
     if promote:
         work.actions.append(

@@ -33,6 +33,8 @@ class CanaryObservation:
     message: str | None = None
     traffic_percent: int | None = None
     revisions: Mapping[str, str] = field(default_factory=dict)
+    endpoints: Mapping[str, str] = field(default_factory=dict)
+    """URL per arm (`control`, `treatment`) the chat backend sends each user to."""
 
 
 @dataclass(frozen=True)
@@ -53,3 +55,5 @@ class Observed:
     canary: CanaryObservation | None = None
     online: OnlineReading | None = None
     parent: ParentObservation | None = None
+    canary_holder: str | None = None
+    """Another live generation whose canary the InferenceService carries (this one must wait), if any."""

@@ -1,0 +1,177 @@
+"""What the API server and KServe's webhooks check on a write, enforced by the emulator (tests/operator/cluster.py).
+
+Every object the operator creates or patches is validated as the real cluster would: the merge patch is applied
+to the stored object, KServe's defaulting webhook runs, then the result must match the pinned upstream schema
+(core kinds: kubernetes-validate's schemas, strict; InferenceService: KServe's CRD `openAPIV3Schema`, pinned under
+tests/schemas/, see its README) and pass KServe's validating webhook rules for canaries. A violation is answered
+with 422 like the API server does, and recorded so the test fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import gzip
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+SCHEMAS = Path(__file__).parent.parent / "schemas"
+KUBERNETES_VERSION = "1.30"
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+CUSTOM_SCHEMAS = {
+    ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-inferenceservice-v1beta1.schema.json.gz",
+    ("serving.kserve.io/v1alpha1", "ClusterServingRuntime"): "kserve-clusterservingruntime-v1alpha1.schema.json.gz",
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "prometheus-operator-servicemonitor-v1.schema.json.gz",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheus-operator-prometheusrule-v1.schema.json.gz",
+}
+"""Custom resources the operator writes or the chart installs, by (apiVersion, kind), and their pinned CRD schema."""
+
+
+@functools.cache
+def crd_schema(filename: str) -> jsonschema.protocols.Validator:
+    with gzip.open(SCHEMAS / filename, "rt") as f:
+        schema = json.load(f)
+    return jsonschema.Draft7Validator(schema)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: what the API server stores after an `application/merge-patch+json` PATCH."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = copy.deepcopy(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def schema_problems(obj: dict[str, Any]) -> list[str]:
+    """Where `obj` breaks its kind's upstream schema ([] when it conforms)."""
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in CUSTOM_SCHEMAS:
+        validator = crd_schema(CUSTOM_SCHEMAS[key])  # type: ignore[index]
+        return [
+            f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
+            for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+        ] + list(unknown_fields(validator.schema, obj))
+    validator = core_schema(str(obj.get("apiVersion")), str(obj.get("kind")))
+    return [
+        f"{'.'.join(str(p) for p in error.absolute_path) or '<root>'}: {error.message}"
+        for error in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+@functools.cache
+def core_schema(api_version: str, kind: str) -> jsonschema.protocols.Validator:
+    """kubernetes-validate's strict schema of a core kind, built once (its `validate` rereads the files per call,
+    which at hundreds of writes per test is most of the emulator's time)."""
+    from kubernetes_validate import utils
+    from referencing import Registry, Resource
+
+    group = re.sub(r"^([^./]*)(?:\.[^/]*)?/", r"\1-", api_version)
+    directory = f"kubernetes-json-schema/v{_schema_version()}-local-strict"
+    schema = utils.schema_contents(f"{directory}/{kind.lower()}-{group}.json", KUBERNETES_VERSION)
+    definitions = utils.schema_contents(f"{directory}/_definitions.json", KUBERNETES_VERSION)
+    registry = Resource.from_contents(definitions) @ (Resource.from_contents(schema) @ Registry())
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def _schema_version() -> str:
+    from kubernetes_validate import utils
+
+    return [v for v in utils.all_versions() if utils.major_minor(v) <= KUBERNETES_VERSION][-1]
+
+
+def unknown_fields(schema: dict[str, Any], value: Any, path: str = "") -> Iterator[str]:
+    """Fields a structural CRD schema does not declare: the API server drops them silently (or refuses them
+    under `fieldValidation=Strict`, kubectl's default), so a misspelt field would never take effect."""
+    if isinstance(value, dict) and "properties" in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+        for key, item in value.items():
+            if key not in schema["properties"]:
+                yield f"{path + '.' if path else ''}{key}: unknown field (not in the CRD schema)"
+            else:
+                yield from unknown_fields(schema["properties"][key], item, f"{path + '.' if path else ''}{key}")
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, item in value.items():
+            yield from unknown_fields(schema["additionalProperties"], item, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for index, item in enumerate(value):
+            yield from unknown_fields(schema["items"], item, f"{path}.{index}")
+
+
+def kserve_default(isvc: dict[str, Any], *, default_mode: str) -> dict[str, Any]:
+    """KServe's mutating webhook (DefaultInferenceService): legacy mode names are normalised, and the annotation
+    is added only when the cluster's default mode is Standard; a Knative-default cluster leaves it unset."""
+    isvc = copy.deepcopy(isvc)
+    annotations = isvc.setdefault("metadata", {}).get("annotations") or {}
+    mode = annotations.get(DEPLOYMENT_MODE)
+    if mode is not None:
+        annotations[DEPLOYMENT_MODE] = {"RawDeployment": "Standard", "Serverless": "Knative"}.get(mode, mode)
+    elif default_mode == "Standard":
+        annotations[DEPLOYMENT_MODE] = "Standard"
+    if annotations:
+        isvc["metadata"]["annotations"] = annotations
+    return isvc
+
+
+def kserve_admission(new: dict[str, Any], old: dict[str, Any] | None) -> list[str]:
+    """KServe's validating webhook (pkg/apis/serving/v1beta1/inference_service_validation.go): the canary rules
+    of validateCanarySpecs, validateDeploymentMode and validatePredictorNameChange."""
+    problems = []
+    annotations = (new.get("metadata") or {}).get("annotations") or {}
+    spec = new.get("spec") or {}
+    predictor = spec.get("predictor") or {}
+    if old is not None:
+        recorded = (old.get("status") or {}).get("deploymentMode")
+        wanted = annotations.get(DEPLOYMENT_MODE)
+        if recorded and wanted is not None and wanted != {"RawDeployment": "Standard"}.get(recorded, recorded):
+            problems.append(f"update rejected: deploymentMode cannot be changed from '{recorded}' to '{wanted}'")
+        old_predictor = (old.get("spec") or {}).get("predictor") or {}
+        if old_predictor.get("name") != predictor.get("name") and _storage_uri(old_predictor) == _storage_uri(
+            predictor
+        ):
+            problems.append("predictor.name change requires a model change (e.g. storageUri)")
+    canaries = spec.get("canary") or []
+    if not canaries:
+        return problems
+    if annotations.get(DEPLOYMENT_MODE) != "Standard":
+        return [*problems, "canary is only supported in Standard deployment mode"]
+    if _storage_uri(predictor) is None and predictor.get("model") is None:
+        problems.append("canary requires a stable predictor with a model")
+    names: set[str] = set()
+    total = 0
+    for index, canary in enumerate(canaries):
+        name = (canary.get("predictor") or {}).get("name") or ""
+        if not name:
+            problems.append(f"canary[{index}] predictor.name is required")
+        elif name in names:
+            problems.append(f'canary predictor.name "{name}" is duplicated')
+        elif name == predictor.get("name"):
+            problems.append(f'canary predictor.name "{name}" conflicts with stable predictor name')
+        names.add(name)
+        total += int(canary.get("trafficPercent") or 0)
+    if total > 100:
+        problems.append(f"sum of canary trafficPercent values ({total}) must be <= 100")
+    return problems
+
+
+def _storage_uri(predictor: dict[str, Any]) -> str | None:
+    return (predictor.get("model") or {}).get("storageUri")
+
+
+def check_write(
+    obj: dict[str, Any], old: dict[str, Any] | None, *, default_mode: str = "Knative"
+) -> tuple[dict[str, Any], list[str]]:
+    """The object as stored after admission, and the problems that make the API server refuse it."""
+    if obj.get("kind") == "InferenceService":
+        obj = kserve_default(obj, default_mode=default_mode)
+        problems = schema_problems(obj)
+        return obj, problems or kserve_admission(obj, old)
+    return obj, schema_problems(obj)
