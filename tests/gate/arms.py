@@ -40,5 +40,7 @@ def simulate_arm(
     )
 
 
-def reading(control: ArmStats | None, treatment: ArmStats | None, error: str | None = None) -> OnlineReading:
-    return OnlineReading(at=NOW, control=control, treatment=treatment, error=error)
+def reading(
+    control: ArmStats | None, treatment: ArmStats | None, error: str | None = None, crossover: int = 0
+) -> OnlineReading:
+    return OnlineReading(at=NOW, control=control, treatment=treatment, error=error, crossover_users=crossover)

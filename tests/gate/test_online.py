@@ -17,10 +17,10 @@ DAY = timedelta(days=1)
 SPEC = PromotionSpec()
 
 
-def decide(control, treatment, *, elapsed=3 * DAY, previous=None, spec=SPEC, traffic=50, error=None):
+def decide(control, treatment, *, elapsed=3 * DAY, previous=None, spec=SPEC, traffic=50, error=None, crossover=0):
     return evaluate_online(
         spec,
-        reading(control, treatment, error),
+        reading(control, treatment, error, crossover),
         traffic_percent=traffic,
         elapsed=elapsed,
         min_duration=DAY,
@@ -107,6 +107,18 @@ def test_srm_uses_the_configured_split(rng) -> None:
     assert decide(control, treatment, traffic=10, spec=spec).outcome == "ROLL_BACK"
 
 
+def test_crossover_above_the_tolerance_stops_even_a_winner(rng) -> None:
+    control, treatment = simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.15)
+    assert decide(control, treatment, crossover=400).outcome == "PROMOTE"  # 1.00 % of 40,000: at the tolerance
+    decision = decide(control, treatment, crossover=401)
+    assert decision.outcome == "ROLL_BACK"
+    assert decision.reasons[0].startswith("crossover: 401 of 40000 exposed users")
+    assert any(c.name == "crossover" and not c.passed for c in decision.checks)
+    assert decision.numbers["crossover.share"] == pytest.approx(401 / 40_000)
+    # the tolerance is the spec's: a looser one lets the same reading promote
+    assert decide(control, treatment, crossover=401, spec=PromotionSpec(crossover_tolerance=0.02)).outcome == "PROMOTE"
+
+
 def test_running_state_keeps_the_test_always_valid(rng) -> None:
     control, treatment = simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.03)
     first = decide(control, treatment)
@@ -175,6 +187,19 @@ def test_srm_or_early_never_promotes(control, treatment, elapsed) -> None:
         assert any(c.name == "srm" and c.passed for c in decision.checks)
     if "srm.p_value" in decision.numbers and decision.numbers["srm.p_value"] < SPEC.srm_p_value:
         assert decision.outcome == "ROLL_BACK"
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(control=arm_strategy, treatment=arm_strategy, elapsed=elapsed_strategy, data=st.data())
+def test_crossover_above_the_tolerance_never_promotes(control, treatment, elapsed, data) -> None:
+    exposed = control.users + treatment.users
+    crossed = data.draw(st.integers(0, exposed))
+    decision = decide(control, treatment, elapsed=elapsed, crossover=crossed)
+    if crossed / exposed > SPEC.crossover_tolerance:
+        assert decision.outcome == "ROLL_BACK"
+        assert any(r.startswith("crossover:") for r in decision.reasons)
+    else:
+        assert any(c.name == "crossover" and c.passed for c in decision.checks)
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])

@@ -111,23 +111,29 @@ def test_the_gate_reads_back_what_the_exporter_holds(exporter: ExporterServer, p
                     latency_seconds=[float(rng.exponential(1.0))],
                 )
             )
+    lines += [exposure("u0", "treatment"), exposure("u2", "treatment")]  # two control users crossed
     with httpx.Client(base_url=f"http://127.0.0.1:{exporter.port}") as client:
         assert client.post("/events", content="\n".join(lines)).status_code == 200
         assert client.post("/events", content='{"type": "exposure"}').status_code == 400
 
     expected = read_local(exporter.durable.store, generation="gen2", now=datetime.now(UTC))
-    assert expected.has_data and expected.control is not None
+    assert expected.has_data and expected.control is not None and expected.crossover_users == 2
     promotion = PromotionSpec(prometheus_url=url)
     prom_reader = PrometheusReader(promotion, timeout=5.0, retries=1, backoff=0.1)
 
     def caught_up() -> bool:
         reading = prom_reader.read(generation="gen2", namespace="default", now=datetime.now(UTC))
-        return reading.has_data and reading.control == expected.control and reading.treatment == expected.treatment
+        return reading.has_data and (reading.control, reading.treatment, reading.crossover_users) == (
+            expected.control,
+            expected.treatment,
+            expected.crossover_users,
+        )
 
     wait_for(caught_up, "Prometheus to scrape the exporter's counts")
     reading = prom_reader.read(generation="gen2", namespace="default", now=datetime.now(UTC))
     assert reading.control == expected.control
     assert reading.treatment == expected.treatment
+    assert reading.crossover_users == 2
     assert reading.control.pre_cross_sum is not None and reading.control.guardrails["errors"] >= 0
 
     # An unknown generation is no data, never zeros.

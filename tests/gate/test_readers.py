@@ -175,6 +175,26 @@ def test_a_prometheus_outage_continues_until_max_duration_then_is_inconclusive()
     assert outcomes == ["CONTINUE"] * 4 + ["INCONCLUSIVE"] * 2
 
 
+CROSSOVER = SPEC.queries.crossover.format(generation="gen2", namespace="ns")
+
+
+def test_the_crossover_count_is_read_and_no_series_is_zero() -> None:
+    table = answers()
+    assert reader(table).read(generation="gen2", namespace="ns", now=NOW).crossover_users == 0  # none crossed yet
+    table[CROSSOVER] = 25
+    reading = reader(table).read(generation="gen2", namespace="ns", now=NOW)
+    assert reading.has_data and reading.crossover_users == 25
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"), [(2.5, "whole count"), (-1, "whole count"), ("NaN", "NaN"), (5000, "crossoverUsers")]
+)
+def test_a_crossover_count_that_is_no_count_of_the_exposed_users_is_no_data(value: object, fragment: str) -> None:
+    table = {**answers(), CROSSOVER: value}
+    reading = reader(table).read(generation="gen2", namespace="ns", now=NOW)
+    assert not reading.has_data and fragment in (reading.error or "")
+
+
 def test_local_reader_reads_the_store() -> None:
     store = EngagementStore()
     assert "no user exposed" in (read_local(store, generation="gen2", now=NOW).error or "")
@@ -182,6 +202,9 @@ def test_local_reader_reads_the_store() -> None:
         store.apply(parse_event(line))
     reading = read_local(store, generation="gen2", now=NOW)
     assert reading.has_data and reading.control is not None and reading.control.depth_sum == 2
+    assert reading.crossover_users == 0
+    store.apply(parse_event(exposure("a", "treatment")))  # a control user seen in the treatment arm
+    assert read_local(store, generation="gen2", now=NOW).crossover_users == 1
 
 
 @pytest.mark.parametrize("count", [-500, 2.5, -0.5])
@@ -230,6 +253,7 @@ def test_events_that_stopped_flowing_are_stale_no_data() -> None:
 
 
 def test_default_queries_select_the_generations_namespace() -> None:
-    for name in ("users", "engaged", "depth_sum", "depth_sum_squares", "pre_sum", "responses", "guardrail"):
+    names = ("users", "engaged", "depth_sum", "depth_sum_squares", "pre_sum", "responses", "guardrail", "crossover")
+    for name in names:
         query = getattr(SPEC.queries, name).format(arm="control", generation="gen2", namespace="ns", guardrail="g")
         assert 'namespace="ns"' in query, name

@@ -629,6 +629,9 @@ class PromotionQueries(ApiModel):
     """Σ per-user guardrail events × responses."""
     adopted: str = "sum(flywheel_users_adopted_total" + _ARM_SELECTOR + ")"
     """Users first seen through engagement after an exporter restart (left out of the sample-ratio test)."""
+    crossover: str = 'sum(flywheel_crossover_users_total{{generation="{generation}",namespace="{namespace}"}})'
+    """Users of the experiment seen in both arms (one query, no `{arm}`). No series reads as 0: the exporter
+    writes a generation's series only once one of its users crossed. Empty: no crossover check."""
 
 
 class PromotionSpec(ApiModel):
@@ -650,6 +653,10 @@ class PromotionSpec(ApiModel):
     srm_p_value: Annotated[float, Field(gt=0, lt=0.5)] = 0.001
     """The always-valid sample-ratio-mismatch p-value (a sequential beta-binomial test, valid at any check
     interval) below which the canary stops: the experiment is broken. Spent out of `alpha`."""
+    crossover_tolerance: float = Field(default=0.01, ge=0, lt=1)
+    """Largest share of the exposed users that may be seen in both arms (a few mis-routed requests around a
+    deploy). Above it the arms are not sticky and the canary stops like on a sample ratio mismatch: the
+    experiment is broken (docs/metrics.md)."""
     guardrails: list[Guardrail] = Field(
         default_factory=lambda: [
             Guardrail(name="instruction-violations", margin=0.01),

@@ -120,6 +120,19 @@ class OnlineReading(ApiModel):
     """Candidate arm."""
     error: str | None = None
     """Why there is no data, when there is none."""
+    crossover_users: int = Field(default=0, ge=0)
+    """Users of the experiment seen in both arms (counted once, in their first arm), as counted since the
+    exporter's state began, like the arms' users."""
+
+    @model_validator(mode="after")
+    def _crossed_were_exposed(self) -> OnlineReading:
+        if self.control is not None and self.treatment is not None:
+            exposed = self.control.users + self.treatment.users
+            if self.crossover_users > exposed:
+                raise ValueError(
+                    f"crossoverUsers ({self.crossover_users}) cannot exceed the users of both arms ({exposed})"
+                )
+        return self
 
     @property
     def has_data(self) -> bool:

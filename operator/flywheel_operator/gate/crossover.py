@@ -5,10 +5,11 @@ candidate is good or bad: the gate must not promote on it. Pure: counts in, a ch
 
 from __future__ import annotations
 
-from flywheel_operator.api import GateCheck
+from flywheel_operator.api import GateCheck, PromotionSpec
 
-DEFAULT_TOLERANCE = 0.01
-"""Share of exposed users allowed in both arms (a few mis-routed requests around a deploy)."""
+DEFAULT_TOLERANCE: float = PromotionSpec.model_fields["crossover_tolerance"].default
+"""Share of exposed users allowed in both arms (a few mis-routed requests around a deploy); the spec's
+`promotion.crossoverTolerance` default."""
 
 
 def crossover_check(crossed: int, exposed: int, tolerance: float = DEFAULT_TOLERANCE) -> GateCheck:
@@ -28,8 +29,8 @@ def crossover_check(crossed: int, exposed: int, tolerance: float = DEFAULT_TOLER
             value=share,
             limit=limit,
             message=(
-                f"{crossed} of {exposed} exposed users ({share:.2%}) were seen in both arms; arms are not sticky, "
-                "the experiment is broken: route each user by flywheel_operator.arms (status.canary.routing)"
+                f"crossover: {crossed} of {exposed} exposed users ({share:.2%}) were seen in both arms; arms are not "
+                "sticky, the experiment is broken: route each user by flywheel_operator.arms (status.canary.routing)"
             ),
         )
     return GateCheck(name="crossover", passed=True, value=share, limit=limit, message="Arms are sticky.")

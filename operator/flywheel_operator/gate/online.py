@@ -4,8 +4,8 @@ INCONCLUSIVE, with every number and reason (pure; the caller passes `now` and th
 Decision rule (docs/metrics.md, after Spotify's): promote only when at least one success metric (breadth
 or depth) is significantly better by its minimum lift, no success metric is significantly worse, every
 guardrail is significantly non-inferior within its margin, the split matches the configuration, and the canary
-has run for `min_duration`. Harm (a sample-ratio mismatch, a guardrail significantly worse than its margin, a
-success metric significantly worse) rolls back at any time.
+has run for `min_duration`. Harm (a sample-ratio mismatch, more crossover users than `crossoverTolerance` allows,
+a guardrail significantly worse than its margin, a success metric significantly worse) rolls back at any time.
 
 Every test holds uniformly in time, so the check interval does not matter: the SRM test is a mixture e-value
 over users (a function of the counts), the metrics use mSPRT confidence sequences whose running intersection
@@ -32,6 +32,7 @@ from flywheel_operator.api import (
     parse_duration,
 )
 from flywheel_operator.gate import stats
+from flywheel_operator.gate.crossover import crossover_check
 
 SUCCESS_METRICS = ("breadth", "depth")
 
@@ -180,6 +181,10 @@ def evaluate_online(
     checks.append(srm_check)
     if not srm_check.passed:
         harm.append(srm_check.message)
+    crossover = _crossover(promotion, reading, numbers)
+    checks.append(crossover)
+    if not crossover.passed:
+        harm.append(crossover.message)
 
     waiting: list[str] = []
     verdicts: list[MetricVerdict] = []
@@ -455,6 +460,18 @@ def _srm(
             ),
         )
     return GateCheck(name="srm", passed=True, value=result.p_value, limit=limit, message="The split matches.")
+
+
+def _crossover(promotion: PromotionSpec, reading: OnlineReading, numbers: dict[str, float]) -> GateCheck:
+    """Users seen in both arms against the users exposed, both as the exporter counts them now (not stitched: a
+    restart that lost the exporter's state restarts both). Above the tolerance the arms are not sticky, and like
+    an SRM that breaks the experiment whatever the metrics say. A share, not a test: crossing is routing, not
+    sampling noise, so it spends no α."""
+    assert reading.control is not None and reading.treatment is not None
+    exposed = reading.control.users + reading.treatment.users
+    numbers["crossover.users"] = float(reading.crossover_users)
+    numbers["crossover.share"] = reading.crossover_users / exposed if exposed else 0.0
+    return crossover_check(reading.crossover_users, exposed, promotion.crossover_tolerance)
 
 
 def _breadth(

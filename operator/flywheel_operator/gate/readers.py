@@ -3,7 +3,8 @@
 A failed read is data, not an exception (house style: decisions as data): the reader returns an OnlineReading
 whose `error` says why, and the gate turns that into CONTINUE, never into zeros. Empty results, NaN, more than
 one series, stale samples, HTTP errors and timeouts are all "no data". Optional series (the CUPED sums, a
-guardrail) that are missing only switch CUPED off or leave that guardrail unproven.
+guardrail) that are missing only switch CUPED off or leave that guardrail unproven; a missing crossover count is 0
+(the exporter writes it only once a user crossed).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class PrometheusReader:
         try:
             self._check_events_flow(client, generation, namespace, now)
             arms = {arm: self._read_arm(client, arm, generation, namespace, now) for arm in ARMS}
+            crossover = self._crossover(client, generation, namespace, now)
         except NoData as exc:
             return OnlineReading(at=now, error=str(exc))
         finally:
@@ -62,9 +64,17 @@ class PrometheusReader:
         try:
             control = ArmStats.model_validate(arms["control"])
             treatment = ArmStats.model_validate(arms["treatment"])
+            return OnlineReading(at=now, control=control, treatment=treatment, crossover_users=crossover)
         except ValidationError as exc:
             return OnlineReading(at=now, error=f"inconsistent sums from Prometheus: {exc.errors()[0]['msg']}")
-        return OnlineReading(at=now, control=control, treatment=treatment)
+
+    def _crossover(self, client: httpx.Client, generation: str, namespace: str, now: datetime) -> int:
+        """Users seen in both arms; no series is 0 (none crossed yet), anything else unusable is no data."""
+        template = self.promotion.queries.crossover
+        if not template:
+            return 0
+        query = template.format(generation=generation, namespace=namespace)
+        return _whole(self._value(client, query, now, empty=0.0), "crossover")
 
     def _read_arm(self, client: httpx.Client, arm: str, generation: str, namespace: str, now: datetime) -> dict:
         queries = self.promotion.queries
@@ -114,13 +124,16 @@ class PrometheusReader:
                 f"{self.max_event_age.total_seconds():.0f}s, stale): is the chat backend still posting events?"
             )
 
-    def _value(self, client: httpx.Client, query: str, now: datetime) -> float:
+    def _value(self, client: httpx.Client, query: str, now: datetime, *, empty: float | None = None) -> float:
+        """The one fresh, finite sample of `query`; `empty` (when given) stands for a result with no series."""
         payload = self._query(client, query, now)
         data = payload.get("data", {})
         kind, result = data.get("resultType"), data.get("result")
         if kind == "scalar":
             samples = [result]
         elif kind == "vector":
+            if not result and empty is not None:
+                return empty
             if not result:
                 raise NoData(f"query {query!r} returned no series (nothing exported yet, or the target is down)")
             if len(result) > 1:
@@ -174,7 +187,8 @@ def read_local(store: EngagementStore, *, generation: str, now: datetime) -> Onl
     """The local runner's reader: the same sums, straight from the exporter's in-process store."""
     with store.lock:
         control, treatment = store.arm_stats(generation)
+        crossover = store.crossover_users(generation)
     if control is None or treatment is None:
         missing = [arm for arm, stats in zip(ARMS, (control, treatment), strict=True) if stats is None]
         return OnlineReading(at=now, error=f"no user exposed to {' and '.join(missing)} of {generation!r} yet")
-    return OnlineReading(at=now, control=control, treatment=treatment)
+    return OnlineReading(at=now, control=control, treatment=treatment, crossover_users=crossover)
