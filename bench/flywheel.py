@@ -249,7 +249,6 @@ def _run_chain(run_dir: Path, world: Path, first: Any, generations: int, cache: 
         except KeyboardInterrupt:
             runner.stop()
             raise
-    compute_oracle(run_dir, world)
     record = {
         "world": str(world),
         "clean_start": not previous and not resume,
@@ -260,6 +259,7 @@ def _run_chain(run_dir: Path, world: Path, first: Any, generations: int, cache: 
         "load_average_at_end": os.getloadavg(),
     }
     wall_file.write_text(json.dumps(record, indent=2) + "\n")
+    compute_oracle(run_dir, world)
 
 
 def _chain_names(run_dir: Path) -> list[str]:
