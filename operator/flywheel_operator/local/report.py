@@ -49,6 +49,15 @@ class GenerationRow:
     def promoted(self) -> bool:
         return self.status.phase == "Promoted"
 
+    @property
+    def gate_word(self) -> str:
+        """`shipped`, `blocked`, or the phase while the generation is still running."""
+        from flywheel_operator.api import TERMINAL_PHASES
+
+        if self.promoted:
+            return "shipped"
+        return "blocked" if self.status.phase in TERMINAL_PHASES else self.status.phase.lower()
+
     def oracle_lift(self, key: str) -> float | None:
         parent, candidate = self.oracle.get("parent", {}), self.oracle.get("candidate", {})
         return candidate[key] / parent[key] - 1 if key in candidate and parent.get(key) else None
@@ -187,7 +196,7 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
         ax.bar([i + width / 2 for i in x], [v if v is not None else 0.0 for v in measured], width,
                label="measured lift (canary A/B over its simulated days)", color="tab:green")
         for i, r in enumerate(rows):
-            ax.annotate("shipped" if r.promoted else "blocked", (i, 0), fontsize=7, ha="center",
+            ax.annotate(r.gate_word, (i, 0), fontsize=7, ha="center",
                         xytext=(0, -14), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.5)
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
@@ -272,12 +281,13 @@ def _confusion(rows: list[GenerationRow]) -> str:
     body = []
     for r in rows:
         verdict = {True: "truly better", False: "truly worse", None: "not computed"}[r.truly_better]
-        if r.truly_better is not None:
-            counts[(r.promoted, r.truly_better)] += 1
-        right = "—" if r.truly_better is None else ("right" if r.promoted == r.truly_better else "WRONG")
+        decided = r.gate_word in ("shipped", "blocked") and r.truly_better is not None
+        if decided:
+            counts[(r.promoted, bool(r.truly_better))] += 1
+        right = "—" if not decided else ("right" if r.promoted == r.truly_better else "WRONG")
         lifts = " / ".join(f"{v:+.1%}" if v is not None else "—" for v in (r.oracle_lift("depth"),
                                                                            r.oracle_lift("breadth")))
-        body.append(f"<tr><td>{html.escape(r.name)}</td><td>{'shipped' if r.promoted else 'blocked'}</td>"
+        body.append(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.gate_word)}</td>"
                     f"<td>{verdict}</td><td>{lifts}</td><td>{right}</td></tr>")
     grid = (
         "<table><tr><th></th><th>truly better</th><th>truly worse</th></tr>"
