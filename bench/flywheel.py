@@ -232,7 +232,9 @@ def print_table(title: str, table: list[dict[str, Any]], chain: dict[str, Any]) 
               f"{end.get('depth') or 0:.2f}")
 
 
-def _run_chain(run_dir: Path, world: Path, first: Any, generations: int, cache: Path, resume: bool) -> None:
+def _run_chain(
+    run_dir: Path, world: Path, first: Any, generations: int, cache: Path, resume: bool, cpus: int | None = None
+) -> None:
     from flywheel_operator.local.progress import Display
     from flywheel_operator.local.report import compute_oracle
     from flywheel_operator.local.runner import Runner
@@ -243,7 +245,7 @@ def _run_chain(run_dir: Path, world: Path, first: Any, generations: int, cache: 
     wall_file = run_dir / WALL_FILE
     previous = json.loads(wall_file.read_text()) if resume and wall_file.is_file() else {}
     with Display() as display:
-        runner = Runner(run_dir, world_file=world, cache_dir=cache, display=display)
+        runner = Runner(run_dir, world_file=world, cache_dir=cache, display=display, cpus=cpus)
         try:
             runner.run(first, generations)
         except KeyboardInterrupt:
@@ -320,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of cleaning them")
     parser.add_argument("--summarise", action="store_true", help="only write the table and JSON from finished runs")
     parser.add_argument("--runs", default=str(RUNS), help="the folder of the run directories")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help="threads per stage (default: all cores); 1 on a machine shared with other work")
     args = parser.parse_args(argv)
     RUNS = Path(args.runs).resolve()
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
@@ -333,11 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         cache = Path(args.cache_dir)
         try:
             if "default" in parts:
-                _run_chain(RUNS / "default", DEFAULT_WORLD, first, args.generations, cache, args.resume)
+                _run_chain(RUNS / "default", DEFAULT_WORLD, first, args.generations, cache, args.resume, args.cpus)
             if "on-topic" in parts:
-                _run_chain(RUNS / "on-topic", SECOND_WORLD, first, args.generations, cache, args.resume)
+                _run_chain(RUNS / "on-topic", SECOND_WORLD, first, args.generations, cache, args.resume, args.cpus)
             if "trap" in parts:
-                _run_chain(RUNS / "trap", DEFAULT_WORLD, trap_probe(first), 1, cache, args.resume)
+                _run_chain(RUNS / "trap", DEFAULT_WORLD, trap_probe(first), 1, cache, args.resume, args.cpus)
         except KeyboardInterrupt:
             print("stopped; run again with --resume to continue", file=sys.stderr)
             return 130
