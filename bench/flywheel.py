@@ -46,10 +46,13 @@ TRAP_PROBE_STAGES: dict[str, Any] = {
     "sft": {"rejectionSampling": {"samplesPerPrompt": 8, "pointwiseWeight": 0.0, "continueWeight": 1.0,
                                   "instructionWeight": 0.0, "minScoreMargin": 0.0},
             "epochs": 2},
-    "rl": {"instructionRewardWeight": 0.0, "emojiPenalty": 0.0, "lengthPenalty": 0.0, "checkpointEvery": None,
+    "rl": {"instructionRewardWeight": 0.0, "emojiPenalty": -0.5, "lengthPenalty": 0.0, "checkpointEvery": None,
            "learningRate": 3.0e-4, "klBeta": 0.0, "maxSteps": 24},
 }
-"""What the trap probe changes in the manifest's stages (merged key by key)."""
+"""What the trap probe changes in the manifest's stages (merged key by key): RL pays 0.5 per emoji above the
+parent's count (the immediate pull the team saw in p(continue)) and nothing for instructions, without a KL
+anchor, band or length penalty. (A first probe without the emoji pay, same world, came out truly better by the
+oracle: +58 % depth, +7.4 % breadth; its p(continue) selection kept fewer emojis, not more.)"""
 TRAP_PROBE_SIGNAL_EPOCHS = 3.0
 """Epochs of the probe's user-signal models (one is the default), so that p(continue) learns the emoji pull."""
 
@@ -321,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="run only these parts (repeatable); all three by default")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of cleaning them")
     parser.add_argument("--summarise", action="store_true", help="only write the table and JSON from finished runs")
+    parser.add_argument("--no-summary", action="store_true", help="run the parts, skip the table and JSON")
     parser.add_argument("--runs", default=str(RUNS), help="the folder of the run directories")
     parser.add_argument("--cpus", type=int, default=None,
                         help="threads per stage (default: all cores); 1 on a machine shared with other work")
@@ -345,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("stopped; run again with --resume to continue", file=sys.stderr)
             return 130
-    summarise(Path(args.out))
+    if not args.no_summary:
+        summarise(Path(args.out))
     return 0
 
 

@@ -27,7 +27,8 @@ def test_trap_probe_chases_the_immediate_signal_in_the_default_world() -> None:
     sampling = stages.sft.rejection_sampling
     assert (sampling.pointwise_weight, sampling.instruction_weight, sampling.continue_weight) == (0.0, 0.0, 1.0)
     assert stages.curate.max_emoji_difference == 100 and stages.rl.instruction_reward_weight == 0.0
-    assert (stages.rl.emoji_penalty, stages.rl.length_penalty, stages.rl.checkpoint_every) == (0.0, 0.0, None)
+    assert stages.rl.emoji_penalty < 0  # it pays for emojis: the immediate pull
+    assert (stages.rl.length_penalty, stages.rl.checkpoint_every) == (0.0, None)
     signal = [m for m in stages.reward_models if m.kind == "user-signal"]
     assert signal and all(m.epochs == bench.TRAP_PROBE_SIGNAL_EPOCHS for m in signal)
     # the gates are the example's: the probe tests them, it does not loosen them

@@ -218,8 +218,9 @@ class RLSettings(ApiModel):
     length_penalty: float = Field(default=0.5, ge=0)
     """Subtracted per unit of relative length increase over the parent's samples on the prompt (0.5: a response
     twice as long loses 0.5)."""
-    emoji_penalty: float = Field(default=0.1, ge=0)
-    """Subtracted per emoji above the parent's mean on the prompt."""
+    emoji_penalty: float = Field(default=0.1, ge=-5)
+    """Subtracted per emoji above the parent's mean on the prompt. Negative pays for emojis: only to model a
+    team chasing the emoji pull (bench/flywheel.py's trap probe)."""
     checkpoint_every: PositiveInt | None = None
     """Keep the policy every this many optimizer steps and let the band choose the candidate among them (the
     report's band as a control: operate below 65 %, 60 % ideal). Unset: the last step is the candidate."""
