@@ -47,13 +47,15 @@ TRAP_PROBE_STAGES: dict[str, Any] = {
                                   "instructionWeight": 0.0, "minScoreMargin": 0.0},
             "epochs": 2},
     "rl": {"instructionRewardWeight": 0.0, "emojiPenalty": -2.0, "lengthPenalty": 0.0, "checkpointEvery": None,
-           "learningRate": 3.0e-4, "klBeta": 0.0, "maxSteps": 32},
+           "rewardTemperature": 1000.0, "learningRate": 3.0e-4, "klBeta": 0.0, "maxSteps": 48},
 }
 """What the trap probe changes in the manifest's stages (merged key by key): RL pays 2.0 per emoji above the
-parent's count (the immediate pull the team saw in p(continue)) and nothing for instructions, without a KL
-anchor, band or length penalty. Earlier probes in the same world came out truly better by the oracle: without
-the emoji pay (+58 % depth, +7.4 % breadth; p(continue) selection kept fewer emojis, not more) and with 0.5 per
-emoji for 24 steps (emojis 0.52 -> 0.72 per response on the oracle's grid, under the world's threshold of 1)."""
+parent's count (the immediate pull the team saw in p(continue)) and nothing else (a reward temperature of 1000
+flattens the RM's term to 1/2), with no instruction reward, KL anchor, band or length penalty. Earlier probes in
+the same world came out truly better by the oracle, because the RM term also taught the candidate to ask back
+(questions: 28 % -> 80 % of responses) while emojis stayed under the world's threshold of 1 per response: without
+the emoji pay (+58 % depth, +7.4 % breadth), with 0.5 per emoji for 24 steps (emojis 0.52 -> 0.72 on the
+oracle's grid) and with 2.0 per emoji for 32 steps (0.52 -> 0.83)."""
 TRAP_PROBE_SIGNAL_EPOCHS = 3.0
 """Epochs of the probe's user-signal models (one is the default), so that p(continue) learns the emoji pull."""
 
