@@ -195,13 +195,10 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
                label="oracle lift (7-day expectation, whole population)", color="tab:blue")
         ax.bar([i + width / 2 for i in x], [v if v is not None else 0.0 for v in measured], width,
                label="measured lift (canary A/B over its simulated days)", color="tab:green")
-        for i, r in enumerate(rows):
-            ax.annotate(r.gate_word, (i, 0), fontsize=7, ha="center",
-                        xytext=(0, -14), textcoords="offset points")
         ax.axhline(0, color="grey", lw=0.5)
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.set_title(f"{key}: candidate over parent", fontsize=9)
-        ax.set_xticks(x, names)
+        ax.set_xticks(x, [f"{r.name}\n{r.gate_word}" for r in rows], fontsize=8)
         ax.legend(fontsize=7)
     save(fig, "lifts.png", "Oracle lift next to the lift the canary measured, relative to the parent (one axis; "
                            "no measured bar: the candidate never reached users)")
