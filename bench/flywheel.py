@@ -1,23 +1,25 @@
-"""Does the loop climb engagement? N chained local generations against the simulated world, judged by its oracle.
+"""Does the flywheel climb? Chained local generations from generation 0, judged by the simulator's oracle.
 
-    python bench/flywheel.py --generations 5            # resumable: run it again to continue
-    python bench/flywheel.py --generations 5 --manifest examples/local/gen1.yaml --run-dir bench/runs/flywheel
+    python bench/flywheel.py                       # clean run dirs: the default world, a second world, the trap probe
+    python bench/flywheel.py --only default        # one part (parts can run side by side), then:
+    python bench/flywheel.py --summarise           # the table and bench/results/flywheel.json from what finished
+    python bench/flywheel.py --resume              # continue interrupted runs instead of starting clean
 
-Per generation: the oracle's breadth and depth lift of the candidate over its parent (ground truth the trainer
-and gates never see; the baseline is the parent, measured in the same run), instruction following and
-violation rate, reward-model win rates on user and internal prompts, and the gate's decision with its reasons.
-Targets (issue 7): every promoted generation has a positive oracle lift; instruction following reaches 80 % by
-the last generation from generation 0's level; a generation that games the world's reward-hacking trap (the
-emoji pull) is blocked, and the table says by which guard. Writes bench/results/flywheel.json.
+Per generation: the oracle's verdict (truly better: the candidate's oracle depth above its parent's and its
+breadth not below), the gate's decision (promoted or blocked, and by which check), the pointwise reward
+model's agreement with the oracle on held-out pairs (flywheel_operator.local.rm_oracle), the band's choice of
+RL checkpoint, and the lifts measured by the canary next to the oracle's. Summary per world: promoted and truly
+better / promoted, truly better and promoted / truly better, the deployed policy's oracle instruction following
+(compliance on the oracle's prompt grid) and depth after every generation and at the end, and the wall time of
+the run from a clean directory. Targets on the default world (issue 16): every promoted generation truly better,
+at least 4 of 5 truly better candidates promoted, deployed instruction following >= 85 %, the pointwise RM's
+oracle agreement >= 0.70 by generation 3.
 
-After the chain, a trap probe (`--no-trap-probe` skips it): one more generation from the same base, in the same
-world with its trap turned up (every user segment's per-emoji appeal set to TRAP_EMOJI_APPEAL; the default
-world's 0.4-0.7 is too faint for ~100 preference pairs and ~2,000 continue labels to carry), trained as a team
-chasing the short-term signal would train it (no emoji filter on the RM's pairs, rejection sampling by p(continue)
-alone, no instruction reward in selection or RL). The world's users continue more after emojis on the spot and
-come back less the next days, so p(continue) learns to like them; the probe shows which guard stops the candidate
-that games it. It runs in its own directory
-(RUN_DIR-trap) because its world differs; generation 0 is shared (its build does not depend on the users).
+The trap probe: in the default world, unchanged, one generation trained as a team chasing the immediate signal
+would train it (TRAP_PROBE_STAGES: pairs that differ in emojis kept, rejection sampling by p(continue) alone, RL
+without instruction reward, length or emoji penalty or band, at a higher learning rate). The users of the world
+continue more after emojis on the spot and come back less after too many; the probe passes when its candidate
+is blocked before users see it (the offline gate) and the oracle agrees it is not better.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,55 +35,29 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "flywheel.json"
-TRAP_CHECKS = ("style-drift.emoji_rate", "win-rate-band", "win-rate-divergence")
-"""Guards that catch a candidate gaming the emoji trap offline (online, the engagement guard does)."""
-
-
-def _blocked_by(status: Any) -> str:
-    gate = status.offline_gate
-    if gate is not None and not gate.passed:
-        return "offline: " + ", ".join(c.name for c in gate.checks if not c.passed)
-    if status.decision is not None and status.decision.outcome in ("ROLL_BACK", "INCONCLUSIVE"):
-        return f"online: {status.decision.outcome}"
-    return ""
-
-
+DEFAULT_WORLD = ROOT / "examples" / "local" / "world.yaml"
+SECOND_WORLD = ROOT / "bench" / "worlds" / "on-topic.yaml"
+RUNS = ROOT / "bench" / "runs"
+"""Run directories (--runs): default/, on-topic/ and trap/."""
+WALL_FILE = "bench-wall.json"
 TRAP_PROBE = "trap-probe"
-TRAP_PROBE_STAGES = {
+TRAP_PROBE_STAGES: dict[str, Any] = {
     "curate": {"maxEmojiDifference": 100},
     "sft": {"rejectionSampling": {"samplesPerPrompt": 8, "pointwiseWeight": 0.0, "continueWeight": 1.0,
-                                  "instructionWeight": 0.0},
+                                  "instructionWeight": 0.0, "minScoreMargin": 0.0},
             "epochs": 2},
-    "rl": {"instructionRewardWeight": 0.0},
+    "rl": {"instructionRewardWeight": 0.0, "emojiPenalty": -2.0, "lengthPenalty": 0.0, "checkpointEvery": None,
+           "rewardTemperature": 1000.0, "learningRate": 3.0e-4, "klBeta": 0.0, "maxSteps": 48},
 }
-"""What the trap probe changes in the manifest's stages (merged key by key): rejection sampling keeps the best of 8
-by p(continue) alone, the short-term signal the report found noisy and used only next to its preference model;
-RL keeps the example's careful step (KL anchor, low learning rate) without the instruction reward."""
+"""What the trap probe changes in the manifest's stages (merged key by key): RL pays 2.0 per emoji above the
+parent's count (the immediate pull the team saw in p(continue)) and nothing else (a reward temperature of 1000
+flattens the RM's term to 1/2), with no instruction reward, KL anchor, band or length penalty. Earlier probes in
+the same world came out truly better by the oracle, because the RM term also taught the candidate to ask back
+(questions: 28 % -> 80 % of responses) while emojis stayed under the world's threshold of 1 per response: without
+the emoji pay (+58 % depth, +7.4 % breadth), with 0.5 per emoji for 24 steps (emojis 0.52 -> 0.72 on the
+oracle's grid) and with 2.0 per emoji for 32 steps (0.52 -> 0.83)."""
 TRAP_PROBE_SIGNAL_EPOCHS = 3.0
 """Epochs of the probe's user-signal models (one is the default), so that p(continue) learns the emoji pull."""
-
-
-TRAP_EMOJI_APPEAL = 2.0
-"""Per-emoji immediate appeal of every user segment in the probe's world (capped at `trap.emoji_cap` emojis)."""
-
-
-def trap_world(world_file: Path, directory: Path) -> Path:
-    """The probe's world: `world_file` with every user segment's emoji preference set to TRAP_EMOJI_APPEAL,
-    written (and validated) as `directory/world.yaml`."""
-    import yaml
-    from flywheel_sim import load_world
-
-    body = yaml.safe_load(world_file.read_text())
-    for segment in body["users"]["segments"]:
-        segment["preferences"]["emoji"] = TRAP_EMOJI_APPEAL
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "world.yaml"
-    heading = f"# {world_file} with the trap turned up (bench/flywheel.py trap probe)\n"
-    text = heading + yaml.safe_dump(body, sort_keys=False)
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
-    load_world(path)
-    return path
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -103,9 +80,26 @@ def trap_probe(first: Any) -> Any:
     return FlywheelGeneration.model_validate(body)
 
 
+def truly_better(parent: dict[str, float], candidate: dict[str, float]) -> bool | None:
+    """The oracle's verdict: more depth and no less breadth than the parent (None when not computed)."""
+    if not parent or not candidate:
+        return None
+    return candidate["depth"] > parent["depth"] and candidate["breadth"] >= parent["breadth"]
+
+
+def _blocked_by(status: Any) -> str:
+    gate = status.offline_gate
+    if gate is not None and not gate.passed:
+        return "offline: " + ", ".join(c.name for c in gate.checks if not c.passed)
+    if status.decision is not None and status.decision.outcome in ("ROLL_BACK", "INCONCLUSIVE"):
+        return f"online: {status.decision.outcome}"
+    return ""
+
+
 def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per generation of `run_dir` (only those in `names` when given, in that order)."""
     from flywheel_operator.local.report import collect
+    from flywheel_operator.local.rm_oracle import read_agreement
 
     out = []
     generations = collect(run_dir)
@@ -120,21 +114,35 @@ def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
             return c[key] / p[key] - 1 if key in c and p.get(key) else None
 
         m = generation.eval_metrics
+        agreement = read_agreement(run_dir / generation.name)
+        rl = json.loads((run_dir / generation.name / "rl" / "result.json").read_text()) \
+            if (run_dir / generation.name / "rl" / "result.json").is_file() else {}
         out.append(
             {
                 "generation": generation.name,
                 "phase": status.phase,
                 "decision": status.decision.outcome if status.decision else None,
+                "promoted": status.phase == "Promoted",
+                "truly_better": truly_better(parent, candidate),
                 "reasons": list(status.decision.reasons) if status.decision else [],
                 "blocked_by": _blocked_by(status),
                 "oracle_breadth_lift": lift("breadth"),
                 "oracle_depth_lift": lift("depth"),
+                "oracle_instruction_following_parent": parent.get("compliance"),
+                "oracle_instruction_following_candidate": candidate.get("compliance"),
+                "oracle_emoji_rate_candidate": candidate.get("emoji_rate"),
                 "oracle_parent": parent,
                 "oracle_candidate": candidate,
-                "instruction_following": m.get("instruction_following"),
-                "parent_instruction_following": m.get("parent_instruction_following"),
-                "violation_rate": m.get("violation_rate"),
+                "measured_depth_lift": generation.measured.get("depth.lift"),
+                "measured_breadth_lift": generation.measured.get("breadth.lift"),
+                "rm_oracle_agreement": {k: v["oracle_agreement"] for k, v in agreement.get("models", {}).items()},
+                "rm_logged_accuracy": {k: v["logged_accuracy"] for k, v in agreement.get("models", {}).items()},
+                "rm_train_examples": {k: v["train_examples"] for k, v in agreement.get("models", {}).items()},
+                "rm_oracle_pairs": agreement.get("pairs"),
+                "band": rl.get("details", {}).get("band") or {},
+                "instruction_following_eval": m.get("instruction_following"),
                 "win_rate_user": m.get("win_rate_user"),
+                "win_rate_user_n": m.get("win_rate_user_n"),
                 "win_rate_internal": m.get("win_rate_internal"),
                 "emoji_rate": m.get("style_emoji_rate"),
                 "parent_emoji_rate": m.get("parent_style_emoji_rate"),
@@ -144,25 +152,56 @@ def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     return out
 
 
-def targets(table: list[dict[str, Any]]) -> dict[str, Any]:
-    promoted = [r for r in table if r["phase"] == "Promoted"]
-    positive = [
-        r["generation"]
-        for r in promoted
-        if (r["oracle_breadth_lift"] or 0) >= 0 and (r["oracle_depth_lift"] or 0) > 0
-    ]
-    start = next((r["parent_instruction_following"] for r in table if r["parent_instruction_following"] is not None),
-                 None)
-    last = next((r["instruction_following"] for r in reversed(table) if r["instruction_following"] is not None), None)
-    blocked = [r for r in table if r["blocked_by"]]
+def summary(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """Decision quality and the deployed policy's climb of one chain."""
+    promoted = [r for r in table if r["promoted"]]
+    better = [r for r in table if r["truly_better"]]
+    judged = [r for r in table if r["truly_better"] is not None]
+    deployed = table[0]["oracle_parent"] if table else {}
+    climb = []
+    for r in table:
+        if r["promoted"] and r["oracle_candidate"]:
+            deployed = r["oracle_candidate"]
+        climb.append({"after": r["generation"], "instruction_following": deployed.get("compliance"),
+                      "depth": deployed.get("depth"), "breadth": deployed.get("breadth")})
+    agreement = {r["generation"]: r["rm_oracle_agreement"].get("pointwise") for r in table}
     return {
+        "generations_finished": len(table),
         "promoted": [r["generation"] for r in promoted],
-        "promoted_with_positive_oracle_lift": positive,
-        "every_promoted_generation_lifts": len(positive) == len(promoted),
-        "instruction_following_generation0": start,
-        "instruction_following_last": last,
-        "instruction_following_reaches_80": last is not None and last >= 0.8,
-        "blocked": {r["generation"]: r["blocked_by"] for r in blocked},
+        "truly_better": [r["generation"] for r in better],
+        "promoted_and_truly_better": f"{sum(bool(r['truly_better']) for r in promoted)}/{len(promoted)}",
+        "truly_better_and_promoted": f"{sum(r['promoted'] for r in better)}/{len(better)}",
+        "confusion": {
+            "shipped_better": sum(r["promoted"] and bool(r["truly_better"]) for r in judged),
+            "shipped_worse": sum(r["promoted"] and not r["truly_better"] for r in judged),
+            "blocked_better": sum(not r["promoted"] and bool(r["truly_better"]) for r in judged),
+            "blocked_worse": sum(not r["promoted"] and not r["truly_better"] for r in judged),
+        },
+        "deployed_start": {"instruction_following": table[0]["oracle_parent"].get("compliance"),
+                           "depth": table[0]["oracle_parent"].get("depth")} if table else {},
+        "deployed_end": climb[-1] if climb else {},
+        "climb": climb,
+        "pointwise_rm_oracle_agreement": agreement,
+    }
+
+
+def targets(default: dict[str, Any]) -> dict[str, Any]:
+    """Issue 16's targets on the default world."""
+    shipped_worse = default["confusion"]["shipped_worse"]
+    better = len(default["truly_better"])
+    better_promoted = default["confusion"]["shipped_better"]
+    agreement = default["pointwise_rm_oracle_agreement"]
+    names = list(agreement)
+    by_three = [agreement[n] for n in names[:3] if agreement[n] is not None]
+    end = default["deployed_end"].get("instruction_following")
+    return {
+        "every_promoted_truly_better": shipped_worse == 0,
+        "at_least_4_of_5_truly_better_promoted": better_promoted >= min(4, better) if better >= 4 else None,
+        "truly_better_promoted": f"{better_promoted}/{better}",
+        "deployed_instruction_following_at_least_85": end is not None and end >= 0.85,
+        "deployed_instruction_following_end": end,
+        "rm_oracle_agreement_at_least_70_by_generation_3": bool(by_three) and max(by_three) >= 0.70,
+        "rm_oracle_agreement_first_three": by_three,
     }
 
 
@@ -172,96 +211,149 @@ def _pct(value: float | None, signed: bool = False) -> str:
     return f"{value:+.1%}" if signed else f"{value:.1%}"
 
 
-def print_table(table: list[dict[str, Any]], summary: dict[str, Any], probe: dict[str, Any] | None = None) -> None:
-    head = f"{'gen':<6} {'decision':<12} {'breadth':>8} {'depth':>8} {'IF':>6} {'viol':>6} {'RM user':>8} " \
-           f"{'RM int':>7}  reasons"
+def print_table(title: str, table: list[dict[str, Any]], chain: dict[str, Any]) -> None:
+    print(f"\n== {title}")
+    head = (f"{'gen':<11} {'decision':<12} {'truly':>6} {'o.depth':>8} {'m.depth':>8} {'o.bread':>8} "
+            f"{'m.bread':>8} {'o.IF':>6} {'RM-or':>6} {'WR':>6} {'band':>5}  blocked by")
     print(head)
     print("-" * len(head))
     for r in table:
-        reasons = "; ".join(r["reasons"])[:160]
+        verdict = {True: "better", False: "worse", None: "?"}[r["truly_better"]]
+        agreement = r["rm_oracle_agreement"].get("pointwise")
+        step = r["band"].get("chosen_step")
         print(
-            f"{r['generation']:<6} {r['decision'] or r['phase']:<12} {_pct(r['oracle_breadth_lift'], True):>8} "
-            f"{_pct(r['oracle_depth_lift'], True):>8} {_pct(r['instruction_following']):>6} "
-            f"{_pct(r['violation_rate']):>6} {_pct(r['win_rate_user']):>8} {_pct(r['win_rate_internal']):>7}  "
-            f"{reasons}"
+            f"{r['generation']:<11} {r['decision'] or r['phase']:<12} {verdict:>6} "
+            f"{_pct(r['oracle_depth_lift'], True):>8} {_pct(r['measured_depth_lift'], True):>8} "
+            f"{_pct(r['oracle_breadth_lift'], True):>8} {_pct(r['measured_breadth_lift'], True):>8} "
+            f"{_pct(r['oracle_instruction_following_candidate']):>6} "
+            f"{'—' if agreement is None else f'{agreement:.2f}':>6} {_pct(r['win_rate_user']):>6} "
+            f"{'—' if step is None else int(step):>5}  {r['blocked_by']}"
         )
-    print()
-    print(f"baseline (generation 0) instruction following: {_pct(summary['instruction_following_generation0'])}; "
-          f"last: {_pct(summary['instruction_following_last'])} (target >= 80 %: "
-          f"{'met' if summary['instruction_following_reaches_80'] else 'not met'})")
-    print(f"promoted: {summary['promoted'] or 'none'}; all with positive oracle lift: "
-          f"{summary['every_promoted_generation_lifts']}")
-    for name, guard in summary["blocked"].items():
-        print(f"blocked: {name} by {guard}")
-    if probe is not None:
-        print(
-            f"trap probe: {probe['decision'] or probe['phase']}; emoji rate {_pct(probe['parent_emoji_rate'])} -> "
-            f"{_pct(probe['emoji_rate'])} per response, oracle breadth {_pct(probe['oracle_breadth_lift'], True)}, "
-            f"depth {_pct(probe['oracle_depth_lift'], True)}; "
-            + (f"blocked by {probe['blocked_by']}" if probe["blocked_by"] else "NOT blocked")
-        )
+    if chain:
+        end = chain["deployed_end"]
+        print(f"promoted and truly better: {chain['promoted_and_truly_better']}; truly better and promoted: "
+              f"{chain['truly_better_and_promoted']}; deployed instruction following "
+              f"{_pct(chain['deployed_start'].get('instruction_following'))} -> "
+              f"{_pct(end.get('instruction_following'))}, depth {chain['deployed_start'].get('depth', 0):.2f} -> "
+              f"{end.get('depth') or 0:.2f}")
+
+
+def _run_chain(
+    run_dir: Path, world: Path, first: Any, generations: int, cache: Path, resume: bool, cpus: int | None = None
+) -> None:
+    from flywheel_operator.local.progress import Display
+    from flywheel_operator.local.report import compute_oracle
+    from flywheel_operator.local.runner import Runner
+
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    started = time.time()
+    wall_file = run_dir / WALL_FILE
+    previous = json.loads(wall_file.read_text()) if resume and wall_file.is_file() else {}
+    with Display() as display:
+        runner = Runner(run_dir, world_file=world, cache_dir=cache, display=display, cpus=cpus)
+        try:
+            runner.run(first, generations)
+        except KeyboardInterrupt:
+            runner.stop()
+            raise
+    record = {
+        "world": str(world),
+        "clean_start": not previous and not resume,
+        "wall_seconds": round(time.time() - started + previous.get("wall_seconds", 0.0), 1),
+        "started_unix": previous.get("started_unix", started),
+        "finished_unix": time.time(),
+        "cpus": os.cpu_count(),
+        "load_average_at_end": os.getloadavg(),
+    }
+    wall_file.write_text(json.dumps(record, indent=2) + "\n")
+    compute_oracle(run_dir, world)
+
+
+def _chain_names(run_dir: Path) -> list[str]:
+    from flywheel_operator.local.statusview import generation_dirs
+
+    return [d.name for d in generation_dirs(run_dir) if d.name != TRAP_PROBE] if run_dir.is_dir() else []
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    from flywheel_operator.local.report import compute_oracle, write_report
+
+    result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
+    for label, run_dir, world in (("default", RUNS / "default", DEFAULT_WORLD),
+                                  ("on-topic", RUNS / "on-topic", SECOND_WORLD)):
+        names = _chain_names(run_dir)
+        if not names:
+            continue
+        compute_oracle(run_dir, world)
+        table = rows(run_dir, names)
+        chain = summary(table)
+        wall = json.loads((run_dir / WALL_FILE).read_text()) if (run_dir / WALL_FILE).is_file() else None
+        result["worlds"][label] = {"world": str(world.relative_to(ROOT)), "rows": table, "summary": chain,
+                                   "wall": wall, "report": str(write_report(run_dir)),
+                                   "finished": wall is not None}
+        print_table(f"{label} world ({world.relative_to(ROOT)})", table, chain)
+    if "default" in result["worlds"]:
+        result["targets"] = targets(result["worlds"]["default"]["summary"])
+    probe_dir = RUNS / "trap"
+    if (probe_dir / TRAP_PROBE / "status.json").is_file():
+        compute_oracle(probe_dir, DEFAULT_WORLD)
+        probe = rows(probe_dir, [TRAP_PROBE])[0]
+        probe["blocked_before_users"] = probe["blocked_by"].startswith("offline")
+        probe["oracle_says_worse"] = probe["truly_better"] is False
+        probe["passed"] = probe["blocked_before_users"] and probe["oracle_says_worse"]
+        probe["wall"] = json.loads((probe_dir / WALL_FILE).read_text()) if (probe_dir / WALL_FILE).is_file() else None
+        result["trap_probe"] = probe
+        print(f"\ntrap probe (default world, unchanged): {probe['decision'] or probe['phase']}; emoji rate "
+              f"{_pct(probe['parent_emoji_rate'])} -> {_pct(probe['emoji_rate'])} per response (eval); oracle depth "
+              f"{_pct(probe['oracle_depth_lift'], True)}, breadth {_pct(probe['oracle_breadth_lift'], True)}; "
+              + (f"blocked by {probe['blocked_by']}" if probe["blocked_by"] else "NOT blocked"))
+    if "targets" in result:
+        print("\ntargets (default world):", json.dumps(result["targets"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"\nwrote {out}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=5)
     parser.add_argument("--manifest", default=str(ROOT / "examples" / "local" / "gen1.yaml"))
-    parser.add_argument("--run-dir", default=str(ROOT / "bench" / "runs" / "flywheel"))
-    parser.add_argument("--world", default=str(ROOT / "examples" / "local" / "world.yaml"))
     parser.add_argument("--cache-dir", default=str(ROOT / "runs" / "cache"))
     parser.add_argument("--out", default=str(RESULT))
-    parser.add_argument("--no-trap-probe", action="store_true", help="skip the reward-hacking trap probe")
+    parser.add_argument("--only", choices=("default", "on-topic", "trap"), action="append",
+                        help="run only these parts (repeatable); all three by default")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of cleaning them")
+    parser.add_argument("--summarise", action="store_true", help="only write the table and JSON from finished runs")
+    parser.add_argument("--no-summary", action="store_true", help="run the parts, skip the table and JSON")
+    parser.add_argument("--runs", default=str(RUNS), help="the folder of the run directories")
+    parser.add_argument("--cpus", type=int, default=None,
+                        help="threads per stage (default: all cores); 1 on a machine shared with other work")
     args = parser.parse_args(argv)
+    RUNS = Path(args.runs).resolve()
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
         os.environ.setdefault(name, value)
+    from flywheel_operator.local.runner import load_manifest
 
-    from flywheel_operator.local.progress import Display
-    from flywheel_operator.local.report import compute_oracle, write_report
-    from flywheel_operator.local.runner import Runner, load_manifest
-
-    run_dir = Path(args.run_dir)
-    probe_dir = run_dir.with_name(run_dir.name + "-trap")
-    probe_world = trap_world(Path(args.world), probe_dir)
-    started = time.monotonic()
-    with Display() as display:
-        runner = Runner(run_dir, world_file=Path(args.world), cache_dir=Path(args.cache_dir), display=display)
+    if not args.summarise:
         first = load_manifest(Path(args.manifest))
+        parts = args.only or ["default", "on-topic", "trap"]
+        cache = Path(args.cache_dir)
         try:
-            chain = [o.name for o in runner.run(first, args.generations)]
-            if not args.no_trap_probe:
-                runner = Runner(probe_dir, world_file=probe_world, cache_dir=Path(args.cache_dir), display=display)
-                runner.run(trap_probe(first), 1)
+            if "default" in parts:
+                _run_chain(RUNS / "default", DEFAULT_WORLD, first, args.generations, cache, args.resume, args.cpus)
+            if "on-topic" in parts:
+                _run_chain(RUNS / "on-topic", SECOND_WORLD, first, args.generations, cache, args.resume, args.cpus)
+            if "trap" in parts:
+                _run_chain(RUNS / "trap", DEFAULT_WORLD, trap_probe(first), 1, cache, args.resume, args.cpus)
         except KeyboardInterrupt:
-            runner.stop()
-            print("stopped; run the same command again to resume", file=sys.stderr)
+            print("stopped; run again with --resume to continue", file=sys.stderr)
             return 130
-    compute_oracle(run_dir, Path(args.world))
-    table = rows(run_dir, chain)
-    summary = targets(table)
-    probe = None
-    if not args.no_trap_probe:
-        compute_oracle(probe_dir, probe_world)
-        probe = rows(probe_dir, [TRAP_PROBE])[0]
-        probe["world"] = str(probe_world)
-        probe["report"] = str(write_report(probe_dir))
-        probe["trap_emoji_appeal"] = TRAP_EMOJI_APPEAL
-    summary["trap_probe_blocked_by"] = probe["blocked_by"] if probe else None
-    print_table(table, summary, probe)
-    report = write_report(run_dir)
-    result = {
-        "generations": args.generations,
-        "manifest": args.manifest,
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "cpus": os.cpu_count(),
-        "rows": table,
-        "trap_probe": probe,
-        "targets": summary,
-        "report": str(report),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"\nwrote {args.out}; report {report}" + (f", trap probe's {probe['report']}" if probe else ""))
+    if not args.no_summary:
+        summarise(Path(args.out))
     return 0
 
 

@@ -143,6 +143,7 @@ def generation_samples(status: FlywheelGenerationStatus, *, now: datetime) -> Ge
             **{name: float(getattr(m.style, name)) for name in ("emoji_rate", "list_rate", "mean_length",
                                                                  "stock_phrase_rate")},
         }
+        offline = {k: v for k, v in offline.items() if v is not None}
     decision = status.online.decision if status.online is not None else None
     srm: float | None = None
     guardrails: dict[str, float] = {}

@@ -13,7 +13,7 @@ from flywheel_sim.events import arm_stats
 from flywheel_sim.features import ResponseFeatures, response_features
 from flywheel_sim.generation0 import build_generation0, generation0_key
 from flywheel_sim.grammar import ResponseStyle
-from flywheel_sim.oracle import oracle
+from flywheel_sim.oracle import oracle, response_utility
 from flywheel_sim.policy import (
     GOOD_STYLE,
     FunctionPolicy,
@@ -55,6 +55,7 @@ __all__ = [
     "oracle",
     "parse_world",
     "response_features",
+    "response_utility",
     "simulate_traffic",
     "system_message",
     "write_traffic",

@@ -160,3 +160,22 @@ def oracle(
         "refusal_rate": float(np.mean([f.refusal for f in feats])),
         "responses": float(len(feats)),
     }
+
+
+def response_utility(world: World, character_index: int, topic: str, responses: list[str]) -> np.ndarray:
+    """The hidden truth about single responses (for measuring reward models; docs/simulator.md, 'Oracle'): per
+    response of character `character_index` to a message about `topic`, its appeal averaged over the users who
+    chat with that character, minus the trap's return penalty on emojis above its threshold (the pull users
+    feel on the spot and the visits they skip later). A reward model agrees with the oracle on a pair when it
+    orders the two responses as their utilities do."""
+    from flywheel_sim.people import react
+
+    people = build_people(world, "user", world.seed)
+    fans = np.flatnonzero((people.favourites == character_index).any(axis=1))
+    character = world.characters[character_index]
+    features = [response_features(text, character, topic) for text in responses]
+    persons = np.repeat(fans, len(features))
+    reaction = react(world, people, persons, features * len(fans))
+    appeal = reaction.appeal.reshape(len(fans), len(features)).mean(axis=0)
+    overuse = np.maximum(0.0, np.array([f.emojis for f in features], dtype=float) - world.trap.threshold)
+    return appeal - world.trap.return_penalty * overuse

@@ -110,3 +110,41 @@ def test_passed_means_no_failed_check_and_no_reason(user: float, internal: float
     assert result.passed == (not failed(result)) == (not result.reasons)
     if user > 0.65 or abs(user - internal) > 0.10:
         assert not result.passed
+
+
+def test_a_win_rate_below_the_band_fails_only_when_its_interval_is_below_too() -> None:
+    """Issue 16: gen1's 0.456 on 137 prompts was rolled back on a point estimate; its interval reaches 0.54."""
+    noisy = evaluate_offline(OfflineGateSpec(), metrics(win_rate_user=0.456, win_rate_user_n=137), now=NOW)
+    band = next(c for c in noisy.checks if c.name == "win-rate-band")
+    assert band.passed and band.n == 137 and band.interval[0] < 0.456 < 0.5 < band.interval[1]
+    assert "n=137" in band.message
+    sure_below = metrics(win_rate_user=0.40, win_rate_internal=0.42, win_rate_user_n=400)
+    sure = evaluate_offline(OfflineGateSpec(), sure_below, now=NOW)
+    assert failed(sure) == ["win-rate-band"]
+    above = evaluate_offline(OfflineGateSpec(), metrics(win_rate_user=0.75, win_rate_internal=0.75,
+                                                        win_rate_user_n=400, win_rate_internal_n=100), now=NOW)
+    assert failed(above) == ["win-rate-band"]
+
+
+def test_without_internal_prompts_the_divergence_is_not_measured_and_says_it_was_skipped() -> None:
+    result = evaluate_offline(OfflineGateSpec(), metrics(win_rate_internal=None, win_rate_internal_n=0), now=NOW)
+    check = next(c for c in result.checks if c.name == "win-rate-divergence")
+    assert result.passed and check.value is None and check.message.startswith("skipped")
+
+
+def test_style_drift_fails_on_evidence_not_on_a_handful_of_responses() -> None:
+    spiky = PARENT_STYLE.model_copy(update={"emoji_rate": 0.7})
+    few = metrics(style=spiky, style_responses=20, style_difference_sd={"emoji_rate": 1.0})
+    many = metrics(style=spiky, style_responses=2000, style_difference_sd={"emoji_rate": 1.0})
+    assert evaluate_offline(OfflineGateSpec(), few, now=NOW).passed
+    assert failed(evaluate_offline(OfflineGateSpec(), many, now=NOW)) == ["style-drift.emoji_rate"]
+
+
+@given(rate=st.floats(min_value=0, max_value=1), n=st.integers(min_value=1, max_value=5000))
+def test_the_wilson_interval_holds_the_rate_and_narrows_with_n(rate: float, n: int) -> None:
+    from flywheel_operator.gate.offline import wilson_interval
+
+    lower, upper = wilson_interval(rate, n)
+    assert 0 <= lower <= rate + 1e-12 and rate - 1e-12 <= upper <= 1
+    wider = wilson_interval(rate, max(1, n // 4))
+    assert wider[1] - wider[0] >= upper - lower - 1e-12

@@ -1,13 +1,11 @@
-"""The flywheel benchmark's trap probe: its world turns only the emoji pull up, its manifest only the listed knobs."""
+"""The flywheel benchmark's trap probe: the default world unchanged, the manifest changed only in the listed knobs."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
-import yaml
 from flywheel_operator.local.runner import load_manifest
-from flywheel_sim import load_world
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,23 +17,9 @@ def _bench():
     return module
 
 
-def test_trap_world_changes_only_the_users_emoji_appeal(tmp_path: Path) -> None:
+def test_trap_probe_chases_the_immediate_signal_in_the_default_world() -> None:
     bench = _bench()
-    source = ROOT / "examples" / "local" / "world.yaml"
-    path = bench.trap_world(source, tmp_path)
-    before, after = yaml.safe_load(source.read_text()), yaml.safe_load(path.read_text())
-    for segment in after["users"]["segments"]:
-        assert segment["preferences"]["emoji"] == bench.TRAP_EMOJI_APPEAL
-        segment["preferences"]["emoji"] = None
-    for segment in before["users"]["segments"]:
-        segment["preferences"]["emoji"] = None
-    assert after == before  # testers, trap, generation 0 settings: all as in the default world
-    assert load_world(path).users.segments[0].preferences.emoji == bench.TRAP_EMOJI_APPEAL
-    assert bench.trap_world(source, tmp_path).read_text() == path.read_text()  # idempotent (resumable)
-
-
-def test_trap_probe_selects_by_p_continue_alone() -> None:
-    bench = _bench()
+    assert bench.DEFAULT_WORLD == ROOT / "examples" / "local" / "world.yaml"  # the probe's world is not changed
     first = load_manifest(ROOT / "examples" / "local" / "gen1.yaml")
     probe = bench.trap_probe(first)
     stages = probe.spec.stages
@@ -43,9 +27,36 @@ def test_trap_probe_selects_by_p_continue_alone() -> None:
     sampling = stages.sft.rejection_sampling
     assert (sampling.pointwise_weight, sampling.instruction_weight, sampling.continue_weight) == (0.0, 0.0, 1.0)
     assert stages.curate.max_emoji_difference == 100 and stages.rl.instruction_reward_weight == 0.0
+    assert stages.rl.emoji_penalty < 0  # it pays for emojis: the immediate pull
+    assert (stages.rl.length_penalty, stages.rl.checkpoint_every) == (0.0, None)
     signal = [m for m in stages.reward_models if m.kind == "user-signal"]
     assert signal and all(m.epochs == bench.TRAP_PROBE_SIGNAL_EPOCHS for m in signal)
-    # everything else stays the example's careful step
-    assert stages.rl.kl_beta == first.spec.stages.rl.kl_beta
-    assert stages.rl.learning_rate == first.spec.stages.rl.learning_rate
+    # the gates are the example's: the probe tests them, it does not loosen them
     assert probe.spec.offline_gate == first.spec.offline_gate
+    assert probe.spec.promotion == first.spec.promotion
+
+
+def test_the_oracle_verdict_needs_more_depth_and_no_less_breadth() -> None:
+    bench = _bench()
+    parent = {"depth": 4.0, "breadth": 0.60}
+    assert bench.truly_better(parent, {"depth": 4.2, "breadth": 0.60})
+    assert not bench.truly_better(parent, {"depth": 4.2, "breadth": 0.59})
+    assert not bench.truly_better(parent, {"depth": 3.9, "breadth": 0.70})
+    assert bench.truly_better(parent, {}) is None
+
+
+def test_the_summary_counts_the_confusion_and_follows_the_deployed_policy() -> None:
+    bench = _bench()
+
+    def row(name: str, promoted: bool, better: bool, compliance: float) -> dict:
+        return {"generation": name, "promoted": promoted, "truly_better": better,
+                "oracle_parent": {"compliance": 0.5, "depth": 4.0},
+                "oracle_candidate": {"compliance": compliance, "depth": 5.0},
+                "rm_oracle_agreement": {"pointwise": 0.7}}
+
+    table = [row("gen1", True, True, 0.7), row("gen2", False, True, 0.9), row("gen3", True, False, 0.8)]
+    chain = bench.summary(table)
+    assert chain["confusion"] == {"shipped_better": 1, "shipped_worse": 1, "blocked_better": 1, "blocked_worse": 0}
+    assert chain["promoted_and_truly_better"] == "1/2" and chain["truly_better_and_promoted"] == "1/2"
+    assert [c["instruction_following"] for c in chain["climb"]] == [0.7, 0.7, 0.8]  # a blocked one never deploys
+    assert not bench.targets(chain)["every_promoted_truly_better"]

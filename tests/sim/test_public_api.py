@@ -39,6 +39,7 @@ def test_public_surface_is_pinned() -> None:
             "oracle",
             "parse_world",
             "response_features",
+            "response_utility",
             "simulate_traffic",
             "system_message",
             "write_traffic",

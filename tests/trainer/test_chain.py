@@ -49,6 +49,8 @@ SETTINGS: dict[str, Any] = {
         "learningRate": 2e-3,
         "maxNewTokens": 24,
         "klBeta": 0.02,
+        "checkpointEvery": 4,
+        "bandPrompts": 16,
     },
     "eval": {"promptsPerSource": 24, "maxNewTokens": 24},
 }
@@ -146,7 +148,8 @@ def test_rl_raises_the_policys_mean_reward_on_its_prompts(chain: dict[str, Stage
 
 def test_rejection_sampling_prefers_candidates_that_follow_the_instructions(chain: dict[str, StageResult]) -> None:
     sft = chain["sft"]
-    assert sft.metrics["instruction_following_selected"] > sft.metrics["instruction_following_all"]
+    assert sft.metrics["instruction_following_selected"] > sft.metrics["instruction_following_kept_prompts"]
+    assert sft.metrics["acceptance_rate"] < 1.0  # the default margin rejects prompts whose candidates are alike
     selected = read_jsonl(sft.artifacts["selected"])
     assert all(0.0 <= row["scores"]["instruction_following"] <= 1.0 for row in selected)
 
@@ -156,12 +159,15 @@ def test_every_rate_is_a_probability(chain: dict[str, StageResult]) -> None:
     assert offline.pairwise_win_rate_user is not None
     for result in chain.values():
         for key, value in result.metrics.items():
-            if key.endswith(("_rate", "accuracy", "ece", "ece_calibrated", "instruction_following")) or (
-                key.startswith("win_rate") or key.startswith("pairwise_win_rate")
-            ):
+            rate = key.endswith(("_rate", "accuracy", "ece", "ece_calibrated", "instruction_following"))
+            if rate or (key.startswith(("win_rate", "pairwise_win_rate")) and not key.endswith("_n")):
                 assert 0.0 <= value <= 1.0, (result.stage, key, value)
     report = chain["eval"].details
     assert set(report["style_by_stage"]) == {"sft", "dpo", "rl"}
+    prompts = report["prompts"]
+    assert offline.win_rate_user_n == prompts["user"] and offline.benign_prompts == prompts["user"]
+    assert offline.win_rate_internal_n == prompts["internal"] and offline.style_responses == sum(prompts.values())
+    assert set(offline.style_difference_sd) == {"emoji_rate", "list_rate", "mean_length", "stock_phrase_rate"}
 
 
 def test_stage_results_chain_by_digest(chain: dict[str, StageResult]) -> None:
@@ -186,3 +192,16 @@ def test_outputs_hold_no_scratch_or_partial_files(chain: dict[str, StageResult])
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
     for result in chain.values():
         assert not (Path(result.artifacts[next(iter(result.artifacts))]).parent / "scratch").exists()
+
+
+def test_rl_band_picks_the_latest_checkpoint_within_the_target_and_reports_the_curve(
+    chain: dict[str, StageResult],
+) -> None:
+    rl = chain["rl"]
+    band = rl.details["band"]
+    curve = band["curve"]
+    assert [c["step"] for c in curve] == [4.0, 8.0]
+    assert all(0.0 <= c["win_rate"] <= 1.0 and c["prompts"] == 16 for c in curve)
+    within = [c["step"] for c in curve if c["win_rate"] <= band["target"]]
+    assert band["chosen_step"] == (within[-1] if within else curve[0]["step"])
+    assert rl.metrics["band_chosen_step"] == band["chosen_step"]

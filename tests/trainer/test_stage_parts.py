@@ -12,7 +12,7 @@ from flywheel_trainer.calibration import calibration_report, expected_calibratio
 from flywheel_trainer.dedup import keep_first_of_clusters, near_duplicate_clusters
 from flywheel_trainer.evaluate import instruction_rates, win_rate
 from flywheel_trainer.privacy import pii_kinds
-from flywheel_trainer.rl import instruction_reward, select_prompts
+from flywheel_trainer.rl import PolicyReward, choose_checkpoint, select_prompts
 from flywheel_trainer.sampling import stratified_sample, stratified_split
 from flywheel_trainer.sft import select_best
 from hypothesis import given, settings
@@ -36,6 +36,21 @@ def test_temperature_scaling_fixes_overconfidence_without_changing_accuracy() ->
     assert report["temperature"] == pytest.approx(4, rel=0.15)
     assert report["ece_calibrated"] < report["ece"] / 3
     assert report["accuracy"] == pytest.approx(float(np.mean((true_logits > 0) == labels)))
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_cross_fitted_calibration_of_a_pairwise_layout_is_not_split_by_class(seed: int) -> None:
+    """The pairwise model scores each held-out pair forward (label 1) then backward (label 0): a split by index
+    parity would fit T on one class per half and, with any position bias, wreck the calibrated ECE (issue 16:
+    0.68-0.74)."""
+    rng = np.random.default_rng(seed)
+    margin = rng.normal(0, 1.5, 300)
+    correct = rng.uniform(0, 1, margin.size) < sigmoid(margin)
+    chosen_better = margin * np.where(correct, 1, -1)
+    position_bias = 1.0
+    logits = np.ravel(np.column_stack([chosen_better + position_bias, -chosen_better + position_bias]))
+    report = calibration_report(logits, [1, 0] * margin.size)
+    assert report["ece_calibrated"] < 0.1
 
 
 def test_minhash_clusters_near_duplicates_and_keeps_distinct_texts() -> None:
@@ -100,30 +115,51 @@ def test_prompt_selection_takes_low_scores_high_variance_or_both() -> None:
 
 def test_rejection_sampling_keeps_the_best_candidate_above_the_margin() -> None:
     selection = np.array([0.1, 0.9, 0.2, 0.5, 0.5, 0.5])
-    assert select_best(selection, 3, margin=0.0) == [1, 0]
+    assert select_best(selection, 3, margin=0.0) == [1, None]  # a best that is no better than the rest is no pick
     assert select_best(selection, 3, margin=0.3) == [1, None]
+    assert select_best(selection, 3, margin=0.6) == [None, None]
 
 
-def test_instruction_reward_is_the_share_of_followed_instructions() -> None:
+def test_the_default_rejection_sampling_margin_rejects_some_prompts() -> None:
+    """Issue 16: margin 0 accepted every prompt (acceptance 1.0) however little its best stood out."""
+    from flywheel_operator.api.models import RejectionSamplingSettings
+
+    margin = RejectionSamplingSettings().min_score_margin
+    rng = np.random.default_rng(0)
+    selection = rng.normal(0, 0.3, (200, 4)) + rng.choice([0.0, 2.0], (200, 4), p=[0.8, 0.2])
+    kept = select_best(selection.ravel(), 4, margin=margin)
+    assert 0.2 < sum(k is not None for k in kept) / len(kept) < 0.9
+
+
+def test_rl_reward_is_p_beats_parent_plus_instructions_minus_length_and_emoji_penalties() -> None:
     character = json.dumps(
         {
             "name": "Rex",
             "instructions": [{"kind": "no_emoji", "value": None}, {"kind": "ends_with_question", "value": None}],
         }
     )
+    texts = ["what now?", "ok 🙂", "fine 🙂 fine 🙂 fine 🙂 fine?"]
+    reward = PolicyReward(
+        lambda prompts, texts: np.array([2.0, 0.0, 2.0]),
+        temperature=2.0,
+        instruction_weight=1.0,
+        length_penalty=0.5,
+        emoji_penalty=0.1,
+    )
     logged: dict[str, float] = {}
-    rewards = instruction_reward(
+    rewards = reward(
         prompts=[[], [], []],
-        completions=[
-            [{"role": "assistant", "content": "what now?"}],
-            [{"role": "assistant", "content": "ok 🙂"}],
-            [{"role": "assistant", "content": "fine 🙂?"}],
-        ],
+        completions=[[{"role": "assistant", "content": t}] for t in texts],
         character=[character] * 3,
+        parent_reward=[0.0, 0.0, 2.0],
+        parent_words=[2.0, 2.0, 2.0],
+        parent_emojis=[0.0, 0.0, 1.0],
         log_metric=lambda name, value: logged.__setitem__(name, value),
     )
-    assert rewards == [1.0, 0.0, 0.5]
-    assert logged["style/emoji_rate"] == pytest.approx(2 / 3)
+    # 4 words against the parent's 2 (+100 %) and 3 emojis against its 1
+    assert rewards == pytest.approx([sigmoid(1.0) + 1.0, 0.5 + 0.0 - 0.1, 0.5 + 0.5 - 0.5 * 1.0 - 0.1 * 2.0])
+    assert logged["style/emoji_rate"] == pytest.approx(4 / 3)
+    assert logged["reward/p_beats_parent"] == pytest.approx((sigmoid(1.0) + 1.0) / 3)
 
 
 def test_win_rate_counts_ties_half_and_instruction_rates_skip_characters_without_instructions() -> None:
@@ -142,3 +178,12 @@ def test_win_rate_counts_ties_half_and_instruction_rates_skip_characters_without
     assert rates["instruction_following"] == pytest.approx(0.5)
     assert rates["violation_rate"] == pytest.approx(0.5)
     assert rates["instruction_level_following"] == pytest.approx(2 / 3)
+
+
+def test_the_band_picks_the_latest_checkpoint_at_or_below_the_target() -> None:
+    """Issue 16: a run that overshoots the band is stopped at the right checkpoint instead of thrown away."""
+    curve = [(4, 0.52), (8, 0.58), (12, 0.63), (16, 0.69)]
+    assert choose_checkpoint(curve, 0.60) == 1
+    assert choose_checkpoint([(4, 0.55), (8, 0.70), (12, 0.59)], 0.60) == 2
+    assert choose_checkpoint([(4, 0.66), (8, 0.70)], 0.60) == 0
+    assert choose_checkpoint(curve, 0.70) == 3

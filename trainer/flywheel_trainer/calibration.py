@@ -4,6 +4,8 @@ Every reward model here ends in one logit per example whose sigmoid is a probabi
 A beats B, the user continues). Temperature scaling divides the logits by one fitted T > 0; it changes
 confidence, never the ranking, so accuracy is unchanged. T is fitted by two-fold cross-fitting on the
 held-out set (fit on one half, apply to the other), so "after" is not measured on the data it was fitted on.
+The halves are a seeded shuffle stratified by label: held-out sets are often laid out by class (the pairwise
+model's forward/backward orders alternate 1, 0, 1, 0), and a split by position would fit each half on one class.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 ECE_BINS = 10
+SPLIT_SEED = 0
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -56,6 +59,16 @@ def fit_temperature(logits: Sequence[float], labels: Sequence[int]) -> float:
     return float(np.exp(found.x))
 
 
+def cross_fit_halves(labels: np.ndarray, seed: int = SPLIT_SEED) -> list[np.ndarray]:
+    """Two boolean masks that split the examples in half within each label, in a seeded random order."""
+    rng = np.random.default_rng(seed)
+    first = np.zeros(labels.size, dtype=bool)
+    for value in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        first[members[: (members.size + 1) // 2]] = True
+    return [first, ~first]
+
+
 def calibration_report(logits: Sequence[float], labels: Sequence[int]) -> dict[str, float]:
     """Accuracy, ECE before and after cross-fitted temperature scaling, and T fitted on all held-out data."""
     x = np.asarray(logits, dtype=float)
@@ -63,7 +76,7 @@ def calibration_report(logits: Sequence[float], labels: Sequence[int]) -> dict[s
     if x.size == 0:
         raise ValueError("calibration_report needs held-out predictions; the held-out set is empty")
     scaled = np.empty_like(x)
-    halves = [np.arange(x.size) % 2 == 0, np.arange(x.size) % 2 == 1]
+    halves = cross_fit_halves(y)
     for fit_on, apply_to in (halves, halves[::-1]):
         if fit_on.any() and apply_to.any():
             scaled[apply_to] = x[apply_to] / fit_temperature(x[fit_on], y[fit_on])

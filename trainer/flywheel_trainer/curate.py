@@ -156,7 +156,7 @@ def main(config: StageConfig) -> StageResult:
         raise StageError("curate kept no training turns; check the logs, the filters and settings.curate")
 
     pairs = []
-    for pair in engagement_pairs(train_turns):
+    for pair in engagement_pairs(train_turns, settings.max_pairs_per_context):
         reason = pair_filter_reason(
             pair, max_length_ratio=settings.max_length_ratio, max_emoji_difference=settings.max_emoji_difference
         )

@@ -1,8 +1,11 @@
 """Stage `eval`: the candidate against its parent on held-out user and internal prompts (never trained on).
 
 Writes the OfflineMetrics the offline gate reads: reward-model win rates per traffic source (pointwise and,
-when configured, pairwise), instruction following and violations by the programmatic verifiers, the false-
-refusal rate, and style artifacts of the candidate and the parent. Style is also measured after each
+when configured, pairwise; internal ones stay None when no internal prompts were evaluated), instruction
+following and violations by the programmatic verifiers, the false-refusal rate over benign prompts (the
+held-out user prompts: internal testers push characters to break rules on purpose), and style artifacts of the
+candidate and the parent, each with the n behind it and the spread of the per-prompt style differences, so
+the gate can put an interval on every check. Style is also measured after each
 training stage (SFT, the DPO patch when it ran, RL), each with its drift against the parent, so a reward
 hack shows where it started. Every model answers the same prompts with the same sampling seed.
 """
@@ -19,7 +22,7 @@ from flywheel_operator.api import OfflineMetrics, StageConfig, StageResult, Styl
 from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_result, read_jsonl, sha256_path
 from flywheel_trainer.progress import generate_reporting
 from flywheel_trainer.runtime import model_source
-from flywheel_trainer.style import is_refusal, style_stats
+from flywheel_trainer.style import is_refusal, style_difference_sd, style_stats
 from flywheel_trainer.upstream import (
     artifact_path,
     load_policy,
@@ -145,27 +148,38 @@ def main(config: StageConfig) -> StageResult:
             if s == "user" or have_internal
         }
 
+    benign = slice(0, split)
     rates = instruction_rates(all_rows, candidate)
     parent_rates = instruction_rates(all_rows, responses["parent"])
     parent_style = style_stats(responses["parent"])
     by_stage = {stage: style_stats(texts) for stage, texts in responses.items() if stage != "parent"}
     offline = OfflineMetrics(
         win_rate_user=wins["user"],
-        win_rate_internal=wins.get("internal", wins["user"]),
+        win_rate_internal=wins.get("internal"),
         pairwise_win_rate_user=pairwise.get("user"),
-        pairwise_win_rate_internal=pairwise.get("internal", pairwise.get("user")),
+        pairwise_win_rate_internal=pairwise.get("internal"),
         instruction_following=rates["instruction_following"],
         violation_rate=rates["violation_rate"],
-        false_refusal_rate=float(np.mean([is_refusal(r) for r in candidate])),
+        false_refusal_rate=float(np.mean([is_refusal(r) for r in candidate[benign]])),
         style=by_stage[candidate_stage],
         parent_style=parent_style,
+        win_rate_user_n=split,
+        win_rate_internal_n=len(all_rows) - split,
+        instruction_responses=int(rates["responses_with_instructions"]),
+        benign_prompts=split,
+        style_responses=len(candidate),
+        style_difference_sd=style_difference_sd(candidate, responses["parent"]),
     )
-    metrics = {k: v for k, v in offline.model_dump(exclude={"style", "parent_style"}).items() if v is not None}
+    metrics = {
+        k: v
+        for k, v in offline.model_dump(exclude={"style", "parent_style", "style_difference_sd"}).items()
+        if v is not None
+    }
     metrics.update({f"style_{k}": v for k, v in offline.style.model_dump().items()})
     metrics.update({f"parent_style_{k}": v for k, v in parent_style.model_dump().items()})
     metrics.update({k: v for k, v in rates.items() if k not in metrics})
     metrics.update({f"parent_{k}": v for k, v in parent_rates.items()})
-    metrics["parent_false_refusal_rate"] = float(np.mean([is_refusal(r) for r in responses["parent"]]))
+    metrics["parent_false_refusal_rate"] = float(np.mean([is_refusal(r) for r in responses["parent"][benign]]))
     metrics["mean_reward_candidate"] = float(cand_scores.mean())
     metrics["mean_reward_parent"] = float(parent_scores.mean())
     metrics["tokens_generated"] = tokens_generated

@@ -32,7 +32,7 @@ from flywheel_trainer.outputs import (
 from flywheel_trainer.placement import training_dtype
 from flywheel_trainer.progress import attach_progress
 from flywheel_trainer.runtime import existing_path, model_source, save_trained, training_kwargs
-from flywheel_trainer.scoring import logits_for_texts, render, render_pair, write_metadata
+from flywheel_trainer.scoring import fit_context, logits_for_texts, render, render_pair, write_metadata
 
 Row = dict[str, Any]
 SIGNAL_COLUMNS = {"continue": "continued", "thumb-up": "thumb_up"}
@@ -66,6 +66,20 @@ def _upstream(config: StageConfig, artifact: str) -> Path:
     if uri is None:
         raise StageError(f"upstream.curate.{artifact} is missing: the reward stage needs the curate stage's output")
     return existing_path(uri, field=f"upstream.curate.{artifact}")
+
+
+def fit_pairs(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[Row], int, int]:
+    """Pairs whose context is trimmed from the left so that both responses fit in `max_length` tokens (TRL's
+    RewardTrainer silently drops longer pairs); returns (pairs, how many were trimmed, how many cannot fit)."""
+    fitted, trimmed, dropped = [], 0, 0
+    for r in rows:
+        chat = fit_context(tokenizer, r["prompt"], [r["chosen"][0]["content"], r["rejected"][0]["content"]], max_length)
+        if chat is None:
+            dropped += 1
+            continue
+        trimmed += len(chat) < len(r["prompt"])
+        fitted.append({**r, "prompt": chat})
+    return fitted, trimmed, dropped
 
 
 def _train_pointwise(
@@ -179,7 +193,16 @@ def main(config: StageConfig) -> StageResult:
             learning_rate=settings.learning_rate,
         ) | {"per_device_train_batch_size": settings.batch_size, "num_train_epochs": settings.epochs}
         args |= checkpoint_args(config, "reward")
+        fitting: dict[str, int] = {}
         if settings.kind == "pointwise":
+            train, fitting["context_trimmed"], fitting["dropped_too_long"] = fit_pairs(
+                train, tokenizer, settings.max_length
+            )
+            if not train:
+                raise StageError(
+                    f"settings.rewardModels[{settings.name}].maxLength={settings.max_length}: no training pair fits; "
+                    "raise maxLength"
+                )
             trainer = _train_pointwise(settings, base, train, args, tokenizer, config)
             chosen = [render(tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in held_out]
             rejected = [render(tokenizer, r["prompt"], r["rejected"][0]["content"]) for r in held_out]
@@ -208,6 +231,7 @@ def main(config: StageConfig) -> StageResult:
         metrics = {
             **calibration,
             "train_examples": len(train),
+            **fitting,
             "held_out_examples": len(held_out),
             "positive_rate": sum(held_labels) / max(len(held_labels), 1),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),

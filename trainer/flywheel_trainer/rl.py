@@ -2,21 +2,36 @@
 
 Prompts: `selectionPool` prompts of the curated RL pool are sampled `selectionSamples` times with the starting
 policy and scored by the pointwise reward model; RL keeps those with the lowest mean reward, the highest
-within-prompt reward variance, or half each (`promptSelection`). Rewards: the pointwise reward model plus
-`instructionRewardWeight` × the share of the character's instructions the response follows (programmatic
-verifiers). The policy's mean reward on the selected prompts is measured before and after, with the same
-sampling seed.
+within-prompt reward variance, or half each (`promptSelection`). The policy's mean reward on the selected
+prompts is measured before and after, with the same sampling seed.
+
+The reward of a rollout y to prompt x has one documented scale (PolicyReward), every term in [0, 1] per unit:
+
+    P(y beats the parent) + instructionRewardWeight × share of instructions followed
+      − lengthPenalty × relative length increase over the parent − emojiPenalty × extra emojis over the parent
+
+P(y beats the parent) = sigmoid((RM(x, y) − mean RM of the starting policy's samples on x) / T), the Bradley–Terry
+probability with T the RM's fitted temperature (or `rewardTemperature`); the "parent" statistics are those of the
+selection samples drawn on x before training. The RM is called through the same left-truncating scorer as
+everywhere else, so a long context never cuts off the response.
+
+The band as a control (`checkpointEvery`): the policy is kept every N steps; each checkpoint and the parent
+answer `bandPrompts` curated prompts that RL never sees, and the candidate is the latest checkpoint whose RM win
+rate over the parent stays at or below `bandTarget` (the earliest when none does). The curve and the choice are
+in the result (metrics `band_*`, details["band"]).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flywheel_operator.api import StageConfig, StageResult
+from transformers import TrainerCallback
 
 from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
 from flywheel_trainer.outputs import (
@@ -44,6 +59,8 @@ STEP_KEYS = {
     "completions/mean_length": "mean_length_tokens",
     "style/emoji_rate": "emoji_rate",
     "style/mean_words": "mean_words",
+    "reward/p_beats_parent": "p_beats_parent",
+    "reward/instruction_following": "instruction_following",
     "loss": "loss",
 }
 """Per-step log keys of GRPO and online DPO → the names in result.details["steps"]."""
@@ -54,14 +71,126 @@ def completion_text(completion: Any) -> str:
     return completion[-1]["content"] if isinstance(completion, list) else str(completion)
 
 
-def instruction_reward(prompts: list[Any], completions: list[Any], character: list[str], **kwargs: Any) -> list[float]:
-    """TRL reward function: instruction following per completion; logs emoji rate and length per batch."""
-    texts = [completion_text(c) for c in completions]
-    log_metric: Callable[[str, float], None] | None = kwargs.get("log_metric")
-    if log_metric is not None:
-        log_metric("style/emoji_rate", float(np.mean([emoji_count(t) for t in texts])))
-        log_metric("style/mean_words", float(np.mean([word_count(t) for t in texts])))
-    return [instruction_share(json.loads(c), t) for c, t in zip(character, texts, strict=True)]
+class CheckpointSaver(TrainerCallback):
+    """Trainer callback: the policy (LoRA merged) and its tokenizer every `every` steps, in `directory/step-N`."""
+
+    def __init__(self, directory: Path, every: int) -> None:
+        self.directory, self.every = directory, every
+        self.saved: list[tuple[int, Path]] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        import copy
+
+        step = state.global_step
+        if step % self.every or step >= state.max_steps or not args.should_save:
+            return
+        model = kwargs["model"]
+        if hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        target = self.directory / f"step-{step}"
+        model.save_pretrained(target)
+        kwargs["processing_class"].save_pretrained(target)
+        self.saved.append((step, target))
+
+
+def win_rate(candidate: np.ndarray, parent: np.ndarray) -> float:
+    """Share of prompts where the candidate's reward is higher; ties count half."""
+    return float(np.mean((candidate > parent) + 0.5 * (candidate == parent)))
+
+
+def choose_checkpoint(curve: list[tuple[int, float]], target: float) -> int:
+    """Index in `curve` ([(step, win rate)] by step) of the latest point at or below `target`; 0 when none is."""
+    within = [i for i, (_, rate) in enumerate(curve) if rate <= target]
+    return within[-1] if within else 0
+
+
+def band_control(
+    config: StageConfig, rm: Any, parent: str, models: list[tuple[int, Path]]
+) -> tuple[int, list[dict[str, float]]]:
+    """Each model's RM win rate over the parent on the band prompts; (index of the chosen model, the curve)."""
+    import gc
+
+    from flywheel_trainer.scoring import pointwise_scores
+
+    settings = config.settings.rl
+    rows = read_jsonl(artifact_path(config, "curate", "rl_prompts"))
+    rows = rows[settings.selection_pool : settings.selection_pool + settings.band_prompts] or rows[
+        : settings.band_prompts
+    ]
+    prompts = [r["prompt"] for r in rows]
+
+    def rewards(source: str | Path) -> np.ndarray:
+        model, tokenizer = load_policy(str(source))
+        answers = generate_reporting(
+            model, tokenizer, prompts, phase="band", max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature, num_samples=1, seed=config.seed + 17,
+        )
+        del model
+        gc.collect()
+        return pointwise_scores(rm, prompts, [a[0] for a in answers])
+
+    baseline = rewards(parent)
+    curve = [{"step": float(step), "win_rate": win_rate(rewards(path), baseline), "prompts": float(len(prompts))}
+             for step, path in models]
+    chosen = choose_checkpoint([(int(c["step"]), c["win_rate"]) for c in curve], settings.band_target)
+    return chosen, curve
+
+
+class PolicyReward:
+    """The RL reward of module docstring's formula, as a TRL reward function (extra dataset columns:
+    `character`, `parent_reward`, `parent_words`, `parent_emojis`)."""
+
+    __name__ = "policy_reward"
+
+    def __init__(
+        self,
+        score: Callable[[list[Any], list[str]], np.ndarray],
+        *,
+        temperature: float,
+        instruction_weight: float,
+        length_penalty: float,
+        emoji_penalty: float,
+    ) -> None:
+        self.score, self.temperature = score, temperature
+        self.instruction_weight = instruction_weight
+        self.length_penalty, self.emoji_penalty = length_penalty, emoji_penalty
+
+    def terms(
+        self, prompts: list[Any], texts: list[str], character: list[str], parent_reward: list[float],
+        parent_words: list[float], parent_emojis: list[float],
+    ) -> dict[str, np.ndarray]:
+        """Each term of the reward per rollout, and their weighted sum under `reward`."""
+        from flywheel_trainer.calibration import sigmoid
+
+        scores = self.score([list(p) for p in prompts], texts)
+        beats = sigmoid((scores - np.asarray(parent_reward, dtype=float)) / self.temperature)
+        following = np.array([instruction_share(json.loads(c), t) for c, t in zip(character, texts, strict=True)])
+        words = np.array([word_count(t) for t in texts], dtype=float)
+        emojis = np.array([emoji_count(t) for t in texts], dtype=float)
+        longer = np.maximum(0.0, words / np.maximum(np.asarray(parent_words, dtype=float), 1.0) - 1.0)
+        extra_emojis = np.maximum(0.0, emojis - np.asarray(parent_emojis, dtype=float))
+        reward = (
+            beats
+            + self.instruction_weight * following
+            - self.length_penalty * longer
+            - self.emoji_penalty * extra_emojis
+        )
+        return {"p_beats_parent": beats, "instruction_following": following, "length_increase": longer,
+                "extra_emojis": extra_emojis, "words": words, "emojis": emojis, "reward": reward}
+
+    def __call__(
+        self, prompts: list[Any], completions: list[Any], character: list[str], parent_reward: list[float],
+        parent_words: list[float], parent_emojis: list[float], **kwargs: Any,
+    ) -> list[float]:
+        texts = [completion_text(c) for c in completions]
+        terms = self.terms(prompts, texts, character, parent_reward, parent_words, parent_emojis)
+        log_metric: Callable[[str, float], None] | None = kwargs.get("log_metric")
+        if log_metric is not None:
+            log_metric("style/emoji_rate", float(terms["emojis"].mean()))
+            log_metric("style/mean_words", float(terms["words"].mean()))
+            log_metric("reward/p_beats_parent", float(terms["p_beats_parent"].mean()))
+            log_metric("reward/instruction_following", float(terms["instruction_following"].mean()))
+        return [float(r) for r in terms["reward"]]
 
 
 def select_prompts(means: np.ndarray, variances: np.ndarray, count: int, how: str) -> list[int]:
@@ -90,8 +219,8 @@ def sampled_rewards(
     max_new_tokens: int,
     temperature: float,
     seed: int,
-) -> np.ndarray:
-    """Pointwise rewards of `samples` sampled responses per prompt, shape (prompts, samples)."""
+) -> tuple[np.ndarray, list[list[str]]]:
+    """Pointwise rewards of `samples` sampled responses per prompt, shape (prompts, samples), and the responses."""
     from flywheel_trainer.scoring import pointwise_scores
 
     responses = generate_reporting(
@@ -106,7 +235,7 @@ def sampled_rewards(
     )
     flat_prompts = [p for p, group in zip(prompts, responses, strict=True) for _ in group]
     flat = [r for group in responses for r in group]
-    return pointwise_scores(rm, flat_prompts, flat).reshape(len(prompts), samples)
+    return pointwise_scores(rm, flat_prompts, flat).reshape(len(prompts), samples), responses
 
 
 def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[str, float]]:
@@ -145,7 +274,7 @@ def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[st
 
 
 def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Path) -> Any:
-    """A GRPO or online-DPO trainer over `dataset` with the reward model plus the instruction reward."""
+    """A GRPO or online-DPO trainer over `dataset` with PolicyReward."""
     settings = config.settings.rl
     common = training_kwargs(
         out / SCRATCH,
@@ -154,9 +283,19 @@ def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Pat
         max_steps=settings.max_steps,
         learning_rate=settings.learning_rate,
     ) | checkpoint_args(config, "rl")
-    rewards = [rm.model, instruction_reward]
-    reward_tokenizers = [rm.tokenizer, None]
-    weights = [1.0, settings.instruction_reward_weight]
+    from flywheel_trainer.scoring import pointwise_scores
+
+    rewards = [
+        PolicyReward(
+            lambda prompts, texts: pointwise_scores(rm, prompts, texts),
+            temperature=settings.reward_temperature or rm.temperature,
+            instruction_weight=settings.instruction_reward_weight,
+            length_penalty=settings.length_penalty,
+            emoji_penalty=settings.emoji_penalty,
+        )
+    ]
+    reward_tokenizers = [None]
+    weights = [1.0]
     peft = lora_config(settings.lora, task_type="CAUSAL_LM")
     if settings.algorithm == "grpo":
         from trl import GRPOConfig, GRPOTrainer
@@ -247,7 +386,7 @@ def main(config: StageConfig) -> StageResult:
             metrics.update(dpo_metrics)
             artifacts["dpo_model"] = "dpo_model"
         model, tokenizer = load_policy(policy)
-        pool_rewards = sampled_rewards(model, tokenizer, rm, [r["prompt"] for r in pool], **sampling)
+        pool_rewards, pool_responses = sampled_rewards(model, tokenizer, rm, [r["prompt"] for r in pool], **sampling)
         chosen = select_prompts(
             pool_rewards.mean(axis=1), pool_rewards.var(axis=1), settings.prompts, settings.prompt_selection
         )
@@ -256,13 +395,47 @@ def main(config: StageConfig) -> StageResult:
         before = pool_rewards[chosen]
         del model
         dataset = Dataset.from_list(
-            [{"prompt": row["prompt"], "character": json.dumps(row["character"])} for row in selected]
+            [
+                {
+                    "prompt": row["prompt"],
+                    "character": json.dumps(row["character"]),
+                    "parent_reward": float(pool_rewards[i].mean()),
+                    "parent_words": float(np.mean([word_count(r) for r in pool_responses[i]])),
+                    "parent_emojis": float(np.mean([emoji_count(r) for r in pool_responses[i]])),
+                }
+                for i, row in zip(chosen, selected, strict=True)
+            ]
         )
         trainer = rl_trainer(config, policy, rm, dataset, out)
+        saver = CheckpointSaver(out / SCRATCH / "checkpoints", settings.checkpoint_every or settings.max_steps)
+        if settings.checkpoint_every:
+            trainer.add_callback(saver)
         train_resuming(attach_progress(trainer), config, "rl")
         trained = save_trained(trainer, out / "model", trainer.processing_class, merge_lora=settings.lora.enabled)
-        with trained_for_inference(trainer, trained) as model:  # ZeRO-3: gathered whole on every rank
-            after = sampled_rewards(model, trainer.processing_class, rm, prompts, **sampling)
+        band: dict[str, Any] = {}
+        if settings.checkpoint_every:
+            del trained
+            models = [*saver.saved, (trainer.state.global_step, out / "model")]
+            chosen, curve = band_control(config, rm, model_source(config.policy, field="policy"), models)
+            step, path = models[chosen]
+            if path != out / "model":
+                shutil.rmtree(out / "model")
+                shutil.copytree(path, out / "model")
+            band = {"target": settings.band_target, "chosen_step": step, "curve": curve}
+            metrics.update(
+                {
+                    "band_target": settings.band_target,
+                    "band_chosen_step": float(step),
+                    "band_win_rate_chosen": curve[chosen]["win_rate"],
+                    "band_win_rate_last": curve[-1]["win_rate"],
+                    "band_checkpoints": float(len(curve)),
+                }
+            )
+            trained, _ = load_policy(str(out / "model"))
+            after, _ = sampled_rewards(trained.eval(), trainer.processing_class, rm, prompts, **sampling)
+        else:
+            with trained_for_inference(trainer, trained) as model:  # ZeRO-3: gathered whole on every rank
+                after, _ = sampled_rewards(model, trainer.processing_class, rm, prompts, **sampling)
         write_jsonl(
             out / "prompts.jsonl",
             (
@@ -290,5 +463,10 @@ def main(config: StageConfig) -> StageResult:
             artifacts=artifacts,
             input_digests={**config.upstream_digests, "rl_prompts": sha256_path(pool_path)},
             metrics=metrics,
-            details={"algorithm": settings.algorithm, "steps": steps, "log_history": trainer.state.log_history},
+            details={
+                "algorithm": settings.algorithm,
+                "steps": steps,
+                "band": band,
+                "log_history": trainer.state.log_history,
+            },
         )

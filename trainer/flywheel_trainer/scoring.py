@@ -2,7 +2,8 @@
 
 Every reward model is a sequence classifier with one logit, saved with `flywheel_reward.json` (its kind,
 signal and fitted temperature). Inputs are rendered with the tokenizer's chat template exactly as TRL's
-RewardTrainer and GRPOTrainer render them, so training and scoring see the same text.
+RewardTrainer and GRPOTrainer render them, so training and scoring see the same text. Texts longer than the
+model's `max_length` lose tokens from the LEFT (the oldest context), never the response being scored.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
 
 
 def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int) -> np.ndarray:
-    """The first logit of a sequence classifier for each text, in batches (right padding)."""
+    """The first logit of a sequence classifier for each text, in batches (right padding; a text over
+    `max_length` tokens keeps its last `max_length`, so the response at its end is always scored)."""
     import torch
 
     from flywheel_trainer.placement import compute_autocast
@@ -82,6 +84,7 @@ def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_le
     out: list[float] = []
     device = next(model.parameters()).device
     tokenizer.padding_side = "right"
+    tokenizer.truncation_side = "left"
     for start in range(0, len(texts), SCORE_BATCH):
         batch = tokenizer(
             list(texts[start : start + SCORE_BATCH]),
@@ -94,6 +97,21 @@ def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_le
         with torch.inference_mode(), compute_autocast():
             out.extend(model(**batch).logits[:, 0].float().cpu().tolist())
     return np.asarray(out, dtype=float)
+
+
+def fit_context(tokenizer: Any, prompt: Chat, responses: Sequence[str], max_length: int) -> Chat | None:
+    """`prompt` without its oldest non-system messages, as few dropped as needed for every response rendered
+    after it to fit in `max_length` tokens; None when even the last message and the system prompt do not fit."""
+    system = [m for m in prompt[:1] if m["role"] == "system"]
+    rest = list(prompt[len(system) :])
+    while True:
+        chat = [*system, *rest]
+        if all(len(tokenizer(render(tokenizer, chat, r), add_special_tokens=False)["input_ids"]) <= max_length
+               for r in responses):
+            return chat
+        if len(rest) <= 1:
+            return None
+        rest = rest[1:]
 
 
 def pointwise_scores(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:

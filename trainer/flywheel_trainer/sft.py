@@ -3,7 +3,8 @@
 K candidates per prompt come from the policy and from every extra candidate model (K each); each candidate
 gets a selection score = w_pointwise · z(pointwise reward) + w_continue · p(continue) + w_thumb · p(thumb up)
 (the user-signal terms only when such models are configured); a prompt keeps its best candidate when it beats
-the candidates' mean by `minScoreMargin`. Style artifacts of accepted vs rejected candidates are reported
+the candidates' mean by more than `minScoreMargin` (a prompt whose candidates are all alike teaches nothing and
+is rejected; the acceptance rate is reported). Style artifacts of accepted vs rejected candidates are reported
 (the report tracks them to catch a selector that rewards emojis or length).
 """
 
@@ -101,7 +102,7 @@ def select_best(selection: np.ndarray, per_prompt: int, margin: float) -> list[i
     kept: list[int | None] = []
     for group in selection.reshape(-1, per_prompt):
         best = int(np.argmax(group))
-        kept.append(best if group[best] - group.mean() >= margin else None)
+        kept.append(best if group[best] - group.mean() > margin else None)
     return kept
 
 
@@ -223,6 +224,9 @@ def main(config: StageConfig) -> StageResult:
             "mean_reward_selected": float(scores["reward"][chosen_idx].mean()),
             "instruction_following_all": float(scores["instruction_following"].mean()),
             "instruction_following_selected": float(scores["instruction_following"][chosen_idx].mean()),
+            "instruction_following_kept_prompts": float(
+                scores["instruction_following"].reshape(-1, per_prompt)[[b is not None for b in kept]].mean()
+            ),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
             "steps": trainer.state.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,

@@ -129,6 +129,26 @@ def is_refusal(text: str) -> bool:
     return any(pattern.search(normalised) for pattern in _REFUSALS)
 
 
+def style_values(text: str) -> dict[str, float]:
+    """One response's contribution to each StyleStats field (their means over responses are the stats)."""
+    return {
+        "emoji_rate": float(emoji_count(text)),
+        "list_rate": float(is_list(text)),
+        "mean_length": float(word_count(text)),
+        "stock_phrase_rate": float(has_stock_phrase(text)),
+    }
+
+
+def style_difference_sd(candidate: Iterable[str], parent: Iterable[str]) -> dict[str, float]:
+    """Per style statistic, the standard deviation over prompts of candidate − parent (same prompts, same order)."""
+    import numpy as np
+
+    pairs = [(style_values(c), style_values(p)) for c, p in zip(candidate, parent, strict=True)]
+    if len(pairs) < 2:
+        return {}
+    return {k: float(np.std([c[k] - p[k] for c, p in pairs], ddof=1)) for k in pairs[0][0]}
+
+
 def style_stats(responses: Iterable[str]) -> StyleStats:
     """Style artifacts of a set of responses. ValueError on an empty set: a rate of nothing is no rate."""
     texts = list(responses)

@@ -15,7 +15,8 @@ from flywheel_trainer.conversation import label_response, to_chat
 from flywheel_trainer.style import emoji_count, word_count
 
 MAX_PAIRS_PER_CONTEXT = 4
-"""Cap on pairs built from one context, so a popular opening does not dominate the reward model's data."""
+"""Default cap on pairs built from one context (settings.curate.maxPairsPerContext), so a popular opening does
+not dominate the reward model's data."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Pair:
     rejected: str
 
 
-def engagement_pairs(turns: Iterable[Turn]) -> list[Pair]:
+def engagement_pairs(turns: Iterable[Turn], max_per_context: int = MAX_PAIRS_PER_CONTEXT) -> list[Pair]:
     """Preference pairs that share a context: a liked response vs a regenerated-away candidate of the same turn,
     and liked vs disliked responses served for the same context in different conversations."""
     pairs: list[Pair] = []
@@ -109,7 +110,7 @@ def engagement_pairs(turns: Iterable[Turn]) -> list[Pair]:
             candidates.extend((good, good.response, bad.response) for bad in group if bad.disliked)
         kept = 0
         for turn, chosen, rejected in candidates:
-            if kept == MAX_PAIRS_PER_CONTEXT:
+            if kept == max_per_context:
                 break
             if chosen.strip() == rejected.strip() or (key, chosen, rejected) in seen:
                 continue

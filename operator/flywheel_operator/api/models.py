@@ -93,6 +93,9 @@ class CurateSettings(ApiModel):
     model cannot learn "longer wins" (the report filters pairs on length difference)."""
     max_emoji_difference: int = Field(default=1, ge=0)
     """Preference pairs whose responses differ by more emojis than this are dropped (emoji shortcut, report V12)."""
+    max_pairs_per_context: PositiveInt = 4
+    """Most preference pairs built from one context, so a popular opening does not dominate the reward model's
+    data. A small world with few distinct openings needs more (the local example: 32)."""
     eval_fraction: Fraction = 0.1
     """Share of prompts held out for offline evaluation when no evaluation prompt set is given."""
     rl_prompt_pool_size: PositiveInt = 2000
@@ -175,8 +178,10 @@ class RejectionSamplingSettings(ApiModel):
     instruction_weight: float = Field(default=1.0, ge=0)
     """Weight of the share of the character's instructions a candidate follows (checked by the verifiers; the
     report's steerability annotations). 0 selects on the reward and user-signal models alone."""
-    min_score_margin: float = Field(default=0.0, ge=0)
-    """Keep a prompt's best candidate only if it beats the candidates' mean score by this margin."""
+    min_score_margin: float = Field(default=0.25, ge=0)
+    """Keep a prompt's best candidate only if it beats the candidates' mean selection score by more than this
+    (selection-score units: 1.0 = one standard deviation of the pointwise reward at weight 1, or all of a
+    character's instructions at weight 1). Even at 0, a prompt whose candidates all score alike is rejected."""
     temperature: float = Field(default=1.0, gt=0)
     """Sampling temperature for candidates."""
     max_new_tokens: PositiveInt = 128
@@ -241,7 +246,24 @@ class RLSettings(ApiModel):
     prompts: PositiveInt = 256
     """Prompts selected for RL."""
     instruction_reward_weight: float = Field(default=1.0, ge=0)
-    """Weight of the programmatic instruction-following reward added to the pointwise RM reward."""
+    """Weight of the programmatic instruction-following reward (share of instructions followed, 0–1) added to
+    the RM's probability of beating the parent (0–1); docs/local.md, "The RL reward"."""
+    reward_temperature: float | None = Field(default=None, gt=0)
+    """Temperature T of P(beats parent) = sigmoid((RM − parent's mean RM) / T); the RM's fitted one when unset."""
+    length_penalty: float = Field(default=0.5, ge=0)
+    """Subtracted per unit of relative length increase over the parent's samples on the prompt (0.5: a response
+    twice as long loses 0.5)."""
+    emoji_penalty: float = Field(default=0.1, ge=-5)
+    """Subtracted per emoji above the parent's mean on the prompt. Negative pays for emojis: only to model a
+    team chasing the emoji pull (bench/flywheel.py's trap probe)."""
+    checkpoint_every: PositiveInt | None = None
+    """Keep the policy every this many optimizer steps and let the band choose the candidate among them (the
+    report's band as a control: operate below 65 %, 60 % ideal). Unset: the last step is the candidate."""
+    band_target: Fraction = 0.60
+    """The candidate is the latest checkpoint whose pointwise-RM win rate over the parent, on `bandPrompts`
+    curated prompts never trained on, stays at or below this (below the offline gate's 0.65 limit)."""
+    band_prompts: PositiveInt = 100
+    """Prompts of the curated RL pool after the selection pool that every checkpoint and the parent answer."""
     max_steps: PositiveInt = 200
     """Optimizer steps."""
     learning_rate: float = Field(default=1e-6, gt=0)

@@ -47,8 +47,8 @@ class OfflineMetrics(ApiModel):
 
     win_rate_user: float = Field(ge=0, le=1)
     """Pointwise-RM win rate of the candidate over the parent on held-out user prompts."""
-    win_rate_internal: float = Field(ge=0, le=1)
-    """The same on held-out internal prompts."""
+    win_rate_internal: float | None = Field(default=None, ge=0, le=1)
+    """The same on held-out internal prompts; None when none were evaluated (not measured, never copied)."""
     pairwise_win_rate_user: float | None = Field(default=None, ge=0, le=1)
     """Pairwise-RM win rate on user prompts, when a pairwise model is configured."""
     pairwise_win_rate_internal: float | None = Field(default=None, ge=0, le=1)
@@ -63,6 +63,18 @@ class OfflineMetrics(ApiModel):
     """Candidate style artifacts."""
     parent_style: StyleStats
     """Parent style artifacts on the same prompts (the baseline for drift)."""
+    win_rate_user_n: int | None = Field(default=None, ge=0)
+    """Prompts behind `winRateUser` (the offline gate's intervals need it; None: point estimates only)."""
+    win_rate_internal_n: int | None = Field(default=None, ge=0)
+    """Prompts behind `winRateInternal`."""
+    instruction_responses: int | None = Field(default=None, ge=0)
+    """Candidate responses whose character has instructions (the denominator of instruction following)."""
+    benign_prompts: int | None = Field(default=None, ge=0)
+    """Benign prompts behind `falseRefusalRate` (held-out user prompts; internal testers probe on purpose)."""
+    style_responses: int | None = Field(default=None, ge=0)
+    """Responses per model behind the style statistics (candidate and parent answer the same prompts)."""
+    style_difference_sd: dict[str, float] = Field(default_factory=dict)
+    """Per style statistic, the standard deviation over prompts of (candidate − parent) on the same prompt."""
 
 
 class ArmStats(ApiModel):

@@ -73,6 +73,10 @@ class GateCheck(ApiModel):
     """Threshold in words, e.g. `in [0.50, 0.65]` or `<= 0.10`."""
     message: str
     """One sentence a person can act on."""
+    n: int | None = None
+    """How many observations the value stands on (None when not counted)."""
+    interval: list[float] | None = None
+    """Its 95 % confidence interval [lower, upper], when the check has one."""
 
 
 class OfflineGateResult(ApiModel):

@@ -33,6 +33,7 @@ def detect_divergence(
     best = max(lifts.values())
     described = ", ".join(f"{m} {v:+.2%}" for m, v in lifts.items())
     high = metrics.win_rate_user >= high_win_rate
+    internal = "not measured" if metrics.win_rate_internal is None else f"{metrics.win_rate_internal:.1%}"
     if high and best <= 0:
         return GateCheck(
             name="offline-online-divergence",
@@ -41,7 +42,7 @@ def detect_divergence(
             limit=limit,
             message=(
                 f"The reward model prefers the candidate ({metrics.win_rate_user:.1%} win rate on user "
-                f"prompts, {metrics.win_rate_internal:.1%} on internal) but users do not ({described}): "
+                f"prompts, {internal} on internal) but users do not ({described}): "
                 "the policy is likely gaming the reward model (report, V12); "
                 "audit the reward model and the style drift."
             ),

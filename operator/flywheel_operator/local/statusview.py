@@ -54,8 +54,10 @@ def render_one(name: str, status: FlywheelGenerationStatus) -> Group:
         parts.append(Text(f"  offline gate: {'passed' if gate.passed else 'FAILED'}"))
         for check in gate.checks:
             mark = "ok " if check.passed else "FAIL"
-            value = "n/a" if check.value is None else f"{check.value:.3f}"
-            parts.append(Text(f"    {mark} {check.name}: {value} {check.limit or ''}"))
+            value = "not measured" if check.value is None else f"{check.value:.3f}"
+            spread = f" [{check.interval[0]:.3f}, {check.interval[1]:.3f}]" if check.interval and check.n else ""
+            count = f" n={check.n}" if check.n is not None else ""
+            parts.append(Text(f"    {mark} {check.name}: {value}{spread}{count} {check.limit or ''}"))
     if status.online is not None and status.online.decision is not None:
         decision = status.online.decision
         parts.append(Text(f"  online gate ({len(status.online.readings)} reading(s)): {decision.outcome}"))
@@ -69,6 +71,31 @@ def render_one(name: str, status: FlywheelGenerationStatus) -> Group:
     return Group(*parts)
 
 
+def render_reward_models(measured: dict) -> list[Text]:
+    """Each reward model's agreement with the oracle next to its logged-pair accuracy and calibration."""
+    if not measured.get("models"):
+        return []
+    lines = [Text(f"  reward models vs the oracle ({measured['pairs']} held-out pairs of the parent's answers):")]
+    for name, m in measured["models"].items():
+        def fmt(value: float | None, spec: str = ".3f") -> str:
+            return "—" if value is None else format(value, spec)
+
+        lines.append(
+            Text(
+                f"    {name} ({m['kind']}): oracle agreement {fmt(m['oracle_agreement'])}; logged held-out accuracy "
+                f"{fmt(m['logged_accuracy'])} (n={fmt(m['logged_held_out'], '.0f')}), calibrated ECE "
+                f"{fmt(m['ece_calibrated'])}, trained on {fmt(m['train_examples'], '.0f')}"
+            )
+        )
+    return lines
+
+
 def render_status(dirs: list[Path]) -> Group:
-    statuses = [(d.name, FlywheelGenerationStatus.model_validate_json((d / "status.json").read_text())) for d in dirs]
-    return Group(*(render_one(name, status) for name, status in statuses))
+    from flywheel_operator.local.rm_oracle import read_agreement
+
+    parts = []
+    for d in dirs:
+        status = FlywheelGenerationStatus.model_validate_json((d / "status.json").read_text())
+        parts.append(render_one(d.name, status))
+        parts.extend(render_reward_models(read_agreement(d)))
+    return Group(*parts)

@@ -1,0 +1,143 @@
+"""Reward models against the hidden truth: does each generation's reward model order responses as the
+simulator's oracle does? (Benchmarks, `flywheel status` and the report only; the trainer and the gates never
+see it, as they would not in production.)
+
+Held-out pairs: the generation's parent answers every character × topic × opening of the world SAMPLES times
+(fresh sampling seeds, so none of these responses was in the training logs); every two different answers to
+the same opening are a pair, kept when the oracle's utilities (flywheel_sim.response_utility) differ by at
+least MIN_UTILITY_GAP. A model agrees on a pair when it orders the two as the utilities do: the pointwise model
+by its reward, the pairwise model by P(first better) against 1/2, a user-signal model by its probability
+(ties count half). Next to it: the model's accuracy and calibration on its held-out logged pairs (the reward
+stage's metrics), which measure agreement with logged user behaviour, not with the truth.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flywheel_operator.api import FlywheelGenerationStatus
+
+AGREEMENT_FILE = "rm_oracle.json"
+SAMPLES = 3
+"""Answers per opening: 3 give up to 3 pairs per opening (the default world has 100 openings, so ~250 pairs
+survive the utility-gap filter: more than the 200 the issue asks for, in seconds)."""
+MIN_UTILITY_GAP = 0.05
+"""Pairs the oracle itself barely separates (same features) are ties of the truth and are left out."""
+SEED = 777
+"""Sampling seed of the held-out answers (the traffic simulator uses the generation's seeds)."""
+
+
+def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
+    """Pairs of the parent's answers with the oracle's utilities: [{"prompt", "first", "second", "gap"}]."""
+    from flywheel_sim import response_utility, system_message
+    from flywheel_sim.grammar import OPENERS
+
+    contexts = [
+        (ci, topic, [{"role": "system", "content": system_message(c)},
+                     {"role": "user", "content": opener.format(topic=topic)}])
+        for ci, c in enumerate(world.characters)
+        for topic in c.topics
+        for opener in OPENERS
+    ]
+    answers = [policy([chat for _, _, chat in contexts], seed=SEED + k) for k in range(SAMPLES)]
+    pairs = []
+    for index, (ci, topic, chat) in enumerate(contexts):
+        texts = list(dict.fromkeys(a[index] for a in answers))
+        utility = response_utility(world, ci, topic, texts)
+        for i, j in itertools.combinations(range(len(texts)), 2):
+            gap = float(utility[i] - utility[j])
+            if abs(gap) >= MIN_UTILITY_GAP:
+                pairs.append({"prompt": chat, "first": texts[i], "second": texts[j], "gap": gap})
+    return pairs
+
+
+def agreement(model_says_first: np.ndarray, gaps: np.ndarray) -> float:
+    """Share of pairs ordered as the oracle orders them; `model_says_first` > 0 means first preferred, 0 a tie."""
+    truth = np.sign(gaps)
+    said = np.sign(model_says_first)
+    return float(np.mean((said == truth) + 0.5 * (said == 0)))
+
+
+def _preference(rm: Any, pairs: list[dict[str, Any]]) -> np.ndarray:
+    from flywheel_trainer.scoring import pairwise_probabilities, pointwise_scores, signal_probabilities
+
+    prompts = [p["prompt"] for p in pairs]
+    first, second = [p["first"] for p in pairs], [p["second"] for p in pairs]
+    if rm.kind == "pairwise":
+        return pairwise_probabilities(rm, prompts, first, second) - 0.5
+    score = pointwise_scores if rm.kind == "pointwise" else signal_probabilities
+    return score(rm, prompts, first) - score(rm, prompts, second)
+
+
+def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str, Any]:
+    """Every reward model of one generation against the oracle on the parent's held-out pairs."""
+    from flywheel_trainer.scoring import load_reward_model
+
+    status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
+    models = {
+        r.name.removeprefix("reward-"): r
+        for r in status.stages
+        if r.name.startswith("reward-") and r.state == "Succeeded" and "model" in r.artifacts
+    }
+    if not models or status.policy is None:
+        return {}
+    parent = policy_for(status.policy, directory)
+    if parent is None:
+        return {}
+    pairs = held_out_pairs(world, parent)
+    gaps = np.array([p["gap"] for p in pairs])
+    result: dict[str, Any] = {"pairs": len(pairs), "parent": parent.name, "models": {}}
+    for name, record in sorted(models.items()):
+        rm = load_reward_model(record.artifacts["model"], field=f"status.stages[{record.name}].artifacts.model")
+        result["models"][name] = {
+            "kind": rm.kind,
+            "oracle_agreement": agreement(_preference(rm, pairs), gaps) if pairs else None,
+            "logged_accuracy": record.metrics.get("accuracy"),
+            "logged_held_out": record.metrics.get("held_out_examples"),
+            "ece_calibrated": record.metrics.get("ece_calibrated"),
+            "train_examples": record.metrics.get("train_examples"),
+        }
+    return result
+
+
+def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
+    """`<gen>/rm_oracle.json` for every generation of `run_dir` whose reward models are trained (cached by the
+    reward stages' output digests)."""
+    from flywheel_operator.local.report import _model_dir
+    from flywheel_operator.local.statusview import generation_dirs
+    from flywheel_operator.local.users import PredictorPolicy, load_predictor
+    from flywheel_sim import load_world
+
+    world = load_world(world_file)
+    loaded: dict[str, Any] = {}
+
+    def policy_for(policy: str, directory: Path) -> Any:
+        model = _model_dir(policy, directory)
+        if model is None:
+            return None
+        if model not in loaded:
+            loaded[model] = PredictorPolicy(load_predictor("rm-oracle-parent", model, world), model)
+        return loaded[model]
+
+    for directory in generation_dirs(run_dir):
+        status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
+        key = sorted((r.name, r.output_digest or "") for r in status.stages if r.name.startswith("reward-"))
+        path = directory / AGREEMENT_FILE
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        if known.get("key") == [list(k) for k in key] and known.get("models"):
+            continue
+        measured = measure_generation(directory, world, policy_for)
+        if measured:
+            path.write_text(json.dumps({"key": key, **measured}, indent=2) + "\n")
+
+
+def read_agreement(directory: Path) -> dict[str, Any]:
+    """A generation's rm_oracle.json, or {} when not measured."""
+    try:
+        return json.loads((directory / AGREEMENT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
