@@ -76,6 +76,22 @@ def model(policy: str, storage: StorageSpec, serving: ServingResources | None = 
     return to_json(spec)
 
 
+def inference_service(
+    action: DeployCanary, *, mode: str, generation: str, namespace: str, spec: dict[str, Any]
+) -> dict[str, Any]:
+    """A new InferenceService named by the action, carrying the mode's annotations and the holder."""
+    return {
+        "apiVersion": KSERVE_API_VERSION,
+        "kind": "InferenceService",
+        "metadata": {
+            "name": action.inference_service,
+            "namespace": namespace,
+            "annotations": annotations(mode, generation),
+        },
+        "spec": spec,
+    }
+
+
 def annotations(mode: str, generation: str | None) -> dict[str, str | None]:
     """The deployment mode KServe's webhook needs (a canary is refused without `Standard`), tag routing for
     Knative's per-arm URLs, and the holder (None removes it in a merge patch)."""

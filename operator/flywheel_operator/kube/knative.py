@@ -14,9 +14,9 @@ from typing import Any
 from flywheel_operator.api import ServingResources, StorageSpec
 from flywheel_operator.kube.canary import (
     HOLDER_ANNOTATION,
-    KSERVE_API_VERSION,
     annotations,
     condition,
+    inference_service,
     model,
 )
 from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCanary, RollBackCanary
@@ -25,16 +25,8 @@ from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCa
 def new_inference_service(
     action: DeployCanary, *, generation: str, namespace: str, storage: StorageSpec, serving: ServingResources
 ) -> dict[str, Any]:
-    return {
-        "apiVersion": KSERVE_API_VERSION,
-        "kind": "InferenceService",
-        "metadata": {
-            "name": action.inference_service,
-            "namespace": namespace,
-            "annotations": annotations("knative", generation),
-        },
-        "spec": {"predictor": {"model": model(action.control_policy, storage, serving)}},
-    }
+    spec = {"predictor": {"model": model(action.control_policy, storage, serving)}}
+    return inference_service(action, mode="knative", generation=generation, namespace=namespace, spec=spec)
 
 
 def ready_for_candidate(isvc: dict[str, Any]) -> bool:

@@ -11,10 +11,10 @@ from typing import Any
 from flywheel_operator.api import ServingResources, StorageSpec
 from flywheel_operator.kube.canary import (
     HOLDER_ANNOTATION,
-    KSERVE_API_VERSION,
     annotations,
     canary_name,
     condition,
+    inference_service,
     model,
 )
 from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCanary, RollBackCanary
@@ -39,16 +39,8 @@ def new_inference_service(
     """The parent as the stable predictor `control` and the candidate as the canary (KServe gives it the stable
     predictor's resources)."""
     control = {"name": CONTROL_PREDICTOR, "model": model(action.control_policy, storage, serving)}
-    return {
-        "apiVersion": KSERVE_API_VERSION,
-        "kind": "InferenceService",
-        "metadata": {
-            "name": action.inference_service,
-            "namespace": namespace,
-            "annotations": annotations("standard", generation),
-        },
-        "spec": {"predictor": control, "canary": [_canary_entry(action, generation, storage)]},
-    }
+    spec = {"predictor": control, "canary": [_canary_entry(action, generation, storage)]}
+    return inference_service(action, mode="standard", generation=generation, namespace=namespace, spec=spec)
 
 
 def ready_for_candidate(isvc: dict[str, Any]) -> bool:
