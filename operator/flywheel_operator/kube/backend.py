@@ -17,7 +17,6 @@ from typing import Any
 
 from flywheel_operator.api import (
     TERMINAL_PHASES,
-    CanaryStatus,
     FlywheelGeneration,
     FlywheelGenerationStatus,
     OnlineReading,
@@ -36,6 +35,7 @@ from flywheel_operator.planner import (
     RollBackCanary,
     StartStage,
 )
+from flywheel_operator.planner.core import deploy_action
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +91,6 @@ def result_from_pods(pods: list[dict[str, Any]]) -> StageResult | None:
                 if result is not None:
                     return result
     return None
-
-
-def deploy_action(status: CanaryStatus) -> DeployCanary:
-    """The DeployCanary a Deploying canary was requested with (carried out over several reconciles in Knative)."""
-    return DeployCanary(
-        inference_service=status.inference_service,
-        mode=status.mode,
-        traffic_percent=status.traffic_percent,
-        candidate_policy=status.candidate_policy,
-        control_policy=status.control_policy,
-    )
 
 
 def merge_patch(old: Any, new: Any) -> Any:

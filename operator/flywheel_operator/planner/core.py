@@ -304,7 +304,7 @@ def _run_canary(
             _wait_for_holder(canary, observed.canary_holder, status, now, work)
             return
         canary.phase, canary.requested_at, canary.message = "Deploying", now, None
-        work.actions.append(_deploy(canary))
+        work.actions.append(deploy_action(canary))
         work.events.append(
             Event("CanaryDeploying", f"serving {status.candidate_policy} to {spec.canary.traffic_percent}% of users")
         )
@@ -344,7 +344,8 @@ def _salt(generation: FlywheelGeneration) -> str:
     return f"{meta.namespace or ''}/{meta.name}/{meta.uid or ''}"
 
 
-def _deploy(canary: CanaryStatus) -> DeployCanary:
+def deploy_action(canary: CanaryStatus) -> DeployCanary:
+    """The DeployCanary a Deploying canary was requested with (carried out over several reconciles in Knative)."""
     return DeployCanary(
         inference_service=canary.inference_service,
         mode=canary.mode,
