@@ -21,7 +21,7 @@ from flywheel_trainer.dedup import keep_first_of_clusters
 from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_result, sha256_path, write_jsonl
 from flywheel_trainer.privacy import pii_kinds
 from flywheel_trainer.runtime import existing_uri
-from flywheel_trainer.sampling import stratified_sample, stratified_split
+from flywheel_trainer.sampling import grouped_split, stratified_sample
 from flywheel_trainer.style import style_stats
 from flywheel_trainer.turns import Turn, assistant_turns, conversation_text, engagement_pairs, pair_filter_reason
 
@@ -33,6 +33,25 @@ Record = dict[str, Any]
 
 def _by_character(record: Record) -> str:
     return record["character"]["id"]
+
+
+def _opening(record: Record) -> str:
+    """The conversation's first prompt (its context key), or its id when it has no answered turn."""
+    turns = assistant_turns(record)
+    return turns[0].context_key if turns else f"conversation:{record['conversation_id']}"
+
+
+def _held_out_by_opening(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(train, held_out): a stratified share of the openings, with every conversation that starts with one, in
+    both sources at once, so no prompt is on both sides and none of the other openings' turns is lost."""
+    kept, held = grouped_split(records, fraction, group=_opening, stratum=_by_character, seed=seed)
+    for source in {r["source"] for r in records} - {r["source"] for r in held}:
+        of_source = [r for r in kept if r["source"] == source]
+        if len(of_source) >= 2:
+            more = grouped_split(of_source, fraction, group=_opening, stratum=_by_character, seed=seed)[1]
+            ids = {id(r) for r in more}
+            kept, held = [r for r in kept if id(r) not in ids], held + more
+    return kept, held
 
 
 def _read_source(source: TrafficSource, field: str, report: dict[str, Any]) -> list[Record]:
@@ -134,17 +153,17 @@ def main(config: StageConfig) -> StageResult:
         dropped["sampled_out"] += len(unique) - len(sampled)
         records.extend(sampled)
 
-    train: list[Record] = []
+    train = [r for r in records if r["source"] in eval_records]
+    train_split, held = _held_out_by_opening(
+        [r for r in records if r["source"] not in eval_records], settings.eval_fraction, config.seed
+    )
+    train.extend(train_split)
     eval_turns: dict[str, list[Turn]] = {}
     for kind in ("user", "internal"):
-        of_kind = [r for r in records if r["source"] == kind]
         if kind in eval_records:
-            train.extend(of_kind)
             eval_turns[kind] = _unique_prompts(_turns(_privacy_and_safety(eval_records[kind], dropped)))
         else:
-            kept, held = stratified_split(of_kind, settings.eval_fraction, stratum=_by_character, seed=config.seed)
-            train.extend(kept)
-            eval_turns[kind] = _unique_prompts(_turns(held))
+            eval_turns[kind] = _unique_prompts(_turns(r for r in held if r["source"] == kind))
     eval_keys = {t.context_key for turns in eval_turns.values() for t in turns}
     train_turns = []
     for turn in _turns(train):

@@ -44,3 +44,24 @@ def stratified_split(
     held = stratified_sample(items, size, stratum=stratum, seed=seed) if size else []
     held_ids = {id(item) for item in held}
     return [item for item in items if id(item) not in held_ids], held
+
+
+def grouped_split(
+    items: Sequence[T],
+    fraction: float,
+    *,
+    group: Callable[[T], Hashable],
+    stratum: Callable[[T], Hashable],
+    seed: int,
+) -> tuple[list[T], list[T]]:
+    """(kept, held_out) with every group wholly on one side: about `fraction` of each stratum's groups held out
+    (at least one group when fraction > 0 and there are two or more). Conversations that open with the same
+    message share their first prompt; split one by one, the held-out copies of the world's few openings would
+    make every training turn at those openings an evaluation prompt, and most preference pairs would be lost."""
+    members: dict[Hashable, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        members[group(item)].append(index)
+    keys = sorted(members, key=repr)
+    _, held_keys = stratified_split(keys, fraction, stratum=lambda key: stratum(items[members[key][0]]), seed=seed)
+    held = {index for key in held_keys for index in members[key]}
+    return [item for i, item in enumerate(items) if i not in held], [item for i, item in enumerate(items) if i in held]
