@@ -108,6 +108,30 @@ def test_evaluation_prompts_are_disjoint_from_everything_trained_on(tmp_path: Pa
     assert {r["source"] for r in read_jsonl(result.artifacts["eval_internal"])} == {"internal"}
 
 
+def _sharing_openings(records: list[dict[str, Any]], openings: int) -> list[dict[str, Any]]:
+    """The records with their first user message replaced by one of a few openings, as a world's users open."""
+    shared = copy.deepcopy(records)
+    for index, record in enumerate(shared):
+        first = next(m for m in record["messages"] if m["role"] == "user")
+        first["content"] = f"hello, can we talk about topic {index % openings}?"
+    return shared
+
+
+def test_conversations_sharing_an_opening_stay_on_one_side_and_no_training_turn_is_lost(
+    tmp_path: Path, records: list
+) -> None:
+    shared = _sharing_openings(records, openings=6)
+    result = curate(_config(write_jsonl(shared, tmp_path / "log.jsonl"), tmp_path / "out", eval_fraction=0.2))
+    report = json.loads(Path(result.artifacts["report"]).read_text())
+    assert "eval_overlap" not in report["dropped"]
+    eval_rows = [r for key in ("eval_user", "eval_internal") for r in read_jsonl(result.artifacts[key])]
+    eval_keys = {context_key(r["prompt"]) for r in eval_rows}
+    assert {r["source"] for r in eval_rows} == {"user", "internal"}
+    signal_keys = {context_key(r["prompt"]) for r in read_jsonl(result.artifacts["signals"])}
+    assert signal_keys and not eval_keys & signal_keys
+    assert any(len(r["prompt"]) <= 2 for r in eval_rows), "some openings are held out whole"
+
+
 def test_pairs_prefer_engaged_responses_and_pass_the_filters(tmp_path: Path, records: list) -> None:
     result = curate(_config(write_jsonl(records, tmp_path / "log.jsonl"), tmp_path / "out"))
     pairs = read_jsonl(result.artifacts["pairs"])

@@ -13,7 +13,7 @@ from flywheel_trainer.dedup import keep_first_of_clusters, near_duplicate_cluste
 from flywheel_trainer.evaluate import instruction_rates, win_rate
 from flywheel_trainer.privacy import pii_kinds
 from flywheel_trainer.rl import PolicyReward, choose_checkpoint, select_prompts
-from flywheel_trainer.sampling import stratified_sample, stratified_split
+from flywheel_trainer.sampling import grouped_split, stratified_sample, stratified_split
 from flywheel_trainer.sft import select_best
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -87,6 +87,16 @@ def test_stratified_split_is_a_partition_with_a_nonempty_hold_out(strata: list[s
     items = list(enumerate(strata))
     kept, held = stratified_split(items, fraction, stratum=lambda item: item[1], seed=0)
     assert held and sorted(kept + held) == items
+
+
+@given(st.lists(st.tuples(st.sampled_from("xy"), st.integers(0, 6)), min_size=2, max_size=60), st.floats(0.01, 0.9))
+@settings(max_examples=40, deadline=None)
+def test_grouped_split_keeps_every_group_on_one_side(rows: list[tuple[str, int]], fraction: float) -> None:
+    items = [(index, stratum, group) for index, (stratum, group) in enumerate(rows)]
+    kept, held = grouped_split(items, fraction, group=lambda item: item[2], stratum=lambda item: item[1], seed=0)
+    assert sorted(kept + held) == items
+    assert not {item[2] for item in kept} & {item[2] for item in held}
+    assert held or len({item[2] for item in items}) < 2
 
 
 @pytest.mark.parametrize(
