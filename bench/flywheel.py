@@ -4,6 +4,7 @@
     python bench/flywheel.py --only default        # one part (parts can run side by side), then:
     python bench/flywheel.py --summarise           # the table and bench/results/flywheel.json from what finished
     python bench/flywheel.py --resume              # continue interrupted runs instead of starting clean
+    python bench/flywheel.py --only seed           # the default chain again with another world seed (--seed)
 
 Per generation: the oracle's verdict (truly better: the candidate's oracle depth above its parent's and its
 breadth not below), the gate's decision (promoted or blocked, and by which check), the pointwise reward
@@ -38,7 +39,9 @@ RESULT = ROOT / "bench" / "results" / "flywheel.json"
 DEFAULT_WORLD = ROOT / "examples" / "local" / "world.yaml"
 SECOND_WORLD = ROOT / "bench" / "worlds" / "on-topic.yaml"
 RUNS = ROOT / "bench" / "runs"
-"""Run directories (--runs): default/, on-topic/ and trap/."""
+"""Run directories (--runs): default/, on-topic/, trap/ and default-seed<N>/."""
+SECOND_SEED = 1
+"""The world seed of the default chain's replicate (--seed): new users, traffic and generation 0, same code."""
 WALL_FILE = "bench-wall.json"
 TRAP_PROBE = "trap-probe"
 TRAP_PROBE_STAGES: dict[str, Any] = {
@@ -270,18 +273,45 @@ def _run_chain(
     compute_oracle(run_dir, world)
 
 
+def seeded_world(world: Path, seed: int, folder: Path) -> Path:
+    """A copy of the world file with another seed, in `folder` (the world's own seed is 0 by default)."""
+    import yaml
+
+    body = yaml.safe_load(world.read_text(encoding="utf-8"))
+    body["seed"] = seed
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{world.stem}-seed{seed}.yaml"
+    path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def replicate(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
+    """How the seed replicate's decisions and verdicts compare with the first chain's, generation by generation."""
+    pairs = list(zip(first["rows"], second["rows"], strict=False))
+    same = [a["promoted"] == b["promoted"] for a, b in pairs]
+    return {
+        "generations": len(pairs),
+        "same_decision": f"{sum(same)}/{len(pairs)}",
+        "same_oracle_verdict": f"{sum(a['truly_better'] == b['truly_better'] for a, b in pairs)}/{len(pairs)}",
+        "decisions": [{"generation": a["generation"], "first": a["decision"] or a["phase"],
+                       "replicate": b["decision"] or b["phase"]} for a, b in pairs],
+    }
+
+
 def _chain_names(run_dir: Path) -> list[str]:
     from flywheel_operator.local.statusview import generation_dirs
 
     return [d.name for d in generation_dirs(run_dir) if d.name != TRAP_PROBE] if run_dir.is_dir() else []
 
 
-def summarise(out: Path) -> dict[str, Any]:
+def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
     from flywheel_operator.local.report import compute_oracle, write_report
 
     result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
+    seed_label = f"default-seed{seed}"
     for label, run_dir, world in (("default", RUNS / "default", DEFAULT_WORLD),
-                                  ("on-topic", RUNS / "on-topic", SECOND_WORLD)):
+                                  ("on-topic", RUNS / "on-topic", SECOND_WORLD),
+                                  (seed_label, RUNS / seed_label, RUNS / f"{DEFAULT_WORLD.stem}-seed{seed}.yaml")):
         names = _chain_names(run_dir)
         if not names:
             continue
@@ -289,12 +319,17 @@ def summarise(out: Path) -> dict[str, Any]:
         table = rows(run_dir, names)
         chain = summary(table)
         wall = json.loads((run_dir / WALL_FILE).read_text()) if (run_dir / WALL_FILE).is_file() else None
-        result["worlds"][label] = {"world": str(world.relative_to(ROOT)), "rows": table, "summary": chain,
+        shown = world.relative_to(ROOT) if world.is_relative_to(ROOT) else world
+        result["worlds"][label] = {"world": str(shown), "rows": table, "summary": chain,
                                    "wall": wall, "report": str(write_report(run_dir)),
                                    "finished": wall is not None}
-        print_table(f"{label} world ({world.relative_to(ROOT)})", table, chain)
+        print_table(f"{label} world ({shown})", table, chain)
     if "default" in result["worlds"]:
         result["targets"] = targets(result["worlds"]["default"]["summary"])
+        if seed_label in result["worlds"]:
+            result["seed_replicate"] = {"seed": seed, **replicate(result["worlds"]["default"],
+                                                                   result["worlds"][seed_label])}
+            print("\nsecond seed:", json.dumps(result["seed_replicate"]))
     probe_dir = RUNS / "trap"
     if (probe_dir / TRAP_PROBE / "status.json").is_file():
         compute_oracle(probe_dir, DEFAULT_WORLD)
@@ -323,8 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--manifest", default=str(ROOT / "examples" / "local" / "gen1.yaml"))
     parser.add_argument("--cache-dir", default=str(ROOT / "runs" / "cache"))
     parser.add_argument("--out", default=str(RESULT))
-    parser.add_argument("--only", choices=("default", "on-topic", "trap"), action="append",
-                        help="run only these parts (repeatable); all three by default")
+    parser.add_argument("--only", choices=("default", "on-topic", "trap", "seed"), action="append",
+                        help="run only these parts (repeatable); all four by default")
+    parser.add_argument("--seed", type=int, default=SECOND_SEED, help="world seed of the replicate (part 'seed')")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of cleaning them")
     parser.add_argument("--summarise", action="store_true", help="only write the table and JSON from finished runs")
     parser.add_argument("--no-summary", action="store_true", help="run the parts, skip the table and JSON")
@@ -340,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.summarise:
         first = load_manifest(Path(args.manifest))
-        parts = args.only or ["default", "on-topic", "trap"]
+        parts = args.only or ["default", "on-topic", "trap", "seed"]
         cache = Path(args.cache_dir)
         try:
             if "default" in parts:
@@ -349,11 +385,15 @@ def main(argv: list[str] | None = None) -> int:
                 _run_chain(RUNS / "on-topic", SECOND_WORLD, first, args.generations, cache, args.resume, args.cpus)
             if "trap" in parts:
                 _run_chain(RUNS / "trap", DEFAULT_WORLD, trap_probe(first), 1, cache, args.resume, args.cpus)
+            if "seed" in parts:
+                world = seeded_world(DEFAULT_WORLD, args.seed, RUNS)
+                _run_chain(RUNS / f"default-seed{args.seed}", world, first, args.generations, cache, args.resume,
+                           args.cpus)
         except KeyboardInterrupt:
             print("stopped; run again with --resume to continue", file=sys.stderr)
             return 130
     if not args.no_summary:
-        summarise(Path(args.out))
+        summarise(Path(args.out), args.seed)
     return 0
 
 

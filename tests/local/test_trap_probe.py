@@ -60,3 +60,25 @@ def test_the_summary_counts_the_confusion_and_follows_the_deployed_policy() -> N
     assert chain["promoted_and_truly_better"] == "1/2" and chain["truly_better_and_promoted"] == "1/2"
     assert [c["instruction_following"] for c in chain["climb"]] == [0.7, 0.7, 0.8]  # a blocked one never deploys
     assert not bench.targets(chain)["every_promoted_truly_better"]
+
+
+def test_the_seed_replicate_changes_only_the_world_seed_and_counts_agreeing_decisions(tmp_path: Path) -> None:
+    import yaml
+    from flywheel_sim import load_world
+
+    bench = _bench()
+    path = bench.seeded_world(bench.DEFAULT_WORLD, 7, tmp_path)
+    original, copy = yaml.safe_load(bench.DEFAULT_WORLD.read_text()), yaml.safe_load(path.read_text())
+    assert copy.pop("seed") == 7 and original.pop("seed", 0) != 7
+    assert copy == original
+    assert load_world(path).seed == 7
+
+    def chain(*decisions: tuple[bool, bool]) -> dict:
+        return {"rows": [{"generation": f"gen{i}", "promoted": p, "truly_better": b,
+                          "decision": "PROMOTE" if p else "ROLL_BACK", "phase": ""}
+                         for i, (p, b) in enumerate(decisions, 1)]}
+
+    same = bench.replicate(chain((True, True), (False, False), (True, True)),
+                           chain((True, True), (True, False), (True, True)))
+    assert same["same_decision"] == "2/3" and same["same_oracle_verdict"] == "3/3"
+    assert same["decisions"][1] == {"generation": "gen2", "first": "ROLL_BACK", "replicate": "PROMOTE"}
