@@ -66,13 +66,19 @@ def _wait_for_stage(status_file: Path, stage: str, proc: subprocess.Popen) -> No
     raise AssertionError(f"{stage} never started")
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """A suite started in the background (`make test &` from a script) inherits SIGINT ignored, and Python keeps
+    a signal ignored at startup ignored: the run would never see the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     run_dir = tmp_path_factory.mktemp("run")
     cache = tmp_path_factory.mktemp("cache")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(_command(run_dir, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env)
+                            env=env, preexec_fn=_ctrl_c_as_in_a_terminal)
     _wait_for_stage(run_dir / NAME / "status.json", INTERRUPT_AT, proc)
     time.sleep(1.0)  # the stage is really running now
     finished = {p.parent.name: p.stat().st_mtime for p in (run_dir / NAME).glob("*/result.json")}
