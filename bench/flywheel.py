@@ -273,6 +273,16 @@ def _run_chain(
     compute_oracle(run_dir, world)
 
 
+def seed_label(seed: int) -> str:
+    """The seed replicate's part label and run directory name."""
+    return f"default-seed{seed}"
+
+
+def seeded_world_file(world: Path, seed: int, folder: Path) -> Path:
+    """Where seeded_world writes the world with another seed."""
+    return folder / f"{world.stem}-seed{seed}.yaml"
+
+
 def seeded_world(world: Path, seed: int, folder: Path) -> Path:
     """A copy of the world file with another seed, in `folder` (the world's own seed is 0 by default)."""
     import yaml
@@ -280,7 +290,7 @@ def seeded_world(world: Path, seed: int, folder: Path) -> Path:
     body = yaml.safe_load(world.read_text(encoding="utf-8"))
     body["seed"] = seed
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{world.stem}-seed{seed}.yaml"
+    path = seeded_world_file(world, seed, folder)
     path.write_text(yaml.safe_dump(body, sort_keys=False), encoding="utf-8")
     return path
 
@@ -308,10 +318,10 @@ def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
     from flywheel_operator.local.report import compute_oracle, write_report
 
     result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
-    seed_label = f"default-seed{seed}"
+    replica = seed_label(seed)
     for label, run_dir, world in (("default", RUNS / "default", DEFAULT_WORLD),
                                   ("on-topic", RUNS / "on-topic", SECOND_WORLD),
-                                  (seed_label, RUNS / seed_label, RUNS / f"{DEFAULT_WORLD.stem}-seed{seed}.yaml")):
+                                  (replica, RUNS / replica, seeded_world_file(DEFAULT_WORLD, seed, RUNS))):
         names = _chain_names(run_dir)
         if not names:
             continue
@@ -326,9 +336,9 @@ def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
         print_table(f"{label} world ({shown})", table, chain)
     if "default" in result["worlds"]:
         result["targets"] = targets(result["worlds"]["default"]["summary"])
-        if seed_label in result["worlds"]:
+        if replica in result["worlds"]:
             result["seed_replicate"] = {"seed": seed, **replicate(result["worlds"]["default"],
-                                                                   result["worlds"][seed_label])}
+                                                                   result["worlds"][replica])}
             print("\nsecond seed:", json.dumps(result["seed_replicate"]))
     probe_dir = RUNS / "trap"
     if (probe_dir / TRAP_PROBE / "status.json").is_file():
@@ -387,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 _run_chain(RUNS / "trap", DEFAULT_WORLD, trap_probe(first), 1, cache, args.resume, args.cpus)
             if "seed" in parts:
                 world = seeded_world(DEFAULT_WORLD, args.seed, RUNS)
-                _run_chain(RUNS / f"default-seed{args.seed}", world, first, args.generations, cache, args.resume,
+                _run_chain(RUNS / seed_label(args.seed), world, first, args.generations, cache, args.resume,
                            args.cpus)
         except KeyboardInterrupt:
             print("stopped; run again with --resume to continue", file=sys.stderr)

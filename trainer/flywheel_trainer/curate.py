@@ -23,7 +23,14 @@ from flywheel_trainer.privacy import pii_kinds
 from flywheel_trainer.runtime import existing_uri
 from flywheel_trainer.sampling import grouped_split, stratified_sample
 from flywheel_trainer.style import style_stats
-from flywheel_trainer.turns import Turn, assistant_turns, conversation_text, engagement_pairs, pair_filter_reason
+from flywheel_trainer.turns import (
+    Turn,
+    assistant_turns,
+    conversation_text,
+    engagement_pairs,
+    opening_key,
+    pair_filter_reason,
+)
 
 MAX_REPORTED_ROWS = 100
 """Malformed rows listed in the report and the error (all are counted)."""
@@ -37,8 +44,7 @@ def _by_character(record: Record) -> str:
 
 def _opening(record: Record) -> str:
     """The conversation's first prompt (its context key), or its id when it has no answered turn."""
-    turns = assistant_turns(record)
-    return turns[0].context_key if turns else f"conversation:{record['conversation_id']}"
+    return opening_key(record) or f"conversation:{record['conversation_id']}"
 
 
 def _held_out_by_opening(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:

@@ -61,13 +61,26 @@ def conversation_text(record: Mapping[str, Any]) -> str:
     return "\n".join(m["content"] for m in record["messages"] if m["role"] != "system")
 
 
+def _answered(messages: list[Mapping[str, Any]]) -> Iterable[int]:
+    """Indices of the assistant messages that answer a user message."""
+    for index, message in enumerate(messages):
+        if message["role"] == "assistant" and index > 0 and messages[index - 1]["role"] == "user":
+            yield index
+
+
+def opening_key(record: Mapping[str, Any]) -> str | None:
+    """The context key of a conversation's first answered prompt (None when nothing was answered), without
+    building every turn."""
+    first = next(iter(_answered(record["messages"])), None)
+    return None if first is None else context_key(to_chat(record, first))
+
+
 def assistant_turns(record: Mapping[str, Any]) -> list[Turn]:
     """Every assistant turn of a conversation that follows a user message."""
     turns = []
     messages = record["messages"]
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant" or index == 0 or messages[index - 1]["role"] != "user":
-            continue
+    for index in _answered(messages):
+        message = messages[index]
         signals = message.get("signals") or {}
         turns.append(
             Turn(
