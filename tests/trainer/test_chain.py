@@ -152,6 +152,8 @@ def test_rejection_sampling_prefers_candidates_that_follow_the_instructions(chai
     assert sft.metrics["acceptance_rate"] < 1.0  # the default margin rejects prompts whose candidates are alike
     selected = read_jsonl(sft.artifacts["selected"])
     assert all(0.0 <= row["scores"]["instruction_following"] <= 1.0 for row in selected)
+    assert sft.metrics["refusal_rate_selected"] <= sft.metrics["refusal_rate_all"]
+    assert all(row["scores"]["refusal"] in (0.0, 1.0) for row in selected)
 
 
 def test_every_rate_is_a_probability(chain: dict[str, StageResult]) -> None:

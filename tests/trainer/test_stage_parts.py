@@ -141,35 +141,41 @@ def test_the_default_rejection_sampling_margin_rejects_some_prompts() -> None:
     assert 0.2 < sum(k is not None for k in kept) / len(kept) < 0.9
 
 
-def test_rl_reward_is_p_beats_parent_plus_instructions_minus_length_and_emoji_penalties() -> None:
+def test_rl_reward_is_p_beats_parent_plus_instructions_minus_length_emoji_and_refusal_penalties() -> None:
     character = json.dumps(
         {
             "name": "Rex",
             "instructions": [{"kind": "no_emoji", "value": None}, {"kind": "ends_with_question", "value": None}],
         }
     )
-    texts = ["what now?", "ok 🙂", "fine 🙂 fine 🙂 fine 🙂 fine?"]
+    refusal = "I'm sorry, but I can't talk about ships?"
+    texts = ["what now?", "ok 🙂", "fine 🙂 fine 🙂 fine 🙂 fine?", refusal]
     reward = PolicyReward(
-        lambda prompts, texts: np.array([2.0, 0.0, 2.0]),
+        lambda prompts, texts: np.array([2.0, 0.0, 2.0, 2.0]),
         temperature=2.0,
         instruction_weight=1.0,
         length_penalty=0.5,
         emoji_penalty=0.1,
+        refusal_penalty=1.5,
     )
     logged: dict[str, float] = {}
     rewards = reward(
-        prompts=[[], [], []],
+        prompts=[[], [], [], []],
         completions=[[{"role": "assistant", "content": t}] for t in texts],
-        character=[character] * 3,
-        parent_reward=[0.0, 0.0, 2.0],
-        parent_words=[2.0, 2.0, 2.0],
-        parent_emojis=[0.0, 0.0, 1.0],
+        character=[character] * 4,
+        parent_reward=[0.0, 0.0, 2.0, 0.0],
+        parent_words=[2.0, 2.0, 2.0, 8.0],
+        parent_emojis=[0.0, 0.0, 1.0, 0.0],
         log_metric=lambda name, value: logged.__setitem__(name, value),
     )
-    # 4 words against the parent's 2 (+100 %) and 3 emojis against its 1
-    assert rewards == pytest.approx([sigmoid(1.0) + 1.0, 0.5 + 0.0 - 0.1, 0.5 + 0.5 - 0.5 * 1.0 - 0.1 * 2.0])
-    assert logged["style/emoji_rate"] == pytest.approx(4 / 3)
-    assert logged["reward/p_beats_parent"] == pytest.approx((sigmoid(1.0) + 1.0) / 3)
+    # 4 words against the parent's 2 (+100 %) and 3 emojis against its 1; the refusal follows both instructions
+    # and the RM likes it as much as the first answer, but it refuses a benign prompt
+    assert rewards == pytest.approx(
+        [sigmoid(1.0) + 1.0, 0.5 + 0.0 - 0.1, 0.5 + 0.5 - 0.5 * 1.0 - 0.1 * 2.0, sigmoid(1.0) + 1.0 - 1.5]
+    )
+    assert logged["style/emoji_rate"] == pytest.approx(1.0)
+    assert logged["style/refusal_rate"] == pytest.approx(0.25)
+    assert logged["reward/p_beats_parent"] == pytest.approx((2 * sigmoid(1.0) + 1.0) / 4)
 
 
 def test_win_rate_counts_ties_half_and_instruction_rates_skip_characters_without_instructions() -> None:

@@ -9,6 +9,7 @@ The reward of a rollout y to prompt x has one documented scale (PolicyReward), e
 
     P(y beats the parent) + instructionRewardWeight × share of instructions followed
       − lengthPenalty × relative length increase over the parent − emojiPenalty × extra emojis over the parent
+      − refusalPenalty × [y refuses]   (every RL prompt is a benign user turn: a refusal is a false refusal)
 
 P(y beats the parent) = sigmoid((RM(x, y) − mean RM of the starting policy's samples on x) / T), the Bradley–Terry
 probability with T the RM's fitted temperature (or `rewardTemperature`); the "parent" statistics are those of the
@@ -46,7 +47,7 @@ from flywheel_trainer.outputs import (
 from flywheel_trainer.placement import trained_for_inference
 from flywheel_trainer.progress import attach_progress, generate_reporting
 from flywheel_trainer.runtime import existing_path, lora_config, model_source, save_trained, training_kwargs
-from flywheel_trainer.style import emoji_count, word_count
+from flywheel_trainer.style import emoji_count, is_refusal, word_count
 from flywheel_trainer.upstream import artifact_path, load_policy, pointwise_reward_name, reward_model_path
 from flywheel_trainer.verifiers import instruction_share
 
@@ -59,6 +60,7 @@ STEP_KEYS = {
     "completions/mean_length": "mean_length_tokens",
     "style/emoji_rate": "emoji_rate",
     "style/mean_words": "mean_words",
+    "style/refusal_rate": "refusal_rate",
     "reward/p_beats_parent": "p_beats_parent",
     "reward/instruction_following": "instruction_following",
     "loss": "loss",
@@ -150,10 +152,12 @@ class PolicyReward:
         instruction_weight: float,
         length_penalty: float,
         emoji_penalty: float,
+        refusal_penalty: float,
     ) -> None:
         self.score, self.temperature = score, temperature
         self.instruction_weight = instruction_weight
         self.length_penalty, self.emoji_penalty = length_penalty, emoji_penalty
+        self.refusal_penalty = refusal_penalty
 
     def terms(
         self, prompts: list[Any], texts: list[str], character: list[str], parent_reward: list[float],
@@ -169,14 +173,17 @@ class PolicyReward:
         emojis = np.array([emoji_count(t) for t in texts], dtype=float)
         longer = np.maximum(0.0, words / np.maximum(np.asarray(parent_words, dtype=float), 1.0) - 1.0)
         extra_emojis = np.maximum(0.0, emojis - np.asarray(parent_emojis, dtype=float))
+        refusals = np.array([is_refusal(t) for t in texts], dtype=float)
         reward = (
             beats
             + self.instruction_weight * following
             - self.length_penalty * longer
             - self.emoji_penalty * extra_emojis
+            - self.refusal_penalty * refusals
         )
         return {"p_beats_parent": beats, "instruction_following": following, "length_increase": longer,
-                "extra_emojis": extra_emojis, "words": words, "emojis": emojis, "reward": reward}
+                "extra_emojis": extra_emojis, "refusals": refusals, "words": words, "emojis": emojis,
+                "reward": reward}
 
     def __call__(
         self, prompts: list[Any], completions: list[Any], character: list[str], parent_reward: list[float],
@@ -190,6 +197,7 @@ class PolicyReward:
             log_metric("style/mean_words", float(terms["words"].mean()))
             log_metric("reward/p_beats_parent", float(terms["p_beats_parent"].mean()))
             log_metric("reward/instruction_following", float(terms["instruction_following"].mean()))
+            log_metric("style/refusal_rate", float(terms["refusals"].mean()))
         return [float(r) for r in terms["reward"]]
 
 
@@ -292,6 +300,7 @@ def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Pat
             instruction_weight=settings.instruction_reward_weight,
             length_penalty=settings.length_penalty,
             emoji_penalty=settings.emoji_penalty,
+            refusal_penalty=settings.refusal_penalty,
         )
     ]
     reward_tokenizers = [None]

@@ -2,10 +2,12 @@
 
 K candidates per prompt come from the policy and from every extra candidate model (K each); each candidate
 gets a selection score = w_pointwise · z(pointwise reward) + w_continue · p(continue) + w_thumb · p(thumb up)
-(the user-signal terms only when such models are configured); a prompt keeps its best candidate when it beats
-the candidates' mean by more than `minScoreMargin` (a prompt whose candidates are all alike teaches nothing and
-is rejected; the acceptance rate is reported). Style artifacts of accepted vs rejected candidates are reported
-(the report tracks them to catch a selector that rewards emojis or length).
++ w_instructions · share of instructions followed − refusalPenalty · [refuses] (the user-signal terms only when
+such models are configured; every prompt is a benign user turn, so a refusal is a false refusal). A prompt
+keeps its best candidate when it beats the candidates' mean by more than `minScoreMargin` (a prompt whose
+candidates are all alike teaches nothing and is rejected; the acceptance rate is reported). Style artifacts of
+accepted vs rejected candidates are reported (the report tracks them to catch a selector that rewards emojis or
+length).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from flywheel_trainer.outputs import (
 )
 from flywheel_trainer.progress import attach_progress, generate_reporting
 from flywheel_trainer.runtime import lora_config, model_source, save_trained, training_kwargs
-from flywheel_trainer.style import style_stats
+from flywheel_trainer.style import is_refusal, style_stats
 from flywheel_trainer.upstream import (
     artifact_path,
     load_policy,
@@ -93,7 +95,9 @@ def selection_scores(
         del signal_rm
     following = np.array([instruction_share(c, r) for c, r in zip(characters, responses, strict=True)])
     scores["instruction_following"] = following
-    scores["selection"] = total + rs.instruction_weight * following
+    refusals = np.array([is_refusal(r) for r in responses], dtype=float)
+    scores["refusal"] = refusals
+    scores["selection"] = total + rs.instruction_weight * following - rs.refusal_penalty * refusals
     return scores
 
 
@@ -224,6 +228,8 @@ def main(config: StageConfig) -> StageResult:
             "mean_reward_selected": float(scores["reward"][chosen_idx].mean()),
             "instruction_following_all": float(scores["instruction_following"].mean()),
             "instruction_following_selected": float(scores["instruction_following"][chosen_idx].mean()),
+            "refusal_rate_all": float(scores["refusal"].mean()),
+            "refusal_rate_selected": float(scores["refusal"][chosen_idx].mean()),
             "instruction_following_kept_prompts": float(
                 scores["instruction_following"].reshape(-1, per_prompt)[[b is not None for b in kept]].mean()
             ),

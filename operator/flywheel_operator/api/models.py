@@ -182,6 +182,10 @@ class RejectionSamplingSettings(ApiModel):
     """Keep a prompt's best candidate only if it beats the candidates' mean selection score by more than this
     (selection-score units: 1.0 = one standard deviation of the pointwise reward at weight 1, or all of a
     character's instructions at weight 1). Even at 0, a prompt whose candidates all score alike is rejected."""
+    refusal_penalty: float = Field(default=1.0, ge=0)
+    """Subtracted from the selection score of a candidate that refuses (flywheel_trainer.style.is_refusal).
+    Rejection-sampling prompts are curated user turns the safety filter let through, so a refusal there is a
+    false refusal, however much users or the reward model like it (the report took them below 5 %)."""
     temperature: float = Field(default=1.0, gt=0)
     """Sampling temperature for candidates."""
     max_new_tokens: PositiveInt = 128
@@ -256,6 +260,10 @@ class RLSettings(ApiModel):
     emoji_penalty: float = Field(default=0.1, ge=-5)
     """Subtracted per emoji above the parent's mean on the prompt. Negative pays for emojis: only to model a
     team chasing the emoji pull (bench/flywheel.py's trap probe)."""
+    refusal_penalty: float = Field(default=1.0, ge=0)
+    """Subtracted from a rollout that refuses (flywheel_trainer.style.is_refusal): RL prompts are curated user
+    turns the safety filter let through, so a refusal there is a false refusal. 1.0 outweighs any RM preference
+    (P(beats parent) is at most 1), since users may reward an on-topic refusal on the spot."""
     checkpoint_every: PositiveInt | None = None
     """Keep the policy every this many optimizer steps and let the band choose the candidate among them (the
     report's band as a control: operate below 65 %, 60 % ideal). Unset: the last step is the candidate."""
