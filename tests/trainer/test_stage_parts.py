@@ -12,6 +12,7 @@ from flywheel_trainer.calibration import calibration_report, expected_calibratio
 from flywheel_trainer.dedup import keep_first_of_clusters, near_duplicate_clusters
 from flywheel_trainer.evaluate import instruction_rates, win_rate
 from flywheel_trainer.privacy import pii_kinds
+from flywheel_trainer.reward import pair_accuracy
 from flywheel_trainer.rl import PolicyReward, choose_checkpoint, select_prompts
 from flywheel_trainer.sampling import grouped_split, stratified_sample, stratified_split
 from flywheel_trainer.sft import select_best
@@ -51,6 +52,27 @@ def test_cross_fitted_calibration_of_a_pairwise_layout_is_not_split_by_class(see
     logits = np.ravel(np.column_stack([chosen_better + position_bias, -chosen_better + position_bias]))
     report = calibration_report(logits, [1, 0] * margin.size)
     assert report["ece_calibrated"] < 0.1
+
+
+@given(
+    st.lists(st.floats(-6, 6).filter(lambda x: abs(x) > 1e-3), min_size=1, max_size=60),
+    st.floats(0.5, 5.0),
+    st.floats(0.2, 5.0),
+)
+@settings(max_examples=60)
+def test_a_pairwise_models_accuracy_averages_both_orders_whatever_its_position_bias(
+    chosen_better: list[float], bias: float, temperature: float
+) -> None:
+    """A model that always prefers the first position scores 0.5 per presentation (each pair once right, once
+    wrong) whatever it knows; per pair, averaged over both orders as the model is used, its knowledge shows."""
+    margin = np.array(chosen_better)
+    logits = np.ravel(np.column_stack([margin + bias, -margin + bias]))
+    report = pair_accuracy(logits, temperature)
+    truth = np.mean(margin > 0)
+    assert report["accuracy"] == pytest.approx(truth)
+    assert report["position_bias"] > 0
+    if np.all(np.abs(margin) < bias):
+        assert report["presentation_accuracy"] == 0.5
 
 
 def test_minhash_clusters_near_duplicates_and_keeps_distinct_texts() -> None:

@@ -8,7 +8,8 @@
   and used them only to select rejection-sampling data).
 
 Every kind ends in one logit; held-out accuracy and expected calibration error are reported before and after
-temperature scaling, and the fitted temperature is saved with the model.
+temperature scaling, and the fitted temperature is saved with the model. A pairwise model's accuracy is per pair,
+averaged over both orders as it is used (its per-presentation accuracy and position bias are reported too).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
-from flywheel_trainer.calibration import calibration_report
+from flywheel_trainer.calibration import calibration_report, sigmoid
 from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
 from flywheel_trainer.outputs import (
     SCRATCH,
@@ -32,7 +34,14 @@ from flywheel_trainer.outputs import (
 from flywheel_trainer.placement import training_dtype
 from flywheel_trainer.progress import attach_progress
 from flywheel_trainer.runtime import existing_path, model_source, save_trained, training_kwargs
-from flywheel_trainer.scoring import fit_context, logits_for_texts, render, render_pair, write_metadata
+from flywheel_trainer.scoring import (
+    fit_context,
+    logits_for_texts,
+    order_averaged,
+    render,
+    render_pair,
+    write_metadata,
+)
 
 Row = dict[str, Any]
 SIGNAL_COLUMNS = {"continue": "continued", "thumb-up": "thumb_up"}
@@ -164,6 +173,21 @@ def _train_classifier(
     return _train(trainer, stage)
 
 
+def pair_accuracy(logits: np.ndarray, temperature: float) -> dict[str, float]:
+    """A pairwise model's held-out accuracy as it is used (scoring.pairwise_probabilities): per pair, the
+    probability averaged over both presentation orders (the held-out logits alternate forward, backward). The
+    per-presentation accuracy of calibration_report is 0.5 exactly for a model that always prefers one
+    position, whatever it knows; `position_bias` is its mean P(first shown better) − 0.5."""
+    p = sigmoid(logits / temperature)
+    forward, backward = p[0::2], p[1::2]
+    chosen_better = order_averaged(forward, backward)
+    return {
+        "presentation_accuracy": float(np.mean((logits > 0) == np.tile([True, False], forward.size))),
+        "accuracy": float(np.mean((chosen_better > 0.5) + 0.5 * (chosen_better == 0.5))),
+        "position_bias": float(np.mean((forward + backward) / 2.0) - 0.5),
+    }
+
+
 def main(config: StageConfig) -> StageResult:
 
     settings = reward_settings(config)
@@ -218,6 +242,8 @@ def main(config: StageConfig) -> StageResult:
             model = trainer.model
             held_logits = list(logits_for_texts(model, tokenizer, held_texts, max_length=settings.max_length))
         calibration = calibration_report(held_logits, held_labels)
+        if settings.kind == "pairwise":
+            calibration |= pair_accuracy(np.asarray(held_logits, dtype=float), calibration["temperature"])
         save_trained(trainer, out / "model", tokenizer, merge_lora=False)
         write_metadata(
             out / "model",

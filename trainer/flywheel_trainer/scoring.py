@@ -134,6 +134,11 @@ def pairwise_probabilities(
     backward = [render_pair(rm.tokenizer, p, b, a) for p, a, b in zip(prompts, first, second, strict=True)]
     p_forward = sigmoid(logits_for_texts(rm.model, rm.tokenizer, forward, max_length=rm.max_length) / rm.temperature)
     p_backward = sigmoid(logits_for_texts(rm.model, rm.tokenizer, backward, max_length=rm.max_length) / rm.temperature)
+    return order_averaged(p_forward, p_backward)
+
+
+def order_averaged(p_forward: np.ndarray, p_backward: np.ndarray) -> np.ndarray:
+    """P(A better than B) from a pairwise model's P(first shown better) on (A, B) and on (B, A)."""
     return (p_forward + 1.0 - p_backward) / 2.0
 
 
