@@ -84,8 +84,9 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
         groups.setdefault(_character_and_topic(world, row["prompt"]), []).append((chosen, rejected))
     label_agrees = []
     for (index, topic), pairs in groups.items():  # one utility call per character and topic (it builds the users)
-        utility = response_utility(world, index, topic, [text for pair in pairs for text in pair]).reshape(-1, 2)
-        gap = utility[:, 0] - utility[:, 1]
+        texts = sorted({text for pair in pairs for text in pair})
+        utility = dict(zip(texts, response_utility(world, index, topic, texts), strict=True))
+        gap = np.array([utility[chosen] - utility[rejected] for chosen, rejected in pairs])
         label_agrees.extend(gap[np.abs(gap) >= rm_oracle.MIN_UTILITY_GAP] > 0)
     weights = fit_preferences(np.array(differences))
     held_out = rm_oracle.held_out_pairs(world, parent_policy)
