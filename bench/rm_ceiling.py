@@ -29,21 +29,21 @@ L2 = 1e-3
 """Ridge penalty of the regression (a handful of features, thousands of pairs: barely matters)."""
 
 
-def _character_and_topic(world: Any, chat: list[dict[str, str]]) -> tuple[int, str]:
-    """The character (from the system prompt) and the topic of the last user message."""
-    system = chat[0]["content"]
-    index = next(i for i, c in enumerate(world.characters) if system.startswith(f"You are {c.name}."))
-    last_user = next(m["content"].lower() for m in reversed(chat) if m["role"] == "user")
-    topics = world.characters[index].topics
-    return index, next((t for t in topics if t in last_user), topics[0])
+def logged_character_and_topic(world: Any, row: dict[str, Any]) -> tuple[int, str]:
+    """A logged pair's character (its index in the world) and the topic of its last user message, as the
+    simulator reads them."""
+    from flywheel_sim.grammar import topic_of
+
+    index = next(i for i, c in enumerate(world.characters) if c.id == row["character"]["id"])
+    last_user = next(m["content"] for m in reversed(row["prompt"]) if m["role"] == "user")
+    return index, topic_of(last_user, world.characters[index])
 
 
-def feature_vector(world: Any, chat: list[dict[str, str]], response: str) -> np.ndarray:
+def feature_vector(world: Any, character_index: int, topic: str, response: str) -> np.ndarray:
     """What the oracle's utility reads from a response, as regression inputs."""
     from flywheel_sim.features import feature_matrix, response_features
 
-    index, topic = _character_and_topic(world, chat)
-    f = response_features(response, world.characters[index], topic)
+    f = response_features(response, world.characters[character_index], topic)
     ideals = sorted({s.preferences.ideal_length for s in world.users.segments})
     lengths = [abs(f.words - ideal) / ideal for ideal in ideals]
     overuse = max(0.0, f.emojis - world.trap.threshold)
@@ -78,10 +78,11 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
     differences, groups = [], {}
     for row in logged:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        index, topic = logged_character_and_topic(world, row)
         differences.append(
-            feature_vector(world, row["prompt"], chosen) - feature_vector(world, row["prompt"], rejected)
+            feature_vector(world, index, topic, chosen) - feature_vector(world, index, topic, rejected)
         )
-        groups.setdefault(_character_and_topic(world, row["prompt"]), []).append((chosen, rejected))
+        groups.setdefault((index, topic), []).append((chosen, rejected))
     label_agrees = []
     for (index, topic), pairs in groups.items():  # one utility call per character and topic (it builds the users)
         texts = sorted({text for pair in pairs for text in pair})
@@ -90,10 +91,11 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
         label_agrees.extend(gap[np.abs(gap) >= rm_oracle.MIN_UTILITY_GAP] > 0)
     weights = fit_preferences(np.array(differences))
     held_out = rm_oracle.held_out_pairs(world, parent_policy)
-    said = np.array(
-        [feature_vector(world, p["prompt"], p["first"]) @ weights - feature_vector(world, p["prompt"], p["second"])
-         @ weights for p in held_out]
-    )
+    said = np.array([
+        (feature_vector(world, p["character"], p["topic"], p["first"])
+         - feature_vector(world, p["character"], p["topic"], p["second"])) @ weights
+        for p in held_out
+    ])
     gaps = np.array([p["gap"] for p in held_out])
     return {
         "generation": directory.name,

@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from flywheel_sim import load_world, response_utility
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_rm_ceiling", ROOT / "bench" / "rm_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.local.bench_modules import ROOT, load_bench
 
 
 @given(st.integers(0, 10_000), st.floats(0.0, 0.3))
@@ -30,7 +20,7 @@ def test_the_regression_orders_pairs_as_the_labels_true_weights_do(seed: int, fl
     differences = rng.normal(0, 1, (3000, 6))
     chosen_first = (differences @ truth > 0) ^ (rng.uniform(0, 1, len(differences)) < flip)
     oriented = np.where(chosen_first[:, None], differences, -differences)
-    weights = _bench().fit_preferences(oriented)
+    weights = load_bench("rm_ceiling").fit_preferences(oriented)
     fresh = rng.normal(0, 1, (2000, 6))
     assert np.mean(np.sign(fresh @ weights) == np.sign(fresh @ truth)) > 0.9
 
@@ -38,16 +28,11 @@ def test_the_regression_orders_pairs_as_the_labels_true_weights_do(seed: int, fl
 def test_the_features_read_what_the_oracle_utility_reads() -> None:
     """Two answers of the default world that differ only in asking back: the feature difference is in the
     question column alone, and the oracle's utility prefers the question exactly when its weight says so."""
-    bench = _bench()
+    bench = load_bench("rm_ceiling")
     world = load_world(ROOT / "examples" / "local" / "world.yaml")
-    character = world.characters[0]
-    topic = character.topics[0]
-    chat = [
-        {"role": "system", "content": f"You are {character.name}. {character.persona}"},
-        {"role": "user", "content": f"tell me about {topic}"},
-    ]
+    topic = world.characters[0].topics[0]
     plain, asking = f"i like {topic} a lot.", f"i like {topic} a lot?"
-    difference = bench.feature_vector(world, chat, asking) - bench.feature_vector(world, chat, plain)
+    difference = bench.feature_vector(world, 0, topic, asking) - bench.feature_vector(world, 0, topic, plain)
     assert difference[0] == 1.0 and not difference[1:].any()
     utility = response_utility(world, 0, topic, [asking, plain])
     assert utility[0] > utility[1]

@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from flywheel_operator.local.runner import load_manifest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_flywheel", ROOT / "bench" / "flywheel.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.local.bench_modules import ROOT, load_bench
 
 
 def test_trap_probe_chases_the_immediate_signal_in_the_default_world() -> None:
-    bench = _bench()
+    bench = load_bench("flywheel")
     assert bench.DEFAULT_WORLD == ROOT / "examples" / "local" / "world.yaml"  # the probe's world is not changed
     first = load_manifest(ROOT / "examples" / "local" / "gen1.yaml")
     probe = bench.trap_probe(first)
@@ -37,7 +29,7 @@ def test_trap_probe_chases_the_immediate_signal_in_the_default_world() -> None:
 
 
 def test_the_oracle_verdict_needs_more_depth_and_no_less_breadth() -> None:
-    bench = _bench()
+    bench = load_bench("flywheel")
     parent = {"depth": 4.0, "breadth": 0.60}
     assert bench.truly_better(parent, {"depth": 4.2, "breadth": 0.60})
     assert not bench.truly_better(parent, {"depth": 4.2, "breadth": 0.59})
@@ -46,7 +38,7 @@ def test_the_oracle_verdict_needs_more_depth_and_no_less_breadth() -> None:
 
 
 def test_the_summary_counts_the_confusion_and_follows_the_deployed_policy() -> None:
-    bench = _bench()
+    bench = load_bench("flywheel")
 
     def row(name: str, promoted: bool, better: bool, compliance: float) -> dict:
         return {"generation": name, "promoted": promoted, "truly_better": better,
@@ -66,7 +58,7 @@ def test_the_seed_replicate_changes_only_the_world_seed_and_counts_agreeing_deci
     import yaml
     from flywheel_sim import load_world
 
-    bench = _bench()
+    bench = load_bench("flywheel")
     path = bench.seeded_world(bench.DEFAULT_WORLD, 7, tmp_path)
     original, copy = yaml.safe_load(bench.DEFAULT_WORLD.read_text()), yaml.safe_load(path.read_text())
     assert copy.pop("seed") == 7 and original.pop("seed", 0) != 7

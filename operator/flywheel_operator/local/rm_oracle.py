@@ -32,7 +32,8 @@ SEED = 777
 
 
 def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
-    """Pairs of the parent's answers with the oracle's utilities: [{"prompt", "first", "second", "gap"}]."""
+    """Pairs of the parent's answers with the oracle's utilities: [{"prompt", "first", "second", "gap",
+    "character" (its index in the world), "topic"}]."""
     from flywheel_sim import response_utility, system_message
     from flywheel_sim.grammar import OPENERS
 
@@ -51,7 +52,8 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
         for i, j in itertools.combinations(range(len(texts)), 2):
             gap = float(utility[i] - utility[j])
             if abs(gap) >= MIN_UTILITY_GAP:
-                pairs.append({"prompt": chat, "first": texts[i], "second": texts[j], "gap": gap})
+                pairs.append({"prompt": chat, "first": texts[i], "second": texts[j], "gap": gap, "character": ci,
+                              "topic": topic})
     return pairs
 
 
