@@ -120,6 +120,9 @@ def test_reward_models_report_calibration(chain: dict[str, StageResult]) -> None
         for key in ("accuracy", "ece", "ece_calibrated"):
             assert 0.0 <= metrics[key] <= 1.0, (name, key)
         assert metrics["temperature"] > 0
+    signal = chain["reward-continue"].metrics  # chance-free quality of an unbalanced signal, with its interval
+    assert 0.0 <= signal["auc_low"] <= signal["auc"] <= signal["auc_high"] <= 1.0
+    assert "auc" not in chain["reward-pointwise"].metrics
 
 
 def test_rl_raises_the_policys_mean_reward_on_its_prompts(chain: dict[str, StageResult]) -> None:

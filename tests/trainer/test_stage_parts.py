@@ -8,7 +8,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from flywheel_trainer.calibration import calibration_report, expected_calibration_error, sigmoid
+from flywheel_trainer.calibration import calibration_report, expected_calibration_error, roc_auc, sigmoid
 from flywheel_trainer.dedup import keep_first_of_clusters, near_duplicate_clusters
 from flywheel_trainer.evaluate import instruction_rates, win_rate
 from flywheel_trainer.privacy import pii_kinds
@@ -73,6 +73,37 @@ def test_a_pairwise_models_accuracy_averages_both_orders_whatever_its_position_b
     assert report["position_bias"] > 0
     if np.all(np.abs(margin) < bias):
         assert report["presentation_accuracy"] == 0.5
+
+
+@given(st.lists(st.tuples(st.integers(-5, 5), st.booleans()), min_size=1, max_size=80))
+@settings(max_examples=80)
+def test_roc_auc_is_the_share_of_positive_negative_pairs_ordered_right_whatever_the_base_rate(
+    examples: list[tuple[int, bool]],
+) -> None:
+    """A user-signal model's AUC: every positive against every negative, ties half; its interval holds it; a
+    monotone rescaling of the scores changes nothing; one class alone has no AUC."""
+    scores = np.array([float(s) for s, _ in examples])
+    labels = np.array([int(y) for _, y in examples])
+    found = roc_auc(scores, labels)
+    positives, negatives = scores[labels == 1], scores[labels == 0]
+    if positives.size == 0 or negatives.size == 0:
+        assert found is None
+        return
+    brute = np.mean([(p > n) + 0.5 * (p == n) for p in positives for n in negatives])
+    assert found["auc"] == pytest.approx(brute)
+    assert 0.0 <= found["auc_low"] <= found["auc"] <= found["auc_high"] <= 1.0
+    assert roc_auc(np.exp(scores / 3.0) - 7.0, labels)["auc"] == pytest.approx(brute)
+
+
+def test_a_classifier_that_always_says_the_common_class_is_accurate_but_at_chance_by_auc() -> None:
+    """Two users in three continue: a model that says "continues" for everyone is 2/3 accurate and knows nothing."""
+    labels = np.array([1, 1, 0] * 200)
+    constant = np.full(labels.size, 3.0)
+    assert calibration_report(constant, labels)["accuracy"] == pytest.approx(2 / 3)
+    found = roc_auc(constant, labels)
+    assert found["auc"] == 0.5 and found["auc_low"] < 0.5 < found["auc_high"]
+    informative = labels + np.random.default_rng(0).normal(0, 0.5, labels.size)
+    assert roc_auc(informative, labels)["auc_low"] > 0.8
 
 
 def test_minhash_clusters_near_duplicates_and_keeps_distinct_texts() -> None:

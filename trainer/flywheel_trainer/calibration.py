@@ -1,4 +1,6 @@
-"""Calibration of binary reward-model probabilities: expected calibration error and temperature scaling.
+"""Calibration of binary reward-model probabilities: expected calibration error and temperature scaling; and,
+for classifiers of an unbalanced user signal, the area under the ROC curve, whose chance level is 1/2 whatever
+the base rate (a p(continue) model that always says "continues" is 66 % accurate when two users in three do).
 
 Every reward model here ends in one logit per example whose sigmoid is a probability (chosen beats rejected,
 A beats B, the user continues). Temperature scaling divides the logits by one fitted T > 0; it changes
@@ -67,6 +69,29 @@ def cross_fit_halves(labels: np.ndarray, seed: int = SPLIT_SEED) -> list[np.ndar
         members = rng.permutation(np.flatnonzero(labels == value))
         first[members[: (members.size + 1) // 2]] = True
     return [first, ~first]
+
+
+Z95 = 1.959963984540054
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> dict[str, float] | None:
+    """{"auc", "auc_low", "auc_high"}: P(a positive scores above a negative; ties count half) with its 95 %
+    interval (Hanley & McNeil 1982, clipped to [0, 1]); None without both classes."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    positives, negatives = int(y.sum()), int(y.size - y.sum())
+    if positives == 0 or negatives == 0:
+        return None
+    ranks = rankdata(x)  # average ranks: a tie between a positive and a negative counts half
+    auc = float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives
+    )
+    half = Z95 * float(np.sqrt(max(variance, 0.0)))
+    return {"auc": auc, "auc_low": max(0.0, auc - half), "auc_high": min(1.0, auc + half)}
 
 
 def calibration_report(logits: Sequence[float], labels: Sequence[int]) -> dict[str, float]:

@@ -9,7 +9,9 @@
 
 Every kind ends in one logit; held-out accuracy and expected calibration error are reported before and after
 temperature scaling, and the fitted temperature is saved with the model. A pairwise model's accuracy is per pair,
-averaged over both orders as it is used (its per-presentation accuracy and position bias are reported too).
+averaged over both orders as it is used (its per-presentation accuracy and position bias are reported too). A
+user-signal model's accuracy is mostly the signal's base rate, so its ROC AUC (chance: 1/2) is reported with a
+95 % interval.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 import numpy as np
 from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
-from flywheel_trainer.calibration import calibration_report, sigmoid
+from flywheel_trainer.calibration import calibration_report, roc_auc, sigmoid
 from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
 from flywheel_trainer.outputs import (
     SCRATCH,
@@ -244,6 +246,8 @@ def main(config: StageConfig) -> StageResult:
         calibration = calibration_report(held_logits, held_labels)
         if settings.kind == "pairwise":
             calibration |= pair_accuracy(np.asarray(held_logits, dtype=float), calibration["temperature"])
+        if settings.kind == "user-signal":
+            calibration |= roc_auc(held_logits, held_labels) or {}
         save_trained(trainer, out / "model", tokenizer, merge_lora=False)
         write_metadata(
             out / "model",

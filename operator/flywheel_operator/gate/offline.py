@@ -36,7 +36,7 @@ def wilson_interval(rate: float, n: int | None) -> tuple[float, float]:
         return rate, rate
     centre = (rate + Z * Z / (2 * n)) / (1 + Z * Z / n)
     half = Z * math.sqrt(rate * (1 - rate) / n + Z * Z / (4 * n * n)) / (1 + Z * Z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+    return max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))  # rounding may not leave the point
 
 
 def _standard_error(rate: float, n: int | None) -> float:
