@@ -139,7 +139,11 @@ def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
                 "measured_depth_lift": generation.measured.get("depth.lift"),
                 "measured_breadth_lift": generation.measured.get("breadth.lift"),
                 "rm_oracle_agreement": {k: v["oracle_agreement"] for k, v in agreement.get("models", {}).items()},
+                "rm_oracle_agreement_interval": {
+                    k: v["oracle_agreement_interval"] for k, v in agreement.get("models", {}).items()
+                },
                 "rm_logged_accuracy": {k: v["logged_accuracy"] for k, v in agreement.get("models", {}).items()},
+                "rm_logged_quality": {k: v["logged"] for k, v in agreement.get("models", {}).items()},
                 "rm_train_examples": {k: v["train_examples"] for k, v in agreement.get("models", {}).items()},
                 "rm_oracle_pairs": agreement.get("pairs"),
                 "band": rl.get("details", {}).get("band") or {},
@@ -185,6 +189,9 @@ def summary(table: list[dict[str, Any]]) -> dict[str, Any]:
         "deployed_end": climb[-1] if climb else {},
         "climb": climb,
         "pointwise_rm_oracle_agreement": agreement,
+        "pointwise_rm_oracle_agreement_interval": {
+            r["generation"]: r["rm_oracle_agreement_interval"].get("pointwise") for r in table
+        },
     }
 
 

@@ -44,7 +44,8 @@ def test_the_summary_counts_the_confusion_and_follows_the_deployed_policy() -> N
         return {"generation": name, "promoted": promoted, "truly_better": better,
                 "oracle_parent": {"compliance": 0.5, "depth": 4.0},
                 "oracle_candidate": {"compliance": compliance, "depth": 5.0},
-                "rm_oracle_agreement": {"pointwise": 0.7}}
+                "rm_oracle_agreement": {"pointwise": 0.7},
+                "rm_oracle_agreement_interval": {"pointwise": [0.65, 0.75]}}
 
     table = [row("gen1", True, True, 0.7), row("gen2", False, True, 0.9), row("gen3", True, False, 0.8)]
     chain = bench.summary(table)

@@ -298,24 +298,30 @@ def _confusion(rows: list[GenerationRow]) -> str:
 
 
 def _reward_model_rows(rows: list[GenerationRow]) -> str:
-    """Every reward model's agreement with the oracle next to its logged-pair accuracy and calibration."""
+    """Every reward model's agreement with the oracle next to its quality on held-out logged data and its
+    calibration, with 95 % intervals and where each lies against chance."""
+    from flywheel_operator.local.rm_oracle import with_interval
+
     body = []
     for r in rows:
         for name, m in r.rm_oracle.get("models", {}).items():
             def cell(value: float | None, spec: str = ".3f") -> str:
                 return "—" if value is None else format(value, spec)
 
+            logged = m["logged"]
             body.append(
                 f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(name)} ({html.escape(m['kind'])})</td>"
-                f"<td>{cell(m['oracle_agreement'])} (n={r.rm_oracle.get('pairs')})</td>"
-                f"<td>{cell(m['logged_accuracy'])} (n={cell(m['logged_held_out'], '.0f')})</td>"
+                f"<td>{with_interval(m['oracle_agreement'], m['oracle_agreement_interval'])} "
+                f"(n={r.rm_oracle.get('pairs')}): {m['oracle_verdict']}</td>"
+                f"<td>{logged['measure']} {with_interval(logged['value'], logged['interval'])} "
+                f"(n={cell(m['logged_held_out'], '.0f')}): {logged['verdict']}</td>"
                 f"<td>{cell(m['ece_calibrated'])}</td><td>{cell(m['train_examples'], '.0f')}</td></tr>"
             )
     if not body:
         return "<p>Not measured (run `flywheel report` with the oracle).</p>"
     return (
-        "<table><tr><th>generation</th><th>reward model</th><th>oracle agreement (held-out pairs)</th>"
-        "<th>accuracy on held-out logged pairs</th><th>calibrated ECE</th><th>trained on</th></tr>"
+        "<table><tr><th>generation</th><th>reward model</th><th>oracle agreement (held-out pairs, 95 % interval)</th>"
+        "<th>quality on held-out logged data (95 % interval)</th><th>calibrated ECE</th><th>trained on</th></tr>"
         + "".join(body) + "</table>"
     )
 

@@ -7,8 +7,10 @@ Held-out pairs: the generation's parent answers every character × topic × open
 the same opening are a pair, kept when the oracle's utilities (flywheel_sim.response_utility) differ by at
 least MIN_UTILITY_GAP. A model agrees on a pair when it orders the two as the utilities do: the pointwise model
 by its reward, the pairwise model by P(first better) against 1/2, a user-signal model by its probability
-(ties count half). Next to it: the model's accuracy and calibration on its held-out logged pairs (the reward
-stage's metrics), which measure agreement with logged user behaviour, not with the truth.
+(ties count half). Next to it: the model's quality and calibration on its held-out logged data (the reward
+stage's metrics), which measure agreement with logged user behaviour, not with the truth: per-pair accuracy for
+preference models, ROC AUC for user-signal classifiers (whose accuracy is mostly the signal's base rate). Each
+comes with its 95 % interval and says whether it is better than chance (1/2), worse, or indistinguishable.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from flywheel_operator.api import FlywheelGenerationStatus
+from flywheel_operator.gate.offline import wilson_interval
 
 AGREEMENT_FILE = "rm_oracle.json"
 SAMPLES = 3
@@ -29,6 +32,9 @@ MIN_UTILITY_GAP = 0.05
 """Pairs the oracle itself barely separates (same features) are ties of the truth and are left out."""
 SEED = 777
 """Sampling seed of the held-out answers (the traffic simulator uses the generation's seeds)."""
+FORMAT = 2
+"""Version of rm_oracle.json's layout: a file of another version is measured again (2: intervals, verdicts and
+the logged quality measure of each model)."""
 
 
 def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
@@ -64,6 +70,40 @@ def agreement(model_says_first: np.ndarray, gaps: np.ndarray) -> float:
     return float(np.mean((said == truth) + 0.5 * (said == 0)))
 
 
+def chance_verdict(interval: tuple[float, float] | list[float] | None) -> str:
+    """Where a 95 % interval of an agreement, accuracy or AUC lies against chance (1/2)."""
+    if interval is None:
+        return "not measured"
+    low, high = interval
+    if low > 0.5:
+        return "better than chance"
+    if high < 0.5:
+        return "worse than chance"
+    return "indistinguishable from chance"
+
+
+def logged_quality(kind: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """The chance-free quality of a reward model on its held-out logged data, from the reward stage's metrics:
+    per-pair accuracy (Wilson interval over the held-out pairs) for preference models, ROC AUC for user-signal
+    classifiers (None when the stage did not report it)."""
+    if kind == "user-signal":
+        if "auc" not in metrics:
+            return {"measure": "ROC AUC", "value": None, "interval": None, "verdict": chance_verdict(None)}
+        interval = [metrics["auc_low"], metrics["auc_high"]]
+        return {"measure": "ROC AUC", "value": metrics["auc"], "interval": interval,
+                "verdict": chance_verdict(interval)}
+    accuracy, n = metrics.get("accuracy"), metrics.get("held_out_examples")
+    interval = None if accuracy is None or not n else list(wilson_interval(accuracy, int(n)))
+    return {"measure": "pair accuracy", "value": accuracy, "interval": interval, "verdict": chance_verdict(interval)}
+
+
+def with_interval(value: float | None, interval: list[float] | None) -> str:
+    """"0.576 [0.521, 0.630]", "0.576" without an interval, "—" when not measured (for the status and the report)."""
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
 def _preference(rm: Any, pairs: list[dict[str, Any]]) -> np.ndarray:
     from flywheel_trainer.scoring import pairwise_probabilities, pointwise_scores, signal_probabilities
 
@@ -95,9 +135,14 @@ def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str
     result: dict[str, Any] = {"pairs": len(pairs), "parent": parent.name, "models": {}}
     for name, record in sorted(models.items()):
         rm = load_reward_model(record.artifacts["model"], field=f"status.stages[{record.name}].artifacts.model")
+        agreed = agreement(_preference(rm, pairs), gaps) if pairs else None
+        oracle_interval = None if agreed is None else list(wilson_interval(agreed, len(pairs)))
         result["models"][name] = {
             "kind": rm.kind,
-            "oracle_agreement": agreement(_preference(rm, pairs), gaps) if pairs else None,
+            "oracle_agreement": agreed,
+            "oracle_agreement_interval": oracle_interval,
+            "oracle_verdict": chance_verdict(oracle_interval),
+            "logged": logged_quality(rm.kind, record.metrics),
             "logged_accuracy": record.metrics.get("accuracy"),
             "logged_held_out": record.metrics.get("held_out_examples"),
             "ece_calibrated": record.metrics.get("ece_calibrated"),
@@ -130,16 +175,17 @@ def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
         key = sorted((r.name, r.output_digest or "") for r in status.stages if r.name.startswith("reward-"))
         path = directory / AGREEMENT_FILE
         known = json.loads(path.read_text()) if path.is_file() else {}
-        if known.get("key") == [list(k) for k in key] and known.get("models"):
+        if known.get("key") == [list(k) for k in key] and known.get("models") and known.get("format") == FORMAT:
             continue
         measured = measure_generation(directory, world, policy_for)
         if measured:
-            path.write_text(json.dumps({"key": key, **measured}, indent=2) + "\n")
+            path.write_text(json.dumps({"format": FORMAT, "key": key, **measured}, indent=2) + "\n")
 
 
 def read_agreement(directory: Path) -> dict[str, Any]:
-    """A generation's rm_oracle.json, or {} when not measured."""
+    """A generation's rm_oracle.json, or {} when not measured (or measured in an older layout)."""
     try:
-        return json.loads((directory / AGREEMENT_FILE).read_text())
+        measured = json.loads((directory / AGREEMENT_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return measured if measured.get("format") == FORMAT else {}

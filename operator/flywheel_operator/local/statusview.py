@@ -72,7 +72,10 @@ def render_one(name: str, status: FlywheelGenerationStatus) -> Group:
 
 
 def render_reward_models(measured: dict) -> list[Text]:
-    """Each reward model's agreement with the oracle next to its logged-pair accuracy and calibration."""
+    """Each reward model's agreement with the oracle next to its quality on held-out logged data and its
+    calibration, each with its 95 % interval and where it lies against chance."""
+    from flywheel_operator.local.rm_oracle import with_interval
+
     if not measured.get("models"):
         return []
     lines = [Text(f"  reward models vs the oracle ({measured['pairs']} held-out pairs of the parent's answers):")]
@@ -80,10 +83,13 @@ def render_reward_models(measured: dict) -> list[Text]:
         def fmt(value: float | None, spec: str = ".3f") -> str:
             return "—" if value is None else format(value, spec)
 
+        logged = m["logged"]
         lines.append(
             Text(
-                f"    {name} ({m['kind']}): oracle agreement {fmt(m['oracle_agreement'])}; logged held-out accuracy "
-                f"{fmt(m['logged_accuracy'])} (n={fmt(m['logged_held_out'], '.0f')}), calibrated ECE "
+                f"    {name} ({m['kind']}): oracle agreement "
+                f"{with_interval(m['oracle_agreement'], m['oracle_agreement_interval'])}, {m['oracle_verdict']}; "
+                f"held-out logged {logged['measure']} {with_interval(logged['value'], logged['interval'])} "
+                f"(n={fmt(m['logged_held_out'], '.0f')}), {logged['verdict']}; calibrated ECE "
                 f"{fmt(m['ece_calibrated'])}, trained on {fmt(m['train_examples'], '.0f')}"
             )
         )
