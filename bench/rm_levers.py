@@ -37,7 +37,8 @@ STAGE = "reward-pointwise"
 class Variant:
     name: str
     change: str
-    seed: int | None = None
+    seed_offset: int = 0
+    """Added to the generation's own training seed (the chain gives generation N seed N)."""
     settings: dict[str, Any] = field(default_factory=dict)
     """Overrides of the pointwise model's settings.rewardModels entry (API field names)."""
     user_sample: int | None = None
@@ -47,8 +48,8 @@ class Variant:
 
 
 VARIANTS = (
-    Variant("seed-2", "training seed 2 (and its held-out split)", seed=2),
-    Variant("seed-3", "training seed 3 (and its held-out split)", seed=3),
+    Variant("seed+100", "another training seed (and held-out split)", seed_offset=100),
+    Variant("seed+200", "a third training seed (and held-out split)", seed_offset=200),
     Variant("steps-600", "600 steps instead of 300", settings={"maxSteps": 600}),
     Variant("batch-32", "32 pairs a step, 100 steps at 2e-3", settings={"batchSize": 32, "maxSteps": 100,
                                                                          "learningRate": 2e-3}),
@@ -96,8 +97,7 @@ def variant_configs(
         curated = target / "curate"
     reward = json.loads(json.dumps(_config(directory, STAGE)).replace(str(directory / "curate"), str(curated)))
     reward["outputDir"] = str(target / "reward")
-    if variant.seed is not None:
-        reward["seed"] = variant.seed
+    reward["seed"] += variant.seed_offset
     for model in reward["settings"]["rewardModels"]:
         if model["name"] == reward["rewardModel"]:
             model.update(variant.settings)
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{change}", flush=True)
     baseline = {r["generation"]: r["oracle_agreement"] for r in rows if r["variant"] == "as trained"}
     seeds = {g: [r["oracle_agreement"] for r in rows if r["generation"] == g
-                 and r["variant"] in ("as trained", "seed-2", "seed-3")] for g in baseline}
+                 and r["variant"] in ("as trained", "seed+100", "seed+200")] for g in baseline}
     result = {
         "chain": str(args.runs / args.chain),
         "rows": rows,

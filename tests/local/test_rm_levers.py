@@ -40,7 +40,7 @@ def test_each_variant_changes_only_its_own_setting(tmp_path: Path, name: str) ->
     curate, reward = bench.variant_configs(directory, variant, target, backbones)
 
     assert reward["outputDir"] == str(target / "reward")
-    assert reward["seed"] == (variant.seed if variant.seed is not None else original["seed"])
+    assert reward["seed"] == original["seed"] + variant.seed_offset
     pointwise, pairwise = reward["settings"]["rewardModels"]
     assert pairwise == original["settings"]["rewardModels"][1]  # the other models are untouched
     expected = {**original["settings"]["rewardModels"][0], **variant.settings}
