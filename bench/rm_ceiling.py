@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from flywheel_operator.local.report import _model_dir
+    from flywheel_operator.local.rm_oracle import load_policy
     from flywheel_operator.local.statusview import generation_dirs
-    from flywheel_operator.local.users import PredictorPolicy, load_predictor
     from flywheel_sim import load_world
 
     run_dir = args.runs / args.chain
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         model = _model_dir(status.get("policy") or "", directory)
         if model is None:
             continue
-        row = measure(directory, world, PredictorPolicy(load_predictor("rm-ceiling-parent", model, world), model))
+        row = measure(directory, world, load_policy(model, world, "rm-ceiling-parent"))
         if row is not None:
             rows.append(row)
     if not rows:

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "rm_levers.json"
 DEFAULT_WORLD = ROOT / "examples" / "local" / "world.yaml"
@@ -65,7 +63,7 @@ def _config(directory: Path, stage: str) -> dict[str, Any]:
     return json.loads((directory / "configs" / f"{directory.name}-{stage}-1.json").read_text())
 
 
-def _train(command: list[str], log: Path) -> None:
+def _run_stage(command: list[str], log: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     with log.open("w") as out:
         done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env, check=False)
@@ -115,7 +113,7 @@ def run_variant(directory: Path, variant: Variant, out: Path, backbones: dict[tu
         if config is None or (target / stage / "result.json").is_file():
             continue
         (target / f"{stage}.json").write_text(json.dumps(config))
-        _train([sys.executable, "-m", "flywheel_trainer.cli", stage, "--config", str(target / f"{stage}.json")],
+        _run_stage([sys.executable, "-m", "flywheel_trainer.cli", stage, "--config", str(target / f"{stage}.json")],
                target / f"{stage}.log")
     return {"model": target / "reward" / "model", **json.loads((target / "reward" / "result.json").read_text())}
 
@@ -135,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     from flywheel_operator.gate.offline import wilson_interval
     from flywheel_operator.local import rm_oracle
     from flywheel_operator.local.report import _model_dir
-    from flywheel_operator.local.users import PredictorPolicy, load_predictor
     from flywheel_sim import load_world
     from flywheel_trainer.scoring import load_reward_model
 
@@ -158,10 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for directory in directories:
         status = json.loads((directory / "status.json").read_text())
-        parent_dir = _model_dir(status["policy"], directory)
-        parent = PredictorPolicy(load_predictor("rm-levers-parent", parent_dir, world), parent_dir)
+        parent = rm_oracle.load_policy(_model_dir(status["policy"], directory), world, "rm-levers-parent")
         pairs = rm_oracle.held_out_pairs(world, parent)
-        gaps = np.array([p["gap"] for p in pairs])
         own = {"model": directory / STAGE / "model", **json.loads((directory / STAGE / "result.json").read_text())}
         candidates = [("as trained", "the chain's own model", own)] + [
             (v.name, v.change, trained[(directory.name, v.name)])
@@ -170,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         for name, change, result in candidates:
             model = load_reward_model(str(result["model"]), field=f"{name}.model")
-            agreed = rm_oracle.agreement(rm_oracle._preference(model, pairs), gaps)
+            agreed = rm_oracle.model_agreement(model, pairs)
             low, high = wilson_interval(agreed, len(pairs))
             history = result.get("details", {}).get("log_history") or [{}]
             rows.append({

@@ -104,6 +104,18 @@ def with_interval(value: float | None, interval: list[float] | None) -> str:
     return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
+def model_agreement(rm: Any, pairs: list[dict[str, Any]]) -> float:
+    """Share of held-out `pairs` that reward model `rm` orders as the oracle does (ties half)."""
+    return agreement(_preference(rm, pairs), np.array([p["gap"] for p in pairs]))
+
+
+def load_policy(model: str, world: Any, name: str = "rm-oracle-parent") -> Any:
+    """A policy model directory as the simulator's policy (the parent whose answers make the held-out pairs)."""
+    from flywheel_operator.local.users import PredictorPolicy, load_predictor
+
+    return PredictorPolicy(load_predictor(name, model, world), model)
+
+
 def _preference(rm: Any, pairs: list[dict[str, Any]]) -> np.ndarray:
     from flywheel_trainer.scoring import pairwise_probabilities, pointwise_scores, signal_probabilities
 
@@ -131,11 +143,10 @@ def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str
     if parent is None:
         return {}
     pairs = held_out_pairs(world, parent)
-    gaps = np.array([p["gap"] for p in pairs])
     result: dict[str, Any] = {"pairs": len(pairs), "parent": parent.name, "models": {}}
     for name, record in sorted(models.items()):
         rm = load_reward_model(record.artifacts["model"], field=f"status.stages[{record.name}].artifacts.model")
-        agreed = agreement(_preference(rm, pairs), gaps) if pairs else None
+        agreed = model_agreement(rm, pairs) if pairs else None
         oracle_interval = None if agreed is None else list(wilson_interval(agreed, len(pairs)))
         result["models"][name] = {
             "kind": rm.kind,
@@ -156,7 +167,6 @@ def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
     reward stages' output digests)."""
     from flywheel_operator.local.report import _model_dir
     from flywheel_operator.local.statusview import generation_dirs
-    from flywheel_operator.local.users import PredictorPolicy, load_predictor
     from flywheel_sim import load_world
 
     world = load_world(world_file)
@@ -167,7 +177,7 @@ def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
         if model is None:
             return None
         if model not in loaded:
-            loaded[model] = PredictorPolicy(load_predictor("rm-oracle-parent", model, world), model)
+            loaded[model] = load_policy(model, world)
         return loaded[model]
 
     for directory in generation_dirs(run_dir):
