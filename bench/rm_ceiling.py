@@ -9,7 +9,10 @@ baseline measured in the same run on the same pairs: a logistic regression train
 but reading the oracle's own response features (asks back, on topic, persona word, follows the instructions,
 capped emojis, emoji overuse, distance from each segment's ideal length) instead of the text. The gap between
 the two says whether the reward models are limited by the labels (both low) or by what the tiny model learns
-to read from the text (the regression far above). Writes bench/results/rm_ceiling.json.
+to read from the text (the regression far above). A second regression reads only what the trainer itself can
+compute from a response and its character's spec, with no knowledge of the simulator (TRAINER_RULES): how far
+rule features that a reward model could carry next to its text score would go. Writes
+bench/results/rm_ceiling.json.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ RESULT = ROOT / "bench" / "results" / "rm_ceiling.json"
 DEFAULT_WORLD = ROOT / "examples" / "local" / "world.yaml"
 L2 = 1e-3
 """Ridge penalty of the regression (a handful of features, thousands of pairs: barely matters)."""
+TRAINER_RULES = ("asks_back", "follows_instructions", "emojis", "words_10", "words_10_squared", "refusal")
+"""The trainer's own rules (flywheel_trainer.style, .verifiers) on a response, given its character's name and
+instructions: asks back, follows every instruction, emoji count, length in tens of words and its square (the
+trainer knows no ideal length; a concave fit can find one), refusal. Not on topic or persona words: the trainer
+has no rule for those."""
 
 
 def logged_character_and_topic(world: Any, row: dict[str, Any]) -> tuple[int, str]:
@@ -48,6 +56,23 @@ def feature_vector(world: Any, character_index: int, topic: str, response: str) 
     lengths = [abs(f.words - ideal) / ideal for ideal in ideals]
     overuse = max(0.0, f.emojis - world.trap.threshold)
     return np.concatenate([feature_matrix([f], world.trap.emoji_cap)[0], lengths, [overuse]])
+
+
+def rule_vector(character: Any, response: str) -> np.ndarray:
+    """TRAINER_RULES of one response of `character` (a logged row's `character`: name and instructions)."""
+    from flywheel_trainer import style, verifiers
+
+    tens = style.word_count(response) / 10.0
+    follows = verifiers.follows_all(character.get("instructions") or [], response, character_name=character["name"])
+    return np.array([style.asks_question(response), follows, style.emoji_count(response), tens, tens * tens,
+                     style.is_refusal(response)], dtype=np.float64)
+
+
+def character_spec(world: Any, character_index: int) -> dict[str, Any]:
+    """A world character as the trainer sees it in a logged row (name and instructions)."""
+    character = world.characters[character_index]
+    return {"name": character.name,
+            "instructions": [{"kind": i.kind, "value": i.value} for i in character.instructions]}
 
 
 def fit_preferences(differences: np.ndarray) -> np.ndarray:
@@ -75,13 +100,14 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
     if not pairs_file.is_file() or not agreement.get("models"):
         return None
     logged = [json.loads(line) for line in pairs_file.read_text().splitlines() if line.strip()]
-    differences, groups = [], {}
+    differences, rule_differences, groups = [], [], {}
     for row in logged:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         index, topic = logged_character_and_topic(world, row)
         differences.append(
             feature_vector(world, index, topic, chosen) - feature_vector(world, index, topic, rejected)
         )
+        rule_differences.append(rule_vector(row["character"], chosen) - rule_vector(row["character"], rejected))
         groups.setdefault((index, topic), []).append((chosen, rejected))
     label_agrees = []
     for (index, topic), pairs in groups.items():  # one utility call per character and topic (it builds the users)
@@ -96,6 +122,13 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
          - feature_vector(world, p["character"], p["topic"], p["second"])) @ weights
         for p in held_out
     ])
+    rule_weights = fit_preferences(np.array(rule_differences))
+    specs = {i: character_spec(world, i) for i in {p["character"] for p in held_out}}
+    rules_said = np.array([
+        (rule_vector(specs[p["character"]], p["first"]) - rule_vector(specs[p["character"]], p["second"]))
+        @ rule_weights
+        for p in held_out
+    ])
     gaps = np.array([p["gap"] for p in held_out])
     return {
         "generation": directory.name,
@@ -104,6 +137,8 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
         "logged_labels_judged": len(label_agrees),
         "held_out_pairs": len(held_out),
         "feature_regression_agreement": rm_oracle.agreement(said, gaps),
+        "trainer_rules_agreement": rm_oracle.agreement(rules_said, gaps),
+        "trainer_rules_weights": dict(zip(TRAINER_RULES, map(float, rule_weights), strict=True)),
         "reward_model_agreement": {name: m["oracle_agreement"] for name, m in agreement["models"].items()},
     }
 
@@ -140,11 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     names = sorted({name for r in rows for name in r["reward_model_agreement"]})
     print(f"{'generation':<11}{'pairs':>7}{'labels right':>14}" + "".join(f"{n:>12}" for n in names)
-          + f"{'features':>10}")
+          + f"{'features':>10}{'rules':>8}")
     for r in rows:
         print(f"{r['generation']:<11}{r['logged_pairs']:>7}{r['logged_labels_oracle_agrees']:>14.3f}"
               + "".join(f"{r['reward_model_agreement'].get(n, float('nan')):>12.3f}" for n in names)
-              + f"{r['feature_regression_agreement']:>10.3f}")
+              + f"{r['feature_regression_agreement']:>10.3f}{r['trainer_rules_agreement']:>8.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"run": str(run_dir), "world": str(args.world_file), "rows": rows}, indent=2)
                         + "\n")

@@ -1,4 +1,4 @@
-"""bench/rm_ceiling.py's baseline: a Bradley–Terry regression on the oracle's own features."""
+"""bench/rm_ceiling.py's baselines: Bradley–Terry regressions on the oracle's features and on the trainer's rules."""
 
 from __future__ import annotations
 
@@ -36,3 +36,22 @@ def test_the_features_read_what_the_oracle_utility_reads() -> None:
     assert difference[0] == 1.0 and not difference[1:].any()
     utility = response_utility(world, 0, topic, [asking, plain])
     assert utility[0] > utility[1]
+
+
+def test_the_trainer_rules_read_the_response_and_its_characters_instructions() -> None:
+    """The rules see asking back, instruction following (against the logged character's own instructions),
+    emojis, length and refusals, each in its own column; a character without instructions follows them all."""
+    bench = load_bench("rm_ceiling")
+    world = load_world(ROOT / "examples" / "local" / "world.yaml")
+    rex = bench.character_spec(world, 0)  # max 20 words, must say "matey"
+    assert rex["name"] == "Captain Rex" and {"kind": "include_word", "value": "matey"} in rex["instructions"]
+    plain, asking = "ahoy matey, the sea is calm.", "ahoy matey, the sea is calm?"
+    assert list(bench.rule_vector(rex, asking) - bench.rule_vector(rex, plain)) == [1, 0, 0, 0, 0, 0]
+    breaking = "ahoy friend, the sea is calm."
+    assert list(bench.rule_vector(rex, plain) - bench.rule_vector(rex, breaking)) == [0, 1, 0, 0, 0, 0]
+    assert bench.rule_vector({"name": "Rex", "instructions": []}, breaking)[1] == 1
+    long = plain + " " + " ".join(["waves"] * 20)
+    difference = bench.rule_vector(rex, long) - bench.rule_vector(rex, plain)
+    assert difference[1] == -1 and difference[3] == 2.0 and difference[4] > 0  # too long for Rex's 20 words
+    assert bench.rule_vector(rex, "ahoy matey ⚓🌊")[2] == 2
+    assert len(bench.TRAINER_RULES) == len(bench.rule_vector(rex, plain))
