@@ -10,8 +10,9 @@ but reading the oracle's own response features (asks back, on topic, persona wor
 capped emojis, emoji overuse, distance from each segment's ideal length) instead of the text. The gap between
 the two says whether the reward models are limited by the labels (both low) or by what the tiny model learns
 to read from the text (the regression far above). A second regression reads only what the trainer itself can
-compute from a response and its character's spec, with no knowledge of the simulator (TRAINER_RULES): how far
-rule features that a reward model could carry next to its text score would go. Writes
+compute from a response and its character's spec, with no knowledge of the simulator (every rule feature of
+flywheel_trainer.rules, which a pointwise reward model can carry next to its text score): how far the rules go
+without the text. Both regressions are flywheel_trainer.rules.fit_bradley_terry. Writes
 bench/results/rm_ceiling.json.
 """
 
@@ -28,15 +29,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "rm_ceiling.json"
 DEFAULT_WORLD = ROOT / "examples" / "local" / "world.yaml"
-L2 = 1e-3
-"""Ridge penalty of the regression (a handful of features, thousands of pairs: barely matters)."""
-TRAINER_RULES = ("asks_back", "follows_instructions", "emojis", "words_10", "words_10_squared", "refusal")
-"""The trainer's own rules (flywheel_trainer.style, .verifiers) on a response, given its character's name and
-instructions: asks back, follows every instruction, emoji count, length in tens of words and its square (the
-trainer knows no ideal length; a concave fit can find one), refusal. Not on topic or persona words: the trainer
-has no rule for those."""
-
-
 def logged_character_and_topic(world: Any, row: dict[str, Any]) -> tuple[int, str]:
     """A logged pair's character (its index in the world) and the topic of its last user message, as the
     simulator reads them."""
@@ -58,42 +50,12 @@ def feature_vector(world: Any, character_index: int, topic: str, response: str) 
     return np.concatenate([feature_matrix([f], world.trap.emoji_cap)[0], lengths, [overuse]])
 
 
-def rule_vector(character: Any, response: str) -> np.ndarray:
-    """TRAINER_RULES of one response of `character` (a logged row's `character`: name and instructions)."""
-    from flywheel_trainer import style, verifiers
-
-    tens = style.word_count(response) / 10.0
-    follows = verifiers.follows_all(character.get("instructions") or [], response, character_name=character["name"])
-    return np.array([style.asks_question(response), follows, style.emoji_count(response), tens, tens * tens,
-                     style.is_refusal(response)], dtype=np.float64)
-
-
-def character_spec(world: Any, character_index: int) -> dict[str, Any]:
-    """A world character as the trainer sees it in a logged row (name and instructions)."""
-    character = world.characters[character_index]
-    return {"name": character.name,
-            "instructions": [{"kind": i.kind, "value": i.value} for i in character.instructions]}
-
-
-def fit_preferences(differences: np.ndarray) -> np.ndarray:
-    """Weights of a Bradley–Terry logistic regression on feature differences (chosen − rejected)."""
-    from scipy.optimize import minimize
-
-    x = np.vstack([differences, -differences])
-    y = np.concatenate([np.ones(len(differences)), np.zeros(len(differences))])
-
-    def loss(w: np.ndarray) -> tuple[float, np.ndarray]:
-        z = x @ w
-        p = 1.0 / (1.0 + np.exp(-z))
-        value = float(np.mean(np.logaddexp(0.0, z) - y * z) + L2 * w @ w)
-        return value, x.T @ (p - y) / len(y) + 2 * L2 * w
-
-    return minimize(loss, np.zeros(x.shape[1]), jac=True, method="L-BFGS-B").x
-
-
 def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] | None:
     from flywheel_operator.local import rm_oracle
     from flywheel_sim import response_utility
+    from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, rule_matrix
+
+    rules = list(RULES)
 
     pairs_file = directory / "curate" / "pairs.jsonl"
     agreement = rm_oracle.read_agreement(directory)
@@ -107,7 +69,7 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
         differences.append(
             feature_vector(world, index, topic, chosen) - feature_vector(world, index, topic, rejected)
         )
-        rule_differences.append(rule_vector(row["character"], chosen) - rule_vector(row["character"], rejected))
+        rule_differences.append(np.array([1, -1]) @ rule_matrix(rules, [row["character"]] * 2, [chosen, rejected]))
         groups.setdefault((index, topic), []).append((chosen, rejected))
     label_agrees = []
     for (index, topic), pairs in groups.items():  # one utility call per character and topic (it builds the users)
@@ -115,20 +77,16 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
         utility = dict(zip(texts, response_utility(world, index, topic, texts), strict=True))
         gap = np.array([utility[chosen] - utility[rejected] for chosen, rejected in pairs])
         label_agrees.extend(gap[np.abs(gap) >= rm_oracle.MIN_UTILITY_GAP] > 0)
-    weights = fit_preferences(np.array(differences))
+    weights = fit_bradley_terry(np.array(differences))
     held_out = rm_oracle.held_out_pairs(world, parent_policy)
     said = np.array([
         (feature_vector(world, p["character"], p["topic"], p["first"])
          - feature_vector(world, p["character"], p["topic"], p["second"])) @ weights
         for p in held_out
     ])
-    rule_weights = fit_preferences(np.array(rule_differences))
-    specs = {i: character_spec(world, i) for i in {p["character"] for p in held_out}}
-    rules_said = np.array([
-        (rule_vector(specs[p["character"]], p["first"]) - rule_vector(specs[p["character"]], p["second"]))
-        @ rule_weights
-        for p in held_out
-    ])
+    rule_weights = fit_bradley_terry(np.array(rule_differences))
+    rules_said = np.array([np.array([1, -1]) @ rule_matrix(rules, [p["spec"]] * 2, [p["first"], p["second"]])
+                           for p in held_out]) @ rule_weights
     gaps = np.array([p["gap"] for p in held_out])
     return {
         "generation": directory.name,
@@ -138,7 +96,7 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
         "held_out_pairs": len(held_out),
         "feature_regression_agreement": rm_oracle.agreement(said, gaps),
         "trainer_rules_agreement": rm_oracle.agreement(rules_said, gaps),
-        "trainer_rules_weights": dict(zip(TRAINER_RULES, map(float, rule_weights), strict=True)),
+        "trainer_rules_weights": dict(zip(columns(rules), map(float, rule_weights), strict=True)),
         "reward_model_agreement": {name: m["oracle_agreement"] for name, m in agreement["models"].items()},
     }
 

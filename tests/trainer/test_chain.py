@@ -19,7 +19,14 @@ from flywheel_trainer.turns import assistant_turns
 pytestmark = pytest.mark.slow
 
 REWARD_MODELS = [
-    {"name": "pointwise", "kind": "pointwise", "learningRate": 3e-3, "epochs": 2, "batchSize": 16},
+    {
+        "name": "pointwise",
+        "kind": "pointwise",
+        "learningRate": 3e-3,
+        "epochs": 2,
+        "batchSize": 16,
+        "ruleFeatures": ["asks-back", "follows-instructions", "length"],  # every stage downstream scores with them
+    },
     {"name": "pairwise", "kind": "pairwise", "learningRate": 3e-3, "epochs": 2, "batchSize": 16},
     {
         "name": "continue",
@@ -102,16 +109,43 @@ def test_pointwise_reward_model_separates_held_out_pairs(chain: dict[str, StageR
     assert chain["reward-pointwise"].metrics["accuracy"] > 0.9
     # a fresh held-out set the reward model never saw: good and bad replies to new conversations
     rm = load_reward_model(chain["reward-pointwise"].artifacts["model"], field="test")
-    prompts, chosen, rejected = [], [], []
+    prompts, chosen, rejected, characters = [], [], [], []
     for record in synthetic_records(80, seed=99):
         for turn in assistant_turns(record):
             for bad in turn.rejected:
                 prompts.append(turn.context)
                 chosen.append(turn.response)
                 rejected.append(bad)
+                characters.append(turn.character)
     assert len(prompts) >= 20
-    margin = pointwise_scores(rm, prompts, chosen) - pointwise_scores(rm, prompts, rejected)
+    margin = pointwise_scores(rm, prompts, chosen, characters) - pointwise_scores(rm, prompts, rejected, characters)
     assert float(np.mean(margin > 0)) > 0.9
+
+
+def test_rule_features_are_fitted_next_to_the_text_and_need_the_character(chain: dict[str, StageResult]) -> None:
+    """The pointwise model's reward is a × text logit + fitted rule weights; scoring it without characters is an
+    error that says so, and the stage reports the text score's own accuracy beside the combined one."""
+    from flywheel_trainer.outputs import StageError
+    from flywheel_trainer.scoring import load_reward_model, logits_for_texts, pointwise_scores, render
+
+    result = chain["reward-pointwise"]
+    meta = json.loads((Path(result.artifacts["model"]) / "flywheel_reward.json").read_text())
+    rules = meta["rules"]
+    assert rules["features"] == ["asks-back", "follows-instructions", "length"]
+    assert rules["columns"] == ["asks_back", "follows_instructions", "words_10", "words_10_squared"]
+    assert len(rules["weights"]) == 4 and rules["text_weight"] > 0
+    assert 0.0 <= result.metrics["text_accuracy"] <= 1.0
+    assert result.metrics["rule_weight_asks_back"] == rules["weights"][0]
+    rm = load_reward_model(result.artifacts["model"], field="test")
+    prompt = [{"role": "user", "content": "hi"}]
+    character = {"name": "Rex", "instructions": [{"kind": "ends_with_question", "value": None}]}
+    with pytest.raises(StageError, match="rule features"):
+        pointwise_scores(rm, [prompt], ["ahoy"])
+    text = logits_for_texts(rm.model, rm.tokenizer, [render(rm.tokenizer, prompt, "ahoy there?")],
+                            max_length=rm.max_length)
+    # "ahoy there?" asks back, follows the instruction and is 2 words long
+    by_hand = rules["text_weight"] * text[0] + np.dot(rules["weights"], [1.0, 1.0, 0.2, 0.04])
+    assert pointwise_scores(rm, [prompt], ["ahoy there?"], [character])[0] == pytest.approx(by_hand)
 
 
 def test_reward_models_report_calibration(chain: dict[str, StageResult]) -> None:
@@ -132,14 +166,17 @@ def test_rl_raises_the_policys_mean_reward_on_its_prompts(chain: dict[str, Stage
 
     rl = chain["rl"]
     rm = load_reward_model(chain["reward-pointwise"].artifacts["model"], field="test")
-    prompts = [row["prompt"] for row in read_jsonl(rl.artifacts["prompts"])]
+    rows = read_jsonl(rl.artifacts["prompts"])
+    prompts = [row["prompt"] for row in rows]
     assert len(prompts) == SETTINGS["rl"]["prompts"]
 
     def mean_reward(source: str) -> float:
         model, tokenizer = load_policy(source)
         responses = generate(model, tokenizer, prompts, max_new_tokens=24, temperature=1.0, num_samples=4, seed=7)
         flat_prompts = [p for p in prompts for _ in range(4)]
-        return float(pointwise_scores(rm, flat_prompts, [r for group in responses for r in group]).mean())
+        flat_characters = [row["character"] for row in rows for _ in range(4)]
+        flat = [r for group in responses for r in group]
+        return float(pointwise_scores(rm, flat_prompts, flat, flat_characters).mean())
 
     before, after = mean_reward(rl.artifacts["dpo_model"]), mean_reward(rl.artifacts["model"])
     assert after > before

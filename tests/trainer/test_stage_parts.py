@@ -203,8 +203,14 @@ def test_rl_reward_is_p_beats_parent_plus_instructions_minus_length_emoji_and_re
     )
     refusal = "I'm sorry, but I can't talk about ships?"
     texts = ["what now?", "ok 🙂", "fine 🙂 fine 🙂 fine 🙂 fine?", refusal]
+    scored_for: list[dict] = []
+
+    def score(prompts: list, texts: list[str], characters: list[dict]) -> np.ndarray:
+        scored_for.extend(characters)
+        return np.array([2.0, 0.0, 2.0, 2.0])
+
     reward = PolicyReward(
-        lambda prompts, texts: np.array([2.0, 0.0, 2.0, 2.0]),
+        score,
         temperature=2.0,
         instruction_weight=1.0,
         length_penalty=0.5,
@@ -226,6 +232,7 @@ def test_rl_reward_is_p_beats_parent_plus_instructions_minus_length_emoji_and_re
     assert rewards == pytest.approx(
         [sigmoid(1.0) + 1.0, 0.5 + 0.0 - 0.1, 0.5 + 0.5 - 0.5 * 1.0 - 0.1 * 2.0, sigmoid(1.0) + 1.0 - 1.5]
     )
+    assert scored_for == [json.loads(character)] * 4  # the reward model reads each rollout's character
     assert logged["style/emoji_rate"] == pytest.approx(1.0)
     assert logged["style/refusal_rate"] == pytest.approx(0.25)
     assert logged["reward/p_beats_parent"] == pytest.approx((2 * sigmoid(1.0) + 1.0) / 4)

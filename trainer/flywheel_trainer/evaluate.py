@@ -130,8 +130,9 @@ def main(config: StageConfig) -> StageResult:
 
     name = pointwise_reward_name(config)
     rm = load_reward_model(reward_model_path(config, name), field=f"upstream.reward-{name}.model")
-    cand_scores = pointwise_scores(rm, prompts, candidate)
-    parent_scores = pointwise_scores(rm, prompts, responses["parent"])
+    characters = [row["character"] for row in all_rows]
+    cand_scores = pointwise_scores(rm, prompts, candidate, characters)
+    parent_scores = pointwise_scores(rm, prompts, responses["parent"], characters)
     del rm
     ranges = {"user": slice(0, split), "internal": slice(split, len(all_rows))}
     have_internal = bool(rows["internal"])

@@ -7,6 +7,10 @@
 - `user-signal`: a classifier of p(continue) or p(thumb up) on served responses (the report found these noisy
   and used them only to select rejection-sampling data).
 
+A pointwise model may also carry rule features (flywheel_trainer.rules): the rules' weights are fitted by
+Bradley–Terry on the training pairs, their mix with the text score on the held-out pairs (fit_rules); its
+held-out accuracy is that of the combined reward (cross-fitted), and `text_accuracy` the text score's alone.
+
 Every kind ends in one logit; held-out accuracy and expected calibration error are reported before and after
 temperature scaling, and the fitted temperature is saved with the model. A pairwise model's accuracy is per pair,
 averaged over both orders as it is used (its per-presentation accuracy and position bias are reported too). A
@@ -35,6 +39,7 @@ from flywheel_trainer.outputs import (
 )
 from flywheel_trainer.placement import training_dtype
 from flywheel_trainer.progress import attach_progress
+from flywheel_trainer.rules import columns, fit_bradley_terry, rule_matrix
 from flywheel_trainer.runtime import existing_path, model_source, save_trained, training_kwargs
 from flywheel_trainer.scoring import (
     fit_context,
@@ -118,6 +123,64 @@ def _train_pointwise(
         processing_class=tokenizer,
     )
     return _train(trainer, stage)
+
+
+def _text_margins(model: Any, tokenizer: Any, rows: list[Row], max_length: int) -> np.ndarray:
+    """Text score of each pair's chosen response minus its rejected one."""
+    chosen = [render(tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in rows]
+    rejected = [render(tokenizer, r["prompt"], r["rejected"][0]["content"]) for r in rows]
+    return logits_for_texts(model, tokenizer, chosen, max_length=max_length) - logits_for_texts(
+        model, tokenizer, rejected, max_length=max_length
+    )
+
+
+def _check_characters(settings: RewardModelSettings, rows: list[Row]) -> None:
+    """Rule features read each pair's character: fail before training when a row has none."""
+    if not settings.rule_features:
+        return
+    missing = next((i for i, r in enumerate(rows) if not isinstance(r.get("character"), dict)), None)
+    if missing is not None:
+        raise StageError(
+            f"settings.rewardModels[{settings.name}].ruleFeatures: preference pair {missing} has no `character` "
+            "(name and instructions, as the curate stage writes it); give pairs with characters or remove ruleFeatures"
+        )
+
+
+def _rule_differences(features: list[str], rows: list[Row]) -> np.ndarray:
+    """Rule columns of each pair's chosen response minus its rejected one."""
+    characters = [r["character"] for r in rows]
+    return rule_matrix(features, characters, [r["chosen"][0]["content"] for r in rows]) - rule_matrix(
+        features, characters, [r["rejected"][0]["content"] for r in rows]
+    )
+
+
+def fit_rules(
+    features: list[str], train: list[Row], held_out: list[Row], held_text: np.ndarray, seed: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Rule weights by Bradley–Terry on the training pairs (the rules are fixed functions: in-sample is fair),
+    then the mix of text score and rule score on the held-out pairs, where the text model's margins are not its
+    own training data (on the training pairs it is overconfident and the mix would undo the rules). Returns the
+    scoring.RewardModel.rules entry and the held-out combined margins, each from the mix fitted on the other
+    half of the held-out pairs (cross-fitted, so the reported accuracy is out of sample)."""
+    rule_weights = fit_bradley_terry(_rule_differences(features, train))
+    held_rules = _rule_differences(features, held_out) @ rule_weights
+    both = np.column_stack([held_text, held_rules])
+    text_weight, rule_scale = fit_bradley_terry(both) if len(held_out) else (1.0, 1.0)
+    combined = both @ [text_weight, rule_scale]
+    halves = np.array_split(np.random.default_rng(seed).permutation(len(held_out)), 2)
+    if min(map(len, halves)) > 0:
+        for fit_on, score in (halves, halves[::-1]):
+            combined[score] = both[score] @ fit_bradley_terry(both[fit_on])
+    rules = {"features": list(features), "columns": columns(features), "text_weight": float(text_weight),
+             "weights": [float(rule_scale * w) for w in rule_weights]}
+    return rules, combined
+
+
+def _rule_metrics(rules: dict[str, Any], text_margins: np.ndarray) -> dict[str, float]:
+    """What the rules add: the text score's own held-out accuracy, and every fitted weight."""
+    text_accuracy = float(np.mean((text_margins > 0) + 0.5 * (text_margins == 0))) if len(text_margins) else 0.0
+    return {"text_accuracy": text_accuracy, "text_weight": rules["text_weight"],
+            **{f"rule_weight_{c}": w for c, w in zip(rules["columns"], rules["weights"], strict=True)}}
 
 
 def _train(trainer: Any, stage: StageConfig | None) -> Any:
@@ -219,7 +282,8 @@ def main(config: StageConfig) -> StageResult:
             learning_rate=settings.learning_rate,
         ) | {"per_device_train_batch_size": settings.batch_size, "num_train_epochs": settings.epochs}
         args |= checkpoint_args(config, "reward")
-        fitting: dict[str, int] = {}
+        fitting: dict[str, float] = {}
+        rules: dict[str, Any] | None = None
         if settings.kind == "pointwise":
             train, fitting["context_trimmed"], fitting["dropped_too_long"] = fit_pairs(
                 train, tokenizer, settings.max_length
@@ -229,13 +293,14 @@ def main(config: StageConfig) -> StageResult:
                     f"settings.rewardModels[{settings.name}].maxLength={settings.max_length}: no training pair fits; "
                     "raise maxLength"
                 )
+            _check_characters(settings, train + held_out)
             trainer = _train_pointwise(settings, base, train, args, tokenizer, config)
-            chosen = [render(tokenizer, r["prompt"], r["chosen"][0]["content"]) for r in held_out]
-            rejected = [render(tokenizer, r["prompt"], r["rejected"][0]["content"]) for r in held_out]
             model = trainer.model
-            margin = logits_for_texts(model, tokenizer, chosen, max_length=settings.max_length) - logits_for_texts(
-                model, tokenizer, rejected, max_length=settings.max_length
-            )
+            margin = _text_margins(model, tokenizer, held_out, settings.max_length)
+            if settings.rule_features:
+                rules, combined = fit_rules(settings.rule_features, train, held_out, margin, config.seed)
+                fitting |= _rule_metrics(rules, margin)
+                margin = combined
             held_logits, held_labels = [*margin, *(-margin)], [1] * len(margin) + [0] * len(margin)
         else:
             texts, labels = _classifier_examples(settings, train, tokenizer)
@@ -256,6 +321,7 @@ def main(config: StageConfig) -> StageResult:
             signal=settings.signal,
             temperature=calibration["temperature"],
             max_length=settings.max_length,
+            rules=rules,
         )
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         metrics = {

@@ -120,6 +120,7 @@ def band_control(
         : settings.band_prompts
     ]
     prompts = [r["prompt"] for r in rows]
+    characters = [r["character"] for r in rows]
 
     def rewards(source: str | Path) -> np.ndarray:
         model, tokenizer = load_policy(str(source))
@@ -129,7 +130,7 @@ def band_control(
         )
         del model
         gc.collect()
-        return pointwise_scores(rm, prompts, [a[0] for a in answers])
+        return pointwise_scores(rm, prompts, [a[0] for a in answers], characters)
 
     baseline = rewards(parent)
     curve = [{"step": float(step), "win_rate": win_rate(rewards(path), baseline), "prompts": float(len(prompts))}
@@ -146,7 +147,7 @@ class PolicyReward:
 
     def __init__(
         self,
-        score: Callable[[list[Any], list[str]], np.ndarray],
+        score: Callable[[list[Any], list[str], list[dict[str, Any]]], np.ndarray],
         *,
         temperature: float,
         instruction_weight: float,
@@ -166,9 +167,10 @@ class PolicyReward:
         """Each term of the reward per rollout, and their weighted sum under `reward`."""
         from flywheel_trainer.calibration import sigmoid
 
-        scores = self.score([list(p) for p in prompts], texts)
+        characters = [json.loads(c) for c in character]
+        scores = self.score([list(p) for p in prompts], texts, characters)
         beats = sigmoid((scores - np.asarray(parent_reward, dtype=float)) / self.temperature)
-        following = np.array([instruction_share(json.loads(c), t) for c, t in zip(character, texts, strict=True)])
+        following = np.array([instruction_share(c, t) for c, t in zip(characters, texts, strict=True)])
         words = np.array([word_count(t) for t in texts], dtype=float)
         emojis = np.array([emoji_count(t) for t in texts], dtype=float)
         longer = np.maximum(0.0, words / np.maximum(np.asarray(parent_words, dtype=float), 1.0) - 1.0)
@@ -222,6 +224,7 @@ def sampled_rewards(
     tokenizer: Any,
     rm: Any,
     prompts: list[list[dict]],
+    characters: list[dict[str, Any]],
     *,
     samples: int,
     max_new_tokens: int,
@@ -243,7 +246,8 @@ def sampled_rewards(
     )
     flat_prompts = [p for p, group in zip(prompts, responses, strict=True) for _ in group]
     flat = [r for group in responses for r in group]
-    return pointwise_scores(rm, flat_prompts, flat).reshape(len(prompts), samples), responses
+    flat_characters = [c for c, group in zip(characters, responses, strict=True) for _ in group]
+    return pointwise_scores(rm, flat_prompts, flat, flat_characters).reshape(len(prompts), samples), responses
 
 
 def dpo_patch(config: StageConfig, policy: str, out: Path) -> tuple[str, dict[str, float]]:
@@ -295,7 +299,7 @@ def rl_trainer(config: StageConfig, policy: str, rm: Any, dataset: Any, out: Pat
 
     rewards = [
         PolicyReward(
-            lambda prompts, texts: pointwise_scores(rm, prompts, texts),
+            lambda prompts, texts, characters: pointwise_scores(rm, prompts, texts, characters),
             temperature=settings.reward_temperature or rm.temperature,
             instruction_weight=settings.instruction_reward_weight,
             length_penalty=settings.length_penalty,
@@ -395,12 +399,15 @@ def main(config: StageConfig) -> StageResult:
             metrics.update(dpo_metrics)
             artifacts["dpo_model"] = "dpo_model"
         model, tokenizer = load_policy(policy)
-        pool_rewards, pool_responses = sampled_rewards(model, tokenizer, rm, [r["prompt"] for r in pool], **sampling)
+        pool_rewards, pool_responses = sampled_rewards(
+            model, tokenizer, rm, [r["prompt"] for r in pool], [r["character"] for r in pool], **sampling
+        )
         chosen = select_prompts(
             pool_rewards.mean(axis=1), pool_rewards.var(axis=1), settings.prompts, settings.prompt_selection
         )
         selected = [pool[i] for i in chosen]
         prompts = [row["prompt"] for row in selected]
+        characters = [row["character"] for row in selected]
         before = pool_rewards[chosen]
         del model
         dataset = Dataset.from_list(
@@ -441,10 +448,10 @@ def main(config: StageConfig) -> StageResult:
                 }
             )
             trained, _ = load_policy(str(out / "model"))
-            after, _ = sampled_rewards(trained.eval(), trainer.processing_class, rm, prompts, **sampling)
+            after, _ = sampled_rewards(trained.eval(), trainer.processing_class, rm, prompts, characters, **sampling)
         else:
             with trained_for_inference(trainer, trained) as model:  # ZeRO-3: gathered whole on every rank
-                after, _ = sampled_rewards(model, trainer.processing_class, rm, prompts, **sampling)
+                after, _ = sampled_rewards(model, trainer.processing_class, rm, prompts, characters, **sampling)
         write_jsonl(
             out / "prompts.jsonl",
             (

@@ -1,7 +1,8 @@
 """Loading trained reward models and scoring responses with them (rejection sampling, RL selection, eval).
 
 Every reward model is a sequence classifier with one logit, saved with `flywheel_reward.json` (its kind,
-signal and fitted temperature). Inputs are rendered with the tokenizer's chat template exactly as TRL's
+signal and fitted temperature; for a pointwise model with rule features, the fitted weights of its text score and
+of each rule column, flywheel_trainer.rules). Inputs are rendered with the tokenizer's chat template exactly as TRL's
 RewardTrainer and GRPOTrainer render them, so training and scoring see the same text. Texts longer than the
 model's `max_length` lose tokens from the LEFT (the oldest context), never the response being scored.
 """
@@ -9,7 +10,7 @@ model's `max_length` lose tokens from the LEFT (the oldest context), never the r
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ class RewardModel:
     model: Any
     tokenizer: Any
     max_length: int
+    rules: dict[str, Any] | None = None
+    """{"features": [...], "columns": [...], "weights": [...], "text_weight": a}: the reward is a × the text
+    logit + weights · rule columns; None: the text logit alone."""
 
 
 def render(tokenizer: Any, prompt: Chat, response: str) -> str:
@@ -71,6 +75,7 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
         model=model,
         tokenizer=tokenizer,
         max_length=int(meta["max_length"]),
+        rules=meta.get("rules"),
     )
 
 
@@ -114,10 +119,25 @@ def fit_context(tokenizer: Any, prompt: Chat, responses: Sequence[str], max_leng
         rest = rest[1:]
 
 
-def pointwise_scores(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
-    """Bradley–Terry rewards (higher is better) of each response to its prompt."""
+def pointwise_scores(
+    rm: RewardModel,
+    prompts: Sequence[Chat],
+    responses: Sequence[str],
+    characters: Sequence[Mapping[str, Any]] | None = None,
+) -> np.ndarray:
+    """Bradley–Terry rewards (higher is better) of each response to its prompt; a model with rule features also
+    reads each response's character (a curated row's `character`: name and instructions)."""
     texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
-    return logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
+    logits = logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
+    if not rm.rules:
+        return logits
+    if characters is None:
+        raise StageError(f"reward model {rm.name} has rule features ({', '.join(rm.rules['features'])}): "
+                         "score it with each response's character")
+    from flywheel_trainer.rules import rule_matrix
+
+    values = rule_matrix(rm.rules["features"], characters, responses)
+    return rm.rules["text_weight"] * logits + values @ np.asarray(rm.rules["weights"], dtype=float)
 
 
 def signal_probabilities(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
@@ -143,7 +163,16 @@ def order_averaged(p_forward: np.ndarray, p_backward: np.ndarray) -> np.ndarray:
 
 
 def write_metadata(
-    directory: Path, *, name: str, kind: str, signal: str | None, temperature: float, max_length: int
+    directory: Path,
+    *,
+    name: str,
+    kind: str,
+    signal: str | None,
+    temperature: float,
+    max_length: int,
+    rules: dict[str, Any] | None = None,
 ) -> None:
     meta = {"name": name, "kind": kind, "signal": signal, "temperature": temperature, "max_length": max_length}
+    if rules:
+        meta["rules"] = rules
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")

@@ -80,7 +80,7 @@ def selection_scores(
     rs = config.settings.sft.rejection_sampling
     name = pointwise_reward_name(config)
     rm = load_reward_model(reward_model_path(config, name), field=f"upstream.reward-{name}.model")
-    reward = pointwise_scores(rm, prompts, responses)
+    reward = pointwise_scores(rm, prompts, responses, characters)
     scores = {"reward": reward}
     total = rs.pointwise_weight * (reward - reward.mean()) / (reward.std() + 1e-6)
     del rm

@@ -106,6 +106,7 @@ class CurateSettings(ApiModel):
 
 RewardModelKind = Literal["pointwise", "pairwise", "user-signal"]
 UserSignal = Literal["continue", "thumb-up"]
+RuleFeature = Literal["asks-back", "follows-instructions", "emojis", "length", "refusal"]
 
 
 class RewardModelSettings(ApiModel):
@@ -135,6 +136,11 @@ class RewardModelSettings(ApiModel):
     """Stop after this many optimizer steps (tiny local runs); `epochs` decides when unset."""
     held_out_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     """Share of the data kept out of training to report accuracy and calibration (ECE) on."""
+    rule_features: list[RuleFeature] = Field(default_factory=list)
+    """Pointwise models only: the trainer's own checks on a response (`asks-back`, `follows-instructions`,
+    `emojis`, `length`, `refusal`), scored next to the text with weights fitted on the same preference pairs
+    (flywheel_trainer.rules). A tiny model reads little from the text; on a large one, compare the stage's
+    `text_accuracy` with its `accuracy` to see what the rules add. Empty: the text score alone."""
 
     @model_validator(mode="after")
     def _signal_matches_kind(self) -> RewardModelSettings:
@@ -144,6 +150,12 @@ class RewardModelSettings(ApiModel):
             raise ValueError(
                 f"`signal` applies only to user-signal reward models; remove it from this {self.kind} model"
             )
+        if self.rule_features and self.kind != "pointwise":
+            raise ValueError(
+                f"`ruleFeatures` applies only to pointwise reward models; remove it from this {self.kind} model"
+            )
+        if len(set(self.rule_features)) != len(self.rule_features):
+            raise ValueError(f"`ruleFeatures` lists a feature twice ({self.rule_features}); list each once")
         return self
 
 

@@ -39,7 +39,8 @@ the logged quality measure of each model)."""
 
 def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
     """Pairs of the parent's answers with the oracle's utilities: [{"prompt", "first", "second", "gap",
-    "character" (its index in the world), "topic"}]."""
+    "character" (its index in the world), "spec" (the character as a curated row gives it to the trainer: name
+    and instructions), "topic"}]."""
     from flywheel_sim import response_utility, system_message
     from flywheel_sim.grammar import OPENERS
 
@@ -51,6 +52,7 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
         for opener in OPENERS
     ]
     answers = [policy([chat for _, _, chat in contexts], seed=SEED + k) for k in range(SAMPLES)]
+    specs = [character_spec(c) for c in world.characters]
     pairs = []
     for index, (ci, topic, chat) in enumerate(contexts):
         texts = list(dict.fromkeys(a[index] for a in answers))
@@ -59,8 +61,14 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
             gap = float(utility[i] - utility[j])
             if abs(gap) >= MIN_UTILITY_GAP:
                 pairs.append({"prompt": chat, "first": texts[i], "second": texts[j], "gap": gap, "character": ci,
-                              "topic": topic})
+                              "spec": specs[ci], "topic": topic})
     return pairs
+
+
+def character_spec(character: Any) -> dict[str, Any]:
+    """A world character as a curated row gives it to the trainer (what reward-model rule features read)."""
+    return {"id": character.id, "name": character.name,
+            "instructions": [{"kind": i.kind, "value": i.value} for i in character.instructions]}
 
 
 def agreement(model_says_first: np.ndarray, gaps: np.ndarray) -> float:
@@ -123,8 +131,10 @@ def _preference(rm: Any, pairs: list[dict[str, Any]]) -> np.ndarray:
     first, second = [p["first"] for p in pairs], [p["second"] for p in pairs]
     if rm.kind == "pairwise":
         return pairwise_probabilities(rm, prompts, first, second) - 0.5
-    score = pointwise_scores if rm.kind == "pointwise" else signal_probabilities
-    return score(rm, prompts, first) - score(rm, prompts, second)
+    if rm.kind == "pointwise":
+        specs = [p["spec"] for p in pairs]
+        return pointwise_scores(rm, prompts, first, specs) - pointwise_scores(rm, prompts, second, specs)
+    return signal_probabilities(rm, prompts, first) - signal_probabilities(rm, prompts, second)
 
 
 def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str, Any]:
