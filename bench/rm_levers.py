@@ -8,7 +8,8 @@ own model, is scored against the oracle on the same held-out pairs of the parent
 (flywheel_operator.local.rm_oracle). The variants: other training seeds (how far the measurement moves by
 chance: the seed also redraws the logged held-out split), twice the steps, 32 pairs a step, all of the
 generation's user traffic instead of the manifest's sample, generation 0 as the backbone instead of the parent,
-and wider or deeper backbones pretrained exactly like generation 0 (same corpus, steps and tokenizer).
+wider or deeper backbones pretrained exactly like generation 0 (same corpus, steps and tokenizer), and rule
+features next to the text score (flywheel_trainer.rules; the chain's own model may already carry them).
 Every stage runs on one thread. Writes bench/results/rm_levers.json and prints the table.
 """
 
@@ -56,6 +57,8 @@ VARIANTS = (
     Variant("generation-0", "generation 0 as the backbone, not the parent", backbone=(0, 0)),
     Variant("h128-l2", "backbone 128 wide, 2 layers (generation 0's recipe)", backbone=(128, 2)),
     Variant("h128-l4", "backbone 128 wide, 4 layers (generation 0's recipe)", backbone=(128, 4)),
+    Variant("rule-features", "rule features: asks back, follows the instructions, length",
+            settings={"ruleFeatures": ["asks-back", "follows-instructions", "length"]}),
 )
 
 
