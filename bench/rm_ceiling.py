@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "rm_ceiling.json"
 DEFAULT_WORLD = ROOT / "examples" / "local" / "world.yaml"
+
+
 def logged_character_and_topic(world: Any, row: dict[str, Any]) -> tuple[int, str]:
     """A logged pair's character (its index in the world) and the topic of its last user message, as the
     simulator reads them."""
@@ -53,7 +55,7 @@ def feature_vector(world: Any, character_index: int, topic: str, response: str) 
 def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] | None:
     from flywheel_operator.local import rm_oracle
     from flywheel_sim import response_utility
-    from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, rule_matrix
+    from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, rule_differences
 
     rules = list(RULES)
 
@@ -62,14 +64,13 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
     if not pairs_file.is_file() or not agreement.get("models"):
         return None
     logged = [json.loads(line) for line in pairs_file.read_text().splitlines() if line.strip()]
-    differences, rule_differences, groups = [], [], {}
+    differences, groups = [], {}
     for row in logged:
         chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
         index, topic = logged_character_and_topic(world, row)
         differences.append(
             feature_vector(world, index, topic, chosen) - feature_vector(world, index, topic, rejected)
         )
-        rule_differences.append(np.array([1, -1]) @ rule_matrix(rules, [row["character"]] * 2, [chosen, rejected]))
         groups.setdefault((index, topic), []).append((chosen, rejected))
     label_agrees = []
     for (index, topic), pairs in groups.items():  # one utility call per character and topic (it builds the users)
@@ -84,9 +85,13 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
          - feature_vector(world, p["character"], p["topic"], p["second"])) @ weights
         for p in held_out
     ])
-    rule_weights = fit_bradley_terry(np.array(rule_differences))
-    rules_said = np.array([np.array([1, -1]) @ rule_matrix(rules, [p["spec"]] * 2, [p["first"], p["second"]])
-                           for p in held_out]) @ rule_weights
+    rule_weights = fit_bradley_terry(rule_differences(
+        rules, [r["character"] for r in logged], [r["chosen"][0]["content"] for r in logged],
+        [r["rejected"][0]["content"] for r in logged],
+    ))
+    rules_said = rule_differences(
+        rules, [p["spec"] for p in held_out], [p["first"] for p in held_out], [p["second"] for p in held_out]
+    ) @ rule_weights
     gaps = np.array([p["gap"] for p in held_out])
     return {
         "generation": directory.name,

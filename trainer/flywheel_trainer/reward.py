@@ -39,7 +39,7 @@ from flywheel_trainer.outputs import (
 )
 from flywheel_trainer.placement import training_dtype
 from flywheel_trainer.progress import attach_progress
-from flywheel_trainer.rules import columns, fit_bradley_terry, rule_matrix
+from flywheel_trainer.rules import columns, fit_bradley_terry, rule_differences
 from flywheel_trainer.runtime import existing_path, model_source, save_trained, training_kwargs
 from flywheel_trainer.scoring import (
     fit_context,
@@ -148,9 +148,11 @@ def _check_characters(settings: RewardModelSettings, rows: list[Row]) -> None:
 
 def _rule_differences(features: list[str], rows: list[Row]) -> np.ndarray:
     """Rule columns of each pair's chosen response minus its rejected one."""
-    characters = [r["character"] for r in rows]
-    return rule_matrix(features, characters, [r["chosen"][0]["content"] for r in rows]) - rule_matrix(
-        features, characters, [r["rejected"][0]["content"] for r in rows]
+    return rule_differences(
+        features,
+        [r["character"] for r in rows],
+        [r["chosen"][0]["content"] for r in rows],
+        [r["rejected"][0]["content"] for r in rows],
     )
 
 

@@ -64,6 +64,13 @@ def rule_matrix(
     return np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns(features)))
 
 
+def rule_differences(
+    features: Sequence[str], characters: Sequence[Mapping[str, Any]], chosen: Sequence[str], rejected: Sequence[str]
+) -> np.ndarray:
+    """(pairs, columns) rule values of each chosen response minus its rejected one, both of the pair's character."""
+    return rule_matrix(features, characters, chosen) - rule_matrix(features, characters, rejected)
+
+
 def fit_bradley_terry(differences: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
     """Weights w of P(chosen preferred) = sigmoid(w · (x_chosen − x_rejected)) on rows of feature differences
     (chosen − rejected), by ridge-penalised maximum likelihood. Both orientations of every pair are fitted, so

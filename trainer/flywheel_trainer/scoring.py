@@ -19,6 +19,7 @@ import numpy as np
 
 from flywheel_trainer.calibration import sigmoid
 from flywheel_trainer.outputs import StageError
+from flywheel_trainer.rules import rule_matrix
 
 METADATA_FILE = "flywheel_reward.json"
 SCORE_BATCH = 32
@@ -127,15 +128,13 @@ def pointwise_scores(
 ) -> np.ndarray:
     """Bradley–Terry rewards (higher is better) of each response to its prompt; a model with rule features also
     reads each response's character (a curated row's `character`: name and instructions)."""
+    if rm.rules and characters is None:  # before the model runs: a missing argument is not worth a forward pass
+        raise StageError(f"reward model {rm.name} has rule features ({', '.join(rm.rules['features'])}): "
+                         "score it with each response's character")
     texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
     logits = logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
     if not rm.rules:
         return logits
-    if characters is None:
-        raise StageError(f"reward model {rm.name} has rule features ({', '.join(rm.rules['features'])}): "
-                         "score it with each response's character")
-    from flywheel_trainer.rules import rule_matrix
-
     values = rule_matrix(rm.rules["features"], characters, responses)
     return rm.rules["text_weight"] * logits + values @ np.asarray(rm.rules["weights"], dtype=float)
 
