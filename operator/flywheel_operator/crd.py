@@ -49,6 +49,14 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "rule": "self.kind == 'user-signal' || !has(self.signal)",
             "message": "signal applies only to user-signal reward models",
         },
+        {
+            "rule": "self.kind == 'pointwise' || !has(self.ruleFeatures) || size(self.ruleFeatures) == 0",
+            "message": "ruleFeatures applies only to pointwise reward models",
+        },
+        {
+            "rule": "!has(self.ruleFeatures) || self.ruleFeatures.all(f, self.ruleFeatures.exists_one(g, g == f))",
+            "message": "ruleFeatures lists a feature twice; list each once",
+        },
     ],
     "StageSettings": [
         {

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flywheel_operator.api import RewardModelSettings
 from flywheel_operator.api.models import RuleFeature
+from flywheel_operator.crd import CEL_RULES
 from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, rule_matrix
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -69,3 +70,29 @@ def test_the_api_offers_exactly_the_trainers_rules_on_pointwise_models_only() ->
         RewardModelSettings.model_validate({"name": "pw", "kind": "pointwise", "ruleFeatures": ["length", "length"]})
     with pytest.raises(ValidationError, match="ruleFeatures"):
         RewardModelSettings.model_validate({"name": "pw", "kind": "pointwise", "ruleFeatures": ["tone"]})
+
+
+@given(
+    st.sampled_from(["pointwise", "pairwise", "user-signal"]),
+    st.lists(st.sampled_from(sorted(RULES)), max_size=6),
+)
+@settings(max_examples=60, deadline=None)
+def test_the_crds_rules_refuse_exactly_what_the_api_refuses(kind: str, features: list[str]) -> None:
+    """`kubectl apply` (the CRD's CEL rules, run by cel-python) and `flywheel validate` (pydantic) agree on
+    ruleFeatures: pointwise models only, each feature once."""
+    import celpy
+
+    model = {"name": "rm", "kind": kind, "ruleFeatures": features}
+    if kind == "user-signal":
+        model["signal"] = "continue"
+    environment = celpy.Environment()
+    admitted = all(
+        bool(environment.program(environment.compile(r["rule"])).evaluate({"self": celpy.json_to_cel(model)}))
+        for r in CEL_RULES["RewardModelSettings"]
+    )
+    try:
+        RewardModelSettings.model_validate(model)
+        valid = True
+    except ValidationError:
+        valid = False
+    assert admitted == valid

@@ -6,7 +6,7 @@ Choices the CharacterFlywheel report leaves open are defaults here, each documen
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -136,7 +136,7 @@ class RewardModelSettings(ApiModel):
     """Stop after this many optimizer steps (tiny local runs); `epochs` decides when unset."""
     held_out_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     """Share of the data kept out of training to report accuracy and calibration (ECE) on."""
-    rule_features: list[RuleFeature] = Field(default_factory=list)
+    rule_features: list[RuleFeature] = Field(default_factory=list, max_length=len(get_args(RuleFeature)))
     """Pointwise models only: the trainer's own checks on a response (`asks-back`, `follows-instructions`,
     `emojis`, `length`, `refusal`), scored next to the text with weights fitted on the same preference pairs
     (flywheel_trainer.rules). A tiny model reads little from the text; on a large one, compare the stage's
