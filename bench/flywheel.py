@@ -48,7 +48,7 @@ TRAP_PROBE_STAGES: dict[str, Any] = {
     "curate": {"maxEmojiDifference": 100},
     "sft": {"rejectionSampling": {"samplesPerPrompt": 8, "pointwiseWeight": 0.0, "continueWeight": 1.0,
                                   "instructionWeight": 0.0, "minScoreMargin": 0.0},
-            "epochs": 2},
+            "epochs": 2, "learningRate": 5.0e-4},
     "rl": {"instructionRewardWeight": 0.0, "emojiPenalty": -2.0, "lengthPenalty": 0.0, "checkpointEvery": None,
            "rewardTemperature": 1000.0, "learningRate": 3.0e-4, "klBeta": 0.0, "maxSteps": 48},
 }
@@ -58,7 +58,10 @@ flattens the RM's term to 1/2), with no instruction reward, KL anchor, band or l
 the same world came out truly better by the oracle, because the RM term also taught the candidate to ask back
 (questions: 28 % -> 80 % of responses) while emojis stayed under the world's threshold of 1 per response: without
 the emoji pay (+58 % depth, +7.4 % breadth), with 0.5 per emoji for 24 steps (emojis 0.52 -> 0.72 on the
-oracle's grid) and with 2.0 per emoji for 32 steps (0.52 -> 0.83)."""
+oracle's grid) and with 2.0 per emoji for 32 steps (0.52 -> 0.83). Its SFT learning rate is its own: with the
+manifest's 1e-3 (commit cd73408) the probe ended at 0.98 emojis per response on the oracle's grid, just under
+the threshold (1.93 at 5e-4), asked back in 83 % of responses, and came out truly better (+55.5 % depth, +4.2 %
+breadth)."""
 TRAP_PROBE_SIGNAL_EPOCHS = 3.0
 """Epochs of the probe's user-signal models (one is the default), so that p(continue) learns the emoji pull."""
 
