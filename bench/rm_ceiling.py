@@ -55,7 +55,7 @@ def feature_vector(world: Any, character_index: int, topic: str, response: str) 
 def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] | None:
     from flywheel_operator.local import rm_oracle
     from flywheel_sim import response_utility
-    from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, rule_differences
+    from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, pair_differences, rule_differences
 
     rules = list(RULES)
 
@@ -85,10 +85,7 @@ def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] |
          - feature_vector(world, p["character"], p["topic"], p["second"])) @ weights
         for p in held_out
     ])
-    rule_weights = fit_bradley_terry(rule_differences(
-        rules, [r["character"] for r in logged], [r["chosen"][0]["content"] for r in logged],
-        [r["rejected"][0]["content"] for r in logged],
-    ))
+    rule_weights = fit_bradley_terry(pair_differences(rules, logged))
     rules_said = rule_differences(
         rules, [p["spec"] for p in held_out], [p["first"] for p in held_out], [p["second"] for p in held_out]
     ) @ rule_weights

@@ -20,12 +20,18 @@ def test_the_features_read_what_the_oracle_utility_reads() -> None:
     assert utility[0] > utility[1]
 
 
+def _fixed_answers(chats: list, *, seed: int) -> list[str]:
+    """A policy that asks back on one seed and answers flatly on the others, so every opening makes a pair."""
+    return ["ahoy matey, shall we sail?" if seed % 2 else "ok." for _ in chats]
+
 
 def test_held_out_pairs_carry_the_character_as_a_curated_row_gives_it() -> None:
     """Rule features read a pair's character: the oracle's pairs give it in the curated rows' shape."""
-    from flywheel_operator.local.rm_oracle import character_spec
+    from flywheel_operator.local import rm_oracle
 
     world = load_world(ROOT / "examples" / "local" / "world.yaml")
-    rex = character_spec(world.characters[0])
+    pair = next(p for p in rm_oracle.held_out_pairs(world, _fixed_answers) if p["character"] == 0)
+    rex = {key: pair["spec"][key] for key in ("id", "name", "instructions")}
+    assert pair["spec"] == world.characters[0].to_log()
     assert rex == {"id": "captain-rex", "name": "Captain Rex",
                    "instructions": [{"kind": "max_words", "value": 20}, {"kind": "include_word", "value": "matey"}]}

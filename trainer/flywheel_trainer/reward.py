@@ -39,7 +39,7 @@ from flywheel_trainer.outputs import (
 )
 from flywheel_trainer.placement import training_dtype
 from flywheel_trainer.progress import attach_progress
-from flywheel_trainer.rules import columns, fit_bradley_terry, rule_differences
+from flywheel_trainer.rules import columns, fit_bradley_terry, pair_differences
 from flywheel_trainer.runtime import existing_path, model_source, save_trained, training_kwargs
 from flywheel_trainer.scoring import (
     fit_context,
@@ -146,16 +146,6 @@ def _check_characters(settings: RewardModelSettings, rows: list[Row]) -> None:
         )
 
 
-def _rule_differences(features: list[str], rows: list[Row]) -> np.ndarray:
-    """Rule columns of each pair's chosen response minus its rejected one."""
-    return rule_differences(
-        features,
-        [r["character"] for r in rows],
-        [r["chosen"][0]["content"] for r in rows],
-        [r["rejected"][0]["content"] for r in rows],
-    )
-
-
 def fit_rules(
     features: list[str], train: list[Row], held_out: list[Row], held_text: np.ndarray, seed: int
 ) -> tuple[dict[str, Any], np.ndarray]:
@@ -164,8 +154,8 @@ def fit_rules(
     own training data (on the training pairs it is overconfident and the mix would undo the rules). Returns the
     scoring.RewardModel.rules entry and the held-out combined margins, each from the mix fitted on the other
     half of the held-out pairs (cross-fitted, so the reported accuracy is out of sample)."""
-    rule_weights = fit_bradley_terry(_rule_differences(features, train))
-    held_rules = _rule_differences(features, held_out) @ rule_weights
+    rule_weights = fit_bradley_terry(pair_differences(features, train))
+    held_rules = pair_differences(features, held_out) @ rule_weights
     both = np.column_stack([held_text, held_rules])
     text_weight, rule_scale = fit_bradley_terry(both) if len(held_out) else (1.0, 1.0)
     combined = both @ [text_weight, rule_scale]

@@ -71,6 +71,16 @@ def rule_differences(
     return rule_matrix(features, characters, chosen) - rule_matrix(features, characters, rejected)
 
 
+def pair_differences(features: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """rule_differences of curated preference rows (`character`, `chosen` and `rejected` as curate writes them)."""
+    return rule_differences(
+        features,
+        [r["character"] for r in rows],
+        [r["chosen"][0]["content"] for r in rows],
+        [r["rejected"][0]["content"] for r in rows],
+    )
+
+
 def fit_bradley_terry(differences: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
     """Weights w of P(chosen preferred) = sigmoid(w · (x_chosen − x_rejected)) on rows of feature differences
     (chosen − rejected), by ridge-penalised maximum likelihood. Both orientations of every pair are fitted, so

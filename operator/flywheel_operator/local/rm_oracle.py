@@ -39,8 +39,8 @@ the logged quality measure of each model)."""
 
 def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
     """Pairs of the parent's answers with the oracle's utilities: [{"prompt", "first", "second", "gap",
-    "character" (its index in the world), "spec" (the character as a curated row gives it to the trainer: name
-    and instructions), "topic"}]."""
+    "character" (its index in the world), "spec" (the character as curated rows give it to the trainer,
+    Character.to_log: what a reward model's rule features read), "topic"}]."""
     from flywheel_sim import response_utility, system_message
     from flywheel_sim.grammar import OPENERS
 
@@ -52,7 +52,7 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
         for opener in OPENERS
     ]
     answers = [policy([chat for _, _, chat in contexts], seed=SEED + k) for k in range(SAMPLES)]
-    specs = [character_spec(c) for c in world.characters]
+    specs = [c.to_log() for c in world.characters]
     pairs = []
     for index, (ci, topic, chat) in enumerate(contexts):
         texts = list(dict.fromkeys(a[index] for a in answers))
@@ -63,12 +63,6 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
                 pairs.append({"prompt": chat, "first": texts[i], "second": texts[j], "gap": gap, "character": ci,
                               "spec": specs[ci], "topic": topic})
     return pairs
-
-
-def character_spec(character: Any) -> dict[str, Any]:
-    """A world character as a curated row gives it to the trainer (what reward-model rule features read)."""
-    return {"id": character.id, "name": character.name,
-            "instructions": [{"kind": i.kind, "value": i.value} for i in character.instructions]}
 
 
 def agreement(model_says_first: np.ndarray, gaps: np.ndarray) -> float:
