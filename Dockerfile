@@ -18,6 +18,7 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY trainer ./trainer
 COPY sim ./sim
+COPY local ./local
 # The operator reconciles, gates and exports: it never trains. Its requirements are pyproject's dependencies
 # minus the training stack and the object-store clients (stages read storage; the operator reads results from
 # termination messages), so the pins stay in one place; the package itself goes in without dependencies.
@@ -57,6 +58,7 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 COPY trainer ./trainer
 COPY sim ./sim
+COPY local ./local
 # torch first, pinned: pyproject leaves it unpinned so CPU machines and CUDA images each choose their build.
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" \

@@ -8,7 +8,7 @@
 
 Per generation: the oracle's verdict (truly better: the candidate's oracle depth above its parent's and its
 breadth not below), the gate's decision (promoted or blocked, and by which check), the pointwise reward
-model's agreement with the oracle on held-out pairs (flywheel_operator.local.rm_oracle), the band's choice of
+model's agreement with the oracle on held-out pairs (flywheel_local.rm_oracle), the band's choice of
 RL checkpoint, and the lifts measured by the canary next to the oracle's. Summary per world: promoted and truly
 better / promoted, truly better and promoted / truly better, the deployed policy's oracle instruction following
 (compliance on the oracle's prompt grid) and depth after every generation and at the end, and the wall time of
@@ -104,8 +104,8 @@ def _blocked_by(status: Any) -> str:
 
 def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     """One row per generation of `run_dir` (only those in `names` when given, in that order)."""
-    from flywheel_operator.local.report import collect
-    from flywheel_operator.local.rm_oracle import read_agreement
+    from flywheel_local.report import collect
+    from flywheel_local.rm_oracle import read_agreement
 
     out = []
     generations = collect(run_dir)
@@ -254,9 +254,9 @@ def print_table(title: str, table: list[dict[str, Any]], chain: dict[str, Any]) 
 def _run_chain(
     run_dir: Path, world: Path, first: Any, generations: int, cache: Path, resume: bool, cpus: int | None = None
 ) -> None:
-    from flywheel_operator.local.progress import Display
-    from flywheel_operator.local.report import compute_oracle
-    from flywheel_operator.local.runner import Runner
+    from flywheel_local.progress import Display
+    from flywheel_local.report import compute_oracle
+    from flywheel_local.runner import Runner
 
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -319,13 +319,13 @@ def replicate(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
 
 
 def _chain_names(run_dir: Path) -> list[str]:
-    from flywheel_operator.local.statusview import generation_dirs
+    from flywheel_local.statusview import generation_dirs
 
     return [d.name for d in generation_dirs(run_dir) if d.name != TRAP_PROBE] if run_dir.is_dir() else []
 
 
 def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
-    from flywheel_operator.local.report import compute_oracle, write_report
+    from flywheel_local.report import compute_oracle, write_report
 
     result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
     replica = seed_label(seed)
@@ -392,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
         os.environ.setdefault(name, value)
-    from flywheel_operator.local.runner import load_manifest
+    from flywheel_local.runner import load_manifest
 
     if not args.summarise:
         first = load_manifest(Path(args.manifest))

@@ -4,7 +4,7 @@
 
 For every generation of a finished chain (bench/flywheel.py's run directories): the share of its curated
 preference pairs whose label the oracle agrees with (how noisy the logged preferences are), the trained
-reward models' agreement with the oracle on the held-out pairs of flywheel_operator.local.rm_oracle, and the
+reward models' agreement with the oracle on the held-out pairs of flywheel_local.rm_oracle, and the
 baseline measured in the same run on the same pairs: a logistic regression trained on the same logged pairs,
 but reading the oracle's own response features (asks back, on topic, persona word, follows the instructions,
 capped emojis, emoji overuse, distance from each segment's ideal length) instead of the text. The gap between
@@ -53,7 +53,7 @@ def feature_vector(world: Any, character_index: int, topic: str, response: str) 
 
 
 def measure(directory: Path, world: Any, parent_policy: Any) -> dict[str, Any] | None:
-    from flywheel_operator.local import rm_oracle
+    from flywheel_local import rm_oracle
     from flywheel_sim import response_utility
     from flywheel_trainer.rules import RULES, columns, fit_bradley_terry, pair_differences, rule_differences
 
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
 
-    from flywheel_operator.local.report import _model_dir
-    from flywheel_operator.local.rm_oracle import load_policy
-    from flywheel_operator.local.statusview import generation_dirs
+    from flywheel_local.report import _model_dir
+    from flywheel_local.rm_oracle import load_policy
+    from flywheel_local.statusview import generation_dirs
     from flywheel_sim import load_world
 
     run_dir = args.runs / args.chain

@@ -5,7 +5,7 @@
 For generations of a finished chain (bench/flywheel.py's run directories), the pointwise reward model is trained
 again from the generation's own stage configs with one change at a time, and every variant, like the chain's
 own model, is scored against the oracle on the same held-out pairs of the parent's answers
-(flywheel_operator.local.rm_oracle). The variants: other training seeds (how far the measurement moves by
+(flywheel_local.rm_oracle). The variants: other training seeds (how far the measurement moves by
 chance: the seed also redraws the logged held-out split), twice the steps, 32 pairs a step, all of the
 generation's user traffic instead of the manifest's sample, generation 0 as the backbone instead of the parent,
 wider or deeper backbones pretrained exactly like generation 0 (same corpus, steps and tokenizer), and rule
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
 
+    from flywheel_local import rm_oracle
+    from flywheel_local.report import _model_dir
     from flywheel_operator.gate.offline import wilson_interval
-    from flywheel_operator.local import rm_oracle
-    from flywheel_operator.local.report import _model_dir
     from flywheel_sim import load_world
     from flywheel_trainer.scoring import load_reward_model
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES
 
@@ -30,14 +30,6 @@ def _docs(args: argparse.Namespace) -> int:
 
     sys.stdout.write(render_api_markdown())
     return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    from flywheel_operator.local.commands import run_command
-
-    return run_command(
-        args.file, generations=args.generations, run_dir=args.run_dir, world=args.world, cache_dir=args.cache_dir
-    )
 
 
 def _exporter(args: argparse.Namespace) -> int:
@@ -64,18 +56,6 @@ def _exporter(args: argparse.Namespace) -> int:
     )
 
 
-def _status(args: argparse.Namespace) -> int:
-    from flywheel_operator.local.commands import status_command
-
-    return status_command(args.run_dir, as_json=args.json)
-
-
-def _report(args: argparse.Namespace) -> int:
-    from flywheel_operator.local.commands import report_command
-
-    return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
-
-
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -93,7 +73,12 @@ def _operator(args: argparse.Namespace) -> int:
                policy=StagePolicy(images=tuple(args.allowed_images), service_accounts=tuple(args.allowed_accounts)))
 
 
-def build_parser() -> argparse.ArgumentParser:
+# A function that adds subcommands to the parser's subparsers: how a package above the operator (flywheel_local adds
+# run, status and report) extends this command line without the operator importing it.
+CommandsHook = Callable[[argparse._SubParsersAction], None]
+
+
+def build_parser(extensions: Sequence[CommandsHook] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -108,24 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["api"], help="api: the CRD field reference (docs/api.md)")
     p.set_defaults(func=_docs)
 
-    p = sub.add_parser("run", help="run a generation locally against simulated users")
-    p.add_argument("file", help="FlywheelGeneration manifest, e.g. examples/local/gen1.yaml")
-    p.add_argument("--generations", type=int, default=1, help="chain N generations; each promoted one is the parent")
-    p.add_argument("--run-dir", help="run directory (default: resources.storage.uri of the manifest); rerun to resume")
-    p.add_argument("--world", help="simulated world file (default: examples/local/world.yaml)")
-    p.add_argument("--cache-dir", help="cache of generation-0 builds (default: runs/cache)")
-    p.set_defaults(func=_run)
-
-    p = sub.add_parser("status", help="show the status documents of a local run")
-    p.add_argument("run_dir", help="run directory printed by `flywheel run`, or one generation's directory")
-    p.add_argument("--json", action="store_true", help="print the status documents as JSON")
-    p.set_defaults(func=_status)
-
-    p = sub.add_parser("report", help="write the HTML report (with PNG plots) of a local run")
-    p.add_argument("run_dir", help="run directory printed by `flywheel run`")
-    p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
-    p.add_argument("--no-oracle", action="store_true", help="skip the simulator's ground-truth engagement")
-    p.set_defaults(func=_report)
+    for extend in extensions:
+        extend(sub)
 
     # Further subcommands (exporter, operator, status, report) are added below by their modules' owners.
     p = sub.add_parser("exporter", help="serve the engagement exporter: POST /events, GET /metrics, GET /healthz")
@@ -179,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, extensions: Sequence[CommandsHook] = ()) -> int:
+    args = build_parser(extensions).parse_args(argv)
     return int(args.func(args) or 0)
 
 

@@ -61,5 +61,5 @@ def test_dockerignore_keeps_only_what_the_images_need() -> None:
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
     assert {line for line in lines if line.startswith("!")} == {
-        "!pyproject.toml", "!README.md", "!operator/", "!trainer/", "!sim/"
+        "!pyproject.toml", "!README.md", "!operator/", "!trainer/", "!sim/", "!local/"
     }

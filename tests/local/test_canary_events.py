@@ -6,10 +6,10 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from flywheel_local.canary import PRE_DAYS, simulated_days
 from flywheel_operator.gate.events import parse_event
 from flywheel_operator.gate.readers import read_local
 from flywheel_operator.gate.store import DurableStore
-from flywheel_operator.local.canary import PRE_DAYS, simulated_days
 from flywheel_sim import DEFAULT_WORLD, GOOD_STYLE, ScriptedPolicy, arm_stats, load_world, simulate_traffic
 
 DAYS = 3

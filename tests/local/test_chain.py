@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flywheel_operator.local.runner import LocalRunError, default_run_dir, load_manifest, successor
+from flywheel_local.runner import LocalRunError, default_run_dir, load_manifest, successor
 from hypothesis import given
 from hypothesis import strategies as st
 

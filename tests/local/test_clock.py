@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flywheel_operator.local.clock import SimulatedClock
+from flywheel_local.clock import SimulatedClock
 from hypothesis import given
 from hypothesis import strategies as st
 

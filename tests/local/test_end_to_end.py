@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from flywheel_local.cli import main as flywheel
 from flywheel_operator.api import TERMINAL_PHASES, FlywheelGenerationStatus
-from flywheel_operator.cli import main as flywheel
 
 MANIFEST = Path(__file__).with_name("tiny-generation.yaml")
 NAME = "tiny1"
@@ -46,7 +46,7 @@ class Run:
 
 
 def _command(run_dir: Path, cache: Path) -> list[str]:
-    return [sys.executable, "-m", "flywheel_operator.cli", "run", str(MANIFEST), "--run-dir", str(run_dir),
+    return [sys.executable, "-m", "flywheel_local.cli", "run", str(MANIFEST), "--run-dir", str(run_dir),
             "--cache-dir", str(cache)]
 
 

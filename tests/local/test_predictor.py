@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from flywheel_operator.local.users import PredictorPolicy
+from flywheel_local.users import PredictorPolicy
 from flywheel_trainer.predictor import ChatPredictor
 from kserve.errors import InvalidInput
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from flywheel_operator.local.progress import LogTail, ProgressLine, parse_progress
+from flywheel_local.progress import LogTail, ProgressLine, parse_progress
 from hypothesis import given
 from hypothesis import strategies as st
 

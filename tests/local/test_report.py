@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flywheel_local.report import GenerationRow, _confusion, deployed_climb
 from flywheel_operator.api import FlywheelGenerationStatus
-from flywheel_operator.local.report import GenerationRow, _confusion, deployed_climb
 
 
 def _row(name: str, phase: str, parent: dict, candidate: dict) -> GenerationRow:
@@ -39,7 +39,7 @@ def test_each_decision_is_set_beside_the_oracles_verdict() -> None:
 def test_the_report_renders_with_and_without_oracle_numbers(tmp_path: Path) -> None:
     import json
 
-    from flywheel_operator.local.report import write_report
+    from flywheel_local.report import write_report
 
     for name, phase in (("gen1", "Promoted"), ("gen2", "RolledBack")):
         directory = tmp_path / name

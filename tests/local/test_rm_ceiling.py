@@ -27,7 +27,7 @@ def _fixed_answers(chats: list, *, seed: int) -> list[str]:
 
 def test_held_out_pairs_carry_the_character_as_a_curated_row_gives_it() -> None:
     """Rule features read a pair's character: the oracle's pairs give it in the curated rows' shape."""
-    from flywheel_operator.local import rm_oracle
+    from flywheel_local import rm_oracle
 
     world = load_world(ROOT / "examples" / "local" / "world.yaml")
     pair = next(p for p in rm_oracle.held_out_pairs(world, _fixed_answers) if p["character"] == 0)

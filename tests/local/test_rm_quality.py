@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 import pytest
+from flywheel_local import rm_oracle
+from flywheel_local.report import GenerationRow, _reward_model_rows
+from flywheel_local.statusview import render_reward_models
 from flywheel_operator.api import FlywheelGenerationStatus
-from flywheel_operator.local import rm_oracle
-from flywheel_operator.local.report import GenerationRow, _reward_model_rows
-from flywheel_operator.local.statusview import render_reward_models
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flywheel_operator.local.sources import (
+from flywheel_local.sources import (
     DEFAULT_TRAFFIC_DAYS,
     Generation0Uri,
     SimUriError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flywheel_operator.local.runner import load_manifest
+from flywheel_local.runner import load_manifest
 
 from tests.local.bench_modules import ROOT, load_bench
 

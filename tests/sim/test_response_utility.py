@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from flywheel_operator.local.rm_oracle import agreement
+from flywheel_local.rm_oracle import agreement
 from flywheel_sim import load_world, response_utility
 from flywheel_sim.world import DEFAULT_WORLD
 

@@ -9,16 +9,17 @@ import sys
 import time
 from pathlib import Path
 
-from flywheel_operator.local.progress import Display
-from flywheel_operator.local.runner import (
+from rich.console import Console
+
+from flywheel_local.progress import Display
+from flywheel_local.runner import (
     RUN_FILE,
     LocalRunError,
     Runner,
     default_run_dir,
     load_manifest,
 )
-from flywheel_operator.local.statusview import generation_dirs, render_status
-from rich.console import Console
+from flywheel_local.statusview import generation_dirs, render_status
 
 EXIT_INTERRUPTED = 130
 OFFLINE_ENVIRONMENT = {
@@ -39,8 +40,9 @@ def run_command(
     console: Console | None = None,
 ) -> int:
     """Run (or resume) `generations` generations of `file` locally; print the decision and the report path."""
-    from flywheel_operator.local.sources import SimUriError
     from flywheel_sim import DEFAULT_WORLD, WorldFileError
+
+    from flywheel_local.sources import SimUriError
 
     for name, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
@@ -96,7 +98,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _write_report(directory: Path, console: Console, world_file: Path) -> Path | None:
-    from flywheel_operator.local.report import compute_oracle, write_report
+    from flywheel_local.report import compute_oracle, write_report
 
     try:
         compute_oracle(directory, world_file)
@@ -123,7 +125,7 @@ def status_command(run_dir: str, *, as_json: bool = False) -> int:
 
 
 def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True) -> int:
-    from flywheel_operator.local.report import compute_oracle, write_report
+    from flywheel_local.report import compute_oracle, write_report
 
     directory = Path(run_dir)
     if not generation_dirs(directory):

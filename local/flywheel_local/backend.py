@@ -3,7 +3,7 @@
 - StartStage: the same `flywheel-train STAGE --config FILE` a Job runs, as a subprocess in its own session,
   its config written to `configs/<child>.json` and its stdout and stderr to `logs/<child>.log`. `sim://` URIs
   are resolved here (the planner never sees files): generation 0 is built, simulated traffic is written.
-- DeployCanary / PromoteCanary / RollBackCanary: the simulated A/B canary (flywheel_operator.local.canary).
+- DeployCanary / PromoteCanary / RollBackCanary: the simulated A/B canary (flywheel_local.canary).
 - observe: polls the subprocesses and reads `result.json`; a stage that finished while the runner was away is
   read from its output directory, one that was interrupted is started again under the same child name (like a
   Job whose pod restarted), so a resumed run never re-runs a finished stage.
@@ -32,8 +32,6 @@ from flywheel_operator.api import (
     TrafficSource,
     parse_duration,
 )
-from flywheel_operator.local import sources
-from flywheel_operator.local.canary import SimulatedCanary, simulated_days
 from flywheel_operator.planner import (
     Action,
     DeployCanary,
@@ -44,6 +42,9 @@ from flywheel_operator.planner import (
     RollBackCanary,
     StartStage,
 )
+
+from flywheel_local import sources
+from flywheel_local.canary import SimulatedCanary, simulated_days
 
 RESULT_FILE = "result.json"
 LOG_TAIL_LINES = 8
@@ -122,7 +123,7 @@ class LocalBackend:
     def _resolve_source(self, source: TrafficSource | None, policy_dir: str) -> TrafficSource | None:
         if source is None or not sources.is_sim(source.uri):
             return source
-        from flywheel_operator.local.users import simulate_source
+        from flywheel_local.users import simulate_source
 
         parsed = sources.parse_sim_uri(source.uri)
         if not isinstance(parsed, sources.TrafficUri):

@@ -113,7 +113,7 @@ def model_agreement(rm: Any, pairs: list[dict[str, Any]]) -> float:
 
 def load_policy(model: str, world: Any, name: str = "rm-oracle-parent") -> Any:
     """A policy model directory as the simulator's policy (the parent whose answers make the held-out pairs)."""
-    from flywheel_operator.local.users import PredictorPolicy, load_predictor
+    from flywheel_local.users import PredictorPolicy, load_predictor
 
     return PredictorPolicy(load_predictor(name, model, world), model)
 
@@ -169,9 +169,10 @@ def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str
 def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
     """`<gen>/rm_oracle.json` for every generation of `run_dir` whose reward models are trained (cached by the
     reward stages' output digests)."""
-    from flywheel_operator.local.report import _model_dir
-    from flywheel_operator.local.statusview import generation_dirs
     from flywheel_sim import load_world
+
+    from flywheel_local.report import _model_dir
+    from flywheel_local.statusview import generation_dirs
 
     world = load_world(world_file)
     loaded: dict[str, Any] = {}

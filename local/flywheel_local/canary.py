@@ -145,8 +145,9 @@ class SimulatedCanary:
         """Simulate the next test day (after the pre-period, on the first call), keeping its logs and the state."""
         import pickle
 
-        from flywheel_operator.local.users import PredictorPolicy, load_predictor
         from flywheel_sim import TrafficSimulation, load_world, write_traffic
+
+        from flywheel_local.users import PredictorPolicy, load_predictor
 
         state = self.state
         assert state is not None

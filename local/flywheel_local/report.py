@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_operator.api import FlywheelGenerationStatus
-from flywheel_operator.local.statusview import generation_dirs
+
+from flywheel_local.statusview import generation_dirs
 
 ORACLE_FILE = "oracle.json"
 STAGE_ORDER = ("sft", "dpo", "rl")
@@ -36,7 +37,7 @@ class GenerationRow:
     band: dict[str, Any] = field(default_factory=dict)
     """The RL stage's checkpoint choice (details["band"]): target, chosen_step, curve."""
     rm_oracle: dict[str, Any] = field(default_factory=dict)
-    """flywheel_operator.local.rm_oracle's measurement of the reward models."""
+    """flywheel_local.rm_oracle's measurement of the reward models."""
     oracle: dict[str, dict[str, float]] = field(default_factory=dict)
     """{"parent": oracle(...), "candidate": oracle(...)} when computed."""
 
@@ -115,10 +116,11 @@ def collect(run_dir: Path) -> list[GenerationRow]:
 
 def compute_oracle(run_dir: Path, world_file: Path) -> None:
     """Ground-truth engagement of every generation's parent and candidate (cached in `<gen>/oracle.json`), and
-    every reward model's agreement with the oracle (`<gen>/rm_oracle.json`, flywheel_operator.local.rm_oracle)."""
-    from flywheel_operator.local.rm_oracle import compute_rm_agreement
-    from flywheel_operator.local.users import PredictorPolicy, load_predictor
+    every reward model's agreement with the oracle (`<gen>/rm_oracle.json`, flywheel_local.rm_oracle)."""
     from flywheel_sim import load_world, oracle
+
+    from flywheel_local.rm_oracle import compute_rm_agreement
+    from flywheel_local.users import PredictorPolicy, load_predictor
 
     compute_rm_agreement(run_dir, world_file)
     world = load_world(world_file)
@@ -300,7 +302,7 @@ def _confusion(rows: list[GenerationRow]) -> str:
 def _reward_model_rows(rows: list[GenerationRow]) -> str:
     """Every reward model's agreement with the oracle next to its quality on held-out logged data and its
     calibration, with 95 % intervals and where each lies against chance."""
-    from flywheel_operator.local.rm_oracle import with_interval
+    from flywheel_local.rm_oracle import with_interval
 
     body = []
     for r in rows:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flywheel_operator.local.sources import TrafficUri
+from flywheel_local.sources import TrafficUri
 
 
 def load_predictor(name: str, model_dir: str | Path, world: Any) -> Any:

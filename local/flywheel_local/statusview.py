@@ -74,7 +74,7 @@ def render_one(name: str, status: FlywheelGenerationStatus) -> Group:
 def render_reward_models(measured: dict) -> list[Text]:
     """Each reward model's agreement with the oracle next to its quality on held-out logged data and its
     calibration, each with its 95 % interval and where it lies against chance."""
-    from flywheel_operator.local.rm_oracle import with_interval
+    from flywheel_local.rm_oracle import with_interval
 
     if not measured.get("models"):
         return []
@@ -97,7 +97,7 @@ def render_reward_models(measured: dict) -> list[Text]:
 
 
 def render_status(dirs: list[Path]) -> Group:
-    from flywheel_operator.local.rm_oracle import read_agreement
+    from flywheel_local.rm_oracle import read_agreement
 
     parts = []
     for d in dirs:

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from flywheel_operator import storage
 from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelGenerationStatus
-from flywheel_operator.local.backend import LocalBackend, RunPaths
-from flywheel_operator.local.clock import SimulatedClock
-from flywheel_operator.local.progress import Display
 from flywheel_operator.planner import Event, ParentObservation, plan
+
+from flywheel_local.backend import LocalBackend, RunPaths
+from flywheel_local.clock import SimulatedClock
+from flywheel_local.progress import Display
 
 RUN_FILE = "run.json"
 CLOCK_FILE = "clock.json"

@@ -1,0 +1,64 @@
+"""`flywheel`: the operator's command line plus the local mode's run, status and report.
+
+The console script points here; every other subcommand is flywheel_operator.cli's, which never imports this package.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from flywheel_operator import cli as operator_cli
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flywheel_local.commands import run_command
+
+    return run_command(
+        args.file, generations=args.generations, run_dir=args.run_dir, world=args.world, cache_dir=args.cache_dir
+    )
+
+
+def _status(args: argparse.Namespace) -> int:
+    from flywheel_local.commands import status_command
+
+    return status_command(args.run_dir, as_json=args.json)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from flywheel_local.commands import report_command
+
+    return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
+
+
+def add_local_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a generation locally against simulated users")
+    p.add_argument("file", help="FlywheelGeneration manifest, e.g. examples/local/gen1.yaml")
+    p.add_argument("--generations", type=int, default=1, help="chain N generations; each promoted one is the parent")
+    p.add_argument("--run-dir", help="run directory (default: resources.storage.uri of the manifest); rerun to resume")
+    p.add_argument("--world", help="simulated world file (default: examples/local/world.yaml)")
+    p.add_argument("--cache-dir", help="cache of generation-0 builds (default: runs/cache)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("status", help="show the status documents of a local run")
+    p.add_argument("run_dir", help="run directory printed by `flywheel run`, or one generation's directory")
+    p.add_argument("--json", action="store_true", help="print the status documents as JSON")
+    p.set_defaults(func=_status)
+
+    p = sub.add_parser("report", help="write the HTML report (with PNG plots) of a local run")
+    p.add_argument("run_dir", help="run directory printed by `flywheel run`")
+    p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
+    p.add_argument("--no-oracle", action="store_true", help="skip the simulator's ground-truth engagement")
+    p.set_defaults(func=_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return operator_cli.build_parser(extensions=(add_local_commands,))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return operator_cli.main(argv, extensions=(add_local_commands,))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
