@@ -60,6 +60,8 @@ lint: setup
 crd: setup
 	@$(VENV)/bin/flywheel crd > crds/flywheelgenerations.yaml
 	@cp crds/flywheelgenerations.yaml charts/characterflywheel/crds/flywheelgenerations.yaml
+	@$(VENV)/bin/flywheel crd flywheel > crds/flywheels.yaml
+	@cp crds/flywheels.yaml charts/characterflywheel/crds/flywheels.yaml
 	@$(VENV)/bin/flywheel docs api > docs/api.md
 
 bench: setup

@@ -18,6 +18,7 @@ from flywheel_operator.api import (
     StageConfig,
     StageResult,
 )
+from flywheel_operator.api.flywheel import FlywheelSpec, FlywheelStatus
 
 ROOTS: list[tuple[str, type[BaseModel]]] = [
     ("spec", FlywheelGenerationSpec),
@@ -27,6 +28,7 @@ ROOTS: list[tuple[str, type[BaseModel]]] = [
     ("offline metrics (eval → offline gate)", OfflineMetrics),
     ("online reading (Prometheus → online gate)", OnlineReading),
 ]
+ROOTS += [("Flywheel spec", FlywheelSpec), ("Flywheel status", FlywheelStatus)]
 
 
 def _type_name(annotation: Any) -> str:

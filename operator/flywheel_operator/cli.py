@@ -19,9 +19,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _crd(args: argparse.Namespace) -> int:
-    from flywheel_operator.crd import render_crd_yaml
+    from flywheel_operator.crd import render_crd_yaml, render_flywheel_crd_yaml
 
-    sys.stdout.write(render_crd_yaml())
+    sys.stdout.write(render_flywheel_crd_yaml() if args.kind == "flywheel" else render_crd_yaml())
     return 0
 
 
@@ -87,6 +87,9 @@ def build_parser(extensions: Sequence[CommandsHook] = ()) -> argparse.ArgumentPa
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
+    p.add_argument("kind", nargs="?", choices=["generation", "flywheel"], default="generation",
+                   help="generation: FlywheelGeneration (crds/flywheelgenerations.yaml, the default); flywheel: "
+                   "Flywheel (crds/flywheels.yaml)")
     p.set_defaults(func=_crd)
 
     p = sub.add_parser("docs", help="print generated documentation")

@@ -95,6 +95,8 @@ def problems_of(document: Any) -> list[Problem]:
     """All problems of one YAML document (empty when it is a valid FlywheelGeneration)."""
     if not isinstance(document, dict):
         return [Problem("(document)", f"expected a mapping, got {type(document).__name__}", "write a YAML object")]
+    if document.get("kind") == "Flywheel" and document.get("apiVersion") == API_VERSION:
+        return _flywheel_problems(document)
     head = []
     if document.get("apiVersion") != API_VERSION:
         head.append(Problem("apiVersion", f"is {document.get('apiVersion')!r}", f"set it to {API_VERSION}"))
@@ -107,6 +109,24 @@ def problems_of(document: Any) -> list[Problem]:
     except ValidationError as exc:
         return problems_of_error(exc)
     return []
+
+
+def _flywheel_problems(document: dict[str, Any]) -> list[Problem]:
+    """A Flywheel (api/flywheel.py): its template, schedule, stop rules and the names it will create."""
+    from flywheel_operator.api.flywheel import Flywheel
+
+    try:
+        Flywheel.model_validate(document)
+    except ValidationError as exc:
+        return problems_of_error(exc)
+    return []
+
+
+def _verdict(document: dict[str, Any]) -> str:
+    if document.get("kind") == "Flywheel":
+        first = document["spec"].get("firstGeneration", 1)
+        return f"OK (Flywheel {document['metadata']['name']}, from generation {first})"
+    return f"OK ({KIND} {document['metadata']['name']}, generation {document['spec']['generation']})"
 
 
 def problems_of_error(exc: ValidationError) -> list[Problem]:
@@ -152,8 +172,5 @@ def validate_files(paths: Sequence[str], out=None) -> int:
                 for problem in problems:
                     print(f"  {problem}", file=out)
             else:
-                print(
-                    f"{where}: OK ({KIND} {document['metadata']['name']}, generation {document['spec']['generation']})",
-                    file=out,
-                )
+                print(f"{where}: {_verdict(document)}", file=out)
     return 1 if failed else 0
