@@ -226,6 +226,48 @@ def _online(dashboard: Dashboard) -> Dashboard:
     )
 
 
+def _flywheels(dashboard: Dashboard) -> Dashboard:
+    """Flywheels (kube/flywheel.py): the climb of each one, its streaks, and how fast the next turn starts."""
+    fw = 'namespace=~"$namespace"'
+    return (
+        dashboard.with_row(Row("Flywheel trajectory"))
+        .with_panel(
+            timeseries.Panel().title("Deployed generation per Flywheel").span(8).height(8)
+            .description("Number of each Flywheel's latest promoted generation: a climbing staircase while the "
+                         "flywheel turns; flat while its generations roll back.")
+            .with_target(_query(f"max by (namespace, flywheel) (flywheel_flywheel_last_promoted_generation{{{fw}}})",
+                                "{{namespace}}/{{flywheel}}"))
+            .legend(_legend())
+        )
+        .with_panel(
+            timeseries.Panel().title("Flywheel generations started, promoted, rolled back").span(8).height(8)
+            .with_target(_query(f"sum by (flywheel, event) (increase(flywheel_flywheel_generations_total{{{fw}}}"
+                                "[$__rate_interval]))", "{{flywheel}} · {{event}}"))
+            .legend(_legend())
+        )
+        .with_panel(
+            stat.Panel().title("Flywheel streaks and pauses").span(8).height(8)
+            .description("Generations in a row promoted, rolled back or without a clear lift; paused = 1 when a "
+                         "stop rule paused the Flywheel (the reason label says which).")
+            .with_target(_query(f"max by (flywheel, kind) (flywheel_flywheel_streak{{{fw}}})",
+                                "{{flywheel}} {{kind}}", "A", instant=True))
+            .with_target(_query(f"max by (flywheel, reason) (flywheel_flywheel_paused{{{fw}}})",
+                                "{{flywheel}} paused {{reason}}", "B", instant=True))
+            .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
+        )
+        .with_panel(
+            timeseries.Panel().title("Decision to next start (p50, p95)").span(24).height(7).unit("s")
+            .with_target(_query(
+                "histogram_quantile(0.5, sum by (le) (rate(flywheel_flywheel_decision_to_start_seconds_bucket"
+                f"{{{fw}}}[$__rate_interval])))", "p50", "A"))
+            .with_target(_query(
+                "histogram_quantile(0.95, sum by (le) (rate(flywheel_flywheel_decision_to_start_seconds_bucket"
+                f"{{{fw}}}[$__rate_interval])))", "p95", "B"))
+            .legend(_legend())
+        )
+    )
+
+
 def build_dashboard() -> Dashboard:
     """The whole dashboard, as a builder."""
     dashboard = (
@@ -234,7 +276,7 @@ def build_dashboard() -> Dashboard:
                      "flywheel_operator.dashboard; do not edit by hand.")
         .refresh("1m").time("now-7d", "now").editable()
     )
-    return _online(_offline(_pipeline(_variables(dashboard))))
+    return _flywheels(_online(_offline(_pipeline(_variables(dashboard)))))
 
 
 def render_dashboard() -> str:

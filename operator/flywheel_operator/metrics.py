@@ -16,6 +16,7 @@ from typing import get_args
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from flywheel_operator.api import FlywheelGenerationStatus, OnlineDecision, Phase, StageRecord
+from flywheel_operator.api.flywheel import FlywheelStatus
 from flywheel_operator.planner import stage_kind
 
 PHASES: tuple[str, ...] = get_args(Phase)
@@ -282,6 +283,7 @@ class OperatorMetrics:
         )
         self._series: dict[tuple[str, str], dict[Gauge, set[tuple[str, ...]]]] = {}
         """The label values each generation has in each per-generation gauge (what the next write may drop)."""
+        self.flywheels = FlywheelMetrics(r)
 
     def observe(self, namespace: str, name: str, previous: FlywheelGenerationStatus | None,
                 current: FlywheelGenerationStatus, *, now: datetime) -> None:
@@ -355,6 +357,67 @@ def exposed_names(registry: CollectorRegistry) -> set[str]:
         names.update(family.name + s for s in suffixes.get(family.type, ("",)))
         names.update(sample.name for sample in family.samples)
     return names
+
+
+# ------------------------------------------------------------------------------------------------- Flywheels
+DECISION_TO_START_BUCKETS: tuple[float, ...] = (1, 10, 60, 300, 900, 3600, 4 * 3600, 86400, 3 * 86400, 7 * 86400)
+"""From seconds (on-decision) to a week (an interval or cron schedule)."""
+
+
+def flywheel_events(previous: FlywheelStatus | None, current: FlywheelStatus) -> list[str]:
+    """What happened between two Flywheel statuses: `started` per new generation, `promoted`, `rolled_back` or
+    `failed` per newly finished one (counted once: the status that recorded it is written once)."""
+    from flywheel_operator.api.flywheel import FINISHED_PHASES
+
+    before = {e.number: e for e in previous.trajectory} if previous is not None else {}
+    out = []
+    for entry in current.trajectory:
+        old = before.get(entry.number)
+        if old is None:
+            out.append("started")
+        if entry.phase in FINISHED_PHASES and (old is None or old.phase not in FINISHED_PHASES):
+            out.append({"Promoted": "promoted", "RolledBack": "rolled_back"}.get(entry.phase, "failed"))
+    return out
+
+
+class FlywheelMetrics:
+    """Per-Flywheel series: generations started and decided, paused Flywheels, the climb, the time from a decision
+    to the next start."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        fw = ["namespace", "flywheel"]
+        self.generations = Counter("flywheel_flywheel_generations",
+                                   "Generations of a Flywheel by event: started, promoted, rolled_back, failed.",
+                                   [*fw, "event"], registry=registry)
+        self.paused = Gauge("flywheel_flywheel_paused", "1 while a Flywheel is paused by a stop rule (reason label).",
+                            [*fw, "reason"], registry=registry)
+        self.streak = Gauge("flywheel_flywheel_streak", "Generations in a row by kind: promoted, rolled_back, plateau.",
+                            [*fw, "kind"], registry=registry)
+        self.last_promoted = Gauge("flywheel_flywheel_last_promoted_generation",
+                                   "Number of the Flywheel's latest promoted generation (the deployed one).", fw,
+                                   registry=registry)
+        self.decision_to_start = Histogram("flywheel_flywheel_decision_to_start_seconds",
+                                           "Time from a generation's decision to the start of the next one.",
+                                           ["namespace"], buckets=DECISION_TO_START_BUCKETS, registry=registry)
+
+    def observe(self, namespace: str, name: str, previous: FlywheelStatus | None, current: FlywheelStatus) -> None:
+        for event in flywheel_events(previous, current):
+            self.generations.labels(namespace, name, event).inc()
+        for event in ("started", "promoted", "rolled_back", "failed"):  # present at 0 for increase()
+            self.generations.labels(namespace, name, event)
+        self.paused.remove_by_labels({"namespace": namespace, "flywheel": name})
+        paused = next((c for c in current.conditions if c.type == "Paused" and c.status == "True"), None)
+        self.paused.labels(namespace, name, paused.reason if paused else "").set(1.0 if paused else 0.0)
+        self.streak.labels(namespace, name, "promoted").set(current.promotions_in_a_row)
+        self.streak.labels(namespace, name, "rolled_back").set(current.rollbacks_in_a_row)
+        self.streak.labels(namespace, name, "plateau").set(current.plateau_in_a_row)
+        promoted = [e.number for e in current.trajectory if e.phase == "Promoted"]
+        if promoted:
+            self.last_promoted.labels(namespace, name).set(promoted[-1])
+
+    def forget(self, namespace: str, name: str) -> None:
+        for metric in (self.generations, self.paused, self.streak, self.last_promoted):
+            metric.remove_by_labels({"namespace": namespace, "flywheel": name})
 
 
 METRICS = OperatorMetrics()

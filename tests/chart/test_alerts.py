@@ -21,6 +21,7 @@ EXPECTED_ALERTS = {
     "FlywheelOfflineOnlineDivergence",
     "FlywheelOperatorDown",
     "FlywheelExporterDown",
+    "FlywheelPaused",
 }
 
 

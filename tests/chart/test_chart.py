@@ -119,6 +119,14 @@ OPERATOR_VERBS = {  # what tests/operator/test_rbac.py records the operator call
     ("", "events"): {"create"},
     ("serving.kserve.io", "inferenceservices"): {"create", "get", "patch"},
 }
+OPERATOR_VERBS = {  # Flywheels (kube/flywheel.py): their generations are created and deleted (historyLimit)
+    **OPERATOR_VERBS,
+    ("characterflywheel.io", "flywheelgenerations"): OPERATOR_VERBS[("characterflywheel.io", "flywheelgenerations")]
+    | {"create", "delete"},
+    ("characterflywheel.io", "flywheels"): {"get", "list", "watch", "patch"},
+    ("characterflywheel.io", "flywheels/status"): {"patch"},
+    ("characterflywheel.io", "flywheels/finalizers"): {"update"},
+}
 PEERING_VERBS = {"get", "list", "watch", "patch"}
 
 

@@ -80,6 +80,9 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
         verbs={"list", "watch", "get", "patch", "create", "delete"},
         subresources={"status"},
     ),
+    f"{GROUP}/{VERSION}/flywheels": kmock.ResourceInfo(
+        kind="Flywheel", namespaced=True, verbs={"list", "watch", "get", "patch", "create"}, subresources={"status"}
+    ),
     "batch/v1/jobs": kmock.ResourceInfo(
         kind="Job", namespaced=True, verbs={"list", "watch", "get", "create", "patch"}, subresources={"status"}
     ),
@@ -162,6 +165,7 @@ class FaultyEmulator(kmock.KubernetesEmulator):
             self.permissions |= rbac_permissions(request)
         if request.action == kmock.action.CREATE and request.resource is not None:
             self._name_generated(request)
+            self._stamped(request)
         if watching or world:
             return await super()._handle(request)
         if self.validate:
@@ -304,6 +308,15 @@ class FaultyEmulator(kmock.KubernetesEmulator):
         assert obj is not None  # patched by KubernetesEmulator._handle before the fallback runs
         return obj.last.raw
 
+    def _stamped(self, request: kmock.Request) -> None:
+        """What the API server sets on every created object: a uid and a creation time (owner references of what
+        a Flywheel's generations create point at the uid)."""
+        meta = request.data.setdefault("metadata", {})
+        if not meta.get("uid"):
+            self.generated += 1
+            meta["uid"] = f"uid-{self.generated:06d}"
+        meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
     def _name_generated(self, request: kmock.Request) -> None:
         """What the API server does for `metadata.generateName` (kopf's Events use it)."""
         meta = request.data.setdefault("metadata", {})
@@ -313,7 +326,7 @@ class FaultyEmulator(kmock.KubernetesEmulator):
 
 
 RBAC_VERBS = {"LIST": "list", "WATCH": "watch", "FETCH": "get", "CREATE": "create", "DELETE": "delete"}
-OWNER_GROUPS = {KIND: (GROUP, PLURAL)}
+OWNER_GROUPS = {KIND: (GROUP, PLURAL), "Flywheel": (GROUP, "flywheels")}
 
 
 def rbac_permissions(request: kmock.Request) -> set[tuple[str, str, str]]:

@@ -49,8 +49,22 @@ async def run_scenarios(cluster: Cluster) -> None:
         await World(cluster, mode="knative").run(["rolled-back"])
         await eventually(lambda: cluster.status("invalid").get("phase") == "Failed")
         await eventually(lambda: cluster.status("refused").get("phase") == "Failed")
+        await flywheel_scenario(cluster, readings)  # creates, deletes (historyLimit) generations, writes its status
     finally:
         await operator.stop()
+
+
+async def flywheel_scenario(cluster: Cluster, readings: Readings) -> None:
+    from flywheel_operator.api import PLURAL
+    from flywheel_operator.kube.client import resource_path
+
+    from tests.operator.cluster import NAMESPACE
+    from tests.operator.test_flywheel import flywheel_body, turn
+
+    readings.lift.update({"fw-1": 0.3, "fw-2": -0.3})
+    await cluster.api.create(resource_path("flywheels", NAMESPACE),
+                             flywheel_body("fw", historyLimit=0, stopRules={"maxGenerations": 2}))
+    await turn(cluster, "fw", lambda s: s.phase == "Finished" and "fw-2" not in cluster.objects(PLURAL))
 
 
 async def test_the_role_grants_exactly_the_requests_the_operator_makes() -> None:

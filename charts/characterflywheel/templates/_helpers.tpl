@@ -122,4 +122,18 @@ cluster-wide read of CustomResourceDefinitions or Namespaces; API discovery is o
 - apiGroups: [serving.kserve.io]
   resources: [inferenceservices]
   verbs: [create, get, patch]
+# Flywheels (kube/flywheel.py): read them and write their status; create their generations (owned by the
+# Flywheel, blockOwnerDeletion) and delete those past spec.historyLimit.
+- apiGroups: [characterflywheel.io]
+  resources: [flywheels]
+  verbs: [get, list, watch, patch]
+- apiGroups: [characterflywheel.io]
+  resources: [flywheels/status]
+  verbs: [patch]
+- apiGroups: [characterflywheel.io]
+  resources: [flywheels/finalizers]
+  verbs: [update]
+- apiGroups: [characterflywheel.io]
+  resources: [flywheelgenerations]
+  verbs: [create, delete]
 {{- end }}

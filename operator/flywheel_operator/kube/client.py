@@ -26,6 +26,7 @@ RESOURCES: Mapping[str, str] = {
     "services": "/api/v1",
     "inferenceservices": "/apis/serving.kserve.io/v1beta1",
     "flywheelgenerations": "/apis/characterflywheel.io/v1alpha1",
+    "flywheels": "/apis/characterflywheel.io/v1alpha1",
 }
 """Plural -> API prefix of every resource the backend reads or writes."""
 
@@ -105,6 +106,11 @@ class KubeClient:
 
     async def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str) -> dict[str, Any]:
+        """Delete with background propagation: the object goes now, its owned children after it."""
+        return await self._call("DELETE", path, body={"kind": "DeleteOptions", "apiVersion": "v1",
+                                                      "propagationPolicy": "Background"})
 
     async def _call(
         self,

@@ -164,6 +164,10 @@ def register(
             reconciler.requeue_at[(namespace, owner)] = reconciler.clock() + timedelta(seconds=TRANSIENT_DELAY)
             reconciler.wake_event((namespace, owner)).set()
 
+    from flywheel_operator.kube.flywheel import register_flywheels  # Flywheels: generations after each other
+
+    register_flywheels(registry, reconciler, poll=poll, without_finalizer=_without_finalizer)
+
 
 def _without_finalizer(registry: kopf.OperatorRegistry, daemon: Callable[..., Any]) -> None:
     """kopf marks every daemon as needing a finalizer, to stop it before its object goes. This daemon holds
