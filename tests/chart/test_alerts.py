@@ -19,6 +19,9 @@ EXPECTED_ALERTS = {
     "FlywheelCanaryGuardrailBreach",
     "FlywheelSampleRatioMismatch",
     "FlywheelOfflineOnlineDivergence",
+    "FlywheelCrossoverUsers",
+    "FlywheelReconcileErrors",
+    "FlywheelExporterRefusingWrites",
     "FlywheelOperatorDown",
     "FlywheelExporterDown",
 }
