@@ -138,3 +138,14 @@ def test_a_per_namespace_runtime_with_all_namespaces_is_refused() -> None:
     result = run([helm_binary("helm3"), "template", "r", str(CHART), "--set", "watch.allNamespaces=true",
                   "--set", "servingRuntime.kind=ServingRuntime", *NAMESPACED_RUNTIME])
     assert result.returncode != 0 and "with watch.allNamespaces use ClusterServingRuntime" in result.stderr
+
+
+def test_notes_say_the_default_images_are_not_published() -> None:
+    def notes(*extra: str) -> str:
+        result = run([helm_binary("helm4"), "install", "flywheel", str(CHART), "--namespace", NAMESPACE,
+                      "--dry-run=client", *extra])
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split("NOTES:", 1)[1]
+
+    assert "No images are published" in notes() and "docs/install.md, section 0" in notes()
+    assert "No images are published" not in notes("--set", "image.repository=registry.example.com/ml/operator")
