@@ -122,3 +122,28 @@ def test_the_operator_commands_run_with_only_what_the_operator_image_installs(tm
     result = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=300,
                             check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_the_operator_images_build_context_makes_a_wheel_of_the_operator_package_alone(tmp_path: Path) -> None:
+    """What the operator stage copies (pyproject.toml, README.md, operator/) builds a wheel holding
+    flywheel_operator and the `flywheel` command only: the image carries neither trainer nor simulator."""
+    import shutil
+    import zipfile
+
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(ROOT / "operator", context / "operator", ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                             "-w", str(tmp_path / "dist"), str(context)], capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"flywheel_operator"}
+    assert any(n.startswith("flywheel_operator/kube/") for n in names)
+    assert any(n.startswith("flywheel_operator/api/") for n in names)
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "flywheel = flywheel_operator.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "BuildBackendWarning" not in result.stderr, result.stderr[-2000:]
