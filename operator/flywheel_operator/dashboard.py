@@ -218,8 +218,8 @@ def _online(dashboard: Dashboard) -> Dashboard:
             .span(12).height(8)
             .unit("percentunit")
             .with_target(_query(
-                'sum by (generation, arm) (flywheel_users_engaged_total{generation=~"$generation"})'
-                ' / sum by (generation, arm) (flywheel_users_exposed_total{generation=~"$generation"})',
+                f"sum by (generation, arm) (flywheel_users_engaged_total{{{SELECT}}})"
+                f" / sum by (generation, arm) (flywheel_users_exposed_total{{{SELECT}}})",
                 "{{generation}} · {{arm}}"))
             .legend(_legend())
         )
@@ -268,6 +268,51 @@ def _flywheels(dashboard: Dashboard) -> Dashboard:
     )
 
 
+def _health(dashboard: Dashboard) -> Dashboard:
+    """What keeps the experiment and the operator honest: refused event writes, users in both arms, reconcile
+    errors (each has an alert in the chart's PrometheusRule and an entry in docs/runbook.md)."""
+    return (
+        dashboard.with_row(Row("Health: event writes, arms, reconciles"))
+        .with_panel(
+            timeseries.Panel().title("Refused event writes (exporter)").span(8).height(8).unit("short")
+            .description("POST /events refused before its body was read (missing or wrong writers' token): a chat "
+                         "backend with a stale token loses engagement events, or something else is writing. "
+                         "Alert: FlywheelExporterRefusingWrites.")
+            .with_target(_query("sum by (reason) (increase(flywheel_exporter_refused_writes_total"
+                                "[$__rate_interval]))", "{{reason}}"))
+            .legend(_legend())
+        )
+        .with_panel(
+            timeseries.Panel().title("Crossover users (share of exposed)").span(8).height(8)
+            .unit("percentunit").min(0)
+            .description("Exposed users seen in both arms, as a share of the exposed users: above the generation's "
+                         "promotion.crossoverTolerance (0.01 by default) the arms are not sticky and the gate stops "
+                         "the canary. Alert: FlywheelCrossoverUsers.")
+            .with_target(_query(
+                f"sum by (generation) (flywheel_crossover_users_total{{{SELECT}}})"
+                f" / sum by (generation) (flywheel_users_exposed_total{{{SELECT}}})", "{{generation}}"))
+            .thresholds(_thresholds((None, "green"), (0.01, "red")))
+            .thresholds_style(GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.LINE))
+            .legend(_legend())
+        )
+        .with_panel(
+            timeseries.Panel().title("Reconcile errors").span(8).height(8).unit("short")
+            .description("Reconciles that ended in an error: invalid_spec (a spec or allowlist refusal), "
+                         "api_transient (retried), api_refused (the API server refused a child). "
+                         "Alert: FlywheelReconcileErrors.")
+            .with_target(_query('sum by (namespace, reason) (increase(flywheel_reconcile_errors_total'
+                                '{namespace=~"$namespace"}[$__rate_interval]))', "{{namespace}} · {{reason}}"))
+            .legend(_legend())
+        )
+    )
+
+
+SCHEMA_VERSION = 42
+"""Grafana's current dashboard schema (LATEST_VERSION of its schemaversion migrations, Grafana 12): a dashboard
+at it is loaded as it is. The SDK writes 36; nothing this dashboard uses changes in migrations 37-42 (legend,
+table and time-picker options it does not set; hideFrom overrides it has none of), which a test checks."""
+
+
 def build_dashboard() -> Dashboard:
     """The whole dashboard, as a builder."""
     dashboard = (
@@ -276,13 +321,16 @@ def build_dashboard() -> Dashboard:
                      "flywheel_operator.dashboard; do not edit by hand.")
         .refresh("1m").time("now-7d", "now").editable()
     )
-    return _flywheels(_online(_offline(_pipeline(_variables(dashboard)))))
+    return _flywheels(_health(_online(_offline(_pipeline(_variables(dashboard))))))
 
 
 def render_dashboard() -> str:
     """The dashboard JSON exactly as committed in the chart (sorted keys, two-space indent, final newline)."""
-    built = build_dashboard().build()
-    return json.dumps(json.loads(JSONEncoder(sort_keys=True).encode(built)), indent=2, sort_keys=True) + "\n"
+    built = json.loads(JSONEncoder(sort_keys=True).encode(build_dashboard().build()))
+    built["schemaVersion"] = SCHEMA_VERSION
+    for number, panel in enumerate(built["panels"], start=1):  # the SDK leaves ids null (rows: 0)
+        panel["id"] = number
+    return json.dumps(built, indent=2, sort_keys=True) + "\n"
 
 
 def main() -> int:

@@ -277,6 +277,11 @@ class OperatorMetrics:
         self.overfitting_alarm = Gauge("flywheel_overfitting_alarm",
                                        "1 when offline win rates diverge from the online result (V12 alarm).",
                                        gen, registry=r)
+        self.reconcile_errors = Counter(
+            "flywheel_reconcile_errors",
+            "Reconciles that ended in an error, by reason: invalid_spec (the spec or the allowlist refused it), "
+            "api_transient (timeouts, conflicts, throttling, 5xx: retried), api_refused (403/404/422...: the "
+            "status says which child).", ["namespace", "reason"], registry=r)
         self._per_generation: tuple[Gauge, ...] = (
             self.generation_phase, self.time_in_phase, self.phase_start_time, self.online_lift,
             self.offline_metric, self.srm_detected, self.guardrail_breach, self.overfitting_alarm,

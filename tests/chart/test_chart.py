@@ -28,6 +28,7 @@ from tests.operator import upstream
 K8S_VERSIONS = ("1.30.0", latest_version())
 CUSTOM_GROUPS = ("kopf.dev/", "characterflywheel.io/")
 MONITORING = "monitoring.coreos.com/v1"
+KSERVE = ("--api-versions", "serving.kserve.io/v1alpha1/ClusterServingRuntime")
 
 
 @pytest.mark.parametrize("helm", HELMS)
@@ -45,7 +46,8 @@ def test_lint_strict_passes(helm: str, values: str) -> None:
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_rendered_manifest_validates(helm: str, values: str, version: str) -> None:
     values_file = VALUES[values]
-    docs = render(helm, None if values_file is None else str(values_file))
+    # with KServe's API announced, so the serving runtime renders and is validated too
+    docs = render(helm, None if values_file is None else str(values_file), *KSERVE)
     crds = {d["spec"]["names"]["kind"]: d for d in of_kind(docs, "CustomResourceDefinition")}
     for doc in docs:
         if doc["apiVersion"].startswith(CUSTOM_GROUPS):
@@ -67,13 +69,21 @@ def _validate_against_crd(doc: dict, crd: dict) -> None:
     jsonschema.Draft4Validator(served["schema"]["openAPIV3Schema"]).validate(doc)
 
 
-def test_the_chart_installs_the_runtime_the_operator_names() -> None:
-    """The canary's model names runtime `characterflywheel-chat`: the chart's ClusterServingRuntime, serving the
-    trainer image's ChatPredictor (KServe v1 protocol, as `flywheel run` serves locally)."""
+def test_the_chart_installs_the_runtime_the_operator_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canary's model names the chart's ClusterServingRuntime (its name reaches the operator through
+    FLYWHEEL_SERVING_RUNTIME), serving the trainer image's ChatPredictor (KServe v1 protocol, as `flywheel run`
+    serves locally)."""
+    from flywheel_operator.api import StorageSpec
     from flywheel_operator.kube import canary
 
-    (runtime,) = [d for d in render("helm3", None) if d["kind"] == "ClusterServingRuntime"]
-    assert runtime["metadata"]["name"] == canary.RUNTIME
+    docs = render("helm3", None, *KSERVE)
+    (runtime,) = [d for d in docs if d["kind"] == "ClusterServingRuntime"]
+    (deployment,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    monkeypatch.setenv(canary.RUNTIME_ENV, env[canary.RUNTIME_ENV])
+    assert canary.model("s3://b/p", StorageSpec.model_validate({"uri": "s3://b/"}))["runtime"] == (
+        runtime["metadata"]["name"]
+    )
     assert [f["name"] for f in runtime["spec"]["supportedModelFormats"]] == [canary.MODEL_FORMAT]
     (container,) = runtime["spec"]["containers"]
     assert container["name"] == canary.CONTAINER and container["image"].startswith("ghcr.io/characterflywheel/trainer:")

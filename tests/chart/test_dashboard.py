@@ -47,3 +47,41 @@ def test_every_query_uses_the_datasource_variable() -> None:
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
             assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+
+
+def test_dashboard_is_at_grafanas_current_schema_with_unique_panel_ids() -> None:
+    """Grafana 12's schemaVersion (42): a dashboard below it is migrated on every load, and null ids make Grafana
+    renumber panels, breaking links to a panel (`viewPanel=<id>`)."""
+    from flywheel_operator.dashboard import SCHEMA_VERSION
+
+    dashboard = json.loads(COMMITTED.read_text())
+    assert dashboard["schemaVersion"] == SCHEMA_VERSION == 42
+    ids = [panel.get("id") for panel in dashboard["panels"]]
+    assert None not in ids and 0 not in ids and len(set(ids)) == len(ids)
+    # what migrations 37-42 would rewrite is absent, so the dashboard needs none of them
+    assert "time_options" not in dashboard.get("timepicker", {})
+    for panel in dashboard["panels"]:
+        legend = panel.get("options", {}).get("legend", {})
+        assert legend.get("displayMode") != "hidden"
+        assert panel["type"] != "table"
+        for override in panel.get("fieldConfig", {}).get("overrides", []):
+            assert all(p["id"] != "custom.hideFrom" for p in override.get("properties", []))
+
+
+def test_every_per_generation_panel_honours_the_namespace_variable() -> None:
+    """Same-named generations of two namespaces must not merge: each query over per-generation series filters by
+    $namespace as well as $generation."""
+    dashboard = json.loads(COMMITTED.read_text())
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            if "generation" in target["expr"]:
+                assert 'namespace=~"$namespace"' in target["expr"], panel["title"]
+
+
+def test_health_panels_show_refused_writes_crossovers_and_reconcile_errors() -> None:
+    dashboard = json.loads(COMMITTED.read_text())
+    exprs = {p["title"]: " ".join(t["expr"] for t in p.get("targets", [])) for p in dashboard["panels"]}
+    assert "flywheel_exporter_refused_writes_total" in exprs["Refused event writes (exporter)"]
+    crossover = exprs["Crossover users (share of exposed)"]
+    assert "flywheel_crossover_users_total" in crossover and "flywheel_users_exposed_total" in crossover
+    assert "flywheel_reconcile_errors_total" in exprs["Reconcile errors"]

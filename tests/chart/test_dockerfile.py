@@ -36,22 +36,48 @@ def test_hadolint_passes() -> None:
 
 def test_final_stages_run_as_a_numeric_non_root_user() -> None:
     stages = _stages()
-    for target, entrypoint in (("operator", "flywheel"), ("trainer", "flywheel-train")):
+    for target, entrypoint in (("operator", "flywheel-operator"), ("trainer", "flywheel-train")):
         users = [i for i in stages[target] if i.startswith("USER ")]
         assert users and users[-1] == "USER 65532:65532"
         assert f'ENTRYPOINT ["{entrypoint}"]' in stages[target]
 
 
-def test_trainer_base_is_a_build_argument_and_operator_has_no_torch() -> None:
+def test_operator_image_installs_its_lock_and_its_package_only() -> None:
     stages = _stages()
-    assert stages["trainer"][0] == "FROM ${CUDA_BASE} AS trainer"
-    assert "FROM ${CUDA_BASE} AS trainer-build" in stages["trainer-build"][0]
     build = " ".join(stages["operator-build"])
-    training = {"torch", "transformers", "tokenizers", "trl", "peft", "datasets", "accelerate", "matplotlib"}
-    assert all(f"'{name}'" in build for name in training)
-    assert "--no-deps /src" in build
-    # The operator's requirements come from pyproject.toml, whose dependencies must include the training stack
-    # under those names (or the filter would let it through).
+    assert "--require-hashes -r /tmp/operator.txt" in build and "--no-deps /src" in build
+    copies = [i for i in stages["operator-build"] if i.startswith("COPY ")]
+    assert "COPY operator ./operator" in copies
+    assert not any(pkg in " ".join(copies) for pkg in ("trainer", "sim", "local"))
+
+
+def test_bases_are_pinned_by_digest() -> None:
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), flags=re.M))
+    froms = [stage[0].split()[1] for stage in _stages().values()]
+    for base in froms:
+        image = args[base.strip("${}")] if base.startswith("${") else base
+        if image in {"operator-build", "trainer-build"}:
+            continue
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", image), f"{base} = {image}: not pinned by digest"
+
+
+def test_trainer_runs_on_a_runtime_base_with_deepspeed_ops_prebuilt() -> None:
+    stages = _stages()
+    args = dict(re.findall(r"^ARG (\w+)=(\S+)$", DOCKERFILE.read_text(), flags=re.M))
+    assert stages["trainer"][0] == "FROM ${CUDA_RUNTIME} AS trainer" and "-runtime-" in args["CUDA_RUNTIME"]
+    assert stages["trainer-build"][0] == "FROM ${CUDA_DEVEL} AS trainer-build" and "-devel-" in args["CUDA_DEVEL"]
+    final = " ".join(stages["trainer"])
+    assert "build-essential" not in final and "ninja" not in final and "COPY --from=trainer-build /opt/venv" in final
+    build = " ".join(stages["trainer-build"])
+    assert "--require-hashes -r /tmp/trainer.txt" in build
+    assert "DS_BUILD_FUSED_ADAM=1" in build and "DS_BUILD_CPU_ADAM=1" in build and "--no-build-isolation" in build
+    # torch's extension builder refuses another CUDA major than torch's own: the devel base must match the lock
+    cuda = re.search(r"^nvidia-cuda-runtime(?:-cu\d+)?==(\d+)\.", (ROOT / "requirements" / "trainer.txt").read_text(),
+                     flags=re.M)
+    assert cuda is not None
+    for arg in ("CUDA_DEVEL", "CUDA_RUNTIME"):
+        assert re.search(rf":{cuda.group(1)}\.\d+\.\d+-", args[arg]), (arg, args[arg], cuda.group(1))
+    # pyproject's dependencies must keep the training stack (the trainer lock is compiled from them)
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     names = {re.split(r"[<>=!~\[; ]", d)[0] for d in deps}
     assert "torch" in names and "kopf" in names
@@ -61,5 +87,5 @@ def test_dockerignore_keeps_only_what_the_images_need() -> None:
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
     assert {line for line in lines if line.startswith("!")} == {
-        "!pyproject.toml", "!README.md", "!operator/", "!trainer/", "!sim/", "!local/"
+        "!pyproject.toml", "!README.md", "!requirements/", "!operator/", "!trainer/", "!sim/"
     }

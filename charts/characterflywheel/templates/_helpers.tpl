@@ -85,6 +85,9 @@ Call with (dict "ctx" . "extra" (list "CKV_…=reason")).
 {{- $skips := .extra }}
 {{- if not .ctx.Values.image.digest }}
 {{- $skips = append $skips "CKV_K8S_43=no digest exists before a release is built; set image.digest to pin one" }}
+{{- if ne .ctx.Values.image.pullPolicy "Always" }}
+{{- $skips = append $skips "CKV_K8S_15=a release tag names one image, pulled once per node; set image.digest to pin it" }}
+{{- end }}
 {{- end }}
 {{- range $i, $skip := $skips }}
 checkov.io/skip{{ add $i 1 }}: {{ $skip | quote }}
@@ -137,3 +140,15 @@ cluster-wide read of CustomResourceDefinitions or Namespaces; API discovery is o
   resources: [flywheelgenerations]
   verbs: [create, delete]
 {{- end }}
+
+{{/* The serving runtime's name: the value, else `<fullname>-chat` (unique per release). */}}
+{{- define "characterflywheel.servingRuntimeName" -}}
+{{- if .Values.servingRuntime.name }}
+{{- .Values.servingRuntime.name }}
+{{- else if .Values.servingRuntime.create }}
+{{- printf "%s-chat" (include "characterflywheel.fullname" .) }}
+{{- else }}
+{{- fail "servingRuntime.name is required when servingRuntime.create is false: the name of the (Cluster)ServingRuntime your InferenceServices use" }}
+{{- end }}
+{{- end }}
+

@@ -16,10 +16,10 @@ second generation waits instead of overwriting it.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from kserve import V1beta1ModelFormat, V1beta1ModelSpec
-from kubernetes.client import ApiClient, V1ResourceRequirements
+from kubernetes.client import ApiClient
 
 from flywheel_operator import storage as storage_seam
 from flywheel_operator.api import ServingResources, StorageSpec, names
@@ -27,7 +27,9 @@ from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCa
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
 RUNTIME = "characterflywheel-chat"
-"""The ClusterServingRuntime the chart installs: the trainer image's ChatPredictor (KServe v1 protocol)."""
+"""The runtime's name when FLYWHEEL_SERVING_RUNTIME is unset: the trainer image's ChatPredictor (KServe v1 protocol)."""
+RUNTIME_ENV = "FLYWHEEL_SERVING_RUNTIME"
+"""Set by the chart to the (Cluster)ServingRuntime it installs, named per release (`<fullname>-chat`)."""
 MODEL_FORMAT = "characterflywheel-chat"
 CONTAINER = "kserve-container"
 """KServe's predictor container name; its CRD requires `model.name` on a canary."""
@@ -61,19 +63,20 @@ def storage_uri(policy: str, storage: StorageSpec) -> str:
 
 def model(policy: str, storage: StorageSpec, serving: ServingResources | None = None) -> dict[str, Any]:
     """The predictor's model: the chart's ChatPredictor runtime loading `policy`; with `serving`, its resources."""
-    spec = V1beta1ModelSpec(
-        name=CONTAINER,
-        model_format=V1beta1ModelFormat(name=MODEL_FORMAT),
-        runtime=RUNTIME,
-        storage_uri=storage_uri(policy, storage),
-    )
+    # Plain JSON (the InferenceService's camelCase keys): the operator image carries no kserve package.
+    spec: dict[str, Any] = {
+        "name": CONTAINER,
+        "modelFormat": {"name": MODEL_FORMAT},
+        "runtime": os.environ.get(RUNTIME_ENV) or RUNTIME,
+        "storageUri": storage_uri(policy, storage),
+    }
     if serving is not None:
         requests = {"cpu": serving.cpu, "memory": serving.memory}
         limits: dict[str, Any] = {"memory": serving.memory}
         if serving.gpus:
             requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(serving.gpus)
-        spec.resources = V1ResourceRequirements(requests=requests, limits=limits)
-    return to_json(spec)
+        spec["resources"] = {"requests": requests, "limits": limits}
+    return spec
 
 
 def inference_service(

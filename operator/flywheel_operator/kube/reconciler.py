@@ -101,6 +101,19 @@ class Reconciler:
         return self._wake.setdefault(key, asyncio.Event())
 
     async def reconcile(self, namespace: str, name: str, *, priority: Priority = Priority.PROGRESS) -> Plan | None:
+        """`_reconcile`, counting each error in `flywheel_reconcile_errors` by reason (the dashboard and the
+        FlywheelReconcileErrors alert read it)."""
+        try:
+            return await self._reconcile(namespace, name, priority=priority)
+        except InvalidSpec:
+            self.metrics.reconcile_errors.labels(namespace, "invalid_spec").inc()
+            raise
+        except ApiError as exc:
+            reason = "api_transient" if exc.transient else "api_refused"
+            self.metrics.reconcile_errors.labels(namespace, reason).inc()
+            raise
+
+    async def _reconcile(self, namespace: str, name: str, *, priority: Priority) -> Plan | None:
         """Reconcile `namespace/name` once admitted at `priority` (the slot is taken before the generation's lock,
         so a lock holder always runs); None when it is gone or being deleted. Raises InvalidSpec or ApiError."""
         key = (namespace, name)
