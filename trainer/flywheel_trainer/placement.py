@@ -120,10 +120,26 @@ def ensure_process_group() -> bool:
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(local_device())
-            dist.init_process_group(backend="nccl", device_id=local_device())
+            dist.init_process_group(backend="nccl", device_id=local_device(), timeout=collective_timeout())
         else:
-            dist.init_process_group(backend="gloo")
+            dist.init_process_group(backend="gloo", timeout=collective_timeout())
     return True
+
+
+COLLECTIVE_TIMEOUT_ENV = "FLYWHEEL_COLLECTIVE_TIMEOUT"
+"""Seconds a collective may wait (the operator sets it from `resources.collectiveTimeout`)."""
+DEFAULT_COLLECTIVE_TIMEOUT = 1800
+
+
+def collective_timeout() -> Any:
+    """The process group's timeout: `FLYWHEEL_COLLECTIVE_TIMEOUT` seconds (30 min by default, over torch's 10):
+    a checkpoint upload or a slow node's model download must finish within it, or the collective fails."""
+    from datetime import timedelta
+
+    value = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "")
+    if value and not value.isdigit():
+        raise ValueError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r} is not a number of seconds")
+    return timedelta(seconds=int(value) if value else DEFAULT_COLLECTIVE_TIMEOUT)
 
 
 def across_ranks(items: Sequence[T], work: Callable[[Sequence[T]], list[R]]) -> list[R]:
