@@ -89,7 +89,7 @@ def stage_models(generation: FlywheelGeneration) -> dict[str, list[StageModel]]:
     """The models named in the spec, by the stage kind that loads them (the parent's policy, whose location is
     known only at run time, is not among them unless `basePolicy` names it)."""
     spec = generation.spec
-    policy = [spec.base_policy] if spec.base_policy and not storage.scheme(spec.base_policy) == "sim" else []
+    policy = [spec.base_policy] if spec.base_policy and storage.scheme(spec.base_policy) != "sim" else []
     out: dict[str, list[StageModel]] = {"reward": [], "sft": [], "rl": [], "eval": []}
     for index, model in enumerate(spec.stages.reward_models):
         base = model.base_model or (policy[0] if policy else None)
@@ -132,7 +132,8 @@ def fit_problems(generation: FlywheelGeneration, parameters: dict[str, int]) -> 
             else:
                 need = count * INFERENCE_BYTES_PER_PARAMETER
                 per_gpu = need / gpus
-                what = f"its bf16 weights ({need / 1e9:.0f} GB) sharded over {gpus} GPU(s) need {per_gpu / 1e9:.0f} GB each"
+                what = (f"its bf16 weights ({need / 1e9:.0f} GB) sharded over {gpus} GPU(s) need "
+                        f"{per_gpu / 1e9:.0f} GB each")
                 fits = per_gpu <= usable
             if not fits:
                 problems.append((model.field, (

@@ -2,12 +2,13 @@
 
 The operator does not mount the artifact store. When `flywheel-train` succeeds, local rank 0 copies the stage's
 result.json into the file named by `FLYWHEEL_TERMINATION_LOG` (`/dev/termination-log`, `write_message`; also
-`python -m flywheel_operator.kube.termination CONFIG [LOG]`); the kubelet puts it in the Pod's `status.containerStatuses[].state.terminated.message`
-(at most 4096 bytes), where the backend reads it. Only what the planner needs is kept: metrics, artifacts,
-the output digest and the eval stage's `details.offline_metrics`.
+`python -m flywheel_operator.kube.termination CONFIG [LOG]`); the kubelet puts it in the Pod's
+`status.containerStatuses[].state.terminated.message` (at most 4096 bytes), where the backend reads it. Only
+what the planner needs is kept: metrics, artifacts, the output digest and the eval stage's `details.offline_metrics`.
 
 In a multi-node stage every pod runs the writer, but only node 0 hosts rank 0, which writes result.json; the
-other nodes exit 0 without it (their training already succeeded, or `&&` would not have run the writer).
+other nodes write a note instead. The result also stays in `<outputDir>/result.json`, where the backend reads it
+when the pod is gone (backend.py).
 """
 
 from __future__ import annotations
