@@ -39,6 +39,9 @@ from flywheel_operator.planner.core import deploy_action
 
 log = logging.getLogger(__name__)
 
+PERMANENT_FAILURE_REASON = "PodFailurePolicy"
+"""The Job's Failed condition reason when a podFailurePolicy FailJob rule matched (a stage that exited 2)."""
+
 OnlineReader = Callable[[FlywheelGeneration, datetime], Awaitable[OnlineReading]]
 """Reads the per-arm statistics of a generation's A/B test at `now` ("no data" is a reading with an error)."""
 
@@ -69,8 +72,11 @@ def job_observation(job: dict[str, Any], result: StageResult | None = None) -> J
     if "Failed" in conditions:
         failed = conditions["Failed"]
         message = ": ".join(p for p in (failed.get("reason"), failed.get("message")) if p) or "the Job failed"
+        # Only the FailJob rule on exit code 2 (manifests.pod_failure_policy) fails a stage Job with this reason.
+        permanent = failed.get("reason") == PERMANENT_FAILURE_REASON
         return JobObservation(name=name, state="Failed", started_at=started,
-                              finished_at=_parse_time(failed.get("lastTransitionTime")), message=message)
+                              finished_at=_parse_time(failed.get("lastTransitionTime")), message=message,
+                              permanent=permanent)
     if (job.get("spec") or {}).get("suspend") or not (started or status.get("active")):
         return JobObservation(name=name, state="Pending")
     return JobObservation(name=name, state="Running", started_at=started)
