@@ -325,6 +325,8 @@ def publish_dir(local_dir: Path, uri: str) -> None:
         for file in files:
             relative = file.relative_to(local_dir).as_posix()
             if relative != RESULT_MARKER:
+                if local_path(uri) is not None:  # a local prefix: directories are not implied by file names
+                    Path(f"{remote}/{relative}").parent.mkdir(parents=True, exist_ok=True)
                 fs.put_file(str(file), f"{remote}/{relative}")
         if (local_dir / RESULT_MARKER).is_file():
             fs.put_file(str(local_dir / RESULT_MARKER), marker)

@@ -106,6 +106,11 @@ class KubeClient:
     async def patch(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return await self._call("PATCH", path, body=body, content_type=MERGE_PATCH)
 
+    async def delete(self, path: str) -> dict[str, Any]:
+        """Delete with background propagation: the garbage collector removes the dependents (a Job's pods)."""
+        return await self._call("DELETE", path, body={"apiVersion": "v1", "kind": "DeleteOptions",
+                                                       "propagationPolicy": "Background"})
+
     async def _call(
         self,
         method: str,
