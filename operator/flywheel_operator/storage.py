@@ -18,7 +18,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -265,13 +265,16 @@ def _node_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def localize(uri: str) -> Path:
+def localize(uri: str, *, select: Callable[[str], bool] | None = None, variant: str = "") -> Path:
     """A local path holding what `uri` holds: the path itself for local URIs; for an object store a download
     into the cache (for readers that need a directory, like `from_pretrained`), reused while complete.
 
     One download per node: the ranks of a pod share the cache, the first to take the node lock downloads into a
     temporary directory and renames it into place (atomic, with its `.complete` marker inside), the others wait
-    on the lock and find the marker. A download killed half-way leaves only a temporary directory."""
+    on the lock and find the marker. A download killed half-way leaves only a temporary directory.
+
+    `select` keeps only the files of a prefix whose relative path it accepts (a node's own checkpoint shards);
+    `variant` names the selection in the cache key, so different selections never share an entry."""
     with _naming(uri):
         path = local_path(uri)
         if path is not None:
@@ -282,6 +285,8 @@ def localize(uri: str) -> Path:
         if not fs.exists(remote):
             raise MissingObjectError(f"{uri}: no such object or prefix")
         key = _version_key(fs, remote, uri)
+        if variant:
+            key = hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
         root = cache_dir()
         name = posixpath.basename(remote.rstrip("/"))
         entry = root / key
@@ -294,7 +299,15 @@ def localize(uri: str) -> Path:
                 return target
             staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=root))
             try:
-                if fs.isdir(remote):
+                if fs.isdir(remote) and select is not None:
+                    base = remote.rstrip("/")
+                    for found in sorted(fs.find(base)):
+                        relative = found[len(base):].lstrip("/")
+                        if select(relative):
+                            (staging / name / relative).parent.mkdir(parents=True, exist_ok=True)
+                            fs.get_file(found, str(staging / name / relative))
+                    (staging / name).mkdir(parents=True, exist_ok=True)
+                elif fs.isdir(remote):
                     fs.get(remote.rstrip("/") + "/", str(staging / name), recursive=True)
                     (staging / name).mkdir(parents=True, exist_ok=True)  # an empty prefix is an empty directory
                 else:
