@@ -18,7 +18,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -251,9 +251,30 @@ def _version_key(fs: Any, remote: str, uri: str) -> str:
     return sha.hexdigest()[:24]
 
 
-def localize(uri: str) -> Path:
+@contextmanager
+def _node_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` among the processes of this node (the ranks of one pod share the cache
+    directory on their scratch volume); released when the holder exits, even when it is killed."""
+    import fcntl
+
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def localize(uri: str, *, select: Callable[[str], bool] | None = None, variant: str = "") -> Path:
     """A local path holding what `uri` holds: the path itself for local URIs; for an object store a download
-    into the cache (for readers that need a directory, like `from_pretrained`), reused while complete."""
+    into the cache (for readers that need a directory, like `from_pretrained`), reused while complete.
+
+    One download per node: the ranks of a pod share the cache, the first to take the node lock downloads into a
+    temporary directory and renames it into place (atomic, with its `.complete` marker inside), the others wait
+    on the lock and find the marker. A download killed half-way leaves only a temporary directory.
+
+    `select` keeps only the files of a prefix whose relative path it accepts (a node's own checkpoint shards);
+    `variant` names the selection in the cache key, so different selections never share an entry."""
     with _naming(uri):
         path = local_path(uri)
         if path is not None:
@@ -264,18 +285,38 @@ def localize(uri: str) -> Path:
         if not fs.exists(remote):
             raise MissingObjectError(f"{uri}: no such object or prefix")
         key = _version_key(fs, remote, uri)
-        target = cache_dir() / key / posixpath.basename(remote.rstrip("/"))
-        done = target.parent / ".complete"
+        if variant:
+            key = hashlib.sha256(f"{key}\0{variant}".encode()).hexdigest()[:24]
+        root = cache_dir()
+        name = posixpath.basename(remote.rstrip("/"))
+        entry = root / key
+        target, done = entry / name, entry / ".complete"
         if done.exists():
             return target
-        shutil.rmtree(target.parent, ignore_errors=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if fs.isdir(remote):
-            fs.get(remote.rstrip("/") + "/", str(target), recursive=True)
-            target.mkdir(parents=True, exist_ok=True)  # an empty prefix is an empty directory
-        else:
-            fs.get(remote, str(target))
-        done.touch()
+        root.mkdir(parents=True, exist_ok=True)
+        with _node_lock(root / f".{key}.lock"):
+            if done.exists():  # another rank of this node downloaded it while this one waited
+                return target
+            staging = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".partial", dir=root))
+            try:
+                if fs.isdir(remote) and select is not None:
+                    base = remote.rstrip("/")
+                    for found in sorted(fs.find(base)):
+                        relative = found[len(base):].lstrip("/")
+                        if select(relative):
+                            (staging / name / relative).parent.mkdir(parents=True, exist_ok=True)
+                            fs.get_file(found, str(staging / name / relative))
+                    (staging / name).mkdir(parents=True, exist_ok=True)
+                elif fs.isdir(remote):
+                    fs.get(remote.rstrip("/") + "/", str(staging / name), recursive=True)
+                    (staging / name).mkdir(parents=True, exist_ok=True)  # an empty prefix is an empty directory
+                else:
+                    fs.get(remote, str(staging / name))
+                (staging / ".complete").touch()
+                shutil.rmtree(entry, ignore_errors=True)  # what a killed download left before the rename
+                os.replace(staging, entry)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
         return target
 
 
@@ -297,6 +338,8 @@ def publish_dir(local_dir: Path, uri: str) -> None:
         for file in files:
             relative = file.relative_to(local_dir).as_posix()
             if relative != RESULT_MARKER:
+                if local_path(uri) is not None:  # a local prefix: directories are not implied by file names
+                    Path(f"{remote}/{relative}").parent.mkdir(parents=True, exist_ok=True)
                 fs.put_file(str(file), f"{remote}/{relative}")
         if (local_dir / RESULT_MARKER).is_file():
             fs.put_file(str(local_dir / RESULT_MARKER), marker)

@@ -166,6 +166,9 @@ def validate_files(paths: Sequence[str], out=None) -> int:
         for index, document in enumerate(documents):
             where = name if len(documents) == 1 else f"{name}[{index}]"
             problems = problems_of(document)
+            warnings: list[Problem] = []
+            if not problems and document.get("kind") == KIND:  # issue 24: will its models load and fit (review)
+                problems, warnings = cluster_review(document)
             if problems:
                 failed = True
                 print(f"{where}: {len(problems)} problem(s)", file=out)
@@ -173,4 +176,14 @@ def validate_files(paths: Sequence[str], out=None) -> int:
                     print(f"  {problem}", file=out)
             else:
                 print(f"{where}: {_verdict(document)}", file=out)
+            for warning in warnings:
+                print(f"  warning: {warning}", file=out)
     return 1 if failed else 0
+
+
+def cluster_review(document: Any) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings) of a valid generation on its cluster: Hub models without a cache, GPU fit."""
+    from flywheel_operator.review import review
+
+    problems, warnings = review(FlywheelGeneration.model_validate(document))
+    return [Problem(*p) for p in problems], [Problem(*w) for w in warnings]

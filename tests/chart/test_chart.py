@@ -122,7 +122,7 @@ OPERATOR_VERBS = {  # what tests/operator/test_rbac.py records the operator call
     ("characterflywheel.io", "flywheelgenerations"): {"get", "list", "watch", "patch"},
     ("characterflywheel.io", "flywheelgenerations/status"): {"patch"},
     ("characterflywheel.io", "flywheelgenerations/finalizers"): {"update"},
-    ("batch", "jobs"): {"create", "list", "watch"},
+    ("batch", "jobs"): {"create", "list", "watch", "delete"},
     ("", "pods"): {"list"},
     ("", "configmaps"): {"create"},
     ("", "services"): {"create"},

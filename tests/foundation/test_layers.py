@@ -59,9 +59,12 @@ LAYERS = ["flywheel_local", "flywheel_sim", "flywheel_trainer", "flywheel_operat
 SOURCES = {"flywheel_local": ROOT / "local", "flywheel_sim": ROOT / "sim", "flywheel_trainer": ROOT / "trainer",
            "flywheel_operator": ROOT / "operator"}
 OPERATOR_CONTRACT = ("flywheel_operator.api", "flywheel_operator.arms", "flywheel_operator.gate.events",
-                     "flywheel_operator.gate.store", "flywheel_operator.storage")
+                     "flywheel_operator.gate.store", "flywheel_operator.storage", "flywheel_operator.capacity",
+                     "flywheel_operator.kube.termination")
 """What trainer and simulator may import from the operator: the API models, the arm assignment, the engagement
-event schema and per-user store (the simulator aggregates its users like the exporter does) and object storage."""
+event schema and per-user store (the simulator aggregates its users like the exporter does), object storage, the
+GPU-fit rule `flywheel validate` and the inference loads share (capacity), and the stage pod's result channel
+to the operator (kube.termination, written by `flywheel-train`). None of them imports kopf, kubernetes or torch."""
 
 
 def _imported_modules(tree: ast.AST) -> set[str]:

@@ -4,12 +4,20 @@ The emulator tests check what the operator *creates*; this fixture checks that w
 the Job controller and the kubelet for one object set (the ConfigMaps, Services and Jobs the operator rendered):
 
 - pods: one per completion (Indexed Jobs get the completion-index annotation, `JOB_COMPLETION_INDEX` and the
-  host name `<job>-<index>`); a suspended Job has no pods; `backoffLimit: 0` fails the Job at the first failed
-  pod, whose siblings are then stopped, as the Job controller does;
+  host name `<job>-<index>`); a suspended Job has no pods;
+- failures, as the Job controller counts them: the `podFailurePolicy` rules in order (`FailJob` on exit codes
+  fails the Job at once with reason `PodFailurePolicy`; `Ignore` on a pod condition replaces the pod without
+  counting it; `Count` and no match count), then `backoffLimit` (or `backoffLimitPerIndex` with
+  `maxFailedIndexes` for an Indexed Job): a pod within the limit is replaced, otherwise the Job fails
+  (`BackoffLimitExceeded` / `FailedIndexes`) and its other pods are stopped;
+- evictions: `run_job(evict={index: n})` evicts the first n pods of that index (SIGTERM, then SIGKILL after the
+  grace period) and gives them a `DisruptionTarget` condition, as a preemption or a node drain does;
 - volumes: a ConfigMap becomes a directory of its keys, an emptyDir a fresh directory, a claim one directory
   shared by every pod (ReadWriteMany). There is no chroot, so a container path under a mount (in the command,
   the env or `terminationMessagePath`) is translated to its host directory;
-- env: plain values and the downward API's `metadata.*` field references; anything else is refused loudly;
+- env: plain values, the downward API's `metadata.*` field references and `secretKeyRef` into a Secret of the
+  object set (a missing Secret or key skips an `optional` one and fails the pod's start otherwise, as
+  CreateContainerConfigError does); anything else is refused loudly;
 - DNS: a pod's name `<job>-<index>.<subdomain>` (with or without `.<namespace>.svc.cluster.local`) resolves to
   127.0.0.1 only when the object set holds a headless Service of that name in the namespace whose selector
   matches the pod's labels, as cluster DNS does. Rendezvous addresses (`ADDRESS_VARIABLES`) are rewritten
@@ -25,6 +33,7 @@ Resources, node selectors, tolerations and the security context are not enforced
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -55,16 +64,30 @@ class PodRun:
     message: str
     log: str
     body: dict[str, Any] = field(default_factory=dict)
+    disrupted: bool = False
+    """Evicted with a DisruptionTarget condition."""
+    attempt: int = 0
+    """The serial number of the pod in its Job (replacements count up)."""
 
 
 @dataclass
 class JobRun:
-    """A Job's outcome: `Complete` when every pod exited 0, otherwise `Failed`."""
+    """A Job's outcome: `Complete` when every index succeeded, otherwise `Failed` with the controller's reason."""
 
     name: str
     state: str
     pods: list[PodRun]
     seconds: float
+    reason: str = ""
+    message: str = ""
+
+    def body(self, namespace: str | None = None) -> dict[str, Any]:
+        """The batch/v1 Job as the API server would show it once finished (what the backend observes)."""
+        condition = {"type": self.state, "status": "True", "reason": self.reason, "message": self.message,
+                     "lastTransitionTime": "2026-11-23T00:00:00Z"}
+        return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": self.name, "namespace": namespace},
+                "spec": {}, "status": {"startTime": "2026-11-23T00:00:00Z", "conditions": [condition],
+                                       "failed": sum(p.exit_code != 0 for p in self.pods)}}
 
     def logs(self) -> str:
         return "\n".join(f"--- pod {p.name} exit {p.exit_code}\n{p.log[-6000:]}" for p in self.pods)
@@ -117,7 +140,8 @@ class ProcessKubelet:
             and _matches(service["spec"].get("selector", {}), pod_labels)
         )
 
-    def run_job(self, name: str, namespace: str | None, *, timeout: float) -> JobRun:
+    def run_job(self, name: str, namespace: str | None, *, timeout: float,
+                evict: dict[int, int] | None = None) -> JobRun:
         job = self._find("Job", namespace, name)
         if job is None:
             raise LookupError(f"no Job {namespace}/{name} in the object set")
@@ -126,58 +150,102 @@ class ProcessKubelet:
             raise RuntimeError(f"Job {name} is suspended: nothing admits it here, so it has no pods")
         indexed = spec.get("completionMode") == "Indexed"
         completions = spec.get("completions", 1)
-        template = spec["template"]
-        pod_spec = template["spec"]
-        (container,) = pod_spec["containers"]
-        claims = self.root / "claims"
+        per_index = spec.get("backoffLimitPerIndex") if indexed else None
+        backoff_limit = spec.get("backoffLimit", 2**31 - 1 if per_index is not None else 6)
+        max_failed_indexes = spec.get("maxFailedIndexes")
+        container = spec["template"]["spec"]["containers"][0]
         self.root.mkdir(parents=True, exist_ok=True)
         job_dir = Path(tempfile.mkdtemp(prefix=f"{name}.", dir=self.root))
         ports = {p["containerPort"]: free_port() for p in container.get("ports", [])}
+        evictions = dict(evict or {})
         started = time.monotonic()
-        processes: list[tuple[int, subprocess.Popen[bytes], Path, Path, dict[str, Any]]] = []
-        for index in range(completions):
-            pod_dir = job_dir / f"pod-{index}"
-            pod_dir.mkdir(parents=True)
-            mounts = self._mounts(pod_spec, container, namespace, pod_dir, claims)
-            annotations = {COMPLETION_INDEX_ANNOTATION: str(index)} if indexed else {}
-            pod_name = f"{name}-{index}" if indexed else f"{name}-0"
-            labels = {**template["metadata"].get("labels", {}), "batch.kubernetes.io/job-name": name}
-            if indexed:
-                labels["batch.kubernetes.io/job-completion-index"] = str(index)
-            meta = {"name": pod_name, "namespace": namespace, "labels": labels, "annotations": annotations}
-            env = self._env(container, meta, mounts, ports, pod_spec.get("subdomain"), job=name,
-                            indexes=completions if indexed else 0)
-            if indexed:
-                env["JOB_COMPLETION_INDEX"] = str(index)
-            command = [_translate(arg, mounts) for arg in [*container.get("command", []), *container.get("args", [])]]
-            message_file = mounts[container.get("terminationMessagePath", "/dev/termination-log")]
-            log = pod_dir / "log"
-            work = pod_dir / "workdir"
-            work.mkdir()
-            with log.open("wb") as out:
-                process = subprocess.Popen(command, env={**self.base_env, **env}, cwd=work, stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
-            processes.append((index, process, message_file, log, meta))
         deadline = started + min(timeout, spec.get("activeDeadlineSeconds", timeout))
-        failed = False
-        while any(p.poll() is None for _, p, *_ in processes):
-            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for _, p, *_ in processes):
-                failed = True  # backoffLimit 0 (or the deadline): the Job fails and its other pods are stopped
-                for _, process, *_ in processes:
-                    if process.poll() is None:
-                        os.killpg(process.pid, signal.SIGKILL)
-                        process.wait()
+        running: dict[int, _Pod] = {}
+        finished: list[PodRun] = []
+        failures: dict[int, int] = {index: 0 for index in range(completions)}
+        succeeded: set[int] = set()
+        failed_indexes: set[int] = set()
+        counted = 0
+        reason = message = ""
+        for index in range(completions):
+            running[index] = self._start(job, name, namespace, index, 0, job_dir, ports, indexed, completions)
+        while running and not reason:
+            if time.monotonic() > deadline:
+                reason, message = "DeadlineExceeded", "Job was active longer than specified deadline"
                 break
-            time.sleep(0.2)
-        pods = []
-        for index, process, message_file, log, meta in processes:
-            message = message_file.read_text(encoding="utf-8") if message_file.exists() else ""
-            pods.append(PodRun(name=meta["name"], index=index, exit_code=process.returncode, message=message,
-                               log=log.read_text(encoding="utf-8", errors="replace"),
-                               body=_pod_body(meta, container["name"], process.returncode, message)))
-        ok = not failed and all(p.exit_code == 0 for p in pods)
-        return JobRun(name=name, state="Complete" if ok else "Failed", pods=pods,
-                      seconds=time.monotonic() - started)
+            for index, pod in list(running.items()):
+                if evictions.get(index, 0) > 0 and pod.process.poll() is None:
+                    evictions[index] -= 1
+                    pod.disrupted = True
+                    _stop(pod.process, grace=float(spec["template"]["spec"].get("terminationGracePeriodSeconds", 5)))
+                code = pod.process.poll()
+                if code is None:
+                    continue
+                del running[index]
+                run = pod.finish()
+                finished.append(run)
+                if code == 0:
+                    succeeded.add(index)
+                    continue
+                action = _policy_action(spec.get("podFailurePolicy"), container["name"], code, run.disrupted)
+                if action == "FailJob":
+                    reason = "PodFailurePolicy"
+                    message = (f"Container {container['name']} for pod {namespace}/{run.name} failed with exit code "
+                               f"{code} matching FailJob rule at index 0")
+                    break
+                if action != "Ignore":
+                    counted += 1
+                    failures[index] += 1
+                    if per_index is not None and failures[index] > per_index:
+                        failed_indexes.add(index)
+                        if max_failed_indexes is not None and len(failed_indexes) > max_failed_indexes:
+                            reason, message = "MaxFailedIndexesExceeded", "Job has exceeded maxFailedIndexes"
+                            break
+                        continue
+                    if per_index is None and counted > backoff_limit:
+                        reason, message = "BackoffLimitExceeded", "Job has reached the specified backoff limit"
+                        break
+                running[index] = self._start(job, name, namespace, index, len(finished), job_dir, ports, indexed,
+                                             completions)
+            time.sleep(0.1)
+        if not reason and failed_indexes:
+            reason, message = "FailedIndexes", "Job has failed indexes"
+        for pod in running.values():  # the Job failed: its other pods are stopped, as the Job controller does
+            _stop(pod.process, grace=0)
+            finished.append(pod.finish())
+        state = "Failed" if reason or len(succeeded) < completions else "Complete"
+        return JobRun(name=name, state=state, pods=sorted(finished, key=lambda p: (p.index, p.attempt)),
+                      seconds=time.monotonic() - started, reason=reason, message=message)
+
+    def _start(self, job: dict[str, Any], name: str, namespace: str | None, index: int, serial: int, job_dir: Path,
+               ports: dict[int, int], indexed: bool, completions: int) -> _Pod:
+        """Create and start one pod of `job` (the `serial`-th pod of the Job; each gets its own directory)."""
+        template = job["spec"]["template"]
+        pod_spec = template["spec"]
+        (container,) = pod_spec["containers"]
+        pod_dir = job_dir / f"pod-{index}-{serial}"
+        pod_dir.mkdir(parents=True)
+        mounts = self._mounts(pod_spec, container, namespace, pod_dir, self.root / "claims")
+        annotations = {COMPLETION_INDEX_ANNOTATION: str(index)} if indexed else {}
+        pod_name = f"{name}-{index}-{serial}" if indexed else f"{name}-{serial}"
+        labels = {**template["metadata"].get("labels", {}), "batch.kubernetes.io/job-name": name}
+        if indexed:
+            labels["batch.kubernetes.io/job-completion-index"] = str(index)
+        meta = {"name": pod_name, "namespace": namespace, "labels": labels, "annotations": annotations}
+        env = self._env(container, meta, mounts, ports, pod_spec.get("subdomain"), job=name,
+                        indexes=completions if indexed else 0)
+        if indexed:
+            env["JOB_COMPLETION_INDEX"] = str(index)
+        command = [_translate(arg, mounts) for arg in [*container.get("command", []), *container.get("args", [])]]
+        message_file = mounts[container.get("terminationMessagePath", "/dev/termination-log")]
+        log = pod_dir / "log"
+        work = pod_dir / "workdir"
+        work.mkdir()
+        with log.open("wb") as out:
+            process = subprocess.Popen(command, env={**self.base_env, **env}, cwd=work, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        return _Pod(meta=meta, index=index, attempt=serial, container=container["name"], process=process,
+                    message_file=message_file, log=log)
 
     def _mounts(self, pod_spec: dict[str, Any], container: dict[str, Any], namespace: str | None, pod_dir: Path,
                 claims: Path) -> dict[str, Path]:
@@ -218,6 +286,11 @@ class ProcessKubelet:
                 value = str(item["value"])
             elif "fieldRef" in item.get("valueFrom", {}):
                 value = _field(meta, item["valueFrom"]["fieldRef"]["fieldPath"])
+            elif "secretKeyRef" in item.get("valueFrom", {}):
+                found = self._secret_value(meta["namespace"], item["valueFrom"]["secretKeyRef"])
+                if found is None:
+                    continue
+                value = found
             else:
                 raise NotImplementedError(f"env {name}: only values and metadata field references run here")
             if name in ADDRESS_VARIABLES:
@@ -226,6 +299,17 @@ class ProcessKubelet:
                 value = str(ports[int(value)])
             env[name] = _translate(value, mounts)
         return env
+
+    def _secret_value(self, namespace: str | None, ref: dict[str, Any]) -> str | None:
+        """A key of a Secret in the object set; None for a missing optional one."""
+        secret = self._find("Secret", namespace, ref["name"])
+        data = {**{k: base64.b64decode(v).decode() for k, v in (secret or {}).get("data", {}).items()},
+                **(secret or {}).get("stringData", {})}
+        if ref["key"] in data:
+            return data[ref["key"]]
+        if ref.get("optional"):
+            return None
+        raise LookupError(f"CreateContainerConfigError: secret {ref['name']!r} or its key {ref['key']!r} not found")
 
     def _resolve(self, address: str, meta: dict[str, Any], subdomain: str | None, job: str, indexes: int) -> str:
         host, colon, port = address.partition(":")
@@ -255,8 +339,74 @@ def _translate(value: str, mounts: dict[str, Path]) -> str:
     return value
 
 
-def _pod_body(meta: dict[str, Any], container: str, exit_code: int | None, message: str) -> dict[str, Any]:
+def _pod_body(meta: dict[str, Any], container: str, exit_code: int | None, message: str,
+              disrupted: bool = False) -> dict[str, Any]:
     phase = "Succeeded" if exit_code == 0 else "Failed"
-    terminated = {"exitCode": exit_code if exit_code is not None else 137, "message": message}
-    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta,
-            "status": {"phase": phase, "containerStatuses": [{"name": container, "state": {"terminated": terminated}}]}}
+    terminated = {"exitCode": _exit_code(exit_code), "message": message}
+    status: dict[str, Any] = {"phase": phase,
+                              "containerStatuses": [{"name": container, "state": {"terminated": terminated}}]}
+    if disrupted:
+        status["conditions"] = [{"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                                 "message": "Eviction API: evicting"}]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "status": status}
+
+
+def _exit_code(returncode: int | None) -> int:
+    """A container's exit code as the runtime reports it: 128 + signal for a signalled process."""
+    if returncode is None:
+        return 137
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _policy_action(policy: dict[str, Any] | None, container: str, returncode: int, disrupted: bool) -> str:
+    """The action of the first podFailurePolicy rule that matches a failed pod (`Count` when none does)."""
+    code = _exit_code(returncode)
+    for rule in (policy or {}).get("rules", []):
+        on_codes = rule.get("onExitCodes")
+        if on_codes is not None:
+            if on_codes.get("containerName") not in (None, container):
+                continue
+            inside = code in on_codes["values"]
+            if inside == (on_codes["operator"] == "In"):
+                return rule["action"]
+        for pattern in rule.get("onPodConditions", []):
+            if pattern["type"] == "DisruptionTarget" and pattern.get("status", "True") == "True" and disrupted:
+                return rule["action"]
+    return "Count"
+
+
+def _stop(process: subprocess.Popen[bytes], *, grace: float) -> None:
+    """SIGTERM to the pod's process group, SIGKILL after the grace period (the kubelet's termination)."""
+    if process.poll() is not None:
+        return
+    if grace > 0:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            pass
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@dataclass
+class _Pod:
+    """A running pod: its process and where its termination message and log go."""
+
+    meta: dict[str, Any]
+    index: int
+    attempt: int
+    container: str
+    process: subprocess.Popen[bytes]
+    message_file: Path
+    log: Path
+    disrupted: bool = False
+
+    def finish(self) -> PodRun:
+        message = self.message_file.read_text(encoding="utf-8") if self.message_file.exists() else ""
+        code = self.process.returncode
+        return PodRun(name=self.meta["name"], index=self.index, exit_code=code, message=message,
+                      log=self.log.read_text(encoding="utf-8", errors="replace"),
+                      body=_pod_body(self.meta, self.container, code, message, self.disrupted),
+                      disrupted=self.disrupted, attempt=self.attempt)

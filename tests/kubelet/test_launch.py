@@ -46,6 +46,7 @@ def scaled_down_gen15(root: Path, *, nodes: int, gpus_per_node: int, storage: Pa
     resources.update(deepspeedStage=0, storage={"uri": str(storage)}, activeDeadline="10m")
     resources["stages"]["reward"] = {"nodes": nodes, "gpusPerNode": gpus_per_node}  # the launch shape
     resources.pop("queueName")  # Kueue would unsuspend the Job; nothing admits it here
+    resources["hub"] = {"offline": True}  # no network here: no Hub token, no Hub cache claim
     return FlywheelGeneration.model_validate(manifest)
 
 

@@ -80,3 +80,25 @@ def test_a_suspended_job_has_no_pods(tmp_path: Path) -> None:
     body["spec"]["suspend"] = True
     with pytest.raises(RuntimeError, match="suspended"):
         ProcessKubelet([CONFIG_MAP, body], tmp_path, ENV).run_job("train", "ml", timeout=30)
+
+
+def test_backoff_limit_per_index_replaces_a_failed_index_and_an_eviction_counts_without_a_policy(
+    tmp_path: Path,
+) -> None:
+    # index 1 fails on its first pod only (a marker on the shared claim), then succeeds on its replacement
+    script = ('if [ "$JOB_COMPLETION_INDEX" = 1 ] && [ ! -e /claim/once ]; then touch /claim/once; exit 3; fi; '
+              'echo done > /dev/termination-log')
+    body = job(script)
+    body["spec"].pop("backoffLimit")
+    body["spec"].update(backoffLimitPerIndex=1, maxFailedIndexes=0)
+    body["spec"]["template"]["spec"]["containers"][0]["volumeMounts"].append({"name": "claim", "mountPath": "/claim"})
+    body["spec"]["template"]["spec"]["volumes"].append({"name": "claim", "persistentVolumeClaim": {"claimName": "c"}})
+    run = ProcessKubelet([CONFIG_MAP, body], tmp_path / "a", ENV).run_job("train", "ml", timeout=60)
+    assert run.state == "Complete", run.logs()
+    assert [(p.index, p.exit_code) for p in run.pods] == [(0, 0), (1, 3), (1, 0)]
+
+    sleeper = job("sleep 30", completions=1)  # backoffLimit 0 and no podFailurePolicy: the eviction fails it
+    run = ProcessKubelet([CONFIG_MAP, sleeper], tmp_path / "b", ENV).run_job("train", "ml", timeout=60,
+                                                                             evict={0: 1})
+    assert (run.state, run.reason) == ("Failed", "BackoffLimitExceeded")
+    assert run.pods[0].disrupted and run.pods[0].exit_code == -15

@@ -759,13 +759,15 @@ class World:
     mode: str = "standard"
     failing: set[str] = field(default_factory=set)
     """Jobs (by name) whose pod fails instead of succeeding."""
+    held: set[str] = field(default_factory=set)
+    """Jobs (by name) whose pod keeps running (never finished here)."""
     finished: set[str] = field(default_factory=set)
     rolled_out: set[str] = field(default_factory=set)
 
     async def step(self, names: list[str]) -> None:
         for name in names:
             for job in sorted(self.cluster.jobs_of(name)):
-                if job not in self.finished:
+                if job not in self.finished and job not in self.held:
                     self.finished.add(job)
                     await self.cluster.finish_job(job, ok=job not in self.failing)
             status = self.cluster.status(name)

@@ -45,6 +45,7 @@ def test_single_node_job() -> None:
     spec, pod = job["spec"], job["spec"]["template"]["spec"]
     assert job["metadata"]["name"] == "gen2-sft-1" and job["metadata"]["namespace"] == "ml"
     assert spec["backoffLimit"] == 0 and spec["activeDeadlineSeconds"] == 7200
+    assert spec["podFailurePolicy"] == manifests.pod_failure_policy()
     assert spec["ttlSecondsAfterFinished"] == manifests.FINISHED_JOB_TTL_SECONDS
     assert "completionMode" not in spec and "suspend" not in spec
     assert pod["nodeSelector"] == {"gpu": "h100"} and pod["serviceAccountName"] == "trainer"
@@ -52,13 +53,14 @@ def test_single_node_job() -> None:
     assert pod["restartPolicy"] == "Never" and "subdomain" not in pod
     c = container(job)
     assert c["image"] == gen.spec.resources.image
-    assert c["command"][-4:] == ["flywheel-train", "sft", "--config", "/etc/flywheel/stage.yaml"]
+    assert c["command"] == ["flywheel-train", "sft", "--config", "/etc/flywheel/stage.yaml"]  # exec'd: PID 1
     assert "torchrun" not in c["command"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert c["terminationMessagePath"] == "/dev/termination-log"
     assert {"name": "artifacts", "persistentVolumeClaim": {"claimName": "flywheel-artifacts"}} in pod["volumes"]
     values = env(job)
-    assert values["HF_HUB_OFFLINE"] == "1" and values["TRANSFORMERS_OFFLINE"] == "1"
+    assert "HF_HUB_OFFLINE" not in values and "TRANSFORMERS_OFFLINE" not in values  # a cluster pod is online
+    assert values["HF_HOME"] == "/artifacts/.cache/huggingface" and values["TMPDIR"] == "/scratch"
     assert values["DEEPSPEED_CONFIG"] == manifests.DEEPSPEED_FILE
     assert "PET_NNODES" not in values
 
@@ -91,7 +93,7 @@ def test_multi_node_indexed_job_with_rendezvous_service() -> None:
     assert values["PET_MASTER_ADDR"] == "gen2-rl-1-0.gen2-rl-1"
     assert values["PET_NODE_RANK"] == {
         "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}
-    assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
+    assert container(job)["command"][:3] == ["torchrun", "--no-python", "flywheel-train"]
 
 
 def test_one_node_with_several_gpus_rendezvous_locally_without_a_service() -> None:
@@ -104,7 +106,7 @@ def test_one_node_with_several_gpus_rendezvous_locally_without_a_service() -> No
     assert values["PET_STANDALONE"] == "1" and values["PET_NPROC_PER_NODE"] == "4"
     assert not {"PET_MASTER_ADDR", "PET_NNODES", "PET_NODE_RANK"} & set(values)
     assert "subdomain" not in job["spec"]["template"]["spec"]
-    assert container(job)["command"][4:7] == ["torchrun", "--no-python", "flywheel-train"]
+    assert container(job)["command"][:3] == ["torchrun", "--no-python", "flywheel-train"]
 
 
 def test_curate_and_eval_stay_single_node_and_curate_needs_no_gpu() -> None:
@@ -129,19 +131,21 @@ def test_curate_runs_as_a_modest_cpu_pod_off_the_gpu_nodes() -> None:
     gen, curate = start("curate", resources=GPU_PLACEMENT)
     job = manifests.job(gen, curate)
     pod = job["spec"]["template"]["spec"]
-    assert container(job)["resources"] == {"requests": {"cpu": "4", "memory": "32Gi"}, "limits": {"memory": "32Gi"}}
+    assert container(job)["resources"] == {"requests": {"cpu": "4", "memory": "32Gi", "ephemeral-storage": "16Gi"},
+                                           "limits": {"memory": "32Gi"}}
     assert not {"nodeSelector", "tolerations", "priorityClassName", "affinity"} & set(pod)
     assert "annotations" not in job["spec"]["template"]["metadata"]
     gen, curate = start("curate", resources={**GPU_PLACEMENT, "stages": {"curate": {"cpu": "8"}}})
     requests = container(manifests.job(gen, curate))["resources"]["requests"]
-    assert requests == {"cpu": "8", "memory": "32Gi"}  # unset curate fields keep the CPU defaults
+    assert requests == {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "16Gi"}  # unset fields: CPU defaults
 
 
 def test_training_stages_take_the_shared_block_and_its_pod_overrides() -> None:
     gen, sft = start("sft", resources=GPU_PLACEMENT)
     job = manifests.job(gen, sft)
     pod, resources = job["spec"]["template"]["spec"], container(job)["resources"]
-    assert resources["requests"] == {"cpu": "64", "memory": "900Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert resources["requests"] == {"cpu": "64", "memory": "900Gi", "nvidia.com/gpu": "8", "rdma/ib": "1",
+                                     "ephemeral-storage": "16Gi"}
     assert resources["limits"] == {"memory": "900Gi", "nvidia.com/gpu": "8", "rdma/ib": "1"}
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "H100"} and pod["priorityClassName"] == "training"
     assert job["spec"]["template"]["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": "ib-sriov"}

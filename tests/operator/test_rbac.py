@@ -44,9 +44,13 @@ async def run_scenarios(cluster: Cluster) -> None:
                                                                       "memory": "8Gi"}))
         await cluster.apply(generation_body("invalid", retry={"maxAttempts": 0}))
         await cluster.apply(generation_body("refused", resources={"image": "docker.io/evil/miner:1"}))
+        await cluster.apply(generation_body("siblings", retry={"maxAttempts": 1}, resources={
+            "gpusPerNode": 1, "cpu": "2", "memory": "8Gi", "maxParallelJobs": 2}))  # a failed stage's sibling
         world = World(cluster, failing={"promoted-curate-1"})  # one retry
         await world.run(["promoted", "multinode"])
         await World(cluster, mode="knative").run(["rolled-back"])
+        await World(cluster, failing={"siblings-reward-pairwise-1"}, held={"siblings-reward-pointwise-1"}).run(
+            ["siblings"])
         await eventually(lambda: cluster.status("invalid").get("phase") == "Failed")
         await eventually(lambda: cluster.status("refused").get("phase") == "Failed")
         await flywheel_scenario(cluster, readings)  # creates, deletes (historyLimit) generations, writes its status

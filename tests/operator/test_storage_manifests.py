@@ -24,13 +24,18 @@ def _first_job(**storage: str) -> tuple[StartStage, dict]:
 
 def test_object_store_jobs_write_under_the_prefix_with_credentials_from_the_secret() -> None:
     action, job = _first_job(**S3)
-    assert action.config.output_dir == "s3://bucket/flywheel/gen2/curate"
+    assert action.config.output_dir == "s3://bucket/flywheel/gen2/uid-gen2/curate"
     container = job["spec"]["template"]["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["FLYWHEEL_OUTPUT_DIR"] == "s3://bucket/flywheel/gen2/curate"
+    assert env["FLYWHEEL_OUTPUT_DIR"] == "s3://bucket/flywheel/gen2/uid-gen2/curate"
     assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.storage:9000"
-    assert container["envFrom"] == [{"secretRef": {"name": "flywheel-s3"}}]
-    assert not any("KEY" in name for name in env)  # keys only through the Secret
+    assert "envFrom" not in container  # not every key of the Secret: only the named ones
+    from_secret = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e
+                   and "secretKeyRef" in e["valueFrom"]}
+    assert from_secret == {key: {"name": "flywheel-s3", "key": key, "optional": True}
+                           for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                       "GOOGLE_APPLICATION_CREDENTIALS")}
+    assert not any("KEY" in name and value for name, value in env.items())  # no key value in the spec
     assert all("persistentVolumeClaim" not in v for v in job["spec"]["template"]["spec"]["volumes"])
     kubernetes_validate.validate(job, "1.30", strict=True)
 

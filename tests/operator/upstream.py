@@ -22,6 +22,8 @@ import jsonschema
 
 SCHEMAS = Path(__file__).parent.parent / "schemas"
 KUBERNETES_VERSION = "1.30"
+NAMESPACE_POD_SECURITY = "restricted"
+"""The emulated namespace's `pod-security.kubernetes.io/enforce` level: stage Jobs must meet it (job_admission.py)."""
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 CUSTOM_SCHEMAS = {
     ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-inferenceservice-v1beta1.schema.json.gz",
@@ -174,4 +176,13 @@ def check_write(
         obj = kserve_default(obj, default_mode=default_mode)
         problems = schema_problems(obj)
         return obj, problems or kserve_admission(obj, old)
+    if obj.get("kind") == "Job" and old is None:  # the Job controller's create rules and the namespace's PSS level
+        from tests.operator import job_admission
+
+        template = (obj.get("spec") or {}).get("template") or {}
+        return obj, schema_problems(obj) or [
+            *job_admission.job_problems(obj),
+            *job_admission.pod_security_problems(template.get("spec") or {}, NAMESPACE_POD_SECURITY,
+                                                 (template.get("metadata") or {}).get("annotations")),
+        ]
     return obj, schema_problems(obj)

@@ -116,7 +116,7 @@ def test_stage_configs_chain_upstream_artifacts_and_digests():
     assert set(sft.config.upstream) == {"curate", "reward-pointwise", "reward-pairwise"}
     assert sft.config.upstream["reward-pointwise"] == {"model": "/a/reward-pointwise"}
     assert sft.config.upstream_digests["curate"] == "sha256:curate"
-    assert sft.config.output_dir == "/artifacts/gen2/sft"
+    assert sft.config.output_dir == "/artifacts/gen2/uid-gen2/sft"  # <root>/<gen>/<uid[:8]>/<stage>
 
 
 def test_reward_stage_config_names_its_model():

@@ -14,12 +14,15 @@ With an object-store output directory (`s3://`, `gs://`) the Trainer checkpoints
 (under storage.cache_dir()), and each complete checkpoint is uploaded to the same place under the output URI
 through the storage seam, `trainer_state.json` last (it marks the checkpoint complete, as it does locally; the
 Trainer writes it last). The newest KEEP complete checkpoints are kept there too. A stage that starts again
-downloads the newest complete one and resumes from it.
+downloads the newest complete one and resumes from it: each node only the shared files and its own ranks' ZeRO
+shards and RNG states (`for_node`), once per node. Uploads run on each node's local rank 0 before a barrier that
+waits at most `resources.collectiveTimeout` (the process group's timeout, FLYWHEEL_COLLECTIVE_TIMEOUT).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shutil
 from pathlib import Path
@@ -109,12 +112,35 @@ def train_resuming(trainer: Any, config: StageConfig, phase: str) -> Any:
             if trainer.args.local_process_index == 0:
                 shutil.rmtree(scratch, ignore_errors=True)  # a stale scratch from an earlier run on this node
             newest = last_checkpoint(uri)
-            resume = str(storage.localize(newest)) if newest else None
+            ranks = node_ranks()
+            resume = str(storage.localize(newest, select=lambda name: for_node(name, ranks),
+                                          variant=f"ranks {ranks.start}-{ranks.stop}")) if newest else None
         trainer.add_callback(_uploader(uri))
     elif uri is not None:
         resume = last_checkpoint(uri)
     trainer.train(resume_from_checkpoint=resume)
     return trainer
+
+
+_PER_RANK = re.compile(r"(?:^|/)(?:\w*zero_pp_rank_(\d+)_|rng_state_(\d+)\.pth$)")
+"""Files of one data-parallel rank in a checkpoint: ZeRO optimizer/parameter shards and the rank's RNG state."""
+
+
+def node_ranks() -> range:
+    """The global ranks of this node's processes (torchrun: RANK, LOCAL_RANK, LOCAL_WORLD_SIZE)."""
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return range(rank - local, rank - local + size)
+
+
+def for_node(relative: str, ranks: range) -> bool:
+    """Whether a checkpoint file is needed on a node whose processes hold `ranks`: every shared file, and the
+    per-rank files (ZeRO shards, RNG states) of its own ranks only — not the other nodes' shards."""
+    match = _PER_RANK.search(relative)
+    if match is None:
+        return True
+    return int(match.group(1) or match.group(2)) in ranks
 
 
 def _uploader(uri: str) -> Any:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -63,14 +66,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TERMINATION_ENV = "FLYWHEEL_TERMINATION_LOG"
+"""Set in stage pods: the file the kubelet keeps as the container's termination message (the stage result)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (preemption, drain, deadline) as an exception: as PID 1 the program would otherwise ignore it, and
+    outputs.atomic_output_dir removes its staging directory on the way out."""
+    raise SystemExit(128 + signum)
+
+
+def _report(config: StageConfig | None, message: str | None) -> None:
+    """The pod's termination message: the compact result on success, the error otherwise (local rank 0 only)."""
+    target = os.environ.get(TERMINATION_ENV)
+    if not target or os.environ.get("LOCAL_RANK", "0") != "0":
+        return
+    if message is not None or config is None:
+        Path(target).write_text(message or "", encoding="utf-8")
+        return
+    from flywheel_operator.kube.termination import write_message
+
+    write_message(config, Path(target))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)
+    config = None
     try:
         config = load_config(args.config, stage=args.stage)
         result = run_stage(config)
     except StageError as exc:
         print(f"flywheel-train {args.stage}: error: {exc}", file=sys.stderr)
+        _report(config, f"flywheel-train {args.stage}: error: {exc}"[-4000:])
         return 2
+    _report(config, None)
     summary = ", ".join(f"{name}={value:.4g}" for name, value in sorted(result.metrics.items()))
     print(f"flywheel-train {args.stage}: done ({summary}); output digest {result.output_digest}")
     return 0

@@ -15,6 +15,7 @@ from flywheel_operator import storage
 from flywheel_operator.api.deepspeed import DEEPSPEED_CONFIG_ENV, deepspeed_config
 
 from flywheel_trainer.outputs import StageError
+from flywheel_trainer.placement import collective_timeout
 
 ARTIFACTS_MOUNT = storage.PVC_MOUNT
 """Where the artifact PersistentVolumeClaim is mounted in stage pods (StorageSpec.pvc)."""
@@ -117,6 +118,7 @@ def training_kwargs(
         "bf16": cuda,
         "max_steps": max_steps if max_steps is not None else -1,
         "include_num_input_tokens_seen": "non_padding",  # result metric `tokens_seen` (bench: tokens/s)
+        "ddp_timeout": int(collective_timeout().total_seconds()),  # resources.collectiveTimeout, not torch's 10 min
     }
     if cuda and deepspeed_stage > 0:
         kwargs["deepspeed"] = deepspeed_settings(deepspeed_stage)

@@ -56,7 +56,7 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
     """Load a reward model written by the reward stage; the error names the config field when it is missing."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from flywheel_trainer.placement import inference_dtype, local_device, without_zero_init
+    from flywheel_trainer.placement import load_inference
     from flywheel_trainer.runtime import existing_path
 
     directory = existing_path(str(path), field=field)
@@ -64,9 +64,8 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
     if not meta_file.is_file():
         raise StageError(f"{field}: {directory} is not a reward model written by the reward stage (no {METADATA_FILE})")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    with without_zero_init():  # scoring-only: a whole bf16 copy on this rank's GPU
-        model = AutoModelForSequenceClassification.from_pretrained(directory, dtype=inference_dtype())
-    model = model.to(local_device()).eval()
+    # scoring-only: a whole bf16 copy on this rank's GPU, or one copy sharded over a group of GPUs
+    model = load_inference(AutoModelForSequenceClassification.from_pretrained, str(directory))
     tokenizer = AutoTokenizer.from_pretrained(directory)
     return RewardModel(
         name=meta["name"],
@@ -83,6 +82,15 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
 def logits_for_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int) -> np.ndarray:
     """The first logit of a sequence classifier for each text, in batches (right padding; a text over
     `max_length` tokens keeps its last `max_length`, so the response at its end is always scored)."""
+    from flywheel_trainer.placement import across_ranks, sharded_inference
+
+    if sharded_inference():  # only the group leaders hold the sharded models: they score, every rank gets all
+        return np.asarray(across_ranks(list(texts), lambda share: list(
+            _logits(model, tokenizer, share, max_length=max_length))), dtype=float)
+    return _logits(model, tokenizer, texts, max_length=max_length)
+
+
+def _logits(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int) -> np.ndarray:
     import torch
 
     from flywheel_trainer.placement import compute_autocast

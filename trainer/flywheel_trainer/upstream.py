@@ -61,14 +61,12 @@ def load_policy(source: str, *, training: bool = False) -> tuple[Any, Any]:
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flywheel_trainer.placement import inference_dtype, local_device, training_dtype, without_zero_init
+    from flywheel_trainer.placement import load_inference, training_dtype
 
     if training:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=training_dtype())
-    else:
-        with without_zero_init():
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=inference_dtype())
-        model = model.to(local_device()).eval()
+    else:  # whole on this rank's GPU, or sharded over a group of GPUs when it does not fit one (None off-group)
+        model = load_inference(AutoModelForCausalLM.from_pretrained, source)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -110,9 +110,10 @@ cluster-wide read of CustomResourceDefinitions or Namespaces; API discovery is o
 - apiGroups: [characterflywheel.io]
   resources: [flywheelgenerations/finalizers]
   verbs: [update]
+# delete: a generation that ends stops its still-running Jobs (a failed stage's sibling reward models).
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, list, watch]
+  verbs: [create, list, watch, delete]
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]

@@ -370,6 +370,12 @@ class Toleration(ApiModel):
     """How long a `NoExecute` taint is tolerated."""
 
 
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=253)]
+"""An environment variable name."""
+DEFAULT_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                       "GOOGLE_APPLICATION_CREDENTIALS")
+
+
 class StorageSpec(ApiModel):
     """Where artifacts (datasets, models, results) are written; exactly one of `pvc` and `uri`."""
 
@@ -387,6 +393,14 @@ class StorageSpec(ApiModel):
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+(/.*)?$")
     """Endpoint of an S3-compatible store (MinIO, Ceph RGW, …), given to stage pods as `AWS_ENDPOINT_URL_S3`;
     AWS's own endpoint when unset. Set the same endpoint for KServe's storage initializer (its S3 Secret)."""
+    # --- issue 24 (h24b): only the named keys of the Secret reach the pods -----------------------------------
+    secret_keys: list[EnvName] = Field(
+        default_factory=lambda: list(DEFAULT_SECRET_KEYS), min_length=1, max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    """Keys of `secretRef` given to stage pods, each as the environment variable of the same name
+    (`secretKeyRef`, optional: a missing key is skipped). Only these keys leave the Secret (no `envFrom`).
+    Default: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `GOOGLE_APPLICATION_CREDENTIALS`."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageSpec:
@@ -399,6 +413,39 @@ class StorageSpec(ApiModel):
 
 Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")]
 """A Kubernetes resource quantity such as `16`, `500m` or `200Gi`."""
+
+
+# --- issue 24 (h24b): Hugging Face Hub on a cluster, scratch space, failure and rendezvous settings -------------
+class HubSpec(ApiModel):
+    """Models named by a Hugging Face Hub id (`meta-llama/Llama-3.1-70B-Instruct`) on a cluster: stage pods are
+    online (unless `offline`), read a token from a Secret and keep downloads in a cache volume."""
+
+    token_secret: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """Secret in the generation's namespace holding a Hugging Face token (for gated models such as Llama),
+    given to stage pods as `HF_TOKEN`; unset: no token (public models only)."""
+    token_key: EnvName = "HF_TOKEN"
+    """Key of the token in `tokenSecret`."""
+    cache_pvc: str | None = Field(default=None, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)
+    """A ReadWriteMany PersistentVolumeClaim mounted at /hf-cache as `HF_HOME`, shared by every stage and
+    generation: a Hub model is downloaded once per cluster. Unset: `HF_HOME` is on the artifact claim when
+    `storage.pvc` is set, else on each pod's scratch emptyDir (downloaded once per pod; `flywheel validate`
+    warns when Hub ids are used that way)."""
+    offline: bool = False
+    """Forbid Hub access in stage pods (`HF_HUB_OFFLINE=1`): every model must be a path or URI, or already be in
+    the cache volume. Tests and the local runner are always offline."""
+
+
+class ScratchSpec(ApiModel):
+    """Per-pod scratch space: an emptyDir at /scratch for model downloads, checkpoint scratch, output staging
+    and (without a cache claim) `HF_HOME`, with an `ephemeral-storage` request so the scheduler places the pod
+    on a node with room, and the kubelet evicts it rather than filling the node's disk."""
+
+    size: Quantity | None = None
+    """Size limit of the emptyDir and the pod's `ephemeral-storage` request. Unset: sized from the spec —
+    16Gi plus, for each model a stage loads, its parameter bytes as far as `flywheel validate` can read the
+    model's config (else 200Gi for a Hub id), plus room for checkpoints of the trained model."""
+    medium: Literal["", "Memory"] = ""
+    """`""` (the node's disk) or `Memory` (tmpfs, counted against the pod's memory limit)."""
 
 
 class PodOverrides(ApiModel):
@@ -439,12 +486,16 @@ class StageResources(ApiModel):
     """Taints the pods tolerate (replaces the shared list; `[]` for none)."""
     pod_overrides: PodOverrides | None = None
     """Pod additions (replace the shared `podOverrides`)."""
+    queue_name: str | None = Field(default=None, max_length=63,
+                                   pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+    """Kueue LocalQueue of this stage's Jobs (replaces `resources.queueName`; `""` for none). A CPU stage
+    (curate) takes no queue unless it sets its own, so it never waits in the GPU queue."""
 
 
 CPU_STAGES = frozenset({"curate"})
 """Stage kinds that need no GPU: their unset resources come from `CPU_STAGE_DEFAULTS`, not the shared GPU values."""
 CPU_STAGE_DEFAULTS = StageResources(gpus_per_node=0, nodes=1, cpu="4", memory="32Gi", node_selector={},
-                                    tolerations=[], pod_overrides=PodOverrides())
+                                    tolerations=[], pod_overrides=PodOverrides(), queue_name="")
 """A modest CPU pod with no GPU node selector, tolerations or pod additions: it lands off the GPU nodes."""
 
 
@@ -506,6 +557,27 @@ class ResourcesSpec(ApiModel):
     """Additions to the GPU stages' pods (not curate's), unless a stage sets `stages.<kind>.podOverrides`."""
     stages: StageResourceOverrides = Field(default_factory=StageResourceOverrides)
     """Per-stage overrides of GPUs, nodes, CPU, memory, placement and pod additions."""
+    # --- issue 24 (h24b) ------------------------------------------------------------------------------------
+    hub: HubSpec = Field(default_factory=HubSpec)
+    """Hugging Face Hub access of the stage pods: token Secret, cache volume, offline mode."""
+    scratch: ScratchSpec = Field(default_factory=ScratchSpec)
+    """Per-pod scratch emptyDir and its ephemeral-storage request."""
+    restarts_per_node: Annotated[int, Field(ge=0, le=10)] = 2
+    """Multi-node stages: how often the Job controller re-creates the pod of one node (`backoffLimitPerIndex`)
+    before the attempt fails. When a node is drained, its pod is ignored (a `DisruptionTarget` never counts), but
+    the other nodes' torchrun fails with the broken collective; these restarts let every pod meet again and resume
+    from the last checkpoint. One-pod stages fail at the first crash (`backoffLimit: 0`), and the planner retries
+    them with backoff. Exit code 2 (a permanent StageError: bad config, missing input) always fails the Job at
+    once and is never retried."""
+    rendezvous_timeout: Duration = "30m"
+    """How long the pods of a multi-node stage wait for each other at torchrun's rendezvous (`--rdzv-conf
+    join_timeout`, `PET_RDZV_CONF`); long enough for an autoscaled GPU pool to add nodes and pull a CUDA image."""
+    collective_timeout: Duration = "30m"
+    """Timeout of the training process group's collectives (NCCL), which checkpoint uploads must finish within:
+    each node uploads its own shards in a background thread and ranks wait for the upload only at this bound."""
+    gpu_memory: Quantity | None = None
+    """Memory of one GPU (e.g. `80Gi`) for `flywheel validate`'s fit check; unset: read from the
+    `nvidia.com/gpu.product` node selector (`…-80GB-…`), else the check is skipped."""
     max_parallel_jobs: PositiveInt = 1
     """Most stage Jobs of this generation running at once. Only the reward models share a step; at 1 they train
     one after another, so four reward models never ask for four stages' GPUs together (and never hold part of
@@ -516,7 +588,7 @@ class ResourcesSpec(ApiModel):
         (over `CPU_STAGE_DEFAULTS` for a CPU stage)."""
         shared = StageResources(gpus_per_node=self.gpus_per_node, nodes=self.nodes, cpu=self.cpu, memory=self.memory,
                                 node_selector=self.node_selector, tolerations=self.tolerations,
-                                pod_overrides=self.pod_overrides)
+                                pod_overrides=self.pod_overrides, queue_name=self.queue_name or "")
         base = CPU_STAGE_DEFAULTS if kind in CPU_STAGES else shared
         own: StageResources = getattr(self.stages, kind)
         return base.model_copy(update={name: value for name in StageResources.model_fields

@@ -2,8 +2,9 @@
 carries out the planner's actions. It decides nothing.
 
 Results travel in the stage pod's termination message (see kube/termination.py): once a Job has succeeded, the
-backend reads `status.containerStatuses[stage].state.terminated.message` of its pod. Every action is idempotent:
-children have deterministic names, so a second create answers 409 and is taken as done.
+backend reads `status.containerStatuses[stage].state.terminated.message` of its pod; when the pods are gone, it reads
+the `result.json` the stage published under its output directory. A generation that ends stops its running Jobs.
+Every action is idempotent: children have deterministic names, so a second create answers 409 and is taken as done.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from flywheel_operator import storage
 from flywheel_operator.api import (
     TERMINAL_PHASES,
     FlywheelGeneration,
@@ -36,8 +38,12 @@ from flywheel_operator.planner import (
     StartStage,
 )
 from flywheel_operator.planner.core import deploy_action
+from flywheel_operator.planner.pipeline import stage_kind, stage_output_dir
 
 log = logging.getLogger(__name__)
+
+PERMANENT_FAILURE_REASON = "PodFailurePolicy"
+"""The Job's Failed condition reason when a podFailurePolicy FailJob rule matched (a stage that exited 2)."""
 
 OnlineReader = Callable[[FlywheelGeneration, datetime], Awaitable[OnlineReading]]
 """Reads the per-arm statistics of a generation's A/B test at `now` ("no data" is a reading with an error)."""
@@ -69,8 +75,11 @@ def job_observation(job: dict[str, Any], result: StageResult | None = None) -> J
     if "Failed" in conditions:
         failed = conditions["Failed"]
         message = ": ".join(p for p in (failed.get("reason"), failed.get("message")) if p) or "the Job failed"
+        # Only the FailJob rule on exit code 2 (manifests.pod_failure_policy) fails a stage Job with this reason.
+        permanent = failed.get("reason") == PERMANENT_FAILURE_REASON
         return JobObservation(name=name, state="Failed", started_at=started,
-                              finished_at=_parse_time(failed.get("lastTransitionTime")), message=message)
+                              finished_at=_parse_time(failed.get("lastTransitionTime")), message=message,
+                              permanent=permanent)
     if (job.get("spec") or {}).get("suspend") or not (started or status.get("active")):
         return JobObservation(name=name, state="Pending")
     return JobObservation(name=name, state="Running", started_at=started)
@@ -135,7 +144,11 @@ class KubernetesBackend:
             for job in listed:
                 observation = job_observation(job)
                 if observation.state == "Succeeded" and observation.name not in absorbed:
-                    observation = job_observation(job, await self._result(namespace, observation.name))
+                    stage = ((job.get("metadata") or {}).get("labels") or {}).get(manifests.STAGE_LABEL, "")
+                    result = await self._result(namespace, observation.name)
+                    if result is None and stage:  # the pods are gone (PodGC, a scaled-down node): the store has it
+                        result = await self._stored_result(generation, observation.name, stage)
+                    observation = job_observation(job, result)
                 jobs[observation.name] = observation
         parent = None
         if status.policy is None and generation.spec.parent:
@@ -172,6 +185,38 @@ class KubernetesBackend:
                 return None
             self._results[key] = result
         return self._results[key]
+
+    async def _stored_result(self, generation: FlywheelGeneration, child: str, stage: str) -> StageResult | None:
+        """The result.json the stage published under its output directory (read through the storage seam with the
+        operator's own credentials), when no pod of the Job carries it any more; None when unreadable."""
+        key = (generation.metadata.namespace or "", child)
+        if key in self._results:
+            return self._results[key]
+        uri = storage.join(stage_output_dir(generation, stage), storage.RESULT_MARKER)
+        try:
+            result = StageResult.model_validate_json(await asyncio.to_thread(storage.read_text, uri))
+        except (storage.StorageError, FileNotFoundError, ValueError) as exc:
+            log.warning("stage %s succeeded, its pods are gone and %s is unreadable: %s", child, uri, exc)
+            return None
+        if result.stage != stage_kind(stage):
+            return None
+        self._results[key] = result
+        return result
+
+    async def stop_active_jobs(self, namespace: str, name: str) -> list[str]:
+        """Delete the generation's Jobs that are still running (siblings of a failed stage: the other reward
+        models) once it has ended, so they stop holding GPUs; their pods go with them. Returns their names."""
+        stopped = []
+        for job in await self.client.list(resource_path("jobs", namespace), {manifests.GENERATION_LABEL: name}):
+            if job_observation(job).state in ("Pending", "Running"):
+                child = job["metadata"]["name"]
+                try:
+                    await self.client.delete(resource_path("jobs", namespace, child))
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                stopped.append(child)
+        return stopped
 
     async def _parent(self, namespace: str, parent: str) -> ParentObservation | None:
         body = await self.get_generation(namespace, parent)

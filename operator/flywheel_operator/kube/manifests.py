@@ -2,7 +2,7 @@
 
 No I/O: each function takes the generation and the planner's StartStage and returns the JSON body to POST.
 Every child carries an owner reference to the generation (garbage-collected with it) and the labels the
-backend lists by. Pods meet the "restricted" Pod Security Standard.
+backend lists by. Pods meet the "restricted" Pod Security Standard (except RDMA pods, which add IPC_LOCK).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from flywheel_operator import capacity
 from flywheel_operator.api import API_VERSION, KIND, FlywheelGeneration, StageConfig, parse_duration
 from flywheel_operator.api.deepspeed import DEEPSPEED_CONFIG_ENV, deepspeed_config
 from flywheel_operator.api.models import PodOverrides, StageResources
@@ -37,16 +38,30 @@ RUN_AS_USER = 1000
 MULTI_NODE_STAGES = frozenset({"reward", "sft", "rl"})
 """Training stages; curate and eval run on one node."""
 
-OFFLINE_ENV: dict[str, str] = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
+STAGE_ENV: dict[str, str] = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
     "TRL_EXPERIMENTAL_SILENCE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
-"""Stage pods never reach the Hub: models and data come from the artifact store (the result is reproducible)."""
+"""Every stage pod's environment. Pods reach the Hugging Face Hub (real model ids work with a token and a cache
+volume, `resources.hub`); only `resources.hub.offline` forbids it. Tests and the local runner stay offline."""
+OFFLINE_ENV: dict[str, str] = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+"""Added with `resources.hub.offline: true`."""
+SCRATCH_MOUNT = "/scratch"
+"""The per-pod emptyDir: downloads (`FLYWHEEL_CACHE_DIR`), checkpoint scratch, output staging (`TMPDIR`)."""
+HF_CACHE_MOUNT = "/hf-cache"
+"""Where `resources.hub.cachePvc` is mounted (`HF_HOME`)."""
+TERMINATION_ENV = "FLYWHEEL_TERMINATION_LOG"
+"""Where the stage program writes the compact result (kube/termination.py) for the kubelet to keep."""
+PERMANENT_EXIT_CODE = 2
+"""`flywheel-train` exits 2 on a StageError (bad config, missing input): the Job fails at once, never retried."""
+DISRUPTION_CONDITION = "DisruptionTarget"
+"""Pod condition of preemption, eviction, node drain and taint-manager deletion: ignored by the Job's policy."""
+COLLECTIVE_TIMEOUT_ENV = "FLYWHEEL_COLLECTIVE_TIMEOUT"
+"""Seconds the stage's process group waits in a collective (resources.collectiveTimeout)."""
+RDMA_MARKERS = ("rdma", "infiniband", "mellanox", "roce")
+"""Extended resource names of RDMA devices: such pods get IPC_LOCK (pinned memory for the verbs)."""
 
 
 def labels(generation: FlywheelGeneration, action: StartStage) -> dict[str, str]:
@@ -59,7 +74,7 @@ def labels(generation: FlywheelGeneration, action: StartStage) -> dict[str, str]
         ATTEMPT_LABEL: str(action.attempt),
         CHILD_LABEL: action.child,
     }
-    queue = generation.spec.resources.queue_name
+    queue = stage_resources(generation, action).queue_name
     if queue:
         result[QUEUE_LABEL] = queue
     return result
@@ -131,24 +146,59 @@ def headless_service(generation: FlywheelGeneration, action: StartStage) -> dict
 
 
 def stage_command(stage: str, *, nodes: int, gpus: int) -> list[str]:
-    """`flywheel-train STAGE --config FILE` (under torchrun when several processes train), then the result
-    is copied to the termination message, where the operator reads it from the Pod status.
+    """`flywheel-train STAGE --config FILE`, under torchrun when several processes train; exec'd as the
+    container's PID 1 with no shell in between, so SIGTERM (preemption, drain, deadline) reaches torchrun, which
+    forwards it to the ranks. The stage program writes the result to the termination message itself
+    (FLYWHEEL_TERMINATION_LOG, see kube/termination.py).
 
-    Any rank's failure fails its pod (torchrun exits non-zero) and so the Job (backoffLimit 0); only node 0
-    publishes the result (see kube/termination.py)."""
+    Any rank's failure fails its pod (torchrun exits non-zero); exit code 2 fails the Job at once
+    (podFailurePolicy); only node 0 publishes the result."""
     program = ["flywheel-train", stage, "--config", CONFIG_FILE]
     if nodes > 1 or gpus > 1:
         program = ["torchrun", "--no-python", *program]  # PET_* variables carry the topology
-    report = f"python -m flywheel_operator.kube.termination {CONFIG_FILE} {TERMINATION_LOG}"
-    return ["sh", "-c", f'"$@" && exec {report}', "stage", *program]
+    return program
+
+
+def rendezvous_seconds(generation: FlywheelGeneration) -> int:
+    return int(parse_duration(generation.spec.resources.rendezvous_timeout).total_seconds())
+
+
+def hf_home(generation: FlywheelGeneration) -> str:
+    """HF_HOME: the Hub cache claim, else the artifact claim, else the pod's scratch emptyDir."""
+    res = generation.spec.resources
+    if res.hub.cache_pvc:
+        return HF_CACHE_MOUNT
+    if res.storage.pvc:
+        return f"{PVC_MOUNT}/.cache/huggingface"
+    return f"{SCRATCH_MOUNT}/huggingface"
+
+
+def _secret_env(generation: FlywheelGeneration) -> list[dict[str, Any]]:
+    """Only the named keys of the storage Secret (optional each) and the Hub token (required when named)."""
+    res = generation.spec.resources
+    env = []
+    if res.storage.secret_ref:
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {"name": res.storage.secret_ref, "key": key,
+                                                              "optional": True}}}
+                for key in res.storage.secret_keys]
+    if res.hub.token_secret:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": res.hub.token_secret,
+                                                                        "key": res.hub.token_key}}})
+    return env
 
 
 def _env(generation: FlywheelGeneration, action: StartStage, nodes: int, gpus: int) -> list[dict[str, Any]]:
-    env = [{"name": key, "value": value} for key, value in OFFLINE_ENV.items()]
-    storage = generation.spec.resources.storage
-    cache = f"{PVC_MOUNT}/.cache/huggingface" if storage.pvc else "/tmp/huggingface"
+    res = generation.spec.resources
+    storage = res.storage
+    offline = OFFLINE_ENV if res.hub.offline else {}
+    env = [{"name": key, "value": value} for key, value in {**STAGE_ENV, **offline}.items()]
     env += [
-        {"name": "HF_HOME", "value": cache},
+        {"name": "HF_HOME", "value": hf_home(generation)},
+        {"name": "TMPDIR", "value": SCRATCH_MOUNT},
+        {"name": "FLYWHEEL_CACHE_DIR", "value": f"{SCRATCH_MOUNT}/cache"},
+        {"name": TERMINATION_ENV, "value": TERMINATION_LOG},
+        {"name": COLLECTIVE_TIMEOUT_ENV,
+         "value": str(int(parse_duration(res.collective_timeout).total_seconds()))},
         {"name": "FLYWHEEL_GENERATION", "value": generation.metadata.name},
         {"name": "FLYWHEEL_STAGE", "value": action.stage},
         {"name": "FLYWHEEL_ATTEMPT", "value": str(action.attempt)},
@@ -173,21 +223,49 @@ def _env(generation: FlywheelGeneration, action: StartStage, nodes: int, gpus: i
             {"name": "PET_MASTER_ADDR", "value": f"{action.child}-0.{action.child}"},
             {"name": "PET_MASTER_PORT", "value": str(RENDEZVOUS_PORT)},
             {"name": "PET_NODE_RANK", "valueFrom": index},
+            # static rendezvous reads `timeout`, c10d `join_timeout`: both wait for the slowest node to start
+            {"name": "PET_RDZV_CONF", "value": "timeout={0},join_timeout={0}".format(rendezvous_seconds(generation))},
         ]
-    return env
+    return env + _secret_env(generation)
 
 
-def restricted_container_security() -> dict[str, Any]:
+def restricted_container_security(*, rdma: bool = False) -> dict[str, Any]:
+    """The restricted Pod Security Standard's container settings; an RDMA pod adds IPC_LOCK (the verbs pin
+    memory), which only a `privileged` namespace admits (docs/install.md)."""
+    capabilities: dict[str, Any] = {"drop": ["ALL"]}
+    if rdma:
+        capabilities["add"] = ["IPC_LOCK"]
     return {
         "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
+        "capabilities": capabilities,
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
+def uses_rdma(extra_resources: dict[str, str]) -> bool:
+    return any(marker in name.lower() for name in extra_resources for marker in RDMA_MARKERS)
+
+
+def scratch_quantity(generation: FlywheelGeneration) -> str:
+    """The scratch emptyDir's size: `resources.scratch.size`, else sized from the spec (capacity.py)."""
+    size = generation.spec.resources.scratch.size
+    return str(size) if size else f"{capacity.scratch_estimate(generation) // capacity.GiB}Gi"
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """A permanent StageError (exit 2) fails the Job at once; a disrupted pod (preempted, evicted, drained) is
+    replaced without counting against the Job's failure budget."""
+    return {"rules": [
+        {"action": "FailJob",
+         "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [PERMANENT_EXIT_CODE]}},
+        {"action": "Ignore", "onPodConditions": [{"type": DISRUPTION_CONDITION, "status": "True"}]},
+    ]}
+
+
 def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
-    """The stage Job: one attempt (backoffLimit 0: the planner owns retries and their backoff).
+    """The stage Job: one attempt (backoffLimit 0 for one pod: the planner owns retries and their backoff;
+    disruptions are ignored and exit code 2 fails at once: `pod_failure_policy`).
 
     Resources and placement are the stage's own (`resources.stages.<kind>` over the shared block), with its pod
     overrides merged in: annotations, extra labels, priority class, affinity, extended resources, tolerations.
@@ -202,17 +280,28 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
         requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
     for name, quantity in overrides.extra_resources.items():
         requests[name] = limits[name] = quantity  # extended resources must be requested as much as limited
+    scratch = scratch_quantity(generation)
+    if res.scratch.medium != "Memory":  # the node's disk: the scheduler needs to know how much
+        requests["ephemeral-storage"] = scratch
+    scratch_volume: dict[str, Any] = {"sizeLimit": scratch}
+    if res.scratch.medium:
+        scratch_volume["medium"] = res.scratch.medium
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": action.child}},
         {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "scratch", "emptyDir": scratch_volume},
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "scratch", "mountPath": SCRATCH_MOUNT},
     ]
     if res.storage.pvc:
         volumes.append({"name": "artifacts", "persistentVolumeClaim": {"claimName": res.storage.pvc}})
         mounts.append({"name": "artifacts", "mountPath": PVC_MOUNT})
+    if res.hub.cache_pvc:
+        volumes.append({"name": "hf-cache", "persistentVolumeClaim": {"claimName": res.hub.cache_pvc}})
+        mounts.append({"name": "hf-cache", "mountPath": HF_CACHE_MOUNT})
     pod_labels = {**overrides.labels, **labels(generation, action)}
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -231,10 +320,9 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
                 "image": res.image,
                 "command": stage_command(stage_kind(action.stage), nodes=nodes, gpus=gpus),
                 "env": _env(generation, action, nodes, gpus),
-                **({"envFrom": [{"secretRef": {"name": res.storage.secret_ref}}]} if res.storage.secret_ref else {}),
                 "resources": {"requests": requests, "limits": limits},
                 "volumeMounts": mounts,
-                "securityContext": restricted_container_security(),
+                "securityContext": restricted_container_security(rdma=uses_rdma(overrides.extra_resources)),
                 "terminationMessagePath": TERMINATION_LOG,
                 "terminationMessagePolicy": "File",
                 **({"ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT}]} if nodes > 1 else {}),
@@ -256,7 +344,7 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
     if nodes > 1:
         pod_spec["subdomain"] = action.child
     spec: dict[str, Any] = {
-        "backoffLimit": 0,
+        "podFailurePolicy": pod_failure_policy(),
         "activeDeadlineSeconds": int(parse_duration(res.active_deadline).total_seconds()),
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
         "template": {"metadata": {"labels": pod_labels, **({"annotations": dict(overrides.annotations)}
@@ -264,8 +352,13 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
                      "spec": pod_spec},
     }
     if nodes > 1:
-        spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
-    if res.queue_name:
+        # Per node: a pod that fails after a peer was disrupted is re-created (restartsPerNode times), and all
+        # meet again at the rendezvous; one node out of restarts fails the Job (maxFailedIndexes 0).
+        spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes,
+                    backoffLimitPerIndex=res.restarts_per_node, maxFailedIndexes=0)
+    else:
+        spec["backoffLimit"] = 0  # a crash fails the attempt; the planner retries it with backoff
+    if own.queue_name:
         spec["suspend"] = True  # Kueue admits it by unsuspending
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(generation, action, action.child),
             "spec": spec}

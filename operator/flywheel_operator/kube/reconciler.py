@@ -146,6 +146,10 @@ class Reconciler:
                         await self._refused(body, old_status, action, exc)
                     raise
             new_status = result.status.to_wire()
+            if result.status.phase in TERMINAL_PHASES and old_status.get("phase") not in TERMINAL_PHASES:
+                stopped = await self.backend.stop_active_jobs(namespace, name)  # e.g. a failed stage's siblings
+                if stopped:
+                    self.post_event(body, Event("JobsStopped", f"deleted running Jobs {', '.join(stopped)}"))
             if new_status != old_status:
                 await self.backend.write_status(namespace, name, old_status, new_status)
                 previous = FlywheelGenerationStatus.model_validate(old_status) if old_status else None

@@ -1,13 +1,14 @@
 """The result channel from a stage pod to the operator: result.json, compacted into the termination message.
 
-The operator does not mount the artifact store. After `flywheel-train` succeeds, the Job's container runs
-`python -m flywheel_operator.kube.termination CONFIG [LOG]`, which copies the stage's result.json into
-`/dev/termination-log`; the kubelet puts it in the Pod's `status.containerStatuses[].state.terminated.message`
-(at most 4096 bytes), where the backend reads it. Only what the planner needs is kept: metrics, artifacts,
-the output digest and the eval stage's `details.offline_metrics`.
+The operator does not mount the artifact store. When `flywheel-train` succeeds, local rank 0 copies the stage's
+result.json into the file named by `FLYWHEEL_TERMINATION_LOG` (`/dev/termination-log`, `write_message`; also
+`python -m flywheel_operator.kube.termination CONFIG [LOG]`); the kubelet puts it in the Pod's
+`status.containerStatuses[].state.terminated.message` (at most 4096 bytes), where the backend reads it. Only
+what the planner needs is kept: metrics, artifacts, the output digest and the eval stage's `details.offline_metrics`.
 
 In a multi-node stage every pod runs the writer, but only node 0 hosts rank 0, which writes result.json; the
-other nodes exit 0 without it (their training already succeeded, or `&&` would not have run the writer).
+other nodes write a note instead. The result also stays in `<outputDir>/result.json`, where the backend reads it
+when the pod is gone (backend.py).
 """
 
 from __future__ import annotations
@@ -56,6 +57,24 @@ def publishing_node() -> int:
     if not value.isdigit():
         raise ValueError(f"PET_NODE_RANK={value!r} is not a node rank: the Job must set the completion index")
     return int(value)
+
+
+def write_message(config: StageConfig, target: Path) -> None:
+    """Write the termination message of this pod: node 0's compact result, or a note on the other nodes.
+
+    Called by the stage program itself (`FLYWHEEL_TERMINATION_LOG`, on local rank 0 once the stage succeeded), so
+    the container's command is the program with no shell around it."""
+    node = publishing_node()
+    if node != 0:
+        # Rank 0 (on node 0) writes result.json, possibly after this node's ranks finished: nothing to wait for.
+        target.write_text(f"node {node} finished; node 0 publishes the result", encoding="utf-8")
+        return
+    source = storage.join(config.output_dir, "result.json")
+    try:
+        result = StageResult.model_validate_json(storage.read_text(source))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{source} does not exist: the stage wrote no result") from exc
+    target.write_text(compact_result(result), encoding="utf-8")
 
 
 def main(argv: list[str]) -> int:

@@ -108,7 +108,11 @@ def _absorb_jobs(
             if failure:
                 _fail_attempt(generation, record, failure, now, work)
         elif job.state == "Failed":
-            _fail_attempt(generation, record, job.message or "the Job failed without a message", now, work)
+            message = job.message or "the Job failed without a message"
+            if job.permanent:
+                _fail_permanently(record, message, now, work)
+            else:
+                _fail_attempt(generation, record, message, now, work)
         if record.state == "Failed":
             _finish(
                 status,
@@ -182,6 +186,13 @@ def _fail_attempt(
             "Warning",
         )
     )
+
+
+def _fail_permanently(record: StageRecord, message: str, now: datetime, work: _Work) -> None:
+    """A failure retrying cannot fix (exit code 2, a StageError): the stage fails now, whatever attempts are left."""
+    record.message = f"{message} (a permanent error: not retried)"
+    record.state, record.finished_at = "Failed", now
+    work.events.append(Event("StageFailed", f"stage {record.name} failed for good: {record.message}", "Warning"))
 
 
 def _resolve_policy(

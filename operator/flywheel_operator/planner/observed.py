@@ -23,6 +23,9 @@ class JobObservation:
     message: str | None = None
     result: StageResult | None = None
     """The stage's result.json, read by the backend once the Job succeeded (None if missing or unreadable)."""
+    permanent: bool = False
+    """The Job failed for a reason no retry can fix (the stage exited 2: a StageError such as a bad config or a
+    missing input; the Job's podFailurePolicy failed it at once): the planner does not try it again."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,14 @@ def artifact_root(storage: StorageSpec) -> str:
     return PVC_MOUNT if storage.pvc is not None else str(storage.uri)
 
 
+def stage_output_dir(generation: FlywheelGeneration, stage: str) -> str:
+    """`<root>/<generation>/<uid prefix>/<stage>`: the same for every attempt of a stage (checkpoints survive a
+    retry), and new for a generation re-created under a promoted one's name, so its stages never replace (and
+    publish_dir never deletes) the model that is serving. Without a uid (the local runner) `<root>/<gen>/<stage>`."""
+    uid = (generation.metadata.uid or "")[:8]
+    return join(artifact_root(generation.spec.resources.storage), generation.metadata.name, uid, stage)
+
+
 def backoff(retry: RetryPolicy, failed_attempts: int) -> timedelta:
     """Wait after the `failed_attempts`-th failure: backoff · factor^(n−1), capped at maxBackoff."""
     seconds = parse_duration(retry.backoff).total_seconds() * retry.backoff_factor ** (failed_attempts - 1)
@@ -52,7 +60,7 @@ def stage_config(generation: FlywheelGeneration, status: FlywheelGenerationStatu
         stage=stage_kind(stage),
         name=stage,
         generation=name,
-        output_dir=join(artifact_root(spec.resources.storage), name, stage),
+        output_dir=stage_output_dir(generation, stage),
         policy=str(status.policy),
         data=spec.data,
         settings=spec.stages,
