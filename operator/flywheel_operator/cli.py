@@ -6,6 +6,7 @@ Heavy imports happen inside the subcommand functions so `flywheel validate` stay
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -93,12 +94,26 @@ def _operator(args: argparse.Namespace) -> int:
                policy=StagePolicy(images=tuple(args.allowed_images), service_accounts=tuple(args.allowed_accounts)))
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's `version`)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("characterflywheel")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check FlywheelGeneration manifests; every error with its field path")
-    p.add_argument("files", nargs="+", help="YAML manifests (several documents per file are fine)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="YAML manifest (several documents per file are fine; other kinds are skipped with a note), "
+                   "a directory (its *.yaml and *.yml files, recursively) or - for standard input")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
@@ -181,7 +196,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `flywheel status … | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

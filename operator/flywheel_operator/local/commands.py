@@ -21,6 +21,8 @@ from flywheel_operator.local.statusview import generation_dirs, render_status
 from rich.console import Console
 
 EXIT_INTERRUPTED = 130
+EXIT_INVALID = 1
+"""A manifest that cannot run: the same exit status as `flywheel validate` gives it."""
 OFFLINE_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",
     "TRL_EXPERIMENTAL_SILENCE": "1",
@@ -52,7 +54,7 @@ def run_command(
         first = load_manifest(Path(file))
     except LocalRunError as exc:
         console.print(str(exc), markup=False)
-        return 2
+        return EXIT_INVALID
     directory = Path(run_dir) if run_dir else default_run_dir(first)
     world_file = Path(world) if world else DEFAULT_WORLD
     cache = Path(cache_dir) if cache_dir else Path("runs") / "cache"

@@ -45,14 +45,14 @@ class GenerationOutcome:
 
 def load_manifest(path: Path) -> FlywheelGeneration:
     """The FlywheelGeneration in `path`, with every problem named as `flywheel validate` names it."""
-    from flywheel_operator.validation import load_documents, problems_of
+    from flywheel_operator.validation import load_documents, other_kind, problems_of
 
     try:
-        documents = [d for d in load_documents(path) if d is not None]
+        documents = [d for d in load_documents(path) if other_kind(d) is None]
     except (OSError, ValueError) as exc:
         raise LocalRunError(f"{path}: cannot read the manifest: {exc}") from exc
     if len(documents) != 1:
-        raise LocalRunError(f"{path}: expected exactly one FlywheelGeneration, found {len(documents)} documents")
+        raise LocalRunError(f"{path}: expected exactly one FlywheelGeneration, found {len(documents)}")
     problems = problems_of(documents[0])
     if problems:
         raise LocalRunError(f"{path}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
