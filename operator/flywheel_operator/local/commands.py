@@ -21,6 +21,8 @@ from flywheel_operator.local.statusview import generation_dirs, render_status
 from rich.console import Console
 
 EXIT_INTERRUPTED = 130
+UNWRAPPED_WIDTH = 10_000
+"""Console width when the output is piped or redirected: no wrapping (a terminal uses its own width)."""
 EXIT_INVALID = 1
 """A manifest that cannot run: the same exit status as `flywheel validate` gives it."""
 OFFLINE_ENVIRONMENT = {
@@ -120,7 +122,9 @@ def status_command(run_dir: str, *, as_json: bool = False) -> int:
         documents = {d.name: json.loads((d / "status.json").read_text()) for d in dirs}
         sys.stdout.write(json.dumps(documents, indent=2) + "\n")
         return 0
-    Console(highlight=False).print(render_status(dirs))
+    Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else UNWRAPPED_WIDTH).print(
+        render_status(dirs)
+    )
     return 0
 
 
