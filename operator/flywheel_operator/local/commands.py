@@ -79,7 +79,6 @@ def run_command(
             runner.stop()
             console.print(f"flywheel run: {exc}", markup=False)
             return 2
-    minutes = (time.monotonic() - started) / 60
     for outcome in outcomes:
         decision = outcome.status.decision
         line = f"{outcome.status.phase}" + (
@@ -87,12 +86,34 @@ def run_command(
         )
         console.print(f"{outcome.name}: {line}", markup=False)
     console.print("writing the report (with the simulator's oracle: ground truth the gates never saw)", markup=False)
+    report_started = time.monotonic()
     report = _write_report(directory, console, world_file)
+    timings = {**runner.timings, "report": time.monotonic() - report_started}
     console.print(f"status: flywheel status {directory}", markup=False)
     if report is not None:
         console.print(f"report: {report}", markup=False)
-    console.print(f"done in {minutes:.1f} min", markup=False)
+    console.print(time_summary(timings, outcomes, time.monotonic() - started), markup=False)
     return 0 if all(o.status.phase != "Failed" for o in outcomes) else 1
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def time_summary(timings: dict[str, float], outcomes: list, total: float) -> str:
+    """Where the wall time of this run went: in-process phases (generation 0, simulated traffic, the A/B
+    simulation, the report) and each stage this run started (reward models run side by side, so stages may add
+    up to more than the wall time)."""
+    stages = [
+        f"{record.name} {_seconds((record.finished_at - record.started_at).total_seconds())}"
+        for outcome in outcomes
+        for record in outcome.status.stages
+        if record.child in outcome.launched and record.started_at and record.finished_at
+    ]
+    late = ("A/B simulation", "report")
+    before = [f"{phase} {_seconds(s)}" for phase, s in timings.items() if s >= 0.5 and phase not in late]
+    after = [f"{phase} {_seconds(timings[phase])}" for phase in late if timings.get(phase, 0.0) >= 0.5]
+    return f"done in {total / 60:.1f} min: " + ", ".join(before + stages + after)
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from flywheel_operator import storage
-from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelGenerationStatus
+from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelGenerationStatus, StageRecord
 from flywheel_operator.local.backend import LocalBackend, RunPaths
 from flywheel_operator.local.clock import SimulatedClock
 from flywheel_operator.local.progress import Display
@@ -59,12 +59,19 @@ def load_manifest(path: Path) -> FlywheelGeneration:
     return FlywheelGeneration.model_validate(documents[0])
 
 
+DEFAULT_RUN_DIR = Path("runs")
+
+
 def default_run_dir(generation: FlywheelGeneration) -> Path:
-    """`resources.storage.uri` when it is a local directory, else `runs/<name>`."""
+    """`resources.storage.uri` when it is a local directory, else `runs`.
+
+    As on a cluster, the storage URI is the root that holds one directory per generation (`<root>/<name>/`),
+    so `uri: runs` puts generation gen1 in `runs/gen1/`, its successors beside it.
+    """
     uri = generation.spec.resources.storage.uri
     if uri is not None and not storage.scheme(uri):
         return Path(uri)
-    return Path("runs") / generation.metadata.name
+    return DEFAULT_RUN_DIR
 
 
 def successor(first: FlywheelGeneration, index: int, parent: str | None) -> FlywheelGeneration:
@@ -133,6 +140,8 @@ class Runner:
         self.poll_seconds = poll_seconds
         self.clock = SimulatedClock(self.run_dir / CLOCK_FILE)
         self.backend: LocalBackend | None = None
+        self.timings: dict[str, float] = {}
+        """Seconds of in-process work this run waited on, by phase, over every generation it ran."""
 
     # --------------------------------------------------------------------------------------------- runs
     def run(self, first: FlywheelGeneration, generations: int = 1) -> list[GenerationOutcome]:
@@ -206,6 +215,8 @@ class Runner:
             status = result.status
             generation = generation.model_copy(update={"status": status.to_wire()})
             if status.phase in TERMINAL_PHASES or status.phase == "Suspended":
+                for phase, seconds in backend.timings.items():
+                    self.timings[phase] = self.timings.get(phase, 0.0) + seconds
                 return GenerationOutcome(name, status, paths, list(backend.launched))
             if result.actions:
                 continue
@@ -252,6 +263,24 @@ class Runner:
             old = before.record(record.name)
             if record.state in ("Succeeded", "Failed", "Retrying") and (old is None or old.state == "Running"):
                 self.display.finish_task(record.child, ok=record.state == "Succeeded")
+                if record.state == "Succeeded":
+                    self.display.event(f"{after_name(record)}: {stage_time(record)}")
+
+
+def after_name(record: StageRecord) -> str:
+    """`gen1: stage curate` from the child's name `gen1-curate-1`."""
+    generation = record.child.removesuffix(f"-{record.name}-{record.attempts}")
+    return f"{generation}: stage {record.name}"
+
+
+def stage_time(record: StageRecord) -> str:
+    """How long a finished stage ran, and how long its inputs took before it started (in-process work such as
+    simulated traffic and generation 0, which the stage's own time leaves out)."""
+    if record.started_at is None or record.finished_at is None:
+        return "finished (its run time was not observed)"
+    ran = (record.finished_at - record.started_at).total_seconds()
+    waited = (record.started_at - record.created_at).total_seconds()
+    return f"ran {ran:.0f}s" + (f", after {waited:.0f}s preparing its inputs" if waited >= 1 else "")
 
 
 def _decision_line(status: FlywheelGenerationStatus) -> str:
