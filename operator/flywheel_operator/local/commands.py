@@ -89,6 +89,7 @@ def run_command(
     report_started = time.monotonic()
     report = _write_report(directory, console, world_file)
     timings = {**runner.timings, "report": time.monotonic() - report_started}
+    runner.record_wall_time(time.monotonic() - started)
     console.print(f"status: flywheel status {directory}", markup=False)
     if report is not None:
         console.print(f"report: {report}", markup=False)
@@ -161,6 +162,6 @@ def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True)
         from flywheel_sim import DEFAULT_WORLD
 
         compute_oracle(directory, Path(run.get("world", DEFAULT_WORLD)))
-    path = write_report(directory, Path(out) if out else None)
+    path = write_report(directory, Path(out) if out else None, oracle=oracle)
     sys.stdout.write(f"{path}\n")
     return 0

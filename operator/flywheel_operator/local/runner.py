@@ -20,6 +20,7 @@ from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelG
 from flywheel_operator.local.backend import LocalBackend, RunPaths
 from flywheel_operator.local.clock import SimulatedClock
 from flywheel_operator.local.progress import Display
+from flywheel_operator.local.report import source_commit
 from flywheel_operator.planner import Event, ParentObservation, plan
 
 RUN_FILE = "run.json"
@@ -168,7 +169,15 @@ class Runner:
             "generations": max(generations, int(known.get("generations", 0))),
             "world": str(self.world_file),
             "cache": str(self.cache_dir),
+            "commit": source_commit(),
         }
+        path.write_text(json.dumps(record, indent=2) + "\n")
+
+    def record_wall_time(self, seconds: float) -> None:
+        """Add this invocation's wall time to run.json (the report shows it)."""
+        path = self.run_dir / RUN_FILE
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record["wallSeconds"] = round(seconds, 1)
         path.write_text(json.dumps(record, indent=2) + "\n")
 
     def run_generation(self, generation: FlywheelGeneration) -> GenerationOutcome:
