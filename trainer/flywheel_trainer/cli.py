@@ -22,6 +22,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from flywheel_trainer.outputs import StageError
+from flywheel_trainer.tracking import run_tracked
 
 STAGE_MODULES = {
     "curate": "flywheel_trainer.curate",
@@ -58,7 +59,7 @@ def load_config(path: str | Path, *, stage: str | None = None) -> StageConfig:
 def run_stage(config: StageConfig) -> StageResult:
     """Run the stage program the config names (the same function the Job, the CLI and the tests call)."""
     module = importlib.import_module(STAGE_MODULES[config.stage])
-    return module.main(config)
+    return run_tracked(config, lambda: module.main(config))
 
 
 STAGE_SETTINGS = {"curate": ("curate",), "reward": ("reward_models",), "sft": ("sft", "dpo"), "rl": ("rl",),

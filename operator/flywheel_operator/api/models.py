@@ -776,6 +776,40 @@ class RetryPolicy(ApiModel):
 
 
 # ------------------------------------------------------------------------------------------------ spec
+# ---- experiment tracking (issue 28 point 9) ------------------------------------------------------------------
+class MlflowTracking(ApiModel):
+    """An MLflow tracking server: one run per generation, every TRL trainer's metrics in runs nested under it,
+    the gates' checks, decision and lifts on it, and the promoted model registered in the model registry."""
+
+    tracking_uri: HttpUrl
+    """The tracking server, e.g. `http://mlflow.mlops.svc:5000` (credentials from the environment:
+    `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME`/`PASSWORD` through `resources.storage.secretRef`)."""
+    experiment: str = Field(default="characterflywheel", min_length=1, max_length=500)
+    """Experiment the generation's run goes into (created when missing)."""
+    registered_model: str | None = Field(default=None, min_length=1, max_length=500)
+    """Model-registry name a promoted candidate is registered under; `canary.inferenceService` when unset."""
+
+
+class WandbTracking(ApiModel):
+    """Weights & Biases: every TRL trainer reports there, its runs grouped by generation. The API key comes from
+    the environment (`WANDB_API_KEY`, through `resources.storage.secretRef`)."""
+
+    project: str = Field(min_length=1, max_length=128)
+    """W&B project."""
+    entity: str | None = Field(default=None, min_length=1, max_length=128)
+    """W&B team or user; the key's default entity when unset."""
+
+
+class TrackingSpec(ApiModel):
+    """Experiment trackers the stages report to (TRL's `report_to`); none by default."""
+
+    mlflow: MlflowTracking | None = None
+    """MLflow tracking (and, on promotion, its model registry)."""
+    wandb: WandbTracking | None = None
+    """Weights & Biases."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
 class FlywheelGenerationSpec(ApiModel):
     """One turn of the flywheel: from the parent's promoted policy to a candidate, gated offline and online."""
 
@@ -803,6 +837,8 @@ class FlywheelGenerationSpec(ApiModel):
     """When the candidate is promoted."""
     suspend: bool = False
     """Pause: start nothing new (running Jobs finish and are recorded); set back to false to resume."""
+    tracking: TrackingSpec | None = None
+    """Experiment tracking (MLflow, Weights & Biases); none when unset."""
 
     @model_validator(mode="after")
     def _starting_point(self) -> FlywheelGenerationSpec:

@@ -220,6 +220,7 @@ class Runner:
             if result.status != status or previous is None:
                 _write_status(paths, result.status)
                 previous = result.status
+                self._track(generation, status, result.status)
             self._show_finished(status, result.status)
             status = result.status
             generation = generation.model_copy(update={"status": status.to_wire()})
@@ -230,6 +231,19 @@ class Runner:
             if result.actions:
                 continue
             self._wait(backend, status, result.requeue_at)
+
+    def _track(self, generation: FlywheelGeneration, before: FlywheelGenerationStatus,
+               after: FlywheelGenerationStatus) -> None:
+        """Log the gates' results to the generation's MLflow run; register a promoted model (spec.tracking)."""
+        tracking = generation.spec.tracking
+        if tracking is None or tracking.mlflow is None:
+            return
+        from flywheel_operator import tracking as tracker
+
+        registered = tracking.mlflow.registered_model or generation.spec.canary.inference_service
+        for note in tracker.record(tracking.mlflow, generation.metadata.name, before, after,
+                                   registered_model=registered):
+            self.display.event(f"{generation.metadata.name}: {note}", warning=note.startswith("tracking:"))
 
     def _wait(self, backend: LocalBackend, status: FlywheelGenerationStatus, requeue_at: datetime | None) -> None:
         if backend.running():
