@@ -116,3 +116,21 @@ def test_checks_whose_limit_lets_everything_pass_are_marked_disabled():
     assert all(limits[name] != "disabled" for name in limits if name.startswith("style-drift."))
     default = evaluate_offline(OfflineGateSpec(), metrics(), now=NOW)
     assert {c.name for c in default.checks if c.limit == "disabled"} == {"instruction-following", "violation-rate"}
+
+
+@given(st.integers(1, 500), st.integers(1, 500), st.data())
+def test_the_divergence_interval_stays_in_0_1_and_holds_the_gap(n1, n2, data):
+    from flywheel_operator.gate.offline import absolute_difference_interval
+
+    k1, k2 = data.draw(st.integers(0, n1)), data.draw(st.integers(0, n2))
+    lower, upper = absolute_difference_interval(k1 / n1, n1, k2 / n2, n2)
+    assert 0 <= lower <= abs(k1 / n1 - k2 / n2) + 1e-12 <= upper + 2e-12 <= 1 + 2e-12
+
+
+def test_the_tiny_runs_divergence_no_longer_reads_above_1():
+    # issue 28's tiny run: user win rate 0.375 on 8 prompts, internal 0.0 on 1 prompt; the normal approximation
+    # gave [0.000, 2.363]
+    from flywheel_operator.gate.offline import absolute_difference_interval
+
+    lower, upper = absolute_difference_interval(0.375, 8, 0.0, 1)
+    assert lower == 0.0 and upper <= 1.0

@@ -39,9 +39,18 @@ def wilson_interval(rate: float, n: int | None) -> tuple[float, float]:
     return max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))  # rounding may not leave the point
 
 
-def _standard_error(rate: float, n: int | None) -> float:
-    """Binomial standard error (at least that of one success in n, so a rate of 0 or 1 is not certain)."""
-    return math.sqrt(max(rate * (1 - rate), 1.0 / n) / n) if n else 0.0
+def absolute_difference_interval(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
+    """95 % interval of |p1 − p2| for two independent proportions: Newcombe's hybrid score interval for the
+    difference (Wilson limits of each rate; within [−1, 1]), folded at 0. It never leaves [0, 1]."""
+    l1, u1 = wilson_interval(p1, n1)
+    l2, u2 = wilson_interval(p2, n2)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    low, high = max(-1.0, low), min(1.0, high)
+    if low <= 0 <= high:
+        return 0.0, max(-low, high)
+    return min(abs(low), abs(high)), max(abs(low), abs(high))
 
 
 def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: datetime) -> OfflineGateResult:
@@ -151,10 +160,11 @@ def _divergence(metrics: OfflineMetrics, gate: OfflineGateSpec) -> GateCheck:
         limit_text = f"maxWinRateDivergence {gate.max_win_rate_divergence:g}"
         return _disabled("win-rate-divergence", gap, None, None, limit_text)
     known = metrics.win_rate_user_n and metrics.win_rate_internal_n
-    se = math.hypot(
-        _standard_error(user, metrics.win_rate_user_n), _standard_error(internal, metrics.win_rate_internal_n)
-    )
-    lower, upper = max(0.0, gap - Z * se), gap + Z * se
+    if known:
+        lower, upper = absolute_difference_interval(user, metrics.win_rate_user_n, internal,
+                                                    metrics.win_rate_internal_n)
+    else:
+        lower = upper = gap
     passed = lower <= gate.max_win_rate_divergence
     n = min(metrics.win_rate_user_n or 0, metrics.win_rate_internal_n or 0) if known else None
     message = (
