@@ -214,7 +214,7 @@ def other_kind(document: Any) -> str | None:
     if not isinstance(document, dict):
         return None
     if not {"apiVersion", "kind", "metadata", "spec"} & document.keys():
-        return "a YAML document that is no Kubernetes object (no apiVersion, kind, metadata or spec)"
+        return "a YAML document without apiVersion, kind, metadata or spec"
     if not isinstance(document.get("kind"), str):
         return None
     kind, api_version = document["kind"], str(document.get("apiVersion", ""))
