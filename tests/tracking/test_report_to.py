@@ -61,3 +61,24 @@ def test_every_stage_config_carries_the_generations_tracking():
 ])
 def test_validate_names_tracking_problems(tracking, path):
     assert [p.path for p in problems_of(minimal(tracking=tracking))] == [path]
+
+
+def test_the_local_runner_logs_status_changes_and_says_when_the_tracker_is_down(tmp_path, monkeypatch):
+    from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus
+    from flywheel_operator.local.progress import Display
+    from flywheel_operator.local.runner import Runner
+    from rich.console import Console
+
+    calls = []
+
+    def record(spec, generation, before, after, *, registered_model):
+        calls.append((spec.tracking_uri, generation, before.phase, after.phase, registered_model))
+        return ["tracking: could not log to MLflow at http://mlflow:5000: ConnectionError: refused"]
+
+    monkeypatch.setattr("flywheel_operator.tracking.record", record)
+    console = Console(record=True, width=200)
+    runner = Runner(tmp_path, world_file=tmp_path / "w.yaml", cache_dir=tmp_path, display=Display(console))
+    generation = FlywheelGeneration.model_validate(minimal(tracking={"mlflow": {"trackingUri": "http://mlflow:5000"}}))
+    runner._track(generation, FlywheelGenerationStatus(phase="Observing"), FlywheelGenerationStatus(phase="Promoted"))
+    assert calls == [("http://mlflow:5000", "gen2", "Observing", "Promoted", "chat")]  # canary.inferenceService
+    assert "gen2: tracking: could not log to MLflow" in console.export_text()
