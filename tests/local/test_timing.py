@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from flywheel_operator.api import FlywheelGenerationStatus, StageRecord
 from flywheel_operator.local import backend as backend_module
 from flywheel_operator.local.backend import LocalBackend, RunPaths
@@ -65,3 +66,31 @@ def test_the_run_ends_with_each_phase_it_waited_on():
                         [outcome], 225.0)
     assert line == ("done in 3.8 min: generation 0 12s, user traffic 31s, internal traffic 16s, curate 7s, "
                     "sft 2.5 min, report 9s")
+
+
+def test_a_run_of_the_earlier_nested_layout_is_resumed_where_it_is(tmp_path, monkeypatch, capsys):
+    """runs/gen1/run.json + runs/gen1/gen1/ (before issue 28): `make run` resumes it instead of starting over."""
+    import json
+
+    from flywheel_operator.local import commands
+
+    old = tmp_path / "runs" / "tiny1"
+    (old / "tiny1").mkdir(parents=True)
+    (old / "run.json").write_text(json.dumps({"first": "tiny1"}))
+    manifest = tmp_path / "tiny.yaml"
+    root = tmp_path / "runs"
+    manifest.write_text(TINY.read_text().replace("storage: {uri: runs}", f"storage: {{uri: {root}}}"))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def runner(directory, **kwargs):
+        seen["directory"] = directory
+        raise Stop
+
+    monkeypatch.setattr(commands, "Runner", runner)
+    with pytest.raises(Stop):
+        commands.run_command(str(manifest))
+    assert seen["directory"] == old
+    assert "resuming it there" in capsys.readouterr().out

@@ -58,6 +58,11 @@ def run_command(
         console.print(str(exc), markup=False)
         return EXIT_INVALID
     directory = Path(run_dir) if run_dir else default_run_dir(first)
+    nested = directory / first.metadata.name
+    if run_dir is None and (nested / RUN_FILE).is_file():  # a run started before the storage URI became the root
+        console.print(f"{nested} is a run directory of the earlier layout ({nested / first.metadata.name}/): "
+                      "resuming it there", markup=False)
+        directory = nested
     world_file = Path(world) if world else DEFAULT_WORLD
     cache = Path(cache_dir) if cache_dir else Path("runs") / "cache"
     started = time.monotonic()
