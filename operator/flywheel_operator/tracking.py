@@ -96,8 +96,8 @@ def gate_metrics(status: FlywheelGenerationStatus) -> tuple[dict[str, float], di
                 metrics[f"offline.{check.name}.lower"], metrics[f"offline.{check.name}.upper"] = check.interval
             if check.n is not None:
                 metrics[f"offline.{check.name}.n"] = float(check.n)
-            tags[f"offline.{check.name}"] = ("disabled" if check.limit == "disabled" else
-                                             "passed" if check.passed else "failed") + f" (limit {check.limit})"
+            verdict = f"{'passed' if check.passed else 'failed'} (limit {check.limit})"
+            tags[f"offline.{check.name}"] = "disabled" if check.limit == "disabled" else verdict
     online = status.online.decision if status.online is not None else None
     if online is not None:
         metrics.update({f"online.{key}": value for key, value in online.numbers.items()})
