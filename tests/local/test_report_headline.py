@@ -66,7 +66,7 @@ def test_outcomes_are_labelled_exactly(tmp_path):
 def test_run_metadata_and_links(tmp_path):
     run_dir = _run(tmp_path)
     page = write_report(run_dir).read_text()
-    assert "commit abc1234" in page and "seed 0" in page and "3.8 min wall" in page
+    assert "commit abc1234" in page and "seed 0" in page and "3.8 min wall before the report" in page
     for name in ("gen1", "gen2", "gen3"):
         assert f'href="../{name}/status.json"' in page and f'href="../{name}/logs"' in page
     assert "seed 2 (stages and simulated traffic), stages —, A/B 2.0 simulated day(s)" in page

@@ -459,8 +459,8 @@ def _metadata(run_dir: Path, rows: list[GenerationRow], out: Path) -> str:
         + (f", seed {world_seed}" if world_seed is not None else "") + "</td></tr>",
     ]
     if run.get("wallSeconds") is not None:
-        lines.append(f"<tr><th>last <code>flywheel run</code></th><td>{float(run['wallSeconds']) / 60:.1f} min wall"
-                     "</td></tr>")
+        lines.append(f"<tr><th>last <code>flywheel run</code></th><td>{float(run['wallSeconds']) / 60:.1f} min wall "
+                     "before the report</td></tr>")
     for r in rows:
         directory = run_dir / r.name
         links = []
