@@ -242,9 +242,9 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
         handles.insert(0, Patch(color="tab:blue", label="oracle lift (7-day expectation, whole population)"))
     fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend sits below the panels, never over a bar
-    save(fig, "lifts.png", ("Oracle lift next to the lift the canary measured" if oracle else "The lift the canary "
-                            "measured") + ", relative to the parent, both panels on one scale (no measured bar: the "
-                            "candidate never reached users)")
+    title = "Oracle lift next to the lift the canary measured" if oracle else "The lift the canary measured"
+    save(fig, "lifts.png", f"{title}, relative to the parent, both panels on one scale (no measured bar: no lift was "
+                           "measured, because the candidate never reached users or the A/B ended first)")
 
     curves = [(r.name, r.band) for r in rows if r.band.get("curve")]
     if curves:
