@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -109,6 +109,22 @@ class LocalBackend:
         self._resolved: dict[str, str] = {}
         self.launched: list[str] = []
         """Children started by this backend (a resumed run starts only unfinished ones)."""
+        self.timings: dict[str, float] = {}
+        """Seconds of in-process work the user waited on, by phase (generation 0, traffic, the A/B simulation)."""
+
+    @contextlib.contextmanager
+    def timed(self, phase: str, announce: str | None = None) -> Iterator[None]:
+        """Time a phase of in-process work the user waits on: announce it, then say how long it took."""
+        if announce is not None:
+            self.note(announce)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+            if announce is not None:
+                self.note(f"{phase}: {seconds:.0f}s")
 
     # ------------------------------------------------------------------------------------------ policies
     def resolve_policy(self, uri: str) -> str:
@@ -116,8 +132,9 @@ class LocalBackend:
         if not sources.is_sim(uri):
             return uri
         if uri not in self._resolved:
-            self.note(f"generation 0 of the simulated world ({uri}; built once, then cached in {self.cache_dir})")
-            self._resolved[uri] = str(sources.generation0(uri, self.world_file, self.cache_dir))
+            with self.timed("generation 0", f"generation 0 of the simulated world ({uri}; built once, then cached in "
+                            f"{self.cache_dir})"):
+                self._resolved[uri] = str(sources.generation0(uri, self.world_file, self.cache_dir))
         return self._resolved[uri]
 
     def _resolve_source(self, source: TrafficSource | None, policy_dir: str) -> TrafficSource | None:
@@ -128,16 +145,17 @@ class LocalBackend:
         parsed = sources.parse_sim_uri(source.uri)
         if not isinstance(parsed, sources.TrafficUri):
             raise sources.SimUriError(f"{source.uri}: traffic must be sim://users or sim://internal-testers")
-        if not (self.paths.traffic(parsed.source) / "events.jsonl").is_file():
-            self.note(f"simulating {parsed.days} day(s) of {parsed.source} traffic with the starting policy")
-        log = simulate_source(
-            self.world_file,
-            policy_dir,
-            self._policy_name(),
-            parsed,
-            self.paths.traffic(parsed.source),
-            seed=self.generation.spec.generation,
-        )
+        cached = (self.paths.traffic(parsed.source) / "events.jsonl").is_file()
+        announce = f"simulating {parsed.days} day(s) of {parsed.source} traffic with the starting policy"
+        with self.timed(f"{parsed.source} traffic", None if cached else announce):
+            log = simulate_source(
+                self.world_file,
+                policy_dir,
+                self._policy_name(),
+                parsed,
+                self.paths.traffic(parsed.source),
+                seed=self.generation.spec.generation,
+            )
         return source.model_copy(update={"uri": str(log)})
 
     def _policy_name(self) -> str:
@@ -176,6 +194,10 @@ class LocalBackend:
             candidate_policy=self.resolve_policy(action.candidate_policy),
             control_policy=self.resolve_policy(action.control_policy),
         )
+        with self.timed("A/B simulation"):
+            self._deploy_resolved(resolved)
+
+    def _deploy_resolved(self, resolved: DeployCanary) -> None:
         self.canary.deploy(
             resolved,
             experiment=self.generation.metadata.name,
@@ -249,7 +271,8 @@ class LocalBackend:
         online = None
         if status.online is not None and status.online.started_at is not None and status.canary is not None:
             if status.canary.phase == "Ready":
-                self.canary.reveal(now - status.online.started_at)
+                with self.timed("A/B simulation"):
+                    self.canary.reveal(now - status.online.started_at)
             online = self.canary.reading(now)
         return Observed(now=now, jobs=jobs, canary=self.canary.observation(), online=online, parent=parent)
 

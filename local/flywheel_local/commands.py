@@ -22,6 +22,10 @@ from flywheel_local.runner import (
 from flywheel_local.statusview import generation_dirs, render_status
 
 EXIT_INTERRUPTED = 130
+UNWRAPPED_WIDTH = 10_000
+"""Console width when the output is piped or redirected: no wrapping (a terminal uses its own width)."""
+EXIT_INVALID = 1
+"""A manifest that cannot run: the same exit status as `flywheel validate` gives it."""
 OFFLINE_ENVIRONMENT = {
     "HF_HUB_OFFLINE": "1",
     "TRL_EXPERIMENTAL_SILENCE": "1",
@@ -54,8 +58,13 @@ def run_command(
         first = load_manifest(Path(file))
     except LocalRunError as exc:
         console.print(str(exc), markup=False)
-        return 2
+        return EXIT_INVALID
     directory = Path(run_dir) if run_dir else default_run_dir(first)
+    nested = directory / first.metadata.name
+    if run_dir is None and (nested / RUN_FILE).is_file():  # a run started before the storage URI became the root
+        console.print(f"{nested} is a run directory of the earlier layout ({nested / first.metadata.name}/): "
+                      "resuming it there", markup=False)
+        directory = nested
     world_file = Path(world) if world else DEFAULT_WORLD
     cache = Path(cache_dir) if cache_dir else Path("runs") / "cache"
     started = time.monotonic()
@@ -77,7 +86,6 @@ def run_command(
             runner.stop()
             console.print(f"flywheel run: {exc}", markup=False)
             return 2
-    minutes = (time.monotonic() - started) / 60
     for outcome in outcomes:
         decision = outcome.status.decision
         line = f"{outcome.status.phase}" + (
@@ -85,12 +93,35 @@ def run_command(
         )
         console.print(f"{outcome.name}: {line}", markup=False)
     console.print("writing the report (with the simulator's oracle: ground truth the gates never saw)", markup=False)
+    report_started = time.monotonic()
+    runner.record_wall_time(report_started - started)  # the report shows it
     report = _write_report(directory, console, world_file)
+    timings = {**runner.timings, "report": time.monotonic() - report_started}
     console.print(f"status: flywheel status {directory}", markup=False)
     if report is not None:
         console.print(f"report: {report}", markup=False)
-    console.print(f"done in {minutes:.1f} min", markup=False)
+    console.print(time_summary(timings, outcomes, time.monotonic() - started), markup=False)
     return 0 if all(o.status.phase != "Failed" for o in outcomes) else 1
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}s" if value < 120 else f"{value / 60:.1f} min"
+
+
+def time_summary(timings: dict[str, float], outcomes: list, total: float) -> str:
+    """Where the wall time of this run went: in-process phases (generation 0, simulated traffic, the A/B
+    simulation, the report) and each stage this run started (reward models run side by side, so stages may add
+    up to more than the wall time)."""
+    stages = [
+        f"{record.name} {_seconds((record.finished_at - record.started_at).total_seconds())}"
+        for outcome in outcomes
+        for record in outcome.status.stages
+        if record.child in outcome.launched and record.started_at and record.finished_at
+    ]
+    late = ("A/B simulation", "report")
+    before = [f"{phase} {_seconds(s)}" for phase, s in timings.items() if s >= 0.5 and phase not in late]
+    after = [f"{phase} {_seconds(timings[phase])}" for phase in late if timings.get(phase, 0.0) >= 0.5]
+    return f"done in {total / 60:.1f} min: " + ", ".join(before + stages + after)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -120,7 +151,9 @@ def status_command(run_dir: str, *, as_json: bool = False) -> int:
         documents = {d.name: json.loads((d / "status.json").read_text()) for d in dirs}
         sys.stdout.write(json.dumps(documents, indent=2) + "\n")
         return 0
-    Console(highlight=False).print(render_status(dirs))
+    Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else UNWRAPPED_WIDTH).print(
+        render_status(dirs)
+    )
     return 0
 
 
@@ -136,6 +169,6 @@ def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True)
         from flywheel_sim import DEFAULT_WORLD
 
         compute_oracle(directory, Path(run.get("world", DEFAULT_WORLD)))
-    path = write_report(directory, Path(out) if out else None)
+    path = write_report(directory, Path(out) if out else None, oracle=oracle)
     sys.stdout.write(f"{path}\n")
     return 0

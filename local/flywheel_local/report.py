@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,13 +52,35 @@ class GenerationRow:
         return self.status.phase == "Promoted"
 
     @property
+    def ran_ab(self) -> bool:
+        """Whether the candidate reached users (the canary's A/B started)."""
+        return self.status.online is not None and self.status.online.started_at is not None
+
+    @property
     def gate_word(self) -> str:
-        """`shipped`, `blocked`, or the phase while the generation is still running."""
+        """The outcome, exactly: `promoted after A/B`, `rolled back after A/B (INCONCLUSIVE)`, `stopped by the
+        offline gate`, `failed`, or the phase while the generation is still running."""
+        online = self.status.online.decision.outcome if self.status.online and self.status.online.decision else None
+        if self.promoted:
+            return "promoted after A/B"
+        if self.status.phase == "RolledBack" and self.ran_ab:
+            return f"rolled back after A/B ({online})" if online else "rolled back after A/B"
+        if self.status.phase == "RolledBack":
+            return "stopped by the offline gate"
+        return self.status.phase.lower()
+
+    @property
+    def decided(self) -> bool:
         from flywheel_operator.api import TERMINAL_PHASES
 
-        if self.promoted:
-            return "shipped"
-        return "blocked" if self.status.phase in TERMINAL_PHASES else self.status.phase.lower()
+        return self.status.phase in TERMINAL_PHASES and self.status.phase != "Failed"
+
+    def measured_lift(self, key: str) -> tuple[float, float | None, float | None] | None:
+        """The canary's relative lift of `key` with its always-valid 95 % interval (None: not measured)."""
+        numbers = self.measured
+        if f"{key}.lift" not in numbers:
+            return None
+        return numbers[f"{key}.lift"], numbers.get(f"{key}.lower"), numbers.get(f"{key}.upper")
 
     def oracle_lift(self, key: str) -> float | None:
         parent, candidate = self.oracle.get("parent", {}), self.oracle.get("candidate", {})
@@ -158,7 +181,7 @@ def _model_dir(policy: str | None, generation_dir: Path) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------ plots
-def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
+def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -170,7 +193,8 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
     made: list[tuple[str, str]] = []
 
     def save(fig: Any, file: str, title: str) -> None:
-        fig.tight_layout()
+        if not fig.legends:
+            fig.tight_layout()
         fig.savefig(out / file, dpi=110)
         plt.close(fig)
         made.append((file, title))
@@ -185,29 +209,48 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
             ax.plot(range(len(climb)), [d.get(key, float("nan")) for _, d in climb], "o-", color="tab:blue")
             ax.set_xticks(range(len(climb)), labels, fontsize=7)
             ax.set_title(title, fontsize=9)
+            ax.set_ylim(bottom=0)  # zero-based: a step reads at its true size
+            if key != "depth":
+                ax.set_ylim(0, 1)
+                ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         save(fig, "climb.png", "The climb: the DEPLOYED policy's oracle engagement and instruction following after "
-                               "each generation (a blocked candidate leaves it unchanged)")
+                               "each generation (a candidate that is not promoted leaves it unchanged); y-axes from 0")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    width = 0.38
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True)
+    width = 0.38 if oracle else 0.6
     for ax, key in ((axes[0], "depth"), (axes[1], "breadth")):
-        oracle_lift = [r.oracle_lift(key) for r in rows]
-        measured = [r.measured.get(f"{key}.lift") for r in rows]
-        ax.bar([i - width / 2 for i in x], [v if v is not None else 0.0 for v in oracle_lift], width,
-               label="oracle lift (7-day expectation, whole population)", color="tab:blue")
-        ax.bar([i + width / 2 for i in x], [v if v is not None else 0.0 for v in measured], width,
-               label="measured lift (canary A/B over its simulated days)", color="tab:green")
-        ax.axhline(0, color="grey", lw=0.5)
+        measured = [r.measured_lift(key) for r in rows]
+        offset = width / 2 if oracle else 0.0
+        if oracle:
+            oracle_lift = [r.oracle_lift(key) for r in rows]
+            ax.bar([i - offset for i in x], [v if v is not None else 0.0 for v in oracle_lift], width,
+                   label="oracle lift (7-day expectation, whole population)", color="tab:blue")
+        shown = [(i, m) for i, m in zip(x, measured, strict=True) if m is not None]
+        ax.bar([i + offset for i, _ in shown], [m[0] for _, m in shown], width, color="tab:green",
+               label="measured lift (canary A/B), with its always-valid 95 % interval")
+        bars = [(i, m) for i, m in shown if m[1] is not None and m[2] is not None]
+        if bars:
+            ax.errorbar([i + offset for i, _ in bars], [m[0] for _, m in bars],
+                        yerr=[[m[0] - m[1] for _, m in bars], [m[2] - m[0] for _, m in bars]],
+                        fmt="none", ecolor="black", capsize=4, lw=1)
+        ax.axhline(0, color="grey", lw=0.8)
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
-        ax.set_title(f"{key}: candidate over parent", fontsize=9)
-        ax.set_xticks(x, [f"{r.name}\n{r.gate_word}" for r in rows], fontsize=8)
-        ax.legend(fontsize=7)
-    save(fig, "lifts.png", "Oracle lift next to the lift the canary measured, relative to the parent (one axis; "
-                           "no measured bar: the candidate never reached users)")
+        ax.set_title(f"{key}: candidate over parent (same y-axis on both panels)", fontsize=9)
+        ax.set_xticks(x, [f"{r.name}\n" + textwrap.fill(r.gate_word, 18) for r in rows], fontsize=7)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="tab:green", label="measured lift (canary A/B), with its always-valid 95 % interval")]
+    if oracle:
+        handles.insert(0, Patch(color="tab:blue", label="oracle lift (7-day expectation, whole population)"))
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend sits below the panels, never over a bar
+    title = "Oracle lift next to the lift the canary measured" if oracle else "The lift the canary measured"
+    save(fig, "lifts.png", f"{title}, relative to the parent, both panels on one scale (no measured bar: no lift was "
+                           "measured, because the candidate never reached users or the A/B ended first)")
 
     curves = [(r.name, r.band) for r in rows if r.band.get("curve")]
     if curves:
-        fig, ax = plt.subplots(figsize=(6, 3.6))
+        fig, ax = plt.subplots(figsize=(8.5, 3.6))
         for name, band in curves:
             steps = [c["step"] for c in band["curve"]]
             ax.plot(steps, [c["win_rate"] for c in band["curve"]], "o-", label=f"{name} (chose step "
@@ -216,20 +259,21 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
         ax.axhline(rows[-1].band_limits[1], color="tab:red", ls=":", lw=1, label="offline gate's limit")
         ax.set_xlabel("RL step")
         ax.set_ylabel("RM win rate over the parent")
-        ax.legend(fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
         save(fig, "band.png", "The band as a control: RL checkpoints' RM win rate over the parent; the candidate is "
                               "the latest at or below the target")
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
     for key, label in (("instruction_following", "instruction following"), ("violation_rate", "violation rate")):
         ax.plot(x, [r.eval_metrics.get(key, float("nan")) for r in rows], "o-", label=f"candidate {label}")
         ax.plot(x, [r.eval_metrics.get(f"parent_{key}", float("nan")) for r in rows], "x--", label=f"parent {label}")
     ax.set_ylim(0, 1)
     ax.set_xticks(x, names)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     save(fig, "instructions.png", "Instruction following and violation rate (offline eval)")
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = plt.subplots(figsize=(8.5, 3.6))
     for key, label in (("win_rate_user", "user prompts"), ("win_rate_internal", "internal prompts")):
         ax.plot(x, [r.eval_metrics.get(key, float("nan")) for r in rows], "o-", label=f"RM win rate, {label}")
     if rows:
@@ -237,10 +281,10 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
         ax.axhspan(low, high, color="tab:green", alpha=0.12, label=f"band [{low:.2f}, {high:.2f}]")
     ax.set_ylim(0, 1)
     ax.set_xticks(x, names)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     save(fig, "win_rates.png", "Reward-model win rate over the parent, against the offline gate's band")
 
-    fig, axes = plt.subplots(1, len(STYLE_KEYS), figsize=(12, 3.2))
+    fig, axes = plt.subplots(1, len(STYLE_KEYS), figsize=(13.5, 3.2))
     for ax, key in zip(axes, STYLE_KEYS, strict=True):
         for r in rows:
             found = r.eval_details.get("style_by_stage", {})
@@ -249,10 +293,11 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
             labels = ["parent", *stages]
             values = [parent.get(key, float("nan"))] + [found[s]["style"].get(key, float("nan")) for s in stages]
             ax.plot(labels, values, "o-", label=r.name)
+        ax.set_ylim(bottom=0)  # zero-based: a change of 0.4 words on 40 must not look like a swing
         ax.set_title(key, fontsize=9)
         ax.tick_params(labelsize=7)
-    axes[0].legend(fontsize=7)
-    save(fig, "style.png", "Style artifacts across stages (parent → SFT → RL), per generation")
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    save(fig, "style.png", "Style artifacts across stages (parent → SFT → RL), per generation; y-axes from 0")
     return made
 
 
@@ -280,7 +325,7 @@ def _confusion(rows: list[GenerationRow]) -> str:
     body = []
     for r in rows:
         verdict = {True: "truly better", False: "truly worse", None: "not computed"}[r.truly_better]
-        decided = r.gate_word in ("shipped", "blocked") and r.truly_better is not None
+        decided = r.decided and r.truly_better is not None
         if decided:
             counts[(r.promoted, bool(r.truly_better))] += 1
         right = "—" if not decided else ("right" if r.promoted == r.truly_better else "WRONG")
@@ -290,11 +335,11 @@ def _confusion(rows: list[GenerationRow]) -> str:
                     f"<td>{verdict}</td><td>{lifts}</td><td>{right}</td></tr>")
     grid = (
         "<table><tr><th></th><th>truly better</th><th>truly worse</th></tr>"
-        f"<tr><th>shipped</th><td>{counts[(True, True)]}</td><td>{counts[(True, False)]}</td></tr>"
-        f"<tr><th>blocked</th><td>{counts[(False, True)]}</td><td>{counts[(False, False)]}</td></tr></table>"
+        f"<tr><th>promoted</th><td>{counts[(True, True)]}</td><td>{counts[(True, False)]}</td></tr>"
+        f"<tr><th>not promoted</th><td>{counts[(False, True)]}</td><td>{counts[(False, False)]}</td></tr></table>"
     )
     return (
-        "<table><tr><th>generation</th><th>gate</th><th>oracle</th><th>oracle depth / breadth lift</th>"
+        "<table><tr><th>generation</th><th>outcome</th><th>oracle</th><th>oracle depth / breadth lift</th>"
         f"<th>decision</th></tr>{''.join(body)}</table><p>{grid}</p>"
     )
 
@@ -339,14 +384,132 @@ def _metric_rows(rows: list[GenerationRow]) -> str:
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write `out/index.html` (default RUN_DIR/report) with its PNG plots; returns the HTML file's path."""
+def _lift_text(row: GenerationRow, key: str) -> str:
+    lift = row.measured_lift(key)
+    if lift is None:
+        return f"{key} not measured"
+    value, lower, upper = lift
+    interval = f" [{lower:+.1%}, {upper:+.1%}]" if lower is not None and upper is not None else ""
+    return f"{key} {value:+.1%}{interval}"
+
+
+def _headline(rows: list[GenerationRow], *, oracle: bool) -> str:
+    """What a reader needs first: each generation's outcome, the measured lift with its interval and, locally,
+    whether the oracle agrees."""
+    items = []
+    for r in rows:
+        parts = [f"<b>{html.escape(r.name)}: {html.escape(r.gate_word)}</b>"]
+        if r.ran_ab and any(r.measured_lift(k) for k in ("depth", "breadth")):
+            parts.append("measured lift " + ", ".join(_lift_text(r, k) for k in ("depth", "breadth"))
+                         + " (always-valid 95 % intervals)")
+        elif r.ran_ab:
+            reasons = r.status.online.decision.reasons if r.status.online and r.status.online.decision else []
+            parts.append("the A/B measured no lift" + (f": {html.escape(reasons[0])}" if reasons else ""))
+        elif r.status.offline_gate is not None and not r.status.offline_gate.passed:
+            parts.append("no user saw it: " + html.escape("; ".join(r.status.offline_gate.reasons)))
+        elif r.status.decision is None:
+            parts.append(html.escape(r.status.message or "no decision yet"))
+        if oracle and r.truly_better is not None:
+            verdict = "truly better" if r.truly_better else "truly worse"
+            depth, breadth = r.oracle_lift("depth"), r.oracle_lift("breadth")
+            right = "" if not r.decided else (" — the decision was right" if r.promoted == r.truly_better
+                                               else " — the decision was WRONG")
+            parts.append(f"oracle: {verdict} (depth {depth:+.1%}, breadth {breadth:+.1%}){right}")
+        items.append("<li>" + "; ".join(parts) + "</li>")
+    return f'<ul class="headline">{"".join(items)}</ul>'
+
+
+def source_commit() -> str:
+    """The commit of the checkout this code runs from (with `-dirty` for uncommitted changes), if any."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return commit + ("-dirty" if dirty else "")
+
+
+def _wall_time(status: FlywheelGenerationStatus) -> str:
+    """Pipeline wall time (first stage requested to last stage finished) and the A/B's simulated days."""
+    starts = [s.created_at for s in status.stages]
+    ends = [s.finished_at for s in status.stages if s.finished_at is not None]
+    text = f"stages {(max(ends) - min(starts)).total_seconds() / 60:.1f} min" if starts and ends else "stages —"
+    online = status.online
+    if online is not None and online.started_at is not None and online.decision is not None:
+        days = (online.decision.at - online.started_at).total_seconds() / 86400 if online.decision.at else None
+        if days is not None:
+            text += f", A/B {days:.1f} simulated day(s)"
+    return text
+
+
+def _metadata(run_dir: Path, rows: list[GenerationRow], out: Path) -> str:
+    """Commit, seeds, durations, and links to each generation's status.json, events and logs."""
+    import os
+
+    run = _read_json(run_dir / "run.json")
+    world = run.get("world", "")
+    world_seed = _read_world_seed(Path(world)) if world else None
+    lines = [
+        f"<tr><th>code</th><td>commit {html.escape(str(run.get('commit', 'not recorded (a run before issue 28)')))}"
+        f" (report written by {html.escape(source_commit())})</td></tr>",
+        f"<tr><th>world</th><td>{html.escape(str(world) or 'not recorded')}"
+        + (f", seed {world_seed}" if world_seed is not None else "") + "</td></tr>",
+    ]
+    if run.get("wallSeconds") is not None:
+        lines.append(f"<tr><th>last <code>flywheel run</code></th><td>{float(run['wallSeconds']) / 60:.1f} min wall "
+                     "before the report</td></tr>")
+    for r in rows:
+        directory = run_dir / r.name
+        links = []
+        for file, label in (("status.json", "status.json"), ("events.log", "events"), ("logs", "stage logs")):
+            if (directory / file).exists():
+                href = Path(os.path.relpath(directory / file, out)).as_posix()
+                links.append(f'<a href="{html.escape(href)}">{label}</a>')
+        lines.append(f"<tr><th>{html.escape(r.name)}</th><td>seed {r.number} (stages and simulated traffic), "
+                     f"{_wall_time(r.status)}; {' · '.join(links)}</td></tr>")
+    return "<table class=\"meta\">" + "".join(lines) + "</table>"
+
+
+def _read_world_seed(path: Path) -> int | None:
+    import yaml
+
+    try:
+        seed = yaml.safe_load(path.read_text()).get("seed")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return int(seed) if isinstance(seed, int) else None
+
+
+ORACLE_NOTE = """<p>The oracle is the simulator's ground truth (hidden preferences of every user); the trainer and the
+gates never see it. Oracle lifts are 7-day expectations over the whole population; measured lifts are the canary's
+A/B estimates over its simulated days for the users on each arm: they measure the same quantities over different
+windows and populations, so expect them to agree in sign, not in size.</p>"""
+
+
+NO_ORACLE_NOTE = "<p>The simulator's ground truth is left out (<code>--no-oracle</code>): what the gates measured.</p>"
+
+
+def write_report(run_dir: Path, out: Path | None = None, *, oracle: bool = True) -> Path:
+    """Write `out/index.html` (default RUN_DIR/report) with its PNG plots; returns the HTML file's path.
+
+    `oracle=False` (`flywheel report --no-oracle`) leaves out everything the simulator's ground truth says, even
+    when an earlier report computed it: what a real deployment's report would show."""
     rows = collect(run_dir)
     if not rows:
         raise ValueError(f"{run_dir}: no generation with a status.json to report on")
+    if not oracle:
+        for row in rows:
+            row.oracle, row.rm_oracle = {}, {}
     out = out or run_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    plots = _plots(rows, out)
+    for stale in out.glob("*.png"):
+        stale.unlink()  # a plot this report does not make (the climb, without the oracle) must not linger
+    plots = _plots(rows, out, oracle=oracle)
 
     def figure(file: str, title: str) -> str:
         caption = html.escape(title)
@@ -355,22 +518,22 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     leading = ("climb.png", "lifts.png")
     figures_first = "\n".join(figure(f, t) for f, t in plots if f in leading)
     figures = "\n".join(figure(f, t) for f, t in plots if f not in leading)
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>CharacterFlywheel run {html.escape(run_dir.name)}</title>
-<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top}}img{{max-width:100%}}</style>
-</head><body>
-<h1>CharacterFlywheel — local run <code>{html.escape(str(run_dir))}</code></h1>
-<p>The oracle is the simulator's ground truth (hidden preferences of every user); the trainer and the gates never
-see it. Oracle lifts are 7-day expectations over the whole population; measured lifts are the canary's A/B
-estimates over its simulated days for the users on each arm: they measure the same quantities over different
-windows and populations, so expect them to agree in sign, not in size.</p>
-{figures_first}
-<h2>Was each decision right?</h2>
+    oracle_sections = f"""<h2>Was each decision right?</h2>
 {_confusion(rows)}
 <h2>Reward models against the hidden truth</h2>
 {_reward_model_rows(rows)}
-<h2>Gate decisions</h2>
+""" if oracle else ""
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>CharacterFlywheel run {html.escape(run_dir.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;font-size:13px;vertical-align:top;text-align:left}}
+img{{max-width:100%}}ul.headline{{font-size:17px;line-height:1.5}}</style>
+</head><body>
+<h1>CharacterFlywheel — local run <code>{html.escape(str(run_dir))}</code></h1>
+{_headline(rows, oracle=oracle)}
+{figures_first}
+{ORACLE_NOTE if oracle else NO_ORACLE_NOTE}
+{oracle_sections}<h2>Gate decisions</h2>
 <table><tr><th>generation</th><th>phase</th><th>offline gate</th><th>online gate</th><th>reasons</th>
 <th>divergence check</th></tr>
 {_decision_rows(rows)}
@@ -379,6 +542,8 @@ windows and populations, so expect them to agree in sign, not in size.</p>
 {_metric_rows(rows)}
 <h2>Plots</h2>
 {figures}
+<h2>Run</h2>
+{_metadata(run_dir, rows, out)}
 </body></html>
 """
     index = out / "index.html"

@@ -16,12 +16,13 @@ from datetime import datetime
 from pathlib import Path
 
 from flywheel_operator import storage
-from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelGenerationStatus
+from flywheel_operator.api import TERMINAL_PHASES, FlywheelGeneration, FlywheelGenerationStatus, StageRecord
 from flywheel_operator.planner import Event, ParentObservation, plan
 
 from flywheel_local.backend import LocalBackend, RunPaths
 from flywheel_local.clock import SimulatedClock
 from flywheel_local.progress import Display
+from flywheel_local.report import source_commit
 
 RUN_FILE = "run.json"
 CLOCK_FILE = "clock.json"
@@ -46,26 +47,33 @@ class GenerationOutcome:
 
 def load_manifest(path: Path) -> FlywheelGeneration:
     """The FlywheelGeneration in `path`, with every problem named as `flywheel validate` names it."""
-    from flywheel_operator.validation import load_documents, problems_of
+    from flywheel_operator.validation import load_documents, other_kind, problems_of
 
     try:
-        documents = [d for d in load_documents(path) if d is not None]
+        documents = [d for d in load_documents(path) if other_kind(d) is None]
     except (OSError, ValueError) as exc:
         raise LocalRunError(f"{path}: cannot read the manifest: {exc}") from exc
     if len(documents) != 1:
-        raise LocalRunError(f"{path}: expected exactly one FlywheelGeneration, found {len(documents)} documents")
+        raise LocalRunError(f"{path}: expected exactly one FlywheelGeneration, found {len(documents)}")
     problems = problems_of(documents[0])
     if problems:
         raise LocalRunError(f"{path}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
     return FlywheelGeneration.model_validate(documents[0])
 
 
+DEFAULT_RUN_DIR = Path("runs")
+
+
 def default_run_dir(generation: FlywheelGeneration) -> Path:
-    """`resources.storage.uri` when it is a local directory, else `runs/<name>`."""
+    """`resources.storage.uri` when it is a local directory, else `runs`.
+
+    As on a cluster, the storage URI is the root that holds one directory per generation (`<root>/<name>/`),
+    so `uri: runs` puts generation gen1 in `runs/gen1/`, its successors beside it.
+    """
     uri = generation.spec.resources.storage.uri
     if uri is not None and not storage.scheme(uri):
         return Path(uri)
-    return Path("runs") / generation.metadata.name
+    return DEFAULT_RUN_DIR
 
 
 def successor(first: FlywheelGeneration, index: int, parent: str | None) -> FlywheelGeneration:
@@ -134,6 +142,8 @@ class Runner:
         self.poll_seconds = poll_seconds
         self.clock = SimulatedClock(self.run_dir / CLOCK_FILE)
         self.backend: LocalBackend | None = None
+        self.timings: dict[str, float] = {}
+        """Seconds of in-process work this run waited on, by phase, over every generation it ran."""
 
     # --------------------------------------------------------------------------------------------- runs
     def run(self, first: FlywheelGeneration, generations: int = 1) -> list[GenerationOutcome]:
@@ -160,7 +170,15 @@ class Runner:
             "generations": max(generations, int(known.get("generations", 0))),
             "world": str(self.world_file),
             "cache": str(self.cache_dir),
+            "commit": source_commit(),
         }
+        path.write_text(json.dumps(record, indent=2) + "\n")
+
+    def record_wall_time(self, seconds: float) -> None:
+        """Add this invocation's wall time to run.json (the report shows it)."""
+        path = self.run_dir / RUN_FILE
+        record = json.loads(path.read_text()) if path.is_file() else {}
+        record["wallSeconds"] = round(seconds, 1)
         path.write_text(json.dumps(record, indent=2) + "\n")
 
     def run_generation(self, generation: FlywheelGeneration) -> GenerationOutcome:
@@ -203,14 +221,30 @@ class Runner:
             if result.status != status or previous is None:
                 _write_status(paths, result.status)
                 previous = result.status
+                self._track(generation, status, result.status)
             self._show_finished(status, result.status)
             status = result.status
             generation = generation.model_copy(update={"status": status.to_wire()})
             if status.phase in TERMINAL_PHASES or status.phase == "Suspended":
+                for phase, seconds in backend.timings.items():
+                    self.timings[phase] = self.timings.get(phase, 0.0) + seconds
                 return GenerationOutcome(name, status, paths, list(backend.launched))
             if result.actions:
                 continue
             self._wait(backend, status, result.requeue_at)
+
+    def _track(self, generation: FlywheelGeneration, before: FlywheelGenerationStatus,
+               after: FlywheelGenerationStatus) -> None:
+        """Log the gates' results to the generation's MLflow run; register a promoted model (spec.tracking)."""
+        tracking = generation.spec.tracking
+        if tracking is None or tracking.mlflow is None:
+            return
+        from flywheel_operator import tracking as tracker
+
+        registered = tracking.mlflow.registered_model or generation.spec.canary.inference_service
+        for note in tracker.record(tracking.mlflow, generation.metadata.name, before, after,
+                                   registered_model=registered):
+            self.display.event(f"{generation.metadata.name}: {note}", warning=note.startswith("tracking:"))
 
     def _wait(self, backend: LocalBackend, status: FlywheelGenerationStatus, requeue_at: datetime | None) -> None:
         if backend.running():
@@ -253,6 +287,24 @@ class Runner:
             old = before.record(record.name)
             if record.state in ("Succeeded", "Failed", "Retrying") and (old is None or old.state == "Running"):
                 self.display.finish_task(record.child, ok=record.state == "Succeeded")
+                if record.state == "Succeeded":
+                    self.display.event(f"{after_name(record)}: {stage_time(record)}")
+
+
+def after_name(record: StageRecord) -> str:
+    """`gen1: stage curate` from the child's name `gen1-curate-1`."""
+    generation = record.child.removesuffix(f"-{record.name}-{record.attempts}")
+    return f"{generation}: stage {record.name}"
+
+
+def stage_time(record: StageRecord) -> str:
+    """How long a finished stage ran, and how long its inputs took before it started (in-process work such as
+    simulated traffic and generation 0, which the stage's own time leaves out)."""
+    if record.started_at is None or record.finished_at is None:
+        return "finished (its run time was not observed)"
+    ran = (record.finished_at - record.started_at).total_seconds()
+    waited = (record.started_at - record.created_at).total_seconds()
+    return f"ran {ran:.0f}s" + (f", after {waited:.0f}s preparing its inputs" if waited >= 1 else "")
 
 
 def _decision_line(status: FlywheelGenerationStatus) -> str:

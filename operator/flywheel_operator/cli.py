@@ -6,6 +6,7 @@ Heavy imports happen inside the subcommand functions so `flywheel validate` stay
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -73,6 +74,17 @@ def _operator(args: argparse.Namespace) -> int:
                policy=StagePolicy(images=tuple(args.allowed_images), service_accounts=tuple(args.allowed_accounts)))
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's `version`)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("characterflywheel")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
+
 # A function that adds subcommands to the parser's subparsers: how a package above the operator (flywheel_local adds
 # run, status and report) extends this command line without the operator importing it.
 CommandsHook = Callable[[argparse._SubParsersAction], None]
@@ -80,10 +92,13 @@ CommandsHook = Callable[[argparse._SubParsersAction], None]
 
 def build_parser(extensions: Sequence[CommandsHook] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("validate", help="check FlywheelGeneration manifests; every error with its field path")
-    p.add_argument("files", nargs="+", help="YAML manifests (several documents per file are fine)")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="YAML manifest (several documents per file are fine; other kinds are skipped with a note), "
+                   "a directory (its *.yaml and *.yml files, recursively) or - for standard input")
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("crd", help="print the CustomResourceDefinition generated from the API models")
@@ -153,7 +168,11 @@ def build_parser(extensions: Sequence[CommandsHook] = ()) -> argparse.ArgumentPa
 
 def main(argv: Sequence[str] | None = None, extensions: Sequence[CommandsHook] = ()) -> int:
     args = build_parser(extensions).parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except BrokenPipeError:  # `flywheel status … | head`: the reader left; no traceback
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

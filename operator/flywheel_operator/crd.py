@@ -25,6 +25,7 @@ from flywheel_operator.api import (
     StageSettings,
     names,
 )
+from flywheel_operator.api.durations import cel_duration
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 
@@ -37,6 +38,20 @@ CEL_RULES: dict[str, list[dict[str, str]]] = {
             "message": "set parent (a promoted FlywheelGeneration) or basePolicy (a model id or URI)",
         },
         {"rule": "!(has(self.parent) && has(self.basePolicy))", "message": "set only one of parent and basePolicy"},
+    ],
+    # Durations (issue 24 item 13): the pattern refuses `banana`; CEL compares them, days rewritten to hours.
+    "CanarySpec": [
+        {
+            "rule": f"{cel_duration('minDuration')} < "
+            f"{cel_duration('maxDuration')}",
+            "message": "canary.minDuration must be shorter than canary.maxDuration",
+            "fieldPath": ".minDuration",
+        },
+        {
+            "rule": f"{cel_duration('checkInterval')} > duration('0s')",
+            "message": "canary.checkInterval must be above zero, e.g. 10m",
+            "fieldPath": ".checkInterval",
+        },
     ],
     "WinRateBand": [{"rule": "self.min < self.max", "message": "winRateBand.min must be below winRateBand.max"}],
     "StorageSpec": [{"rule": "has(self.pvc) != has(self.uri)", "message": "set exactly one of pvc and uri"}],

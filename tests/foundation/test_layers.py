@@ -60,11 +60,12 @@ SOURCES = {"flywheel_local": ROOT / "local", "flywheel_sim": ROOT / "sim", "flyw
            "flywheel_operator": ROOT / "operator"}
 OPERATOR_CONTRACT = ("flywheel_operator.api", "flywheel_operator.arms", "flywheel_operator.gate.events",
                      "flywheel_operator.gate.store", "flywheel_operator.storage", "flywheel_operator.capacity",
-                     "flywheel_operator.kube.termination")
+                     "flywheel_operator.kube.termination", "flywheel_operator.tracking")
 """What trainer and simulator may import from the operator: the API models, the arm assignment, the engagement
 event schema and per-user store (the simulator aggregates its users like the exporter does), object storage, the
 GPU-fit rule `flywheel validate` and the inference loads share (capacity), and the stage pod's result channel
-to the operator (kube.termination, written by `flywheel-train`). None of them imports kopf, kubernetes or torch."""
+to the operator (kube.termination, written by `flywheel-train`) and the MLflow run layout every stage and the
+gate log into (tracking). None of them imports kopf, kubernetes or torch."""
 
 
 def _imported_modules(tree: ast.AST) -> set[str]:

@@ -28,7 +28,20 @@ def test_the_first_generation_is_the_manifest_itself() -> None:
 
 
 def test_the_run_directory_defaults_to_the_manifests_storage() -> None:
-    assert default_run_dir(FIRST) == Path("runs/gen1")
+    assert default_run_dir(FIRST) == Path("runs")
+
+
+def test_generation_directories_do_not_nest_under_their_own_name(tmp_path: Path) -> None:
+    """Issue 28 point 2: `make run` wrote runs/gen1/gen1/; the storage URI is the root of the generations."""
+    from flywheel_local.backend import RunPaths
+
+    run_dir = default_run_dir(FIRST)
+    generation_dir = RunPaths(run_dir / FIRST.metadata.name).root
+    assert generation_dir == Path("runs/gen1")
+    assert generation_dir.parts.count("gen1") == 1
+    no_uri = FIRST.model_copy(deep=True)
+    no_uri.spec.resources.storage.uri = "s3://bucket/flywheel"
+    assert default_run_dir(no_uri) == Path("runs")
 
 
 def test_a_bad_manifest_is_refused_with_its_field_paths(tmp_path: Path) -> None:

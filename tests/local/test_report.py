@@ -32,8 +32,8 @@ def test_each_decision_is_set_beside_the_oracles_verdict() -> None:
     assert [r.truly_better for r in rows] == [True, False, False, True]
     table = _confusion(rows)
     assert table.count("WRONG") == 1 and table.count(">right<") == 2
-    assert "canary" in table  # still running: neither shipped nor blocked, not counted
-    assert "<th>shipped</th><td>1</td><td>1</td>" in table and "<th>blocked</th><td>0</td><td>1</td>" in table
+    assert "canary" in table  # still running: neither promoted nor rolled back, not counted
+    assert "<th>promoted</th><td>1</td><td>1</td>" in table and "<th>not promoted</th><td>0</td><td>1</td>" in table
 
 
 def test_the_report_renders_with_and_without_oracle_numbers(tmp_path: Path) -> None:

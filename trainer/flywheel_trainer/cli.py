@@ -7,19 +7,35 @@ before anything runs, so an unknown or misspelt setting fails at once with its n
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 import yaml
-from flywheel_operator.api import STAGE_KINDS, StageConfig, StageResult
-from pydantic import ValidationError
+from flywheel_operator.api import STAGE_KINDS, StageConfig, StageResult, StageSettings
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from flywheel_trainer.outputs import StageError
+from flywheel_trainer.tracking import run_tracked
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's `version`)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("characterflywheel")
+    except PackageNotFoundError:
+        return "unknown (not installed: pip install -e .)"
+
 
 STAGE_MODULES = {
     "curate": "flywheel_trainer.curate",
@@ -56,13 +72,62 @@ def load_config(path: str | Path, *, stage: str | None = None) -> StageConfig:
 def run_stage(config: StageConfig) -> StageResult:
     """Run the stage program the config names (the same function the Job, the CLI and the tests call)."""
     module = importlib.import_module(STAGE_MODULES[config.stage])
-    return module.main(config)
+    return run_tracked(config, lambda: module.main(config))
+
+
+STAGE_SETTINGS = {"curate": ("curate",), "reward": ("reward_models",), "sft": ("sft", "dpo"), "rl": ("rl",),
+                  "eval": ("eval",)}
+"""The parts of `StageConfig.settings` each stage program reads (sft also runs the optional DPO patch)."""
+
+
+def _stage_doc(stage: str) -> str:
+    """The stage module's docstring, read without importing the module (its imports are heavy)."""
+    spec = importlib.util.find_spec(STAGE_MODULES[stage])
+    assert spec is not None and spec.origin is not None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))) or ""
+
+
+def _settings_help(stage: str) -> str:
+    """The config keys this stage reads, each with its default and meaning (the same text as docs/api.md)."""
+    lines: list[str] = []
+    for field in STAGE_SETTINGS[stage]:
+        info = StageSettings.model_fields[field]
+        _field_help(lines, info.alias or field, info, "")
+    return "\n".join(lines)
+
+
+def _field_help(lines: list[str], key: str, info: FieldInfo, indent: str) -> None:
+    model = next((t for t in (info.annotation, *get_args(info.annotation)) if isinstance(t, type)
+                  and issubclass(t, BaseModel)), None)
+    text = " ".join((info.description or "").split())
+    if model is not None:
+        lines.append(f"{indent}{key}: {text}")
+        for name, sub in model.model_fields.items():
+            _field_help(lines, sub.alias or name, sub, indent + "  ")
+        return
+    if info.is_required():
+        shown = " (required)"
+    else:
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default is None or default == [] or default == {} else f" (default {default})"
+    lines.append(f"{indent}{key}{shown}: {text}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel-train", description=__doc__.splitlines()[0])
-    parser.add_argument("stage", choices=STAGE_KINDS, help="stage program to run")
-    parser.add_argument("--config", required=True, help="StageConfig file (YAML or JSON)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="STAGE", help=", ".join(STAGE_KINDS))
+    for stage in STAGE_KINDS:
+        doc = _stage_doc(stage)
+        sub = stages.add_parser(
+            stage,
+            help=doc.splitlines()[0].removeprefix(f"Stage `{stage}`: ") if doc else stage,
+            description=doc,
+            epilog=f"StageConfig keys read by `{stage}` (set in the FlywheelGeneration's spec.stages):\n"
+            + _settings_help(stage),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sub.add_argument("--config", required=True, help=f"StageConfig file (YAML or JSON) with stage: {stage}")
     return parser
 
 

@@ -22,7 +22,7 @@ from flywheel_operator.api import OfflineMetrics, StageConfig, StageResult, Styl
 from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_result, read_jsonl, sha256_path
 from flywheel_trainer.progress import generate_reporting
 from flywheel_trainer.runtime import model_source
-from flywheel_trainer.style import is_refusal, style_difference_sd, style_stats
+from flywheel_trainer.style import is_refusal, style_difference_sd, style_sd, style_stats
 from flywheel_trainer.upstream import (
     artifact_path,
     load_policy,
@@ -170,10 +170,14 @@ def main(config: StageConfig) -> StageResult:
         benign_prompts=split,
         style_responses=len(candidate),
         style_difference_sd=style_difference_sd(candidate, responses["parent"]),
+        style_sd=style_sd(candidate),
+        parent_style_sd=style_sd(responses["parent"]),
     )
     metrics = {
         k: v
-        for k, v in offline.model_dump(exclude={"style", "parent_style", "style_difference_sd"}).items()
+        for k, v in offline.model_dump(
+            exclude={"style", "parent_style", "style_difference_sd", "style_sd", "parent_style_sd"}
+        ).items()
         if v is not None
     }
     metrics.update({f"style_{k}": v for k, v in offline.style.model_dump().items()})

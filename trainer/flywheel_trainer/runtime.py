@@ -104,13 +104,16 @@ def deepspeed_settings(stage: int) -> dict[str, Any]:
 def training_kwargs(
     output_dir: Path, *, seed: int, deepspeed_stage: int, max_steps: int | None, learning_rate: float
 ) -> dict[str, Any]:
-    """Arguments shared by every TRL config: no checkpoints or trackers, bf16 + DeepSpeed on CUDA only."""
+    """Arguments shared by every TRL config: no checkpoints, the generation's trackers (`spec.tracking`, none by
+    default; flywheel_trainer.tracking), bf16 + DeepSpeed on CUDA only."""
+    from flywheel_trainer.tracking import RUN_NAME_ENV, report_to
+
     cuda = has_cuda()
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "seed": seed,
         "learning_rate": learning_rate,
-        "report_to": "none",
+        "report_to": report_to(),
         "save_strategy": "no",
         "logging_steps": 1,
         "disable_tqdm": True,
@@ -120,6 +123,8 @@ def training_kwargs(
         "include_num_input_tokens_seen": "non_padding",  # result metric `tokens_seen` (bench: tokens/s)
         "ddp_timeout": int(collective_timeout().total_seconds()),  # resources.collectiveTimeout, not torch's 10 min
     }
+    if os.environ.get(RUN_NAME_ENV):
+        kwargs["run_name"] = os.environ[RUN_NAME_ENV]
     if cuda and deepspeed_stage > 0:
         kwargs["deepspeed"] = deepspeed_settings(deepspeed_stage)
     return kwargs

@@ -149,6 +149,16 @@ def style_difference_sd(candidate: Iterable[str], parent: Iterable[str]) -> dict
     return {k: float(np.std([c[k] - p[k] for c, p in pairs], ddof=1)) for k in pairs[0][0]}
 
 
+def style_sd(responses: Iterable[str]) -> dict[str, float]:
+    """Per style statistic, the standard deviation over responses (empty below two responses)."""
+    import numpy as np
+
+    values = [style_values(text) for text in responses]
+    if len(values) < 2:
+        return {}
+    return {k: float(np.std([v[k] for v in values], ddof=1)) for k in values[0]}
+
+
 def style_stats(responses: Iterable[str]) -> StyleStats:
     """Style artifacts of a set of responses. ValueError on an empty set: a rate of nothing is no rate."""
     texts = list(responses)

@@ -6,6 +6,7 @@ Choices the CharacterFlywheel report leaves open are defaults here, each documen
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, ConfigDict, Field, ValidationError, model_validator
@@ -14,7 +15,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from flywheel_operator import storage as storage_seam
 from flywheel_operator.api import names
 from flywheel_operator.api.base import ApiModel
-from flywheel_operator.api.durations import Duration, parse_duration
+from flywheel_operator.api.durations import Duration, PositiveDuration, parse_duration
+from flywheel_operator.api.quantities import Quantity
 
 GROUP = "characterflywheel.io"
 VERSION = "v1alpha1"
@@ -31,6 +33,18 @@ PositiveInt = Annotated[int, Field(ge=1)]
 DnsLabel = Annotated[str, Field(pattern=DNS_LABEL, min_length=1, max_length=40)]
 Dns1035Label = Annotated[str, Field(pattern=names.DNS_1035, min_length=1, max_length=40)]
 """A name that becomes (part of) a Service name, which must start with a letter."""
+HTTP_URL = r"^https?://[^/\s]+(/.*)?$"
+
+
+def _http_url(text: str) -> str:
+    if not re.fullmatch(HTTP_URL, text):
+        message = f"{text!r} is not an http(s) URL".replace("{", "{{").replace("}", "}}")
+        raise PydanticCustomError("http_url", message, {"hint": "write http://host:port or https://host"})
+    return text
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url), Field(json_schema_extra={"pattern": HTTP_URL})]
+"""An `http://` or `https://` base URL with a host."""
 LOCAL_RUNNER_SCHEMES = ("sim",)
 """`sim://` data and policies exist only for the local runner, which resolves them to files before a stage runs."""
 
@@ -411,8 +425,6 @@ class StorageSpec(ApiModel):
         return self
 
 
-Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|Pi|Ei|M|G|T|P|E)?$")]
-"""A Kubernetes resource quantity such as `16`, `500m` or `200Gi`."""
 
 
 # --- issue 24 (h24b): Hugging Face Hub on a cluster, scratch space, failure and rendezvous settings -------------
@@ -536,9 +548,9 @@ class ResourcesSpec(ApiModel):
     Service (torchrun rendezvous at `<job>-0.<job>`)."""
     deepspeed_stage: Literal[0, 2, 3] = 2
     """DeepSpeed ZeRO stage for training stages; 0 disables DeepSpeed."""
-    cpu: str = "16"
+    cpu: Quantity = "16"
     """CPU request of each stage pod."""
-    memory: str = "200Gi"
+    memory: Quantity = "200Gi"
     """Memory request of each stage pod."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     """Node labels the stage pods must match."""
@@ -647,9 +659,9 @@ class ServingResources(ApiModel):
 
     gpus: int = Field(default=1, ge=0)
     """`nvidia.com/gpu` per replica; 0 serves on CPU."""
-    cpu: str = "4"
+    cpu: Quantity = "4"
     """CPU request."""
-    memory: str = "32Gi"
+    memory: Quantity = "32Gi"
     """Memory request and limit."""
 
 
@@ -668,7 +680,7 @@ class CanarySpec(ApiModel):
     """No promotion before this much exposure (weekday effects); a harmful canary may still be stopped earlier."""
     max_duration: Duration = "7d"
     """By this time the gate decides; a canary still undecided is rolled back as inconclusive."""
-    check_interval: Duration = "10m"
+    check_interval: PositiveDuration = "10m"
     """How often the online gate reads the metrics."""
     serving: ServingResources = Field(default_factory=ServingResources)
     """Predictor resources of an InferenceService the operator has to create."""
@@ -751,7 +763,7 @@ class PromotionQueries(ApiModel):
 class PromotionSpec(ApiModel):
     """The online gate: engagement lift read from Prometheus."""
 
-    prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
+    prometheus_url: HttpUrl = "http://prometheus-operated.monitoring.svc:9090"
     """Prometheus HTTP API base URL (the local runner reads its own exporter instead)."""
     queries: PromotionQueries = Field(default_factory=PromotionQueries)
     """PromQL templates for the per-arm sufficient statistics."""
@@ -836,6 +848,40 @@ class RetryPolicy(ApiModel):
 
 
 # ------------------------------------------------------------------------------------------------ spec
+# ---- experiment tracking (issue 28 point 9) ------------------------------------------------------------------
+class MlflowTracking(ApiModel):
+    """An MLflow tracking server: one run per generation, every TRL trainer's metrics in runs nested under it,
+    the gates' checks, decision and lifts on it, and the promoted model registered in the model registry."""
+
+    tracking_uri: HttpUrl
+    """The tracking server, e.g. `http://mlflow.mlops.svc:5000` (credentials from the environment:
+    `MLFLOW_TRACKING_TOKEN` or `MLFLOW_TRACKING_USERNAME`/`PASSWORD` through `resources.storage.secretRef`)."""
+    experiment: str = Field(default="characterflywheel", min_length=1, max_length=500)
+    """Experiment the generation's run goes into (created when missing)."""
+    registered_model: str | None = Field(default=None, min_length=1, max_length=500)
+    """Model-registry name a promoted candidate is registered under; `canary.inferenceService` when unset."""
+
+
+class WandbTracking(ApiModel):
+    """Weights & Biases: every TRL trainer reports there, its runs grouped by generation. The API key comes from
+    the environment (`WANDB_API_KEY`, through `resources.storage.secretRef`)."""
+
+    project: str = Field(min_length=1, max_length=128)
+    """W&B project."""
+    entity: str | None = Field(default=None, min_length=1, max_length=128)
+    """W&B team or user; the key's default entity when unset."""
+
+
+class TrackingSpec(ApiModel):
+    """Experiment trackers the stages report to (TRL's `report_to`); none by default."""
+
+    mlflow: MlflowTracking | None = None
+    """MLflow tracking (and, on promotion, its model registry)."""
+    wandb: WandbTracking | None = None
+    """Weights & Biases."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
 class FlywheelGenerationSpec(ApiModel):
     """One turn of the flywheel: from the parent's promoted policy to a candidate, gated offline and online."""
 
@@ -863,6 +909,8 @@ class FlywheelGenerationSpec(ApiModel):
     """When the candidate is promoted."""
     suspend: bool = False
     """Pause: start nothing new (running Jobs finish and are recorded); set back to false to resume."""
+    tracking: TrackingSpec | None = None
+    """Experiment tracking (MLflow, Weights & Biases); none when unset."""
 
     @model_validator(mode="after")
     def _starting_point(self) -> FlywheelGenerationSpec:

@@ -75,6 +75,11 @@ class OfflineMetrics(ApiModel):
     """Responses per model behind the style statistics (candidate and parent answer the same prompts)."""
     style_difference_sd: dict[str, float] = Field(default_factory=dict)
     """Per style statistic, the standard deviation over prompts of (candidate − parent) on the same prompt."""
+    style_sd: dict[str, float] = Field(default_factory=dict)
+    """Per style statistic, the standard deviation over the candidate's responses (with `parentStyleSd` and
+    `styleDifferenceSd`, the correlation of the paired responses behind the drift's ratio interval)."""
+    parent_style_sd: dict[str, float] = Field(default_factory=dict)
+    """Per style statistic, the standard deviation over the parent's responses."""
 
 
 class ArmStats(ApiModel):

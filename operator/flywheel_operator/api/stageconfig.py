@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field
 
 from flywheel_operator.api.base import ApiModel
-from flywheel_operator.api.models import DataSources, StageSettings
+from flywheel_operator.api.models import DataSources, StageSettings, TrackingSpec
 
 StageKind = Literal["curate", "reward", "sft", "rl", "eval"]
 STAGE_KINDS: tuple[str, ...] = ("curate", "reward", "sft", "rl", "eval")
@@ -47,3 +47,5 @@ class StageConfig(ApiModel):
     last one when the stage runs again (spec.retry.checkpointSteps; 0: no checkpoints)."""
     seed: int = 0
     """Random seed (derived from the generation number, so reruns reproduce)."""
+    tracking: TrackingSpec | None = None
+    """Experiment trackers the stage's trainers report to (the generation's `spec.tracking`)."""

@@ -39,9 +39,18 @@ def wilson_interval(rate: float, n: int | None) -> tuple[float, float]:
     return max(0.0, min(rate, centre - half)), min(1.0, max(rate, centre + half))  # rounding may not leave the point
 
 
-def _standard_error(rate: float, n: int | None) -> float:
-    """Binomial standard error (at least that of one success in n, so a rate of 0 or 1 is not certain)."""
-    return math.sqrt(max(rate * (1 - rate), 1.0 / n) / n) if n else 0.0
+def absolute_difference_interval(p1: float, n1: int, p2: float, n2: int) -> tuple[float, float]:
+    """95 % interval of |p1 − p2| for two independent proportions: Newcombe's hybrid score interval for the
+    difference (Wilson limits of each rate; within [−1, 1]), folded at 0. It never leaves [0, 1]."""
+    l1, u1 = wilson_interval(p1, n1)
+    l2, u2 = wilson_interval(p2, n2)
+    d = p1 - p2
+    low = d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
+    high = d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
+    low, high = max(-1.0, low), min(1.0, high)
+    if low <= 0 <= high:
+        return 0.0, max(-low, high)
+    return min(abs(low), abs(high)), max(abs(low), abs(high))
 
 
 def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: datetime) -> OfflineGateResult:
@@ -58,6 +67,7 @@ def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: dat
             metrics.instruction_responses,
             gate.min_instruction_following,
             "share of responses that follow every character instruction",
+            "minInstructionFollowing",
         )
     )
     checks.append(
@@ -67,6 +77,7 @@ def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: dat
             metrics.instruction_responses,
             gate.max_violation_rate,
             "share of responses that break a character instruction",
+            "maxViolationRate",
         )
     )
     checks.append(
@@ -76,6 +87,7 @@ def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: dat
             metrics.benign_prompts,
             gate.max_false_refusal_rate,
             "share of benign prompts refused",
+            "maxFalseRefusalRate",
         )
     )
     limits = gate.style_drift.model_dump()
@@ -85,6 +97,7 @@ def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: dat
         _style_drift(
             field, candidate[field], parent[field], limits[field],
             metrics.style_difference_sd.get(field), metrics.style_responses,
+            metrics.style_sd.get(field), metrics.parent_style_sd.get(field),
         )
         for field in limits
     )
@@ -102,9 +115,21 @@ def _interval_words(lower: float, upper: float, n: int | None) -> str:
     return f" (95 % CI [{lower:.3f}, {upper:.3f}], n={n})" if n else " (n unknown: point estimate)"
 
 
+DISABLED = "disabled"
+"""The `limit` of a check whose limit lets every possible value pass (a minimum of 0, a maximum of 1)."""
+
+
+def _disabled(name: str, value: float | None, n: int | None, interval: list[float] | None, setting: str) -> GateCheck:
+    shown = "not measured" if value is None else f"{value:.3f}"
+    return GateCheck(name=name, passed=True, value=value, limit=DISABLED, n=n, interval=interval,
+                     message=f"disabled ({setting} lets every value pass); measured {shown}.")
+
+
 def _band(name: str, value: float, n: int | None, gate: OfflineGateSpec, what: str) -> GateCheck:
     band = gate.win_rate_band
     lower, upper = wilson_interval(value, n)
+    if band.min <= 0 and band.max >= 1:
+        return _disabled(name, value, n, [lower, upper], f"winRateBand [{band.min:g}, {band.max:g}]")
     limit = f"in [{band.min:.2f}, {band.max:.2f}]"
     measured = f"{what} is {value:.3f}" + _interval_words(lower, upper, n)
     if upper < band.min:
@@ -131,11 +156,15 @@ def _divergence(metrics: OfflineMetrics, gate: OfflineGateSpec) -> GateCheck:
             message="skipped: no internal prompts were evaluated, so the user/internal divergence was not measured.",
         )
     gap = abs(user - internal)
+    if gate.max_win_rate_divergence >= 1:
+        limit_text = f"maxWinRateDivergence {gate.max_win_rate_divergence:g}"
+        return _disabled("win-rate-divergence", gap, None, None, limit_text)
     known = metrics.win_rate_user_n and metrics.win_rate_internal_n
-    se = math.hypot(
-        _standard_error(user, metrics.win_rate_user_n), _standard_error(internal, metrics.win_rate_internal_n)
-    )
-    lower, upper = max(0.0, gap - Z * se), gap + Z * se
+    if known:
+        lower, upper = absolute_difference_interval(user, metrics.win_rate_user_n, internal,
+                                                    metrics.win_rate_internal_n)
+    else:
+        lower = upper = gap
     passed = lower <= gate.max_win_rate_divergence
     n = min(metrics.win_rate_user_n or 0, metrics.win_rate_internal_n or 0) if known else None
     message = (
@@ -148,8 +177,10 @@ def _divergence(metrics: OfflineMetrics, gate: OfflineGateSpec) -> GateCheck:
                      interval=[lower, upper])
 
 
-def _at_least(name: str, value: float, n: int | None, minimum: float, what: str) -> GateCheck:
+def _at_least(name: str, value: float, n: int | None, minimum: float, what: str, setting: str) -> GateCheck:
     lower, upper = wilson_interval(value, n)
+    if minimum <= 0:
+        return _disabled(name, value, n, [lower, upper], f"{setting} {minimum:g}")
     passed = upper >= minimum
     message = f"{what} is {value:.3f}" + _interval_words(lower, upper, n) + (
         "." if passed else f", surely below the minimum {minimum:.3f}."
@@ -158,8 +189,10 @@ def _at_least(name: str, value: float, n: int | None, minimum: float, what: str)
                      interval=[lower, upper])
 
 
-def _at_most(name: str, value: float, n: int | None, maximum: float, what: str) -> GateCheck:
+def _at_most(name: str, value: float, n: int | None, maximum: float, what: str, setting: str) -> GateCheck:
     lower, upper = wilson_interval(value, n)
+    if maximum >= 1:
+        return _disabled(name, value, n, [lower, upper], f"{setting} {maximum:g}")
     passed = lower <= maximum
     message = f"{what} is {value:.3f}" + _interval_words(lower, upper, n) + (
         "." if passed else f", surely above the maximum {maximum:.3f}."
@@ -168,19 +201,95 @@ def _at_most(name: str, value: float, n: int | None, maximum: float, what: str) 
                      interval=[lower, upper])
 
 
+PROPORTIONS = frozenset({"list_rate", "stock_phrase_rate"})
+"""Style statistics that are shares of responses (0 or 1 each); the others are means of counts (emojis, words)."""
+
+
+def mean_interval(mean: float, sd: float | None, n: int | None, *, proportion: bool) -> tuple[float, float] | None:
+    """95 % interval of one model's style statistic: Wilson's for a share of responses, a normal one kept at or
+    above 0 for a mean count; None when its spread is unknown."""
+    if not n:
+        return None
+    if proportion:
+        return wilson_interval(mean, n)
+    if sd is None:
+        return None
+    half = Z * sd / math.sqrt(n)
+    return max(0.0, mean - half), mean + half
+
+
+def ratio_interval(
+    candidate: float, parent: float, candidate_limits: tuple[float, float], parent_limits: tuple[float, float],
+    correlation: float,
+) -> tuple[float, float]:
+    """95 % interval of candidate / parent (both means of non-negative values, parent > 0) by MOVER-R (Donner &
+    Zou 2012, the method of variance estimates recovery that Newcombe's interval for a difference of proportions
+    is the additive case of), with the two means' own intervals and their correlation on paired prompts.
+
+    The lower limit is never below 0, so a relative drift never claims below −100 %; the upper limit is infinite
+    when the parent's interval reaches 0.
+    """
+    (l1, u1), (l2, u2) = candidate_limits, parent_limits
+    a = u2 * (2 * parent - u2)
+    b = candidate * parent - correlation * (candidate - l1) * (u2 - parent)
+    c = l1 * (2 * candidate - l1)
+    root = b * b - a * c
+    lower = c / (b + math.sqrt(root)) if root >= 0 and b + math.sqrt(root) > 0 else 0.0
+    a = l2 * (2 * parent - l2)
+    b = candidate * parent - correlation * (u1 - candidate) * (parent - l2)
+    c = u1 * (2 * candidate - u1)
+    root = b * b - a * c
+    upper = (b + math.sqrt(root)) / a if a > 0 and root >= 0 else math.inf
+    ratio = candidate / parent
+    return max(0.0, min(lower, ratio)), max(upper, ratio)
+
+
+def _correlation(sd_candidate: float, sd_parent: float, sd_difference: float | None) -> float:
+    """Correlation of candidate and parent values on the same prompts, from var(c − p) = vc + vp − 2 r sc sp."""
+    if sd_difference is None or sd_candidate <= 0 or sd_parent <= 0:
+        return 0.0
+    r = (sd_candidate**2 + sd_parent**2 - sd_difference**2) / (2 * sd_candidate * sd_parent)
+    return max(-1.0, min(1.0, r))
+
+
 def _style_drift(
-    field: str, candidate: float, parent: float, limit: float, difference_sd: float | None, n: int | None
+    field: str, candidate: float, parent: float, limit: float, difference_sd: float | None, n: int | None,
+    candidate_sd: float | None = None, parent_sd: float | None = None,
 ) -> GateCheck:
-    """Relative increase over the parent on the same prompts; fails when the whole interval is above the limit
-    (decreases never fail: fewer emojis is not an artifact)."""
+    """Relative increase over the parent on the same prompts, (candidate − parent) / max(parent, floor); fails
+    when the whole 95 % interval is above the limit (decreases never fail: fewer emojis is not an artifact).
+
+    The interval is the ratio's (MOVER-R, `ratio_interval`) scaled the same way, so it stays possible: never
+    below −100 % (a style statistic cannot go below 0). A parent at 0 has no ratio: the candidate's own interval
+    over the floor. Eval results from before issue 28 carry only the spread of the paired differences: a normal
+    interval of the difference then, cut at what a candidate at 0 would give."""
     scale = max(parent, STYLE_FLOORS[field])
     drift = (candidate - parent) / scale
-    half = Z * difference_sd / math.sqrt(n) / scale if difference_sd is not None and n else 0.0
-    lower, upper = drift - half, drift + half
-    counted = n if difference_sd is not None else None
+    proportion = field in PROPORTIONS
+    if proportion:
+        candidate_sd = math.sqrt(candidate * (1 - candidate))
+        parent_sd = math.sqrt(parent * (1 - parent))
+    own = mean_interval(candidate, candidate_sd, n, proportion=proportion)
+    base = mean_interval(parent, parent_sd, n, proportion=proportion)
+    counted = n if n and difference_sd is not None else None
+    if counted is None:
+        lower = upper = drift
+    elif own is None or base is None:  # eval results before issue 28 carry only the difference's spread
+        half = Z * difference_sd / math.sqrt(n) / scale
+        lower, upper = max(-parent / scale, drift - half), drift + half  # the candidate cannot go below 0
+    elif parent == 0:
+        lower, upper = own[0] / scale, own[1] / scale
+    else:
+        r = _correlation(candidate_sd or 0.0, parent_sd or 0.0, difference_sd)
+        low_ratio, high_ratio = ratio_interval(candidate, parent, own, base, r)
+        lower, upper = (low_ratio - 1) * parent / scale, (high_ratio - 1) * parent / scale
+        if math.isinf(upper):  # the parent's interval reaches 0: the difference's upper limit (MOVER-D) instead
+            rise, fall = own[1] - candidate, parent - base[0]
+            upper = (candidate - parent + math.sqrt(max(0.0, rise**2 + fall**2 - 2 * r * rise * fall))) / scale
     passed = lower <= limit
+    spread = f"95 % CI [{lower:+.1%}, {upper:+.1%}], n={n}"
     message = f"{field} went from {parent:.3g} (parent) to {candidate:.3g} ({drift:+.1%}" + (
-        f", 95 % CI [{lower:+.1%}, {upper:+.1%}], n={n})" if counted else ", n unknown: point estimate)"
+        f", {spread})" if counted else ", n unknown: point estimate)"
     ) + ("." if passed else f", surely more than the allowed +{limit:.0%}: a style artifact the reward model may "
          "reward.")
     return GateCheck(name=f"style-drift.{field}", passed=passed, value=drift, limit=f"<= +{limit:.0%}",

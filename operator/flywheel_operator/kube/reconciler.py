@@ -154,6 +154,7 @@ class Reconciler:
                 await self.backend.write_status(namespace, name, old_status, new_status)
                 previous = FlywheelGenerationStatus.model_validate(old_status) if old_status else None
                 self.metrics.observe(namespace, name, previous, result.status, now=now)
+                await self._track(generation, body, previous, result.status)
             elif key not in self._phases:
                 self.metrics.observe(namespace, name, None, result.status, now=now)
             for event in result.events:
@@ -162,6 +163,20 @@ class Reconciler:
             self.requeue_at[key] = result.requeue_at
         self.wake_event(key).set()
         return result
+
+    async def _track(self, generation: FlywheelGeneration, body: dict[str, Any],
+                     previous: FlywheelGenerationStatus | None, status: FlywheelGenerationStatus) -> None:
+        """Log the gates' results to the generation's MLflow run, register a promoted model (spec.tracking)."""
+        tracking = generation.spec.tracking
+        if tracking is None or tracking.mlflow is None:
+            return
+        from flywheel_operator import tracking as tracker
+
+        registered = tracking.mlflow.registered_model or generation.spec.canary.inference_service
+        for note in await asyncio.to_thread(tracker.record, tracking.mlflow, generation.metadata.name, previous,
+                                            status, registered_model=registered):
+            self.post_event(body, Event("Tracking", note[:1000], "Warning" if note.startswith("tracking:") else
+                                        "Normal"))
 
     async def _refused(self, body: dict[str, Any], old_status: dict[str, Any], action: Action, exc: ApiError) -> None:
         """The API server refused a child (403, 404, 422…): retrying alone will not fix it, so the status says

@@ -70,4 +70,5 @@ def stage_config(generation: FlywheelGeneration, status: FlywheelGenerationStatu
         deepspeed_stage=spec.resources.deepspeed_stage,
         checkpoint_steps=spec.retry.checkpoint_steps,
         seed=spec.generation,
+        tracking=spec.tracking,
     )
