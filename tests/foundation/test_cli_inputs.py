@@ -7,8 +7,8 @@ import io
 
 import pytest
 import yaml
-from flywheel_operator.cli import main
 from flywheel_local.commands import run_command
+from flywheel_operator.cli import main
 from flywheel_trainer.cli import STAGE_MODULES
 from flywheel_trainer.cli import main as train_main
 

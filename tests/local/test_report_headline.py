@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from flywheel_operator.api import FlywheelGenerationStatus, GateCheck, OfflineGateResult
-from flywheel_operator.api.status import OnlineDecision, OnlineStatus
 from flywheel_local.commands import report_command
 from flywheel_local.report import write_report
+from flywheel_operator.api import FlywheelGenerationStatus, GateCheck, OfflineGateResult
+from flywheel_operator.api.status import OnlineDecision, OnlineStatus
 
 T0 = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 START = {"depth": 4.0, "breadth": 0.60, "compliance": 0.50}

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from flywheel_operator.api import FlywheelGenerationStatus, GateCheck, OfflineGateResult, StageRecord
 from flywheel_local.commands import status_command
 from flywheel_local.statusview import format_number, render_check
+from flywheel_operator.api import FlywheelGenerationStatus, GateCheck, OfflineGateResult, StageRecord
 from hypothesis import given
 from hypothesis import strategies as st
 

@@ -9,11 +9,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from flywheel_operator.api import FlywheelGenerationStatus, StageRecord
 from flywheel_local import backend as backend_module
 from flywheel_local.backend import LocalBackend, RunPaths
 from flywheel_local.commands import time_summary
 from flywheel_local.runner import load_manifest, stage_time
+from flywheel_operator.api import FlywheelGenerationStatus, StageRecord
 from flywheel_sim import DEFAULT_WORLD
 
 TINY = Path(__file__).with_name("tiny-generation.yaml")

@@ -64,9 +64,9 @@ def test_validate_names_tracking_problems(tracking, path):
 
 
 def test_the_local_runner_logs_status_changes_and_says_when_the_tracker_is_down(tmp_path, monkeypatch):
-    from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus
     from flywheel_local.progress import Display
     from flywheel_local.runner import Runner
+    from flywheel_operator.api import FlywheelGeneration, FlywheelGenerationStatus
     from rich.console import Console
 
     calls = []
