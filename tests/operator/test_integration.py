@@ -17,9 +17,9 @@ from tests.operator.cluster import NAMESPACE, Operator, Readings, World, generat
 
 pytestmark = pytest.mark.slow
 
-MODEL = {"name": "kserve-container", "modelFormat": {"name": "characterflywheel-chat"},
-         "runtime": "characterflywheel-chat"}
-"""The model of every predictor the operator writes: the chart's ChatPredictor runtime."""
+MODEL = {"modelFormat": {"name": "characterflywheel-chat"}, "runtime": "characterflywheel-chat"}
+"""The model of every stable predictor the operator writes: the chart's ChatPredictor runtime (no `name`: KServe's
+webhook refuses one there)."""
 STAGES = ["curate", "reward-pointwise", "reward-pairwise", "sft", "rl", "eval"]
 
 
@@ -68,16 +68,12 @@ async def test_generation_walks_every_stage_to_its_decision(mode: str, lift: flo
             assert status.canary.revisions == {"predictor": "control", "canary": "candidate-gen2"}
         else:
             predictor = isvc["spec"]["predictor"]
-            assert predictor["model"] == {
-                "modelFormat": {"name": "characterflywheel-chat"},
-                "name": "kserve-container",
-                "runtime": "characterflywheel-chat",
-                "storageUri": candidate,
-            }
             if outcome == "PROMOTE":
+                assert predictor["model"] == {**MODEL, "storageUri": candidate}
                 assert "canaryTrafficPercent" not in predictor
-            else:
-                assert predictor["canaryTrafficPercent"] == 0
+            else:  # the rejected model is off the predictor: its revision has no route, Knative removes its pods
+                assert predictor["model"] == {**MODEL, "storageUri": parent}
+                assert predictor["canaryTrafficPercent"] == 0 and predictor["minReplicas"] == 0
             assert status.canary.revisions["latestReadyRevision"] == "chat-predictor-00002"
             assert status.canary.revisions["previousRolledoutRevision"] == "chat-predictor-00001"
 
@@ -114,21 +110,26 @@ async def _inference_service_in_canary(mode: str, body: dict[str, Any]) -> dict[
 
 
 async def test_standard_canary_body_while_observing() -> None:
-    """The InferenceService while the canary serves 10 %: control predictor untouched, one canary entry."""
+    """The InferenceService while the canary serves 10 %: the control predictor's model untouched and its least
+    replicas raised by the canary's (KServe takes them back out once the canary is ready), one canary entry with
+    fixed replicas sized to the stable predictor's peak times 10 %."""
     isvc = await _inference_service_in_canary("standard", generation_body("gen2", mode="standard", canary={
         "inferenceService": "chat", "mode": "standard", "trafficPercent": 10, "minDuration": "1s",
         "maxDuration": "60s", "checkInterval": "1s"}))
     assert isvc["spec"]["predictor"] == {
         "name": "control",
+        "minReplicas": 2,
         "model": {"modelFormat": {"name": "huggingface"}, "storageUri": "pvc://flywheel-artifacts/models/base"},
     }
     assert isvc["spec"]["canary"] == [{
         "trafficPercent": 10,
-        "predictor": {"name": "candidate-gen2",
-                      "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/candidate"}},
+        "predictor": {"name": "candidate-gen2", "minReplicas": 1,
+                      "model": {"name": "kserve-container", **MODEL,
+                                "storageUri": "pvc://flywheel-artifacts/gen2/candidate"}},
     }]
     assert isvc["metadata"]["annotations"] == {
-        "serving.kserve.io/deploymentMode": "Standard", "characterflywheel.io/canary-of": "gen2"}
+        "serving.kserve.io/deploymentMode": "Standard", "characterflywheel.io/canary-of": "gen2",
+        "characterflywheel.io/stable-replicas": '{"maxReplicas": null, "minReplicas": null}'}
 
 
 async def test_knative_canary_body_while_observing() -> None:

@@ -14,11 +14,13 @@ from flywheel_operator.planner import DeployCanary, PromoteCanary, RollBackCanar
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.operator import upstream
 from tests.planner.harness import result_for
 
 PVC = StorageSpec(pvc="flywheel-artifacts")
-MODEL = {"name": "kserve-container", "modelFormat": {"name": "characterflywheel-chat"},
-         "runtime": "characterflywheel-chat"}
+MODEL = {"modelFormat": {"name": "characterflywheel-chat"}, "runtime": "characterflywheel-chat"}
+"""spec.predictor.model: KServe's webhook refuses a `name` there; a canary entry's model must have one (its CRD)."""
+CANARY_MODEL = {"name": "kserve-container", **MODEL}
 
 
 def deploy(mode: str) -> DeployCanary:
@@ -44,26 +46,49 @@ def test_knative_bodies() -> None:
     assert canary.promote_patch(promote, generation="gen2", storage=PVC) == {
         "metadata": {"annotations": {"characterflywheel.io/canary-of": None}},
         "spec": {"predictor": {"canaryTrafficPercent": None}}}
-    back = RollBackCanary(inference_service="chat", mode="knative", control_policy="x")
-    assert canary.rollback_patch(back) == {"metadata": {"annotations": {"characterflywheel.io/canary-of": None}},
-                                           "spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+
+def test_a_knative_rollback_takes_the_rejected_model_off_and_the_next_candidate_restores_replicas() -> None:
+    """Item 12 of issue 24: the parent's model goes back on the predictor (the candidate's revision loses its
+    route) with least replicas 0 for that 0 % revision; the next candidate gets the saved least replicas back.
+    At f9f8494 the rollback only set canaryTrafficPercent: 0, leaving the candidate as the latest revision."""
+    isvc = {"metadata": {"annotations": {}}, "spec": {"predictor": {"minReplicas": 2, "canaryTrafficPercent": 10,
+            "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}}}}
+    back = RollBackCanary(inference_service="chat", mode="knative", control_policy="org/base-model")
+    patch = canary.rollback_patch(back, storage=PVC, isvc=isvc)
+    assert patch == {
+        "metadata": {"annotations": {"characterflywheel.io/canary-of": None,
+                                     canary.STABLE_REPLICAS_ANNOTATION: '{"minReplicas": 2}'}},
+        "spec": {"predictor": {"canaryTrafficPercent": 0, "minReplicas": 0,
+                               "model": {**MODEL, "storageUri": "hf://org/base-model"}}}}
+    rolled_back = upstream.merge_patch(isvc, patch)
+    again = canary.deploy_patch(deploy("knative"), generation="gen3", storage=PVC, isvc=rolled_back)
+    assert again["spec"]["predictor"]["minReplicas"] == 2
+    assert again["metadata"]["annotations"][canary.STABLE_REPLICAS_ANNOTATION] is None
+    assert upstream.merge_patch(rolled_back, again)["spec"]["predictor"]["minReplicas"] == 2
 
 
 def test_standard_bodies() -> None:
-    patch = canary.deploy_patch(deploy("standard"), generation="gen2", storage=PVC)
+    isvc = {"spec": {"predictor": {"name": "control", "minReplicas": 2, "maxReplicas": 20, "model": MODEL}}}
+    patch = canary.deploy_patch(deploy("standard"), generation="gen2", storage=PVC, isvc=isvc)
     assert patch["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    assert patch["spec"] == {"canary": [{
-        "trafficPercent": 10,
-        "predictor": {"name": "candidate-gen2",
-                      "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}},
-    }]}
+    assert patch["spec"] == {
+        "predictor": {"minReplicas": 4, "maxReplicas": 20},  # its own 2 + the canary's 2 (KServe takes 2 out)
+        "canary": [{"trafficPercent": 10, "predictor": {
+            "name": "candidate-gen2", "minReplicas": 2,  # 10 % of the stable predictor's peak, 20
+            "model": {**CANARY_MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}}}],
+    }
+    deployed = upstream.merge_patch(isvc, patch)
     promote = PromoteCanary(inference_service="chat", mode="standard", candidate_policy="/artifacts/gen2/rl/model")
-    assert canary.promote_patch(promote, generation="gen2", storage=PVC)["spec"] == {
-        "predictor": {"name": "candidate-gen2",
+    assert canary.promote_patch(promote, generation="gen2", storage=PVC, isvc=deployed)["spec"] == {
+        "predictor": {"name": "candidate-gen2", "minReplicas": 2, "maxReplicas": 20,
                       "model": {**MODEL, "storageUri": "pvc://flywheel-artifacts/gen2/rl/model"}},
         "canary": None}
     back = RollBackCanary(inference_service="chat", mode="standard", control_policy="x")
-    assert canary.rollback_patch(back)["spec"] == {"canary": None}
+    rolled_back = canary.rollback_patch(back, isvc=deployed)
+    assert rolled_back["spec"] == {"canary": None, "predictor": {"minReplicas": 2, "maxReplicas": 20}}
+    assert upstream.merge_patch(deployed, rolled_back)["spec"] == isvc["spec"]
+    assert canary.rollback_patch(back)["spec"] == {"canary": None}  # nothing saved: replicas untouched
 
 
 @pytest.mark.parametrize("mode", ["standard", "knative"])

@@ -94,22 +94,26 @@ def test_every_body_the_operator_writes_passes_in_both_modes(
                           candidate_policy=candidate, control_policy=control)
     if created:
         body = canary.new_inference_service(deploy, generation=generation, namespace="ml", storage=PVC,
-                                            serving=ServingResources(gpus=gpus))
+                                            serving=ServingResources(gpus=gpus, min_replicas=1 + gpus % 3,
+                                                                     max_replicas=gpus or 1))
         stored, problems = upstream.check_write(body, None, default_mode=default_mode)
         assert problems == []
         stored["status"] = {"deploymentMode": canary.DEPLOYMENT_MODES[mode]}
     else:
         stored = existing(mode)
-    patch = canary.deploy_patch(deploy, generation=generation, storage=PVC)
+    serving = ServingResources(gpus=gpus, min_replicas=1 + gpus % 3, max_replicas=gpus or 1,
+                               service_account_name="kserve-s3")
+    patch = canary.deploy_patch(deploy, generation=generation, storage=PVC, serving=serving, isvc=stored)
     new, problems = upstream.check_write(upstream.merge_patch(stored, patch), stored, default_mode=default_mode)
     assert problems == []
     new["status"] = stored["status"]
     end = (
         canary.promote_patch(PromoteCanary(inference_service="chat", mode=mode,  # type: ignore[arg-type]
-                                           candidate_policy=candidate), generation=generation, storage=PVC)
+                                           candidate_policy=candidate), generation=generation, storage=PVC,
+                             serving=serving, isvc=new)
         if promote
         else canary.rollback_patch(RollBackCanary(inference_service="chat", mode=mode,  # type: ignore[arg-type]
-                                                  control_policy=control))
+                                                  control_policy=control), storage=PVC, serving=serving, isvc=new)
     )
     final, problems = upstream.check_write(upstream.merge_patch(new, end), new, default_mode=default_mode)
     assert problems == [], (promote, mode)

@@ -663,6 +663,18 @@ class ServingResources(ApiModel):
     """CPU request."""
     memory: Quantity = "32Gi"
     """Memory request and limit."""
+    min_replicas: int = Field(default=1, ge=1)
+    """Least replicas of the stable predictor the operator creates (an existing InferenceService keeps its own)."""
+    max_replicas: int = Field(default=1, ge=1)
+    """Most replicas of that stable predictor (its autoscaler's limit; below `minReplicas` counts as equal). A
+    Standard-mode canary runs fixed replicas (KServe refuses autoscaling on a canary): the stable predictor's peak,
+    this limit, scaled to the canary's share of users, and the stable predictor keeps its own least replicas."""
+    service_account_name: str | None = Field(
+        default=None, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    )
+    """ServiceAccount of the predictor pods, whose attached Secrets (or workload identity) give KServe's storage
+    initializer access to the model's object store; unset: `resources.serviceAccountName`, the account the stages
+    publish the model with (unset too: the namespace's `default`)."""
 
 
 class CanarySpec(ApiModel):

@@ -24,7 +24,7 @@ from flywheel_operator.api import (
     OnlineReading,
     StageResult,
 )
-from flywheel_operator.kube import canary, manifests
+from flywheel_operator.kube import canary, manifests, revert
 from flywheel_operator.kube.client import ApiError, KubeClient, resource_path
 from flywheel_operator.kube.termination import parse_message
 from flywheel_operator.planner import (
@@ -248,27 +248,33 @@ class KubernetesBackend:
     # ---------------------------------------------------------------------------------------------- act
     async def act(self, generation: FlywheelGeneration, action: Action) -> None:
         namespace, name = generation.metadata.namespace or "", generation.metadata.name
-        storage = generation.spec.resources.storage
         if isinstance(action, StartStage):
             for plural, body in manifests.children(generation, action):
                 await self._create(resource_path(plural, namespace), body)
         elif isinstance(action, DeployCanary):
             await self._deploy(generation, action)
         elif isinstance(action, PromoteCanary | RollBackCanary):
-            path = resource_path("inferenceservices", namespace, action.inference_service)
-            isvc = await self._inference_service(namespace, action.inference_service)
-            if isvc is None:
-                log.warning("InferenceService %s/%s is gone; nothing to %s", namespace, action.inference_service,
-                            type(action).__name__)
-                return
-            if await self._other_holder(namespace, name, isvc) is not None:
-                return  # never deployed here: the canary on it is another generation's
-            patch = (
-                canary.promote_patch(action, generation=name, storage=storage)
-                if isinstance(action, PromoteCanary)
-                else canary.rollback_patch(action, storage=storage)
-            )
-            await self.client.patch(path, patch)
+            await self._end_canary(generation, action)
+            await revert.release(self.client, namespace, name)  # the canary has ended: deleting needs nothing more
+
+    async def _end_canary(self, generation: FlywheelGeneration, action: PromoteCanary | RollBackCanary) -> None:
+        namespace, name = generation.metadata.namespace or "", generation.metadata.name
+        storage = generation.spec.resources.storage
+        path = resource_path("inferenceservices", namespace, action.inference_service)
+        isvc = await self._inference_service(namespace, action.inference_service)
+        if isvc is None:
+            log.warning("InferenceService %s/%s is gone; nothing to %s", namespace, action.inference_service,
+                        type(action).__name__)
+            return
+        if await self._other_holder(namespace, name, isvc) is not None:
+            return  # never deployed here: the canary on it is another generation's
+        serving = canary.serving_of(generation.spec)
+        patch = (
+            canary.promote_patch(action, generation=name, storage=storage, serving=serving, isvc=isvc)
+            if isinstance(action, PromoteCanary)
+            else canary.rollback_patch(action, storage=storage, serving=serving, isvc=isvc)
+        )
+        await self.client.patch(path, patch)
 
     async def _deploy(self, generation: FlywheelGeneration, action: DeployCanary) -> None:
         """Create the InferenceService serving the parent if there is none; add the candidate once KServe can
@@ -278,15 +284,20 @@ class KubernetesBackend:
         storage = generation.spec.resources.storage
         isvc = await self._inference_service(namespace, action.inference_service)
         if isvc is None:
+            if not await revert.hold(self.client, generation):  # the finalizer first; being deleted: no canary
+                return
             body = canary.new_inference_service(action, generation=name, namespace=namespace, storage=storage,
-                                                serving=generation.spec.canary.serving)
+                                                serving=canary.serving_of(generation.spec))
             await self._create(resource_path("inferenceservices", namespace), body)
             return
         if await self._other_holder(namespace, name, isvc) is not None:
             return  # the planner sees the holder and waits
         if canary.ready_for_candidate(isvc, action.mode):
+            if not await revert.hold(self.client, generation):
+                return
             path = resource_path("inferenceservices", namespace, action.inference_service)
-            patch = canary.deploy_patch(action, generation=name, storage=storage)
+            patch = canary.deploy_patch(action, generation=name, storage=storage,
+                                        serving=canary.serving_of(generation.spec), isvc=isvc)
             version = (isvc.get("metadata") or {}).get("resourceVersion")
             if version:  # two generations claiming the service at once: the API server answers the later one 409
                 patch["metadata"]["resourceVersion"] = version

@@ -16,13 +16,15 @@ second generation waits instead of overwriting it.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from typing import Any
 
 from kubernetes.client import ApiClient
 
 from flywheel_operator import storage as storage_seam
-from flywheel_operator.api import ServingResources, StorageSpec, names
+from flywheel_operator.api import FlywheelGenerationSpec, ServingResources, StorageSpec, names
 from flywheel_operator.planner import CanaryObservation, DeployCanary, PromoteCanary, RollBackCanary
 
 KSERVE_API_VERSION = "serving.kserve.io/v1beta1"
@@ -32,11 +34,17 @@ RUNTIME_ENV = "FLYWHEEL_SERVING_RUNTIME"
 """Set by the chart to the (Cluster)ServingRuntime it installs, named per release (`<fullname>-chat`)."""
 MODEL_FORMAT = "characterflywheel-chat"
 CONTAINER = "kserve-container"
-"""KServe's predictor container name; its CRD requires `model.name` on a canary."""
+"""KServe's predictor container name. Its CRD requires `model.name` on a `spec.canary[]` entry, and its validating
+webhook refuses any `name` on `spec.predictor.model` ("the 'name' field is not allowed in standard predictor"):
+only a canary's model carries it."""
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 DEPLOYMENT_MODES = {"knative": "Knative", "standard": "Standard"}
 HOLDER_ANNOTATION = "characterflywheel.io/canary-of"
 """The generation whose canary the InferenceService carries (absent when none)."""
+STABLE_REPLICAS_ANNOTATION = "characterflywheel.io/stable-replicas"
+"""Standard mode: the stable predictor's own `minReplicas`/`maxReplicas` (JSON) while a canary runs beside it; the
+operator raises them by the canary's replicas (KServe takes a ready canary's replicas out of the stable predictor's
+least replicas) and puts them back when the canary ends."""
 
 _SERIALIZER = ApiClient()
 
@@ -61,11 +69,14 @@ def storage_uri(policy: str, storage: StorageSpec) -> str:
     return f"hf://{policy}"
 
 
-def model(policy: str, storage: StorageSpec, serving: ServingResources | None = None) -> dict[str, Any]:
-    """The predictor's model: the chart's ChatPredictor runtime loading `policy`; with `serving`, its resources."""
+def model(
+    policy: str, storage: StorageSpec, serving: ServingResources | None = None, *, canary: bool = False
+) -> dict[str, Any]:
+    """The predictor's model: the chart's ChatPredictor runtime loading `policy`; with `serving`, its resources.
+    Only a `spec.canary[]` entry's model is named (`canary=True`), as KServe's CRD and webhook each require."""
     # Plain JSON (the InferenceService's camelCase keys): the operator image carries no kserve package.
     spec: dict[str, Any] = {
-        "name": CONTAINER,
+        **({"name": CONTAINER} if canary else {}),
         "modelFormat": {"name": MODEL_FORMAT},
         "runtime": os.environ.get(RUNTIME_ENV) or RUNTIME,
         "storageUri": storage_uri(policy, storage),
@@ -77,6 +88,39 @@ def model(policy: str, storage: StorageSpec, serving: ServingResources | None = 
             requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(serving.gpus)
         spec["resources"] = {"requests": requests, "limits": limits}
     return spec
+
+
+def serving_of(spec: FlywheelGenerationSpec) -> ServingResources:
+    """`spec.canary.serving` with its ServiceAccount resolved (unset: the stages' `resources.serviceAccountName`)."""
+    serving = spec.canary.serving
+    account = serving.service_account_name or spec.resources.service_account_name
+    return serving.model_copy(update={"service_account_name": account})
+
+
+def account(serving: ServingResources | None) -> dict[str, str]:
+    """The predictor's `serviceAccountName` (KServe's storage initializer fetches the model with its credentials)."""
+    return {"serviceAccountName": serving.service_account_name} if serving and serving.service_account_name else {}
+
+
+def replicas(predictor: dict[str, Any]) -> tuple[int, int]:
+    """A predictor's least and most replicas as KServe reads them (minReplicas unset: 1; maxReplicas unset or 0:
+    the least)."""
+    least = predictor.get("minReplicas")
+    least = 1 if least is None else int(least)
+    return least, max(least, int(predictor.get("maxReplicas") or 0))
+
+
+def canary_replicas(stable_min: int, stable_max: int, traffic_percent: int) -> int:
+    """Replicas of a Standard-mode canary: the stable predictor's peak scaled to the canary's share of users (the
+    chat backend sends each arm its share whatever the load), at least one. KServe's own default,
+    ceil(stable minReplicas × share), sizes it for the quietest hour instead."""
+    return max(1, math.ceil(max(stable_min, stable_max) * traffic_percent / 100))
+
+
+def recorded_replicas(isvc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stable predictor's own replicas saved while a canary runs (None: none saved)."""
+    text = (((isvc or {}).get("metadata") or {}).get("annotations") or {}).get(STABLE_REPLICAS_ANNOTATION)
+    return json.loads(text) if text else None
 
 
 def inference_service(
@@ -140,19 +184,41 @@ def ready_for_candidate(isvc: dict[str, Any], mode: str) -> bool:
     return _mode(mode).ready_for_candidate(isvc)
 
 
-def deploy_patch(action: DeployCanary, *, generation: str, storage: StorageSpec) -> dict[str, Any]:
-    """Merge patch that adds the candidate as the canary of an existing InferenceService."""
-    return _mode(action.mode).deploy_patch(action, generation=generation, storage=storage)
+def deploy_patch(
+    action: DeployCanary,
+    *,
+    generation: str,
+    storage: StorageSpec,
+    serving: ServingResources | None = None,
+    isvc: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge patch that adds the candidate as the canary of the existing InferenceService `isvc` (its stable
+    predictor sizes a Standard-mode canary; `serving` gives the predictor's ServiceAccount)."""
+    return _mode(action.mode).deploy_patch(action, generation=generation, storage=storage, serving=serving, isvc=isvc)
 
 
-def promote_patch(action: PromoteCanary, *, generation: str, storage: StorageSpec) -> dict[str, Any]:
+def promote_patch(
+    action: PromoteCanary,
+    *,
+    generation: str,
+    storage: StorageSpec,
+    serving: ServingResources | None = None,
+    isvc: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Merge patch that sends all traffic to the candidate and releases the InferenceService."""
-    return _mode(action.mode).promote_patch(action, generation=generation, storage=storage)
+    return _mode(action.mode).promote_patch(action, generation=generation, storage=storage, serving=serving, isvc=isvc)
 
 
-def rollback_patch(action: RollBackCanary, *, storage: StorageSpec | None = None) -> dict[str, Any]:
-    """Merge patch that sends all traffic back to the parent and releases the InferenceService."""
-    return _mode(action.mode).rollback_patch(action, storage=storage)
+def rollback_patch(
+    action: RollBackCanary,
+    *,
+    storage: StorageSpec | None = None,
+    serving: ServingResources | None = None,
+    isvc: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge patch that sends all traffic back to the parent, removes the candidate's model and releases the
+    InferenceService."""
+    return _mode(action.mode).rollback_patch(action, storage=storage, serving=serving, isvc=isvc)
 
 
 def condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:

@@ -7,8 +7,9 @@
 - Job events (finished Jobs labelled with a generation) reconcile the owning generation at once, so the next
   stage starts within the handling latency rather than a poll interval;
 - a generation's DELETED event drops its metric series; its daemon ends at its next reconcile (children go with
-  their owner references). No finalizer: nothing needs cleaning up before a generation goes, and a finalizer
-  would make `kubectl delete fwg` (or deleting the CRD) hang for ever once the operator is uninstalled.
+  their owner references). kopf's own finalizer is never used: it would make `kubectl delete fwg` (or deleting
+  the CRD) hang for ever once the operator is uninstalled. Only a generation whose canary is live holds one, the
+  revert finalizer (kube/revert.py): deleting it rolls the canary back first, as Flagger's `revertOnDeletion`.
 
 Job events and the daemon reconcile at Priority.PROGRESS, create/resume/update at Priority.ADMIT: when many
 generations arrive at once, those already running move on first (kube/admission.py).
@@ -27,6 +28,7 @@ from typing import Any
 import kopf
 
 from flywheel_operator.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from flywheel_operator.kube import revert
 from flywheel_operator.kube.admission import Priority
 from flywheel_operator.kube.client import ApiError, KubeClient
 from flywheel_operator.kube.manifests import GENERATION_LABEL
@@ -39,6 +41,8 @@ TRANSIENT_DELAY = 1.0
 """Seconds before a handler retries after a timeout, conflict or server error."""
 PERSISTENT_DELAY = 30.0
 """Seconds before retrying an error that needs a person (RBAC, an admission webhook), without giving up."""
+REVERT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+"""Waits between tries to revert a deleted generation's live canary (then a watch replay tries again)."""
 ANNOTATION_PREFIX = "characterflywheel.io"
 
 Login = Callable[..., kopf.ConnectionInfo | None]
@@ -110,9 +114,27 @@ def register(
         await reconcile_or_raise(namespace, name)
 
     @kopf.on.event(**resource)
-    async def _deleted(event: kopf.RawEvent, namespace: str, name: str, **_: Any) -> None:
+    async def _deleted(event: kopf.RawEvent, body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
         if event.get("type") == "DELETED":  # a daemon still running ends at its next reconcile (≤ poll)
             reconciler.forget(namespace, name)
+        elif body.get("metadata", {}).get("deletionTimestamp") and revert.FINALIZER in (
+            body.get("metadata", {}).get("finalizers") or []
+        ):
+            await _revert(namespace, name)
+
+    async def _revert(namespace: str, name: str) -> None:
+        """Roll back the live canary of a generation being deleted, then let it go (kube/revert.py). Event
+        handlers are not retried by kopf: transient errors are retried here, and a watch's replay retries later."""
+        for delay in REVERT_BACKOFF:
+            try:
+                await reconciler.revert_deleted(namespace, name)
+                return
+            except ApiError as exc:
+                log.warning("reverting the canary of deleted %s/%s failed, retrying in %ss: %s", namespace, name,
+                            delay, exc)
+                await asyncio.sleep(delay if exc.transient else PERSISTENT_DELAY)
+        log.error("the canary of deleted %s/%s is not reverted yet; its finalizer %s stays until it is",
+                  namespace, name, revert.FINALIZER)
 
     @kopf.daemon(**resource, cancellation_timeout=1.0)
     async def _watch_over(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:

@@ -41,4 +41,11 @@ class StagePolicy:
                 f"(--allowed-service-account {' '.join(self.service_accounts)}); use an allowed ServiceAccount, or "
                 "ask the cluster admin to allow it"
             )
+        serving = generation.spec.canary.serving.service_account_name
+        if serving and self.service_accounts and not any(fnmatchcase(serving, p) for p in self.service_accounts):
+            found.append(
+                f"spec.canary.serving.serviceAccountName: {serving!r} is not allowed by this operator "
+                f"(--allowed-service-account {' '.join(self.service_accounts)}); use an allowed ServiceAccount, or "
+                "ask the cluster admin to allow it"
+            )
         return found

@@ -25,6 +25,7 @@ from flywheel_operator.api import (
     FlywheelGeneration,
     FlywheelGenerationStatus,
 )
+from flywheel_operator.kube import revert
 from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admission, Priority
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.client import ApiError
@@ -177,6 +178,20 @@ class Reconciler:
                                             status, registered_model=registered):
             self.post_event(body, Event("Tracking", note[:1000], "Warning" if note.startswith("tracking:") else
                                         "Normal"))
+
+    async def revert_deleted(self, namespace: str, name: str) -> None:
+        """A generation marked for deletion while it holds the revert finalizer: roll its live canary back and
+        release it (kube/revert.py), under the generation's lock so that no reconcile is half-way through
+        deploying the candidate."""
+        key = (namespace, name)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            body = await self.backend.get_generation(namespace, name)
+            if body is None or revert.FINALIZER not in revert.finalizers(body):
+                return
+            body.setdefault("metadata", {}).setdefault("namespace", namespace)
+            done = await revert.revert(self.backend.client, body)
+            if done is not None:
+                self.post_event(body, Event("CanaryReverted", done, "Warning"))
 
     async def _refused(self, body: dict[str, Any], old_status: dict[str, Any], action: Action, exc: ApiError) -> None:
         """The API server refused a child (403, 404, 422…): retrying alone will not fix it, so the status says
