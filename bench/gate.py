@@ -49,6 +49,7 @@ from flywheel_operator.api import (
     parse_duration,
 )
 from flywheel_operator.gate import decision_plan, evaluate_online, plan_edits, sequential, stats
+from flywheel_operator.gate.online import GROUP_SEQUENTIAL_METRICS, novelty_on
 from flywheel_operator.gate.serving import evaluate_serving
 from scipy import special
 from scipy import stats as scipy_stats
@@ -340,9 +341,6 @@ def _first(stop_inconsistent, harm, promote, k_looks, srm, b_harm, d_harm) -> Pa
     return Path_("PROMOTE", k, "")
 
 
-SUCCESS = ("breadth", "depth")
-
-
 def plan_for(spec: PromotionSpec, max_minutes: int = DAYS * 1440) -> DecisionPlan:
     """The plan the operator would freeze at the canary's start (bench defaults: 10 % per arm, 1d–7d)."""
     canary = CanarySpec(
@@ -380,6 +378,7 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
         inconsistent |= lo > hi
         breached |= x.enough & (lo > margin)
         proven &= x.enough & (hi < margin)
+    b_eff_lo, _ = _running(x.b_est, _half_width(x.b_var, spec.sequential_tau, 2 * alphas.efficacy["breadth"]), x.b_info)
     b_harm = x.b_info & (b_hi < 0)
     d_harm = x.d_info & (d_hi < 0)
     harm = srm | b_harm | d_harm | breached
@@ -406,18 +405,19 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
     fractions = [f for _, _, f in taken]
     late_ok = [plan.schedule_hours[j] >= min_hours - 1e-9 for j, _, _ in taken]
     efficacy_fractions = [f for f, ok in zip(fractions, late_ok, strict=True) if ok]
-    harm_bounds = {m: sequential.boundaries(alphas.harm_scheduled[m], fractions) for m in SUCCESS}
-    efficacy_bounds = {m: sequential.boundaries(alphas.efficacy[m], efficacy_fractions) for m in SUCCESS}
+    harm_bounds = {m: sequential.boundaries(alphas.harm_scheduled[m], fractions) for m in GROUP_SEQUENTIAL_METRICS}
+    efficacy_bounds = {
+        m: sequential.boundaries(alphas.efficacy[m], efficacy_fractions) for m in GROUP_SEQUENTIAL_METRICS
+    }
     seen_efficacy = 0
     for i, (j, k, _) in enumerate(taken):
         final = j == len(looks_at) - 1
         seen_efficacy += late_ok[i]
         late = adversary and x.d_info[k] and x.d_est[k] > 0 and not final and elapsed[k] >= MIN_DURATION_MIN
         wins = False
-        for metric, info, est, var, minimum in (
-            ("breadth", x.b_info, x.b_est, x.b_var, spec.min_breadth_lift),
-            ("depth", x.d_info, x.d_est, x.d_var, spec.min_depth_lift),
-        ):
+        if late_ok[i] and x.b_info[k] and b_eff_lo[k] > spec.min_breadth_lift:  # breadth: always-valid efficacy
+            wins = True
+        for metric, info, est, var, minimum in (("depth", x.enough, x.d_est, x.d_var, spec.min_depth_lift),):
             if not info[k] or not var[k] > 0:
                 continue
             se = math.sqrt(var[k])
@@ -431,8 +431,12 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
                 else:
                     bound = efficacy_bounds[metric][seen_efficacy - 1]
                 wins |= (est[k] - minimum) / se >= bound
-        if wins and x.b_info[k] and x.d_info[k] and proven[k] and elapsed[k] >= MIN_DURATION_MIN:
-            if spec.novelty_window is None or _novelty_holds(sums, spec, interval, k):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            blocked = (x.d_est[k] / np.sqrt(x.d_var[k]) <= -stats.normal_quantile(1 - alphas.harm_scheduled["depth"])) or (
+                x.b_est[k] / np.sqrt(x.b_var[k]) <= -stats.normal_quantile(1 - alphas.harm_always_valid["breadth"])
+            )
+        if wins and not blocked and x.b_info[k] and x.d_info[k] and proven[k] and elapsed[k] >= MIN_DURATION_MIN:
+            if not novelty_on(spec) or _novelty_holds(sums, spec, interval, k):
                 promote[k] = True
         if late:  # the edited maxDuration ends the experiment here, whatever this look decided
             end = k + 1
@@ -791,7 +795,7 @@ def main() -> int:
     variants = {
         "plan": plan,
         "plan-raw": plan_for(base.model_copy(update={"cuped": False})),
-        "plan-no-novelty": plan_for(base.model_copy(update={"novelty_window": None})),
+        "plan-no-novelty": plan_for(base.model_copy(update={"novelty_window": "0d"})),
         "plan-novelty-2d": plan_for(base.model_copy(update={"novelty_window": "2d"})),
     }
     designs = {

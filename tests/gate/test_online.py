@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from tests.gate.arms import NOW, plan_of, reading, simulate_arm
 
 DAY = timedelta(days=1)
-SPEC = PromotionSpec(novelty_window=None)
+SPEC = PromotionSpec(novelty_window="0d")
 """The rule without the novelty guard (tested in test_sequential.py and test_issue25.py)."""
 
 
@@ -69,7 +69,7 @@ def test_a_breached_guardrail_rolls_back(rng) -> None:
 
 
 def test_a_guardrail_the_exporter_does_not_report_blocks_promotion(rng) -> None:
-    spec = PromotionSpec(guardrails=[Guardrail(name="toxicity", margin=0.01)], novelty_window=None)
+    spec = PromotionSpec(guardrails=[Guardrail(name="toxicity", margin=0.01)], novelty_window="0d")
     decision = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.15), spec=spec)
     assert decision.outcome == "CONTINUE"
     assert any("toxicity" in r for r in decision.reasons)
@@ -101,7 +101,7 @@ def test_srm_uses_the_configured_split(rng) -> None:
     # by default every user off the candidate is control: 9,000 vs 1,000 users is the expected 90/10
     assert decide(control, treatment, traffic=10).outcome != "ROLL_BACK"
     # with equal arms of 10 % each (the report's design), the same counts are broken
-    spec = PromotionSpec(control_percent=10, novelty_window=None)
+    spec = PromotionSpec(control_percent=10, novelty_window="0d")
     assert decide(control, treatment, traffic=10, spec=spec).outcome == "ROLL_BACK"
 
 
@@ -116,7 +116,7 @@ def test_crossover_above_the_tolerance_stops_even_a_winner(rng) -> None:
     # the tolerance is the spec's: a looser one lets the same reading promote
     assert (
         decide(
-            control, treatment, crossover=401, spec=PromotionSpec(crossover_tolerance=0.02, novelty_window=None)
+            control, treatment, crossover=401, spec=PromotionSpec(crossover_tolerance=0.02, novelty_window="0d")
         ).outcome
         == "PROMOTE"
     )

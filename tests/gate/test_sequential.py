@@ -268,7 +268,7 @@ def test_the_novelty_guard_blocks_a_lift_that_faded() -> None:
         assert previous is not None
         return previous
 
-    assert run(PromotionSpec(novelty_window=None)).outcome == "PROMOTE"
+    assert run(PromotionSpec(novelty_window="0d")).outcome == "PROMOTE"
     guarded = run(PromotionSpec(novelty_window="1d"))
     assert guarded.outcome == "CONTINUE", guarded.reasons
     assert any(r.startswith("novelty guard") for r in guarded.reasons)

@@ -795,8 +795,11 @@ class PromotionSpec(ApiModel):
     """Users per arm expected by `maxDuration`, from the pre-period's traffic (distinct users of a
     `maxDuration`-long window before the canary × the arm's share): the denominator of the information fraction,
     raised to the users seen when more arrive. Unset: projected from the arrivals so far (conservative early)."""
-    breadth_share: float = Field(default=0.15, gt=0, lt=1)
-    """Share of the success metrics' α given to breadth; depth, the metric the report moved, gets the rest."""
+    breadth_share: float = Field(default=0.1, gt=0, lt=1)
+    """Share of the success metrics' α given to breadth; depth, the metric the report moved, gets the rest.
+    Breadth is judged by always-valid tests only: its estimand moves as users become engaged on a later day, so its
+    z-statistics do not follow the Brownian structure group-sequential boundaries rest on (an O'Brien–Fleming
+    harm boundary at 0.004 rolled back 3 % of bench/gate.py's A/A streams)."""
     harm_share: float = Field(default=0.7, gt=0, lt=1)
     """Share of each success metric's α spent on deterioration (roll back when worse); the rest on efficacy
     (promote when better). A wrong roll-back and a wrong promotion are both counted in α."""
@@ -824,8 +827,8 @@ class PromotionSpec(ApiModel):
     a Prometheus hiccup at that one look must not forfeit the experiment."""
     # --- end issue 25 ---------------------------------------------------------------------------------------
 
-    novelty_window: Duration | None = "1d"  # issue 25: on by default (bench/gate.py --novelty)
-    """Novelty guard (on by default, `1d`; set null to turn it off): PROMOTE also needs depth's lift over the last
+    novelty_window: Duration | None = "1d"  # issue 25: on by default (bench/gate.py, docs/metrics.md section 8)
+    """Novelty guard (on by default, `1d`; `0d` turns it off): PROMOTE also needs depth's lift over the last
     window (turns added during it, per exposed user, from carried checkpoints of the sums) to stay above
     `minDepthLift`, so a lift that fades after the first days is not promoted. The window never holds the first
     window of the test, so no promotion comes before two windows; the cost in days and power is measured in

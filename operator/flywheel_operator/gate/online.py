@@ -104,21 +104,30 @@ class GuardrailVerdict:
         return self.lower > self.margin
 
 
+GROUP_SEQUENTIAL_METRICS = ("depth",)
+"""Metrics judged by the group-sequential boundaries at scheduled looks; the others (breadth) by always-valid tests
+at both sides (see `PromotionSpec.breadth_share`)."""
+
+
 def alpha_plan(promotion: PromotionSpec) -> AlphaPlan:
     """SRM gets `srmPValue`; of the rest, `guardrailShare` goes to the guardrails (split equally) and the remainder
     to the success metrics (`breadthShare` to breadth, the rest to depth). Each success metric's part is split
-    between deterioration (`harmShare`: always-valid `harmAlwaysValidShare`, scheduled the rest) and efficacy.
-    All one-sided; they add up to `alpha`."""
+    between deterioration (`harmShare`) and efficacy; depth's deterioration part again between the always-valid
+    test (`harmAlwaysValidShare`) and the scheduled boundary, breadth's is all always-valid. All one-sided; they add
+    up to `alpha`."""
     rest = promotion.alpha - promotion.srm_p_value
     guardrails = promotion.guardrail_share * rest if promotion.guardrails else 0.0
     success = rest - guardrails
     metric = {"breadth": success * promotion.breadth_share, "depth": success * (1.0 - promotion.breadth_share)}
     harm = {m: a * promotion.harm_share for m, a in metric.items()}
+    always_valid = {
+        m: h * promotion.harm_always_valid_share if m in GROUP_SEQUENTIAL_METRICS else h for m, h in harm.items()
+    }
     return AlphaPlan(
         srm=promotion.srm_p_value,
         efficacy={m: a - harm[m] for m, a in metric.items()},
-        harm_always_valid={m: h * promotion.harm_always_valid_share for m, h in harm.items()},
-        harm_scheduled={m: h * (1.0 - promotion.harm_always_valid_share) for m, h in harm.items()},
+        harm_always_valid=always_valid,
+        harm_scheduled={m: h - always_valid[m] for m, h in harm.items()},
         guardrail=guardrails / len(promotion.guardrails) if promotion.guardrails else 0.0,
     )
 
@@ -165,6 +174,11 @@ def plan_edits(plan: DecisionPlan, promotion: PromotionSpec, canary: CanarySpec)
         elif before.get(key) != after.get(key) and key not in ("alpha", "scheduleHours"):
             edits.append(key if key in ("finalLookGrace", "lookEvery", "expectedUsersPerArm") else f"canary.{key}")
     return sorted(set(edits))
+
+
+def novelty_on(promotion: PromotionSpec) -> bool:
+    """The novelty guard is on unless `noveltyWindow` is `0d` (or null in Python: Kubernetes prunes a null)."""
+    return promotion.novelty_window is not None and parse_duration(promotion.novelty_window).total_seconds() > 0
 
 
 class Inconsistent(Exception):
@@ -281,6 +295,10 @@ def evaluate_online(
                     waiting.append(verdict)
                 else:
                     verdicts.append(verdict)
+            if min(control.engaged_users, treatment.engaged_users) < promotion.min_events_per_arm and not any(
+                w.startswith("depth waits") for w in waiting
+            ):
+                waiting.append(_depth_waits(promotion, control, treatment))
             _depth_per_engaged(control, treatment, numbers)
             guardrails, unmeasured = _guardrails(promotion, control, treatment, alphas.guardrail, carried, numbers)
         except Inconsistent as exc:
@@ -313,8 +331,16 @@ def evaluate_online(
 
     final = look is not None and look.final
     winners = [v for v in verdicts if v.better]
+    for verdict in verdicts:  # a metric significantly worse at its harm level blocks another metric's win
+        level = alphas.harm_scheduled[verdict.name] or alphas.harm_always_valid[verdict.name]
+        z = numbers.get(f"{verdict.name}.lift", 0.0) / max(numbers.get(f"{verdict.name}.lift_se", math.inf), 1e-300)
+        if winners and z <= -stats.normal_quantile(1.0 - level):
+            waiting.append(
+                f"{verdict.name} runs significantly worse at its fixed level (z = {z:+.2f}, one-sided α = {level:.4f}): "
+                "no promotion on another metric's win while it does"
+            )
     unproven = [g for g in guardrails if not g.non_inferior]
-    if promotion.novelty_window is not None:
+    if novelty_on(promotion):
         fading = _novelty(promotion, control, treatment, elapsed, carried, numbers)
         if fading is not None and winners:
             waiting.append(fading)
@@ -671,11 +697,12 @@ def _depth(
     carried: dict[str, float],
     numbers: dict[str, float],
 ) -> MetricVerdict | str:
-    if min(control.engaged_users, treatment.engaged_users) < promotion.min_events_per_arm:
-        return (
-            f"depth waits for {promotion.min_events_per_arm} engaged users per arm (control "
-            f"{control.engaged_users}, treatment {treatment.engaged_users}): heavy-tailed depth is carried by them"
-        )
+    """Depth: the always-valid test once each arm has `minEventsPerArm` engaged users (heavy-tailed depth is carried
+    by them), the scheduled boundaries from `minUsersPerArm` users on (O'Brien–Fleming boundaries are far out while
+    the information is small, and a canary that costs a tenth of the turns is rolled back on the first day)."""
+    engaged = min(control.engaged_users, treatment.engaged_users) >= promotion.min_events_per_arm
+    if not engaged and look is None:
+        return _depth_waits(promotion, control, treatment)
     c = stats.moments(control.users, control.depth_sum, control.depth_sum_squares)
     t = stats.moments(treatment.users, treatment.depth_sum, treatment.depth_sum_squares)
     numbers["depth.raw_control"] = c.mean
@@ -688,7 +715,18 @@ def _depth(
         numbers["depth.cuped_theta"] = result.theta
         numbers["depth.cuped_variance_reduction"] = result.variance_reduction
         c, t = result.control, result.treatment
-    return _judge("depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alphas, look, carried, numbers)
+    verdict = _judge(
+        "depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alphas, look, carried, numbers,
+        always_valid=engaged,
+    )  # fmt: skip
+    return verdict
+
+
+def _depth_waits(promotion: PromotionSpec, control: ArmStats, treatment: ArmStats) -> str:
+    return (
+        f"depth waits for {promotion.min_events_per_arm} engaged users per arm (control "
+        f"{control.engaged_users}, treatment {treatment.engaged_users}): heavy-tailed depth is carried by them"
+    )
 
 
 def _judge(
@@ -701,9 +739,12 @@ def _judge(
     look: Look | None,
     carried: dict[str, float],
     numbers: dict[str, float],
+    *,
+    always_valid: bool = True,
 ) -> MetricVerdict:
     """The always-valid interval (two-sided at 2 × the harm level, so its upper side is the one-sided harm test)
-    at every look; at a scheduled look also the z-statistics against the group-sequential boundaries."""
+    at every look; at a scheduled look the z-statistics against the group-sequential boundaries (group-sequential
+    metrics), or the always-valid efficacy interval's lower side (the others)."""
     numbers[f"{name}.control"] = control.mean
     numbers[f"{name}.treatment"] = treatment.mean
     absolute = stats.absolute_lift(control, treatment)
@@ -714,9 +755,24 @@ def _judge(
     numbers[f"{name}.lift"] = relative.estimate
     numbers[f"{name}.lift_se"] = relative.standard_error
     numbers[f"{name}.fixed_p_value"] = stats.z_test_p_value(relative)
-    sequential_ = stats.msprt(relative, tau=tau, alpha=2.0 * alphas.harm_always_valid[name])
-    lower, upper, p_value = _intersect(name, sequential_, carried)
-    _put_interval(numbers, name, lower, upper, p_value)
+    lower, upper, p_value = -math.inf, math.inf, 1.0
+    if always_valid:
+        sequential_ = stats.msprt(relative, tau=tau, alpha=2.0 * alphas.harm_always_valid[name])
+        lower, upper, p_value = _intersect(name, sequential_, carried)
+        _put_interval(numbers, name, lower, upper, p_value)
+    if name not in GROUP_SEQUENTIAL_METRICS:
+        if not always_valid:
+            return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+        # efficacy by its own always-valid interval (one-sided: two-sided at 2 × its level), judged at scheduled looks
+        efficacy = stats.msprt(relative, tau=tau, alpha=2.0 * alphas.efficacy[name])
+        low, _, _ = _intersect(f"{name}.efficacy", efficacy, carried)
+        if math.isfinite(low):
+            numbers[f"{name}.efficacy.lower"] = low
+        if look is None or not look.efficacy_fractions:
+            return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+        se = relative.standard_error or 1.0
+        z = (low - minimum_lift) / se  # ≥ 0 exactly when the efficacy interval clears the minimum lift
+        return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, z, None, 0.0, math.inf)
     if look is None or relative.variance <= 0:
         return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
     se = relative.standard_error
