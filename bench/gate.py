@@ -432,12 +432,12 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
                     bound = efficacy_bounds[metric][seen_efficacy - 1]
                 wins |= (est[k] - minimum) / se >= bound
         with np.errstate(divide="ignore", invalid="ignore"):
-            blocked = (x.d_est[k] / np.sqrt(x.d_var[k]) <= -stats.normal_quantile(1 - alphas.harm_scheduled["depth"])) or (
-                x.b_est[k] / np.sqrt(x.b_var[k]) <= -stats.normal_quantile(1 - alphas.harm_always_valid["breadth"])
-            )
-        if wins and not blocked and x.b_info[k] and x.d_info[k] and proven[k] and elapsed[k] >= MIN_DURATION_MIN:
-            if not novelty_on(spec) or _novelty_holds(sums, spec, interval, k):
-                promote[k] = True
+            d_level = stats.normal_quantile(1 - alphas.harm_scheduled["depth"])
+            b_level = stats.normal_quantile(1 - alphas.harm_always_valid["breadth"])
+            blocked = x.d_est[k] / np.sqrt(x.d_var[k]) <= -d_level or x.b_est[k] / np.sqrt(x.b_var[k]) <= -b_level
+        ready = wins and not blocked and x.b_info[k] and x.d_info[k] and proven[k] and elapsed[k] >= MIN_DURATION_MIN
+        if ready and (not novelty_on(spec) or _novelty_holds(sums, spec, interval, k)):
+            promote[k] = True
         if late:  # the edited maxDuration ends the experiment here, whatever this look decided
             end = k + 1
             path = _first((x.enough & inconsistent)[:end], harm[:end], promote[:end], end, srm, b_harm, d_harm)

@@ -87,16 +87,10 @@ def _operator(args: argparse.Namespace) -> int:
     from flywheel_operator.kube.policy import StagePolicy
     from flywheel_operator.kube.run import run
 
-    return run(
-        namespaces=args.namespaces or (),
-        all_namespaces=args.all_namespaces,
-        metrics_port=args.metrics_port,
-        health_port=args.health_port,
-        peering=None if args.standalone else args.peering,
-        standalone=args.standalone,
-        max_concurrent_reconciles=args.max_concurrent_reconciles,
-        policy=StagePolicy(images=tuple(args.allowed_images), service_accounts=tuple(args.allowed_accounts)),
-    )
+    return run(namespaces=args.namespaces or (), all_namespaces=args.all_namespaces, metrics_port=args.metrics_port,
+               health_port=args.health_port, peering=None if args.standalone else args.peering,
+               standalone=args.standalone, max_concurrent_reconciles=args.max_concurrent_reconciles,
+               policy=StagePolicy(images=tuple(args.allowed_images), service_accounts=tuple(args.allowed_accounts)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,30 +164,14 @@ def build_parser() -> argparse.ArgumentParser:
     scope.add_argument("--all-namespaces", action="store_true", help="watch every namespace")
     p.add_argument("--metrics-port", type=int, default=8080, help="port of /metrics")
     p.add_argument("--health-port", type=int, default=8081, help="port of kopf's liveness endpoint /healthz")
-    p.add_argument(
-        "--max-concurrent-reconciles",
-        type=_positive_int,
-        default=MAX_CONCURRENT_RECONCILES,
-        metavar="N",
-        help="reconciles in flight at once; running generations go before new ones (default %(default)s)",
-    )
-    p.add_argument(
-        "--allowed-image",
-        dest="allowed_images",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="stage image a generation may use (shell pattern, e.g. 'ghcr.io/acme/trainer:*'; repeatable; "
-        "none: any image)",
-    )
-    p.add_argument(
-        "--allowed-service-account",
-        dest="allowed_accounts",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="ServiceAccount stage pods may run as (unset means 'default'; repeatable; none: any)",
-    )
+    p.add_argument("--max-concurrent-reconciles", type=_positive_int, default=MAX_CONCURRENT_RECONCILES, metavar="N",
+                   help="reconciles in flight at once; running generations go before new ones (default %(default)s)")
+    p.add_argument("--allowed-image", dest="allowed_images", action="append", default=[], metavar="PATTERN",
+                   help="stage image a generation may use (shell pattern, e.g. 'ghcr.io/acme/trainer:*'; repeatable; "
+                   "none: any image)")
+    p.add_argument("--allowed-service-account", dest="allowed_accounts", action="append", default=[],
+                   metavar="PATTERN", help="ServiceAccount stage pods may run as (unset means 'default'; repeatable; "
+                   "none: any)")
     peers = p.add_mutually_exclusive_group()
     peers.add_argument("--peering", default="characterflywheel", help="kopf peering name (active/standby replicas)")
     peers.add_argument("--standalone", action="store_true", help="no peering: a single replica")

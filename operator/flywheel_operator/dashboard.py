@@ -55,39 +55,28 @@ def _query(expr: str, legend: str, ref: str = "A", *, instant: bool = False) -> 
 
 
 def _thresholds(*steps: tuple[float | None, str]) -> ThresholdsConfig:
-    return (
-        ThresholdsConfig()
-        .mode(ThresholdsMode.ABSOLUTE)
-        .steps([Threshold(value=value, color=color) for value, color in steps])
+    return ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(
+        [Threshold(value=value, color=color) for value, color in steps]
     )
 
 
 def _legend() -> VizLegendOptions:
-    return VizLegendOptions().display_mode(LegendDisplayMode.TABLE).placement(LegendPlacement.RIGHT).show_legend(True)
+    return (VizLegendOptions().display_mode(LegendDisplayMode.TABLE).placement(LegendPlacement.RIGHT)
+            .show_legend(True))
 
 
 def _variables(dashboard: Dashboard) -> Dashboard:
     return (
         dashboard.with_variable(DatasourceVariable("datasource").label("Prometheus").type("prometheus"))
         .with_variable(
-            QueryVariable("namespace")
-            .label("Namespace")
-            .datasource(DATASOURCE)
+            QueryVariable("namespace").label("Namespace").datasource(DATASOURCE)
             .query("label_values(flywheel_generation_phase, namespace)")
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*")
         )
         .with_variable(
-            QueryVariable("generation")
-            .label("Generation")
-            .datasource(DATASOURCE)
+            QueryVariable("generation").label("Generation").datasource(DATASOURCE)
             .query('label_values(flywheel_generation_phase{namespace=~"$namespace"}, generation)')
-            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
-            .multi(True)
-            .include_all(True)
-            .all_value(".*")
+            .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True).all_value(".*")
             .hide(VariableHide.DONT_HIDE)
         )
     )
@@ -98,101 +87,48 @@ def _pipeline(dashboard: Dashboard) -> Dashboard:
     return (
         dashboard.with_row(Row("Pipeline"))
         .with_panel(
-            statetimeline.Panel()
-            .title("Phase timeline")
-            .span(24)
-            .height(9)
+            statetimeline.Panel().title("Phase timeline").span(24).height(9)
             .description("One row per generation and phase: lit while the generation is in that phase.")
-            .with_target(
-                _query(
-                    f"max by (generation, phase) (flywheel_generation_phase{{{SELECT}}}) == 1",
-                    "{{generation}} · {{phase}}",
-                )
-            )
-            .show_value(VisibilityMode.NEVER)
-            .merge_values(True)
+            .with_target(_query(f"max by (generation, phase) (flywheel_generation_phase{{{SELECT}}}) == 1",
+                                "{{generation}} · {{phase}}"))
+            .show_value(VisibilityMode.NEVER).merge_values(True)
             .thresholds(_thresholds((None, "blue")))
         )
         .with_panel(
-            stat.Panel()
-            .title("Generations by phase")
-            .span(6)
-            .height(8)
-            .with_target(
-                _query('sum by (phase) (flywheel_generations{namespace=~"$namespace"}) > 0', "{{phase}}", instant=True)
-            )
+            stat.Panel().title("Generations by phase").span(6).height(8)
+            .with_target(_query('sum by (phase) (flywheel_generations{namespace=~"$namespace"}) > 0',
+                                "{{phase}}", instant=True))
             .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         )
         .with_panel(
-            bargauge.Panel()
-            .title("Mean stage duration (time range)")
-            .span(9)
-            .height(8)
-            .unit("s")
+            bargauge.Panel().title("Mean stage duration (time range)").span(9).height(8).unit("s")
             .description("Run time of finished attempts per stage, averaged over the dashboard's time range.")
-            .with_target(
-                _query(
-                    'sum by (stage) (increase(flywheel_stage_duration_seconds_sum{namespace=~"$namespace"}'
-                    "[$__range])) / sum by (stage) (increase(flywheel_stage_duration_seconds_count"
-                    '{namespace=~"$namespace"}[$__range]))',
-                    "{{stage}}",
-                    instant=True,
-                )
-            )
-            .display_mode(BarGaugeDisplayMode.GRADIENT)
-            .orientation(VizOrientation.HORIZONTAL)
+            .with_target(_query(
+                'sum by (stage) (increase(flywheel_stage_duration_seconds_sum{namespace=~"$namespace"}'
+                "[$__range])) / sum by (stage) (increase(flywheel_stage_duration_seconds_count"
+                '{namespace=~"$namespace"}[$__range]))',
+                "{{stage}}", instant=True))
+            .display_mode(BarGaugeDisplayMode.GRADIENT).orientation(VizOrientation.HORIZONTAL)
         )
         .with_panel(
-            bargauge.Panel()
-            .title("Stage attempts and failures (time range)")
-            .span(9)
-            .height(8)
-            .with_target(
-                _query(
-                    'sum by (stage) (increase(flywheel_stage_attempts_total{namespace=~"$namespace"}[$__range]))',
-                    "{{stage}} attempts",
-                    "A",
-                    instant=True,
-                )
-            )
-            .with_target(
-                _query(
-                    'sum by (stage) (increase(flywheel_stage_failures_total{namespace=~"$namespace"}[$__range]))',
-                    "{{stage}} failures",
-                    "B",
-                    instant=True,
-                )
-            )
-            .display_mode(BarGaugeDisplayMode.BASIC)
-            .orientation(VizOrientation.HORIZONTAL)
+            bargauge.Panel().title("Stage attempts and failures (time range)").span(9).height(8)
+            .with_target(_query("sum by (stage) (increase(flywheel_stage_attempts_total"
+                                '{namespace=~"$namespace"}[$__range]))', "{{stage}} attempts", "A", instant=True))
+            .with_target(_query("sum by (stage) (increase(flywheel_stage_failures_total"
+                                '{namespace=~"$namespace"}[$__range]))', "{{stage}} failures", "B", instant=True))
+            .display_mode(BarGaugeDisplayMode.BASIC).orientation(VizOrientation.HORIZONTAL)
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Stage duration p90")
-            .span(12)
-            .height(8)
-            .unit("s")
-            .with_target(
-                _query(
-                    "histogram_quantile(0.9, sum by (stage, le) (rate(flywheel_stage_duration_seconds_bucket"
-                    '{namespace=~"$namespace"}[$__rate_interval])))',
-                    "{{stage}}",
-                )
-            )
+            timeseries.Panel().title("Stage duration p90").span(12).height(8).unit("s")
+            .with_target(_query(
+                'histogram_quantile(0.9, sum by (stage, le) (rate(flywheel_stage_duration_seconds_bucket'
+                '{namespace=~"$namespace"}[$__rate_interval])))', "{{stage}}"))
             .legend(_legend())
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Time in current phase")
-            .span(12)
-            .height(8)
-            .unit("s")
-            .with_target(
-                _query(
-                    f"max by (generation, phase) (flywheel_time_in_phase_seconds{{{SELECT}}})",
-                    "{{generation}} · {{phase}}",
-                )
-            )
+            timeseries.Panel().title("Time in current phase").span(12).height(8).unit("s")
+            .with_target(_query(f"max by (generation, phase) (flywheel_time_in_phase_seconds{{{SELECT}}})",
+                                "{{generation}} · {{phase}}"))
             .legend(_legend())
         )
     )
@@ -204,78 +140,41 @@ def _offline(dashboard: Dashboard) -> Dashboard:
     return (
         dashboard.with_row(Row("Offline evaluation"))
         .with_panel(
-            timeseries.Panel()
-            .title("Reward-model win rate over the parent")
-            .span(12)
-            .height(9)
-            .unit("percentunit")
-            .min(0)
-            .max(1)
-            .description(
-                f"Inside the band [{band.min:.2f}, {band.max:.2f}] the candidate may go on; above it "
-                "the policy is likely gaming the reward model (report, V12); a gap between user and "
-                "internal prompts is a red flag."
-            )
-            .with_target(
-                _query(
-                    f"max by (generation, metric) (flywheel_offline_metric{{{SELECT}, "
-                    'metric=~"win_rate_user|win_rate_internal"})',
-                    "{{generation}} · {{metric}}",
-                )
-            )
+            timeseries.Panel().title("Reward-model win rate over the parent").span(12).height(9)
+            .unit("percentunit").min(0).max(1)
+            .description(f"Inside the band [{band.min:.2f}, {band.max:.2f}] the candidate may go on; above it "
+                         "the policy is likely gaming the reward model (report, V12); a gap between user and "
+                         "internal prompts is a red flag.")
+            .with_target(_query(
+                f'max by (generation, metric) (flywheel_offline_metric{{{SELECT}, '
+                'metric=~"win_rate_user|win_rate_internal"})', "{{generation}} · {{metric}}"))
             .thresholds(_thresholds((None, "orange"), (band.min, "green"), (band.max, "red")))
             .thresholds_style(GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.LINE_AND_AREA))
             .legend(_legend())
         )
         .with_panel(
-            bargauge.Panel()
-            .title("Instruction following and violations per generation")
-            .span(12)
-            .height(9)
-            .unit("percentunit")
-            .min(0)
-            .max(1)
-            .with_target(
-                _query(
-                    f"max by (generation, metric) (flywheel_offline_metric{{{SELECT}, "
-                    'metric=~"instruction_following|violation_rate|false_refusal_rate"})',
-                    "{{generation}} · {{metric}}",
-                    instant=True,
-                )
-            )
-            .display_mode(BarGaugeDisplayMode.GRADIENT)
-            .orientation(VizOrientation.HORIZONTAL)
+            bargauge.Panel().title("Instruction following and violations per generation").span(12).height(9)
+            .unit("percentunit").min(0).max(1)
+            .with_target(_query(
+                f'max by (generation, metric) (flywheel_offline_metric{{{SELECT}, '
+                'metric=~"instruction_following|violation_rate|false_refusal_rate"})',
+                "{{generation}} · {{metric}}", instant=True))
+            .display_mode(BarGaugeDisplayMode.GRADIENT).orientation(VizOrientation.HORIZONTAL)
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Style artifacts (rates)")
-            .span(12)
-            .height(8)
-            .unit("percentunit")
-            .description(
-                "Emojis per response, share of list-formatted and stock-phrase responses of the "
-                "candidate; a jump between generations is the reward hacking the report saw."
-            )
-            .with_target(
-                _query(
-                    f"max by (generation, metric) (flywheel_offline_metric{{{SELECT}, "
-                    'metric=~"emoji_rate|list_rate|stock_phrase_rate"})',
-                    "{{generation}} · {{metric}}",
-                )
-            )
+            timeseries.Panel().title("Style artifacts (rates)").span(12).height(8).unit("percentunit")
+            .description("Emojis per response, share of list-formatted and stock-phrase responses of the "
+                         "candidate; a jump between generations is the reward hacking the report saw.")
+            .with_target(_query(
+                f'max by (generation, metric) (flywheel_offline_metric{{{SELECT}, '
+                'metric=~"emoji_rate|list_rate|stock_phrase_rate"})', "{{generation}} · {{metric}}"))
             .legend(_legend())
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Style artifacts (mean length, words)")
-            .span(12)
-            .height(8)
-            .unit("none")
-            .with_target(
-                _query(
-                    f'max by (generation) (flywheel_offline_metric{{{SELECT}, metric="mean_length"}})', "{{generation}}"
-                )
-            )
+            timeseries.Panel().title("Style artifacts (mean length, words)").span(12).height(8).unit("none")
+            .with_target(_query(
+                f'max by (generation) (flywheel_offline_metric{{{SELECT}, metric="mean_length"}})',
+                "{{generation}}"))
             .legend(_legend())
         )
     )
@@ -286,82 +185,42 @@ def _online(dashboard: Dashboard) -> Dashboard:
     return (
         dashboard.with_row(Row("Online A/B test"))
         .with_panel(
-            timeseries.Panel()
-            .title("Online lift per generation (estimate and interval)")
-            .span(16)
-            .height(9)
+            timeseries.Panel().title("Online lift per generation (estimate and interval)").span(16).height(9)
             .unit("percentunit")
-            .description(
-                "Relative lift of the candidate over the control arm with its always-valid "
-                "confidence bounds; promotion needs the lower bound above the minimum lift."
-            )
-            .with_target(
-                _query(
-                    f"max by (generation, metric, bound) (flywheel_online_lift{{{SELECT}}})",
-                    "{{generation}} · {{metric}} · {{bound}}",
-                )
-            )
+            .description("Relative lift of the candidate over the control arm with its always-valid "
+                         "confidence bounds; promotion needs the lower bound above the minimum lift.")
+            .with_target(_query(f"max by (generation, metric, bound) (flywheel_online_lift{{{SELECT}}})",
+                                "{{generation}} · {{metric}} · {{bound}}"))
             .thresholds(_thresholds((None, "transparent"), (0, "green")))
             .thresholds_style(GraphThresholdsStyleConfig().mode(GraphTresholdsStyleMode.LINE))
             .legend(_legend())
         )
         .with_panel(
-            stat.Panel()
-            .title("Gate alarms")
-            .span(8)
-            .height(9)
+            stat.Panel().title("Gate alarms").span(8).height(9)
             .description("1 = raised: sample-ratio mismatch, a guardrail breach, offline/online divergence.")
-            .with_target(
-                _query(
-                    f"max by (generation) (flywheel_srm_detected{{{SELECT}}})", "{{generation}} SRM", "A", instant=True
-                )
-            )
-            .with_target(
-                _query(
-                    f"max by (generation, guardrail) (flywheel_guardrail_breach{{{SELECT}}})",
-                    "{{generation}} {{guardrail}}",
-                    "B",
-                    instant=True,
-                )
-            )
-            .with_target(
-                _query(
-                    f"max by (generation) (flywheel_overfitting_alarm{{{SELECT}}})",
-                    "{{generation}} divergence",
-                    "C",
-                    instant=True,
-                )
-            )
+            .with_target(_query(f"max by (generation) (flywheel_srm_detected{{{SELECT}}})",
+                                "{{generation}} SRM", "A", instant=True))
+            .with_target(_query(f"max by (generation, guardrail) (flywheel_guardrail_breach{{{SELECT}}})",
+                                "{{generation}} {{guardrail}}", "B", instant=True))
+            .with_target(_query(f"max by (generation) (flywheel_overfitting_alarm{{{SELECT}}})",
+                                "{{generation}} divergence", "C", instant=True))
             .thresholds(_thresholds((None, "green"), (1, "red")))
             .reduce_options(ReduceDataOptions().calcs(["lastNotNull"]))
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Gate decisions")
-            .span(12)
-            .height(8)
-            .with_target(
-                _query(
-                    "sum by (gate, outcome) (increase(flywheel_gate_decisions_total"
-                    '{namespace=~"$namespace"}[$__rate_interval]))',
-                    "{{gate}} · {{outcome}}",
-                )
-            )
+            timeseries.Panel().title("Gate decisions").span(12).height(8)
+            .with_target(_query('sum by (gate, outcome) (increase(flywheel_gate_decisions_total'
+                                '{namespace=~"$namespace"}[$__rate_interval]))', "{{gate}} · {{outcome}}"))
             .legend(_legend())
         )
         .with_panel(
-            timeseries.Panel()
-            .title("Engagement breadth per arm (engaged / exposed users)")
-            .span(12)
-            .height(8)
+            timeseries.Panel().title("Engagement breadth per arm (engaged / exposed users)")
+            .span(12).height(8)
             .unit("percentunit")
-            .with_target(
-                _query(
-                    'sum by (generation, arm) (flywheel_users_engaged_total{generation=~"$generation"})'
-                    ' / sum by (generation, arm) (flywheel_users_exposed_total{generation=~"$generation"})',
-                    "{{generation}} · {{arm}}",
-                )
-            )
+            .with_target(_query(
+                'sum by (generation, arm) (flywheel_users_engaged_total{generation=~"$generation"})'
+                ' / sum by (generation, arm) (flywheel_users_exposed_total{generation=~"$generation"})',
+                "{{generation}} · {{arm}}"))
             .legend(_legend())
         )
     )
@@ -370,16 +229,10 @@ def _online(dashboard: Dashboard) -> Dashboard:
 def build_dashboard() -> Dashboard:
     """The whole dashboard, as a builder."""
     dashboard = (
-        Dashboard("CharacterFlywheel")
-        .uid(UID)
-        .tags(["characterflywheel", "generated"])
-        .description(
-            "FlywheelGenerations: phases, stages, offline gate, online A/B test. Generated by "
-            "flywheel_operator.dashboard; do not edit by hand."
-        )
-        .refresh("1m")
-        .time("now-7d", "now")
-        .editable()
+        Dashboard("CharacterFlywheel").uid(UID).tags(["characterflywheel", "generated"])
+        .description("FlywheelGenerations: phases, stages, offline gate, online A/B test. Generated by "
+                     "flywheel_operator.dashboard; do not edit by hand.")
+        .refresh("1m").time("now-7d", "now").editable()
     )
     return _online(_offline(_pipeline(_variables(dashboard))))
 

@@ -47,17 +47,7 @@ GUARDRAIL_CHECK_PREFIX = "guardrail."
 whose interval is in `numbers` as `guardrail.<name>.lower` and its margin as `guardrail.<name>.margin`."""
 
 STAGE_DURATION_BUCKETS: tuple[float, ...] = (
-    60,
-    300,
-    900,
-    1800,
-    3600,
-    7200,
-    14400,
-    28800,
-    57600,
-    86400,
-    172800,
+    60, 300, 900, 1800, 3600, 7200, 14400, 28800, 57600, 86400, 172800,
 )
 """Stage Jobs run from minutes (curate) to a day or more (RL on many GPUs)."""
 
@@ -150,10 +140,8 @@ def generation_samples(status: FlywheelGenerationStatus, *, now: datetime) -> Ge
             "instruction_following": m.instruction_following,
             "violation_rate": m.violation_rate,
             "false_refusal_rate": m.false_refusal_rate,
-            **{
-                name: float(getattr(m.style, name))
-                for name in ("emoji_rate", "list_rate", "mean_length", "stock_phrase_rate")
-            },
+            **{name: float(getattr(m.style, name)) for name in ("emoji_rate", "list_rate", "mean_length",
+                                                                 "stock_phrase_rate")},
         }
         offline = {k: v for k, v in offline.items() if v is not None}
     decision = status.online.decision if status.online is not None else None
@@ -178,7 +166,9 @@ def generation_samples(status: FlywheelGenerationStatus, *, now: datetime) -> Ge
     )
 
 
-def stage_events(previous: FlywheelGenerationStatus | None, current: FlywheelGenerationStatus) -> list[StageEvent]:
+def stage_events(
+    previous: FlywheelGenerationStatus | None, current: FlywheelGenerationStatus
+) -> list[StageEvent]:
     """What happened to the stages between two statuses: attempts started, attempts failed, stages finished.
 
     A failure is seen as a stage entering `Retrying` or `Failed`, or as its attempt counter moving on (the
@@ -218,7 +208,9 @@ def _duration(record: StageRecord) -> float | None:
     return max(0.0, (record.finished_at - start).total_seconds())
 
 
-def gate_events(previous: FlywheelGenerationStatus | None, current: FlywheelGenerationStatus) -> list[tuple[str, str]]:
+def gate_events(
+    previous: FlywheelGenerationStatus | None, current: FlywheelGenerationStatus
+) -> list[tuple[str, str]]:
     """New gate verdicts between two statuses as (gate, outcome): offline PASS/FAIL, online the outcome."""
     events: list[tuple[str, str]] = []
     old_offline = previous.offline_gate if previous else None
@@ -251,92 +243,48 @@ class OperatorMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         gen = ["namespace", "generation"]
-        self.generations = Gauge(
-            "flywheel_generations", "FlywheelGenerations by phase.", ["namespace", "phase"], registry=r
-        )
-        self.generation_phase = Gauge(
-            "flywheel_generation_phase",
-            "1 for the phase a generation is in (the phase timeline).",
-            [*gen, "phase"],
-            registry=r,
-        )
-        self.time_in_phase = Gauge(
-            "flywheel_time_in_phase_seconds",
-            "Seconds the generation has spent in its current phase.",
-            [*gen, "phase"],
-            registry=r,
-        )
-        self.phase_start_time = Gauge(
-            "flywheel_phase_start_time_seconds",
-            "Unix time the generation entered its current phase.",
-            [*gen, "phase"],
-            registry=r,
-        )
-        self.stage_duration = Histogram(
-            "flywheel_stage_duration_seconds",
-            "Run time of stage attempts that finished (succeeded or failed).",
-            ["namespace", "stage"],
-            buckets=STAGE_DURATION_BUCKETS,
-            registry=r,
-        )
-        self.stage_attempts = Counter(
-            "flywheel_stage_attempts", "Stage attempts started.", ["namespace", "stage"], registry=r
-        )
-        self.stage_failures = Counter(
-            "flywheel_stage_failures", "Stage attempts that failed.", ["namespace", "stage"], registry=r
-        )
-        self.gate_decisions = Counter(
-            "flywheel_gate_decisions",
-            "Verdicts of the offline and online gates.",
-            ["namespace", "gate", "outcome"],
-            registry=r,
-        )
-        self.online_lift = Gauge(
-            "flywheel_online_lift",
-            "Relative engagement lift of the candidate (estimate and interval bounds).",
-            [*gen, "metric", "bound"],
-            registry=r,
-        )
-        self.offline_metric = Gauge(
-            "flywheel_offline_metric", "The candidate's offline evaluation metrics.", [*gen, "metric"], registry=r
-        )
-        self.srm_detected = Gauge(
-            "flywheel_srm_detected", "1 when the online test found a sample-ratio mismatch.", gen, registry=r
-        )
-        self.guardrail_breach = Gauge(
-            "flywheel_guardrail_breach",
-            "1 when a guardrail is not non-inferior on the candidate arm.",
-            [*gen, "guardrail"],
-            registry=r,
-        )
-        self.overfitting_alarm = Gauge(
-            "flywheel_overfitting_alarm",
-            "1 when offline win rates diverge from the online result (V12 alarm).",
-            gen,
-            registry=r,
-        )
+        self.generations = Gauge("flywheel_generations", "FlywheelGenerations by phase.",
+                                 ["namespace", "phase"], registry=r)
+        self.generation_phase = Gauge("flywheel_generation_phase",
+                                      "1 for the phase a generation is in (the phase timeline).",
+                                      [*gen, "phase"], registry=r)
+        self.time_in_phase = Gauge("flywheel_time_in_phase_seconds",
+                                   "Seconds the generation has spent in its current phase.",
+                                   [*gen, "phase"], registry=r)
+        self.phase_start_time = Gauge("flywheel_phase_start_time_seconds",
+                                      "Unix time the generation entered its current phase.",
+                                      [*gen, "phase"], registry=r)
+        self.stage_duration = Histogram("flywheel_stage_duration_seconds",
+                                        "Run time of stage attempts that finished (succeeded or failed).",
+                                        ["namespace", "stage"], buckets=STAGE_DURATION_BUCKETS, registry=r)
+        self.stage_attempts = Counter("flywheel_stage_attempts", "Stage attempts started.",
+                                      ["namespace", "stage"], registry=r)
+        self.stage_failures = Counter("flywheel_stage_failures", "Stage attempts that failed.",
+                                      ["namespace", "stage"], registry=r)
+        self.gate_decisions = Counter("flywheel_gate_decisions", "Verdicts of the offline and online gates.",
+                                      ["namespace", "gate", "outcome"], registry=r)
+        self.online_lift = Gauge("flywheel_online_lift",
+                                 "Relative engagement lift of the candidate (estimate and interval bounds).",
+                                 [*gen, "metric", "bound"], registry=r)
+        self.offline_metric = Gauge("flywheel_offline_metric", "The candidate's offline evaluation metrics.",
+                                    [*gen, "metric"], registry=r)
+        self.srm_detected = Gauge("flywheel_srm_detected",
+                                  "1 when the online test found a sample-ratio mismatch.", gen, registry=r)
+        self.guardrail_breach = Gauge("flywheel_guardrail_breach",
+                                      "1 when a guardrail is not non-inferior on the candidate arm.",
+                                      [*gen, "guardrail"], registry=r)
+        self.overfitting_alarm = Gauge("flywheel_overfitting_alarm",
+                                       "1 when offline win rates diverge from the online result (V12 alarm).",
+                                       gen, registry=r)
         self._per_generation: tuple[Gauge, ...] = (
-            self.generation_phase,
-            self.time_in_phase,
-            self.phase_start_time,
-            self.online_lift,
-            self.offline_metric,
-            self.srm_detected,
-            self.guardrail_breach,
-            self.overfitting_alarm,
+            self.generation_phase, self.time_in_phase, self.phase_start_time, self.online_lift,
+            self.offline_metric, self.srm_detected, self.guardrail_breach, self.overfitting_alarm,
         )
         self._series: dict[tuple[str, str], dict[Gauge, set[tuple[str, ...]]]] = {}
         """The label values each generation has in each per-generation gauge (what the next write may drop)."""
 
-    def observe(
-        self,
-        namespace: str,
-        name: str,
-        previous: FlywheelGenerationStatus | None,
-        current: FlywheelGenerationStatus,
-        *,
-        now: datetime,
-    ) -> None:
+    def observe(self, namespace: str, name: str, previous: FlywheelGenerationStatus | None,
+                current: FlywheelGenerationStatus, *, now: datetime) -> None:
         """Record one status write of generation `namespace/name` (previous: the status before it, if any)."""
         for event in stage_events(previous, current):
             if event.kind == "attempt":
@@ -358,21 +306,16 @@ class OperatorMetrics:
         key = (namespace, name)
         wanted: dict[Gauge, dict[tuple[str, ...], float]] = {
             self.generation_phase: {(*key, samples.phase): 1.0},
-            self.time_in_phase: (
-                {(*key, samples.phase): samples.time_in_phase_seconds}
-                if samples.time_in_phase_seconds is not None
-                else {}
-            ),
-            self.phase_start_time: (
-                {(*key, samples.phase): samples.phase_start_time_seconds}
-                if samples.phase_start_time_seconds is not None
-                else {}
-            ),
+            self.time_in_phase: ({(*key, samples.phase): samples.time_in_phase_seconds}
+                                 if samples.time_in_phase_seconds is not None else {}),
+            self.phase_start_time: ({(*key, samples.phase): samples.phase_start_time_seconds}
+                                    if samples.phase_start_time_seconds is not None else {}),
             self.offline_metric: {(*key, metric): value for metric, value in samples.offline.items()},
             self.online_lift: {(*key, *labels): value for labels, value in samples.lift.items()},
             self.srm_detected: {key: samples.srm_detected} if samples.srm_detected is not None else {},
             self.guardrail_breach: {(*key, g): value for g, value in samples.guardrail_breach.items()},
-            self.overfitting_alarm: ({key: samples.overfitting_alarm} if samples.overfitting_alarm is not None else {}),
+            self.overfitting_alarm: ({key: samples.overfitting_alarm}
+                                     if samples.overfitting_alarm is not None else {}),
         }
         series = self._series.setdefault(key, {})
         for gauge, values in wanted.items():

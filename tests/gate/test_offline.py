@@ -121,11 +121,8 @@ def test_a_win_rate_below_the_band_fails_only_when_its_interval_is_below_too() -
     sure_below = metrics(win_rate_user=0.40, win_rate_internal=0.42, win_rate_user_n=400)
     sure = evaluate_offline(OfflineGateSpec(), sure_below, now=NOW)
     assert failed(sure) == ["win-rate-band"]
-    above = evaluate_offline(
-        OfflineGateSpec(),
-        metrics(win_rate_user=0.75, win_rate_internal=0.75, win_rate_user_n=400, win_rate_internal_n=100),
-        now=NOW,
-    )
+    above = evaluate_offline(OfflineGateSpec(), metrics(win_rate_user=0.75, win_rate_internal=0.75,
+                                                        win_rate_user_n=400, win_rate_internal_n=100), now=NOW)
     assert failed(above) == ["win-rate-band"]
 
 

@@ -123,14 +123,8 @@ class World:
     canary_actions: list[type] = field(default_factory=list)
 
     def observed(self) -> Observed:
-        return Observed(
-            now=self.now,
-            jobs=dict(self.jobs),
-            canary=self.canary,
-            online=self.online,
-            parent=self.parent,
-            canary_holder=self.holder,
-        )
+        return Observed(now=self.now, jobs=dict(self.jobs), canary=self.canary, online=self.online, parent=self.parent,
+                        canary_holder=self.holder)
 
     def step(self) -> Plan:
         result = plan(self.gen, self.observed())

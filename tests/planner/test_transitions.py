@@ -36,12 +36,9 @@ def test_pending_to_curating_starts_curate():
 
 def test_reward_models_train_one_at_a_time_by_default():
     """Four reward models never ask for four stages' GPUs at once unless resources.maxParallelJobs allows it."""
-    rewards = [
-        {"name": "pointwise", "kind": "pointwise"},
-        {"name": "pairwise", "kind": "pairwise"},
-        {"name": "continue", "kind": "user-signal", "signal": "continue"},
-        {"name": "thumbs", "kind": "user-signal", "signal": "thumb-up"},
-    ]
+    rewards = [{"name": "pointwise", "kind": "pointwise"}, {"name": "pairwise", "kind": "pairwise"},
+               {"name": "continue", "kind": "user-signal", "signal": "continue"},
+               {"name": "thumbs", "kind": "user-signal", "signal": "thumb-up"}]
     world = World(generation(stages={"rewardModels": rewards}))
     world.step()
     world.finish("gen2-curate-1")

@@ -38,28 +38,22 @@ LOCAL_RUNNER_SCHEMES = ("sim",)
 def _readable(also: tuple[str, ...]):
     def check(uri: str) -> str:
         if problem := storage_seam.uri_problem(uri, also=also):
-            raise PydanticCustomError(
-                "uri_scheme", "{problem}", {"problem": problem, "hint": f"use {storage_seam.ACCEPTED_FORMS}"}
-            )
+            raise PydanticCustomError("uri_scheme", "{problem}", {"problem": problem,
+                                                                   "hint": f"use {storage_seam.ACCEPTED_FORMS}"})
         return uri
 
     return AfterValidator(check)
 
 
 def _uri_rule(also: tuple[str, ...]) -> dict:
-    return {
-        "x-kubernetes-validations": [
-            {
-                "rule": storage_seam.uri_cel_rule(also),
-                "message": f"not readable by the stages: use {storage_seam.ACCEPTED_FORMS}",
-            }
-        ]
-    }
+    return {"x-kubernetes-validations": [{
+        "rule": storage_seam.uri_cel_rule(also),
+        "message": f"not readable by the stages: use {storage_seam.ACCEPTED_FORMS}",
+    }]}
 
 
-DataUri = Annotated[
-    str, Field(min_length=1, json_schema_extra=_uri_rule(LOCAL_RUNNER_SCHEMES)), _readable(LOCAL_RUNNER_SCHEMES)
-]
+DataUri = Annotated[str, Field(min_length=1, json_schema_extra=_uri_rule(LOCAL_RUNNER_SCHEMES)),
+                    _readable(LOCAL_RUNNER_SCHEMES)]
 """A URI the storage seam reads (or a local runner `sim://` URI); other schemes are refused at validation."""
 StoreUri = Annotated[str, Field(min_length=1, json_schema_extra=_uri_rule(())), _readable(())]
 
@@ -449,9 +443,8 @@ class StageResources(ApiModel):
 
 CPU_STAGES = frozenset({"curate"})
 """Stage kinds that need no GPU: their unset resources come from `CPU_STAGE_DEFAULTS`, not the shared GPU values."""
-CPU_STAGE_DEFAULTS = StageResources(
-    gpus_per_node=0, nodes=1, cpu="4", memory="32Gi", node_selector={}, tolerations=[], pod_overrides=PodOverrides()
-)
+CPU_STAGE_DEFAULTS = StageResources(gpus_per_node=0, nodes=1, cpu="4", memory="32Gi", node_selector={},
+                                    tolerations=[], pod_overrides=PodOverrides())
 """A modest CPU pod with no GPU node selector, tolerations or pod additions: it lands off the GPU nodes."""
 
 
@@ -521,20 +514,13 @@ class ResourcesSpec(ApiModel):
     def for_stage(self, kind: str) -> StageResources:
         """The resolved resources of a stage kind, every field set: its own overrides over the shared values
         (over `CPU_STAGE_DEFAULTS` for a CPU stage)."""
-        shared = StageResources(
-            gpus_per_node=self.gpus_per_node,
-            nodes=self.nodes,
-            cpu=self.cpu,
-            memory=self.memory,
-            node_selector=self.node_selector,
-            tolerations=self.tolerations,
-            pod_overrides=self.pod_overrides,
-        )
+        shared = StageResources(gpus_per_node=self.gpus_per_node, nodes=self.nodes, cpu=self.cpu, memory=self.memory,
+                                node_selector=self.node_selector, tolerations=self.tolerations,
+                                pod_overrides=self.pod_overrides)
         base = CPU_STAGE_DEFAULTS if kind in CPU_STAGES else shared
         own: StageResources = getattr(self.stages, kind)
-        return base.model_copy(
-            update={name: value for name in StageResources.model_fields if (value := getattr(own, name)) is not None}
-        )
+        return base.model_copy(update={name: value for name in StageResources.model_fields
+                                       if (value := getattr(own, name)) is not None})
 
 
 # ----------------------------------------------------------------------------------------------- gates
@@ -943,15 +929,12 @@ class FlywheelGeneration(ApiModel):
             spec.canary.mode,
         )
         if problems:
-            raise ValidationError.from_exception_data(
-                cls.__name__,
-                [
-                    InitErrorDetails(
-                        type=PydanticCustomError("name_too_long", "{message}", {"message": p.message, "hint": p.hint}),
-                        loc=p.loc,
-                        input=generation.metadata.name,
-                    )
-                    for p in problems
-                ],
-            )
+            raise ValidationError.from_exception_data(cls.__name__, [
+                InitErrorDetails(
+                    type=PydanticCustomError("name_too_long", "{message}", {"message": p.message, "hint": p.hint}),
+                    loc=p.loc,
+                    input=generation.metadata.name,
+                )
+                for p in problems
+            ])
         return generation

@@ -47,13 +47,8 @@ def _standard_error(rate: float, n: int | None) -> float:
 def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: datetime) -> OfflineGateResult:
     """Run every offline check; `passed` only when all pass."""
     checks = [
-        _band(
-            "win-rate-band",
-            metrics.win_rate_user,
-            metrics.win_rate_user_n,
-            gate,
-            "pointwise-RM win rate on user prompts",
-        ),
+        _band("win-rate-band", metrics.win_rate_user, metrics.win_rate_user_n, gate,
+              "pointwise-RM win rate on user prompts"),
         _divergence(metrics, gate),
     ]
     checks.append(
@@ -88,12 +83,8 @@ def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: dat
     parent = metrics.parent_style.model_dump()
     checks.extend(
         _style_drift(
-            field,
-            candidate[field],
-            parent[field],
-            limits[field],
-            metrics.style_difference_sd.get(field),
-            metrics.style_responses,
+            field, candidate[field], parent[field], limits[field],
+            metrics.style_difference_sd.get(field), metrics.style_responses,
         )
         for field in limits
     )
@@ -126,12 +117,7 @@ def _band(name: str, value: float, n: int | None, gate: OfflineGateSpec, what: s
     else:
         message = f"{measured}: the band is within reach of the interval."
     return GateCheck(
-        name=name,
-        passed=upper >= band.min and lower <= band.max,
-        value=value,
-        limit=limit,
-        message=message,
-        n=n,
+        name=name, passed=upper >= band.min and lower <= band.max, value=value, limit=limit, message=message, n=n,
         interval=[lower, upper],
     )
 
@@ -141,11 +127,7 @@ def _divergence(metrics: OfflineMetrics, gate: OfflineGateSpec) -> GateCheck:
     limit = f"<= {gate.max_win_rate_divergence:.2f}"
     if internal is None or metrics.win_rate_internal_n == 0:
         return GateCheck(
-            name="win-rate-divergence",
-            passed=True,
-            value=None,
-            limit=limit,
-            n=0,
+            name="win-rate-divergence", passed=True, value=None, limit=limit, n=0,
             message="skipped: no internal prompts were evaluated, so the user/internal divergence was not measured.",
         )
     gap = abs(user - internal)
@@ -159,41 +141,31 @@ def _divergence(metrics: OfflineMetrics, gate: OfflineGateSpec) -> GateCheck:
     message = (
         f"win rates on user ({user:.3f}) and internal ({internal:.3f}) prompts differ by {gap:.3f}"
         + _interval_words(lower, upper, n)
-        + (
-            "."
-            if passed
-            else f", surely more than {gate.max_win_rate_divergence:.2f}: a red flag for reward hacking (V12)."
-        )
+        + ("." if passed else f", surely more than {gate.max_win_rate_divergence:.2f}: a red flag for reward hacking "
+           "(V12).")
     )
-    return GateCheck(
-        name="win-rate-divergence", passed=passed, value=gap, limit=limit, message=message, n=n, interval=[lower, upper]
-    )
+    return GateCheck(name="win-rate-divergence", passed=passed, value=gap, limit=limit, message=message, n=n,
+                     interval=[lower, upper])
 
 
 def _at_least(name: str, value: float, n: int | None, minimum: float, what: str) -> GateCheck:
     lower, upper = wilson_interval(value, n)
     passed = upper >= minimum
-    message = (
-        f"{what} is {value:.3f}"
-        + _interval_words(lower, upper, n)
-        + ("." if passed else f", surely below the minimum {minimum:.3f}.")
+    message = f"{what} is {value:.3f}" + _interval_words(lower, upper, n) + (
+        "." if passed else f", surely below the minimum {minimum:.3f}."
     )
-    return GateCheck(
-        name=name, passed=passed, value=value, limit=f">= {minimum:.3f}", message=message, n=n, interval=[lower, upper]
-    )
+    return GateCheck(name=name, passed=passed, value=value, limit=f">= {minimum:.3f}", message=message, n=n,
+                     interval=[lower, upper])
 
 
 def _at_most(name: str, value: float, n: int | None, maximum: float, what: str) -> GateCheck:
     lower, upper = wilson_interval(value, n)
     passed = lower <= maximum
-    message = (
-        f"{what} is {value:.3f}"
-        + _interval_words(lower, upper, n)
-        + ("." if passed else f", surely above the maximum {maximum:.3f}.")
+    message = f"{what} is {value:.3f}" + _interval_words(lower, upper, n) + (
+        "." if passed else f", surely above the maximum {maximum:.3f}."
     )
-    return GateCheck(
-        name=name, passed=passed, value=value, limit=f"<= {maximum:.3f}", message=message, n=n, interval=[lower, upper]
-    )
+    return GateCheck(name=name, passed=passed, value=value, limit=f"<= {maximum:.3f}", message=message, n=n,
+                     interval=[lower, upper])
 
 
 def _style_drift(
@@ -207,21 +179,9 @@ def _style_drift(
     lower, upper = drift - half, drift + half
     counted = n if difference_sd is not None else None
     passed = lower <= limit
-    message = (
-        f"{field} went from {parent:.3g} (parent) to {candidate:.3g} ({drift:+.1%}"
-        + (f", 95 % CI [{lower:+.1%}, {upper:+.1%}], n={n})" if counted else ", n unknown: point estimate)")
-        + (
-            "."
-            if passed
-            else f", surely more than the allowed +{limit:.0%}: a style artifact the reward model may reward."
-        )
-    )
-    return GateCheck(
-        name=f"style-drift.{field}",
-        passed=passed,
-        value=drift,
-        limit=f"<= +{limit:.0%}",
-        message=message,
-        n=counted,
-        interval=[lower, upper],
-    )
+    message = f"{field} went from {parent:.3g} (parent) to {candidate:.3g} ({drift:+.1%}" + (
+        f", 95 % CI [{lower:+.1%}, {upper:+.1%}], n={n})" if counted else ", n unknown: point estimate)"
+    ) + ("." if passed else f", surely more than the allowed +{limit:.0%}: a style artifact the reward model may "
+         "reward.")
+    return GateCheck(name=f"style-drift.{field}", passed=passed, value=drift, limit=f"<= +{limit:.0%}",
+                     message=message, n=counted, interval=[lower, upper])

@@ -336,8 +336,8 @@ def evaluate_online(
         z = numbers.get(f"{verdict.name}.lift", 0.0) / max(numbers.get(f"{verdict.name}.lift_se", math.inf), 1e-300)
         if winners and z <= -stats.normal_quantile(1.0 - level):
             waiting.append(
-                f"{verdict.name} runs significantly worse at its fixed level (z = {z:+.2f}, one-sided α = {level:.4f}): "
-                "no promotion on another metric's win while it does"
+                f"{verdict.name} runs significantly worse at its fixed level (z = {z:+.2f}, one-sided α = "
+                f"{level:.4f}): no promotion on another metric's win while it does"
             )
     unproven = [g for g in guardrails if not g.non_inferior]
     if novelty_on(promotion):
@@ -801,12 +801,12 @@ def _novelty(
     """The novelty guard: why PROMOTE must wait, or None when depth's lift holds over the last window.
 
     Checkpoints of (users, Σdepth, Σdepth²) are taken at the first reading of every half window from one window
-    into the test on, and carried; the baseline is the newest one at least a window old, so the window (1 to 1.5 windows long)
-    never holds the first days, when a novelty effect is strongest: no promotion before two windows. Per exposed
-    user, the turns added since then have mean ΔΣdepth/n, and their second moment is at most ΔΣdepth²/n (depth
-    only grows), a conservative variance. Only the point estimate is required to exceed `minDepthLift`: the
-    guard only blocks promotion, so it cannot add false decisions, and a stricter bound would cost most of the
-    power of a real, lasting lift."""
+    into the test on, and carried; the baseline is the newest one at least a window old, so the window (1 to 1.5
+    windows long) never holds the first days, when a novelty effect is strongest: no promotion before two
+    windows. Per exposed user, the turns added since then have mean ΔΣdepth/n, and their second moment is at
+    most ΔΣdepth²/n (depth only grows), a conservative variance. Only the point estimate is required to exceed
+    `minDepthLift`: the guard only blocks promotion, so it cannot add false decisions, and a stricter bound would
+    cost most of the power of a real, lasting lift."""
     assert promotion.novelty_window is not None
     window = parse_duration(promotion.novelty_window).total_seconds() / 3600.0
     now = elapsed.total_seconds() / 3600.0

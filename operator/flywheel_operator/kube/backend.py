@@ -69,13 +69,8 @@ def job_observation(job: dict[str, Any], result: StageResult | None = None) -> J
     if "Failed" in conditions:
         failed = conditions["Failed"]
         message = ": ".join(p for p in (failed.get("reason"), failed.get("message")) if p) or "the Job failed"
-        return JobObservation(
-            name=name,
-            state="Failed",
-            started_at=started,
-            finished_at=_parse_time(failed.get("lastTransitionTime")),
-            message=message,
-        )
+        return JobObservation(name=name, state="Failed", started_at=started,
+                              finished_at=_parse_time(failed.get("lastTransitionTime")), message=message)
     if (job.get("spec") or {}).get("suspend") or not (started or status.get("active")):
         return JobObservation(name=name, state="Pending")
     return JobObservation(name=name, state="Running", started_at=started)
@@ -153,9 +148,8 @@ class KubernetesBackend:
             if status.canary is not None and status.canary.phase == "Deploying":
                 if isvc is not None and holder is None and not canary.carries(isvc, status.canary.mode, name):
                     await self._deploy(generation, deploy_action(status.canary))  # a step KServe was not ready for
-                seen_canary = canary.observe(
-                    isvc, mode=status.canary.mode, generation=name, traffic_percent=status.canary.traffic_percent
-                )
+                seen_canary = canary.observe(isvc, mode=status.canary.mode, generation=name,
+                                             traffic_percent=status.canary.traffic_percent)
         online = None
         if (
             status.canary is not None
@@ -165,7 +159,9 @@ class KubernetesBackend:
             and now >= status.online.next_check_at
         ):
             online = await self.read_online(generation, now)
-        return Observed(now=now, jobs=jobs, canary=seen_canary, online=online, parent=parent, canary_holder=holder)
+        return Observed(
+            now=now, jobs=jobs, canary=seen_canary, online=online, parent=parent, canary_holder=holder
+        )
 
     async def _result(self, namespace: str, child: str) -> StageResult | None:
         key = (namespace, child)
@@ -182,9 +178,8 @@ class KubernetesBackend:
         if body is None:
             return None
         status = body.get("status") or {}
-        return ParentObservation(
-            name=parent, phase=status.get("phase") or "Pending", promoted_policy=status.get("promotedPolicy")
-        )
+        return ParentObservation(name=parent, phase=status.get("phase") or "Pending",
+                                 promoted_policy=status.get("promotedPolicy"))
 
     async def _inference_service(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -218,12 +213,8 @@ class KubernetesBackend:
             path = resource_path("inferenceservices", namespace, action.inference_service)
             isvc = await self._inference_service(namespace, action.inference_service)
             if isvc is None:
-                log.warning(
-                    "InferenceService %s/%s is gone; nothing to %s",
-                    namespace,
-                    action.inference_service,
-                    type(action).__name__,
-                )
+                log.warning("InferenceService %s/%s is gone; nothing to %s", namespace, action.inference_service,
+                            type(action).__name__)
                 return
             if await self._other_holder(namespace, name, isvc) is not None:
                 return  # never deployed here: the canary on it is another generation's
@@ -242,9 +233,8 @@ class KubernetesBackend:
         storage = generation.spec.resources.storage
         isvc = await self._inference_service(namespace, action.inference_service)
         if isvc is None:
-            body = canary.new_inference_service(
-                action, generation=name, namespace=namespace, storage=storage, serving=generation.spec.canary.serving
-            )
+            body = canary.new_inference_service(action, generation=name, namespace=namespace, storage=storage,
+                                                serving=generation.spec.canary.serving)
             await self._create(resource_path("inferenceservices", namespace), body)
             return
         if await self._other_holder(namespace, name, isvc) is not None:

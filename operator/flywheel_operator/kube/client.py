@@ -135,13 +135,11 @@ class KubeClient:
                 payload = await response.json(content_type=None) if response.content_length != 0 else {}
                 if response.status >= 400:
                     payload = payload if isinstance(payload, dict) else {}
-                    raise ApiError(
-                        response.status,
-                        str(payload.get("reason") or response.reason),
-                        str(payload.get("message") or "")[:300],
-                    )
+                    raise ApiError(response.status, str(payload.get("reason") or response.reason),
+                                   str(payload.get("message") or "")[:300])
                 return payload if isinstance(payload, dict) else {}
         except TimeoutError as exc:
             raise ApiError(0, "Timeout", f"{method} {path} took longer than {self.timeout}s") from exc
         except aiohttp.ClientError as exc:
             raise ApiError(0, type(exc).__name__, f"{method} {path}: {exc}") from exc
+

@@ -68,12 +68,8 @@ def observe(isvc: dict[str, Any], *, generation: str, traffic_percent: int) -> C
     previous = next((t for t in traffic if t.get("tag") == "prev"), {})
     revisions = {
         key: component[key]
-        for key in (
-            "latestCreatedRevision",
-            "latestReadyRevision",
-            "latestRolledoutRevision",
-            "previousRolledoutRevision",
-        )
+        for key in ("latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision",
+                    "previousRolledoutRevision")
         if component.get(key)
     }
     endpoints = {arm: t["url"] for arm, t in (("treatment", latest), ("control", previous)) if t.get("url")}

@@ -97,12 +97,8 @@ def config_map(generation: FlywheelGeneration, action: StartStage) -> dict[str, 
     data = {"stage.yaml": json.dumps(action.config.to_wire(), indent=1, sort_keys=True)}
     if uses_deepspeed(action.config):
         data["deepspeed.json"] = json.dumps(deepspeed_config(action.config.deepspeed_stage), indent=1)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _metadata(generation, action, action.child),
-        "data": data,
-    }
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _metadata(generation, action, action.child),
+            "data": data}
 
 
 def stage_resources(generation: FlywheelGeneration, action: StartStage) -> StageResources:
@@ -263,24 +259,16 @@ def job(generation: FlywheelGeneration, action: StartStage) -> dict[str, Any]:
         "backoffLimit": 0,
         "activeDeadlineSeconds": int(parse_duration(res.active_deadline).total_seconds()),
         "ttlSecondsAfterFinished": FINISHED_JOB_TTL_SECONDS,
-        "template": {
-            "metadata": {
-                "labels": pod_labels,
-                **({"annotations": dict(overrides.annotations)} if overrides.annotations else {}),
-            },
-            "spec": pod_spec,
-        },
+        "template": {"metadata": {"labels": pod_labels, **({"annotations": dict(overrides.annotations)}
+                                                            if overrides.annotations else {})},
+                     "spec": pod_spec},
     }
     if nodes > 1:
         spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
     if res.queue_name:
         spec["suspend"] = True  # Kueue admits it by unsuspending
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(generation, action, action.child),
-        "spec": spec,
-    }
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": _metadata(generation, action, action.child),
+            "spec": spec}
 
 
 def children(generation: FlywheelGeneration, action: StartStage) -> list[tuple[str, dict[str, Any]]]:

@@ -49,14 +49,12 @@ def run(
         admission=Admission(max_concurrent_reconciles),
         policy=policy,
     )
-    unlimited = [
-        what for what, allowed in (("image", policy.images), ("ServiceAccount", policy.service_accounts)) if not allowed
-    ]
+    unlimited = [what for what, allowed in (("image", policy.images), ("ServiceAccount", policy.service_accounts))
+                 if not allowed]
     if unlimited:
         logging.getLogger(__name__).warning(
             "stage Jobs may use any %s a FlywheelGeneration names; narrow with --allowed-image and "
-            "--allowed-service-account",
-            " and any ".join(unlimited),
+            "--allowed-service-account", " and any ".join(unlimited)
         )
     register(registry, reconciler, poll=poll)
 

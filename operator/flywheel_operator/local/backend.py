@@ -238,7 +238,9 @@ class LocalBackend:
             _terminate_group(pid)
 
     # ------------------------------------------------------------------------------------------ observing
-    def observe(self, status: FlywheelGenerationStatus, now: datetime, parent: ParentObservation | None) -> Observed:
+    def observe(
+        self, status: FlywheelGenerationStatus, now: datetime, parent: ParentObservation | None
+    ) -> Observed:
         jobs = {}
         for record in status.stages:
             if record.state == "Running":

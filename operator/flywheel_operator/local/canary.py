@@ -175,7 +175,9 @@ class SimulatedCanary:
             for _ in range(PRE_DAYS):
                 simulation.next_day()
         index = simulation.state.offset - PRE_DAYS
-        self.note(f"simulated A/B day {index + 1} of at most {state.days}: {state.traffic_percent}% of users per arm")
+        self.note(
+            f"simulated A/B day {index + 1} of at most {state.days}: {state.traffic_percent}% of users per arm"
+        )
         day = simulation.next_day()
         write_traffic(day, traffic / f"day-{index}")
         tmp = traffic / (STATE_PICKLE + ".tmp")

@@ -19,8 +19,8 @@ class SimulatedClock:
     def __init__(self, path: Path, wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.path = path
         self.wall = wall
-        self.offset = (
-            timedelta(seconds=json.loads(path.read_text())["offsetSeconds"]) if path.is_file() else (timedelta())
+        self.offset = timedelta(seconds=json.loads(path.read_text())["offsetSeconds"]) if path.is_file() else (
+            timedelta()
         )
 
     def now(self) -> datetime:

@@ -177,74 +177,46 @@ def _plots(rows: list[GenerationRow], out: Path) -> list[tuple[str, str]]:
     if climb:
         fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
         labels = [name for name, _ in climb]
-        for ax, key, title in (
-            (axes[0], "depth", "depth (turns per exposed user, 7 days)"),
-            (axes[1], "breadth", "breadth (share engaged, 7 days)"),
-            (axes[2], "compliance", "instruction following (oracle grid)"),
-        ):
+        for ax, key, title in ((axes[0], "depth", "depth (turns per exposed user, 7 days)"),
+                               (axes[1], "breadth", "breadth (share engaged, 7 days)"),
+                               (axes[2], "compliance", "instruction following (oracle grid)")):
             ax.plot(range(len(climb)), [d.get(key, float("nan")) for _, d in climb], "o-", color="tab:blue")
             ax.set_xticks(range(len(climb)), labels, fontsize=7)
             ax.set_title(title, fontsize=9)
-        save(
-            fig,
-            "climb.png",
-            "The climb: the DEPLOYED policy's oracle engagement and instruction following after "
-            "each generation (a blocked candidate leaves it unchanged)",
-        )
+        save(fig, "climb.png", "The climb: the DEPLOYED policy's oracle engagement and instruction following after "
+                               "each generation (a blocked candidate leaves it unchanged)")
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     width = 0.38
     for ax, key in ((axes[0], "depth"), (axes[1], "breadth")):
         oracle_lift = [r.oracle_lift(key) for r in rows]
         measured = [r.measured.get(f"{key}.lift") for r in rows]
-        ax.bar(
-            [i - width / 2 for i in x],
-            [v if v is not None else 0.0 for v in oracle_lift],
-            width,
-            label="oracle lift (7-day expectation, whole population)",
-            color="tab:blue",
-        )
-        ax.bar(
-            [i + width / 2 for i in x],
-            [v if v is not None else 0.0 for v in measured],
-            width,
-            label="measured lift (canary A/B over its simulated days)",
-            color="tab:green",
-        )
+        ax.bar([i - width / 2 for i in x], [v if v is not None else 0.0 for v in oracle_lift], width,
+               label="oracle lift (7-day expectation, whole population)", color="tab:blue")
+        ax.bar([i + width / 2 for i in x], [v if v is not None else 0.0 for v in measured], width,
+               label="measured lift (canary A/B over its simulated days)", color="tab:green")
         ax.axhline(0, color="grey", lw=0.5)
         ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
         ax.set_title(f"{key}: candidate over parent", fontsize=9)
         ax.set_xticks(x, [f"{r.name}\n{r.gate_word}" for r in rows], fontsize=8)
         ax.legend(fontsize=7)
-    save(
-        fig,
-        "lifts.png",
-        "Oracle lift next to the lift the canary measured, relative to the parent (one axis; "
-        "no measured bar: the candidate never reached users)",
-    )
+    save(fig, "lifts.png", "Oracle lift next to the lift the canary measured, relative to the parent (one axis; "
+                           "no measured bar: the candidate never reached users)")
 
     curves = [(r.name, r.band) for r in rows if r.band.get("curve")]
     if curves:
         fig, ax = plt.subplots(figsize=(6, 3.6))
         for name, band in curves:
             steps = [c["step"] for c in band["curve"]]
-            ax.plot(
-                steps,
-                [c["win_rate"] for c in band["curve"]],
-                "o-",
-                label=f"{name} (chose step {int(band['chosen_step'])})",
-            )
+            ax.plot(steps, [c["win_rate"] for c in band["curve"]], "o-", label=f"{name} (chose step "
+                    f"{int(band['chosen_step'])})")
         ax.axhline(curves[-1][1]["target"], color="tab:green", ls="--", lw=1, label="target")
         ax.axhline(rows[-1].band_limits[1], color="tab:red", ls=":", lw=1, label="offline gate's limit")
         ax.set_xlabel("RL step")
         ax.set_ylabel("RM win rate over the parent")
         ax.legend(fontsize=7)
-        save(
-            fig,
-            "band.png",
-            "The band as a control: RL checkpoints' RM win rate over the parent; the candidate is "
-            "the latest at or below the target",
-        )
+        save(fig, "band.png", "The band as a control: RL checkpoints' RM win rate over the parent; the candidate is "
+                              "the latest at or below the target")
 
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for key, label in (("instruction_following", "instruction following"), ("violation_rate", "violation rate")):
@@ -310,13 +282,10 @@ def _confusion(rows: list[GenerationRow]) -> str:
         if decided:
             counts[(r.promoted, bool(r.truly_better))] += 1
         right = "—" if not decided else ("right" if r.promoted == r.truly_better else "WRONG")
-        lifts = " / ".join(
-            f"{v:+.1%}" if v is not None else "—" for v in (r.oracle_lift("depth"), r.oracle_lift("breadth"))
-        )
-        body.append(
-            f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.gate_word)}</td>"
-            f"<td>{verdict}</td><td>{lifts}</td><td>{right}</td></tr>"
-        )
+        lifts = " / ".join(f"{v:+.1%}" if v is not None else "—" for v in (r.oracle_lift("depth"),
+                                                                           r.oracle_lift("breadth")))
+        body.append(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.gate_word)}</td>"
+                    f"<td>{verdict}</td><td>{lifts}</td><td>{right}</td></tr>")
     grid = (
         "<table><tr><th></th><th>truly better</th><th>truly worse</th></tr>"
         f"<tr><th>shipped</th><td>{counts[(True, True)]}</td><td>{counts[(True, False)]}</td></tr>"
@@ -336,7 +305,6 @@ def _reward_model_rows(rows: list[GenerationRow]) -> str:
     body = []
     for r in rows:
         for name, m in r.rm_oracle.get("models", {}).items():
-
             def cell(value: float | None, spec: str = ".3f") -> str:
                 return "—" if value is None else format(value, spec)
 
@@ -354,8 +322,7 @@ def _reward_model_rows(rows: list[GenerationRow]) -> str:
     return (
         "<table><tr><th>generation</th><th>reward model</th><th>oracle agreement (held-out pairs, 95 % interval)</th>"
         "<th>quality on held-out logged data (95 % interval)</th><th>calibrated ECE</th><th>trained on</th></tr>"
-        + "".join(body)
-        + "</table>"
+        + "".join(body) + "</table>"
     )
 
 

@@ -45,11 +45,8 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
     from flywheel_sim.grammar import OPENERS
 
     contexts = [
-        (
-            ci,
-            topic,
-            [{"role": "system", "content": system_message(c)}, {"role": "user", "content": opener.format(topic=topic)}],
-        )
+        (ci, topic, [{"role": "system", "content": system_message(c)},
+                     {"role": "user", "content": opener.format(topic=topic)}])
         for ci, c in enumerate(world.characters)
         for topic in c.topics
         for opener in OPENERS
@@ -63,17 +60,8 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
         for i, j in itertools.combinations(range(len(texts)), 2):
             gap = float(utility[i] - utility[j])
             if abs(gap) >= MIN_UTILITY_GAP:
-                pairs.append(
-                    {
-                        "prompt": chat,
-                        "first": texts[i],
-                        "second": texts[j],
-                        "gap": gap,
-                        "character": ci,
-                        "spec": specs[ci],
-                        "topic": topic,
-                    }
-                )
+                pairs.append({"prompt": chat, "first": texts[i], "second": texts[j], "gap": gap, "character": ci,
+                              "spec": specs[ci], "topic": topic})
     return pairs
 
 
@@ -104,19 +92,15 @@ def logged_quality(kind: str, metrics: dict[str, float]) -> dict[str, Any]:
         if "auc" not in metrics:
             return {"measure": "ROC AUC", "value": None, "interval": None, "verdict": chance_verdict(None)}
         interval = [metrics["auc_low"], metrics["auc_high"]]
-        return {
-            "measure": "ROC AUC",
-            "value": metrics["auc"],
-            "interval": interval,
-            "verdict": chance_verdict(interval),
-        }
+        return {"measure": "ROC AUC", "value": metrics["auc"], "interval": interval,
+                "verdict": chance_verdict(interval)}
     accuracy, n = metrics.get("accuracy"), metrics.get("held_out_examples")
     interval = None if accuracy is None or not n else list(wilson_interval(accuracy, int(n)))
     return {"measure": "pair accuracy", "value": accuracy, "interval": interval, "verdict": chance_verdict(interval)}
 
 
 def with_interval(value: float | None, interval: list[float] | None) -> str:
-    """ "0.576 [0.521, 0.630]", "0.576" without an interval, "—" when not measured (for the status and the report)."""
+    """"0.576 [0.521, 0.630]", "0.576" without an interval, "—" when not measured (for the status and the report)."""
     if value is None:
         return "—"
     return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"

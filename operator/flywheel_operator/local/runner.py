@@ -174,9 +174,8 @@ class Runner:
             update={"spec": spec, "status": previous.to_wire() if previous is not None else None}
         )
         paths.root.mkdir(parents=True, exist_ok=True)
-        (paths.root / "generation.json").write_text(
-            json.dumps(generation.model_dump(mode="json", by_alias=True, exclude={"status"}), indent=2)
-        )
+        (paths.root / "generation.json").write_text(json.dumps(generation.model_dump(mode="json", by_alias=True,
+                                                                                     exclude={"status"}), indent=2))
         if previous is not None and previous.phase in TERMINAL_PHASES:
             self.display.event(f"{name}: already {previous.phase} ({_decision_line(previous)})")
             return GenerationOutcome(name, previous, paths)

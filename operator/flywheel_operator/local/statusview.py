@@ -80,7 +80,6 @@ def render_reward_models(measured: dict) -> list[Text]:
         return []
     lines = [Text(f"  reward models vs the oracle ({measured['pairs']} held-out pairs of the parent's answers):")]
     for name, m in measured["models"].items():
-
         def fmt(value: float | None, spec: str = ".3f") -> str:
             return "—" if value is None else format(value, spec)
 
