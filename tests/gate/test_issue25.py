@@ -165,3 +165,40 @@ def test_the_novelty_guard_is_on_by_default() -> None:
 
 def test_guardrail_names_of_the_fixtures() -> None:
     assert set(GUARDRAILS) == {g.name for g in PromotionSpec().guardrails}
+
+
+# ------------------------------------------------------------------- problem 3: reading KServe's metrics
+def test_the_reader_reads_the_serving_windows_of_both_arms() -> None:
+    import httpx
+    from flywheel_operator.gate.readers import PrometheusReader, serving_revisions
+
+    from tests.gate.test_readers import SPEC, answers, transport
+
+    revisions = serving_revisions(
+        "knative", {"latestCreatedRevision": "chat-predictor-00003", "latestRolledoutRevision": "chat-predictor-00002"}
+    )
+    assert revisions == {"treatment": "chat-predictor-00003", "control": "chat-predictor-00002"}
+    assert serving_revisions("standard", {"predictor": "chat", "canary": "gen2-canary"}) == {
+        "treatment": "gen2-canary", "control": "chat"}  # fmt: skip
+    assert serving_revisions("knative", {"latestCreatedRevision": "a", "latestRolledoutRevision": "a"}) is None
+    table: dict[str, object] = dict(answers())
+    queries = SPEC.serving_queries
+    for revision, errors, p95 in (
+        ("chat-predictor-00002", 4, 0.4),
+        ("chat-predictor-00003", 60, 0.9),
+    ):
+        labels = {"namespace": "ns", "revision": revision, "window": "2m"}
+        table[queries.requests.format(**labels)] = 1000
+        table[queries.errors.format(**labels)] = errors
+        table[queries.latency_p95.format(**labels)] = p95
+    reader = PrometheusReader(
+        SPEC, client=httpx.Client(base_url="http://prometheus.test:9090", transport=transport(table))
+    )
+    got = reader.read(generation="gen2", namespace="ns", now=NOW, revisions=revisions)
+    assert got.has_data and got.serving is not None and not got.serving.errors
+    assert got.serving.windows["errors"]["treatment"].errors == 60
+    assert got.serving.windows["latency-p95"]["treatment"].latency_p95_seconds == 0.9
+    # the serving metrics are read even when the engagement sums are not there
+    del table[SPEC.queries.users.format(arm="control", generation="gen2", namespace="ns")]
+    partial = reader.read(generation="gen2", namespace="ns", now=NOW, revisions=revisions)
+    assert not partial.has_data and partial.serving is not None and "errors" in partial.serving.windows
