@@ -356,8 +356,8 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
     """`evaluate_online`'s decision at every look of one stream (sums at the looks: (2, K, F)), first decision.
 
     `adversary`: the counterfactual of a gate that re-reads the spec at every look, against someone who sets
-    maxDuration to "now" whenever the published depth statistic favours promotion (z > 0 at a scheduled look):
-    that look becomes the last one and spends every α left. The frozen plan ignores the edit (see `replay`)."""
+    maxDuration to "now" whenever the published depth statistic would promote were this look the last one: it
+    becomes the last one and spends every α left. The frozen plan ignores the edit (see `replay`)."""
     spec = plan.promotion
     alphas = plan.alpha
     x = arms(sums, spec)
@@ -413,7 +413,11 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
     for i, (j, k, _) in enumerate(taken):
         final = j == len(looks_at) - 1
         seen_efficacy += late_ok[i]
-        late = adversary and x.d_info[k] and x.d_est[k] > 0 and not final and elapsed[k] >= MIN_DURATION_MIN
+        late = False
+        if adversary and not final and late_ok[i] and x.d_info[k] and x.d_var[k] > 0:
+            # the published z against the bound this look would have as the last one: favourable → shorten to now
+            as_last = sequential.boundaries(alphas.efficacy["depth"], [*efficacy_fractions[: seen_efficacy - 1], 1.0])
+            late = (x.d_est[k] - spec.min_depth_lift) / math.sqrt(x.d_var[k]) >= as_last[-1]
         wins = False
         if late_ok[i] and x.b_info[k] and b_eff_lo[k] > spec.min_breadth_lift:  # breadth: always-valid efficacy
             wins = True
