@@ -813,12 +813,12 @@ class PromotionSpec(ApiModel):
     a Prometheus hiccup at that one look must not forfeit the experiment."""
     # --- end issue 25 ---------------------------------------------------------------------------------------
 
-    novelty_window: Duration | None = "1d"  # issue 25: on by default (bench/gate.py, docs/metrics.md section 8)
+    novelty_window: Duration | None = "1d"  # issue 25: on by default (bench/gate.py, docs/metrics.md section 9)
     """Novelty guard (on by default, `1d`; `0d` turns it off): PROMOTE also needs depth's lift over the last
     window (turns added during it, per exposed user, from carried checkpoints of the sums) to stay above
     `minDepthLift`, so a lift that fades after the first days is not promoted. The window never holds the first
     window of the test, so no promotion comes before two windows; the cost in days and power is measured in
-    docs/metrics.md (section 8)."""
+    docs/metrics.md (section 9)."""
 
     @model_validator(mode="after")
     def _srm_within_alpha(self) -> PromotionSpec:
