@@ -786,14 +786,14 @@ class PromotionSpec(ApiModel):
     Breadth is judged by always-valid tests only: its estimand moves as users become engaged on a later day, so its
     z-statistics do not follow the Brownian structure group-sequential boundaries rest on (an O'Brien–Fleming
     harm boundary at 0.004 rolled back 3 % of bench/gate.py's A/A streams)."""
-    harm_share: float = Field(default=0.65, gt=0, lt=1)
+    harm_share: float = Field(default=0.62, gt=0, lt=1)
     """Share of each success metric's α spent on deterioration (roll back when worse); the rest on efficacy
     (promote when better). A wrong roll-back and a wrong promotion are both counted in α."""
     harm_always_valid_share: float = Field(default=0.1, gt=0, lt=1)
     """Share of the deterioration α spent on the always-valid test (any look, any cadence: large harm is rolled
     back between scheduled looks); the rest on the scheduled group-sequential deterioration boundary, whose last
     look at `maxDuration` rolls back a canary that is worse at the end."""
-    guardrail_share: float = Field(default=0.2, gt=0, lt=0.5)
+    guardrail_share: float = Field(default=0.3, gt=0, lt=0.5)
     """Share of `alpha − srmPValue` spent on the guardrails (split equally; each guardrail's breach and
     non-inferiority tests are the two one-sided halves of one interval, only one of them can be wrong)."""
     serving_guardrails: list[ServingGuardrail] = Field(
