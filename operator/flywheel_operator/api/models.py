@@ -773,10 +773,11 @@ class PromotionSpec(ApiModel):
     to be trusted with fewer. The confidence sequences hold uniformly in time, so waiting keeps them valid."""
 
     # --- issue 25: the frozen plan's α split, group-sequential looks, serving guardrails (h25) ---------------
-    look_every: Duration = "6h"
+    look_every: Duration | None = None
     """Schedule of the group-sequential looks (efficacy and deterioration): one look per period from the canary's
-    start, whatever `checkInterval` is, and a last one at `maxDuration`. Each look's boundary comes from
-    O'Brien–Fleming-type α-spending on the information fraction (docs/metrics.md, section 5)."""
+    start, whatever `checkInterval` is, and a last one at `maxDuration`. Unset: `maxDuration` / 28 (6 h for the
+    default 7 d). Each look's boundary comes from O'Brien–Fleming-type α-spending on the information fraction
+    (docs/metrics.md, section 5)."""
     expected_users_per_arm: Annotated[int, Field(ge=1)] | None = None
     """Users per arm expected by `maxDuration`, from the pre-period's traffic (distinct users of a
     `maxDuration`-long window before the canary × the arm's share): the denominator of the information fraction,
@@ -817,8 +818,8 @@ class PromotionSpec(ApiModel):
     """Novelty guard (on by default, `1d`; `0d` turns it off): PROMOTE also needs depth's lift over the last
     window (turns added during it, per exposed user, from carried checkpoints of the sums) to stay above
     `minDepthLift`, so a lift that fades after the first days is not promoted. The window never holds the first
-    window of the test, so no promotion comes before two windows; the cost in days and power is measured in
-    docs/metrics.md (section 9)."""
+    window of the test, so no promotion comes before two windows (a canary with `maxDuration` under two windows
+    runs without the guard); the cost in days and power is measured in docs/metrics.md (section 9)."""
 
     @model_validator(mode="after")
     def _srm_within_alpha(self) -> PromotionSpec:

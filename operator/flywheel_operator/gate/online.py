@@ -46,6 +46,8 @@ from flywheel_operator.gate.crossover import crossover_check
 from flywheel_operator.gate.serving import evaluate_serving
 
 SUCCESS_METRICS = ("breadth", "depth")
+DEFAULT_LOOKS = 28
+"""Scheduled looks when `lookEvery` is unset: every `maxDuration` / 28 (6 h of a 7-day canary)."""
 MAX_FRACTION_BEFORE_THE_END = 0.999
 """An interim look's information fraction is capped below 1: only the last look spends what is left."""
 
@@ -136,8 +138,11 @@ def decision_plan(
     promotion: PromotionSpec, canary: CanarySpec, *, now: datetime, spec_generation: int | None = None
 ) -> DecisionPlan:
     """The plan the operator freezes into the status at the canary's start: everything the gate decides with."""
-    every = parse_duration(promotion.look_every)
     end = parse_duration(canary.max_duration)
+    if promotion.look_every is not None:
+        every = parse_duration(promotion.look_every)
+    else:
+        every = timedelta(seconds=max(int(end.total_seconds() / DEFAULT_LOOKS), 1))
     hours, k = [], 1
     while every * k < end:
         hours.append(every.total_seconds() * k / 3600.0)
@@ -152,11 +157,19 @@ def decision_plan(
         max_duration=canary.max_duration,
         check_interval=canary.check_interval,
         final_look_grace=promotion.final_look_grace,
-        look_every=promotion.look_every,
+        look_every=_duration_text(every),
         alpha=alpha_plan(promotion),
         schedule_hours=hours,
         expected_users_per_arm=promotion.expected_users_per_arm,
     )
+
+
+def _duration_text(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 def plan_edits(plan: DecisionPlan, promotion: PromotionSpec, canary: CanarySpec) -> list[str]:
@@ -176,9 +189,14 @@ def plan_edits(plan: DecisionPlan, promotion: PromotionSpec, canary: CanarySpec)
     return sorted(set(edits))
 
 
-def novelty_on(promotion: PromotionSpec) -> bool:
-    """The novelty guard is on unless `noveltyWindow` is `0d` (or null in Python: Kubernetes prunes a null)."""
-    return promotion.novelty_window is not None and parse_duration(promotion.novelty_window).total_seconds() > 0
+def novelty_on(promotion: PromotionSpec, max_duration: timedelta | None = None) -> bool:
+    """The novelty guard is on unless `noveltyWindow` is `0d` (or null in Python: Kubernetes prunes a null), or the
+    canary is shorter than the two windows the guard needs (`maxDuration` < 2 × `noveltyWindow`): such a canary
+    could never promote, so it runs without the guard."""
+    if promotion.novelty_window is None:
+        return False
+    window = parse_duration(promotion.novelty_window)
+    return window.total_seconds() > 0 and (max_duration is None or 2 * window <= max_duration)
 
 
 class Inconsistent(Exception):
@@ -340,7 +358,7 @@ def evaluate_online(
                 f"{level:.4f}): no promotion on another metric's win while it does"
             )
     unproven = [g for g in guardrails if not g.non_inferior]
-    if novelty_on(promotion):
+    if novelty_on(promotion, max_duration):
         fading = _novelty(promotion, control, treatment, elapsed, carried, numbers)
         if fading is not None and winners:
             waiting.append(fading)
