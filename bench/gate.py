@@ -36,9 +36,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
-from flywheel_operator.api import ArmStats, OnlineDecision, OnlineReading, PromotionSpec
-from flywheel_operator.gate import evaluate_online, stats
-from flywheel_operator.gate.online import alpha_split
+from flywheel_operator.api import (
+    ArmStats,
+    CanarySpec,
+    DecisionPlan,
+    OnlineDecision,
+    OnlineReading,
+    PromotionSpec,
+    ServingGuardrail,
+    ServingReading,
+    ServingWindow,
+    parse_duration,
+)
+from flywheel_operator.gate import decision_plan, evaluate_online, plan_edits, sequential, stats
+from flywheel_operator.gate.online import GROUP_SEQUENTIAL_METRICS, novelty_on
+from flywheel_operator.gate.serving import evaluate_serving
 from scipy import special
 from scipy import stats as scipy_stats
 
@@ -214,28 +226,37 @@ def _running(estimate, width, judged):
     return lower, upper
 
 
-def gate_path(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
-    """`evaluate_online`'s decision at every look of one stream (sums at the looks: (2, K, F)), first decision."""
+@dataclass
+class Arms:
+    """Every per-look quantity of one stream that both gates (issue 15's and the frozen plan's) need."""
+
+    data: np.ndarray
+    srm_log_e: np.ndarray
+    enough: np.ndarray
+    b_info: np.ndarray
+    d_info: np.ndarray
+    b_est: np.ndarray
+    b_var: np.ndarray
+    d_est: np.ndarray
+    d_var: np.ndarray
+    guardrails: list  # (name, margin, estimate, variance)
+    users: np.ndarray
+    raw_c: tuple
+    raw_t: tuple
+
+
+def arms(sums: np.ndarray, spec: PromotionSpec) -> Arms:
     c, t = sums[0], sums[1]
-    k_looks = c.shape[0]
-    elapsed = (np.arange(k_looks) + 1) * interval
-    alphas = alpha_split(spec)
     nc, nt = c[:, F["users"]], t[:, F["users"]]
     data = (nc > 0) & (nt > 0)
     ncs, nts = np.maximum(nc, 1), np.maximum(nt, 1)
-    # SRM: the beta-binomial e-value of the counts
     a = stats.SRM_CONCENTRATION * 0.5
     log_e = special.betaln(nt + a, nc + a) - special.betaln(a, a) - (nc + nt) * math.log(0.5)
-    srm = data & (log_e >= math.log(1.0 / alphas.srm))
     enough = data & (np.minimum(nc, nt) >= spec.min_users_per_arm)
     ec, et = c[:, F["engaged"]], t[:, F["engaged"]]
-    # breadth
     b_info = enough & (np.minimum.reduce([ec, et, nc - ec, nt - et]) >= spec.min_events_per_arm)
     pc, pt = ec / ncs, et / nts
     b_est, b_var = _relative(pc, pc * (1 - pc), ncs, pt, pt * (1 - pt), nts)
-    b_lo, b_hi = _running(b_est, _half_width(b_var, spec.sequential_tau, alphas.success), b_info)
-    z_final = stats.normal_quantile(1 - alphas.final / 2) if alphas.final > 0 else np.inf
-    # depth, CUPED or raw
     d_info = enough & (np.minimum(ec, et) >= spec.min_events_per_arm)
     myc, vyc = _moments(ncs, c[:, F["y"]], c[:, F["y2"]])
     myt, vyt = _moments(nts, t[:, F["y"]], t[:, F["y2"]])
@@ -251,16 +272,7 @@ def gate_path(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
         myc, vyc = myc - theta * (mxc - pooled), np.maximum(vyc + theta**2 * vxc - 2 * theta * covc, 0)
         myt, vyt = myt - theta * (mxt - pooled), np.maximum(vyt + theta**2 * vxt - 2 * theta * covt, 0)
     d_est, d_var = _relative(myc, vyc, ncs, myt, vyt, nts)
-    d_lo, d_hi = _running(d_est, _half_width(d_var, spec.sequential_tau, alphas.success), d_info)
-    inconsistent = (b_lo > b_hi) | (d_lo > d_hi)
-    with np.errstate(invalid="ignore"):
-        final_wins = (b_info & (b_est - z_final * np.sqrt(b_var) > spec.min_breadth_lift)) | (
-            d_info & (d_est - z_final * np.sqrt(d_var) > spec.min_depth_lift)
-        )
-    final_wins &= elapsed >= DAYS * 1440
-    # guardrails, user-clustered
-    breached = np.zeros(k_looks, dtype=bool)
-    proven = np.ones(k_looks, dtype=bool)
+    guardrails = []
     for g in spec.guardrails:
         rates = []
         for arm, n in ((c, ncs), (t, nts)):
@@ -274,15 +286,49 @@ def gate_path(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
                 var = np.maximum((vg - 2 * ratio * cov + vr * ratio * ratio) / (mr * mr), 0)
             rates.append((ratio, var, n))
         (rc, vc, n1), (rt, vt, n2) = rates
-        est, var = rt - rc, vc / n1 + vt / n2
-        lo, hi = _running(est, _half_width(var, g.margin, alphas.guardrail), enough & (var > 0))
+        guardrails.append((g.name, g.margin, rt - rc, vc / n1 + vt / n2))
+    raw_c = (ncs, c[:, F["y"]])
+    raw_t = (nts, t[:, F["y"]])
+    return Arms(
+        data, log_e, enough, b_info, d_info, b_est, b_var, d_est, d_var, guardrails, (nc + nt) / 2, raw_c, raw_t
+    )
+
+
+def issue15_path(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
+    """The gate of f9f8494 (issue 15), for comparison: always-valid intervals at every look (two-sided), α split
+    0.2 to the guardrails, each success metric's share 0.25 always-valid / 0.75 to one fixed z-test at
+    maxDuration, and no deterioration test at the end. Re-implemented here: that code is gone from the gate."""
+    x = arms(sums, spec)
+    k_looks = sums.shape[1]
+    elapsed = (np.arange(k_looks) + 1) * interval
+    rest = spec.alpha - spec.srm_p_value
+    metric = rest * 0.8 / 2
+    final_alpha, success = metric * 0.75, metric * 0.25
+    guardrail_alpha = rest * 0.2 / len(spec.guardrails)
+    srm = x.data & (x.srm_log_e >= math.log(1.0 / spec.srm_p_value))
+    b_lo, b_hi = _running(x.b_est, _half_width(x.b_var, spec.sequential_tau, success), x.b_info)
+    d_lo, d_hi = _running(x.d_est, _half_width(x.d_var, spec.sequential_tau, success), x.d_info)
+    z_final = stats.normal_quantile(1 - final_alpha / 2)
+    inconsistent = (b_lo > b_hi) | (d_lo > d_hi)
+    with np.errstate(invalid="ignore"):
+        final_wins = (x.b_info & (x.b_est - z_final * np.sqrt(x.b_var) > spec.min_breadth_lift)) | (
+            x.d_info & (x.d_est - z_final * np.sqrt(x.d_var) > spec.min_depth_lift)
+        )
+    final_wins &= elapsed >= DAYS * 1440
+    breached = np.zeros(k_looks, dtype=bool)
+    proven = np.ones(k_looks, dtype=bool)
+    for _, margin, est, var in x.guardrails:
+        lo, hi = _running(est, _half_width(var, margin, guardrail_alpha), x.enough & (var > 0))
         inconsistent |= lo > hi
-        breached |= enough & (lo > g.margin)
-        proven &= enough & (hi < g.margin)
-    harm = srm | (b_info & (b_hi < 0)) | (d_info & (d_hi < 0)) | breached
-    wins = (b_info & (b_lo > spec.min_breadth_lift)) | (d_info & (d_lo > spec.min_depth_lift)) | final_wins
-    promote = wins & b_info & d_info & proven & (elapsed >= MIN_DURATION_MIN)
-    stop_inconsistent = enough & inconsistent
+        breached |= x.enough & (lo > margin)
+        proven &= x.enough & (hi < margin)
+    harm = srm | (x.b_info & (b_hi < 0)) | (x.d_info & (d_hi < 0)) | breached
+    wins = (x.b_info & (b_lo > spec.min_breadth_lift)) | (x.d_info & (d_lo > spec.min_depth_lift)) | final_wins
+    promote = wins & x.b_info & x.d_info & proven & (elapsed >= MIN_DURATION_MIN)
+    return _first(x.enough & inconsistent, harm, promote, k_looks, srm, x.b_info & (b_hi < 0), x.d_info & (d_hi < 0))
+
+
+def _first(stop_inconsistent, harm, promote, k_looks, srm, b_harm, d_harm) -> Path_:
     decided = stop_inconsistent | harm | promote
     if not decided.any():
         return Path_("INCONCLUSIVE", k_looks - 1, "max-duration")
@@ -290,9 +336,133 @@ def gate_path(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
     if stop_inconsistent[k]:
         return Path_("INCONCLUSIVE", k, "consistency")
     if harm[k]:
-        cause = "srm" if srm[k] else "breadth" if b_info[k] and b_hi[k] < 0 else "depth" if d_hi[k] < 0 else "guardrail"
+        cause = "srm" if srm[k] else "breadth" if b_harm[k] else "depth" if d_harm[k] else "guardrail"
         return Path_("ROLL_BACK", k, cause)
-    return Path_("PROMOTE", k, "breadth" if b_info[k] and b_lo[k] > spec.min_breadth_lift else "depth")
+    return Path_("PROMOTE", k, "")
+
+
+def plan_for(spec: PromotionSpec, max_minutes: int = DAYS * 1440) -> DecisionPlan:
+    """The plan the operator would freeze at the canary's start (bench defaults: 10 % per arm, 1d–7d)."""
+    canary = CanarySpec(
+        inference_service="chat",
+        traffic_percent=10,
+        min_duration=f"{MIN_DURATION_MIN}m",
+        max_duration=f"{max_minutes}m",
+    )
+    return decision_plan(spec, canary, now=START)
+
+
+def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary: bool = False) -> Path_:
+    """`evaluate_online`'s decision at every look of one stream (sums at the looks: (2, K, F)), first decision.
+
+    `adversary`: the counterfactual of a gate that re-reads the spec at every look, against someone who sets
+    maxDuration to "now" whenever the published depth statistic would promote were this look the last one: it
+    becomes the last one and spends every α left. The frozen plan ignores the edit (see `replay`)."""
+    spec = plan.promotion
+    alphas = plan.alpha
+    x = arms(sums, spec)
+    k_looks = sums.shape[1]
+    elapsed = (np.arange(k_looks) + 1) * interval
+    srm = x.data & (x.srm_log_e >= math.log(1.0 / alphas.srm))
+    b_lo, b_hi = _running(
+        x.b_est, _half_width(x.b_var, spec.sequential_tau, 2 * alphas.harm_always_valid["breadth"]), x.b_info
+    )
+    d_lo, d_hi = _running(
+        x.d_est, _half_width(x.d_var, spec.sequential_tau, 2 * alphas.harm_always_valid["depth"]), x.d_info
+    )
+    inconsistent = (b_lo > b_hi) | (d_lo > d_hi)
+    breached = np.zeros(k_looks, dtype=bool)
+    proven = np.ones(k_looks, dtype=bool)
+    for _, margin, est, var in x.guardrails:
+        lo, hi = _running(est, _half_width(var, margin, 2 * alphas.guardrail), x.enough & (var > 0))
+        inconsistent |= lo > hi
+        breached |= x.enough & (lo > margin)
+        proven &= x.enough & (hi < margin)
+    b_eff_lo, _ = _running(x.b_est, _half_width(x.b_var, spec.sequential_tau, 2 * alphas.efficacy["breadth"]), x.b_info)
+    b_harm = x.b_info & (b_hi < 0)
+    d_harm = x.d_info & (d_hi < 0)
+    harm = srm | b_harm | d_harm | breached
+    promote = np.zeros(k_looks, dtype=bool)
+    # the scheduled looks (every lookEvery, the last at maxDuration)
+    schedule = [round(h * 60) for h in plan.schedule_hours]
+    min_hours = parse_duration(plan.min_duration).total_seconds() / 3600
+    looks_at = [m // interval - 1 for m in schedule]
+    taken: list[tuple[int, int, float]] = []  # (schedule index, look, fraction) of the looks that spend α
+    for j, k in enumerate(looks_at):
+        if k >= k_looks or not x.data[k]:
+            continue
+        final = j == len(looks_at) - 1
+        users = x.users[k]
+        if final:
+            fraction = 1.0
+        else:
+            expected = plan.expected_users_per_arm or users * plan.schedule_hours[-1] / plan.schedule_hours[j]
+            fraction = min(users / max(expected, users, 1.0), 0.999)
+        fraction = round(fraction, sequential.FRACTION_DIGITS)
+        if taken and fraction <= taken[-1][2]:
+            continue
+        taken.append((j, k, fraction))
+    fractions = [f for _, _, f in taken]
+    late_ok = [plan.schedule_hours[j] >= min_hours - 1e-9 for j, _, _ in taken]
+    efficacy_fractions = [f for f, ok in zip(fractions, late_ok, strict=True) if ok]
+    harm_bounds = {m: sequential.boundaries(alphas.harm_scheduled[m], fractions) for m in GROUP_SEQUENTIAL_METRICS}
+    efficacy_bounds = {
+        m: sequential.boundaries(alphas.efficacy[m], efficacy_fractions) for m in GROUP_SEQUENTIAL_METRICS
+    }
+    seen_efficacy = 0
+    for i, (j, k, _) in enumerate(taken):
+        final = j == len(looks_at) - 1
+        seen_efficacy += late_ok[i]
+        late = False
+        if adversary and not final and late_ok[i] and x.d_info[k] and x.d_var[k] > 0:
+            # the published z against the bound this look would have as the last one: favourable → shorten to now
+            as_last = sequential.boundaries(alphas.efficacy["depth"], [*efficacy_fractions[: seen_efficacy - 1], 1.0])
+            late = (x.d_est[k] - spec.min_depth_lift) / math.sqrt(x.d_var[k]) >= as_last[-1]
+        wins = False
+        if late_ok[i] and x.b_info[k] and b_eff_lo[k] > spec.min_breadth_lift:  # breadth: always-valid efficacy
+            wins = True
+        for metric, info, est, var, minimum in (("depth", x.enough, x.d_est, x.d_var, spec.min_depth_lift),):
+            if not info[k] or not var[k] > 0:
+                continue
+            se = math.sqrt(var[k])
+            if est[k] / se <= -harm_bounds[metric][i]:
+                harm[k] = True
+                (b_harm if metric == "breadth" else d_harm)[k] = True
+            if late_ok[i]:
+                if late:
+                    used = [*efficacy_fractions[: seen_efficacy - 1], 1.0]
+                    bound = sequential.boundaries(alphas.efficacy[metric], used)[-1]
+                else:
+                    bound = efficacy_bounds[metric][seen_efficacy - 1]
+                wins |= (est[k] - minimum) / se >= bound
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d_level = stats.normal_quantile(1 - alphas.harm_scheduled["depth"])
+            b_level = stats.normal_quantile(1 - alphas.harm_always_valid["breadth"])
+            blocked = x.d_est[k] / np.sqrt(x.d_var[k]) <= -d_level or x.b_est[k] / np.sqrt(x.b_var[k]) <= -b_level
+        ready = wins and not blocked and x.b_info[k] and x.d_info[k] and proven[k] and elapsed[k] >= MIN_DURATION_MIN
+        if ready and (not novelty_on(spec) or _novelty_holds(sums, spec, interval, k)):
+            promote[k] = True
+        if late:  # the edited maxDuration ends the experiment here, whatever this look decided
+            end = k + 1
+            path = _first((x.enough & inconsistent)[:end], harm[:end], promote[:end], end, srm, b_harm, d_harm)
+            return Path_("INCONCLUSIVE", k, "adversary") if path.outcome == "INCONCLUSIVE" else path
+    return _first(x.enough & inconsistent, harm, promote, k_looks, srm, b_harm, d_harm)
+
+
+def _novelty_holds(sums: np.ndarray, spec: PromotionSpec, interval: int, k: int) -> bool:
+    """The novelty guard at look k: checkpoints at every half window from one window in; the newest one a window
+    old is the baseline; depth's lift over the turns added since must exceed the minimum lift."""
+    window = round(parse_duration(spec.novelty_window or "1d").total_seconds() / 60)
+    now = (k + 1) * interval
+    j = (now - window) // (window // 2)
+    if j < 2:
+        return False
+    then = j * (window // 2) // interval - 1
+    means = []
+    for arm in (0, 1):
+        n = sums[arm, k, F["users"]]
+        means.append((sums[arm, k, F["y"]] - sums[arm, then, F["y"]]) / n)
+    return means[0] > 0 and means[1] / means[0] - 1.0 > spec.min_depth_lift
 
 
 # -------------------------------------------------------------------------------- the real gate (check)
@@ -314,29 +484,45 @@ def arm_stats(row: np.ndarray) -> ArmStats:
     )
 
 
-def replay(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
-    """The same looks through `evaluate_online`, carrying `previous` as the operator does."""
+def replay(
+    sums: np.ndarray,
+    plan: DecisionPlan,
+    interval: int,
+    *,
+    adversary: bool = False,
+    fail_final: int = 0,
+) -> Path_:
+    """The same looks through `evaluate_online`, carrying `previous` as the operator does. `adversary`: after
+    every look whose published depth statistic favours promotion, the spec's maxDuration is edited to "now";
+    the planner's `plan_edits` sees the edit and the gate keeps deciding with the frozen `plan` (what the
+    operator does). `fail_final`: the reading fails at the maxDuration look and the next `fail_final − 1` retries
+    (5 minutes apart, within finalLookGrace), then the last sums come back."""
     previous: OnlineDecision | None = None
-    for k in range(sums.shape[1]):
-        elapsed = timedelta(minutes=interval * (k + 1))
-        control, treatment = sums[0, k], sums[1, k]
-        if min(control[F["users"]], treatment[F["users"]]) == 0:
-            reading = OnlineReading(at=START + elapsed, error="an arm has no users yet")
+    spec = plan.promotion
+    ignored = 0
+    looks = [(k, timedelta(minutes=interval * (k + 1))) for k in range(sums.shape[1])]
+    if fail_final:
+        last = looks.pop()
+        looks += [(None, last[1] + timedelta(minutes=5 * i)) for i in range(fail_final)]
+        looks.append((last[0], last[1] + timedelta(minutes=5 * fail_final)))
+    for k, elapsed in looks:
+        if k is None:
+            reading = OnlineReading(at=START + elapsed, error="Prometheus answered 503")
         else:
-            reading = OnlineReading(at=START + elapsed, control=arm_stats(control), treatment=arm_stats(treatment))
-        previous = evaluate_online(
-            spec,
-            reading,
-            traffic_percent=10,
-            elapsed=elapsed,
-            min_duration=timedelta(minutes=MIN_DURATION_MIN),
-            max_duration=timedelta(days=DAYS),
-            previous=previous,
-            now=START + elapsed,
-        )
+            control, treatment = sums[0, k], sums[1, k]
+            if min(control[F["users"]], treatment[F["users"]]) == 0:
+                reading = OnlineReading(at=START + elapsed, error="an arm has no users yet")
+            else:
+                reading = OnlineReading(at=START + elapsed, control=arm_stats(control), treatment=arm_stats(treatment))
+        previous = evaluate_online(plan, reading, elapsed=elapsed, previous=previous, now=START + elapsed)
+        if adversary and previous.numbers.get("depth.z_efficacy", -1.0) > 0:
+            edited = plan_for(spec, max_minutes=max(round(elapsed.total_seconds() / 60), MIN_DURATION_MIN + 1))
+            canary = CanarySpec(inference_service="chat", traffic_percent=10, min_duration=edited.min_duration,
+                                max_duration=edited.max_duration)  # fmt: skip
+            ignored += bool(plan_edits(plan, spec, canary))
         if previous.outcome != "CONTINUE":
-            return Path_(previous.outcome, k, "")
-    raise AssertionError("the gate must decide by maxDuration")
+            return Path_(previous.outcome, k if k is not None else sums.shape[1] - 1, f"ignored-edits:{ignored}")
+    raise AssertionError("the gate must decide by maxDuration + finalLookGrace")
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -366,13 +552,13 @@ def looks(stream: np.ndarray, interval: int) -> np.ndarray:
     return stream[:, interval - 1 :: interval]
 
 
-def run_scenario(name, lift, streams, noise, specs, seed, cadences, check):
-    """Streams of one kind: every (spec, cadence) path, the fixed baselines, and a replay check."""
+def run_scenario(name, lift, streams, noise, designs, seed, check, *, adversary=False, fail_final=0, adversary_check=0):
+    """Streams of one kind: every design's path at its cadence, the fixed baselines, and replays through
+    `evaluate_online` of the first `check` streams (10-minute looks) that must agree with the vectorised path."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    rows = {(s, c): [] for s in specs for c in cadences}
+    rows = {key: [] for key in designs}
     fixed = {"welch": [], "cuped": []}
-    totals, rho2 = [], []
-    agree = []
+    totals, rho2, agree, adversary_rows, final_rows = [], [], [], [], []
     for i in range(streams):
         stream = simulate_stream(rng, lift, noise)
         final = stream[:, -1]
@@ -380,17 +566,117 @@ def run_scenario(name, lift, streams, noise, specs, seed, cadences, check):
         rho2.append(rho_squared(final))
         for test, (significant, estimate) in fixed_tests(final, 0.05).items():
             fixed[test].append((significant, estimate))
-        for spec_name, spec in specs.items():
-            for cadence in cadences:
-                interval = CADENCES[cadence]
-                seen = looks(stream, interval)
-                path = gate_path(seen, spec, interval)
-                users = seen[:, path.look, F["users"]].sum()
-                rows[(spec_name, cadence)].append((path, users, (path.look + 1) * interval / 60))
-                if i < check and cadence == "10min":
-                    real = replay(seen, spec, interval)
-                    agree.append((real.outcome, real.look) == (path.outcome, path.look))
-    return summarise(rows, fixed, np.array(totals), lift), float(np.mean(rho2)), agree
+        for key, (kind, subject, cadence) in designs.items():
+            seen = looks(stream, CADENCES[cadence])
+            if kind == "issue15":
+                path = issue15_path(seen, subject, CADENCES[cadence])
+            else:
+                path = gate_path(seen, subject, CADENCES[cadence], adversary=kind == "unfrozen+adversary")
+            users = seen[:, path.look, F["users"]].sum()
+            rows[key].append((path, users, (path.look + 1) * CADENCES[cadence] / 60))
+        if i < check:
+            plan = designs["plan@10min"][1]
+            seen = looks(stream, 10)
+            real = replay(seen, plan, 10)
+            mine = rows["plan@10min"][-1][0]
+            agree.append((real.outcome, real.look) == (mine.outcome, mine.look))
+        if adversary and i < max(check, adversary_check):
+            plan = designs["plan@10min"][1]
+            seen = looks(stream, 60)
+            real, attacked = replay(seen, plan, 60), replay(seen, plan, 60, adversary=True)
+            adversary_rows.append((attacked.outcome, int(attacked.cause.split(":")[1]), real.outcome))
+        if fail_final and len(final_rows) < fail_final:
+            plan = designs["plan@10min"][1]
+            mine = rows["plan@10min"][-1][0]
+            if mine.look == looks(stream, 10).shape[1] - 1:  # decided (or not) at the maxDuration look
+                seen = looks(stream, 60)
+                clean, failed = replay(seen, plan, 60), replay(seen, plan, 60, fail_final=3)
+                final_rows.append((clean.outcome, failed.outcome))
+    summary = summarise(rows, fixed, np.array(totals), lift)
+    summary["rho2"] = float(np.mean(rho2))
+    if adversary_rows:
+        summary["adversary_replay"] = {
+            "streams": len(adversary_rows),
+            "decisive": sum(o in ("PROMOTE", "ROLL_BACK") for o, _, _ in adversary_rows) / len(adversary_rows),
+            "same_outcome_as_without_edits": sum(o == r for o, _, r in adversary_rows) / len(adversary_rows),
+            "streams_with_ignored_edits": sum(n > 0 for _, n, _ in adversary_rows),
+        }
+    if final_rows:
+        summary["final_look_failure"] = {
+            "streams": len(final_rows),
+            "look_minutes": 60,
+            "failed_readings": 3,
+            "same_outcome": sum(a == b for a, b in final_rows) / len(final_rows),
+            "outcomes_without_failure": {o: sum(a == o for a, _ in final_rows) for o in {a for a, _ in final_rows}},
+        }
+    return summary, agree
+
+
+# ---------------------------------------------------------------------------------- SRE guardrails
+def sre_study(streams: int, rate: float, seed: int) -> dict:
+    """The hard errors guardrail at its defaults: requests per arm per minute ~ Poisson(rate × the diurnal curve),
+    each failing with probability 1 % on the parent; the canary fails at 1 % (A/A, the whole 7 days) or at 5 %
+    (5× the parent's, the first hour). The canary starts at midnight, when traffic is lowest. The rule is applied
+    to whole windows with numpy and checked against `evaluate_serving` itself on the first streams."""
+    guardrail = next(g for g in PromotionSpec().serving_guardrails if g.metric == "errors")
+    every = round(parse_duration(guardrail.interval).total_seconds() / 60)
+    minute = np.arange(MINUTES) % 1440
+    curve = 1.0 + 0.7 * np.sin(2 * np.pi * (minute / 1440 - 0.35))
+    rng = np.random.default_rng([seed, 7])
+    out: dict = {"rate_per_arm_per_minute": rate, "interval_minutes": every, "threshold": guardrail.threshold,
+                 "failures": guardrail.failures, "min_requests": guardrail.min_requests}  # fmt: skip
+    agree = []
+    for name, p_canary, horizon, count in (("A/A", 0.01, MINUTES, streams), ("5x errors", 0.05, 60, streams * 4)):
+        times: list[float | None] = []
+        for i in range(count):
+            lam = rate * curve[:horizon]
+            requests = rng.poisson(lam, (2, horizon))
+            errors = rng.binomial(requests, np.array([[0.01], [p_canary]]))
+            ends = np.arange(every, horizon + 1, every)
+            window = np.add.reduceat(requests, ends - every, axis=1)[:, : len(ends)]
+            bad = np.add.reduceat(errors, ends - every, axis=1)[:, : len(ends)]
+            judged = window[1] >= guardrail.min_requests
+            with np.errstate(invalid="ignore", divide="ignore"):
+                excess = bad[1] / window[1] - np.where(window[0] > 0, bad[0] / np.maximum(window[0], 1), 0.0)
+            fail = judged & (window[0] > 0) & (excess > guardrail.threshold)
+            run, at = 0, None
+            for k in range(len(ends)):
+                if not (judged[k] and window[0, k] > 0):
+                    continue
+                run = run + 1 if fail[k] else 0
+                if run >= guardrail.failures:
+                    at = float(ends[k])
+                    break
+            times.append(at)
+            if i < 3:
+                agree.append(_serving_replay(guardrail, window, bad, ends) == at)
+        hits = [t for t in times if t is not None]
+        out[name] = {
+            "streams": count,
+            "minutes_simulated": horizon,
+            "rolled_back": len(hits) / count,
+            "rolled_back_ci95": interval95(len(hits), count),
+            "rolled_back_within_15_min": sum(t <= 15 for t in hits) / count,
+            "median_minutes_to_roll_back": float(np.median(hits)) if hits else None,
+        }
+    out["replay_agreement"] = [sum(agree), len(agree)]
+    return out
+
+
+def _serving_replay(guardrail: ServingGuardrail, window, bad, ends) -> float | None:
+    """The same windows through `evaluate_serving`, carrying the failure count as the gate does."""
+    carried: dict[str, float] = {}
+    for k, end in enumerate(ends):
+        reading = ServingReading(windows={guardrail.metric: {
+            "control": ServingWindow(requests=float(window[0, k]), errors=float(bad[0, k])),
+            "treatment": ServingWindow(requests=float(window[1, k]), errors=float(bad[1, k])),
+        }})  # fmt: skip
+        numbers = dict(carried)
+        _, harm, _ = evaluate_serving([guardrail], reading, timedelta(minutes=int(end)), carried, numbers)
+        carried = {k2: v for k2, v in numbers.items() if k2.startswith("serving.")}
+        if harm:
+            return float(end)
+    return None
 
 
 def interval95(hits: int, n: int) -> list[float]:
@@ -406,17 +692,17 @@ def interval95(hits: int, n: int) -> list[float]:
 
 def summarise(rows, fixed, totals, lift) -> dict:
     out: dict = {"streams": len(totals), "fixed_users_median": float(np.median(totals))}
+    direction = float(np.mean(lift))
     for test, results in fixed.items():
-        hits = [s and (e > 0 if lift > 0 else e < 0 if lift < 0 else True) for s, e in results]
+        hits = [s and (e > 0 if direction > 0 else e < 0 if direction < 0 else True) for s, e in results]
         out[f"fixed_{test}_rate"] = float(np.mean(hits))
-    for (spec, cadence), results in rows.items():
+    for key, results in rows.items():
         outcomes = [p.outcome for p, _, _ in results]
         n = len(results)
         decided = [(p.outcome in ("PROMOTE", "ROLL_BACK")) for p, _, _ in results]
         users = np.array([u if d else tot for (_, u, _), d, tot in zip(results, decided, totals, strict=True)])
         hours = np.array([h if d else DAYS * 24.0 for (_, _, h), d in zip(results, decided, strict=True)])
         ratio = users / totals
-        key = f"{spec}@{cadence}"
         promote, roll_back = outcomes.count("PROMOTE"), outcomes.count("ROLL_BACK")
         out[key] = {
             "promote": promote / n,
@@ -431,6 +717,12 @@ def summarise(rows, fixed, totals, lift) -> dict:
             "users_median": float(np.median(users)),
             "hours_median": float(np.median(hours)),
             "hours_median_when_decided": float(np.median(hours[np.array(decided)])) if any(decided) else None,
+            "hours_median_to_promote": float(np.median([h for (p, _, h) in results if p.outcome == "PROMOTE"]))
+            if promote
+            else None,
+            "hours_median_to_roll_back": float(np.median([h for (p, _, h) in results if p.outcome == "ROLL_BACK"]))
+            if roll_back
+            else None,
             "causes": {
                 c: sum(1 for p, _, _ in results if f"{p.outcome}:{p.cause}" == c)
                 for c in sorted({f"{p.outcome}:{p.cause}" for p, _, _ in results})
@@ -439,48 +731,11 @@ def summarise(rows, fixed, totals, lift) -> dict:
     return out
 
 
-def novelty_study(streams: int, seed: int, out: Path) -> int:
-    """The novelty guard's benefit and cost: a +10 % lift that fades to 0 by day 4, and a lasting +5 % lift, each
-    through `evaluate_online` itself at hourly looks, without the guard and with `noveltyWindow` 1d, 2d, 3d."""
-    started = time.perf_counter()
-    base = PromotionSpec(control_percent=10)
-    specs = {"off": base, **{w: base.model_copy(update={"novelty_window": w}) for w in ("1d", "2d", "3d")}}
-    fading = 0.10 * np.maximum(0.0, 1.0 - np.arange(DAYS) / 4)
-    noise = calibrate_noise(0.3, seed)  # a useful covariate, so that early promotions happen at all
-    results: dict = {}
-    for name, lift in {"fading +10% to 0 by day 4": fading, "lasting +5%": np.full(DAYS, 0.05)}.items():
-        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-        paths: dict[str, list[Path_]] = {k: [] for k in specs}
-        for _ in range(streams):
-            seen = looks(simulate_stream(rng, lift, noise), 60)
-            for key, spec in specs.items():
-                paths[key].append(replay(seen, spec, 60))
-        results[name] = {
-            key: {
-                "promote": sum(p.outcome == "PROMOTE" for p in rows) / streams,
-                "promote_ci95": interval95(sum(p.outcome == "PROMOTE" for p in rows), streams),
-                "inconclusive": sum(p.outcome == "INCONCLUSIVE" for p in rows) / streams,
-                "median_hours_to_promote": float(np.median([p.look + 1 for p in rows if p.outcome == "PROMOTE"]))
-                if any(p.outcome == "PROMOTE" for p in rows)
-                else None,
-            }
-            for key, rows in paths.items()
-        }
-        for key, row in results[name].items():
-            print(f"{name:<28} novelty guard {key:>3}: PROMOTE {row['promote']:.3f}, median hours to promote "
-                  f"{row['median_hours_to_promote']}")  # fmt: skip
-    seconds = time.perf_counter() - started
-    print(f"{streams} streams per scenario, hourly looks through evaluate_online, ρ² ≈ 0.3; {seconds:.0f} s")
-    payload = {"streams": streams, "look_minutes": 60, "rho2_target": 0.3, "results": results, "seconds": seconds}
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    return 0
-
-
 def reset_study(streams: int, seed: int, out: Path) -> int:
     """An exporter restart without its state on day 3, through `evaluate_online` itself at 30-minute looks: the
     same A/A and +5 % streams with and without the restart."""
     started = time.perf_counter()
-    spec = PromotionSpec(control_percent=10)
+    spec = plan_for(PromotionSpec(control_percent=10, expected_users_per_arm=USERS_PER_ARM))
     noise = calibrate_noise(0.0054, seed)
     results: dict = {}
     for name, lift, count in (("A/A", 0.0, streams), ("+5%", 0.05, streams // 2)):
@@ -510,21 +765,28 @@ def reset_study(streams: int, seed: int, out: Path) -> int:
     return 0
 
 
+def _same_at_the_end(*rows: dict) -> float | None:
+    """Share of the streams decided at the maxDuration look whose outcome survives 3 failed readings there."""
+    runs = [(r["final_look_failure"]["same_outcome"], r["final_look_failure"]["streams"]) for r in rows
+            if "final_look_failure" in r]  # fmt: skip
+    total = sum(n for _, n in runs)
+    return sum(share * n for share, n in runs) / total if total else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--aa", type=int, default=500, help="A/A streams")
-    parser.add_argument("--ab", type=int, default=200, help="streams of each A/B scenario (+2 %, +5 %, −3 % depth)")
-    parser.add_argument("--sweep", type=int, default=60, help="+5 %% streams per covariate strength in the sweep")
-    parser.add_argument("--check", type=int, default=2, help="streams per scenario replayed through evaluate_online")
+    parser.add_argument("--aa", type=int, default=600, help="A/A streams (also replayed by the spec-editing adversary)")
+    parser.add_argument("--ab", type=int, default=200, help="streams of each A/B scenario")
+    parser.add_argument("--sre", type=int, default=200, help="A/A error streams of the SRE study (4× as many 5× ones)")
+    parser.add_argument("--check", type=int, default=3, help="streams per scenario replayed through evaluate_online")
+    parser.add_argument("--final", type=int, default=20, help="+5 %% streams replayed with a failed last reading")
+    parser.add_argument("--adversary", type=int, default=40, help="A/A streams replayed with the spec editor")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "gate.json")
-    parser.add_argument("--novelty", type=int, default=0, help="run only the novelty-guard study with N streams")
     parser.add_argument("--reset", type=int, default=0, help="run only the exporter-restart study with N A/A streams")
     args = parser.parse_args()
     if args.reset:
         return reset_study(args.reset, args.seed, Path(__file__).parent / "results" / "gate_reset.json")
-    if args.novelty:
-        return novelty_study(args.novelty, args.seed, Path(__file__).parent / "results" / "gate_novelty.json")
 
     started = time.perf_counter()
     sim = json.loads(FLYWHEEL_RESULTS.read_text()) if FLYWHEEL_RESULTS.exists() else {"rows": []}
@@ -534,94 +796,126 @@ def main() -> int:
         if r.get("measured", {}).get("depth.cuped_variance_reduction") is not None
     ]
     rho2_world = max(reductions) if reductions else 0.005
-    base = PromotionSpec(control_percent=10)
-    specs = {
-        "cuped": base,
-        "raw": base.model_copy(update={"cuped": False}),
-        "seq-only": base.model_copy(update={"final_test_share": 0.0}),
+    # the operator's defaults; the expected users per arm stand for the pre-period's traffic
+    base = PromotionSpec(control_percent=10, expected_users_per_arm=USERS_PER_ARM)
+    plan = plan_for(base)
+    variants = {
+        "plan": plan,
+        "plan-raw": plan_for(base.model_copy(update={"cuped": False})),
+        "plan-no-novelty": plan_for(base.model_copy(update={"novelty_window": "0d"})),
+        "plan-novelty-2d": plan_for(base.model_copy(update={"novelty_window": "2d"})),
+    }
+    designs = {
+        "plan@10min": ("plan", variants["plan"], "10min"),
+        "plan@1min": ("plan", variants["plan"], "1min"),
+        "plan-raw@10min": ("plan", variants["plan-raw"], "10min"),
+        "plan-no-novelty@10min": ("plan", variants["plan-no-novelty"], "10min"),
+        "plan-novelty-2d@10min": ("plan", variants["plan-novelty-2d"], "10min"),
+        "issue15@10min": ("issue15", PromotionSpec(control_percent=10), "10min"),
+        "issue15@1min": ("issue15", PromotionSpec(control_percent=10), "1min"),
+        "unfrozen+adversary@10min": ("unfrozen+adversary", variants["plan"], "10min"),
+        "unfrozen+adversary@1min": ("unfrozen+adversary", variants["plan"], "1min"),
     }
     noise = calibrate_noise(rho2_world, args.seed)
-    scenarios = {"A/A": (0.0, args.aa), "+2%": (0.02, args.ab), "+5%": (0.05, args.ab), "-3%": (-0.03, args.ab)}
+    fading = 0.10 * np.maximum(0.0, 1.0 - np.arange(DAYS) / 4)
+    scenarios = {
+        "A/A": (0.0, args.aa),
+        "+2%": (0.02, args.ab),
+        "+5%": (0.05, args.ab),
+        "-3%": (-0.03, args.ab),
+        "-10%": (-0.10, args.ab // 2),
+        "fading +10% to 0 by day 4": (fading, args.ab // 2),
+    }
     results: dict = {}
     agreement: list[bool] = []
     for name, (lift, count) in scenarios.items():
-        summary, rho2, agree = run_scenario(name, lift, count, noise, specs, args.seed, CADENCES, args.check)
-        summary["rho2"] = rho2
+        summary, agree = run_scenario(
+            name, lift, count, noise, designs, args.seed, args.check,
+            adversary=name == "A/A", fail_final=args.final if name in ("+5%", "-3%") else 0,
+            adversary_check=args.adversary,
+        )  # fmt: skip
         results[name] = summary
         agreement += agree
-        print(f"{name}: {count} streams, ρ² {rho2:.3f}, {time.perf_counter() - started:.0f} s", flush=True)
-    sweep: dict = {}
-    for target in (0.1, 0.3, 0.5):
-        noise_t = calibrate_noise(target, args.seed)
-        summary, rho2, agree = run_scenario(
-            f"sweep{target}",
-            0.05,
-            args.sweep,
-            noise_t,
-            {k: specs[k] for k in ("cuped", "seq-only")},
-            args.seed,
-            {"10min": 10},
-            1,
-        )
-        summary["rho2"] = rho2
-        sweep[f"{target:g}"] = summary
-        agreement += agree
-        print(f"sweep ρ² {rho2:.2f}: {args.sweep} streams, {time.perf_counter() - started:.0f} s", flush=True)
+        print(f"{name}: {count} streams, ρ² {summary['rho2']:.3f}, {time.perf_counter() - started:.0f} s", flush=True)
+    sre = {f"{rate:g}": sre_study(args.sre, rate, args.seed) for rate in (1000.0, 300.0)}
+    print(f"SRE study: {time.perf_counter() - started:.0f} s", flush=True)
     seconds = time.perf_counter() - started
 
-    aa, ab5 = results["A/A"], results["+5%"]
-    figures = {}
-    for cadence in CADENCES:
-        key = f"cuped@{cadence}"
-        figures[cadence] = {
-            "aa_promote_or_roll_back": aa[key]["decisive"],
-            "aa_promote_or_roll_back_ci95": aa[key]["decisive_ci95"],
-            "aa_promote": aa[key]["promote"],
-            "power_plus5": ab5[key]["promote"],
-            "power_plus2": results["+2%"][key]["promote"],
-            "harm_minus3_roll_back": results["-3%"][key]["roll_back"],
-            "users_ratio_median": ab5[key]["users_ratio_median"],
-            "users_ratio_p90": ab5[key]["users_ratio_p90"],
-            "hours_median_plus5": ab5[key]["hours_median"],
-        }
-    targets = {"aa_promote_or_roll_back": ("<=", 0.05), "power_plus5": (">=", 0.80), "users_ratio_median": ("<=", 0.5)}
+    aa, ab5, m3, m10 = results["A/A"], results["+5%"], results["-3%"], results["-10%"]
+    figures = {
+        "aa_decisive_10min": aa["plan@10min"]["decisive"],
+        "aa_decisive_10min_ci95": aa["plan@10min"]["decisive_ci95"],
+        "aa_decisive_1min": aa["plan@1min"]["decisive"],
+        "aa_decisive_1min_ci95": aa["plan@1min"]["decisive_ci95"],
+        # the frozen plan ignores the edits: its A/A rate under the adversary is the plan's own, as long as every
+        # replay with the adversary's edits ends exactly as the one without (checked on the replayed streams)
+        "aa_decisive_adversary_frozen": aa["plan@10min"]["decisive"]
+        if aa["adversary_replay"]["same_outcome_as_without_edits"] == 1.0
+        else None,
+        "aa_adversary_replays_identical": [
+            round(aa["adversary_replay"]["same_outcome_as_without_edits"] * aa["adversary_replay"]["streams"]),
+            aa["adversary_replay"]["streams"],
+        ],
+        "aa_decisive_adversary_unfrozen_10min": aa["unfrozen+adversary@10min"]["decisive"],
+        "aa_decisive_adversary_unfrozen_1min": aa["unfrozen+adversary@1min"]["decisive"],
+        "power_plus5": ab5["plan@10min"]["promote"],
+        "power_plus5_ci95": ab5["plan@10min"]["promote_ci95"],
+        "hours_median_to_promote_plus5": ab5["plan@10min"]["hours_median_to_promote"],
+        "minus3_roll_back": m3["plan@10min"]["roll_back"],
+        "minus3_roll_back_ci95": m3["plan@10min"]["roll_back_ci95"],
+        "minus3_promote": m3["plan@10min"]["promote"],
+        "minus10_hours_median_to_roll_back": m10["plan@10min"]["hours_median_to_roll_back"],
+        "sre_5x_rolled_back_within_15_min": sre["1000"]["5x errors"]["rolled_back_within_15_min"],
+        "sre_aa_rolled_back": sre["1000"]["A/A"]["rolled_back"],
+        "final_look_failure_same_outcome": _same_at_the_end(ab5, m3),
+        "fading_promote_novelty_1d": results["fading +10% to 0 by day 4"]["plan@10min"]["promote"],
+        "fading_promote_no_novelty": results["fading +10% to 0 by day 4"]["plan-no-novelty@10min"]["promote"],
+    }
+    targets = {
+        "aa_decisive_10min": ("<=", 0.05),
+        "aa_decisive_1min": ("<=", 0.05),
+        "aa_decisive_adversary_frozen": ("<=", 0.05),
+        "power_plus5": (">=", 0.90),
+        "hours_median_to_promote_plus5": ("<=", 90.0),
+        "minus3_roll_back": (">=", 0.60),
+        "minus3_promote": ("<=", 0.01),
+        "minus10_hours_median_to_roll_back": ("<=", 24.0),
+        "sre_5x_rolled_back_within_15_min": (">=", 0.99),
+        "sre_aa_rolled_back": ("<=", 0.0),
+        "final_look_failure_same_outcome": (">=", 1.0),
+    }
     passed = {
-        f"{cadence}.{k}": (figures[cadence][k] <= v if op == "<=" else figures[cadence][k] >= v)
-        for cadence in CADENCES
+        k: figures[k] is not None and (figures[k] <= v if op == "<=" else figures[k] >= v)
         for k, (op, v) in targets.items()
     }
 
     print(
         f"\nonline gate: {args.aa} A/A and {args.ab} streams per A/B scenario, ~{USERS_PER_ARM} users/arm, 7 days; "
-        f"covariate ρ² {results['A/A']['rho2']:.3f} (from the simulated world: {rho2_world:.4f}); α = {base.alpha}"
+        f"covariate ρ² {aa['rho2']:.3f} (from the simulated world: {rho2_world:.4f}); α = {base.alpha}"
     )
-    header = f"{'measure':<44}" + "".join(f"{s + '@' + c:>16}" for c in CADENCES for s in specs)
-    print(header + f"{'Welch 7d':>10}{'CUPED 7d':>10}  target")
+    shown = list(designs)
+    print(f"{'measure':<34}" + "".join(f"{d[:22]:>23}" for d in shown) + f"{'Welch 7d':>10}{'CUPED 7d':>10}")
     lines = [
-        ("A/A PROMOTE + ROLL_BACK", "A/A", "decisive", "welch", "<= 0.05"),
-        ("A/A PROMOTE", "A/A", "promote", None, ""),
-        ("power +2% depth (PROMOTE)", "+2%", "promote", "welch", ""),
-        ("power +5% depth (PROMOTE)", "+5%", "promote", "welch", ">= 0.80"),
-        ("+5%: median users to decision / fixed test", "+5%", "users_ratio_median", None, "<= 0.50"),
-        ("+5%: p90 users to decision / fixed test", "+5%", "users_ratio_p90", None, ""),
-        ("+5%: median hours to decision", "+5%", "hours_median", None, ""),
-        ("-3% depth detected (ROLL_BACK)", "-3%", "roll_back", "welch", ""),
-        ("-3%: median hours to decision", "-3%", "hours_median", None, ""),
+        ("A/A PROMOTE + ROLL_BACK", "A/A", "decisive", True),
+        ("A/A PROMOTE", "A/A", "promote", False),
+        ("+2% PROMOTE", "+2%", "promote", True),
+        ("+5% PROMOTE", "+5%", "promote", True),
+        ("+5% median hours to PROMOTE", "+5%", "hours_median_to_promote", False),
+        ("-3% ROLL_BACK", "-3%", "roll_back", True),
+        ("-3% PROMOTE", "-3%", "promote", False),
+        ("-10% median hours to ROLL_BACK", "-10%", "hours_median_to_roll_back", False),
+        ("fading PROMOTE", "fading +10% to 0 by day 4", "promote", False),
+        ("fading median hours to PROMOTE", "fading +10% to 0 by day 4", "hours_median_to_promote", False),
     ]
-    for label, scenario, field, fixed_key, target in lines:
+    for label, scenario, field, fixed_key in lines:
         row = results[scenario]
-        cells = "".join(f"{row[f'{s}@{c}'][field]:>16.3f}" for c in CADENCES for s in specs)
-        fixed_cells = f"{row['fixed_welch_rate']:>10.3f}{row['fixed_cuped_rate']:>10.3f}" if fixed_key else f"{'':>20}"
-        print(f"{label:<44}{cells}{fixed_cells}  {target}")
-    ci = aa["cuped@10min"]["decisive_ci95"]
-    print(f"A/A decisive 95 % interval (cuped@10min): [{ci[0]:.3f}, {ci[1]:.3f}]")
-    for row in sweep.values():
-        r, q = row["cuped@10min"], row["seq-only@10min"]
-        print(
-            f"sweep ρ² {row['rho2']:.2f}: power +5% {r['promote']:.3f} (seq-only {q['promote']:.3f}), median users "
-            f"ratio {r['users_ratio_median']:.2f} (seq-only {q['users_ratio_median']:.2f}), fixed CUPED "
-            f"{row['fixed_cuped_rate']:.3f}, Welch {row['fixed_welch_rate']:.3f}"
-        )
+        cells = "".join(f"{row[d][field]:>23.3f}" if row[d][field] is not None else f"{'-':>23}" for d in shown)
+        fixed_cells = f"{row['fixed_welch_rate']:>10.3f}{row['fixed_cuped_rate']:>10.3f}" if fixed_key else ""
+        print(f"{label:<34}{cells}{fixed_cells}")
+    print(f"A/A adversary through evaluate_online (frozen plan): {aa['adversary_replay']}")
+    print(f"last reading failed 3 times: +5% {ab5.get('final_look_failure')}, -3% {m3.get('final_look_failure')}")
+    for rate, row in sre.items():
+        print(f"SRE errors guardrail at {rate} requests/min/arm: A/A {row['A/A']}, 5x {row['5x errors']}")
     print(f"evaluate_online replay agrees on {sum(agreement)}/{len(agreement)} streams (outcome and look)")
     print("targets: " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in passed.items()))
     print(f"{seconds:.0f} s")
@@ -630,19 +924,14 @@ def main() -> int:
     config = {
         "aa_streams": args.aa,
         "ab_streams_per_scenario": args.ab,
-        "sweep_streams": args.sweep,
         "users_per_arm": USERS_PER_ARM,
         "days": DAYS,
         "cadences_minutes": CADENCES,
         "min_duration_hours": MIN_DURATION_MIN / 60,
-        "alpha": base.alpha,
-        "alpha_split": alpha_split(base).__dict__,
-        "final_test_share": base.final_test_share,
-        "sequential_tau": base.sequential_tau,
-        "min_users_per_arm": base.min_users_per_arm,
-        "min_events_per_arm": base.min_events_per_arm,
+        "plan": plan.model_dump(mode="json", by_alias=True, exclude={"promotion": {"queries", "serving_queries"}}),
         "rho2_world": rho2_world,
         "seed": args.seed,
+        "designs": {k: f"{kind} at {cadence}" for k, (kind, _, cadence) in designs.items()},
     }
     payload = {
         "config": config,
@@ -650,7 +939,7 @@ def main() -> int:
         "targets": {k: f"{op} {v}" for k, (op, v) in targets.items()},
         "passed": passed,
         "scenarios": results,
-        "sweep": sweep,
+        "sre": sre,
         "replay_agreement": [sum(agreement), len(agreement)],
         "seconds": seconds,
     }

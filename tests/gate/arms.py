@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import numpy as np
-from flywheel_operator.api import ArmStats, OnlineReading
+from flywheel_operator.api import ArmStats, CanarySpec, DecisionPlan, OnlineReading, PromotionSpec
+from flywheel_operator.gate import decision_plan
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 GUARDRAILS = ("instruction-violations", "false-refusals", "errors")
@@ -26,7 +27,9 @@ def simulate_arm(
     depth = np.where(engaged, np.exp(1.0 + 0.8 * propensity + rng.normal(0.0, 0.5, size=users)), 0.0)
     depth = depth * depth_scale
     pre = np.exp(1.0 + 0.8 * propensity + rng.normal(0.0, 0.5, size=users))
-    responses = int(depth.sum()) + users
+    per_user = np.ceil(depth).astype(int) + 1  # responses served to each user
+    events = {name: rng.binomial(per_user, guardrail_rate) for name in GUARDRAILS}
+    responses = int(per_user.sum())
     return ArmStats(
         users=users,
         engaged_users=int(engaged.sum()),
@@ -36,7 +39,10 @@ def simulate_arm(
         pre_sum_squares=float((pre**2).sum()) if covariate else None,
         pre_cross_sum=float((pre * depth).sum()) if covariate else None,
         responses=responses,
-        guardrails={name: float(rng.binomial(responses, guardrail_rate)) for name in GUARDRAILS},
+        guardrails={name: float(e.sum()) for name, e in events.items()},
+        responses_sum_squares=float((per_user**2).sum()),
+        guardrail_sum_squares={name: float((e**2).sum()) for name, e in events.items()},
+        guardrail_cross_sums={name: float((e * per_user).sum()) for name, e in events.items()},
     )
 
 
@@ -44,3 +50,13 @@ def reading(
     control: ArmStats | None, treatment: ArmStats | None, error: str | None = None, crossover: int = 0
 ) -> OnlineReading:
     return OnlineReading(at=NOW, control=control, treatment=treatment, error=error, crossover_users=crossover)
+
+
+def plan_of(
+    spec: PromotionSpec, traffic: int = 50, *, min_duration: str = "1d", max_duration: str = "7d"
+) -> DecisionPlan:
+    """The plan the operator would freeze for `spec` on a canary with `traffic` % of users (1d–7d)."""
+    canary = CanarySpec(
+        inference_service="chat", traffic_percent=traffic, min_duration=min_duration, max_duration=max_duration
+    )
+    return decision_plan(spec, canary, now=NOW)

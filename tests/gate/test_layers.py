@@ -12,7 +12,7 @@ IO_LIBRARIES = {"httpx", "prometheus_client", "http", "socketserver", "subproces
 
 
 def test_public_surface() -> None:
-    assert gate.__all__ == ["detect_divergence", "evaluate_offline", "evaluate_online"]
+    assert gate.__all__ == ["decision_plan", "detect_divergence", "evaluate_offline", "evaluate_online", "plan_edits"]
 
 
 def test_pure_modules_import_no_io_library() -> None:

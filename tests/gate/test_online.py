@@ -11,20 +11,18 @@ from flywheel_operator.gate import evaluate_online
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.gate.arms import NOW, reading, simulate_arm
+from tests.gate.arms import NOW, plan_of, reading, simulate_arm
 
 DAY = timedelta(days=1)
-SPEC = PromotionSpec()
+SPEC = PromotionSpec(novelty_window="0d")
+"""The rule without the novelty guard (tested in test_sequential.py and test_issue25.py)."""
 
 
 def decide(control, treatment, *, elapsed=3 * DAY, previous=None, spec=SPEC, traffic=50, error=None, crossover=0):
     return evaluate_online(
-        spec,
+        plan_of(spec, traffic),
         reading(control, treatment, error, crossover),
-        traffic_percent=traffic,
         elapsed=elapsed,
-        min_duration=DAY,
-        max_duration=7 * DAY,
         previous=previous,
         now=NOW,
     )
@@ -71,7 +69,7 @@ def test_a_breached_guardrail_rolls_back(rng) -> None:
 
 
 def test_a_guardrail_the_exporter_does_not_report_blocks_promotion(rng) -> None:
-    spec = PromotionSpec(guardrails=[Guardrail(name="toxicity", margin=0.01)])
+    spec = PromotionSpec(guardrails=[Guardrail(name="toxicity", margin=0.01)], novelty_window="0d")
     decision = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.15), spec=spec)
     assert decision.outcome == "CONTINUE"
     assert any("toxicity" in r for r in decision.reasons)
@@ -103,7 +101,7 @@ def test_srm_uses_the_configured_split(rng) -> None:
     # by default every user off the candidate is control: 9,000 vs 1,000 users is the expected 90/10
     assert decide(control, treatment, traffic=10).outcome != "ROLL_BACK"
     # with equal arms of 10 % each (the report's design), the same counts are broken
-    spec = PromotionSpec(control_percent=10)
+    spec = PromotionSpec(control_percent=10, novelty_window="0d")
     assert decide(control, treatment, traffic=10, spec=spec).outcome == "ROLL_BACK"
 
 
@@ -116,7 +114,12 @@ def test_crossover_above_the_tolerance_stops_even_a_winner(rng) -> None:
     assert any(c.name == "crossover" and not c.passed for c in decision.checks)
     assert decision.numbers["crossover.share"] == pytest.approx(401 / 40_000)
     # the tolerance is the spec's: a looser one lets the same reading promote
-    assert decide(control, treatment, crossover=401, spec=PromotionSpec(crossover_tolerance=0.02)).outcome == "PROMOTE"
+    assert (
+        decide(
+            control, treatment, crossover=401, spec=PromotionSpec(crossover_tolerance=0.02, novelty_window="0d")
+        ).outcome
+        == "PROMOTE"
+    )
 
 
 def test_running_state_keeps_the_test_always_valid(rng) -> None:
@@ -154,7 +157,8 @@ arm_strategy = st.builds(
         users=n,
         engaged_users=int(n * engaged_share),
         depth_sum=n * mean,
-        depth_sum_squares=n * (mean * mean + spread),
+        # between (Σy)²/n and (Σy)², the range any n users' depths can give (issue 25 refuses other sums)
+        depth_sum_squares=min(n * (mean * mean + spread), (n * mean) ** 2),
         responses=responses,
         guardrails=dict.fromkeys(("instruction-violations", "false-refusals", "errors"), float(min(events, responses))),
     ),
@@ -172,7 +176,8 @@ elapsed_strategy = st.timedeltas(min_value=timedelta(0), max_value=timedelta(day
 @given(control=st.none() | arm_strategy, treatment=st.none() | arm_strategy, elapsed=elapsed_strategy)
 def test_no_data_never_promotes(control, treatment, elapsed) -> None:
     outage = decide(control, treatment, elapsed=elapsed, error="Prometheus is unreachable")
-    assert outage.outcome == ("INCONCLUSIVE" if elapsed >= 7 * DAY else "CONTINUE")
+    # issue 25: the last look retries a failed reading for finalLookGrace (2h) before it is INCONCLUSIVE
+    assert outage.outcome == ("INCONCLUSIVE" if elapsed >= 7 * DAY + timedelta(hours=2) else "CONTINUE")
     if control is None or treatment is None:
         assert decide(control, treatment, elapsed=elapsed).outcome in {"CONTINUE", "INCONCLUSIVE"}
 

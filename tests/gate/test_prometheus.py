@@ -21,6 +21,7 @@ from flywheel_operator.gate.exporter import ExporterServer, make_server
 from flywheel_operator.gate.readers import PrometheusReader, read_local
 from flywheel_operator.gate.store import DurableStore
 
+from tests.gate.arms import plan_of
 from tests.gate.test_store import engagement, exposure
 
 PROMETHEUS = shutil.which("prometheus")
@@ -145,12 +146,9 @@ def test_the_gate_reads_back_what_the_exporter_holds(exporter: ExporterServer, p
     outage = prom_reader.read(generation="gen2", namespace="default", now=datetime.now(UTC))
     assert not outage.has_data and "unreachable" in (outage.error or "")
     decision = evaluate_online(
-        promotion,
+        plan_of(promotion),
         outage,
-        traffic_percent=50,
         elapsed=timedelta(days=2),
-        min_duration=timedelta(days=1),
-        max_duration=timedelta(days=7),
         previous=None,
         now=datetime.now(UTC),
     )

@@ -12,7 +12,7 @@ from flywheel_operator.gate.events import parse_event
 from flywheel_operator.gate.readers import PrometheusReader, read_local
 from flywheel_operator.gate.store import EngagementStore
 
-from tests.gate.arms import NOW
+from tests.gate.arms import NOW, plan_of
 from tests.gate.test_store import engagement, exposure
 
 SPEC = PromotionSpec(prometheus_url="http://prometheus.test:9090")
@@ -158,21 +158,18 @@ def test_a_prometheus_outage_continues_until_max_duration_then_is_inconclusive()
     outage = {query: httpx.ConnectError("connection refused") for query in answers()}
     previous = None
     outcomes = []
-    for hours in (1, 30, 100, 167, 168, 200):
+    for hours in (1, 30, 100, 167, 168, 169.5, 170, 200):  # issue 25: the last look waits finalLookGrace (2h)
         reading = reader(outage).read(generation="gen2", namespace="ns", now=NOW)
         previous = evaluate_online(
-            SPEC,
+            plan_of(SPEC),
             reading,
-            traffic_percent=50,
             elapsed=timedelta(hours=hours),
-            min_duration=timedelta(days=1),
-            max_duration=timedelta(days=7),
             previous=previous,
             now=NOW,
         )
         outcomes.append(previous.outcome)
         assert any("no data" in r for r in previous.reasons)
-    assert outcomes == ["CONTINUE"] * 4 + ["INCONCLUSIVE"] * 2
+    assert outcomes == ["CONTINUE"] * 6 + ["INCONCLUSIVE"] * 2
 
 
 CROSSOVER = SPEC.queries.crossover.format(generation="gen2", namespace="ns")
@@ -216,12 +213,9 @@ def test_a_guardrail_count_that_is_not_a_whole_non_negative_number_is_no_data_an
     reading = reader(table).read(generation="gen2", namespace="ns", now=NOW)
     assert not reading.has_data and "false-refusals" in (reading.error or "") and "whole count" in reading.error
     decision = evaluate_online(
-        SPEC,
+        plan_of(SPEC),
         reading,
-        traffic_percent=50,
         elapsed=timedelta(hours=25),
-        min_duration=timedelta(days=1),
-        max_duration=timedelta(days=7),
         previous=None,
         now=NOW,
     )

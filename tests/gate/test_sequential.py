@@ -15,20 +15,26 @@ from flywheel_operator.api import ArmStats, Guardrail, OnlineDecision, Promotion
 from flywheel_operator.gate import evaluate_online, stats
 from scipy import special
 
-from tests.gate.arms import GUARDRAILS, NOW, reading, simulate_arm
+from tests.gate.arms import GUARDRAILS, NOW, plan_of, reading, simulate_arm
 
 DAY = timedelta(days=1)
 MINUTES = 7 * 24 * 60
 
 
+def NO_EVENTS_PER_USER(users: int, responses_each: int) -> dict:
+    """The per-user sums of users served `responses_each` responses each and no guardrail event."""
+    return {
+        "responses_sum_squares": float(users * responses_each**2),
+        "guardrail_sum_squares": dict.fromkeys(GUARDRAILS, 0.0),
+        "guardrail_cross_sums": dict.fromkeys(GUARDRAILS, 0.0),
+    }
+
+
 def decide(control, treatment, *, spec=None, elapsed=3 * DAY, previous=None, traffic=50):
     return evaluate_online(
-        spec or PromotionSpec(),
+        plan_of(spec or PromotionSpec(), traffic),
         reading(control, treatment),
-        traffic_percent=traffic,
         elapsed=elapsed,
-        min_duration=DAY,
-        max_duration=7 * DAY,
         previous=previous,
         now=NOW,
     )
@@ -80,11 +86,12 @@ def test_the_sequential_srm_is_valid_over_many_streams_and_still_catches_a_broke
 
 
 def test_the_family_wise_alpha_adds_up() -> None:
-    from flywheel_operator.gate.online import alpha_split
+    from flywheel_operator.gate.online import alpha_plan
 
     spec = PromotionSpec()
-    split = alpha_split(spec)
-    total = split.srm + 2 * (split.success + split.final) + len(spec.guardrails) * split.guardrail
+    split = alpha_plan(spec)
+    total = split.srm + len(spec.guardrails) * split.guardrail
+    total += sum(split.efficacy.values()) + sum(split.harm_always_valid.values()) + sum(split.harm_scheduled.values())
     assert total == pytest.approx(spec.alpha)
     with pytest.raises(ValueError, match="srmPValue"):
         PromotionSpec(alpha=0.001, srm_p_value=0.001)
@@ -193,6 +200,7 @@ def arm_with(users: int, adopted: int = 0) -> ArmStats:
         depth_sum_squares=10.0 * users,
         responses=2 * users,
         guardrails=dict.fromkeys(GUARDRAILS, 0.0),
+        **NO_EVENTS_PER_USER(users, 2),
         **({"adopted_users": adopted} if adopted else {}),
     )
 
@@ -218,44 +226,13 @@ def test_a_counter_reset_is_stitched_and_never_read_as_a_broken_split() -> None:
 def test_running_state_carries_the_sums_through_an_outage() -> None:
     first = decide(arm_with(20_000), arm_with(20_000))
     outage = evaluate_online(
-        PromotionSpec(),
-        reading(None, None, "Prometheus is unreachable"),
-        traffic_percent=50,
-        elapsed=3 * DAY,
-        min_duration=DAY,
-        max_duration=7 * DAY,
-        previous=first,
+        plan_of(PromotionSpec()), reading(None, None, "Prometheus is unreachable"), elapsed=3 * DAY, previous=first,
         now=NOW,
-    )
+    )  # fmt: skip
     assert isinstance(outage, OnlineDecision)
     assert outage.numbers["sums.control.users"] == 20_000
     after = decide(arm_with(100), arm_with(100), previous=outage)
     assert after.numbers["counter_resets"] == 1.0
-
-
-def test_the_fixed_horizon_share_decides_once_at_max_duration() -> None:
-    """A lift the always-valid interval cannot yet confirm, but the one fixed-horizon test at maxDuration can."""
-
-    def arm(mean: float) -> ArmStats:  # 20,000 users, depth sd 20: the relative lift's standard error is 0.02
-        n = 20_000
-        return ArmStats(
-            users=n,
-            engaged_users=n // 2,
-            depth_sum=n * mean,
-            depth_sum_squares=400.0 * (n - 1) + n * mean * mean,
-            responses=3 * n,
-            guardrails=dict.fromkeys(GUARDRAILS, 0.0),
-        )
-
-    control, treatment = arm(10.0), arm(10.62)
-    before = decide(control, treatment, elapsed=6 * DAY)
-    assert before.outcome == "CONTINUE", before.reasons
-    assert before.numbers["depth.lower"] < 0 < before.numbers["depth.final_test_lower"]
-    at_the_end = decide(control, treatment, elapsed=7 * DAY)
-    assert at_the_end.outcome == "PROMOTE", at_the_end.reasons
-    assert "fixed-horizon" in at_the_end.reasons[0]
-    sequential_only = PromotionSpec(final_test_share=0.0)
-    assert decide(control, treatment, elapsed=7 * DAY, spec=sequential_only).outcome == "INCONCLUSIVE"
 
 
 # --------------------------------------------------------------------------------------- novelty guard
@@ -267,6 +244,7 @@ def moments_arm(mean: float, sd: float, engaged: int, n: int = 200_000) -> ArmSt
         depth_sum_squares=sd * sd * (n - 1) + n * mean * mean,
         responses=3 * n,
         guardrails=dict.fromkeys(GUARDRAILS, 0.0),
+        **NO_EVENTS_PER_USER(n, 3),
     )
 
 
@@ -290,7 +268,7 @@ def test_the_novelty_guard_blocks_a_lift_that_faded() -> None:
         assert previous is not None
         return previous
 
-    assert run(PromotionSpec()).outcome == "PROMOTE"
+    assert run(PromotionSpec(novelty_window="0d")).outcome == "PROMOTE"
     guarded = run(PromotionSpec(novelty_window="1d"))
     assert guarded.outcome == "CONTINUE", guarded.reasons
     assert any(r.startswith("novelty guard") for r in guarded.reasons)

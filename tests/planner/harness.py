@@ -80,13 +80,18 @@ def arm(users: int, engaged: int, mean_depth: float, sd: float = 2.0) -> ArmStat
     depth_sum = users * mean_depth
     responses = users * 5
     rates = {"instruction-violations": 0.05, "false-refusals": 0.01, "errors": 0.001}
+    events = {name: round(rate * responses) for name, rate in rates.items()}
     return ArmStats(
         users=users,
         engaged_users=engaged,
         depth_sum=depth_sum,
         depth_sum_squares=users * (sd**2 + mean_depth**2),
         responses=responses,
-        guardrails={name: round(rate * responses) for name, rate in rates.items()},
+        guardrails=events,
+        # per-user sums (issue 25): 5 responses each, an event at most once per user
+        responses_sum_squares=25.0 * users,
+        guardrail_sum_squares={name: float(e) for name, e in events.items()},
+        guardrail_cross_sums={name: 5.0 * e for name, e in events.items()},
     )
 
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from flywheel_operator.api import OnlineDecision, OnlineReading, PromotionSpec
-from flywheel_operator.gate import evaluate_online, stats
+from flywheel_operator.api import CanarySpec, OnlineDecision, OnlineReading, PromotionSpec
+from flywheel_operator.gate import decision_plan, evaluate_online, stats
 from flywheel_operator.gate.events import parse_event
 from flywheel_operator.gate.store import EngagementStore
 from flywheel_sim import FunctionPolicy, ScriptedPolicy, TrafficSimulation, World, system_message
@@ -49,16 +49,9 @@ def gate_outcome(promotion: PromotionSpec, store: EngagementStore, day: int, pre
     control, treatment = store.arm_stats("aa")
     now = START + timedelta(days=day)
     reading = OnlineReading(at=now, control=control, treatment=treatment)
-    return evaluate_online(
-        promotion,
-        reading,
-        traffic_percent=50,
-        elapsed=timedelta(days=day),
-        min_duration=timedelta(days=1),
-        max_duration=timedelta(days=DAYS),
-        previous=previous,
-        now=now,
-    )
+    canary = CanarySpec(inference_service="chat", traffic_percent=50, min_duration="1d", max_duration=f"{DAYS}d")
+    plan = decision_plan(promotion, canary, now=START)  # the plan the operator freezes (issue 25)
+    return evaluate_online(plan, reading, elapsed=timedelta(days=day), previous=previous, now=now)
 
 
 @pytest.mark.slow

@@ -772,6 +772,55 @@ class PromotionQueries(ApiModel):
     writes a generation's series only once one of its users crossed. Empty: no crossover check."""
 
 
+# --- issue 25: hard SRE guardrails on KServe's serving metrics (h25) ---------------------------------------
+UNIQUE_BY_METRIC: dict[str, Any] = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["metric"]}
+
+
+class ServingGuardrail(ApiModel):
+    """A hard SRE guardrail on the predictor (Flagger's analysis metrics): a threshold checked every `interval`
+    over a window of the same length; `failures` failed checks in a row roll the canary back. No statistics: a
+    canary that errors or stalls is gone in minutes, long before an engagement test could say anything."""
+
+    metric: Literal["errors", "latency-p95"]
+    """`errors`: the canary's share of requests answered 5xx minus the parent's over the window; `latency-p95`:
+    the canary's p95 request latency divided by the parent's."""
+    threshold: float = Field(gt=0)
+    """Largest tolerated value: an absolute excess of the error ratio (0.02 = 2 points above the parent's) or a
+    ratio of p95 latencies (1.5 = 50 % slower than the parent)."""
+    interval: Duration = "2m"
+    """How often the check runs, and the window its rates are computed over."""
+    failures: Annotated[int, Field(ge=1, le=100)] = 3
+    """Failed checks in a row that roll the canary back (Flagger's `threshold`)."""
+    min_requests: Annotated[int, Field(ge=1)] = 100
+    """A window with fewer canary requests than this is not judged (neither failed nor passed): a rate over a
+    handful of requests is noise."""
+
+
+class ServingQueries(ApiModel):
+    """PromQL templates of KServe's serving metrics, one query per arm and window. `{namespace}`, `{revision}` (the
+    arm's predictor revision, from the InferenceService status) and `{window}` (e.g. `2m`) are filled in. The
+    defaults read the Knative queue-proxy metrics KServe exports in Serverless mode; for RawDeployment
+    (`mode: standard`) point them at the model server's or the mesh's request metrics (docs/metrics.md)."""
+
+    requests: str = (
+        'sum(increase(revision_app_request_count{{namespace_name="{namespace}",revision_name="{revision}"}}[{window}]))'
+    )
+    """Requests served by the arm over the window."""
+    errors: str = (
+        'sum(increase(revision_app_request_count{{namespace_name="{namespace}",revision_name="{revision}",'
+        'response_code_class="5xx"}}[{window}]))'
+    )
+    """Requests answered with a 5xx over the window."""
+    latency_p95: str = (
+        "histogram_quantile(0.95, sum by (le) (rate(revision_app_request_latencies_bucket{{"
+        'namespace_name="{namespace}",revision_name="{revision}"}}[{window}]))) / 1000'
+    )
+    """p95 request latency over the window, in seconds (queue-proxy's histogram is in milliseconds)."""
+
+
+# --- end issue 25 ---------------------------------------------------------------------------------------
+
+
 class PromotionSpec(ApiModel):
     """The online gate: engagement lift read from Prometheus."""
 
@@ -819,19 +868,54 @@ class PromotionSpec(ApiModel):
     breadth) this many not engaged, besides `minUsersPerArm` users; plug-in variances of rare events are not
     to be trusted with fewer. The confidence sequences hold uniformly in time, so waiting keeps them valid."""
 
-    final_test_share: float = Field(default=0.75, ge=0, lt=1)
-    """Share of each success metric's α kept for one fixed-horizon z-test at `maxDuration` (the last look); the
-    rest goes to the always-valid test that can promote early. 0 is purely sequential. On engagement data whose
-    per-user sums grow for days, a purely sequential gate had 0.64 power at +5 % depth where the fixed 7-day test
-    had 0.95 (docs/metrics.md, section 8): the final test keeps most of the fixed test's power, and the
-    sequential part still stops early on large effects and on harm."""
+    # --- issue 25: the frozen plan's α split, group-sequential looks, serving guardrails (h25) ---------------
+    look_every: Duration | None = None
+    """Schedule of the group-sequential looks (efficacy and deterioration): one look per period from the canary's
+    start, whatever `checkInterval` is, and a last one at `maxDuration`. Unset: `maxDuration` / 28 (6 h for the
+    default 7 d). Each look's boundary comes from O'Brien–Fleming-type α-spending on the information fraction
+    (docs/metrics.md, section 5)."""
+    expected_users_per_arm: Annotated[int, Field(ge=1)] | None = None
+    """Users per arm expected by `maxDuration`, from the pre-period's traffic (distinct users of a
+    `maxDuration`-long window before the canary × the arm's share): the denominator of the information fraction,
+    raised to the users seen when more arrive. Unset: projected from the arrivals so far (conservative early)."""
+    breadth_share: float = Field(default=0.05, gt=0, lt=1)
+    """Share of the success metrics' α given to breadth; depth, the metric the report moved, gets the rest.
+    Breadth is judged by always-valid tests only: its estimand moves as users become engaged on a later day, so its
+    z-statistics do not follow the Brownian structure group-sequential boundaries rest on (an O'Brien–Fleming
+    harm boundary at 0.004 rolled back 3 % of bench/gate.py's A/A streams)."""
+    harm_share: float = Field(default=0.62, gt=0, lt=1)
+    """Share of each success metric's α spent on deterioration (roll back when worse); the rest on efficacy
+    (promote when better). A wrong roll-back and a wrong promotion are both counted in α."""
+    harm_always_valid_share: float = Field(default=0.1, gt=0, lt=1)
+    """Share of the deterioration α spent on the always-valid test (any look, any cadence: large harm is rolled
+    back between scheduled looks); the rest on the scheduled group-sequential deterioration boundary, whose last
+    look at `maxDuration` rolls back a canary that is worse at the end."""
+    guardrail_share: float = Field(default=0.3, gt=0, lt=0.5)
+    """Share of `alpha − srmPValue` spent on the guardrails (split equally; each guardrail's breach and
+    non-inferiority tests are the two one-sided halves of one interval, only one of them can be wrong)."""
+    serving_guardrails: list[ServingGuardrail] = Field(
+        default_factory=lambda: [
+            ServingGuardrail(metric="errors", threshold=0.02),
+            ServingGuardrail(metric="latency-p95", threshold=1.5),
+        ],
+        json_schema_extra=UNIQUE_BY_METRIC,
+    )
+    """Hard SRE guardrails on the predictor's serving metrics (KServe's), Flagger-style: each is checked every
+    `interval` over a window of that length and rolls back after `failures` failed checks in a row; they can
+    only roll back (docs/metrics.md, section 6). Empty: none."""
+    serving_queries: ServingQueries = Field(default_factory=lambda: ServingQueries())
+    """PromQL templates of the serving metrics per arm."""
+    final_look_grace: Duration = "2h"
+    """How long the last look retries a failed reading after `maxDuration` before the canary ends INCONCLUSIVE:
+    a Prometheus hiccup at that one look must not forfeit the experiment."""
+    # --- end issue 25 ---------------------------------------------------------------------------------------
 
-    novelty_window: Duration | None = None
-    """Novelty guard, off when unset: with e.g. `2d`, PROMOTE also needs depth's lift over the last window (turns
-    added during it, per exposed user, from carried checkpoints of the sums) to stay above `minDepthLift`, so a
-    lift that fades after the first days is not promoted. The window never holds the first window of the test,
-    so no promotion comes before two windows; the cost in days and power is measured in docs/metrics.md
-    (section 8)."""
+    novelty_window: Duration | None = "1d"  # issue 25: on by default (bench/gate.py, docs/metrics.md section 9)
+    """Novelty guard (on by default, `1d`; `0d` turns it off): PROMOTE also needs depth's lift over the last
+    window (turns added during it, per exposed user, from carried checkpoints of the sums) to stay above
+    `minDepthLift`, so a lift that fades after the first days is not promoted. The window never holds the first
+    window of the test, so no promotion comes before two windows (a canary with `maxDuration` under two windows
+    runs without the guard); the cost in days and power is measured in docs/metrics.md (section 9)."""
 
     @model_validator(mode="after")
     def _srm_within_alpha(self) -> PromotionSpec:

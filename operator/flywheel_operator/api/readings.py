@@ -117,6 +117,55 @@ class ArmStats(ApiModel):
     counted in `users` for the metrics, left out of the sample-ratio test (whether they come back depends on
     the arm)."""
 
+    # --- issue 25: range checks of the per-user sums (h25) ---------------------------------------------------
+    def range_problems(self) -> list[str]:
+        """Sums that no set of `users` users could produce, in words (empty when all are possible). For values
+        v_i ≥ 0 of n users: Σv² ≥ (Σv)²/n (Cauchy–Schwarz) and Σv² ≤ (Σv)²; for whole counts also Σv² ≥ Σv; a
+        guardrail's events never exceed the responses, per user either (g_i ≤ r_i gives Σg² ≤ Σgr), and
+        (Σgr)² ≤ Σg²·Σr². A reading that breaks one comes from a broken exporter or query, not from users."""
+        problems: list[str] = []
+        n = self.users
+
+        def below(value: float, floor: float) -> bool:
+            return value < floor - 1e-9 * max(1.0, abs(floor)) - 1e-6
+
+        def second_moment(label: str, total: float, squares: float | None, *, counts: bool) -> None:
+            if squares is None:
+                return
+            if n == 0 and (total > 0 or squares > 0):
+                problems.append(f"{label} is {total:g} over 0 users")
+                return
+            if n and below(squares, total * total / n):
+                problems.append(f"Σ{label}² = {squares:g} is below (Σ{label})²/users = {total * total / n:g}")
+            if below(total * total, squares):
+                problems.append(f"Σ{label}² = {squares:g} is above (Σ{label})² = {total * total:g}")
+            if counts and below(squares, total):
+                problems.append(f"Σ{label}² = {squares:g} is below Σ{label} = {total:g} (whole counts)")
+
+        second_moment("depth", self.depth_sum, self.depth_sum_squares, counts=False)
+        if self.pre_sum is not None:
+            second_moment("pre", self.pre_sum, self.pre_sum_squares, counts=False)
+            if (
+                self.pre_sum_squares is not None
+                and self.pre_cross_sum is not None
+                and below(self.pre_sum_squares * self.depth_sum_squares, self.pre_cross_sum**2)
+            ):
+                problems.append("Σpre·depth is above √(Σpre²·Σdepth²) (Cauchy–Schwarz)")
+        second_moment("responses", float(self.responses), self.responses_sum_squares, counts=True)
+        for name, events in self.guardrails.items():
+            if below(float(self.responses), events):
+                problems.append(f"guardrail {name}: {events:g} events among {self.responses} responses")
+            squares, cross = self.guardrail_sum_squares.get(name), self.guardrail_cross_sums.get(name)
+            second_moment(f"{name}", events, squares, counts=True)
+            if squares is not None and cross is not None:
+                if below(cross, squares):
+                    problems.append(f"guardrail {name}: Σg·r = {cross:g} is below Σg² = {squares:g} (g ≤ r per user)")
+                if self.responses_sum_squares is not None and below(squares * self.responses_sum_squares, cross**2):
+                    problems.append(f"guardrail {name}: Σg·r = {cross:g} is above √(Σg²·Σr²) (Cauchy–Schwarz)")
+        return problems
+
+    # --- end issue 25 ---------------------------------------------------------------------------------------
+
     @model_validator(mode="after")
     def _consistent(self) -> ArmStats:
         if self.engaged_users > self.users:
@@ -124,6 +173,30 @@ class ArmStats(ApiModel):
         if self.adopted_users > self.users:
             raise ValueError(f"adoptedUsers ({self.adopted_users}) cannot exceed users ({self.users})")
         return self
+
+
+# --- issue 25: serving metrics per arm (h25) ------------------------------------------------------------
+class ServingWindow(ApiModel):
+    """One arm's serving metrics over the last window (KServe's request metrics)."""
+
+    requests: float = Field(ge=0, allow_inf_nan=False)
+    """Requests served over the window."""
+    errors: float = Field(ge=0, allow_inf_nan=False)
+    """Of them, requests answered with a 5xx."""
+    latency_p95_seconds: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """p95 request latency over the window (None: no requests, or no latency histogram)."""
+
+
+class ServingReading(ApiModel):
+    """Both arms' serving metrics over one window of each serving guardrail, by guardrail metric."""
+
+    windows: dict[str, dict[str, ServingWindow]] = Field(default_factory=dict)
+    """`{metric: {"control": …, "treatment": …}}` for every serving guardrail that could be read."""
+    errors: dict[str, str] = Field(default_factory=dict)
+    """`{metric: why}` for the serving guardrails that could not be read (not judged this time)."""
+
+
+# --- end issue 25 ---------------------------------------------------------------------------------------
 
 
 class OnlineReading(ApiModel):
@@ -140,6 +213,8 @@ class OnlineReading(ApiModel):
     crossover_users: int = Field(default=0, ge=0)
     """Users of the experiment seen in both arms (counted once, in their first arm), as counted since the
     exporter's state began, like the arms' users."""
+    serving: ServingReading | None = None
+    """The predictor's serving metrics for the hard SRE guardrails (None: not read)."""
 
     @model_validator(mode="after")
     def _crossed_were_exposed(self) -> OnlineReading:

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 
 from flywheel_operator.api.base import ApiModel
+from flywheel_operator.api.durations import Duration
+from flywheel_operator.api.models import PromotionSpec
 from flywheel_operator.api.readings import OfflineMetrics, OnlineReading
 
 Phase = Literal[
@@ -109,6 +111,60 @@ class OnlineDecision(ApiModel):
     """When it was decided."""
 
 
+# --- issue 25: the frozen decision plan (h25) ---------------------------------------------------------------
+class AlphaPlan(ApiModel):
+    """Where the gate's family-wise α goes (Bonferroni: the false-decision rates add up to `alpha`). Every level
+    is one-sided: a wrong roll-back and a wrong promotion are different errors, each counted once."""
+
+    srm: float
+    """The sequential sample-ratio test."""
+    efficacy: dict[str, float]
+    """Per success metric: the group-sequential efficacy boundary (PROMOTE when better by its minimum lift)."""
+    harm_always_valid: dict[str, float]
+    """Per success metric: the always-valid deterioration test (ROLL_BACK at any look)."""
+    harm_scheduled: dict[str, float]
+    """Per success metric: the group-sequential deterioration boundary (ROLL_BACK at a scheduled look, the last
+    at `maxDuration`)."""
+    guardrail: float
+    """Each guardrail's breach (ROLL_BACK) and non-inferiority (needed to PROMOTE) one-sided level."""
+
+
+class DecisionPlan(ApiModel):
+    """The online gate's whole decision plan, copied into the status when the canary starts and the only thing
+    the gate reads: editing `promotion` or the canary's timings during a live canary changes nothing (the
+    operator ignores the edit with a Warning Event), so nobody can move the goal posts after a peek."""
+
+    frozen_at: datetime
+    """When the plan was copied (the canary's start)."""
+    spec_generation: int | None = None
+    """`metadata.generation` of the spec it was copied from."""
+    promotion: PromotionSpec
+    """The promotion settings as they were at the start (margins, minimum lifts, τ, shares, guardrails…)."""
+    traffic_percent: int
+    """Share of users on the candidate."""
+    min_duration: Duration
+    """No promotion before this much exposure."""
+    max_duration: Duration
+    """The last look (information fraction 1)."""
+    check_interval: Duration
+    """How often the metrics are read (the always-valid tests hold at any cadence)."""
+    final_look_grace: Duration
+    """How long the last look retries a failed reading."""
+    look_every: Duration
+    """The schedule of the group-sequential looks."""
+    spending: str = "obrien-fleming"
+    """The α-spending function of the group-sequential boundaries (Lan–DeMets, O'Brien–Fleming type)."""
+    alpha: AlphaPlan
+    """The α split."""
+    schedule_hours: list[float] = Field(default_factory=list)
+    """Elapsed hours of the scheduled looks, the last one at `maxDuration`."""
+    expected_users_per_arm: int | None = None
+    """Users per arm expected by `maxDuration` (the information fraction's denominator), if known."""
+
+
+# --- end issue 25 ---------------------------------------------------------------------------------------
+
+
 class OnlineStatus(ApiModel):
     """The online A/B test of the canary."""
 
@@ -122,6 +178,11 @@ class OnlineStatus(ApiModel):
     """When the gate reads the metrics next."""
     divergence: GateCheck | None = None
     """The overfitting alarm at decision time: failed when a large offline RM gain met no online lift (V12)."""
+    plan: DecisionPlan | None = None
+    """The decision plan frozen at the canary's start (issue 25): what the gate reads, whatever the spec says now."""
+    ignored_spec_generation: int | None = None
+    """The latest `metadata.generation` whose edits to `promotion` or the canary's timings were ignored (a
+    Warning Event `PlanFrozen` said so once)."""
 
 
 class CanaryRouting(ApiModel):

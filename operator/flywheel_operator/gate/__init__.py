@@ -7,6 +7,6 @@ they are imported from their modules, never from here, so importing the gate pul
 
 from flywheel_operator.gate.divergence import detect_divergence
 from flywheel_operator.gate.offline import evaluate_offline
-from flywheel_operator.gate.online import evaluate_online
+from flywheel_operator.gate.online import decision_plan, evaluate_online, plan_edits
 
-__all__ = ["detect_divergence", "evaluate_offline", "evaluate_online"]
+__all__ = ["decision_plan", "detect_divergence", "evaluate_offline", "evaluate_online", "plan_edits"]

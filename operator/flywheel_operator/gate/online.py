@@ -1,20 +1,27 @@
 """The online gate: from one reading of both arms' sufficient statistics to PROMOTE / ROLL_BACK / CONTINUE /
-INCONCLUSIVE, with every number and reason (pure; the caller passes `now` and the previous decision).
+INCONCLUSIVE, with every number and reason (pure; the caller passes `now`, the frozen plan and the previous
+decision).
 
-Decision rule (docs/metrics.md, after Spotify's): promote only when at least one success metric (breadth
-or depth) is significantly better by its minimum lift, no success metric is significantly worse, every
-guardrail is significantly non-inferior within its margin, the split matches the configuration, and the canary
-has run for `min_duration`. Harm (a sample-ratio mismatch, more crossover users than `crossoverTolerance` allows,
-a guardrail significantly worse than its margin, a success metric significantly worse) rolls back at any time.
+Decision rule (docs/metrics.md): the gate reads only the `DecisionPlan` frozen into the status when the canary
+started, never the live spec, so nobody can move the goal posts after a peek.
 
-Every test holds uniformly in time, so the check interval does not matter: the SRM test is a mixture e-value
-over users (a function of the counts), the metrics use mSPRT confidence sequences whose running intersection
-is carried in the decision's numbers. `alpha` is the family-wise rate of the whole gate: `srmPValue` is spent on
-the SRM test, the rest is halved between the success metrics and the guardrails (`alpha_split`). A metric
-decides only once it has the minimum information (`minUsersPerArm` users, `minEventsPerArm` engaged users);
-a running interval that becomes empty means the data contradict the model, and the gate stops as INCONCLUSIVE.
-Exporter counter resets are detected from the carried sums and stitched (the sums before the reset are kept as
-an offset), never read as harm.
+* Harm rolls back: a sample-ratio mismatch, more crossover users than `crossoverTolerance` allows, a guardrail
+  significantly worse than its margin, a success metric significantly worse (the always-valid test at any look,
+  or the group-sequential deterioration boundary at a scheduled look, the last one at `maxDuration`), or a hard
+  SRE guardrail (errors, p95 latency) failing `failures` checks in a row. Harm comes first: a metric that is
+  significantly worse blocks promotion on another metric's win.
+* Efficacy promotes: at a scheduled look (every `lookEvery` from the start, whatever the check interval, and at
+  `maxDuration`) a success metric's z-statistic against its minimum lift crosses its Lan–DeMets O'Brien–Fleming
+  boundary on the information fraction; every guardrail is shown non-inferior; the canary ran `minDuration`; the
+  novelty guard (when on) sees the lift hold.
+* `alpha` is the family-wise rate of the whole gate, split one-sided (`alpha_plan`): a wrong PROMOTE or ROLL_BACK
+  needs one of the tests to be wrong at some look, so the chance of any stays ≤ alpha at any cadence.
+* The last look waits `finalLookGrace` for a reading; only then is the canary INCONCLUSIVE.
+
+A metric decides only once it has the minimum information (`minUsersPerArm` users, `minEventsPerArm` engaged
+users); a running interval that becomes empty means the data contradict the model, and the gate stops as
+INCONCLUSIVE. Exporter counter resets are detected from the carried sums and stitched. Readings whose per-user
+sums are impossible (out of range) are refused as no data, never decided on.
 """
 
 from __future__ import annotations
@@ -24,22 +31,31 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from flywheel_operator.api import (
+    AlphaPlan,
     ArmStats,
+    CanarySpec,
+    DecisionPlan,
     GateCheck,
     OnlineDecision,
     OnlineReading,
     PromotionSpec,
     parse_duration,
 )
-from flywheel_operator.gate import stats
+from flywheel_operator.gate import sequential, stats
 from flywheel_operator.gate.crossover import crossover_check
+from flywheel_operator.gate.serving import evaluate_serving
 
 SUCCESS_METRICS = ("breadth", "depth")
+DEFAULT_LOOKS = 28
+"""Scheduled looks when `lookEvery` is unset: every `maxDuration` / 28 (6 h of a 7-day canary)."""
+MAX_FRACTION_BEFORE_THE_END = 0.999
+"""An interim look's information fraction is capped below 1: only the last look spends what is left."""
 
 
 @dataclass(frozen=True)
 class MetricVerdict:
-    """One success metric at one look: its relative lift and always-valid interval (running intersection)."""
+    """One success metric at one look: its relative lift, the always-valid interval (running intersection) that
+    judges harm at any look, and at a scheduled look the z-statistics against the group-sequential boundaries."""
 
     name: str
     lift: float
@@ -47,20 +63,28 @@ class MetricVerdict:
     upper: float
     p_value: float
     minimum_lift: float
-    final_lower: float = -math.inf
-    """Lower bound of the fixed-horizon interval at the final test's level (only read at `maxDuration`)."""
+    z_efficacy: float | None = None
+    """(lift − minimum lift)/SE at a scheduled look (None between scheduled looks)."""
+    z_harm: float | None = None
+    """lift/SE at a scheduled look."""
+    efficacy_bound: float = math.inf
+    harm_bound: float = math.inf
 
     @property
     def better(self) -> bool:
-        return self.lower > self.minimum_lift
+        return self.z_efficacy is not None and self.z_efficacy >= self.efficacy_bound
 
     @property
-    def better_at_the_end(self) -> bool:
-        return self.final_lower > self.minimum_lift
+    def worse_always_valid(self) -> bool:
+        return self.upper < 0.0
+
+    @property
+    def worse_scheduled(self) -> bool:
+        return self.z_harm is not None and self.z_harm <= -self.harm_bound
 
     @property
     def worse(self) -> bool:
-        return self.upper < 0.0
+        return self.worse_always_valid or self.worse_scheduled
 
 
 @dataclass(frozen=True)
@@ -82,38 +106,97 @@ class GuardrailVerdict:
         return self.lower > self.margin
 
 
-@dataclass(frozen=True)
-class AlphaSplit:
-    """The family-wise α of the gate, spent across its tests (Bonferroni: the false-decision rates add up)."""
-
-    srm: float
-    success: float
-    """Each success metric's (two-sided) level of its always-valid test."""
-    final: float
-    """Each success metric's (two-sided) level of its one fixed-horizon test at `maxDuration`."""
-    guardrail: float
-    """Each guardrail's (two-sided) level."""
+GROUP_SEQUENTIAL_METRICS = ("depth",)
+"""Metrics judged by the group-sequential boundaries at scheduled looks; the others (breadth) by always-valid tests
+at both sides (see `PromotionSpec.breadth_share`)."""
 
 
-GUARDRAIL_ALPHA_SHARE = 0.2
-"""Share of `alpha − srmPValue` spent on the guardrails (the rest on the success metrics). Guardrails are
-non-inferiority tests with margins chosen to be provable; none of them broke an A/A stream in bench/gate.py at
-a half share, and moving α to the success metrics raised power at +5 % depth from 0.74 to 0.82 (section 8)."""
-
-
-def alpha_split(promotion: PromotionSpec) -> AlphaSplit:
-    """SRM gets `srmPValue`; of the rest, `GUARDRAIL_ALPHA_SHARE` goes to the guardrails (split equally) and the
-    remainder to breadth and depth (half each); each success metric's part is shared between its always-valid
-    test and one fixed test at `maxDuration` (`finalTestShare`). A wrong decision needs at least one of these
-    tests to be wrong at some look, so the chance of any wrong PROMOTE or ROLL_BACK stays ≤ alpha whatever the
-    check interval."""
+def alpha_plan(promotion: PromotionSpec) -> AlphaPlan:
+    """SRM gets `srmPValue`; of the rest, `guardrailShare` goes to the guardrails (split equally) and the remainder
+    to the success metrics (`breadthShare` to breadth, the rest to depth). Each success metric's part is split
+    between deterioration (`harmShare`) and efficacy; depth's deterioration part again between the always-valid
+    test (`harmAlwaysValidShare`) and the scheduled boundary, breadth's is all always-valid. All one-sided; they add
+    up to `alpha`."""
     rest = promotion.alpha - promotion.srm_p_value
-    to_guardrails = GUARDRAIL_ALPHA_SHARE * rest
-    share = rest - to_guardrails if promotion.guardrails else rest
-    guardrail = to_guardrails / len(promotion.guardrails) if promotion.guardrails else 0.0
-    metric = share / len(SUCCESS_METRICS)
-    final = metric * promotion.final_test_share
-    return AlphaSplit(srm=promotion.srm_p_value, success=metric - final, final=final, guardrail=guardrail)
+    guardrails = promotion.guardrail_share * rest if promotion.guardrails else 0.0
+    success = rest - guardrails
+    metric = {"breadth": success * promotion.breadth_share, "depth": success * (1.0 - promotion.breadth_share)}
+    harm = {m: a * promotion.harm_share for m, a in metric.items()}
+    always_valid = {
+        m: h * promotion.harm_always_valid_share if m in GROUP_SEQUENTIAL_METRICS else h for m, h in harm.items()
+    }
+    return AlphaPlan(
+        srm=promotion.srm_p_value,
+        efficacy={m: a - harm[m] for m, a in metric.items()},
+        harm_always_valid=always_valid,
+        harm_scheduled={m: h - always_valid[m] for m, h in harm.items()},
+        guardrail=guardrails / len(promotion.guardrails) if promotion.guardrails else 0.0,
+    )
+
+
+def decision_plan(
+    promotion: PromotionSpec, canary: CanarySpec, *, now: datetime, spec_generation: int | None = None
+) -> DecisionPlan:
+    """The plan the operator freezes into the status at the canary's start: everything the gate decides with."""
+    end = parse_duration(canary.max_duration)
+    if promotion.look_every is not None:
+        every = parse_duration(promotion.look_every)
+    else:
+        every = timedelta(seconds=max(int(end.total_seconds() / DEFAULT_LOOKS), 1))
+    hours, k = [], 1
+    while every * k < end:
+        hours.append(every.total_seconds() * k / 3600.0)
+        k += 1
+    hours.append(end.total_seconds() / 3600.0)
+    return DecisionPlan(
+        frozen_at=now,
+        spec_generation=spec_generation,
+        promotion=promotion.model_copy(deep=True),
+        traffic_percent=canary.traffic_percent,
+        min_duration=canary.min_duration,
+        max_duration=canary.max_duration,
+        check_interval=canary.check_interval,
+        final_look_grace=promotion.final_look_grace,
+        look_every=_duration_text(every),
+        alpha=alpha_plan(promotion),
+        schedule_hours=hours,
+        expected_users_per_arm=promotion.expected_users_per_arm,
+    )
+
+
+def _duration_text(duration: timedelta) -> str:
+    seconds = int(duration.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def plan_edits(plan: DecisionPlan, promotion: PromotionSpec, canary: CanarySpec) -> list[str]:
+    """What the live spec changed against the frozen plan (the fields a decision depends on), in words."""
+    fresh = decision_plan(promotion, canary, now=plan.frozen_at, spec_generation=plan.spec_generation)
+    before, after = plan.model_dump(by_alias=True), fresh.model_dump(by_alias=True)
+    edits = []
+    for key in sorted(after):
+        if key == "promotion":
+            for field in sorted(after[key]):
+                if field not in ("prometheusUrl", "queries", "servingQueries") and before[key].get(field) != after[
+                    key
+                ].get(field):
+                    edits.append(f"promotion.{field}")
+        elif before.get(key) != after.get(key) and key not in ("alpha", "scheduleHours"):
+            edits.append(key if key in ("finalLookGrace", "lookEvery", "expectedUsersPerArm") else f"canary.{key}")
+    return sorted(set(edits))
+
+
+def novelty_on(promotion: PromotionSpec, max_duration: timedelta | None = None) -> bool:
+    """The novelty guard is on unless `noveltyWindow` is `0d` (or null in Python: Kubernetes prunes a null), or the
+    canary is shorter than the two windows the guard needs (`maxDuration` < 2 × `noveltyWindow`): such a canary
+    could never promote, so it runs without the guard."""
+    if promotion.novelty_window is None:
+        return False
+    window = parse_duration(promotion.novelty_window)
+    return window.total_seconds() > 0 and (max_duration is None or 2 * window <= max_duration)
 
 
 class Inconsistent(Exception):
@@ -122,49 +205,70 @@ class Inconsistent(Exception):
 
 
 def evaluate_online(
-    promotion: PromotionSpec,
+    plan: DecisionPlan,
     reading: OnlineReading,
     *,
-    traffic_percent: int,
     elapsed: timedelta,
-    min_duration: timedelta,
-    max_duration: timedelta,
     previous: OnlineDecision | None,
     now: datetime,
 ) -> OnlineDecision:
-    """Decide on one reading. Never PROMOTE without data, on an SRM, or before `min_duration`; a CONTINUE at
-    or past `max_duration` becomes INCONCLUSIVE. `previous` carries the running p-values and intervals that
-    keep the sequential tests always-valid across looks, and the sums that reveal an exporter counter reset."""
-    alphas = alpha_split(promotion)
+    """Decide on one reading with the frozen `plan`. Never PROMOTE without data, on an SRM, between scheduled
+    looks or before `minDuration`; a CONTINUE at the last look becomes INCONCLUSIVE, and a failed reading at or
+    after `maxDuration` waits `finalLookGrace` first. `previous` carries the running intervals, the scheduled
+    looks' information fractions, the SRE guardrails' failure counts and the sums that reveal a counter reset."""
+    promotion = plan.promotion
+    alphas = plan.alpha
+    min_duration, max_duration = parse_duration(plan.min_duration), parse_duration(plan.max_duration)
+    grace = parse_duration(plan.final_look_grace)
     numbers: dict[str, float] = {
         "elapsed_hours": elapsed.total_seconds() / 3600.0,
         "alpha": promotion.alpha,
         "alpha.srm": alphas.srm,
-        "alpha.success_metric": alphas.success,
-        "alpha.final_test": alphas.final,
         "alpha.guardrail": alphas.guardrail,
-        "traffic_percent": float(traffic_percent),
+        "traffic_percent": float(plan.traffic_percent),
     }
+    for metric in SUCCESS_METRICS:
+        numbers[f"alpha.{metric}.efficacy"] = alphas.efficacy[metric]
+        numbers[f"alpha.{metric}.harm_always_valid"] = alphas.harm_always_valid[metric]
+        numbers[f"alpha.{metric}.harm_scheduled"] = alphas.harm_scheduled[metric]
     carried = _running_state(previous)
     numbers.update(carried)  # kept through outages and early looks; this look's values overwrite them
     out_of_time = elapsed >= max_duration
+    checks: list[GateCheck] = []
+    harm: list[str] = []
 
-    if not reading.has_data or not _both_arms_have_users(reading):
-        why = reading.error or "an arm has no exposed users yet"
-        check = GateCheck(name="data", passed=False, message=f"No data: {why}.")
-        return _finish(
-            "INCONCLUSIVE" if out_of_time else "CONTINUE",
-            [f"no data: {why}", *(_out_of_time_reason(max_duration) if out_of_time else [])],
-            numbers,
-            [check],
-            now,
-        )
+    serving_checks, serving_harm, serving_waiting = evaluate_serving(
+        promotion.serving_guardrails, reading.serving, elapsed, carried, numbers
+    )
+    checks.extend(serving_checks)
+    harm.extend(serving_harm)
+
+    refused = _refusal(reading)
+    if refused is not None or not reading.has_data or not _both_arms_have_users(reading):
+        why = refused or reading.error or "an arm has no exposed users yet"
+        checks.append(GateCheck(name="data", passed=False, message=f"No data: {why}."))
+        if harm:
+            return _finish("ROLL_BACK", [*harm, f"no engagement data: {why}"], numbers, checks, now)
+        reasons = [f"no data: {why}"]
+        if out_of_time and elapsed < max_duration + grace:
+            until = (max_duration + grace).total_seconds() / 3600
+            reasons.append(
+                f"the last look waits for a reading until {until:g}h (finalLookGrace {plan.final_look_grace})"
+            )
+            return _finish("CONTINUE", reasons, numbers, checks, now)
+        if out_of_time:
+            reasons.append(
+                f"no reading came within finalLookGrace ({plan.final_look_grace}) after maxDuration "
+                f"({plan.max_duration})"
+            )
+            return _finish("INCONCLUSIVE", reasons, numbers, checks, now)
+        return _finish("CONTINUE", reasons, numbers, checks, now)
     assert reading.control is not None and reading.treatment is not None  # has_data guarantees both
     control, treatment, reset = _stitch(reading.control, reading.treatment, carried, numbers)
     restarted = numbers.get("counter_resets", 0.0) > 0
     if restarted:
         control, treatment = _after_reset(control), _after_reset(treatment)
-    checks: list[GateCheck] = [GateCheck(name="data", passed=True, message="Both arms reported data.")]
+    checks.append(GateCheck(name="data", passed=True, message="Both arms reported data."))
     numbers["users.control"] = float(control.users)
     numbers["users.treatment"] = float(treatment.users)
     if reset:
@@ -173,15 +277,15 @@ def evaluate_online(
             "kept and added to the new ones, and this look decides nothing"
         )
         checks.append(GateCheck(name="counter-reset", passed=True, message=message))
-        reasons = [message, *(_out_of_time_reason(max_duration) if out_of_time else [])]
-        return _finish("INCONCLUSIVE" if out_of_time else "CONTINUE", reasons, numbers, checks, now)
+        if harm:
+            return _finish("ROLL_BACK", [*harm, message], numbers, checks, now)
+        return _finish("CONTINUE", [message], numbers, checks, now)
 
-    harm: list[str] = []
-    srm_check = _srm(promotion, control, treatment, traffic_percent, numbers)
+    srm_check = _srm(promotion, control, treatment, plan.traffic_percent, numbers)
     checks.append(srm_check)
     if not srm_check.passed:
         harm.append(srm_check.message)
-    waiting: list[str] = []
+    waiting: list[str] = list(serving_waiting)
     enough = min(control.users, treatment.users) >= promotion.min_users_per_arm
     crossover = _crossover(promotion, reading, numbers)
     checks.append(crossover)
@@ -190,6 +294,7 @@ def evaluate_online(
         # broken routing: it rolls back from `minUsersPerArm` on; before that it only waits (it can never promote).
         (harm if enough else waiting).append(crossover.message)
 
+    look = _scheduled_look(plan, control, treatment, elapsed, carried, numbers)
     verdicts: list[MetricVerdict] = []
     guardrails: list[GuardrailVerdict] = []
     if not enough:
@@ -203,11 +308,15 @@ def evaluate_online(
                 if restarted and judge is _breadth:
                     verdict = _frozen("breadth", promotion.min_breadth_lift, carried)
                 else:
-                    verdict = judge(promotion, control, treatment, alphas, carried, numbers)
+                    verdict = judge(promotion, control, treatment, alphas, look, carried, numbers)
                 if isinstance(verdict, str):
                     waiting.append(verdict)
                 else:
                     verdicts.append(verdict)
+            if min(control.engaged_users, treatment.engaged_users) < promotion.min_events_per_arm and not any(
+                w.startswith("depth waits") for w in waiting
+            ):
+                waiting.append(_depth_waits(promotion, control, treatment))
             _depth_per_engaged(control, treatment, numbers)
             guardrails, unmeasured = _guardrails(promotion, control, treatment, alphas.guardrail, carried, numbers)
         except Inconsistent as exc:
@@ -216,10 +325,16 @@ def evaluate_online(
         waiting.extend(unmeasured)
     for verdict in verdicts:
         checks.append(_metric_check(verdict))
-        if verdict.worse:
+        if verdict.worse_always_valid:
             harm.append(
                 f"{verdict.name} is significantly worse: relative lift {verdict.lift:+.2%}, "
                 f"always-valid interval [{verdict.lower:+.2%}, {verdict.upper:+.2%}]"
+            )
+        elif verdict.worse_scheduled:
+            harm.append(
+                f"{verdict.name} is significantly worse at the scheduled look {look.index + 1 if look else 0}: "
+                f"relative lift {verdict.lift:+.2%}, z = {verdict.z_harm:+.2f} below the deterioration boundary "
+                f"−{verdict.harm_bound:.2f} (information fraction {look.fraction if look else 0:.3f})"
             )
     for guardrail in guardrails:
         checks.append(_guardrail_check(guardrail))
@@ -232,52 +347,122 @@ def evaluate_online(
     if harm:
         return _finish("ROLL_BACK", harm, numbers, checks, now)
 
+    final = look is not None and look.final
     winners = [v for v in verdicts if v.better]
-    if out_of_time and alphas.final > 0:  # the one fixed-horizon look
-        winners += [v for v in verdicts if v.better_at_the_end and not v.better]
+    for verdict in verdicts:  # a metric significantly worse at its harm level blocks another metric's win
+        level = alphas.harm_scheduled[verdict.name] or alphas.harm_always_valid[verdict.name]
+        z = numbers.get(f"{verdict.name}.lift", 0.0) / max(numbers.get(f"{verdict.name}.lift_se", math.inf), 1e-300)
+        if winners and z <= -stats.normal_quantile(1.0 - level):
+            waiting.append(
+                f"{verdict.name} runs significantly worse at its fixed level (z = {z:+.2f}, one-sided α = "
+                f"{level:.4f}): no promotion on another metric's win while it does"
+            )
     unproven = [g for g in guardrails if not g.non_inferior]
-    if promotion.novelty_window is not None:
+    if novelty_on(promotion, max_duration):
         fading = _novelty(promotion, control, treatment, elapsed, carried, numbers)
         if fading is not None and winners:
             waiting.append(fading)
     if winners and not unproven and not waiting:
         wins = "; ".join(
-            f"{v.name} lift {v.lift:+.2%} in [{v.lower:+.2%}, {v.upper:+.2%}] > {v.minimum_lift:.2%}"
-            if v.better
-            else f"{v.name} lift {v.lift:+.2%}, fixed-horizon lower bound {v.final_lower:+.2%} > {v.minimum_lift:.2%} "
-            "at maxDuration"
+            f"{v.name} lift {v.lift:+.2%}, z = {v.z_efficacy:.2f} ≥ boundary {v.efficacy_bound:.2f} against the "
+            f"minimum lift {v.minimum_lift:.2%}"
             for v in winners
         )
         if elapsed >= min_duration:
             checks.append(GateCheck(name="min-duration", passed=True, message="The canary ran long enough."))
             return _finish(
                 "PROMOTE",
-                [f"significantly better: {wins}", "every guardrail is non-inferior"],
+                [f"significantly better at scheduled look {look.index + 1 if look else 0}: {wins}",
+                 "every guardrail is non-inferior"],
                 numbers,
                 checks,
                 now,
-            )
-        checks.append(
-            GateCheck(
-                name="min-duration",
-                passed=False,
-                value=numbers["elapsed_hours"],
-                limit=f">= {min_duration.total_seconds() / 3600:g}h",
-                message="The candidate wins but has not run for the minimum duration yet.",
-            )
-        )
+            )  # fmt: skip
         reasons = [f"significantly better ({wins}) but minDuration is not reached yet"]
     else:
         reasons = list(waiting)
-        if not winners and verdicts:
-            reasons.append("no success metric is significantly better yet")
+        if not winners and verdicts and elapsed < min_duration:
+            reasons.append(f"efficacy is judged at the scheduled looks from minDuration ({plan.min_duration}) on")
+        elif not winners and verdicts:
+            reasons.append(
+                "no success metric crossed its efficacy boundary"
+                + ("" if look is not None else f" (the next scheduled look is at {_next_look_hours(plan, carried):g}h)")
+            )
         reasons.extend(
             f"guardrail {g.name} is not yet shown non-inferior (upper bound {g.upper:+.4f} vs margin {g.margin})"
             for g in unproven
         )
-    if out_of_time:
+    if final or (out_of_time and look is None and numbers.get("gs.final_done", 0.0) > 0):
         return _finish("INCONCLUSIVE", [*reasons, *_out_of_time_reason(max_duration)], numbers, checks, now)
     return _finish("CONTINUE", reasons, numbers, checks, now)
+
+
+# ------------------------------------------------------------------------------------------- schedule
+@dataclass(frozen=True)
+class Look:
+    """A scheduled group-sequential look: its index in the schedule, information fraction and the fractions of
+    every scheduled look so far (all of them for deterioration, those from `minDuration` on for efficacy)."""
+
+    index: int
+    fraction: float
+    final: bool
+    harm_fractions: tuple[float, ...]
+    efficacy_fractions: tuple[float, ...]
+
+
+def _next_look_hours(plan: DecisionPlan, carried: dict[str, float]) -> float:
+    done = int(carried.get("gs.index", -1))
+    return plan.schedule_hours[min(done + 1, len(plan.schedule_hours) - 1)]
+
+
+def _scheduled_look(
+    plan: DecisionPlan,
+    control: ArmStats,
+    treatment: ArmStats,
+    elapsed: timedelta,
+    carried: dict[str, float],
+    numbers: dict[str, float],
+) -> Look | None:
+    """Whether this reading is a scheduled look: the first reading at or after the next time of the schedule
+    (several missed times make one look). Its information fraction is the users seen over those expected by
+    `maxDuration`: the plan's pre-period figure raised to what arrived, or without one a linear projection of the
+    arrivals (which under-states the fraction of front-loaded traffic: conservative). The last look has
+    fraction 1 and spends what is left. A look with no new users spends nothing."""
+    hours = elapsed.total_seconds() / 3600.0
+    done = int(carried.get("gs.index", -1))
+    due = [i for i, h in enumerate(plan.schedule_hours) if i > done and h <= hours + 1e-9]
+    if not due:
+        return None
+    index = due[-1]
+    final = index == len(plan.schedule_hours) - 1
+    users = (control.users + treatment.users) / 2.0
+    if final:
+        fraction = 1.0
+    else:
+        end = plan.schedule_hours[-1]
+        expected = plan.expected_users_per_arm or users * end / max(hours, 1e-9)
+        fraction = min(users / max(expected, users, 1.0), MAX_FRACTION_BEFORE_THE_END)
+    fraction = round(fraction, sequential.FRACTION_DIGITS)
+    count = int(carried.get("gs.looks", 0.0))
+    earlier = [(carried[f"gs.look.{i}.hours"], carried[f"gs.look.{i}.fraction"]) for i in range(count)]
+    numbers["gs.index"] = float(index)
+    if final:
+        numbers["gs.final_done"] = 1.0
+    if earlier and fraction <= earlier[-1][1]:
+        return None  # no information since the last look: nothing to spend
+    numbers[f"gs.look.{count}.hours"] = hours
+    numbers[f"gs.look.{count}.fraction"] = fraction
+    numbers["gs.looks"] = float(count + 1)
+    numbers["gs.fraction"] = fraction
+    everything = [*earlier, (hours, fraction)]
+    min_hours = parse_duration(plan.min_duration).total_seconds() / 3600.0
+    return Look(
+        index=index,
+        fraction=fraction,
+        final=final,
+        harm_fractions=tuple(f for _, f in everything),
+        efficacy_fractions=tuple(f for h, f in everything if h >= min_hours - 1e-9),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- pieces
@@ -294,8 +479,10 @@ def _out_of_time_reason(max_duration: timedelta) -> list[str]:
 
 
 def _running_state(previous: OnlineDecision | None) -> dict[str, float]:
-    """The numbers carried across looks: running p-values and intervals (always-valid), the sums last seen and
-    the offsets of earlier counter resets. The SRM e-value needs none: it is a function of the counts."""
+    """The numbers carried across looks: running p-values and intervals (always-valid), the sums last seen, the
+    offsets of earlier counter resets, the scheduled looks' fractions (`gs.*`) and the SRE guardrails' failure
+    counts (`serving.*`). The SRM e-value needs none: it is a function of the counts. A scheduled look's z and
+    boundaries (`*.z_efficacy`, `*.efficacy_bound`, …) belong to that look only and are not carried."""
     if previous is None:
         return {}
     suffixes = (".p_value", ".lower", ".upper")
@@ -303,10 +490,28 @@ def _running_state(previous: OnlineDecision | None) -> dict[str, float]:
         k: v
         for k, v in previous.numbers.items()
         if (k.endswith(suffixes) and not k.startswith("srm.")) or k.startswith(_CARRIED_PREFIXES)
+        if k not in ("gs.fraction",)
     }
 
 
-_CARRIED_PREFIXES = ("sums.", "offset.", "counter_resets", "novelty.checkpoint.")
+def _refusal(reading: OnlineReading) -> str | None:
+    """Why the reading cannot be used at all: sums no set of users could have produced (the range checks of
+    `ArmStats.range_problems`). Deciding on them would decide on a broken exporter or query."""
+    problems = [
+        f"{arm}: {problem}"
+        for arm, stats_ in (("control", reading.control), ("treatment", reading.treatment))
+        if stats_ is not None
+        for problem in stats_.range_problems()
+    ]
+    if not problems:
+        return None
+    return (
+        "the per-user sums are out of range (" + "; ".join(problems[:3]) + "): no set of users gives these sums; "
+        "fix the exporter or the `promotion.queries` templates (each must sum the same users' counters)"
+    )
+
+
+_CARRIED_PREFIXES = ("sums.", "offset.", "counter_resets", "novelty.checkpoint.", "gs.", "serving.")
 _CHECKPOINT_FIELDS = ("users", "depth_sum", "depth_sum_squares")
 _COUNTS = ("users", "engaged_users", "depth_sum", "responses")
 """Sums that never go down while the exporter keeps its state: one of them going down is a counter reset."""
@@ -480,7 +685,8 @@ def _breadth(
     promotion: PromotionSpec,
     control: ArmStats,
     treatment: ArmStats,
-    alphas: AlphaSplit,
+    alphas: AlphaPlan,
+    look: Look | None,
     carried: dict[str, float],
     numbers: dict[str, float],
 ) -> MetricVerdict | str:
@@ -497,22 +703,24 @@ def _breadth(
         )
     c = stats.proportion_moments(control.users, control.engaged_users)
     t = stats.proportion_moments(treatment.users, treatment.engaged_users)
-    return _judge("breadth", c, t, promotion.min_breadth_lift, promotion.sequential_tau, alphas, carried, numbers)
+    return _judge("breadth", c, t, promotion.min_breadth_lift, promotion.sequential_tau, alphas, look, carried, numbers)
 
 
 def _depth(
     promotion: PromotionSpec,
     control: ArmStats,
     treatment: ArmStats,
-    alphas: AlphaSplit,
+    alphas: AlphaPlan,
+    look: Look | None,
     carried: dict[str, float],
     numbers: dict[str, float],
 ) -> MetricVerdict | str:
-    if min(control.engaged_users, treatment.engaged_users) < promotion.min_events_per_arm:
-        return (
-            f"depth waits for {promotion.min_events_per_arm} engaged users per arm (control "
-            f"{control.engaged_users}, treatment {treatment.engaged_users}): heavy-tailed depth is carried by them"
-        )
+    """Depth: the always-valid test once each arm has `minEventsPerArm` engaged users (heavy-tailed depth is carried
+    by them), the scheduled boundaries from `minUsersPerArm` users on (O'Brien–Fleming boundaries are far out while
+    the information is small, and a canary that costs a tenth of the turns is rolled back on the first day)."""
+    engaged = min(control.engaged_users, treatment.engaged_users) >= promotion.min_events_per_arm
+    if not engaged and look is None:
+        return _depth_waits(promotion, control, treatment)
     c = stats.moments(control.users, control.depth_sum, control.depth_sum_squares)
     t = stats.moments(treatment.users, treatment.depth_sum, treatment.depth_sum_squares)
     numbers["depth.raw_control"] = c.mean
@@ -525,7 +733,18 @@ def _depth(
         numbers["depth.cuped_theta"] = result.theta
         numbers["depth.cuped_variance_reduction"] = result.variance_reduction
         c, t = result.control, result.treatment
-    return _judge("depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alphas, carried, numbers)
+    verdict = _judge(
+        "depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alphas, look, carried, numbers,
+        always_valid=engaged,
+    )  # fmt: skip
+    return verdict
+
+
+def _depth_waits(promotion: PromotionSpec, control: ArmStats, treatment: ArmStats) -> str:
+    return (
+        f"depth waits for {promotion.min_events_per_arm} engaged users per arm (control "
+        f"{control.engaged_users}, treatment {treatment.engaged_users}): heavy-tailed depth is carried by them"
+    )
 
 
 def _judge(
@@ -534,10 +753,16 @@ def _judge(
     treatment: stats.Moments,
     minimum_lift: float,
     tau: float,
-    alphas: AlphaSplit,
+    alphas: AlphaPlan,
+    look: Look | None,
     carried: dict[str, float],
     numbers: dict[str, float],
+    *,
+    always_valid: bool = True,
 ) -> MetricVerdict:
+    """The always-valid interval (two-sided at 2 × the harm level, so its upper side is the one-sided harm test)
+    at every look; at a scheduled look the z-statistics against the group-sequential boundaries (group-sequential
+    metrics), or the always-valid efficacy interval's lower side (the others)."""
     numbers[f"{name}.control"] = control.mean
     numbers[f"{name}.treatment"] = treatment.mean
     absolute = stats.absolute_lift(control, treatment)
@@ -548,14 +773,39 @@ def _judge(
     numbers[f"{name}.lift"] = relative.estimate
     numbers[f"{name}.lift_se"] = relative.standard_error
     numbers[f"{name}.fixed_p_value"] = stats.z_test_p_value(relative)
-    sequential = stats.msprt(relative, tau=tau, alpha=alphas.success)
-    lower, upper, p_value = _intersect(name, sequential, carried)
-    _put_interval(numbers, name, lower, upper, p_value)
-    final_lower = -math.inf
-    if alphas.final > 0:
-        final_lower = relative.estimate - stats.normal_quantile(1.0 - alphas.final / 2) * relative.standard_error
-        numbers[f"{name}.final_test_lower"] = final_lower
-    return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, final_lower)
+    lower, upper, p_value = -math.inf, math.inf, 1.0
+    if always_valid:
+        sequential_ = stats.msprt(relative, tau=tau, alpha=2.0 * alphas.harm_always_valid[name])
+        lower, upper, p_value = _intersect(name, sequential_, carried)
+        _put_interval(numbers, name, lower, upper, p_value)
+    if name not in GROUP_SEQUENTIAL_METRICS:
+        if not always_valid:
+            return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+        # efficacy by its own always-valid interval (one-sided: two-sided at 2 × its level), judged at scheduled looks
+        efficacy = stats.msprt(relative, tau=tau, alpha=2.0 * alphas.efficacy[name])
+        low, _, _ = _intersect(f"{name}.efficacy", efficacy, carried)
+        if math.isfinite(low):
+            numbers[f"{name}.efficacy.lower"] = low
+        if look is None or not look.efficacy_fractions:
+            return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+        se = relative.standard_error or 1.0
+        z = (low - minimum_lift) / se  # ≥ 0 exactly when the efficacy interval clears the minimum lift
+        return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, z, None, 0.0, math.inf)
+    if look is None or relative.variance <= 0:
+        return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+    se = relative.standard_error
+    z_efficacy, z_harm = (relative.estimate - minimum_lift) / se, relative.estimate / se
+    harm_bound = sequential.boundaries(alphas.harm_scheduled[name], look.harm_fractions)[-1]
+    efficacy_bound = math.inf
+    if look.efficacy_fractions:
+        efficacy_bound = sequential.boundaries(alphas.efficacy[name], look.efficacy_fractions)[-1]
+    numbers[f"{name}.z_efficacy"] = z_efficacy
+    numbers[f"{name}.z_harm"] = z_harm
+    numbers[f"{name}.efficacy_bound"] = efficacy_bound
+    numbers[f"{name}.harm_bound"] = harm_bound
+    return MetricVerdict(
+        name, relative.estimate, lower, upper, p_value, minimum_lift, z_efficacy, z_harm, efficacy_bound, harm_bound
+    )
 
 
 def _novelty(
@@ -568,13 +818,13 @@ def _novelty(
 ) -> str | None:
     """The novelty guard: why PROMOTE must wait, or None when depth's lift holds over the last window.
 
-    Checkpoints of (users, Σdepth, Σdepth²) are taken every half window and carried; the baseline is the newest
-    one at least a window old and taken at least a window into the test, so the window (1 to 1.5 windows long)
-    never holds the first days, when a novelty effect is strongest: no promotion before two windows. Per exposed
-    user, the turns added since then have mean ΔΣdepth/n, and their second moment is at most ΔΣdepth²/n (depth
-    only grows), a conservative variance. Only the point estimate is required to exceed `minDepthLift`: the
-    guard only blocks promotion, so it cannot add false decisions, and a stricter bound would cost most of the
-    power of a real, lasting lift."""
+    Checkpoints of (users, Σdepth, Σdepth²) are taken at the first reading of every half window from one window
+    into the test on, and carried; the baseline is the newest one at least a window old, so the window (1 to 1.5
+    windows long) never holds the first days, when a novelty effect is strongest: no promotion before two
+    windows. Per exposed user, the turns added since then have mean ΔΣdepth/n, and their second moment is at
+    most ΔΣdepth²/n (depth only grows), a conservative variance. Only the point estimate is required to exceed
+    `minDepthLift`: the guard only blocks promotion, so it cannot add false decisions, and a stricter bound would
+    cost most of the power of a real, lasting lift."""
     assert promotion.novelty_window is not None
     window = parse_duration(promotion.novelty_window).total_seconds() / 3600.0
     now = elapsed.total_seconds() / 3600.0
@@ -582,8 +832,8 @@ def _novelty(
         {int(k.split(".")[2]) for k in carried if k.startswith("novelty.checkpoint.")},
     )
     taken = [(i, carried[f"novelty.checkpoint.{i}.hours"]) for i in checkpoints]
-    if not taken or now - taken[-1][1] >= window / 2:
-        index = taken[-1][0] + 1 if taken else 0
+    index = int(now / (window / 2) + 1e-9)  # checkpoints at fixed times (k half windows), whatever the cadence
+    if index >= 2 and (not taken or index > taken[-1][0]):
         taken.append((index, now))
         numbers[f"novelty.checkpoint.{index}.hours"] = now
         for arm, stats_ in (("control", control), ("treatment", treatment)):
@@ -663,7 +913,8 @@ def _guardrails(
     numbers: dict[str, float],
 ) -> tuple[list[GuardrailVerdict], list[str]]:
     """Rates per response with user-clustered variances; the mixing scale is the margin, the effect size that
-    matters for that guardrail."""
+    matters for that guardrail. The interval is two-sided at 2α: its lower side is the one-sided breach test, its
+    upper side the one-sided non-inferiority test, and only one of them can be wrong for a given true rate."""
     verdicts: list[GuardrailVerdict] = []
     unmeasured: list[str] = []
     for guardrail in promotion.guardrails:
@@ -674,51 +925,83 @@ def _guardrails(
         if name not in control.guardrails or name not in treatment.guardrails:
             unmeasured.append(f"guardrail {name} has no data: the exporter reports no `{name}` counts")
             continue
+        missing = _missing_per_user_sums(control, name) + _missing_per_user_sums(treatment, name)
+        if missing:
+            unmeasured.append(
+                f"guardrail {name} is refused: the reading lacks its per-user sums "
+                f"({', '.join(sorted(set(missing)))}), "
+                "so a user who repeats a failure would count as many independent ones; fix: upgrade the exporter "
+                "(flywheel_responses_squared_total, flywheel_guardrail_events_squared_total, "
+                "flywheel_guardrail_events_cross_total) or set promotion.queries.responsesSumSquares, "
+                "guardrailSumSquares and guardrailCrossSum"
+            )
+            continue
         key = f"guardrail.{name}"
-        c, clustered_c = _guardrail_rate(control, name)
-        t, clustered_t = _guardrail_rate(treatment, name)
-        numbers[f"{key}.clustered"] = float(clustered_c and clustered_t)
+        c = _guardrail_rate(control, name)
+        t = _guardrail_rate(treatment, name)
+        numbers[f"{key}.clustered"] = 1.0  # always, since issue 25 (a reading without per-user sums is refused)
         difference = stats.absolute_lift(c, t)
         numbers[f"{key}.control_rate"] = c.mean
         numbers[f"{key}.treatment_rate"] = t.mean
         numbers[f"{key}.difference"] = difference.estimate
         numbers[f"{key}.margin"] = guardrail.margin
         if difference.variance <= 0:
-            # Both rates are exactly 0 or 1: use the rule of three bound so "no events at all" can pass.
-            spread = 3.0 / min(control.responses, treatment.responses)
-            lower, upper = difference.estimate - spread, difference.estimate + spread
-            p_value = 1.0
-        else:
-            result = stats.msprt(difference, tau=guardrail.margin, alpha=alpha)
-            lower, upper, p_value = _intersect(key, result, carried)
+            # Every user of both arms has exactly the same rate (all 0, say): the plug-in variance says "certain",
+            # which a handful of users cannot be. Each arm gets the binomial variance of its responses with one
+            # pseudo-event and one pseudo-non-event (Agresti–Coull), and the test runs as always.
+            difference = stats.Lift(
+                estimate=difference.estimate,
+                variance=_pseudo_variance(control, name) + _pseudo_variance(treatment, name),
+            )
+            numbers[f"{key}.variance_floor"] = difference.variance
+        result = stats.msprt(difference, tau=guardrail.margin, alpha=2.0 * alpha)
+        lower, upper, p_value = _intersect(key, result, carried)
         _put_interval(numbers, key, lower, upper, p_value)
         verdicts.append(GuardrailVerdict(name, guardrail.margin, difference.estimate, lower, upper))
     return verdicts, unmeasured
 
 
-def _guardrail_rate(arm: ArmStats, name: str) -> tuple[stats.Moments, bool]:
-    """Events per response with the user-clustered variance when the exporter sends the per-user sums; else the
-    binomial per-response variance (too narrow when users repeat events), flagged `guardrail.<name>.clustered = 0`."""
+def _missing_per_user_sums(arm: ArmStats, name: str) -> list[str]:
+    missing = []
+    if arm.responses_sum_squares is None:
+        missing.append("responsesSumSquares")
+    if name not in arm.guardrail_sum_squares:
+        missing.append(f"guardrailSumSquares[{name}]")
+    if name not in arm.guardrail_cross_sums:
+        missing.append(f"guardrailCrossSums[{name}]")
+    return missing
+
+
+def _pseudo_variance(arm: ArmStats, name: str) -> float:
+    p = (min(arm.guardrails[name], arm.responses) + 1.0) / (arm.responses + 2.0)
+    return p * (1.0 - p) / arm.responses
+
+
+def _guardrail_rate(arm: ArmStats, name: str) -> stats.Moments:
+    """Events per response with the user-clustered variance from the exporter's per-user sums."""
     events = min(arm.guardrails[name], arm.responses)
-    squares, cross = arm.guardrail_sum_squares.get(name), arm.guardrail_cross_sums.get(name)
-    if arm.responses_sum_squares is not None and squares is not None and cross is not None and arm.users >= 2:
-        rate = stats.clustered_rate(arm.users, events, squares, arm.responses, arm.responses_sum_squares, cross)
-        return rate, True
-    return stats.proportion_moments(arm.responses, events), False
+    squares, cross = arm.guardrail_sum_squares[name], arm.guardrail_cross_sums[name]
+    assert arm.responses_sum_squares is not None
+    if arm.users < 2:
+        return stats.Moments(n=1, mean=events / arm.responses, variance=0.0)
+    return stats.clustered_rate(arm.users, events, squares, arm.responses, arm.responses_sum_squares, cross)
 
 
 def _metric_check(verdict: MetricVerdict) -> GateCheck:
     if verdict.worse:
         message = f"{verdict.name} is significantly worse."
     elif verdict.better:
-        message = f"{verdict.name} is significantly better than the minimum lift."
+        message = f"{verdict.name} crossed its efficacy boundary (better than the minimum lift)."
     else:
         message = f"{verdict.name} is not significantly different yet."
     return GateCheck(
         name=verdict.name,
         passed=not verdict.worse,
         value=verdict.lift,
-        limit=f"always-valid lower bound > {verdict.minimum_lift:.2%} to win, upper bound >= 0 to stay",
+        limit=(
+            f"at a scheduled look z(lift − {verdict.minimum_lift:.2%}) ≥ the efficacy boundary to win; always-valid "
+            "upper bound ≥ 0 and z(lift) above −(the deterioration boundary) to stay"
+        ),
         message=message,
     )
 

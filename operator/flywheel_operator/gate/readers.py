@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 import httpx
 from pydantic import ValidationError
 
-from flywheel_operator.api import ArmStats, OnlineReading, PromotionSpec
+from flywheel_operator.api import ArmStats, OnlineReading, PromotionSpec, ServingReading, ServingWindow
 from flywheel_operator.gate.store import EngagementStore
 
 ARMS = ("control", "treatment")
@@ -50,23 +50,61 @@ class PrometheusReader:
     instant query is always evaluated at `now`, so only the exporter's own clock shows that events stopped."""
     sleep: Callable[[float], None] = time.sleep
 
-    def read(self, *, generation: str, namespace: str, now: datetime) -> OnlineReading:
+    def read(
+        self, *, generation: str, namespace: str, now: datetime, revisions: dict[str, str] | None = None
+    ) -> OnlineReading:
+        """Both arms' sums; with `revisions` (the arms' predictor revisions, `serving_revisions`) also the serving
+        metrics of the hard SRE guardrails, read even when the engagement sums are not there (yet)."""
         client = self.client or httpx.Client(base_url=self.promotion.prometheus_url, timeout=self.timeout)
+        serving = None
         try:
+            if revisions and self.promotion.serving_guardrails:
+                serving = self.read_serving(client, namespace=namespace, revisions=revisions, now=now)
             self._check_events_flow(client, generation, namespace, now)
             arms = {arm: self._read_arm(client, arm, generation, namespace, now) for arm in ARMS}
             crossover = self._crossover(client, generation, namespace, now)
         except NoData as exc:
-            return OnlineReading(at=now, error=str(exc))
+            return OnlineReading(at=now, error=str(exc), serving=serving)
         finally:
             if self.client is None:
                 client.close()
         try:
             control = ArmStats.model_validate(arms["control"])
             treatment = ArmStats.model_validate(arms["treatment"])
-            return OnlineReading(at=now, control=control, treatment=treatment, crossover_users=crossover)
+            return OnlineReading(
+                at=now, control=control, treatment=treatment, crossover_users=crossover, serving=serving
+            )
         except ValidationError as exc:
-            return OnlineReading(at=now, error=f"inconsistent sums from Prometheus: {exc.errors()[0]['msg']}")
+            return OnlineReading(
+                at=now, error=f"inconsistent sums from Prometheus: {exc.errors()[0]['msg']}", serving=serving
+            )
+
+    # --- issue 25: KServe's serving metrics for the hard SRE guardrails (h25) ------------------------------
+    def read_serving(
+        self, client: httpx.Client, *, namespace: str, revisions: dict[str, str], now: datetime
+    ) -> ServingReading:
+        """Each serving guardrail's window of both arms (requests, 5xx, p95 latency). A guardrail whose queries
+        fail is reported in `errors` and not judged this time; it never blocks the engagement reading."""
+        queries = self.promotion.serving_queries
+        windows: dict[str, dict[str, ServingWindow]] = {}
+        errors: dict[str, str] = {}
+        for guardrail in self.promotion.serving_guardrails:
+            try:
+                arms = {}
+                for arm in ARMS:
+                    labels = {"namespace": namespace, "revision": revisions[arm], "window": guardrail.interval}
+                    requests = self._value(client, queries.requests.format(**labels), now, empty=0.0)
+                    errors_ = self._value(client, queries.errors.format(**labels), now, empty=0.0)
+                    p95 = None
+                    if guardrail.metric == "latency-p95" and requests > 0:
+                        p95 = self._value(client, queries.latency_p95.format(**labels), now)
+                    arms[arm] = ServingWindow(requests=requests, errors=errors_, latency_p95_seconds=p95)
+                windows[guardrail.metric] = arms
+            except (NoData, KeyError, ValidationError) as exc:
+                errors[guardrail.metric] = f"no {arm} revision known" if isinstance(exc, KeyError) else str(exc)
+        return ServingReading(windows=windows, errors=errors)
+
+    # --- end issue 25 -------------------------------------------------------------------------------------
 
     def _crossover(self, client: httpx.Client, generation: str, namespace: str, now: datetime) -> int:
         """Users seen in both arms; no series is 0 (none crossed yet), anything else unusable is no data."""
@@ -192,3 +230,22 @@ def read_local(store: EngagementStore, *, generation: str, now: datetime) -> Onl
         missing = [arm for arm, stats in zip(ARMS, (control, treatment), strict=True) if stats is None]
         return OnlineReading(at=now, error=f"no user exposed to {' and '.join(missing)} of {generation!r} yet")
     return OnlineReading(at=now, control=control, treatment=treatment, crossover_users=crossover)
+
+
+# --- issue 25 (h25) ---------------------------------------------------------------------------------------
+
+
+def serving_revisions(mode: str, revisions: dict[str, str]) -> dict[str, str] | None:
+    """The arms' predictor revisions from `status.canary.revisions` (kube/knative.py, kube/standard.py): Knative's
+    latest created revision is the canary and the latest rolled-out one the parent; Standard mode names the
+    predictor (control) and the canary. None until both are known."""
+    if mode == "knative":
+        arms = {
+            "treatment": revisions.get("latestCreatedRevision"),
+            "control": revisions.get("latestRolledoutRevision"),
+        }
+    else:
+        arms = {"treatment": revisions.get("canary"), "control": revisions.get("predictor")}
+    if not all(arms.values()) or arms["treatment"] == arms["control"]:
+        return None
+    return {arm: name for arm, name in arms.items() if name}

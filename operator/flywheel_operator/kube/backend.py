@@ -50,12 +50,19 @@ OnlineReader = Callable[[FlywheelGeneration, datetime], Awaitable[OnlineReading]
 
 
 async def prometheus_reader(generation: FlywheelGeneration, now: datetime) -> OnlineReading:
-    """The gate's PromQL reader (blocking httpx) in a worker thread."""
-    from flywheel_operator.gate.readers import PrometheusReader
+    """The gate's PromQL reader (blocking httpx) in a worker thread; with the canary's revisions known, it also
+    reads KServe's serving metrics for the hard SRE guardrails (issue 25)."""
+    from flywheel_operator.gate.readers import PrometheusReader, serving_revisions
 
+    canary = (generation.status or {}).get("canary") or {}
+    revisions = serving_revisions(canary.get("mode", ""), canary.get("revisions") or {})
     reader = PrometheusReader(generation.spec.promotion)
     return await asyncio.to_thread(
-        reader.read, generation=generation.metadata.name, namespace=generation.metadata.namespace or "", now=now
+        reader.read,
+        generation=generation.metadata.name,
+        namespace=generation.metadata.namespace or "",
+        now=now,
+        revisions=revisions,
     )
 
 

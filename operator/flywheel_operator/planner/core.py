@@ -333,7 +333,13 @@ def _run_canary(
             canary.revisions = dict(seen.revisions)
             if canary.routing is not None:
                 canary.routing.endpoints = dict(seen.endpoints)
-            status.online = OnlineStatus(started_at=now, next_check_at=now)
+            status.online = OnlineStatus(
+                started_at=now,
+                next_check_at=now,
+                plan=gate.decision_plan(
+                    spec.promotion, spec.canary, now=now, spec_generation=generation.metadata.generation
+                ),
+            )
             status.phase, status.message = "Observing", "canary Ready: measuring engagement"
             work.events.append(Event("CanaryReady", f"canary on {canary.inference_service} is Ready"))
         elif now - canary.requested_at >= parse_duration(spec.canary.ready_timeout):
@@ -383,40 +389,87 @@ def _wait_for_holder(
 
 
 def _observe(generation: FlywheelGeneration, status: FlywheelGenerationStatus, observed: Observed, work: _Work) -> None:
-    """Take a due reading, let the online gate decide, act on PROMOTE / ROLL_BACK / INCONCLUSIVE."""
-    spec, now = generation.spec, observed.now
+    """Take a due reading, let the online gate decide with the frozen plan, act on PROMOTE / ROLL_BACK /
+    INCONCLUSIVE. Edits of `promotion` or the canary's timings during the canary are ignored with a Warning."""
+    now = observed.now
     online = status.online
     assert online is not None and online.started_at is not None and online.next_check_at is not None
-    max_duration = parse_duration(spec.canary.max_duration)
-    interval = parse_duration(spec.canary.check_interval)
+    if online.plan is None:  # a canary started by an operator that did not freeze plans: freeze what is there now
+        online.plan = gate.decision_plan(
+            generation.spec.promotion, generation.spec.canary, now=now, spec_generation=generation.metadata.generation
+        )
+    decision_plan = online.plan
+    _warn_ignored_edits(generation, online, work)
+    max_duration = parse_duration(decision_plan.max_duration)
+    grace = parse_duration(decision_plan.final_look_grace)
+    interval = _cadence(decision_plan, online.readings[-1] if online.readings else None)
     if now < online.next_check_at:
         work.wake.append(online.next_check_at)
         return
     reading = observed.online
     if reading is None or (online.readings and reading.at <= online.readings[-1].at):
-        if now - online.started_at < max_duration + interval:
+        if now - online.started_at < max_duration + grace:
             work.wake.append(now + interval)
             return
-        reading = OnlineReading(at=now, error="no reading was taken before maxDuration")
+        reading = OnlineReading(at=now, error="no reading was taken before maxDuration + finalLookGrace")
     online.readings = [*online.readings, reading][-READINGS_KEPT:]
     decision = gate.evaluate_online(
-        spec.promotion,
+        decision_plan,
         reading,
-        traffic_percent=spec.canary.traffic_percent,
         elapsed=now - online.started_at,
-        min_duration=parse_duration(spec.canary.min_duration),
-        max_duration=max_duration,
         previous=online.decision,
         now=now,
     )
     online.decision = decision
-    online.next_check_at = now + interval
+    elapsed = now - online.started_at
+    interval = _cadence(decision_plan, reading)
+    next_check = now + interval
+    if elapsed < max_duration < next_check - online.started_at:
+        next_check = online.started_at + max_duration  # the last look is at maxDuration, not a cadence later
+    elif elapsed >= max_duration:
+        next_check = min(next_check, now + FINAL_LOOK_RETRY)
+    online.next_check_at = next_check
     status.lift = _lift_summary(decision)
     status.decision_summary = decision.outcome
     if decision.outcome in ("PROMOTE", "ROLL_BACK", "INCONCLUSIVE"):
         _end_canary(status, decision.outcome, decision.reasons, now, work)
     else:
         work.wake.append(online.next_check_at)
+
+
+FINAL_LOOK_RETRY = timedelta(minutes=5)
+"""How often the last look retries a failed reading within `finalLookGrace`."""
+
+
+def _cadence(decision_plan, last: OnlineReading | None) -> timedelta:
+    """How often to read: `checkInterval`, or the shortest serving guardrail `interval` when that is shorter and
+    the reader serves serving metrics (the SRE guardrails roll back within minutes; the statistical tests hold at
+    any cadence). A reader without them (the local runner) keeps `checkInterval`."""
+    intervals = [parse_duration(decision_plan.check_interval)]
+    if last is not None and last.serving is not None:
+        intervals += [parse_duration(g.interval) for g in decision_plan.promotion.serving_guardrails]
+    return min(intervals)
+
+
+def _warn_ignored_edits(generation: FlywheelGeneration, online, work: _Work) -> None:
+    """A Warning Event, once per spec generation, naming the decision settings edited during the live canary."""
+    assert online.plan is not None
+    spec_generation = generation.metadata.generation
+    if spec_generation is not None and spec_generation == online.ignored_spec_generation:
+        return
+    edits = gate.plan_edits(online.plan, generation.spec.promotion, generation.spec.canary)
+    if not edits:
+        return
+    online.ignored_spec_generation = spec_generation
+    work.events.append(
+        Event(
+            "PlanFrozen",
+            f"ignored edits of {', '.join(edits)} during the live canary: the gate decides with the plan frozen at "
+            f"{online.plan.frozen_at.isoformat()} (status.online.plan); changing the rules after a peek would break "
+            "its error rates. Start a new generation to test with other settings",
+            "Warning",
+        )
+    )
 
 
 def _end_canary(status: FlywheelGenerationStatus, outcome: str, reasons: list[str], now: datetime, work: _Work) -> None:
