@@ -26,7 +26,7 @@ INTERRUPTED = "tiny-2"
 INTERRUPT_AT = "reward-pointwise"
 TIMEOUT_SECONDS = 1800
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2 * TIMEOUT_SECONDS)]  # the interrupted run, then the resumed one
 
 
 @dataclass
