@@ -9,12 +9,13 @@ candidate should be truly better, a blocked one should not). The per-generation 
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from typing import Any
 
 from flywheel_operator.api.flywheel import FlywheelStatus, TrajectoryEntry
 
-from flywheel_local.flywheel import read_flywheel_status
+from flywheel_local.flywheel import FLYWHEEL_FILE, read_flywheel_status
 from flywheel_local.report import GenerationRow, collect
 
 PAGE = "flywheel.html"
@@ -84,7 +85,8 @@ def write_flywheel_page(run_dir: Path, out: Path) -> Path | None:
     rows = {r.name: r for r in collect(run_dir)}
     out.mkdir(parents=True, exist_ok=True)
     plotted = _plot(status, out)
-    name = html.escape(run_dir.name)
+    document = json.loads((run_dir / FLYWHEEL_FILE).read_text())
+    name = html.escape(document.get("metadata", {}).get("name") or run_dir.name)
     agreements = [a for e in status.trajectory if (a := oracle_agrees(e, rows.get(e.name))) is not None]
     summary = (f"The oracle agrees with {sum(agreements)} of {len(agreements)} decisions." if agreements
                else "No oracle verdict yet.")
