@@ -1,4 +1,7 @@
-"""Does the flywheel climb? Chained local generations from generation 0, judged by the simulator's oracle.
+"""Does the flywheel climb? A local Flywheel from generation 0, judged by the simulator's oracle.
+
+The chains run through the product path: the Flywheel of examples/local/flywheel.yaml, turned by the same
+`plan_flywheel` and local runner as `flywheel run examples/local/flywheel.yaml` (generations gen-1 … gen-5).
 
     python bench/flywheel.py                       # clean run dirs: the default world, a second world, the trap probe
     python bench/flywheel.py --only default        # one part (parts can run side by side), then:
@@ -71,6 +74,17 @@ def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     for key, value in update.items():
         merged[key] = _merge(merged.get(key) or {}, value) if isinstance(value, dict) else value
     return merged
+
+
+def first_generation(flywheel: Any) -> Any:
+    """The Flywheel's first generation as `plan_flywheel` creates it (the trap probe starts from it)."""
+    from datetime import UTC, datetime
+
+    from flywheel_operator.api import FlywheelGeneration
+    from flywheel_operator.planner.flywheel import CreateGeneration, plan_flywheel
+
+    (create,) = [a for a in plan_flywheel(flywheel, [], datetime.now(UTC)).actions if isinstance(a, CreateGeneration)]
+    return FlywheelGeneration.model_validate(create.body)
 
 
 def trap_probe(first: Any) -> Any:
@@ -254,6 +268,7 @@ def print_table(title: str, table: list[dict[str, Any]], chain: dict[str, Any]) 
 def _run_chain(
     run_dir: Path, world: Path, first: Any, generations: int, cache: Path, resume: bool, cpus: int | None = None
 ) -> None:
+    from flywheel_local.flywheel import FlywheelRunner
     from flywheel_local.progress import Display
     from flywheel_local.report import compute_oracle
     from flywheel_local.runner import Runner
@@ -266,7 +281,12 @@ def _run_chain(
     with Display() as display:
         runner = Runner(run_dir, world_file=world, cache_dir=cache, display=display, cpus=cpus)
         try:
-            runner.run(first, generations)
+            if getattr(first, "kind", None) == "Flywheel":  # the product path: `flywheel run flywheel.yaml`
+                rules = first.spec.stop_rules.model_copy(update={"max_generations": generations})
+                flywheel = first.model_copy(update={"spec": first.spec.model_copy(update={"stop_rules": rules})})
+                FlywheelRunner(runner).run(flywheel)
+            else:
+                runner.run(first, generations)
         except KeyboardInterrupt:
             runner.stop()
             raise
@@ -375,7 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     global RUNS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generations", type=int, default=5)
-    parser.add_argument("--manifest", default=str(ROOT / "examples" / "local" / "gen1.yaml"))
+    parser.add_argument("--manifest", default=str(ROOT / "examples" / "local" / "flywheel.yaml"),
+                        help="a Flywheel (the product path, default) or a FlywheelGeneration (chained)")
     parser.add_argument("--cache-dir", default=str(ROOT / "runs" / "cache"))
     parser.add_argument("--out", default=str(RESULT))
     parser.add_argument("--only", choices=("default", "on-topic", "trap", "seed"), action="append",
@@ -392,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
         os.environ.setdefault(name, value)
+    from flywheel_local.flywheel import load_flywheel, manifest_kind
     from flywheel_local.runner import load_manifest
 
     if not args.summarise:
-        first = load_manifest(Path(args.manifest))
+        manifest = Path(args.manifest)
+        first = load_flywheel(manifest) if manifest_kind(manifest) == "Flywheel" else load_manifest(manifest)
         parts = args.only or ["default", "on-topic", "trap", "seed"]
         cache = Path(args.cache_dir)
         try:
@@ -404,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             if "on-topic" in parts:
                 _run_chain(RUNS / "on-topic", SECOND_WORLD, first, args.generations, cache, args.resume, args.cpus)
             if "trap" in parts:
-                _run_chain(RUNS / "trap", DEFAULT_WORLD, trap_probe(first), 1, cache, args.resume, args.cpus)
+                probe = trap_probe(first_generation(first) if first.kind == "Flywheel" else first)
+                _run_chain(RUNS / "trap", DEFAULT_WORLD, probe, 1, cache, args.resume, args.cpus)
             if "seed" in parts:
                 world = seeded_world(DEFAULT_WORLD, args.seed, RUNS)
                 _run_chain(RUNS / seed_label(args.seed), world, first, args.generations, cache, args.resume,

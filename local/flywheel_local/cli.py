@@ -32,9 +32,12 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def add_local_commands(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run a generation locally against simulated users")
-    p.add_argument("file", help="FlywheelGeneration manifest, e.g. examples/local/gen1.yaml")
-    p.add_argument("--generations", type=int, default=1, help="chain N generations; each promoted one is the parent")
+    p = sub.add_parser("run", help="run a generation, or a Flywheel of generations, locally against simulated users")
+    p.add_argument("file", help="FlywheelGeneration or Flywheel manifest, e.g. examples/local/gen1.yaml or "
+                   "examples/local/flywheel.yaml")
+    p.add_argument("--generations", type=int, default=None,
+                   help="a FlywheelGeneration: chain N generations, each promoted one the parent (default 1); a "
+                   "Flywheel: stop after N generations (overrides spec.stopRules.maxGenerations)")
     p.add_argument("--run-dir", help="run directory (default: resources.storage.uri of the manifest); rerun to resume")
     p.add_argument("--world", help="simulated world file (default: examples/local/world.yaml)")
     p.add_argument("--cache-dir", help="cache of generation-0 builds (default: runs/cache)")

@@ -37,7 +37,7 @@ OFFLINE_ENVIRONMENT = {
 def run_command(
     file: str,
     *,
-    generations: int = 1,
+    generations: int | None = None,
     run_dir: str | None = None,
     world: str | None = None,
     cache_dir: str | None = None,
@@ -51,9 +51,17 @@ def run_command(
     for name, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     console = console or Console(highlight=False, soft_wrap=True)
-    if generations < 1:
+    if generations is not None and generations < 1:
         console.print(f"--generations must be at least 1 (got {generations})")
         return 2
+    from flywheel_local.flywheel import manifest_kind
+
+    if manifest_kind(Path(file)) == "Flywheel":
+        from flywheel_local.flywheel_command import run_flywheel_command
+
+        return run_flywheel_command(file, generations=generations, run_dir=run_dir, world=world,
+                                    cache_dir=cache_dir, console=console)
+    generations = generations or 1
     try:
         first = load_manifest(Path(file))
     except LocalRunError as exc:
@@ -129,11 +137,13 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def _write_report(directory: Path, console: Console, world_file: Path) -> Path | None:
+    from flywheel_local.flywheel_page import write_flywheel_page
     from flywheel_local.report import compute_oracle, write_report
 
     try:
         compute_oracle(directory, world_file)
-        return write_report(directory)
+        index = write_report(directory)
+        return write_flywheel_page(directory, index.parent) or index
     except (OSError, ValueError) as exc:
         console.print(f"the report could not be written: {exc}", markup=False)
         return None
@@ -170,5 +180,8 @@ def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True)
 
         compute_oracle(directory, Path(run.get("world", DEFAULT_WORLD)))
     path = write_report(directory, Path(out) if out else None, oracle=oracle)
+    from flywheel_local.flywheel_page import write_flywheel_page
+
+    path = write_flywheel_page(directory, path.parent) or path
     sys.stdout.write(f"{path}\n")
     return 0

@@ -75,3 +75,22 @@ def test_the_seed_replicate_changes_only_the_world_seed_and_counts_agreeing_deci
                            chain((True, True), (True, False), (True, True)))
     assert same["same_decision"] == "2/3" and same["same_oracle_verdict"] == "3/3"
     assert same["decisions"][1] == {"generation": "gen2", "first": "ROLL_BACK", "replicate": "PROMOTE"}
+
+
+def test_the_chain_runs_the_example_flywheel_whose_generation_is_the_example_generation() -> None:
+    """bench/flywheel.py turns examples/local/flywheel.yaml (the product path); its first generation, as
+    plan_flywheel creates it, is examples/local/gen1.yaml but for the names: the benchmark measures that recipe."""
+    from flywheel_local.flywheel import load_flywheel
+
+    bench = load_bench("flywheel")
+    flywheel = load_flywheel(ROOT / "examples" / "local" / "flywheel.yaml")
+    first = bench.first_generation(flywheel)
+    example = load_manifest(ROOT / "examples" / "local" / "gen1.yaml")
+    assert first.metadata.name == "gen-1" and first.spec.generation == 1
+    assert first.spec.base_policy == example.spec.base_policy and first.spec.parent is None
+    ignore = {"resources"}  # the storage directory is named after the Flywheel
+    assert first.spec.model_dump(exclude=ignore) == example.spec.model_dump(exclude=ignore)
+    assert first.spec.resources.model_dump(exclude={"storage"}) == example.spec.resources.model_dump(
+        exclude={"storage"})
+    probe = bench.trap_probe(first)
+    assert probe.metadata.name == bench.TRAP_PROBE and probe.spec.offline_gate == example.spec.offline_gate

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+from datetime import UTC, datetime
 from typing import Any
 
 import jsonschema
@@ -141,3 +142,43 @@ async def test_pause_after_k_roll_backs_then_resume_with_count_from() -> None:
         paused = [s for family in operator.metrics.registry.collect() for s in family.samples
                   if s.name == "flywheel_flywheel_paused" and s.labels["flywheel"] == "bad"]
         assert [s.value for s in paused] == [0.0]
+
+
+class _Client:
+    """A client whose create always answers AlreadyExists (a repeated create after a restart, or a squatter)."""
+
+    def __init__(self, existing: dict[str, Any]) -> None:
+        self.existing = existing
+
+    async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        from flywheel_operator.kube.client import ApiError
+
+        raise ApiError(409, "AlreadyExists", "exists")
+
+    async def get(self, path: str) -> dict[str, Any]:
+        return self.existing
+
+
+@pytest.mark.parametrize(("labels", "uid", "ok"), [
+    ({FLYWHEEL_LABEL: "fw"}, "uid-fw", True),     # ours, created by an earlier pass: the precondition held
+    ({FLYWHEEL_LABEL: "other"}, "uid-fw", False),  # another Flywheel's
+    ({}, None, False),                              # a FlywheelGeneration someone wrote by hand
+    ({FLYWHEEL_LABEL: "fw"}, "uid-old", False),     # a deleted and re-created Flywheel's leftover
+])
+async def test_already_exists_is_success_only_for_this_flywheels_generation(labels, uid, ok) -> None:
+    from flywheel_operator.api.flywheel import Flywheel
+    from flywheel_operator.kube.client import ApiError
+    from flywheel_operator.kube.flywheel import FlywheelReconciler
+    from flywheel_operator.planner.flywheel import plan_flywheel
+
+    flywheel = Flywheel.model_validate(flywheel_body("fw"))
+    (create,) = plan_flywheel(flywheel, [], datetime(2026, 12, 1, tzinfo=UTC)).actions
+    existing = {"metadata": {"name": "fw-1", "labels": labels,
+                             "ownerReferences": [{"kind": "Flywheel", "uid": uid}] if uid else []}}
+    backend = type("Backend", (), {"client": _Client(existing)})()
+    reconciler = FlywheelReconciler(generations=type("Reconciler", (), {"backend": backend})())
+    if ok:
+        await reconciler._act(NAMESPACE, flywheel, create)
+    else:
+        with pytest.raises(ApiError, match="does not belong to Flywheel fw"):
+            await reconciler._act(NAMESPACE, flywheel, create)

@@ -321,3 +321,26 @@ def test_window_of_first_generation_is_days_up_to_the_start():
     assert create.body["spec"]["resources"]["storage"]["uri"] == "s3://artifacts/chat/1"
     assert FlywheelStatus.model_validate(result.status.to_wire()).trajectory[0].window == [
         date(2026, 11, 29), date(2026, 12, 1)]
+
+
+def test_suspend_starts_nothing_new_and_resuming_starts_the_next():
+    body = flywheel_body(suspend=True)
+    result = plan_flywheel(Flywheel.model_validate(body), [], START)
+    assert result.status.phase == "Suspended" and not result.actions
+    assert next(c for c in result.status.conditions if c.type == "Ready").reason == "Suspended"
+    body["spec"]["suspend"] = False
+    again = plan_flywheel(Flywheel.model_validate({**body, "status": result.status.to_wire()}), [], START)
+    assert [a.name for a in again.actions] == ["chat-1"] and again.status.phase == "Running"
+    assert [e.reason for e in again.events] == ["GenerationStarted", "FlywheelResumed"]
+
+
+def test_a_generation_deleted_before_it_decided_does_not_block_the_flywheel():
+    body = flywheel_body()
+    first = plan_flywheel(Flywheel.model_validate(body), [], START)
+    seen = [ObservedGeneration(name="chat-1", number=1, status=FlywheelGenerationStatus(phase="SFT"))]
+    running = plan_flywheel(Flywheel.model_validate({**body, "status": first.status.to_wire()}), seen, START)
+    assert running.status.in_flight == "chat-1" and not running.actions
+    gone = plan_flywheel(Flywheel.model_validate({**body, "status": running.status.to_wire()}), [], START)
+    assert gone.status.trajectory[0].phase == "Deleted"
+    assert [a.name for a in gone.actions] == ["chat-2"]  # the parent is still the base policy
+    assert gone.actions[0].body["spec"]["basePolicy"] == "s3://models/base"
