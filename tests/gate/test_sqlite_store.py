@@ -188,7 +188,10 @@ def test_a_crash_mid_batch_loses_no_acknowledged_batch_and_counts_nothing_twice(
         users = [f"u{(index * 37 + k) % 50}" for k in range(20)]
         batches.append(
             [exposure(u, "control" if int(u[1:]) % 2 else "treatment", pre=float(k % 3)) for k, u in enumerate(users)]
-            + [engagement(u, 1 + k % 3, day=index % 4, responses=2, guardrails={"errors": k % 2}) for k, u in enumerate(users)]
+            + [
+                engagement(u, 1 + k % 3, day=index % 4, responses=2, guardrails={"errors": k % 2})
+                for k, u in enumerate(users)
+            ]
         )
     path = tmp_path / "state.db"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "operator"), str(ROOT)])}
