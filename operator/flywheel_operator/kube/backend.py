@@ -44,10 +44,10 @@ OnlineReader = Callable[[FlywheelGeneration, datetime], Awaitable[OnlineReading]
 
 
 async def prometheus_reader(generation: FlywheelGeneration, now: datetime) -> OnlineReading:
-    """The gate's PromQL reader (blocking httpx) in a worker thread."""
-    from flywheel_operator.gate.readers import PrometheusReader
+    """The gate's reader (PromQL, or SQL with promotion.source.sql; both blocking) in a worker thread."""
+    from flywheel_operator.gate.readers import reader_for
 
-    reader = PrometheusReader(generation.spec.promotion)
+    reader = reader_for(generation.spec.promotion)
     return await asyncio.to_thread(
         reader.read, generation=generation.metadata.name, namespace=generation.metadata.namespace or "", now=now
     )
