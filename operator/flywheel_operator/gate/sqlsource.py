@@ -59,6 +59,8 @@ WITH ev AS (
         user_id AS u,
         type AS t,
         arm AS a,
+        CASE WHEN arm = 'treatment' THEN 1 ELSE 0 END AS b,
+        CASE WHEN type = 'exposure' OR arm IS NOT NULL THEN 1 ELSE 0 END AS eligible,
         COALESCE(pre_depth, 0) AS pre,
         COALESCE(turns, 1) AS turns,
         COALESCE(responses, turns, 1) AS served,
@@ -71,34 +73,45 @@ WITH ev AS (
     FROM {relation}
     WHERE generation = {generation} AND (namespace = {namespace} OR namespace IS NULL)
 ),
-created AS (
-    SELECT u, MIN(rn) AS rn0 FROM ev WHERE t = 'exposure' OR a IS NOT NULL GROUP BY u
+coded AS (
+    -- k = 2·rn + b of each event; c = the smallest k of an event that may create the user (an exposure, or an
+    -- engagement naming its arm): the creating event's position (c / 2) and its arm (c % 2) in one number
+    SELECT ev.*, 2 * rn + b AS k, MIN(CASE WHEN eligible = 1 THEN 2 * rn + b END) OVER (PARTITION BY u) AS c
+    FROM ev
 ),
-members AS (
+per_user_day AS (
+    -- per user and day first: plain sums (no DISTINCT), the day counted once by the next step
     SELECT
-        e.u,
-        e.a AS arm,
-        CASE WHEN e.t = 'exposure' THEN e.pre ELSE 0 END AS pre,
-        CASE WHEN e.t = 'exposure' THEN 0 ELSE 1 END AS adopted,
-        c.rn0
-    FROM ev AS e JOIN created AS c ON e.u = c.u AND e.rn = c.rn0
+        u,
+        MIN(c) AS c,
+        SUM(CASE WHEN k = c AND t = 'exposure' THEN pre ELSE 0 END) AS pre,
+        MAX(CASE WHEN k = c AND t = 'engagement' THEN 1 ELSE 0 END) AS adopted,
+        SUM(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c THEN turns ELSE 0 END) AS depth,
+        SUM(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c THEN served ELSE 0 END) AS served,
+        {guardrail_sums}
+        MAX(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c AND turns > 0 THEN 1 ELSE 0 END) AS active,
+        MAX(CASE WHEN 2 * rn > c AND a IS NOT NULL AND b <> c % 2 THEN 1 ELSE 0 END) AS crossed,
+        MAX(ts) AS last_ts
+    FROM coded
+    WHERE c IS NOT NULL
+    GROUP BY u, d
 ),
 per_user AS (
     SELECT
-        m.arm,
-        m.pre,
-        m.adopted,
-        SUM(CASE WHEN e.t = 'engagement' AND e.rn >= m.rn0 THEN e.turns ELSE 0 END) AS depth,
-        SUM(CASE WHEN e.t = 'engagement' AND e.rn >= m.rn0 THEN e.served ELSE 0 END) AS served,
-        {guardrail_sums}
-        COUNT(DISTINCT CASE WHEN e.t = 'engagement' AND e.rn >= m.rn0 AND e.turns > 0 THEN e.d END) AS days,
-        MAX(CASE WHEN e.rn > m.rn0 AND e.a IS NOT NULL AND e.a <> m.arm THEN 1 ELSE 0 END) AS crossed,
-        MAX(e.ts) AS last_ts
-    FROM members AS m JOIN ev AS e ON e.u = m.u
-    GROUP BY m.u, m.arm, m.pre, m.adopted
+        MIN(c) % 2 AS b,
+        SUM(pre) AS pre,
+        MAX(adopted) AS adopted,
+        SUM(depth) AS depth,
+        SUM(served) AS served,
+        {guardrail_user_sums}
+        SUM(active) AS days,
+        MAX(crossed) AS crossed,
+        MAX(last_ts) AS last_ts
+    FROM per_user_day
+    GROUP BY u
 )
 SELECT
-    arm,
+    CASE WHEN b = 1 THEN 'treatment' ELSE 'control' END AS arm,
     COUNT(*) AS users,
     SUM(CASE WHEN days >= {engaged_min_days} THEN 1 ELSE 0 END) AS engaged,
     SUM(CAST(depth AS DOUBLE)) AS depth_sum,
@@ -113,8 +126,8 @@ SELECT
     SUM(crossed) AS crossed,
     MAX(last_ts) AS last_event
 FROM per_user
-GROUP BY arm
-ORDER BY arm
+GROUP BY b
+ORDER BY b
 """
 
 
@@ -175,9 +188,10 @@ def build_query(source: SqlSource, guardrails: Sequence[str], *, generation: str
         engaged_min_days=int(source.engaged_min_days),
         guardrail_columns="".join(f"COALESCE({c}, 0) AS g{i}," for i, c in enumerate(columns)),
         guardrail_sums="".join(
-            f"SUM(CASE WHEN e.t = 'engagement' AND e.rn >= m.rn0 THEN e.g{i} ELSE 0 END) AS g{i},"
+            f"SUM(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c THEN g{i} ELSE 0 END) AS g{i},"
             for i in range(len(columns))
         ),
+        guardrail_user_sums="".join(f"SUM(g{i}) AS g{i}," for i in range(len(columns))),
         guardrail_totals="".join(
             f"SUM(CAST(g{i} AS DOUBLE)) AS g{i}_sum, SUM(CAST(g{i} AS DOUBLE) * g{i}) AS g{i}_squares, "
             f"SUM(CAST(g{i} AS DOUBLE) * served) AS g{i}_cross,"

@@ -565,6 +565,7 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=FULL")  # WAL fsynced at every commit: a 200 means on disk
         self._db.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the background thread
+        self._db.execute(f"PRAGMA journal_size_limit={64 * 2**20}")  # the log file shrinks back after a burst
         self._db.executescript(_SCHEMA)
         self._load_meta()
         self.arms: dict[tuple[str, str], ArmTotals] = {}
@@ -766,7 +767,12 @@ class SqliteStore:
         try:
             while not self._stop.wait(every):
                 try:
+                    # the bulk of the copy runs beside the writers; then a short second pass with writes held
+                    # copies the frames appended meanwhile, so the log is wholly folded and the next write
+                    # starts it over (a log checkpointed only while written to would grow without bound)
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    with self.lock:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     if time.monotonic() - last_prune > 3600:
                         last_prune = time.monotonic()
                         db.execute("DELETE FROM batches WHERE at < ?", (time.time() - self.keep_batch_keys,))
