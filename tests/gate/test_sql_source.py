@@ -281,3 +281,11 @@ def test_spark_in_local_mode_reads_the_same_arm_stats_and_decision(tmp_path: Pat
     expected = exporter_reading(events, batch=1000)
     assert got == expected
     assert decision(got).model_dump() == decision(expected).model_dump()
+
+
+def test_the_operator_reads_the_sql_source_when_it_is_set() -> None:
+    """kube.backend's reader goes through reader_for: SQL when promotion.source.sql is set, else Prometheus."""
+    from flywheel_operator.gate.readers import PrometheusReader, reader_for
+
+    assert isinstance(reader_for(promotion(table="chat_events")), SqlReader)
+    assert isinstance(reader_for(PromotionSpec()), PrometheusReader)
