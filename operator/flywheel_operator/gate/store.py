@@ -246,7 +246,10 @@ class EngagementStore:
         user.responses = after
 
     def _totals(self, generation: str, arm: str) -> ArmTotals:
-        return self.arms.setdefault((generation, arm), ArmTotals())
+        totals = self.arms.get((generation, arm))
+        if totals is None:  # not setdefault: that would build an ArmTotals on every event
+            totals = self.arms[(generation, arm)] = ArmTotals()
+        return totals
 
     # ------------------------------------------------------------------------------------------- reads
     def arm_stats(self, generation: str) -> tuple[ArmStats | None, ArmStats | None]:
