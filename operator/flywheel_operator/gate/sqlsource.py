@@ -54,7 +54,9 @@ SQLALCHEMY_DIALECTS = {
 """SQLAlchemy dialect name -> sqlglot dialect (the same name where it is the same)."""
 
 _QUERY = """
-WITH ev AS (
+WITH ordered AS (
+    -- one sort: each user's events in order; `seen` = an event that may create the user (an exposure, or an
+    -- engagement naming its arm) came at or before this one, `seen_before` = strictly before it
     SELECT
         user_id AS u,
         type AS t,
@@ -67,45 +69,46 @@ WITH ev AS (
         COALESCE(CAST(day AS BIGINT), DATE_DIFF('day', CAST('1970-01-01' AS DATE), CAST(event_time AS DATE))) AS d,
         event_time AS ts,
         {guardrail_columns}
-        ROW_NUMBER() OVER (
+        MAX(CASE WHEN type = 'exposure' OR arm IS NOT NULL THEN 1 ELSE 0 END) OVER (
             PARTITION BY user_id ORDER BY event_time, CASE WHEN type = 'exposure' THEN 0 ELSE 1 END
-        ) AS rn
+            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
+        ) AS seen,
+        COALESCE(MAX(CASE WHEN type = 'exposure' OR arm IS NOT NULL THEN 1 ELSE 0 END) OVER (
+            PARTITION BY user_id ORDER BY event_time, CASE WHEN type = 'exposure' THEN 0 ELSE 1 END
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
+        ), 0) AS seen_before
     FROM {relation}
     WHERE generation = {generation} AND (namespace = {namespace} OR namespace IS NULL)
 ),
-coded AS (
-    -- k = 2·rn + b of each event; c = the smallest k of an event that may create the user (an exposure, or an
-    -- engagement naming its arm): the creating event's position (c / 2) and its arm (c % 2) in one number
-    SELECT ev.*, 2 * rn + b AS k, MIN(CASE WHEN eligible = 1 THEN 2 * rn + b END) OVER (PARTITION BY u) AS c
-    FROM ev
-),
 per_user_day AS (
-    -- per user and day first: plain sums (no DISTINCT), the day counted once by the next step
+    -- events from the creating one on (earlier engagement names no arm: not counted), per user and day first:
+    -- plain sums, no DISTINCT; the creating event gives the arm, the pre-period depth and whether adopted
     SELECT
         u,
-        MIN(c) AS c,
-        SUM(CASE WHEN k = c AND t = 'exposure' THEN pre ELSE 0 END) AS pre,
-        MAX(CASE WHEN k = c AND t = 'engagement' THEN 1 ELSE 0 END) AS adopted,
-        SUM(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c THEN turns ELSE 0 END) AS depth,
-        SUM(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c THEN served ELSE 0 END) AS served,
+        MAX(CASE WHEN seen_before = 0 THEN b END) AS b,
+        SUM(CASE WHEN seen_before = 0 AND t = 'exposure' THEN pre ELSE 0 END) AS pre,
+        MAX(CASE WHEN seen_before = 0 AND t = 'engagement' THEN 1 ELSE 0 END) AS adopted,
+        SUM(CASE WHEN t = 'engagement' THEN turns ELSE 0 END) AS depth,
+        SUM(CASE WHEN t = 'engagement' THEN served ELSE 0 END) AS served,
         {guardrail_sums}
-        MAX(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c AND turns > 0 THEN 1 ELSE 0 END) AS active,
-        MAX(CASE WHEN 2 * rn > c AND a IS NOT NULL AND b <> c % 2 THEN 1 ELSE 0 END) AS crossed,
+        MAX(CASE WHEN t = 'engagement' AND turns > 0 THEN 1 ELSE 0 END) AS active,
+        MAX(CASE WHEN seen_before = 1 AND a = 'treatment' THEN 1 ELSE 0 END) AS later_treatment,
+        MAX(CASE WHEN seen_before = 1 AND a = 'control' THEN 1 ELSE 0 END) AS later_control,
         MAX(ts) AS last_ts
-    FROM coded
-    WHERE c IS NOT NULL
+    FROM ordered
+    WHERE seen = 1
     GROUP BY u, d
 ),
 per_user AS (
     SELECT
-        MIN(c) % 2 AS b,
+        MAX(b) AS b,
         SUM(pre) AS pre,
         MAX(adopted) AS adopted,
         SUM(depth) AS depth,
         SUM(served) AS served,
         {guardrail_user_sums}
         SUM(active) AS days,
-        MAX(crossed) AS crossed,
+        CASE WHEN MAX(b) = 1 THEN MAX(later_control) ELSE MAX(later_treatment) END AS crossed,
         MAX(last_ts) AS last_ts
     FROM per_user_day
     GROUP BY u
@@ -188,7 +191,7 @@ def build_query(source: SqlSource, guardrails: Sequence[str], *, generation: str
         engaged_min_days=int(source.engaged_min_days),
         guardrail_columns="".join(f"COALESCE({c}, 0) AS g{i}," for i, c in enumerate(columns)),
         guardrail_sums="".join(
-            f"SUM(CASE WHEN t = 'engagement' AND 2 * rn + 1 >= c THEN g{i} ELSE 0 END) AS g{i},"
+            f"SUM(CASE WHEN t = 'engagement' THEN g{i} ELSE 0 END) AS g{i},"
             for i in range(len(columns))
         ),
         guardrail_user_sums="".join(f"SUM(g{i}) AS g{i}," for i in range(len(columns))),
