@@ -360,7 +360,7 @@ def sql_source(users: int, directory: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", nargs="+", type=float, default=[1e5, 1e6, 1e7])
+    parser.add_argument("--users", nargs="*", type=float, default=[1e5, 1e6, 1e7])
     parser.add_argument("--shards", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--json-users", nargs="*", type=float, default=[1e5, 1e6])
     parser.add_argument("--seconds", type=float, default=20)

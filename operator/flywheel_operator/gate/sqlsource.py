@@ -12,8 +12,14 @@ rules (gate.store) to it, in event order:
 - depth, responses and guardrail events are summed per user, then per arm with their squares and cross
   products; a user is engaged when active (turns > 0) on at least `engaged_min_days` distinct days.
 
-So the exporter and the query give the same `ArmStats` for the same events (tests/gate/test_sql_source.py).
-The query is written once, in DuckDB's dialect, and translated by sqlglot for every other engine.
+So the exporter and the query give the same `ArmStats` for the same events (tests/gate/test_sql_source.py):
+"in event order" is `event_time` order, and the events of a user at the very instant of the event that created
+them count with it (an exposure creates the user before an engagement of the same instant does).
+
+The query is hash aggregations and one hash join, no sort: the users' creation times, the events from then on
+per user (with engaged read from the first and last active day when `engaged_min_days` ≤ 2, or per user-day
+otherwise), then the arms. It is written once, in DuckDB's dialect, and translated by sqlglot for every other
+engine.
 """
 
 from __future__ import annotations
@@ -54,64 +60,46 @@ SQLALCHEMY_DIALECTS = {
 """SQLAlchemy dialect name -> sqlglot dialect (the same name where it is the same)."""
 
 _QUERY = """
-WITH ordered AS (
-    -- one sort: each user's events in order; `seen` = an event that may create the user (an exposure, or an
-    -- engagement naming its arm) came at or before this one, `seen_before` = strictly before it
+WITH ev AS (
     SELECT
         user_id AS u,
         type AS t,
         arm AS a,
         CASE WHEN arm = 'treatment' THEN 1 ELSE 0 END AS b,
         CASE WHEN type = 'exposure' OR arm IS NOT NULL THEN 1 ELSE 0 END AS eligible,
+        CASE WHEN type = 'exposure' THEN 0 ELSE 1 END AS tie,
         COALESCE(pre_depth, 0) AS pre,
         COALESCE(turns, 1) AS turns,
         COALESCE(responses, turns, 1) AS served,
         COALESCE(CAST(day AS BIGINT), DATE_DIFF('day', CAST('1970-01-01' AS DATE), CAST(event_time AS DATE))) AS d,
-        event_time AS ts,
+        event_time AS ts
         {guardrail_columns}
-        MAX(CASE WHEN type = 'exposure' OR arm IS NOT NULL THEN 1 ELSE 0 END) OVER (
-            PARTITION BY user_id ORDER BY event_time, CASE WHEN type = 'exposure' THEN 0 ELSE 1 END
-            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW
-        ) AS seen,
-        COALESCE(MAX(CASE WHEN type = 'exposure' OR arm IS NOT NULL THEN 1 ELSE 0 END) OVER (
-            PARTITION BY user_id ORDER BY event_time, CASE WHEN type = 'exposure' THEN 0 ELSE 1 END
-            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING
-        ), 0) AS seen_before
     FROM {relation}
     WHERE generation = {generation} AND (namespace = {namespace} OR namespace IS NULL)
 ),
-per_user_day AS (
-    -- events from the creating one on (earlier engagement names no arm: not counted), per user and day first:
-    -- plain sums, no DISTINCT; the creating event gives the arm, the pre-period depth and whether adopted
-    SELECT
-        u,
-        MAX(CASE WHEN seen_before = 0 THEN b END) AS b,
-        SUM(CASE WHEN seen_before = 0 AND t = 'exposure' THEN pre ELSE 0 END) AS pre,
-        MAX(CASE WHEN seen_before = 0 AND t = 'engagement' THEN 1 ELSE 0 END) AS adopted,
-        SUM(CASE WHEN t = 'engagement' THEN turns ELSE 0 END) AS depth,
-        SUM(CASE WHEN t = 'engagement' THEN served ELSE 0 END) AS served,
-        {guardrail_sums}
-        MAX(CASE WHEN t = 'engagement' AND turns > 0 THEN 1 ELSE 0 END) AS active,
-        MAX(CASE WHEN seen_before = 1 AND a = 'treatment' THEN 1 ELSE 0 END) AS later_treatment,
-        MAX(CASE WHEN seen_before = 1 AND a = 'control' THEN 1 ELSE 0 END) AS later_control,
-        MAX(ts) AS last_ts
-    FROM ordered
-    WHERE seen = 1
-    GROUP BY u, d
+firsts AS (
+    -- when each user was created: their first exposure, or first engagement naming an arm
+    SELECT u, MIN(CASE WHEN eligible = 1 THEN ts END) AS t0 FROM ev GROUP BY u
 ),
-per_user AS (
+counted AS (
+    -- the user's events from then on: earlier engagement names no arm and is not counted
+    SELECT e.*, f.t0 FROM ev AS e JOIN firsts AS f ON e.u = f.u WHERE e.ts >= f.t0
+),
+{per_user}
+users AS (
+    -- c = 2·tie + arm of the creating event (an exposure first, at the same instant): its arm and whether the
+    -- user was adopted (created by an engagement); a crossover named the other arm later
     SELECT
-        MAX(b) AS b,
-        SUM(pre) AS pre,
-        MAX(adopted) AS adopted,
-        SUM(depth) AS depth,
-        SUM(served) AS served,
-        {guardrail_user_sums}
-        SUM(active) AS days,
-        CASE WHEN MAX(b) = 1 THEN MAX(later_control) ELSE MAX(later_treatment) END AS crossed,
-        MAX(last_ts) AS last_ts
-    FROM per_user_day
-    GROUP BY u
+        c % 2 AS b,
+        CASE WHEN c >= 2 THEN 1 ELSE 0 END AS adopted,
+        COALESCE(pre, 0) AS pre,
+        depth,
+        served,
+        {guardrail_names}
+        days,
+        CASE WHEN c % 2 = 1 THEN named_control ELSE named_treatment END AS crossed,
+        last_ts
+    FROM per_user
 )
 SELECT
     CASE WHEN b = 1 THEN 'treatment' ELSE 'control' END AS arm,
@@ -128,12 +116,58 @@ SELECT
     SUM(adopted) AS adopted,
     SUM(crossed) AS crossed,
     MAX(last_ts) AS last_event
-FROM per_user
+FROM users
 GROUP BY b
 ORDER BY b
 """
 
+_PER_USER_SUMS = """
+        MIN(CASE WHEN ts = t0 AND eligible = 1 THEN 2 * tie + b END) AS c,
+        MAX(CASE WHEN ts = t0 AND t = 'exposure' THEN pre END) AS pre,
+        SUM(CASE WHEN t = 'engagement' THEN turns ELSE 0 END) AS depth,
+        SUM(CASE WHEN t = 'engagement' THEN served ELSE 0 END) AS served,
+        {guardrail_sums}
+        MAX(CASE WHEN a = 'treatment' THEN 1 ELSE 0 END) AS named_treatment,
+        MAX(CASE WHEN a = 'control' THEN 1 ELSE 0 END) AS named_control,
+        MAX(ts) AS last_ts"""
 
+_FEW_DAYS = """per_user AS (
+    -- engaged after 1 or 2 distinct active days: the first and last active day tell (one pass, no DISTINCT)
+    SELECT
+        {sums},
+        CASE
+            WHEN MAX(CASE WHEN t = 'engagement' AND turns > 0 THEN d END)
+                 > MIN(CASE WHEN t = 'engagement' AND turns > 0 THEN d END) THEN 2
+            WHEN MAX(CASE WHEN t = 'engagement' AND turns > 0 THEN d END) IS NOT NULL THEN 1
+            ELSE 0
+        END AS days
+    FROM counted
+    GROUP BY u
+),"""
+
+_MANY_DAYS = """per_user_day AS (
+    -- per user and day first (plain sums, no DISTINCT); then each active day counts once
+    SELECT
+        u,
+        {sums},
+        MAX(CASE WHEN t = 'engagement' AND turns > 0 THEN 1 ELSE 0 END) AS active
+    FROM counted
+    GROUP BY u, d
+),
+per_user AS (
+    SELECT
+        MIN(c) AS c,
+        MAX(pre) AS pre,
+        SUM(depth) AS depth,
+        SUM(served) AS served,
+        {guardrail_user_sums}
+        MAX(named_treatment) AS named_treatment,
+        MAX(named_control) AS named_control,
+        MAX(last_ts) AS last_ts,
+        SUM(active) AS days
+    FROM per_user_day
+    GROUP BY u
+),"""
 _PLACEHOLDER = "flywheel_event_log_relation"
 
 
@@ -184,21 +218,25 @@ def build_query(source: SqlSource, guardrails: Sequence[str], *, generation: str
     for column in columns:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", column):
             raise ValueError(f"guardrail column {column!r} is not a plain SQL identifier; set guardrailColumns")
+    k = range(len(columns))
+    sums = _PER_USER_SUMS.strip().format(
+        guardrail_sums="".join(f"SUM(CASE WHEN t = 'engagement' THEN g{i} ELSE 0 END) AS g{i}," for i in k)
+    )
+    per_user = (_FEW_DAYS if source.engaged_min_days <= 2 else _MANY_DAYS).format(
+        sums=sums, guardrail_user_sums="".join(f"SUM(g{i}) AS g{i}," for i in k)
+    )
     text = _QUERY.format(
         relation=_PLACEHOLDER,
         generation=_string(generation),
         namespace=_string(namespace),
         engaged_min_days=int(source.engaged_min_days),
-        guardrail_columns="".join(f"COALESCE({c}, 0) AS g{i}," for i, c in enumerate(columns)),
-        guardrail_sums="".join(
-            f"SUM(CASE WHEN t = 'engagement' THEN g{i} ELSE 0 END) AS g{i},"
-            for i in range(len(columns))
-        ),
-        guardrail_user_sums="".join(f"SUM(g{i}) AS g{i}," for i in range(len(columns))),
+        guardrail_columns="".join(f", COALESCE({c}, 0) AS g{i}" for i, c in zip(k, columns, strict=True)),
+        per_user=per_user,
+        guardrail_names="".join(f"g{i}," for i in k),
         guardrail_totals="".join(
             f"SUM(CAST(g{i} AS DOUBLE)) AS g{i}_sum, SUM(CAST(g{i} AS DOUBLE) * g{i}) AS g{i}_squares, "
             f"SUM(CAST(g{i} AS DOUBLE) * served) AS g{i}_cross,"
-            for i in range(len(columns))
+            for i in k
         ),
     )
     if dialect != "duckdb":
