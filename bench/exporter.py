@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import random
+import resource
 import socket
 import sqlite3
 import subprocess
@@ -351,7 +352,7 @@ def sql_source(users: int, directory: Path) -> dict:
         "write_parquet_s": round(write_s, 1),
         "read_s": round(read_s, 2),
         "users_read": reading.control.users + reading.treatment.users,
-        "peak_rss_mib_of_bench_process": round(psutil.Process().memory_info().rss / 2**20, 1),
+        "peak_rss_mib_of_bench_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "load_average_1m": [round(load_before, 2), round(load_average(), 2)],
     }
     print(json.dumps(result), flush=True)

@@ -479,6 +479,10 @@ class DurableStore:
 SQLITE_SCHEMA_VERSION = 1
 DEFAULT_CACHE_MIB = 256
 """SQLite page cache of the state database (MiB): the hot users' pages; the rest stays in the OS page cache."""
+PAGE_SIZE = 1024
+"""Bytes per database page of a new state database. A batch rewrites one page per user it touches, so small
+pages keep what is written per batch (fsynced before the reply, then checkpointed) small: with 1 KiB pages ~1 MB
+per 1,000-event batch instead of ~4 MB with SQLite's default 4 KiB, which matters on network volumes."""
 _LOOKUP_CHUNK = 900
 """Users per `IN (...)` lookup (SQLite's bound on host parameters is at least 999)."""
 _SCHEMA = """
@@ -564,6 +568,7 @@ class SqliteStore:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new database only: each page is ~20 users
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # WAL fsynced at every commit: a 200 means on disk
         self._db.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
