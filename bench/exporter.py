@@ -7,7 +7,8 @@ users, 80 % engagement of users drawn uniformly from the N (day 0-6, responses a
 each writer routes every event by `shard_of(user, shards)` and posts 1,000-event batches to each shard. Measured:
 
 - events/s accepted over the whole run (all writers, all shards), batch latency p50/p99/max per POST;
-- each exporter's RSS at the end (and its peak), the state's size on disk;
+- each exporter's RSS at the end (and its peak), the state's size on disk, and the exporters' CPU seconds during
+  the load (events per exporter CPU-second is what one core sustains, whatever else shares the machine);
 - restart: every exporter SIGKILLed right after the load (no shutdown compaction), then started again on the
   same files: seconds from spawn to a 200 on /healthz (the slowest shard), which includes the Python start-up.
 
@@ -254,9 +255,11 @@ def run_case(store: str, users: int, shards: int, seconds: float, writers: int) 
                 multiprocessing.Process(target=writer, args=(k + 1, users, ports, seconds, start_at, results))
                 for k in range(writers)
             ]
+            cpu_before = [sum(psutil.Process(p.pid).cpu_times()[:2]) for p in processes]
             for p in pool:
                 p.start()
             outcomes = [results.get(timeout=seconds + 600) for _ in pool]
+            cpu_used = sum(sum(psutil.Process(p.pid).cpu_times()[:2]) for p in processes) - sum(cpu_before)
             for p in pool:
                 p.join(timeout=30)
             rss = [rss_mib(p) for p in processes]
@@ -284,6 +287,8 @@ def run_case(store: str, users: int, shards: int, seconds: float, writers: int) 
         "events_accepted": accepted,
         "batches_refused": sum(o["refused"] for o in outcomes),
         "events_per_second": round(accepted / duration),
+        "exporter_cpu_s": round(cpu_used, 1),
+        "events_per_exporter_cpu_second": round(accepted / cpu_used) if cpu_used else None,
         "batch_p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
         "batch_p99_ms": round(1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))], 1),
         "batch_max_ms": round(1000 * latencies[-1], 1),
