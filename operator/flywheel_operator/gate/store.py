@@ -9,6 +9,11 @@ counter.
 Engaged means active on at least `engaged_min_days` distinct days (default 2): the day of exposure is a visit
 that every exposed user makes, so only coming back tells the arms apart (docs/metrics.md, "breadth").
 
+Two durable stores fold events with these rules. `SqliteStore` (the exporter's default, `--state`) keeps each
+user as a row of an SQLite database in WAL mode and commits every batch as one fsynced transaction: it scales to
+millions of users and restarts in about a second (docs/metrics.md, section 10). `DurableStore` (`--snapshot`,
+the store of earlier versions and of the local runner) keeps everything in memory:
+
 Durability: accepted events are appended to a journal (flushed and fsynced before the client gets its 200),
 and the whole store is compacted into a snapshot every `compact_every` events and on shutdown. Each journal
 line carries a sequence number and the snapshot records the last one it holds, so a crash between writing the
