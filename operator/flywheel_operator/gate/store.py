@@ -712,7 +712,7 @@ class SqliteStore:
         try:
             ids = dict(self.experiment_ids)
             crossovers = dict(self.crossovers)
-            rows = []
+            inserts, updates = [], []
             for experiment, users in work.users.items():
                 if experiment not in ids:
                     ids[experiment] = db.execute(
@@ -726,9 +726,17 @@ class SqliteStore:
                     db.execute("UPDATE experiments SET crossovers = ? WHERE id = ?", (crossovers[experiment], ident))
                 for user, state in users.items():
                     row = _encode_user(state, user in crossed)
-                    if before.get((experiment, user)) != row:
-                        rows.append((ident, user, *row))
-            db.executemany("INSERT OR REPLACE INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                    old = before.get((experiment, user))
+                    if old is None:
+                        inserts.append((ident, user, *row))
+                    elif old != row:
+                        updates.append((*row, ident, user))
+            db.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+            db.executemany(
+                "UPDATE users SET arm = ?, depth = ?, pre = ?, days = ?, responses = ?, events = ?, crossed = ? "
+                "WHERE experiment = ? AND user = ?",
+                updates,
+            )
             db.executemany(
                 "INSERT OR REPLACE INTO arms VALUES (?, ?, ?)",
                 [(ids[g], a, json.dumps(asdict(t), separators=(",", ":"))) for (g, a), t in work.arms.items()],
