@@ -168,3 +168,14 @@ def test_per_user_sums_srm_and_crossovers_are_exact_over_any_number_of_shards(se
         for field in ("guardrails", "guardrail_sum_squares", "guardrail_cross_sums"):
             for name, value in getattr(expected, field).items():
                 assert sum(getattr(s, field).get(name, 0) for s in shares) == value, (field, name)
+
+
+def test_the_command_refuses_a_shard_index_it_cannot_use() -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "flywheel_operator.cli", "exporter", "--allow-unauthenticated-writes"]
+    refused = subprocess.run(
+        [*command, "--shards", "3", "--shard-index", "exporter-7"], capture_output=True, text=True, timeout=60
+    )
+    assert refused.returncode == 2 and "outside 0 … 2 of --shards 3" in refused.stderr
