@@ -289,3 +289,10 @@ def test_the_operator_reads_the_sql_source_when_it_is_set() -> None:
 
     assert isinstance(reader_for(promotion(table="chat_events")), SqlReader)
     assert isinstance(reader_for(PromotionSpec()), PrometheusReader)
+
+
+def test_an_engine_that_cannot_read_the_files_is_no_data_with_its_reason() -> None:
+    """s3:// needs DuckDB's httpfs extension in the image; without it the reading says so, the gate continues."""
+    reader = SqlReader(promotion(parquet="s3://chat-logs/events/*.parquet"))
+    reading = reader.read(generation="gen2", namespace="default", now=START)
+    assert not reading.has_data and reading.error.startswith("the SQL source at duckdb:///:memory: failed")
