@@ -356,8 +356,7 @@ def reading_from_rows(
     latest: datetime | None = None
     try:
         for arm in ARMS:
-            row = list(by_arm[arm])
-            values = [None if v is None else v for v in row]
+            values = list(by_arm[arm])
             (_, users, engaged, depth, depth2, pre, pre2, pre_cross, responses, responses2), rest = (
                 values[:10],
                 values[10:],
@@ -396,7 +395,10 @@ def reading_from_rows(
                 error=f"the latest event of {generation!r} in the log is {age.total_seconds():.0f}s old (limit "
                 f"{max_event_age}, stale): is the chat backend still writing its event log?",
             )
-    return OnlineReading(at=now, control=stats["control"], treatment=stats["treatment"], crossover_users=crossed)
+    try:
+        return OnlineReading(at=now, control=stats["control"], treatment=stats["treatment"], crossover_users=crossed)
+    except ValidationError as exc:
+        return OnlineReading(at=now, error=f"inconsistent sums from the SQL source: {exc.errors()[0]['msg']}")
 
 
 def _number(value: Any) -> float:
