@@ -559,7 +559,7 @@ class SqliteStore:
         engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS,
         cache_mib: int = DEFAULT_CACHE_MIB,
         checkpoint_every: float = 1.0,
-        keep_batch_keys: float = 7 * 86_400.0,
+        keep_batch_keys: float = 6 * 3600.0,
     ) -> None:
         import sqlite3
 
@@ -794,7 +794,7 @@ class SqliteStore:
                     db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     with self.lock:
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                    if time.monotonic() - last_prune > 3600:
+                    if time.monotonic() - last_prune > 600:
                         last_prune = time.monotonic()
                         db.execute("DELETE FROM batches WHERE at < ?", (time.time() - self.keep_batch_keys,))
                 except sqlite3.OperationalError as exc:  # busy: the next round catches up
