@@ -577,6 +577,7 @@ class SqliteStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # WAL fsynced at every commit: a 200 means on disk
         self._db.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
+        self._db.execute("PRAGMA busy_timeout=10000")  # wait, never fail, when the checkpointer holds a lock
         self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the background thread
         self._db.execute(f"PRAGMA journal_size_limit={64 * 2**20}")  # the log file shrinks back after a burst
         self._db.executescript(_SCHEMA)
@@ -796,7 +797,8 @@ class SqliteStore:
                         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
                     if time.monotonic() - last_prune > 600:
                         last_prune = time.monotonic()
-                        db.execute("DELETE FROM batches WHERE at < ?", (time.time() - self.keep_batch_keys,))
+                        with self.lock:  # a write: never beside the request path's transaction
+                            db.execute("DELETE FROM batches WHERE at < ?", (time.time() - self.keep_batch_keys,))
                 except sqlite3.OperationalError as exc:  # busy: the next round catches up
                     LOG.debug("checkpoint deferred: %s", exc)
         finally:
