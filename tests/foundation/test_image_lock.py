@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 HEAVY = ("torch", "transformers", "tokenizers", "trl", "peft", "datasets", "accelerate", "kserve", "matplotlib",
-         "s3fs", "gcsfs", "deepspeed", "pandas", "fastapi", "grpcio-tools")
+         "deepspeed", "pandas", "fastapi", "grpcio-tools")
+"""Never in the operator image. The object-store clients are not here: the operator reads stage results from
+object storage when their pods are gone (issue 24, item 10)."""
 
 
 def _name(text: str) -> str:

@@ -280,9 +280,11 @@ def _start_command(command: list[str], url: str) -> subprocess.Popen:
 
 
 @pytest.mark.slow
-def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", [("--state", "state.db"), ("--snapshot", "snapshot.json")], ids=["sqlite", "json"])
+def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path, store: tuple[str, str]) -> None:
     """What the chart's PersistentVolumeClaim is for: the pod dies without its SIGTERM compaction (node lost,
-    OOM kill) and its replacement mounts the same volume; every acknowledged event is still counted."""
+    OOM kill) and its replacement mounts the same volume; every acknowledged event is still counted, and a batch
+    resent with the same Idempotency-Key after the restart is not counted again (SQLite store)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -297,8 +299,8 @@ def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path)
         "127.0.0.1",
         "--port",
         str(port),
-        "--snapshot",
-        str(volume / "snapshot.json"),
+        store[0],
+        str(volume / store[1]),
         "--allow-unauthenticated-writes",
     ]
     first = _start_command(command, url)
@@ -315,6 +317,13 @@ def test_a_killed_exporter_restarted_on_its_volume_loses_nothing(tmp_path: Path)
     try:
         with httpx.Client(base_url=url, timeout=10) as client:
             after = samples(client)
+            if store[0] == "--state":
+                keyed = {"Idempotency-Key": "chat-backend-batch-41"}
+                for _ in range(2):  # the reply was lost: the writer sends the batch again
+                    response = client.post("/events", content=engagement("b", 2, day=1) + "\n", headers=keyed)
+                    assert response.status_code == 200
+                depth = ("flywheel_depth_turns_total", (("arm", "treatment"), ("generation", "gen2")))
+                assert samples(client)[depth] == after[depth] + 2
     finally:
         second.terminate()
         second.wait(timeout=30)

@@ -821,6 +821,57 @@ class ServingQueries(ApiModel):
 # --- end issue 25 ---------------------------------------------------------------------------------------
 
 
+# ------------------------------------------------------------------ online gate: the warehouse-native SQL source
+SQL_IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SQL_TABLE = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*){0,2}$"
+
+
+class SqlSource(ApiModel):
+    """The per-arm sufficient statistics computed where the event log already is: one SQL query over the chat
+    backend's event log (a table or view, or Parquet files) returns each arm's exact `ArmStats`, per-user sums
+    included (docs/metrics.md, "The SQL source"). DuckDB runs it embedded; other engines get it translated to their
+    dialect by sqlglot."""
+
+    url: str = Field(default="duckdb:///:memory:", min_length=1)
+    """Where the query runs. `duckdb:///PATH` or `duckdb:///:memory:`: DuckDB embedded in the operator (the
+    default; reads `parquet` from local disk, s3:// or gs://). `spark://HOST:PORT`, `k8s://…`, `yarn` or
+    `local[N]`: a Spark session with that master; `sc://HOST:PORT`: Spark Connect. Anything else: a SQLAlchemy URL
+    (e.g. `trino://…`, `snowflake://…`, `bigquery://…`, `postgresql://…`) whose driver is installed in the
+    operator image."""
+    table: Annotated[str, Field(pattern=SQL_TABLE, max_length=200)] | None = None
+    """The event log table or view, e.g. `analytics.chat_events` (columns in docs/metrics.md)."""
+    parquet: str | None = Field(default=None, min_length=1)
+    """Instead of `table`: Parquet files of the event log, a path or glob such as
+    `s3://logs/chat-events/*.parquet` (DuckDB and Spark only)."""
+    dialect: str | None = None
+    """sqlglot dialect of the engine (e.g. `trino`, `snowflake`); unset: from the URL (`duckdb`, `spark`, or the
+    SQLAlchemy driver's name)."""
+    guardrail_columns: dict[Annotated[str, Field(pattern=DNS_LABEL)], Annotated[str, Field(pattern=SQL_IDENTIFIER)]] = (
+        Field(default_factory=dict)
+    )
+    """Column counting each guardrail's events per row; unset: the guardrail's name with `-` as `_` (e.g.
+    `instruction_violations`)."""
+    engaged_min_days: Annotated[int, Field(ge=1, le=365)] = 2
+    """Distinct active days that make an exposed user engaged (the exporter's `--engaged-min-days`)."""
+    max_event_age: Duration | None = "30m"
+    """No data when the experiment's latest event is older than this (the events stopped arriving); unset: no
+    check (a finished experiment's log)."""
+
+    @model_validator(mode="after")
+    def _one_relation(self) -> SqlSource:
+        if (self.table is None) == (self.parquet is None):
+            raise ValueError("promotion.source.sql needs exactly one of `table` (a table or view) or `parquet` (files)")
+        return self
+
+
+class PromotionSource(ApiModel):
+    """Where the online gate reads each arm's sufficient statistics: Prometheus (`prometheusUrl`, `queries`) unless
+    `sql` is set."""
+
+    sql: SqlSource | None = None
+    """Read them with one SQL query over the event log instead of Prometheus (warehouse-native)."""
+
+
 class PromotionSpec(ApiModel):
     """The online gate: engagement lift read from Prometheus."""
 
@@ -828,6 +879,8 @@ class PromotionSpec(ApiModel):
     """Prometheus HTTP API base URL (the local runner reads its own exporter instead)."""
     queries: PromotionQueries = Field(default_factory=PromotionQueries)
     """PromQL templates for the per-arm sufficient statistics."""
+    source: PromotionSource = Field(default_factory=PromotionSource)
+    """Where the statistics come from: Prometheus by default, or `source.sql` (docs/metrics.md, "The SQL source")."""
     alpha: Annotated[float, Field(gt=0, lt=0.5)] = 0.05
     """Family-wise false-decision rate of the whole gate (SRM, breadth, depth and every guardrail together,
     however often it looks); split between them as docs/metrics.md says."""

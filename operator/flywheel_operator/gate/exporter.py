@@ -16,8 +16,10 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -30,7 +32,17 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from flywheel_operator.gate.events import experiment_labels, parse_batch, utc_day, with_day
-from flywheel_operator.gate.store import DEFAULT_ENGAGED_MIN_DAYS, LATENCY_BUCKETS, DurableStore, EngagementStore
+from flywheel_operator.gate.shards import shard_of
+from flywheel_operator.gate.store import (
+    DEFAULT_CACHE_MIB,
+    DEFAULT_ENGAGED_MIN_DAYS,
+    LATENCY_BUCKETS,
+    DurableStore,
+    SqliteStore,
+)
+
+Store = DurableStore | SqliteStore
+"""Either store: SqliteStore (the default, `--state`) or the JSON snapshot store (`--snapshot` alone, legacy)."""
 
 LOG = logging.getLogger("flywheel.exporter")
 MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -98,24 +110,28 @@ class StoreCollector(Collector):
     """Reads the store at scrape time: counters survive restarts because the store does."""
 
     def __init__(
-        self, durable: DurableStore, outcomes: dict[str, int], last_events: dict[str, float] | None = None
+        self,
+        durable: Store,
+        outcomes: dict[str, int],
+        last_events: dict[str, float] | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.durable = durable
         self.outcomes = outcomes
         self.last_events = last_events if last_events is not None else {}
+        self.lock = lock or threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
-        store: EngagementStore = self.durable.store
-        with store.lock:
-            arms = {key: (totals, dict(totals.guardrails)) for key, totals in store.arms.items()}
-            per_user = {
-                key: {attribute: dict(getattr(t, attribute)) for _, attribute, _ in PER_USER_GUARDRAIL_METRICS}
-                for key, t in store.arms.items()
-                if t.per_user_sums
-            }
-            outcomes = dict(self.outcomes, unattributed=store.unattributed)
-            crossovers = {key: len(users) for key, users in store.crossovers.items()}
-            latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in store.arms.items()}
+        totals_by_arm, unattributed, crossovers = self.durable.totals()
+        arms = {key: (totals, dict(totals.guardrails)) for key, totals in totals_by_arm.items()}
+        per_user = {
+            key: {attribute: dict(getattr(t, attribute)) for _, attribute, _ in PER_USER_GUARDRAIL_METRICS}
+            for key, t in totals_by_arm.items()
+            if t.per_user_sums
+        }
+        latency = {key: (list(t.latency_buckets), t.latency_sum, t.latency_count) for key, t in totals_by_arm.items()}
+        with self.lock:
+            outcomes = dict(self.outcomes, unattributed=unattributed)
             last_events = dict(self.last_events)
         # Samples carry `namespace` only for experiments whose events named one (events.experiment_labels).
         for name, attribute, documentation in COUNTERS:
@@ -185,29 +201,34 @@ class ExporterServer(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        durable: DurableStore,
+        durable: Store,
         *,
         clock: Callable[[], datetime] | None = None,
-        token: str | None = None,
+        token: str | TokenFile | None = None,
         writes_to: ExporterServer | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
-        """`token`: the writers' bearer token (None: anyone may write, for in-process use and tests only).
-        `writes_to`: make this a read-only listener that shows that server's metrics."""
+        """`token`: the writers' bearer token, fixed or re-read from its file (None: anyone may write, for
+        in-process use and tests only). `writes_to`: make this a read-only listener that shows that server's
+        metrics. `shard`: (index, shards) when this exporter holds one shard of the users (gate.shards)."""
         super().__init__(address, ExporterHandler)
         self.durable = durable
         # Receipt time: engagement events without `day` are counted on its UTC day (events.with_day).
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.token = token.encode() if token is not None else None
+        self.token = TokenFile.fixed(token) if isinstance(token, str) else token
+        self.shard = shard
         self.read_only = writes_to is not None
         if writes_to is not None:
             self.outcomes, self.registry = writes_to.outcomes, writes_to.registry
-            self.last_events = writes_to.last_events
+            self.last_events, self.stats_lock = writes_to.last_events, writes_to.stats_lock
             return
         self.outcomes = {"accepted": 0, "rejected": 0, **dict.fromkeys(REFUSED_REASONS, 0)}
         self.last_events: dict[str, float] = {}
         """Experiment key -> receipt time (Unix seconds) of its latest accepted event."""
+        self.stats_lock = threading.Lock()
+        """Guards `outcomes` and `last_events` (the store has its own lock)."""
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StoreCollector(durable, self.outcomes, self.last_events))
+        self.registry.register(StoreCollector(durable, self.outcomes, self.last_events, self.stats_lock))
 
     @property
     def port(self) -> int:
@@ -255,18 +276,38 @@ class ExporterHandler(BaseHTTPRequestHandler):
             return
         events, errors = parse_batch(text)
         received = self.server.clock()
+        lines = sum(1 for line in text.splitlines() if line.strip())
+        if not errors and self.server.shard is not None:
+            misrouted = self._misrouted(events)
+            if misrouted:
+                self._reject(misrouted, lines=lines, status=HTTPStatus.MISDIRECTED_REQUEST)
+                return
         if not errors:
             events = with_day(events, utc_day(received))
-            errors = self.server.durable.submit(events)
-        lines = sum(1 for line in text.splitlines() if line.strip())
+            key = (self.headers.get("Idempotency-Key") or "").strip()[:200] or None
+            errors = self.server.durable.submit(events, batch_key=key)
         if errors:
             self._reject(errors, lines=lines)
             return
-        with self.server.durable.store.lock:
+        with self.server.stats_lock:
             self.server.outcomes["accepted"] += len(events)
             for event in events:
                 self.server.last_events[event.experiment] = received.timestamp()
         self._json(HTTPStatus.OK, {"accepted": len(events)})
+
+    def _misrouted(self, events: list) -> list[str]:
+        """Reasons for events of users another shard owns (a writer not routing by gate.shards.shard_of)."""
+        assert self.server.shard is not None
+        index, shards = self.server.shard
+        errors = []
+        for number, event in enumerate(events, start=1):
+            owner = shard_of(event.user, shards)
+            if owner != index:
+                errors.append(
+                    f"event {number}: user {event.user!r} belongs to shard {owner} of {shards}, not to this shard "
+                    f"({index}); route each event to shard sha256(user)[:8] % {shards} (docs/metrics.md, shards)"
+                )
+        return errors
 
     def _authenticate(self) -> str | None:
         """None when the writer may post; else the refusal reason (a REFUSED_REASONS entry)."""
@@ -275,14 +316,15 @@ class ExporterHandler(BaseHTTPRequestHandler):
         scheme, _, credential = (self.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not credential.strip():
             return "missing-token"
-        if not hmac.compare_digest(credential.strip().encode(), self.server.token):
-            return "wrong-token"
-        return None
+        sent = credential.strip().encode()
+        # every accepted token is compared (constant time each), so timing tells nothing of which one matched
+        matches = [hmac.compare_digest(sent, token) for token in self.server.token.accepted()]
+        return None if any(matches) else "wrong-token"
 
     def _refuse(self, reason: str) -> None:
         """401. The body is drained unparsed (never counted or logged) so the connection stays usable; one over
         MAX_BODY_BYTES is not drained and the connection closes instead."""
-        with self.server.durable.store.lock:
+        with self.server.stats_lock:
             self.server.outcomes[reason] += 1
         length = int(self.headers.get("Content-Length") or 0)
         LOG.warning(
@@ -311,11 +353,11 @@ class ExporterHandler(BaseHTTPRequestHandler):
                 break
             length -= len(chunk)
 
-    def _reject(self, errors: list[str], *, lines: int) -> None:
-        with self.server.durable.store.lock:
+    def _reject(self, errors: list[str], *, lines: int, status: HTTPStatus = HTTPStatus.BAD_REQUEST) -> None:
+        with self.server.stats_lock:
             self.server.outcomes["rejected"] += lines
         self._json(
-            HTTPStatus.BAD_REQUEST,
+            status,
             {"error": f"batch refused, nothing counted: {errors[0]}", "errors": errors, "accepted": 0},
         )
 
@@ -338,13 +380,14 @@ class ExporterHandler(BaseHTTPRequestHandler):
 def make_server(
     host: str,
     port: int,
-    durable: DurableStore,
+    durable: Store,
     *,
     clock: Callable[[], datetime] | None = None,
-    token: str | None = None,
+    token: str | TokenFile | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> ExporterServer:
     """Bind (port 0 picks a free one); the caller runs `serve_forever` and later `shutdown`."""
-    return ExporterServer((host, port), durable, clock=clock, token=token)
+    return ExporterServer((host, port), durable, clock=clock, token=token, shard=shard)
 
 
 def make_metrics_server(host: str, port: int, events: ExporterServer) -> ExporterServer:
@@ -366,6 +409,114 @@ def read_token(path: Path) -> str:
     return token
 
 
+DEFAULT_TOKEN_GRACE = 600.0
+"""Seconds the previous token is still accepted after the file changed (writers re-read the Secret too)."""
+
+
+class TokenFile:
+    """The writers' bearer token, re-read when its file changes (a rotated Secret: the kubelet swaps the mounted
+    file in place within about a minute, and GitOps tools may rotate a chart-made token on every render).
+
+    The file is checked at most every `check_every` seconds (a stat, no read unless it changed). After a change
+    the previous token is still accepted for `grace` seconds, so writers that re-read the Secret a little later
+    lose no batch; 0 stops it at once (a leaked token). A changed file that is not a usable token is logged and
+    ignored: the tokens in force stay.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        grace: float = DEFAULT_TOKEN_GRACE,
+        check_every: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        token: str | None = None,
+    ) -> None:
+        if grace < 0:
+            raise ValueError(f"--token-grace must be ≥ 0 seconds, got {grace}")
+        self.path, self.grace, self.check_every, self.clock = path, grace, check_every, clock
+        self.current = (token if token is not None else read_token(path)).encode()  # type: ignore[arg-type]
+        self.previous: bytes | None = None
+        self.previous_until = 0.0
+        self.reloads = 0
+        self._stamp = self._stat()
+        self._checked = clock()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def fixed(cls, token: str) -> TokenFile:
+        """A token that never changes (in-process use and tests)."""
+        return cls(None, token=token)
+
+    def _stat(self) -> tuple[int, ...] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)  # follows the Secret volume's symlinks: a swap changes the inode
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def accepted(self) -> list[bytes]:
+        """The tokens a writer may send now: the current one, and the previous one within its grace period."""
+        with self._lock:
+            now = self.clock()
+            if self.path is not None and now - self._checked >= self.check_every:
+                self._checked = now
+                self._refresh(now)
+            if self.previous is not None and now < self.previous_until:
+                return [self.current, self.previous]
+            return [self.current]
+
+    def _refresh(self, now: float) -> None:
+        stamp = self._stat()
+        if stamp is None or stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            token = read_token(self.path).encode()  # type: ignore[arg-type]
+        except ValueError as exc:
+            LOG.error("%s; the writers' token in force stays", exc)
+            return
+        if token == self.current:
+            return
+        self.previous, self.previous_until = self.current, now + self.grace
+        self.current = token
+        self.reloads += 1
+        LOG.info(
+            "reloaded the writers' token from %s (the previous one is accepted for %.0f s more)", self.path, self.grace
+        )
+
+
+def open_store(
+    state: Path | None,
+    snapshot: Path | None,
+    *,
+    engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS,
+    cache_mib: int = DEFAULT_CACHE_MIB,
+) -> Store:
+    """The store `serve` runs on. `state`: the SQLite database (the default store); a JSON `snapshot` given too
+    is imported into a new database once (then renamed `*.imported`). `snapshot` alone: the JSON snapshot store
+    of earlier versions (whole-state rewrites; fine for thousands of users, not millions). Neither: in memory."""
+    if state is None and snapshot is not None:
+        LOG.warning("--snapshot without --state: the JSON snapshot store rewrites all state; use --state for scale")
+        return DurableStore(snapshot, engaged_min_days=engaged_min_days)
+    store = SqliteStore(state, engaged_min_days=engaged_min_days, cache_mib=cache_mib)
+    journal = snapshot.with_name(snapshot.name + ".journal") if snapshot is not None else None
+    if state is not None and snapshot is not None and (snapshot.exists() or (journal and journal.exists())):
+        legacy = DurableStore(snapshot, engaged_min_days=engaged_min_days)
+        try:
+            copied = store.import_legacy(legacy.store)
+        except ValueError:
+            store.close()
+            raise
+        for path in (snapshot, journal):
+            if path is not None and path.exists():
+                path.rename(path.with_name(path.name + ".imported"))
+        LOG.info("imported %d users of snapshot %s into %s", copied, snapshot, state)
+    return store
+
+
 def serve(
     host: str,
     port: int,
@@ -374,17 +525,21 @@ def serve(
     engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS,
     token_file: Path | None = None,
     metrics_port: int | None = None,
+    state: Path | None = None,
+    shard: tuple[int, int] | None = None,
+    token_grace: float = DEFAULT_TOKEN_GRACE,
+    cache_mib: int = DEFAULT_CACHE_MIB,
 ) -> int:
-    """Run until SIGTERM or Ctrl-C, then write the snapshot so a restart loses no counts. Returns 2, having logged
-    why, when the settings or the snapshot are unusable (e.g. a snapshot counted under another engaged_min_days).
+    """Run until SIGTERM or Ctrl-C, then fold the store to disk so a restart reads no log. Returns 2, having
+    logged why, when the settings or the stored state are unusable (e.g. counted under another engaged_min_days).
     Without `token_file` anyone who reaches the port may write events (the CLI asks for that explicitly)."""
     try:
-        token = read_token(token_file) if token_file is not None else None
-        durable = DurableStore(snapshot, engaged_min_days=engaged_min_days)
+        token = TokenFile(token_file, grace=token_grace) if token_file is not None else None
+        durable = open_store(state, snapshot, engaged_min_days=engaged_min_days, cache_mib=cache_mib)
     except ValueError as exc:
         LOG.error("%s", exc)
         return 2
-    server = make_server(host, port, durable, token=token)
+    server = make_server(host, port, durable, token=token, shard=shard)
     metrics = make_metrics_server(host, metrics_port, server) if metrics_port is not None else None
     if metrics is not None:
         threading.Thread(target=metrics.serve_forever, daemon=True).start()
@@ -396,10 +551,11 @@ def serve(
 
     signal.signal(signal.SIGTERM, stop)
     LOG.info(
-        "engagement exporter on http://%s:%d (snapshot: %s; engaged = active on ≥ %d distinct days)",
+        "engagement exporter on http://%s:%d (state: %s; %s; engaged = active on ≥ %d distinct days)",
         host,
         server.port,
-        snapshot or "none",
+        state or snapshot or "in memory",
+        f"shard {shard[0]} of {shard[1]}" if shard else "all users",
         engaged_min_days,
     )
     try:
@@ -411,5 +567,5 @@ def serve(
         if metrics is not None:
             metrics.shutdown()
             metrics.server_close()
-        durable.compact()
+        durable.close()
     return 0

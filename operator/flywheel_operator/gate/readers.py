@@ -1,4 +1,5 @@
-"""Readers of the per-arm sufficient statistics: PromQL over Prometheus' HTTP API, and the exporter's store.
+"""Readers of the per-arm sufficient statistics: PromQL over Prometheus' HTTP API, the exporter's store, and (for
+`promotion.source.sql`) one SQL query over the event log (gate.sqlsource).
 
 A failed read is data, not an exception (house style: decisions as data): the reader returns an OnlineReading
 whose `error` says why, and the gate turns that into CONTINUE, never into zeros. Empty results, NaN, more than
@@ -219,6 +220,16 @@ def _whole(value: float, name: str) -> int:
     if value < 0 or abs(value - round(value)) > 1e-6:
         raise NoData(f"{name} = {value} is not a non-negative whole count; check the query template")
     return round(value)
+
+
+def reader_for(promotion: PromotionSpec):
+    """The gate's reader of a promotion spec: the SQL source when `source.sql` is set, else Prometheus. Both have
+    `read(generation=, namespace=, now=) -> OnlineReading`."""
+    if promotion.source.sql is not None:
+        from flywheel_operator.gate.sqlsource import SqlReader
+
+        return SqlReader(promotion)
+    return PrometheusReader(promotion)
 
 
 def read_local(store: EngagementStore, *, generation: str, now: datetime) -> OnlineReading:

@@ -9,6 +9,11 @@ counter.
 Engaged means active on at least `engaged_min_days` distinct days (default 2): the day of exposure is a visit
 that every exposed user makes, so only coming back tells the arms apart (docs/metrics.md, "breadth").
 
+Two durable stores fold events with these rules. `SqliteStore` (the exporter's default, `--state`) keeps each
+user as a row of an SQLite database in WAL mode and commits every batch as one fsynced transaction: it scales to
+millions of users and restarts in about a second (docs/metrics.md, section 10). `DurableStore` (`--snapshot`,
+the store of earlier versions and of the local runner) keeps everything in memory:
+
 Durability: accepted events are appended to a journal (flushed and fsynced before the client gets its 200),
 and the whole store is compacted into a snapshot every `compact_every` events and on shutdown. Each journal
 line carries a sequence number and the snapshot records the last one it holds, so a crash between writing the
@@ -246,7 +251,10 @@ class EngagementStore:
         user.responses = after
 
     def _totals(self, generation: str, arm: str) -> ArmTotals:
-        return self.arms.setdefault((generation, arm), ArmTotals())
+        totals = self.arms.get((generation, arm))
+        if totals is None:  # not setdefault: that would build an ArmTotals on every event
+            totals = self.arms[(generation, arm)] = ArmTotals()
+        return totals
 
     # ------------------------------------------------------------------------------------------- reads
     def arm_stats(self, generation: str) -> tuple[ArmStats | None, ArmStats | None]:
@@ -385,6 +393,7 @@ class DurableStore:
         self.skipped = 0
         """Journal records skipped on load because they no longer validate (each logged as an error)."""
         self.store = self._load()
+        self.lock = self.store.lock
         self._since_compaction = 0
 
     def _load(self) -> EngagementStore:
@@ -412,8 +421,9 @@ class DurableStore:
                     self.skipped += 1
         return store
 
-    def submit(self, events: list[Event]) -> list[str]:
-        """Check, journal and apply a batch atomically; returns the reasons it was refused (then nothing counted)."""
+    def submit(self, events: list[Event], *, batch_key: str | None = None) -> list[str]:
+        """Check, journal and apply a batch atomically; returns the reasons it was refused (then nothing counted).
+        `batch_key` is not remembered by this store (SqliteStore remembers it)."""
         with self.store.lock:
             errors = self.store.check(events)
             if errors:
@@ -434,6 +444,24 @@ class DurableStore:
                 self._compact_locked()
         return []
 
+    def arm_stats(self, generation: str) -> tuple[ArmStats | None, ArmStats | None]:
+        return self.store.arm_stats(generation)
+
+    def crossover_users(self, experiment: str) -> int:
+        return self.store.crossover_users(experiment)
+
+    def totals(self) -> tuple[dict[tuple[str, str], ArmTotals], int, dict[str, int]]:
+        """Copies of (arm totals, unattributed events, crossover users per experiment), for /metrics."""
+        with self.store.lock:
+            return (
+                {key: ArmTotals(**asdict(t)) for key, t in self.store.arms.items()},
+                self.store.unattributed,
+                {key: len(users) for key, users in self.store.crossovers.items()},
+            )
+
+    def close(self) -> None:
+        self.compact()
+
     def compact(self) -> None:
         """Write the snapshot (atomically) and empty the journal."""
         with self.store.lock:
@@ -450,3 +478,359 @@ class DurableStore:
             os.fsync(handle.fileno())
         os.replace(temporary, self.snapshot)
         self.journal.write_text("")
+
+
+# ------------------------------------------------------------------------------------------------ SQLite store
+SQLITE_SCHEMA_VERSION = 1
+DEFAULT_CACHE_MIB = 256
+"""SQLite page cache of the state database (MiB): the hot users' pages; the rest stays in the OS page cache."""
+PAGE_SIZE = 1024
+"""Bytes per database page of a new state database. A batch rewrites one page per user it touches, so small
+pages keep what is written per batch (fsynced before the reply, then checkpointed) small: with 1 KiB pages ~1 MB
+per 1,000-event batch instead of ~4 MB with SQLite's default 4 KiB, which matters on network volumes."""
+_LOOKUP_CHUNK = 900
+"""Users per `IN (...)` lookup (SQLite's bound on host parameters is at least 999)."""
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, crossovers INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS arms (
+    experiment INTEGER NOT NULL, arm TEXT NOT NULL, totals TEXT NOT NULL, PRIMARY KEY (experiment, arm));
+CREATE TABLE IF NOT EXISTS users (
+    experiment INTEGER NOT NULL, user TEXT NOT NULL, arm INTEGER NOT NULL, depth INTEGER NOT NULL,
+    pre REAL NOT NULL, days TEXT, responses INTEGER NOT NULL, events TEXT, crossed INTEGER NOT NULL,
+    PRIMARY KEY (experiment, user)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS batches (key TEXT PRIMARY KEY, accepted INTEGER NOT NULL, at REAL NOT NULL);
+"""
+_ARMS = ("control", "treatment")
+_Row = tuple[int, int, float, str | None, int, str | None, int]
+"""A user's stored columns after (experiment, user): arm, depth, pre, days, responses, events, crossed."""
+
+
+def _encode_user(user: UserState, crossed: bool) -> _Row:
+    return (
+        _ARMS.index(user.arm),
+        user.depth,
+        user.pre,
+        ",".join(map(str, user.days)) if user.days else None,
+        user.responses,
+        json.dumps(user.events, separators=(",", ":"), sort_keys=True) if user.events else None,
+        int(crossed),
+    )
+
+
+def _decode_user(row: _Row) -> UserState:
+    arm, depth, pre, days, responses, events, _ = row
+    return UserState(
+        arm=_ARMS[arm],
+        depth=int(depth),
+        pre=float(pre),
+        days=[int(day) for day in days.split(",")] if days else [],
+        responses=int(responses),
+        events=json.loads(events) if events else {},
+    )
+
+
+def _copy_totals(totals: ArmTotals) -> ArmTotals:
+    return ArmTotals(**asdict(totals))
+
+
+class SqliteStore:
+    """The exporter's store for millions of users: per-user state in an SQLite database (WAL mode), updated
+    incrementally, one transaction per batch.
+
+    A batch reads only its own users' rows, folds its events with EngagementStore's rules (so the sums are those
+    of the in-memory store, event for event), and commits the changed user rows, its arms' totals and the
+    counters in one transaction that is fsynced before the writer gets its 200: an accepted batch survives a
+    crash, and a batch cut off by one is rolled back whole, so a resent batch is counted once. Writers that
+    send an `Idempotency-Key` are also safe against a crash between the commit and the reply: a resent key
+    is answered from the record of the first one and not applied again.
+
+    Per-arm totals (a few rows) are also kept in memory for /metrics; per-user state is not. Restart reads those
+    few rows: ready in well under a second whatever the number of users. The write-ahead log is folded into the
+    database by a background thread (`checkpoint_every` seconds), never on the request path, and no step rewrites
+    the whole state.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        engaged_min_days: int = DEFAULT_ENGAGED_MIN_DAYS,
+        cache_mib: int = DEFAULT_CACHE_MIB,
+        checkpoint_every: float = 1.0,
+        keep_batch_keys: float = 6 * 3600.0,
+    ) -> None:
+        import sqlite3
+
+        EngagementStore(engaged_min_days=engaged_min_days)  # the same validation and message
+        self.path = path
+        self.engaged_min_days = engaged_min_days
+        self.keep_batch_keys = keep_batch_keys
+        self.lock = threading.Lock()
+        self.skipped = 0
+        target = ":memory:" if path is None else str(path)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+        self._db.execute(f"PRAGMA page_size={PAGE_SIZE}")  # a new database only: each page is ~20 users
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # WAL fsynced at every commit: a 200 means on disk
+        self._db.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
+        self._db.execute("PRAGMA busy_timeout=10000")  # wait, never fail, when the checkpointer holds a lock
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run in the background thread
+        self._db.execute(f"PRAGMA journal_size_limit={64 * 2**20}")  # the log file shrinks back after a burst
+        self._db.executescript(_SCHEMA)
+        self._load_meta()
+        self.arms: dict[tuple[str, str], ArmTotals] = {}
+        self.experiment_ids: dict[str, int] = {}
+        self.crossovers: dict[str, int] = {}
+        for key, ident, crossovers in self._db.execute("SELECT key, id, crossovers FROM experiments"):
+            self.experiment_ids[key] = ident
+            self.crossovers[key] = crossovers
+        names = {ident: key for key, ident in self.experiment_ids.items()}
+        for ident, arm, totals in self._db.execute("SELECT experiment, arm, totals FROM arms"):
+            self.arms[(names[ident], arm)] = ArmTotals(**json.loads(totals))
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if path is not None and checkpoint_every > 0:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(checkpoint_every,), name="flywheel-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+
+    # ------------------------------------------------------------------------------------------ state
+    def _load_meta(self) -> None:
+        meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not meta:
+            self._db.executemany(
+                "INSERT INTO meta VALUES (?, ?)",
+                [
+                    ("version", str(SQLITE_SCHEMA_VERSION)),
+                    ("engaged_min_days", str(self.engaged_min_days)),
+                    ("sequence", "0"),
+                    ("unattributed", "0"),
+                ],
+            )
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if int(meta["version"]) != SQLITE_SCHEMA_VERSION:
+            raise ValueError(
+                f"state database {self.path} has schema version {meta['version']}, not {SQLITE_SCHEMA_VERSION}; "
+                "run the exporter version that wrote it, or start from a new state file"
+            )
+        counted = int(meta["engaged_min_days"])
+        if counted != self.engaged_min_days:
+            raise ValueError(
+                f"the state database {self.path} counted engaged users with engaged_min_days={counted}, not "
+                f"{self.engaged_min_days}; run with --engaged-min-days {counted}, or start from a new state file "
+                "for a new rule"
+            )
+        self.sequence = int(meta["sequence"])
+        self.unattributed = int(meta["unattributed"])
+
+    @property
+    def users_count(self) -> int:
+        """Users held (all experiments); a full count, for tests and the bench, not the request path."""
+        with self.lock:
+            return int(self._db.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    def user(self, experiment: str, user: str) -> UserState | None:
+        """One user's state (tests, debugging)."""
+        with self.lock:
+            ident = self.experiment_ids.get(experiment)
+            if ident is None:
+                return None
+            row = self._db.execute(
+                "SELECT arm, depth, pre, days, responses, events, crossed FROM users WHERE experiment=? AND user=?",
+                (ident, user),
+            ).fetchone()
+        return _decode_user(row) if row else None
+
+    # ----------------------------------------------------------------------------------------- writes
+    def submit(self, events: list[Event], *, batch_key: str | None = None) -> list[str]:
+        """Check, apply and commit a batch atomically; returns the reasons it was refused (then nothing counted).
+        With `batch_key`, a batch whose key was already committed is not applied again (answered as accepted)."""
+        with self.lock:
+            if (
+                batch_key is not None
+                and self._db.execute("SELECT 1 FROM batches WHERE key = ?", (batch_key,)).fetchone()
+            ):
+                return []
+            work, before = self._working_set(events)
+            errors = work.check(events)
+            if errors:
+                return errors
+            for event in events:
+                work.apply(event)
+            self._commit(work, before, batch_key=batch_key, accepted=len(events))
+        return []
+
+    def _working_set(self, events: list[Event]) -> tuple[EngagementStore, dict[tuple[str, str], _Row]]:
+        """An EngagementStore holding only the batch's users (read from the database) and its experiments' totals;
+        with the rows as read, to write back only what changed."""
+        wanted: dict[str, set[str]] = {}
+        for event in events:
+            wanted.setdefault(event.experiment, set()).add(event.user)
+        work = EngagementStore(engaged_min_days=self.engaged_min_days)
+        work.sequence, work.unattributed = self.sequence, self.unattributed
+        before: dict[tuple[str, str], _Row] = {}
+        for experiment, users in wanted.items():
+            states = work.users.setdefault(experiment, {})
+            crossed = work.crossovers.setdefault(experiment, set())
+            for arm in _ARMS:
+                if (experiment, arm) in self.arms:
+                    work.arms[(experiment, arm)] = _copy_totals(self.arms[(experiment, arm)])
+            ident = self.experiment_ids.get(experiment)
+            if ident is None:
+                continue
+            names = list(users)
+            for start in range(0, len(names), _LOOKUP_CHUNK):
+                chunk = names[start : start + _LOOKUP_CHUNK]
+                rows = self._db.execute(
+                    "SELECT user, arm, depth, pre, days, responses, events, crossed FROM users "
+                    f"WHERE experiment = ? AND user IN ({','.join('?' * len(chunk))})",
+                    (ident, *chunk),
+                )
+                for user, *row in rows:
+                    before[(experiment, user)] = tuple(row)  # type: ignore[assignment]
+                    states[user] = _decode_user(tuple(row))  # type: ignore[arg-type]
+                    if row[-1]:
+                        crossed.add(user)
+        return work, before
+
+    def _commit(
+        self,
+        work: EngagementStore,
+        before: dict[tuple[str, str], _Row],
+        *,
+        batch_key: str | None,
+        accepted: int,
+    ) -> None:
+        import time
+
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            ids = dict(self.experiment_ids)
+            crossovers = dict(self.crossovers)
+            inserts, updates = [], []
+            for experiment, users in work.users.items():
+                if experiment not in ids:
+                    ids[experiment] = db.execute(
+                        "INSERT INTO experiments (key) VALUES (?) RETURNING id", (experiment,)
+                    ).fetchone()[0]
+                ident = ids[experiment]
+                crossed = work.crossovers.get(experiment, set())
+                fresh = sum(1 for user in crossed if not (before.get((experiment, user)) or (0,) * 7)[6])
+                if fresh:
+                    crossovers[experiment] = crossovers.get(experiment, 0) + fresh
+                    db.execute("UPDATE experiments SET crossovers = ? WHERE id = ?", (crossovers[experiment], ident))
+                for user, state in users.items():
+                    row = _encode_user(state, user in crossed)
+                    old = before.get((experiment, user))
+                    if old is None:
+                        inserts.append((ident, user, *row))
+                    elif old != row:
+                        updates.append((*row, ident, user))
+            db.executemany("INSERT INTO users VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", inserts)
+            db.executemany(
+                "UPDATE users SET arm = ?, depth = ?, pre = ?, days = ?, responses = ?, events = ?, crossed = ? "
+                "WHERE experiment = ? AND user = ?",
+                updates,
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO arms VALUES (?, ?, ?)",
+                [(ids[g], a, json.dumps(asdict(t), separators=(",", ":"))) for (g, a), t in work.arms.items()],
+            )
+            db.executemany(
+                "UPDATE meta SET value = ? WHERE key = ?",
+                [(str(work.sequence), "sequence"), (str(work.unattributed), "unattributed")],
+            )
+            if batch_key is not None:
+                db.execute("INSERT INTO batches VALUES (?, ?, ?)", (batch_key, accepted, time.time()))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self.experiment_ids, self.crossovers = ids, crossovers
+        self.arms.update(work.arms)
+        self.sequence, self.unattributed = work.sequence, work.unattributed
+
+    # ------------------------------------------------------------------------------------------ reads
+    def arm_stats(self, generation: str) -> tuple[ArmStats | None, ArmStats | None]:
+        """(control, treatment) of one experiment key; None for an arm nobody was exposed to."""
+        control = self.arms.get((generation, "control"))
+        treatment = self.arms.get((generation, "treatment"))
+        return (control.to_arm_stats() if control else None, treatment.to_arm_stats() if treatment else None)
+
+    def crossover_users(self, experiment: str) -> int:
+        return self.crossovers.get(experiment, 0)
+
+    def totals(self) -> tuple[dict[tuple[str, str], ArmTotals], int, dict[str, int]]:
+        """Copies of (arm totals, unattributed events, crossover users per experiment), for /metrics."""
+        with self.lock:
+            return (
+                {key: _copy_totals(t) for key, t in self.arms.items()},
+                self.unattributed,
+                dict(self.crossovers),
+            )
+
+    # -------------------------------------------------------------------------------------- upkeep
+    def _checkpoint_loop(self, every: float) -> None:
+        """Fold the write-ahead log into the database off the request path (a PASSIVE checkpoint waits for no
+        writer), and forget batch keys older than `keep_batch_keys`."""
+        import sqlite3
+        import time
+
+        assert self.path is not None
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA busy_timeout=1000")
+        last_prune = 0.0
+        try:
+            while not self._stop.wait(every):
+                try:
+                    # the bulk of the copy runs beside the writers; then a short second pass with writes held
+                    # copies the frames appended meanwhile, so the log is wholly folded and the next write
+                    # starts it over (a log checkpointed only while written to would grow without bound)
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    with self.lock:
+                        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    if time.monotonic() - last_prune > 600:
+                        last_prune = time.monotonic()
+                        with self.lock:  # a write: never beside the request path's transaction
+                            db.execute("DELETE FROM batches WHERE at < ?", (time.time() - self.keep_batch_keys,))
+                except sqlite3.OperationalError as exc:  # busy: the next round catches up
+                    LOG.debug("checkpoint deferred: %s", exc)
+        finally:
+            db.close()
+
+    def compact(self) -> None:
+        """Fold the whole write-ahead log into the database (at shutdown): the next start reads no log."""
+        with self.lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout=10)
+        with self.lock:
+            if self.path is not None:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+    # ----------------------------------------------------------------------------------------- import
+    def import_legacy(self, legacy: EngagementStore) -> int:
+        """Copy a JSON-snapshot store (today's `--snapshot`) into an empty database; returns the users copied."""
+        with self.lock:
+            if self.arms or self._db.execute("SELECT 1 FROM users LIMIT 1").fetchone():
+                raise ValueError(f"state database {self.path} is not empty; import a snapshot only into a new one")
+            if legacy.engaged_min_days != self.engaged_min_days:
+                raise ValueError(
+                    f"the snapshot counted engaged users with engaged_min_days={legacy.engaged_min_days}, not "
+                    f"{self.engaged_min_days}; run with --engaged-min-days {legacy.engaged_min_days}"
+                )
+            work = EngagementStore(engaged_min_days=self.engaged_min_days)
+            work.users, work.arms = legacy.users, legacy.arms
+            work.crossovers, work.sequence, work.unattributed = legacy.crossovers, legacy.sequence, legacy.unattributed
+            self._commit(work, {}, batch_key=None, accepted=0)
+            return sum(len(users) for users in legacy.users.values())
