@@ -19,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from tests.gate.arms import plan_of
+
 START = datetime(2026, 3, 2, tzinfo=UTC)
 COLUMNS = (
     "event_time TIMESTAMP, type VARCHAR, generation VARCHAR, namespace VARCHAR, user_id VARCHAR, arm VARCHAR, "
@@ -105,12 +107,9 @@ def sql_reading(events: list[dict], **sql) -> OnlineReading:
 
 def decision(reading: OnlineReading):
     return evaluate_online(
-        PromotionSpec(),
+        plan_of(PromotionSpec(), 50),  # the plan the operator freezes at the canary's start (issue 25)
         reading,
-        traffic_percent=50,
         elapsed=timedelta(days=7),
-        min_duration=timedelta(days=1),
-        max_duration=timedelta(days=7),
         previous=None,
         now=START + timedelta(days=7),
     )

@@ -34,7 +34,8 @@ def test_object_store_jobs_write_under_the_prefix_with_credentials_from_the_secr
                    and "secretKeyRef" in e["valueFrom"]}
     assert from_secret == {key: {"name": "flywheel-s3", "key": key, "optional": True}
                            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                                       "GOOGLE_APPLICATION_CREDENTIALS")}
+                                       "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_TOKEN",
+                                       "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "WANDB_API_KEY")}
     assert not any("KEY" in name and value for name, value in env.items())  # no key value in the spec
     assert all("persistentVolumeClaim" not in v for v in job["spec"]["template"]["spec"]["volumes"])
     kubernetes_validate.validate(job, "1.30", strict=True)

@@ -387,7 +387,9 @@ class Toleration(ApiModel):
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=253)]
 """An environment variable name."""
 DEFAULT_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                       "GOOGLE_APPLICATION_CREDENTIALS")
+                       "GOOGLE_APPLICATION_CREDENTIALS", "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME",
+                       "MLFLOW_TRACKING_PASSWORD", "WANDB_API_KEY")
+"""The object store's credentials and the trackers' (spec.tracking, docs/tracking.md); each key is optional."""
 
 
 class StorageSpec(ApiModel):
@@ -414,7 +416,9 @@ class StorageSpec(ApiModel):
     )
     """Keys of `secretRef` given to stage pods, each as the environment variable of the same name
     (`secretKeyRef`, optional: a missing key is skipped). Only these keys leave the Secret (no `envFrom`).
-    Default: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `GOOGLE_APPLICATION_CREDENTIALS`."""
+    Default: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `GOOGLE_APPLICATION_CREDENTIALS`,
+    and the trackers' `MLFLOW_TRACKING_TOKEN`, `MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`,
+    `WANDB_API_KEY` (spec.tracking)."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> StorageSpec:
