@@ -205,37 +205,19 @@ def register_flywheels(registry: kopf.OperatorRegistry, reconciler: Reconciler, 
 
     @kopf.daemon(**resource, cancellation_timeout=1.0)
     async def _turn(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        from flywheel_operator.kube.handlers import _wait
+        from flywheel_operator.kube.handlers import watch
 
-        key = (namespace, name)
-        wake = flywheels.wake_event(key)
-        delay: float | None = None
-        while not stopped:
-            if delay is None:
-                due = flywheels.requeue_at.get(key)
-                delay = poll if due is None else (due - reconciler.clock()).total_seconds()
-            delay = min(max(delay, 0.0), poll)
-            woken = await _wait(wake, stopped, delay)
-            if stopped:
-                return
-            if woken:
-                wake.clear()
-                delay = None
-                continue
-            try:
-                result = await flywheels.reconcile(namespace, name)
-            except InvalidSpec:
-                delay = poll  # the spec may be fixed: look again now and then
-                continue
-            except ApiError as exc:
-                log.warning("reconcile of Flywheel %s/%s failed, retrying: %s", namespace, name, exc)
-                delay = 1.0 if exc.transient else 30.0
-                continue
+        def finished(result: Any) -> bool:
             if result is None:
                 flywheels.forget(namespace, name)
-                return
-            wake.clear()
-            delay = None
+                return True
+            return False
+
+        await watch(
+            f"Flywheel {namespace}/{name}", lambda: flywheels.reconcile(namespace, name),
+            wake=flywheels.wake_event((namespace, name)), due=lambda: flywheels.requeue_at.get((namespace, name)),
+            clock=reconciler.clock, stopped=stopped, poll=poll, finished=finished, invalid_delay=poll,
+        )
 
     if without_finalizer is not None:
         without_finalizer(registry, _turn)

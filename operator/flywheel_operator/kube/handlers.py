@@ -21,8 +21,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import kopf
@@ -138,36 +138,17 @@ def register(
 
     @kopf.daemon(**resource, cancellation_timeout=1.0)
     async def _watch_over(namespace: str, name: str, stopped: kopf.DaemonStopped, **_: Any) -> None:
-        key = (namespace, name)
-        wake = reconciler.wake_event(key)
-        delay: float | None = None
-        while not stopped:
-            if delay is None:
-                due = reconciler.requeue_at.get(key)
-                delay = poll if due is None else (due - reconciler.clock()).total_seconds()
-            delay = min(max(delay, 0.0), poll)
-            woken = await _wait(wake, stopped, delay)
-            if stopped:
-                return
-            if woken:
-                wake.clear()
-                delay = None
-                continue
-            try:
-                result = await reconciler.reconcile(namespace, name)
-            except InvalidSpec:
-                return
-            except ApiError as exc:
-                log.warning("reconcile of %s/%s failed, retrying: %s", namespace, name, exc)
-                delay = TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY
-                continue
+        def finished(result: Any) -> bool:
             if result is None:
                 reconciler.forget(namespace, name)  # deleted (its DELETED event may still be on the way)
-                return
-            if result.status.phase in TERMINAL_PHASES:
-                return
-            wake.clear()
-            delay = None
+                return True
+            return result.status.phase in TERMINAL_PHASES
+
+        await watch(
+            f"{namespace}/{name}", lambda: reconciler.reconcile(namespace, name), wake=reconciler.wake_event(
+                (namespace, name)), due=lambda: reconciler.requeue_at.get((namespace, name)), clock=reconciler.clock,
+            stopped=stopped, poll=poll, finished=finished, invalid_delay=None,
+        )
 
     _without_finalizer(registry, _watch_over)
 
@@ -201,6 +182,52 @@ def _without_finalizer(registry: kopf.OperatorRegistry, daemon: Callable[..., An
         dataclasses.replace(h, requires_finalizer=False) if getattr(h, "fn", None) is daemon else h
         for h in spawning._handlers
     ]
+
+
+async def watch(
+    what: str,
+    reconcile: Callable[[], Awaitable[Any]],
+    *,
+    wake: asyncio.Event,
+    due: Callable[[], datetime | None],
+    clock: Callable[[], datetime],
+    stopped: kopf.DaemonStopped,
+    poll: float,
+    finished: Callable[[Any], bool],
+    invalid_delay: float | None,
+) -> None:
+    """A daemon's loop over one object (a FlywheelGeneration, a Flywheel): reconcile when its planner's requeue
+    time `due` comes (at most `poll` apart) or when another handler's reconcile moved that time (`wake`); retry API
+    errors; end once `finished(result)` says so. An invalid spec ends the loop (`invalid_delay` None) or is looked
+    at again after `invalid_delay` seconds."""
+    delay: float | None = None
+    while not stopped:
+        if delay is None:
+            when = due()
+            delay = poll if when is None else (when - clock()).total_seconds()
+        delay = min(max(delay, 0.0), poll)
+        woken = await _wait(wake, stopped, delay)
+        if stopped:
+            return
+        if woken:
+            wake.clear()
+            delay = None
+            continue
+        try:
+            result = await reconcile()
+        except InvalidSpec:
+            if invalid_delay is None:
+                return
+            delay = invalid_delay  # the spec may be fixed: look again now and then
+            continue
+        except ApiError as exc:
+            log.warning("reconcile of %s failed, retrying: %s", what, exc)
+            delay = TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY
+            continue
+        if finished(result):
+            return
+        wake.clear()
+        delay = None
 
 
 async def _wait(wake: asyncio.Event, stopped: kopf.DaemonStopped, timeout: float) -> bool:
