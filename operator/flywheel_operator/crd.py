@@ -27,8 +27,6 @@ from flywheel_operator.api import (
 )
 from flywheel_operator.api.durations import cel_duration
 
-CRD_NAME = f"{PLURAL}.{GROUP}"
-
 # Cross-field rules, keyed by the model's JSON-schema title. They mirror the pydantic validators so a bad
 # manifest is refused by `kubectl apply` with the same meaning as by `flywheel validate`.
 CEL_RULES: dict[str, list[dict[str, str]]] = {
@@ -181,19 +179,38 @@ def crd() -> dict[str, Any]:
         {"name": "Decision", "type": "string", "jsonPath": ".status.decisionSummary"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
+    return _crd_document(
+        kind=KIND, plural=PLURAL, short_name=SHORT_NAME, columns=columns, root_rules=_root_rules(),
+        description=f"{KIND} ({API_VERSION}): one turn of the engagement flywheel.",
+        spec_schema=spec_schema, status_schema=status_schema,
+    )
+
+
+def _crd_document(
+    *,
+    kind: str,
+    plural: str,
+    short_name: str,
+    columns: list[dict[str, str]],
+    root_rules: list[dict[str, str]],
+    description: str,
+    spec_schema: dict[str, Any],
+    status_schema: dict[str, Any],
+) -> dict[str, Any]:
+    """A namespaced CRD of this API group with one served version, a status subresource and printer columns."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {"name": CRD_NAME, "labels": {"app.kubernetes.io/part-of": "characterflywheel"}},
+        "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "characterflywheel"}},
         "spec": {
             "group": GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": KIND.lower(),
-                "shortNames": [SHORT_NAME],
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": kind.lower(),
+                "shortNames": [short_name],
                 "categories": ["characterflywheel"],
             },
             "versions": [
@@ -206,9 +223,9 @@ def crd() -> dict[str, Any]:
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
-                            "description": f"{KIND} ({API_VERSION}): one turn of the engagement flywheel.",
+                            "description": description,
                             "required": ["spec"],
-                            "x-kubernetes-validations": _root_rules(),
+                            "x-kubernetes-validations": root_rules,
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
@@ -282,54 +299,18 @@ def flywheel_crd() -> dict[str, Any]:
         {"name": "State", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"{FLYWHEEL_PLURAL}.{GROUP}",
-                     "labels": {"app.kubernetes.io/part-of": "characterflywheel"}},
-        "spec": {
-            "group": GROUP,
-            "scope": "Namespaced",
-            "names": {
-                "kind": FLYWHEEL_KIND,
-                "listKind": f"{FLYWHEEL_KIND}List",
-                "plural": FLYWHEEL_PLURAL,
-                "singular": FLYWHEEL_KIND.lower(),
-                "shortNames": [FLYWHEEL_SHORT_NAME],
-                "categories": ["characterflywheel"],
-            },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "description": f"{FLYWHEEL_KIND} ({API_VERSION}): generation after generation from one "
-                            "template, each starting from the latest promoted one.",
-                            "required": ["spec"],
-                            "x-kubernetes-validations": [{
-                                "rule": f"size(self.metadata.name) <= {FLYWHEEL_NAME_LIMIT} && "
-                                f"self.metadata.name.matches('{names.DNS_1035}')",
-                                "message": f"metadata.name must be a DNS-1035 label (a letter first) of at most "
-                                f"{FLYWHEEL_NAME_LIMIT} characters: generations are named <name>-<number>",
-                            }],
-                            "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
-                                "spec": openapi_schema(FlywheelSpec),
-                                "status": openapi_schema(FlywheelStatus),
-                            },
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    return _crd_document(
+        kind=FLYWHEEL_KIND, plural=FLYWHEEL_PLURAL, short_name=FLYWHEEL_SHORT_NAME, columns=columns,
+        root_rules=[{
+            "rule": f"size(self.metadata.name) <= {FLYWHEEL_NAME_LIMIT} && "
+            f"self.metadata.name.matches('{names.DNS_1035}')",
+            "message": f"metadata.name must be a DNS-1035 label (a letter first) of at most "
+            f"{FLYWHEEL_NAME_LIMIT} characters: generations are named <name>-<number>",
+        }],
+        description=f"{FLYWHEEL_KIND} ({API_VERSION}): generation after generation from one template, each "
+        "starting from the latest promoted one.",
+        spec_schema=openapi_schema(FlywheelSpec), status_schema=openapi_schema(FlywheelStatus),
+    )
 
 
 def render_flywheel_crd_yaml() -> str:
