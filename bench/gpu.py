@@ -273,8 +273,11 @@ def flops_per_token(size: Size, parameters: int) -> float:
     return 6 * parameters + 12 * size.layers * size.hidden * size.throughput_length
 
 
-def sft_throughput(workdir: Path, size: Size, parent: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Tokens/s of the SFT stage's own trainer at maxLength with no padding (train time only)."""
+def sft_throughput(
+    workdir: Path, size: Size, parent: Path, rows: list[dict[str, Any]], *, compile: bool = False
+) -> dict[str, Any]:
+    """Tokens/s of the SFT stage's own trainer at maxLength with no padding (train time only), over the whole run
+    and in the steady state (after the first `warmup_steps`, which hold torch.compile's compilation when on)."""
     from flywheel_operator.api import StageConfig
     from flywheel_trainer.sft import train_sft
     from transformers import AutoTokenizer
@@ -284,7 +287,7 @@ def sft_throughput(workdir: Path, size: Size, parent: Path, rows: list[dict[str,
             "stage": "sft",
             "name": "sft",
             "generation": "bench",
-            "outputDir": str(workdir / "sft-throughput"),
+            "outputDir": str(workdir / f"sft-throughput{'-compiled' if compile else ''}"),
             "policy": str(parent),
             "data": {"userTraffic": {"uri": str(workdir)}},
             "settings": {
@@ -294,17 +297,34 @@ def sft_throughput(workdir: Path, size: Size, parent: Path, rows: list[dict[str,
                     "learningRate": 1e-5,
                     "maxLength": size.throughput_length,
                     "activationCheckpointing": False,  # a 1B model fits without it; recomputation costs ~1/3
+                    "compile": compile,
                 }
             },
         }
     )
     tokenizer = AutoTokenizer.from_pretrained(parent)
     reset_peak_memory()
-    trainer = train_sft(config, str(parent), tokenizer, rows, workdir / "sft-throughput")
+    trainer = train_sft(config, str(parent), tokenizer, rows, Path(config.output_dir))
     runtime_s = next(e["train_runtime"] for e in reversed(trainer.state.log_history) if "train_runtime" in e)
     tokens = trainer.state.num_input_tokens_seen
+    steps = [e for e in trainer.state.log_history if "num_input_tokens_seen" in e and "train_runtime" in e]
+    warmup = min(5, len(steps) // 3)
+    steady = None
+    if len(steps) > warmup + 1:
+        first, last = steps[warmup], steps[-1]
+        steady = (last["num_input_tokens_seen"] - first["num_input_tokens_seen"]) / (
+            last["train_runtime"] - first["train_runtime"]
+        )
     del trainer
-    return {"tokens": int(tokens), "train_s": round(runtime_s, 2), "tokens_per_s": round(tokens / runtime_s, 1)}
+    return {
+        "compile": compile,
+        "tokens": int(tokens),
+        "train_s": round(runtime_s, 2),
+        "tokens_per_s": round(tokens / runtime_s, 1),
+        "warmup_steps": warmup,
+        "steady_tokens_per_s": None if steady is None else round(steady, 1),
+        "peak_memory_gib": peak_memory_gib(),
+    }
 
 
 def baseline_tokens_per_second(size: Size, parent: Path, rows: list[dict[str, Any]]) -> float:
@@ -368,13 +388,23 @@ def benchmark(size: Size, workdir: Path) -> dict[str, Any]:
     stages = run_chain(workdir, size, parent, log)
     rows = training_rows(size, records)
     sft = sft_throughput(workdir, size, parent, rows)
-    sft["peak_memory_gib"] = peak_memory_gib()
     baseline = baseline_tokens_per_second(size, parent, rows)
     sft["baseline_tokens_per_s"] = round(baseline, 1)
     sft["vs_baseline"] = round(sft["tokens_per_s"] / baseline, 3)
     peak = device["peak_bf16_flops"]
-    sft["mfu"] = round(flops_per_token(size, parameters) * sft["tokens_per_s"] / peak, 4) if peak else None
-    sft["baseline_mfu"] = round(flops_per_token(size, parameters) * baseline / peak, 4) if peak else None
+
+    def mfu(tokens_per_s: float | None) -> float | None:
+        return round(flops_per_token(size, parameters) * tokens_per_s / peak, 4) if peak and tokens_per_s else None
+
+    sft["mfu"], sft["steady_mfu"], sft["baseline_mfu"] = (
+        mfu(sft["tokens_per_s"]),
+        mfu(sft["steady_tokens_per_s"]),
+        mfu(baseline),
+    )
+    if device["device"] != "cpu":  # settings.sft.compile: compilation only pays on a GPU
+        compiled = sft_throughput(workdir, size, parent, rows, compile=True)
+        compiled["mfu"], compiled["steady_mfu"] = mfu(compiled["tokens_per_s"]), mfu(compiled["steady_tokens_per_s"])
+        sft["compiled"] = compiled
     return {
         "mode": "tiny (CPU smoke run: no GPU figures, no MFU claim)" if size is TINY else "gpu",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), **device},
@@ -400,6 +430,12 @@ def print_report(report: dict[str, Any]) -> None:
         f"sft trainer: {sft['tokens_per_s']:.1f} tokens/s vs bare PyTorch loop {sft['baseline_tokens_per_s']:.1f} "
         f"({sft['vs_baseline']:.3f}x); MFU {mfu}"
     )
+    for name, row in (("eager", sft), ("compiled", sft.get("compiled"))):
+        if row and row.get("steady_mfu") is not None:
+            print(
+                f"sft {name} steady state (after {row['warmup_steps']} steps): "
+                f"{row['steady_tokens_per_s']:.1f} tokens/s, MFU {row['steady_mfu']:.1%}"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -110,7 +110,7 @@ def storage_options(uri: str) -> dict[str, Any]:
     return {}
 
 
-def _fs(uri: str) -> tuple[Any, str]:
+def filesystem(uri: str) -> tuple[Any, str]:
     """(fsspec filesystem, path in it) for any accepted URI."""
     path = local_path(uri)
     if path is not None:
@@ -141,20 +141,20 @@ def _naming(uri: str) -> Iterator[None]:
 
 def exists(uri: str) -> bool:
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         return bool(fs.exists(path))
 
 
 def is_dir(uri: str) -> bool:
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         return bool(fs.isdir(path))
 
 
 def list_files(uri: str, *, suffixes: Iterable[str] = ()) -> list[str]:
     """The URIs of the files at `uri` (itself when it is a file; recursively, sorted, hidden parts skipped)."""
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         fs.invalidate_cache(path)  # a prefix another process writes to (checkpoints) is listed as it is now
         if fs.isfile(path):
             return [uri]
@@ -175,7 +175,7 @@ def list_files(uri: str, *, suffixes: Iterable[str] = ()) -> list[str]:
 def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> IO[Any]:
     """A file object on `uri` (read streams; no whole-object download); MissingObjectError names the URI."""
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         if "r" in mode and not fs.isfile(path):
             raise MissingObjectError(f"{uri}: no such file or object")
         if "w" in mode and local_path(uri) is not None:
@@ -196,7 +196,7 @@ def write_text(uri: str, text: str) -> None:
 def put_file(local: Path, uri: str) -> None:
     """Copy one local file to `uri` (any backend)."""
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         if local_path(uri) is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         fs.put_file(str(local), path)
@@ -205,7 +205,7 @@ def put_file(local: Path, uri: str) -> None:
 def remove(uri: str) -> None:
     """Delete a file or a whole directory (prefix); nothing to delete is fine."""
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         if fs.exists(path):
             fs.rm(path, recursive=True)
         fs.invalidate_cache(path)
@@ -215,7 +215,7 @@ def digest(uri: str) -> str:
     """sha256 of a file, or of a directory's (prefix's) relative file names and contents in sorted order;
     the same value for the same bytes on any backend, so lineage survives a change of store."""
     with _naming(uri):
-        fs, path = _fs(uri)
+        fs, path = filesystem(uri)
         if not fs.exists(path):
             raise MissingObjectError(f"{uri}: cannot digest it, it does not exist")
         sha = hashlib.sha256()
@@ -281,7 +281,7 @@ def localize(uri: str, *, select: Callable[[str], bool] | None = None, variant: 
             if not path.exists():
                 raise MissingObjectError(f"{uri}: no such file or directory")
             return path
-        fs, remote = _fs(uri)
+        fs, remote = filesystem(uri)
         if not fs.exists(remote):
             raise MissingObjectError(f"{uri}: no such object or prefix")
         key = _version_key(fs, remote, uri)
@@ -327,7 +327,7 @@ def publish_dir(local_dir: Path, uri: str) -> None:
     so a reader that sees a result sees the files it names.
     """
     with _naming(uri):
-        fs, remote = _fs(uri)
+        fs, remote = filesystem(uri)
         remote = remote.rstrip("/")
         marker = f"{remote}/{RESULT_MARKER}"
         if fs.exists(marker):

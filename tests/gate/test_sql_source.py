@@ -290,8 +290,23 @@ def test_the_operator_reads_the_sql_source_when_it_is_set() -> None:
     assert isinstance(reader_for(PromotionSpec()), PrometheusReader)
 
 
-def test_an_engine_that_cannot_read_the_files_is_no_data_with_its_reason() -> None:
-    """s3:// needs DuckDB's httpfs extension in the image; without it the reading says so, the gate continues."""
-    reader = SqlReader(promotion(parquet="s3://chat-logs/events/*.parquet"))
+def test_parquet_on_s3_reads_through_the_operators_filesystem_with_the_same_statistics(
+    s3: str, tmp_path: Path
+) -> None:
+    """s3:// Parquet is read through flywheel_operator.storage's fsspec filesystem (credentials and the S3-compatible
+    endpoint from the environment), registered with DuckDB: a real S3 server, no DuckDB extension download."""
+    from flywheel_operator import storage
+
+    events = simulated_week(60)
+    write_parquet(events, tmp_path / "part-0.parquet")
+    storage.put_file(tmp_path / "part-0.parquet", f"{s3}/chat-logs/part-0.parquet")
+    reader = SqlReader(promotion(parquet=f"{s3}/chat-logs/*.parquet"))
+    got = reader.read(generation="gen2", namespace="default", now=START + timedelta(days=7))
+    assert got.error is None and got == exporter_reading(events, batch=1000)
+
+
+def test_an_engine_that_cannot_read_the_files_is_no_data_with_its_reason(s3: str) -> None:
+    """A bucket that holds no such files: the reading says why, the gate continues (no data, no decision)."""
+    reader = SqlReader(promotion(parquet=f"{s3}/no-such-prefix/*.parquet"))
     reading = reader.read(generation="gen2", namespace="default", now=START)
     assert not reading.has_data and reading.error.startswith("the SQL source at duckdb:///:memory: failed")

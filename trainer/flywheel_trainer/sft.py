@@ -130,6 +130,7 @@ def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[s
         num_train_epochs=settings.epochs,
         max_length=settings.max_length,
         activation_checkpointing=settings.activation_checkpointing,
+        torch_compile=settings.compile,
     )
     if isinstance(model, str):
         model, _ = load_policy(model, training=True)

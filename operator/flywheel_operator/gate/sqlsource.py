@@ -258,7 +258,7 @@ def runner_for(source: SqlSource) -> tuple[Runner, Callable[[], None]]:
         path = url.removeprefix("duckdb:").removeprefix("///") or ":memory:"
         connection = duckdb.connect(path, read_only=path != ":memory:")
         if source.parquet and source.parquet.startswith(("s3://", "gs://", "gcs://", "http://", "https://")):
-            _object_store(connection)
+            _object_store(connection, source.parquet)
         return (lambda query: connection.execute(query).fetchall()), connection.close
     if url.startswith(SPARK_SCHEMES):
         from pyspark.sql import SparkSession
@@ -277,27 +277,18 @@ def runner_for(source: SqlSource) -> tuple[Runner, Callable[[], None]]:
     return run, engine.dispose
 
 
-def _object_store(connection: Any) -> None:
-    """Let DuckDB read s3:// (and S3-compatible endpoints) with the operator's AWS_* environment. The httpfs
-    extension must be in the image (`INSTALL httpfs` at build time: a cluster may not reach DuckDB's extension
-    repository); without AWS_ACCESS_KEY_ID, DuckDB's own defaults apply."""
-    import os
+def _object_store(connection: Any, uri: str) -> None:
+    """Let DuckDB read Parquet on object storage. s3:// and gs:// go through the operator's own fsspec filesystem
+    (flywheel_operator.storage: the same credentials, AWS_* environment and S3-compatible endpoint as every other
+    object-store read), registered with DuckDB, so no DuckDB extension has to be downloaded at run time (a cluster
+    may not reach DuckDB's extension repository). http(s):// needs the httpfs extension in the image."""
+    from flywheel_operator import storage
 
-    connection.execute("LOAD httpfs")
-    key, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if not key or not secret:
+    if storage.scheme(uri) in ("s3", "gs", "gcs"):
+        fs, _ = storage.filesystem(uri)
+        connection.register_filesystem(fs)
         return
-    options = {"KEY_ID": key, "SECRET": secret}
-    if token := os.environ.get("AWS_SESSION_TOKEN"):
-        options["SESSION_TOKEN"] = token
-    if region := os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"):
-        options["REGION"] = region
-    if endpoint := os.environ.get("AWS_ENDPOINT_URL"):
-        scheme, _, host = endpoint.partition("://")
-        options.update(ENDPOINT=host or scheme, URL_STYLE="path")
-        options["USE_SSL"] = "true" if scheme == "https" else "false"
-    settings = ", ".join(f"{name} {value if name == 'USE_SSL' else _string(value)}" for name, value in options.items())
-    connection.execute(f"CREATE OR REPLACE SECRET flywheel_s3 (TYPE s3, {settings})")
+    connection.execute("LOAD httpfs")
 
 
 @dataclass
