@@ -376,6 +376,16 @@ def device_info() -> dict[str, Any]:
     return {"device": name, "peak_bf16_flops": peak}
 
 
+def library_versions() -> dict[str, str]:
+    """The versions that set the figures (a GPU image may carry other torch/CUDA builds than the lock files)."""
+    from importlib.metadata import version
+
+    import torch
+
+    versions = {name: version(name) for name in ("torch", "transformers", "trl")}
+    return versions | {"cuda": torch.version.cuda or "none"}
+
+
 def benchmark(size: Size, workdir: Path) -> dict[str, Any]:
     """The whole benchmark at `size` in `workdir`; the report written to gpu.json."""
     from flywheel_trainer.synthetic import synthetic_records, write_jsonl
@@ -407,7 +417,7 @@ def benchmark(size: Size, workdir: Path) -> dict[str, Any]:
         sft["compiled"] = compiled
     return {
         "mode": "tiny (CPU smoke run: no GPU figures, no MFU claim)" if size is TINY else "gpu",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), **device},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), **device, **library_versions()},
         "model": {"parameters": parameters, **{k: v for k, v in asdict(size).items() if k in MODEL_FIELDS}},
         "precision": "fp32 (CPU)" if device["device"] == "cpu" else "bf16 compute (autocast) over fp32 master weights",
         "stages": stages,
