@@ -150,16 +150,19 @@ BENCHES: dict[str, Bench] = {
     "mutation": Bench(
         "bench/mutation.py",
         (
+            "bench/mutation_*.yaml",
             GATE,
             f"{OPERATOR}/planner/*.py",
             f"{OPERATOR}/arms.py",
+            "tests/conftest.py",
             "tests/gate/**/*.py",
             "tests/planner/**/*.py",
+            "tests/foundation/test_arm_vectors.py",
+            "tests/sim/test_assignment.py",
             "tests/sim/test_aa.py",
-            "pyproject.toml",
-            "Makefile",
         ),
         "make mutation",
+        "about an hour on 2 cores",
     ),
 }
 """Every bench result under bench/results/, by name (bench/results/NAME.json)."""
