@@ -42,6 +42,8 @@ RESULTS = "bench/results"
 HISTORY = "bench/results/history"
 MARKER = b"# provenance"
 SHORT = 7
+LISTED = 8
+"""Files named per kind of change in a stale result's message (`status` and the test)."""
 
 
 @dataclass(frozen=True)
@@ -428,7 +430,7 @@ def _changes(stamped: Mapping[str, str], now: Mapping[str, str]) -> str:
     added = [p for p in now if p not in stamped]
     removed = [p for p in stamped if p not in now]
     parts = [
-        f"{label} {', '.join(paths)}"
+        f"{label} {', '.join(paths[:LISTED])}" + (f" and {len(paths) - LISTED} more" if len(paths) > LISTED else "")
         for label, paths in (("changed", changed), ("added", added), ("removed", removed))
         if paths
     ]
