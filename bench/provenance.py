@@ -238,7 +238,10 @@ def worktree_contents(paths: Iterable[str], root: Path = REPO) -> dict[str, byte
 
 
 def _git(root: Path, *args: str, stdin: bytes | None = None) -> bytes:
-    done = subprocess.run(["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False)
+    try:
+        done = subprocess.run(["git", "-C", str(root), *args], input=stdin, capture_output=True, check=False)
+    except FileNotFoundError as exc:
+        raise GitError("git is not installed") from exc
     if done.returncode != 0:
         raise GitError(f"git {' '.join(args)}: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout
@@ -335,8 +338,8 @@ def stamp(name: str, report: Mapping[str, Any], root: Path = REPO) -> dict[str, 
 def stamp_file(name: str, path: str | os.PathLike[str], root: Path = REPO) -> None:
     """Stamp the JSON a bench just wrote at `path` (called by every bench script right after its write)."""
     path = Path(path)
-    report = json.loads(path.read_text())
-    path.write_text(json.dumps(stamp(name, report, root), indent=2) + "\n")
+    text = path.read_text()
+    path.write_text(json.dumps(stamp(name, json.loads(text), root), indent=2, ensure_ascii=text.isascii()) + "\n")
     print(f"stamped {path}: {name} at {report_commit(path)}")
 
 
@@ -355,7 +358,8 @@ def backfill(name: str, root: Path = REPO, at: str | None = None) -> str:
     _bench(name)
     rel = f"{RESULTS}/{name}.json"
     path = root / rel
-    report = json.loads(path.read_text())
+    text = path.read_text()
+    report = json.loads(text)
     if "provenance" in report:
         return f"{rel}: already stamped ({(report['provenance'].get('commit') or '')[:SHORT]}); left as it is"
     writer = _git(root, "log", "-1", "--format=%H", "--", rel).decode().strip()
@@ -385,7 +389,7 @@ def backfill(name: str, root: Path = REPO, at: str | None = None) -> str:
         "depends_on_sha256": combined_digest(digests),
         "depends_on": {p: sha[:16] for p, sha in digests.items()},
     }
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=text.isascii()) + "\n")
     return f"{rel}: stamped with {commit[:SHORT]} ({when})"
 
 
