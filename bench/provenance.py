@@ -147,12 +147,17 @@ BENCHES: dict[str, Bench] = {
     ),
     "trainer": Bench("bench/trainer.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/trainer.py --threads 1"),
     # Benches added in the same session (issues 29 and 31), declared here so that their results can be stamped.
-    "local": Bench("bench/local.py", CHAIN, "python bench/local.py"),
+    "local": Bench(
+        "bench/local.py",
+        (*CHAIN, f"{OPERATOR}/cli.py", f"{OPERATOR}/kube/__init__.py", f"{OPERATOR}/kube/admission.py"),
+        "python bench/local.py",
+    ),
     "sampler": Bench("bench/sampler.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/sampler.py"),
     "mutation": Bench(
         "bench/mutation.py",
         (
             "bench/mutation_*.yaml",
+            *OPERATOR_CORE,
             GATE,
             f"{OPERATOR}/planner/*.py",
             f"{OPERATOR}/arms.py",
