@@ -372,6 +372,11 @@ def backfill(name: str, root: Path = REPO, at: str | None = None) -> str:
         raise SystemExit(f"{rel} was never committed: re-measure it with `{BENCHES[name].command}`")
     if _git(root, "status", "--porcelain", "--", rel).strip():
         raise SystemExit(f"{rel} has uncommitted changes: {writer[:SHORT]} did not write this content; re-measure it")
+    if not at and len(_git(root, "rev-list", "--parents", "-n", "1", writer).split()) > 2:
+        raise SystemExit(
+            f"{rel} was last written by the merge commit {writer[:SHORT]} (a conflict resolved there): name the "
+            f"commit the result ran on with `python -m bench.provenance backfill {name} --at COMMIT`"
+        )
     commit = writer
     note = f"stamped after the fact: {writer[:SHORT]} is the commit that last wrote {rel} (git log)"
     if at:

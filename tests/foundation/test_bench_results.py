@@ -199,6 +199,23 @@ def test_backfill_at_a_code_commit_must_be_an_ancestor_of_the_result(repo: Path)
     assert provenance.stamp_problems("demo", _report_at(repo, "bench/results/demo.json"), repo) == []
 
 
+def test_backfill_refuses_a_result_a_merge_commit_wrote(repo: Path) -> None:
+    _git(repo, "checkout", "-qb", "side")
+    (repo / "bench" / "results" / "demo.json").write_text(json.dumps({"speed": 3}) + "\n")
+    _git(repo, "commit", "-qam", "side result")
+    _git(repo, "checkout", "-q", "-")
+    (repo / "bench" / "results" / "demo.json").write_text(json.dumps({"speed": 2}) + "\n")
+    _git(repo, "commit", "-qam", "main result")
+    subprocess.run(["git", "-C", str(repo), "merge", "-q", "side"], capture_output=True, check=False)  # conflicts
+    (repo / "bench" / "results" / "demo.json").write_text(json.dumps({"speed": 3, "note": "resolved"}) + "\n")
+    _git(repo, "commit", "-qam", "merged, the conflict resolved by hand")
+    with pytest.raises(SystemExit, match="merge commit"):
+        provenance.backfill("demo", repo)
+    side = _git(repo, "rev-parse", "side")
+    provenance.backfill("demo", repo, at=side)
+    assert _report_at(repo, "bench/results/demo.json")["provenance"]["commit"] == side
+
+
 def test_a_fresh_stamp_is_current_and_says_whether_the_tree_was_dirty(repo: Path) -> None:
     out = repo / "bench" / "results" / "demo.json"
     provenance.stamp_file("demo", out, repo)
