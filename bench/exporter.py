@@ -405,6 +405,8 @@ def main() -> None:
         "meets_targets": meets,
     }
     Path(args.out).write_text(json.dumps(document, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("exporter", args.out)  # provenance
     print(f"wrote {args.out}")
 
 

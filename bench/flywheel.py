@@ -387,6 +387,8 @@ def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
         print("\ntargets (default world):", json.dumps(result["targets"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("flywheel", out)  # provenance
     print(f"\nwrote {out}")
     return result
 

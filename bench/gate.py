@@ -762,6 +762,8 @@ def reset_study(streams: int, seed: int, out: Path) -> int:
     out.write_text(
         json.dumps({"streams": streams, "look_minutes": 30, "results": results, "seconds": seconds}, indent=2) + "\n"
     )
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("gate_reset", out)  # provenance
     return 0
 
 
@@ -944,6 +946,8 @@ def main() -> int:
         "seconds": seconds,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("gate", args.out)  # provenance
     return 0
 
 

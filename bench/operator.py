@@ -311,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {key: {"label": label, **r} for key, (label, r) in runs.items()}
     result.update({"target_p99_s": 1.0, "meets_target": loaded["p99_s"] < 1.0})
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("operator", args.out)  # provenance
     return 0
 
 

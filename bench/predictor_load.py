@@ -132,6 +132,8 @@ def main() -> None:
                     "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "results": results,
     }, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("predictor_load", args.out)  # provenance
 
 
 if __name__ == "__main__":

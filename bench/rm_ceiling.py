@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"run": str(run_dir), "world": str(args.world_file), "rows": rows}, indent=2)
                         + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("rm_ceiling", args.out)  # provenance
     print(f"wrote {args.out}")
     return 0
 

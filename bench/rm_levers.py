@@ -198,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("rm_levers", args.out)  # provenance
     print(f"seed spread {result['seed_spread']}; at or above 0.70: {result['reaches_0_70'] or 'none'}")
     print(f"wrote {args.out}")
     return 0

@@ -182,6 +182,8 @@ def main() -> None:
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("trainer", args.out)  # provenance
 
 
 if __name__ == "__main__":
