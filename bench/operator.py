@@ -5,9 +5,15 @@ this process plays the kubelet: each stage Job runs for a random time (`--job-se
 by default, so that 200 generations really are in flight at once, their Jobs finishing at ~20 a second), then it
 finishes it (a pod with the result in the termination message, then the Job's status). Measured:
 
-- handoff latency: from a Job's completion (the kubelet's status PATCH, as the emulator stores it) to the
-  creation of the next stage's Job (as the emulator stores it; for sft: from the later reward model's
-  completion). Both clocks are read in the emulator, and every handoff of every generation is counted;
+- handoff latency: from the event that unblocked a Job to its creation, both as the emulator stores them. The
+  event is the finish (the kubelet's status PATCH) of the Job it waited for: the last Job of the previous step
+  (sft: the later reward model), or, for a Job of a step that runs under `resources.maxParallelJobs` (default
+  1: the reward models one after the other), the Job of its own step whose finish freed the slot. The steps,
+  the limit and the Job names come from the planner (`pipeline_steps`, `child_name`); every handoff of every
+  generation is counted;
+- capacity waits, apart: how long such a Job was ready (its step's dependencies finished) before a slot freed.
+  That is the kubelet's time (the Job ahead of it running), not the operator's; until d32e63f the bench timed
+  the second reward model from curate's finish and counted this wait as handoff latency;
 - API requests per generation (everything the operator sent: kopf's requests and the backend's);
 - the operator process's peak RSS, and the CPU seconds of the operator and of this process (emulator and
   kubelet) during the run: on a small machine they share the cores.
@@ -17,9 +23,17 @@ Runs, all in the same invocation: the baseline (one generation alone, Jobs finis
 (`--kubelets`): a closed loop in which the kubelet outpaces the operator, so its latency is the operator's backlog
 over its throughput (reported as handoffs per second); and the saturation run again without the operator's
 admission gate (`--max-concurrent-reconciles` past N: every reconcile at once, as kopf alone would;
-operator/flywheel_operator/kube/admission.py), which is where the gate matters. Usage:
+operator/flywheel_operator/kube/admission.py), which is where the gate matters.
+
+`--baseline-rev REV` runs every run twice, back to back: first with the operator of commit REV (its `operator/`
+from `git archive`, first on the subprocess's PYTHONPATH; the bench, emulator and kubelet stay this tree's),
+then with this tree's, so a change is compared on the same machine under the same load. `--profile` adds one
+saturation run per operator under cProfile and reports where the operator's time goes (by cumulative time, and
+per handoff). `HANDOFFS_CSV=path` writes every handoff of each run (the last run's stays), `OPERATOR_LOG=path`
+the operator's log. Usage:
     python bench/operator.py [--generations 200] [--job-seconds 5 15] [--kubelets 1] [--no-ungated]
-                             [--no-saturation] [--out bench/results/operator.json]
+                             [--no-saturation] [--no-loaded] [--repeat N] [--baseline-rev REV]
+                             [--profile [--profile-dir DIR]] [--out bench/results/operator.json]
 """
 
 from __future__ import annotations
@@ -27,6 +41,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import io
+import itertools
 import json
 import os
 import random
@@ -34,8 +50,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,17 +65,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import kmock  # noqa: E402
+from flywheel_operator.api import FlywheelGeneration  # noqa: E402
 from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES  # noqa: E402
+from flywheel_operator.planner import child_name, pipeline_steps  # noqa: E402
 
 from tests.operator.cluster import NAMESPACE, WORLD_AGENT, Cluster, generation_body, running_cluster  # noqa: E402
 
-HANDOFFS = [
-    (["curate"], ["reward-pointwise", "reward-pairwise"]),
-    (["reward-pointwise", "reward-pairwise"], ["sft"]),
-    (["sft"], ["rl"]),
-    (["rl"], ["eval"]),
-]
-"""Which Jobs' completion hands off to which Jobs (sft waits for both reward models: from the later one)."""
 KUBELETS = 1
 JOB_SECONDS = [5.0, 15.0]
 UNGATED = 100_000
@@ -84,14 +97,59 @@ def _kubeconfig(url: str, directory: str) -> str:
     return path
 
 
-async def _run(generations: int, kubelet: Kubelet, reconciles: int = MAX_CONCURRENT_RECONCILES) -> dict[str, Any]:
+@dataclass(frozen=True)
+class OperatorCode:
+    """Which operator the subprocess runs: this tree's, or another commit's `operator/` exported by `git archive`
+    (put first on its PYTHONPATH), optionally under cProfile."""
+
+    label: str
+    path: str | None = None
+    profile: str | None = None
+    """Write the operator's cProfile statistics here (pstats format) when it exits."""
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if self.path is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (self.path, env.get("PYTHONPATH")) if p)
+        return env
+
+    def check(self) -> str:
+        """The package the subprocess imports: the exported tree's when one is given (else the run is void)."""
+        where = subprocess.run(
+            [sys.executable, "-c", "import flywheel_operator; print(flywheel_operator.__file__)"],
+            env=self.env(), cwd=ROOT, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        if self.path is not None and not where.startswith(self.path):
+            raise RuntimeError(f"the operator of {self.label} should come from {self.path}, but imports {where}")
+        return where
+
+
+THIS_TREE = OperatorCode("this tree")
+
+
+def export_operator(rev: str, directory: str) -> OperatorCode:
+    """`operator/` of commit `rev` under `directory` (git archive), as the baseline operator."""
+    commit = subprocess.run(["git", "rev-parse", "--short", f"{rev}^{{commit}}"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.strip()
+    archive = subprocess.run(["git", "archive", "--format=tar", commit, "operator"], cwd=ROOT, capture_output=True,
+                             check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(directory, filter="data")
+    return OperatorCode(commit, os.path.join(directory, "operator"))
+
+
+async def _run(
+    generations: int, kubelet: Kubelet, operator: OperatorCode = THIS_TREE, reconciles: int = MAX_CONCURRENT_RECONCILES
+) -> dict[str, Any]:
     async with running_cluster(world_timeout=300) as cluster:
         clock = Clock()
         cluster.emulator.on_stored = clock.stored
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "KUBECONFIG": _kubeconfig(cluster.url, tmp), "PYTHONUNBUFFERED": "1"}
+            env = {**operator.env(), "KUBECONFIG": _kubeconfig(cluster.url, tmp)}
+            profile = ["-m", "cProfile", "-o", operator.profile] if operator.profile else []
             command = [
                 sys.executable,
+                *profile,
                 "-m",
                 "flywheel_operator.cli",
                 "operator",
@@ -108,7 +166,8 @@ async def _run(generations: int, kubelet: Kubelet, reconciles: int = MAX_CONCURR
             log = open(os.environ.get("OPERATOR_LOG", os.path.join(tmp, "operator.log")), "w")  # noqa: SIM115
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
             try:
-                return await _drive(cluster, process, generations, kubelet, clock)
+                result = await _drive(cluster, process, generations, kubelet, clock)
+                return {"operator": operator.label, **result}
             finally:
                 # The emulator runs on this event loop and the operator talks to it while it shuts down:
                 # wait without blocking the loop.
@@ -119,6 +178,70 @@ async def _run(generations: int, kubelet: Kubelet, reconciles: int = MAX_CONCURR
                     process.kill()
                     await asyncio.to_thread(process.wait)
                 log.close()
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """One Job's creation, timed from the finish of the Job that unblocked it."""
+
+    generation: str
+    job: str
+    """The Job the operator created."""
+    after: str
+    """The Job whose finish let it start: the last of the previous step (`dependency`), or, when the step's Jobs
+    run under `resources.maxParallelJobs`, the Job of the same step that freed the slot (`capacity`)."""
+    cause: str
+    seconds: float
+    """Creation minus that finish: the operator's own latency."""
+    capacity_wait_s: float = 0.0
+    """For `capacity`: how long the Job was ready (its step's dependencies finished) before a slot freed; the
+    kubelet's time, not the operator's."""
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A generation's Jobs as the planner runs them: steps in order, at most `limit` Jobs of a step at once,
+    started in order as earlier ones end (planner/core.py `_run_pipeline`)."""
+
+    steps: tuple[tuple[str, ...], ...]
+    limit: int
+
+    @classmethod
+    def of(cls, generation: FlywheelGeneration | dict[str, Any]) -> Pipeline:
+        """From the generation (or its manifest), with the planner's own step list and Job names (first attempts)."""
+        if not isinstance(generation, FlywheelGeneration):
+            generation = FlywheelGeneration.model_validate(generation)
+        name = generation.metadata.name
+        steps = tuple(tuple(child_name(name, stage, 1) for stage in stages) for _, stages in pipeline_steps(generation))
+        return cls(steps=steps, limit=generation.spec.resources.max_parallel_jobs)
+
+
+def unblocking(pipeline: Pipeline, created: Mapping[str, float], finished: Mapping[str, float],
+               generation: str = "") -> list[Handoff]:
+    """Every Job after the first step, timed from the event that unblocked it (`created` and `finished` map Job
+    names to instants on one clock). A Job among the first `limit` of its step waited for the previous step's
+    last finish; a later one for a slot: the (k - limit + 1)-th finish among the k Jobs of its step started before
+    it. When that slot freed after the step was ready, the wait in between is a capacity wait, reported apart."""
+    found: list[Handoff] = []
+    for previous, step in itertools.pairwise(pipeline.steps):
+        ready_job = max(previous, key=lambda job: _at(finished, job, "finish"))
+        ready = finished[ready_job]
+        for k, job in enumerate(step):
+            at = _at(created, job, "creation")
+            after, cause, unblocked, waited = ready_job, "dependency", ready, 0.0
+            if k >= pipeline.limit:
+                slot_at, slot_job = sorted((_at(finished, j, "finish"), j) for j in step[:k])[k - pipeline.limit]
+                if slot_at > ready:
+                    after, cause, unblocked, waited = slot_job, "capacity", slot_at, slot_at - ready
+            found.append(Handoff(generation, job, after, cause, at - unblocked, waited))
+    return found
+
+
+def _at(times: Mapping[str, float], job: str, what: str) -> float:
+    try:
+        return times[job]
+    except KeyError:
+        raise RuntimeError(f"no {what} of Job {job} was recorded: the run did not finish every stage") from None
 
 
 class Clock:
@@ -142,19 +265,9 @@ class Clock:
             if any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions):
                 self.finished.setdefault(request.name, now)
 
-    def handoffs(self, names: list[str]) -> list[float]:
-        """Next Job's creation minus the finish of the Job(s) it waited for, every handoff of every generation."""
-        found = []
-        for generation in names:
-            for previous, followers in HANDOFFS:
-                done = [self.finished[job] for p in previous if (job := f"{generation}-{p}-1") in self.finished]
-                if len(done) < len(previous):
-                    continue
-                for follower in followers:
-                    created = self.created.get(f"{generation}-{follower}-1")
-                    if created is not None:
-                        found.append(created - max(done))
-        return found
+    def handoffs(self, pipelines: Mapping[str, Pipeline]) -> list[Handoff]:
+        """Every handoff of every generation, each from the finish that unblocked it (`unblocking`)."""
+        return [h for name, p in pipelines.items() for h in unblocking(p, self.created, self.finished, name)]
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -206,7 +319,8 @@ async def _kubelet(cluster: Cluster, clock: Clock, kubelet: Kubelet, failures: l
 async def _drive(
     cluster: Cluster, process: subprocess.Popen[bytes], generations: int, kubelet: Kubelet, clock: Clock
 ) -> dict[str, Any]:
-    names = [f"bench{i:03d}" for i in range(generations)]
+    bodies = {name: generation_body(name) for name in (f"bench{i:03d}" for i in range(generations))}
+    pipelines = {name: Pipeline.of(body) for name, body in bodies.items()}
     rss = psutil.Process(process.pid)
     peak = 0
     # The operator's start-up (imports, login, the generations' and Jobs' watches) is not measured.
@@ -219,15 +333,15 @@ async def _drive(
     requests_before = cluster.emulator.requests
     kinds_before = collections.Counter(cluster.emulator.requests_by_kind)
     cpu_before = _cpu(rss), _cpu(psutil.Process())
-    load_before = os.getloadavg()[0]
+    load_before = os.getloadavg()
     failures: list[BaseException] = []
     worker = asyncio.create_task(_kubelet(cluster, clock, kubelet, failures))
     started = time.monotonic()
     try:
-        for name in names:
-            await cluster.apply(generation_body(name))
+        for body in bodies.values():
+            await cluster.apply(body)
         deadline = started + 1200
-        last = [f"{name}-eval-1" for name in names]
+        last = [job for pipeline in pipelines.values() for job in pipeline.steps[-1]]
         while not all(job in clock.finished for job in last):
             peak = max(peak, rss.memory_info().rss)
             if time.monotonic() > deadline or process.poll() is not None:
@@ -244,26 +358,86 @@ async def _drive(
     cpu = _cpu(rss) - cpu_before[0], _cpu(psutil.Process()) - cpu_before[1]
     requests = cluster.emulator.requests - requests_before
     kinds = cluster.emulator.requests_by_kind - kinds_before
-    handoffs = sorted(clock.handoffs(names))
-    expected = sum(len(followers) for _, followers in HANDOFFS) * generations
+    handoffs = clock.handoffs(pipelines)
+    if os.environ.get("HANDOFFS_CSV"):  # every handoff, for looking at the tail over time
+        with open(os.environ["HANDOFFS_CSV"], "w") as out:
+            out.write("finished_at_s,job,after,cause,seconds,capacity_wait_s\n")
+            for h in sorted(handoffs, key=lambda h: clock.finished[h.after]):
+                out.write(f"{clock.finished[h.after] - started:.4f},{h.job},{h.after},{h.cause},{h.seconds:.4f},"
+                          f"{h.capacity_wait_s:.4f}\n")
+    expected = sum(len(step) for pipeline in pipelines.values() for step in pipeline.steps[1:])
     if len(handoffs) != expected:
         raise RuntimeError(f"{len(handoffs)} handoffs measured, {expected} expected")
+    seconds = [h.seconds for h in handoffs]
+    by_stage: dict[str, list[float]] = collections.defaultdict(list)
+    for h in handoffs:
+        by_stage[h.job.removeprefix(f"{h.generation}-").rsplit("-", 1)[0]].append(h.seconds)
+    by_cause = {cause: [h.seconds for h in handoffs if h.cause == cause] for cause in ("dependency", "capacity")}
     return {
         "generations": generations,
         "kubelet": {"job_seconds": list(kubelet.runtime), "parallel": kubelet.parallel},
+        "max_parallel_jobs": sorted({pipeline.limit for pipeline in pipelines.values()}),
         "handoffs_per_second": len(handoffs) / wall,
         "handoffs": len(handoffs),
-        "p50_s": statistics.median(handoffs),
-        "p99_s": handoffs[min(len(handoffs) - 1, int(0.99 * len(handoffs)))],
-        "max_s": handoffs[-1],
+        **_percentiles(seconds),
+        "handoffs_by_cause": {cause: {"count": len(v), **_percentiles(v)} for cause, v in by_cause.items() if v},
+        "p99_s_by_stage": {stage: _percentiles(v)["p99_s"] for stage, v in by_stage.items()},
+        "capacity_waits": {"count": len(waits := [h.capacity_wait_s for h in handoffs if h.cause == "capacity"]),
+                           **(_percentiles(waits) if waits else {})},
+        "slowest": [
+            {"job": h.job, "after": h.after, "cause": h.cause, "seconds": round(h.seconds, 4)}
+            for h in sorted(handoffs, key=lambda h: -h.seconds)[:5]
+        ],
         "requests_per_generation": requests / generations,
         "requests_per_generation_by_kind": {k: round(v / generations, 2) for k, v in kinds.most_common()},
         "peak_rss_mib": peak / 2**20,
         "wall_s": wall,
         "operator_cpu_s": cpu[0],
         "emulator_and_kubelet_cpu_s": cpu[1],
-        "load_average_1m": [load_before, os.getloadavg()[0]],
+        "load_average_1m": [load_before[0], os.getloadavg()[0]],
+        "load_average_1_5_15m_at_start": list(load_before),
     }
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_s": statistics.median(ordered),
+        "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+        "max_s": ordered[-1],
+    }
+
+
+def profile_table(path: str, handoffs: int, top: int = 25) -> dict[str, Any]:
+    """The operator's cProfile statistics as a table: the functions with the most cumulative time (the event
+    loop's own frames left out), and those with the most time of their own; ms per handoff for comparison."""
+    import pstats
+
+    stats = pstats.Stats(path)
+    raw = stats.stats  # type: ignore[attr-defined]
+    total = stats.total_tt  # type: ignore[attr-defined]
+
+    def where(key: tuple[str, int, str]) -> str:
+        file, line, name = key
+        for marker in ("site-packages/", "/operator/", "/lib/python3"):
+            if marker in file:
+                file = file.split(marker, 1)[1]
+                break
+        return f"{file}:{line}({name})" if line else name
+
+    loop = ("asyncio/", "selectors.py", "{method 'run' of '_contextvars", "{built-in method builtins.exec}",
+            "runpy.py", "cProfile.py", "{method 'poll' of 'select", "{method 'control' of 'select",
+            "<frozen importlib", "{built-in method _imp")  # the event loop's frames, and start-up's imports
+
+    def row(key: tuple[str, int, str], value: tuple[Any, ...]) -> dict[str, Any]:
+        _, calls, own, cumulative, _ = value
+        return {"function": where(key), "calls": calls, "own_s": round(own, 3), "cumulative_s": round(cumulative, 3),
+                "cumulative_ms_per_handoff": round(1000 * cumulative / handoffs, 3)}
+
+    ranked = sorted(raw.items(), key=lambda item: -item[1][3])
+    by_cumulative = [row(k, v) for k, v in ranked if not any(m in where(k) or m in k[0] for m in loop)][:top]
+    by_own = [row(k, v) for k, v in sorted(raw.items(), key=lambda item: -item[1][2])[:top]]
+    return {"profiled_s": round(total, 3), "handoffs": handoffs, "by_cumulative": by_cumulative, "by_own": by_own}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,44 +450,109 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ungated", action="store_true",
                         help="skip the saturation run without the operator's admission limit")
     parser.add_argument("--no-saturation", action="store_true", help="skip the saturation run")
+    parser.add_argument("--no-loaded", action="store_true", help="skip the run with Jobs of --job-seconds")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="saturation runs of each operator, alternating (default: %(default)s)")
+    parser.add_argument("--baseline-rev", metavar="REV",
+                        help="also run the operator of commit REV (git archive of its operator/), each run right "
+                             "before this tree's: the before/after of a change on the same machine and load")
+    parser.add_argument("--profile", action="store_true",
+                        help="after the timed runs, one saturation run per operator under cProfile: the table of "
+                             "where the operator's time goes (cProfile slows it: not timed)")
+    parser.add_argument("--profile-dir", metavar="DIR",
+                        help="keep the cProfile statistics (pstats files, one per operator) in DIR")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "operator.json"))
     args = parser.parse_args(argv)
     n = args.generations
     timed = Kubelet(runtime=tuple(args.job_seconds), parallel=UNGATED)
     instant = Kubelet(runtime=(0.0, 0.0), parallel=args.kubelets)
-    runs: dict[str, tuple[str, dict[str, Any]]] = {}
-    runs["baseline"] = ("1 generation, Jobs finish at once", asyncio.run(_run(1, instant)))
-    runs["loaded"] = (f"{n} generations, {timed.describe()}", asyncio.run(_run(n, timed)))
-    if not args.no_saturation:
-        runs["saturation"] = (f"{n}, saturation ({instant.describe()})", asyncio.run(_run(n, instant)))
-        if not args.no_ungated:
-            runs["ungated"] = (f"{n}, saturation, no admission limit", asyncio.run(_run(n, instant, UNGATED)))
-    print(
-        f"{'run':44} {'handoffs':>8} {'per s':>6} {'p50 s':>7} {'p99 s':>7} {'max s':>7} {'req/gen':>8} "
-        f"{'RSS MiB':>8} {'wall s':>7} {'load':>5}"
-    )
-    for label, r in runs.values():
-        print(
-            f"{label:44} {r['handoffs']:8d} {r['handoffs_per_second']:6.1f} {r['p50_s']:7.3f} {r['p99_s']:7.3f} "
-            f"{r['max_s']:7.3f} {r['requests_per_generation']:8.1f} {r['peak_rss_mib']:8.1f} {r['wall_s']:7.1f} "
-            f"{max(r['load_average_1m']):5.2f}"
-        )
-    loaded, baseline = runs["loaded"][1], runs["baseline"][1]
+    with tempfile.TemporaryDirectory() as tmp:
+        operators = [THIS_TREE]
+        if args.baseline_rev:
+            operators.insert(0, export_operator(args.baseline_rev, tmp))
+        for operator in operators:
+            print(f"operator of {operator.label}: {operator.check()}", flush=True)
+        plan: list[tuple[str, str, int, Kubelet, int]] = [("baseline", "1 generation, Jobs finish at once", 1,
+                                                            instant, MAX_CONCURRENT_RECONCILES)]
+        if not args.no_loaded:
+            plan.append(("loaded", f"{n} generations, {timed.describe()}", n, timed, MAX_CONCURRENT_RECONCILES))
+        for rep in range(args.repeat if not args.no_saturation else 0):
+            suffix = "" if rep == 0 else f"_{rep + 1}"
+            plan.append((f"saturation{suffix}", f"{n}, saturation ({instant.describe()})", n, instant,
+                         MAX_CONCURRENT_RECONCILES))
+            if not args.no_ungated:
+                plan.append((f"ungated{suffix}", f"{n}, saturation, no admission limit", n, instant, UNGATED))
+        runs: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {op.label: {} for op in operators}
+        for key, label, generations, kubelet, reconciles in plan:
+            for operator in operators:  # back to back: the baseline's operator first, then this tree's
+                result = asyncio.run(_run(generations, kubelet, operator, reconciles))
+                runs[operator.label][key] = (label, result)
+                print(f"{key:14} {operator.label:10} p99 {result['p99_s']:.3f} s  load "
+                      f"{max(result['load_average_1m']):.2f}", flush=True)
+        profiles = {}
+        if args.profile:
+            for operator in operators:
+                if args.profile_dir:
+                    Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
+                stats = os.path.join(args.profile_dir or tmp, f"operator-{operator.label.replace(' ', '-')}.pstats")
+                profiled = OperatorCode(operator.label, operator.path, profile=stats)
+                result = asyncio.run(_run(n, instant, profiled))
+                profiles[operator.label] = {"run": f"{n}, saturation ({instant.describe()}), under cProfile",
+                                            "p99_s_under_profile": result["p99_s"],
+                                            **profile_table(stats, result["handoffs"])}
+    this = runs[THIS_TREE.label]
+    _print_table(this, operators, runs)
+    loaded, baseline = this.get("loaded", this["baseline"])[1], this["baseline"][1]
     print("requests per generation: " + ", ".join(
         f"{kind.removeprefix('method.')} {count:g}" for kind, count in loaded["requests_per_generation_by_kind"].items()
     ))
     verdict = "meets" if loaded["p99_s"] < 1.0 else "misses"
     print(
-        f"p99 handoff with {n} generations in flight: {loaded['p99_s']:.3f} s, {verdict} the 1 s target "
-        f"({loaded['p99_s'] / baseline['p99_s']:.1f}x the single-generation baseline)"
+        f"p99 handoff with {loaded['generations']} generations in flight: {loaded['p99_s']:.3f} s, {verdict} the "
+        f"1 s target ({loaded['p99_s'] / baseline['p99_s']:.1f}x the single-generation baseline)"
     )
+    for label, profile in profiles.items():
+        print(f"\nprofile of the operator of {label} ({profile['run']}; {profile['profiled_s']:.1f} s profiled):")
+        print(f"{'cumulative s':>12} {'ms/handoff':>10} {'calls':>8}  function")
+        for row in profile["by_cumulative"]:
+            print(f"{row['cumulative_s']:12.2f} {row['cumulative_ms_per_handoff']:10.2f} {row['calls']:8d}  "
+                  f"{row['function']}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    result = {key: {"label": label, **r} for key, (label, r) in runs.items()}
-    result.update({"target_p99_s": 1.0, "meets_target": loaded["p99_s"] < 1.0})
+    result: dict[str, Any] = {key: {"label": label, **r} for key, (label, r) in this.items()}
+    saturation = [r["p99_s"] for key, (_, r) in this.items() if key.startswith("saturation")]
+    result.update({"target_p99_s": 1.0, "meets_target": loaded["p99_s"] < 1.0,
+                   "saturation_meets_target": bool(saturation) and max(saturation) < 1.0})
+    for operator in operators[:-1]:
+        result["baseline_operator"] = {
+            "commit": operator.label,
+            "note": "the same runs with that commit's operator/, each right before this tree's, same machine",
+            **{key: {"label": label, **r} for key, (label, r) in runs[operator.label].items()},
+        }
+    if profiles:
+        result["profiles"] = profiles
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
     stamp_file("operator", args.out)  # provenance
     return 0
+
+
+def _print_table(this: dict[str, tuple[str, dict[str, Any]]], operators: list[OperatorCode],
+                 runs: dict[str, dict[str, tuple[str, dict[str, Any]]]]) -> None:
+    print(
+        f"\n{'run':44} {'operator':10} {'handoffs':>8} {'per s':>6} {'p50 s':>7} {'p99 s':>7} {'max s':>7} "
+        f"{'cap.wait p99':>12} {'req/gen':>8} {'op CPU s':>8} {'RSS MiB':>8} {'wall s':>7} {'load':>5}"
+    )
+    for key in this:
+        for operator in operators:
+            label, r = runs[operator.label][key]
+            waits = r["capacity_waits"]
+            wait = f"{waits['p99_s']:12.3f}" if waits["count"] else f"{'-':>12}"
+            print(
+                f"{label:44} {operator.label:10} {r['handoffs']:8d} {r['handoffs_per_second']:6.1f} "
+                f"{r['p50_s']:7.3f} {r['p99_s']:7.3f} {r['max_s']:7.3f} {wait} {r['requests_per_generation']:8.1f} "
+                f"{r['operator_cpu_s']:8.1f} {r['peak_rss_mib']:8.1f} {r['wall_s']:7.1f} "
+                f"{max(r['load_average_1m']):5.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any
 import kopf
 
 from flywheel_operator.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
-from flywheel_operator.kube import revert
+from flywheel_operator.kube import bookkeeping, revert
 from flywheel_operator.kube.admission import Priority
 from flywheel_operator.kube.client import ApiError, KubeClient
 from flywheel_operator.kube.manifests import GENERATION_LABEL
@@ -60,8 +60,9 @@ def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 def configure(settings: kopf.OperatorSettings) -> None:
     """Settings every deployment needs: kopf's bookkeeping in our annotations, none in status."""
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # kopf's annotation storages, without deep-copying each event's body (kube/bookkeeping.py)
+    settings.persistence.progress_storage = bookkeeping.ProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = bookkeeping.DiffBaseStorage(prefix=ANNOTATION_PREFIX)
     # No handler requires a finalizer (`_without_finalizer`): kopf adds this one to no generation and removes it
     # from generations an older operator version marked.
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/operator"

@@ -217,11 +217,19 @@ class Reconciler:
     def _set_phase(self, key: Key, phase: str) -> None:
         old = self._phases.get(key)
         if old != phase:
+            namespace = key[0]
+            seen = any(self._counts[(namespace, p)] > 0 for p in PHASES)
             if old is not None:
-                self._counts[(key[0], old)] -= 1
-            self._counts[(key[0], phase)] += 1
+                self._counts[(namespace, old)] -= 1
+            self._counts[(namespace, phase)] += 1
             self._phases[key] = phase
-            self._publish_counts()
+            if not seen:
+                self._publish_counts()  # a new namespace: all its phases appear
+                return
+            # The namespace's series exist: only the changed ones move (what a full publish would give).
+            for changed in (old, phase):
+                if changed is not None:
+                    self.metrics.generations.labels(namespace, changed).set(self._counts[(namespace, changed)])
 
     def _publish_counts(self) -> None:
         """`flywheel_generations`: what `metrics.phase_counts` gives for `_phases` (every phase of a namespace
