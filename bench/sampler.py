@@ -250,8 +250,11 @@ def build(size: ModelSize) -> tuple[Any, Any]:
 
 
 def _commit() -> str | None:
+    """The checked-out commit, `+dirty` when the product or this script differ from it."""
     done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    return done.stdout.strip() or None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "trainer", "bench/sampler.py"], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()
+    return (done.stdout.strip() + ("+dirty" if dirty else "")) or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"model": size.name, "parameters": parameters, "vocab": len(tokenizer),
                         "hidden": size.hidden, "layers": size.layers, "rows": rows})
     report = {
-        "command": "python bench/sampler.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python", "bench/sampler.py", *(argv if argv is not None else sys.argv[1:])]),
         "commit": _commit(),
         "baseline": "hand-loop: the hand-written token loop of d32e63f (copied into this script)",
         "machine": {

@@ -162,13 +162,17 @@ def _seeded_draw_class() -> type:
             self.step += 1
             if self.step > self.max_new_tokens or bool(self.stopped.all()):
                 return scores  # a look-ahead step generate undoes (deferred stop checks): draw nothing
-            rows_drawing = self.drawing.nonzero().squeeze(1)
-            cumulative = torch.softmax(scores[rows_drawing], dim=-1).cumsum(dim=-1)
-            uniform = torch.rand((len(rows_drawing), 1), generator=self.generator, device=scores.device)
+            everyone = bool(self.drawing.all())
+            rows_drawing = None if everyone else self.drawing.nonzero().squeeze(1)
+            cumulative = torch.softmax(scores if everyone else scores[rows_drawing], dim=-1).cumsum(dim=-1)
+            uniform = torch.rand((cumulative.shape[0], 1), generator=self.generator, device=scores.device)
             token = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).squeeze(1)
             token = token.clamp(max=scores.shape[-1] - 1)
+            only = torch.full_like(cumulative, float("-inf")).scatter_(1, token[:, None], 0.0)
+            if everyone:
+                return only
             picked = scores.clone()
-            picked[rows_drawing] = torch.full_like(cumulative, float("-inf")).scatter_(1, token[:, None], 0.0)
+            picked[rows_drawing] = only
             return picked
 
     return SeededDraw
@@ -228,8 +232,7 @@ class GenerateSampler:
             eos_token_id=list(request.stop),
             pad_token_id=request.pad_id,
             use_cache=True,
-            min_length=0,
-            min_new_tokens=0,
+            min_new_tokens=0,  # also replaces a checkpoint's min_length (generate: min_length = prompt + this)
             repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             renormalize_logits=False,
