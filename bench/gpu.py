@@ -12,6 +12,10 @@ MFU = model FLOPs/s over the device's dense bf16 peak (PEAK_BF16_FLOPS, vendor d
 model FLOPs per trained token = 6 · parameters + 12 · layers · hidden · sequence length (PaLM, appendix B).
 Target on an H100/H200: SFT MFU ≥ 45 %.
 
+Sampling: tokens/s of each sampler backend (flywheel_trainer.generation.SAMPLERS) and of the baseline, the
+hand-written loop of d32e63f, on the parent loaded as the stages load it (bf16 on the GPU), at temperature 1.0,
+per batch size; bench/sampler.py's measurement, whose CPU run is bench/results/sampler.json.
+
 `--tiny` runs the same code on the CPU with a tiny config and small settings (what the test suite runs so this
 file cannot rot); its figures say nothing about a GPU and it claims no MFU.
 
@@ -192,6 +196,50 @@ def build_parent(directory: Path, size: Size, records: list[dict[str, Any]]) -> 
     model.to(torch.bfloat16).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return parameters
+
+
+@dataclass(frozen=True)
+class SamplingLoad:
+    """The sampling measurement: `batches` batches of each batch size, `new_tokens` new tokens per row."""
+
+    batch_sizes: tuple[int, ...]
+    batches: int
+    new_tokens: int
+    repeats: int
+
+
+SAMPLING_GPU = SamplingLoad(batch_sizes=(1, 8, 32, 128), batches=2, new_tokens=128, repeats=1)
+SAMPLING_TINY = SamplingLoad(batch_sizes=(1, 4), batches=2, new_tokens=8, repeats=1)
+
+
+def _sampler_bench() -> Any:
+    """bench/sampler.py as a module (the bench scripts are programs, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_sampler", Path(__file__).with_name("sampler.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+def sampling_throughput(load: SamplingLoad, parent: Path) -> dict[str, Any]:
+    """Sampling tokens/s per backend and batch size on the parent, loaded as the stages load a model they only
+    sample (flywheel_trainer.upstream.load_policy: bf16 on CUDA), with the d32e63f loop as the baseline."""
+    from flywheel_trainer.upstream import load_policy
+
+    bench = _sampler_bench()
+    reset_peak_memory()
+    model, tokenizer = load_policy(str(parent))
+    chats = bench.prompts(max(load.batch_sizes) * load.batches)
+    rows = bench.compare(model, tokenizer, chats, batch_sizes=load.batch_sizes, max_new_tokens=load.new_tokens,
+                         repeats=load.repeats, batches=load.batches)
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    del model
+    memory = peak_memory_gib()
+    reset_peak_memory()
+    return {"dtype": dtype, "temperature": 1.0, "new_tokens": load.new_tokens, "batches": load.batches,
+            "peak_memory_gib": memory, "rows": rows}
 
 
 def reset_peak_memory() -> None:
@@ -415,6 +463,7 @@ def benchmark(size: Size, workdir: Path) -> dict[str, Any]:
         compiled = sft_throughput(workdir, size, parent, rows, compile=True)
         compiled["mfu"], compiled["steady_mfu"] = mfu(compiled["tokens_per_s"]), mfu(compiled["steady_tokens_per_s"])
         sft["compiled"] = compiled
+    sampling = sampling_throughput(SAMPLING_TINY if size is TINY else SAMPLING_GPU, parent)
     return {
         "mode": "tiny (CPU smoke run: no GPU figures, no MFU claim)" if size is TINY else "gpu",
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), **device, **library_versions()},
@@ -422,6 +471,7 @@ def benchmark(size: Size, workdir: Path) -> dict[str, Any]:
         "precision": "fp32 (CPU)" if device["device"] == "cpu" else "bf16 compute (autocast) over fp32 master weights",
         "stages": stages,
         "sft": sft,
+        "sampling": sampling,
     }
 
 
@@ -446,6 +496,15 @@ def print_report(report: dict[str, Any]) -> None:
                 f"sft {name} steady state (after {row['warmup_steps']} steps): "
                 f"{row['steady_tokens_per_s']:.1f} tokens/s, MFU {row['steady_mfu']:.1%}"
             )
+    sampling = report["sampling"]
+    base = {r["batch_size"]: r["tokens_per_s"] for r in sampling["rows"] if r["backend"] == "hand-loop"}
+    print(f"sampling ({sampling['dtype']}, {sampling['new_tokens']} new tokens, T={sampling['temperature']}):")
+    for row in sampling["rows"]:
+        print(
+            f"  batch {row['batch_size']:>4} {row['backend']:<10} {row['tokens_per_s']:>10.1f} tokens/s "
+            f"({row['tokens_per_s'] / base[row['batch_size']]:.2f}x the d32e63f loop; same tokens: "
+            f"{'yes' if row['same_tokens'] else 'no'})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,3 +35,9 @@ def test_gpu_benchmark_tiny_runs_every_stage_and_writes_its_report(tmp_path: Pat
     assert sft["tokens"] > 0 and sft["tokens_per_s"] > 0 and sft["baseline_tokens_per_s"] > 0
     assert sft["mfu"] is None  # no MFU claim without a GPU
     assert "sft trainer:" in done.stdout
+    sampling = report["sampling"]  # tokens/s per sampler backend, the d32e63f loop as the baseline
+    assert {(r["backend"], r["batch_size"]) for r in sampling["rows"]} == {
+        (backend, batch) for backend in ("generate", "hand-loop") for batch in (1, 4)
+    }
+    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 for r in sampling["rows"])
+    assert "sampling (float32" in done.stdout

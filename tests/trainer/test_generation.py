@@ -1,4 +1,5 @@
-"""Batched generation: left padding, stopping at EOS, only new tokens decoded, shapes, seeded determinism."""
+"""Batched generation: left padding, stopping at EOS, only new tokens decoded, shapes, seeded determinism, and
+the sampler seam: the `generate` backend gives the tokens of the hand-written loop it replaced (d32e63f)."""
 
 from __future__ import annotations
 
@@ -127,16 +128,138 @@ def test_bad_arguments(tokenizer, kwargs: dict, message: str) -> None:
 
 
 def test_sampling_follows_the_distribution_and_the_nucleus() -> None:
-    """The inverse-CDF draw samples softmax(logits / T) exactly; top_p keeps the smallest nucleus."""
+    """The seeded draw samples softmax(scores) exactly; behind transformers' top-p warper it keeps the smallest
+    nucleus; only the drawn token stays finite, so generate's greedy pick takes it."""
     import torch
-    from flywheel_trainer.generation import _pick
+    from flywheel_trainer.generation import _seeded_draw_class
+    from transformers import TopPLogitsWarper
 
+    draw = _seeded_draw_class()
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
-    logits = probs.clamp(min=1e-12).log().expand(40_000, -1)
+    logits = probs.clamp(min=1e-12).log().expand(40_000, -1).contiguous()
+    rows = torch.zeros((40_000, 1), dtype=torch.long)
     generator = torch.Generator().manual_seed(0)
-    counts = torch.bincount(_pick(logits, 1.0, 1.0, generator), minlength=5).float() / 40_000
+    picked = draw(generator, [9], max_new_tokens=4)(rows, logits)
+    assert torch.isfinite(picked).sum(dim=-1).eq(1).all()
+    counts = torch.bincount(picked.argmax(dim=-1), minlength=5).float() / 40_000
     assert torch.allclose(counts, probs, atol=0.01)
     assert counts[4] == 0
-    nucleus = torch.bincount(_pick(logits, 1.0, 0.7, generator), minlength=5).float() / 40_000
+    nucleus_scores = TopPLogitsWarper(0.7)(rows, logits.clone())
+    nucleus = torch.bincount(draw(generator, [9], 4)(rows, nucleus_scores).argmax(dim=-1), minlength=5) / 40_000
     assert nucleus[2:].sum() == 0 and abs(nucleus[0] - 0.5 / 0.8) < 0.01
-    assert _pick(logits[:3], 0.0, 1.0, generator).tolist() == [0, 0, 0]
+
+
+# --- The sampler seam: the `generate` backend against the hand-written loop it replaced (d32e63f), kept as the
+# --- baseline in bench/sampler.py.
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    from tests.local.bench_modules import load_bench
+
+    return load_bench("sampler").HandLoopSampler()
+
+
+@pytest.fixture(scope="module")
+def stopper(tokenizer):
+    """A random tiny model biased towards EOS (about one step in ten), so rows stop at many different steps and
+    the batch's finished rows leave the old loop's batch at different times."""
+    import torch
+
+    model = tiny_llama(tokenizer, seed=3)
+    head = torch.nn.Linear(model.config.hidden_size, model.config.vocab_size, bias=True)
+    with torch.no_grad():
+        head.weight.copy_(model.lm_head.weight)
+        head.bias.zero_()
+        head.bias[tokenizer.eos_token_id] = 3.5
+    model.lm_head = head
+    return model.eval()
+
+
+CHATS = [SHORT, LONG, [*LONG, {"role": "assistant", "content": "To the stars, cadet."}, *SHORT[1:]]]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_generate_backend_matches_the_old_loop_greedily(parrot, stopper, tokenizer, baseline, batch_size) -> None:
+    for model in (parrot, stopper, tiny_llama(tokenizer, seed=4)):
+        kwargs = {"max_new_tokens": 16, "temperature": 0, "num_samples": 2, "batch_size": batch_size}
+        ours = generate_tokens(model, tokenizer, CHATS * 3, sampler="generate", **kwargs)
+        assert ours == generate_tokens(model, tokenizer, CHATS * 3, sampler=baseline, **kwargs)
+    assert generate(parrot, tokenizer, [SHORT, LONG], max_new_tokens=24, temperature=0, sampler="generate") == [
+        ["Ahoy!"], ["To the stars, cadet."]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "temperature", "top_p", "seed"),
+    [(1, 1.0, 1.0, 0), (4, 1.0, 1.0, 1), (32, 1.0, 1.0, 2), (32, 0.7, 1.0, 3), (6, 1.3, 0.8, 4)],
+)
+def test_generate_backend_draws_the_old_loops_samples_for_a_seed(
+    stopper, tokenizer, baseline, batch_size, temperature, top_p, seed
+) -> None:
+    """Same seed, same tokens as the old loop under sampling, though generate keeps finished rows in the batch and
+    the old loop dropped them: the random stream follows the old loop's rows (SeededDraw)."""
+    kwargs = {"max_new_tokens": 20, "temperature": temperature, "top_p": top_p, "num_samples": 3, "seed": seed}
+    ours = generate_tokens(stopper, tokenizer, CHATS * 4, batch_size=batch_size, **kwargs)
+    theirs = generate_tokens(stopper, tokenizer, CHATS * 4, batch_size=batch_size, sampler=baseline, **kwargs)
+    assert ours == theirs
+    lengths = {len(t) for samples in ours for t in samples}
+    assert len(lengths) > 5  # rows stopped at many different steps (and some ran to max_new_tokens)
+
+
+def test_the_checkpoints_generation_config_does_not_change_what_the_stage_settings_ask(stopper, tokenizer) -> None:
+    """A checkpoint's generation_config (sampling on, top-k, a repetition penalty, a minimum length) changes
+    nothing: the stage settings are the only source of sampling options; its EOS ids still stop."""
+    import copy
+
+    from transformers import GenerationConfig
+
+    kwargs = {"max_new_tokens": 12, "temperature": 1.0, "num_samples": 2, "seed": 5}
+    plain = generate_tokens(stopper, tokenizer, CHATS, **kwargs)
+    greedy = generate_tokens(stopper, tokenizer, CHATS, max_new_tokens=12, temperature=0)
+    opinionated = copy.deepcopy(stopper)
+    opinionated.generation_config = GenerationConfig(
+        do_sample=True, temperature=0.2, top_k=3, top_p=0.5, repetition_penalty=1.8, min_new_tokens=10,
+        no_repeat_ngram_size=2, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    assert generate_tokens(opinionated, tokenizer, CHATS, **kwargs) == plain
+    assert generate_tokens(opinionated, tokenizer, CHATS, max_new_tokens=12, temperature=0) == greedy
+
+
+def test_unknown_sampler_names_the_backends(tokenizer) -> None:
+    with pytest.raises(ValueError, match=r"sampler must be one of generate; got 'vllm'"):
+        generate(tiny_llama(tokenizer), tokenizer, [SHORT], max_new_tokens=4, temperature=1.0, sampler="vllm")
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        generate(tiny_llama(tokenizer), tokenizer, [SHORT], max_new_tokens=4, temperature=1.0, top_p=0.0)
+
+
+def test_every_stage_setting_names_a_backend_the_trainer_has() -> None:
+    """The API's `sampler` choices are exactly the trainer's backends, and a stage config naming another fails
+    validation at its field."""
+    from typing import get_args
+
+    from flywheel_operator.api import models
+    from flywheel_trainer.generation import SAMPLERS
+    from pydantic import ValidationError
+
+    assert set(get_args(models.SamplerBackend)) == set(SAMPLERS)
+    settings = models.StageSettings()
+    assert settings.sft.rejection_sampling.sampler == settings.rl.sampler == settings.eval.sampler == "generate"
+    for wire in ({"sft": {"rejectionSampling": {"sampler": "vllm"}}}, {"rl": {"sampler": "vllm"}},
+                 {"eval": {"sampler": "hand-loop"}}):
+        with pytest.raises(ValidationError, match="sampler"):
+            models.StageSettings.model_validate(wire)
+
+
+def test_sampler_bench_compares_both_backends_on_the_same_prompts(tokenizer) -> None:
+    """bench/sampler.py's measurement (bench/gpu.py reuses it): one row per backend and batch size, the baseline
+    among them, and the backends return the same tokens."""
+    from tests.local.bench_modules import load_bench
+
+    bench = load_bench("sampler")
+    rows = bench.compare(tiny_llama(tokenizer, seed=5), tokenizer, CHATS * 2, batch_sizes=(1, 4), max_new_tokens=5,
+                         repeats=1)
+    assert {(r["backend"], r["batch_size"]) for r in rows} == {
+        (b, n) for b in ("generate", "hand-loop") for n in (1, 4)
+    }
+    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["same_tokens"] for r in rows)

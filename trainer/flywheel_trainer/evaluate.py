@@ -78,9 +78,16 @@ def style_drift(style: StyleStats, parent: StyleStats) -> dict[str, float | None
 
 
 def respond(
-    source: str, prompts: list[list[dict]], *, max_new_tokens: int, temperature: float, seed: int
+    source: str,
+    prompts: list[list[dict]],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    seed: int,
+    sampler: str = "generate",
 ) -> tuple[list[str], int]:
-    """One sampled response per prompt from the model at `source`, and how many tokens they hold."""
+    """One sampled response per prompt from the model at `source` (by the `sampler` backend), and how many
+    tokens they hold."""
     import gc
 
     model, tokenizer = load_policy(source)
@@ -93,6 +100,7 @@ def respond(
         temperature=temperature,
         num_samples=1,
         seed=seed,
+        sampler=sampler,
     )
     del model
     gc.collect()
@@ -120,7 +128,12 @@ def main(config: StageConfig) -> StageResult:
         raise StageError(f"upstream.curate.eval_user: {prompt_paths['user']} holds no prompts to evaluate on")
     all_rows = rows["user"] + rows["internal"]
     prompts = [row["prompt"] for row in all_rows]
-    generation = {"max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature, "seed": config.seed}
+    generation = {
+        "max_new_tokens": settings.max_new_tokens,
+        "temperature": settings.temperature,
+        "seed": config.seed,
+        "sampler": settings.sampler,
+    }
     responses, tokens_generated = {}, 0
     for stage, source in {"parent": parent, **stage_models}.items():
         responses[stage], tokens = respond(source, prompts, **generation)

@@ -1,23 +1,79 @@
-"""Batched sampling of chat responses from a causal LM: rejection sampling, RL prompt selection and offline
-evaluation all draw responses here, so they format prompts, pad, stop and decode the same way.
+"""Batched sampling of chat responses from a causal LM, behind one seam: rejection sampling, RL prompt selection,
+the RL band, offline evaluation, the KServe predictor and the simulator's model policies all draw responses here,
+so they format prompts, truncate, stop and decode the same way whatever backend samples.
 
-Prompts are rendered with the tokenizer's chat template (`add_generation_prompt=True`), left-padded so every
-row's next token sits at the end, and only the new tokens are decoded. A seed makes a call reproducible
+Prompts are rendered with the tokenizer's chat template (`add_generation_prompt=True`), truncated to their
+latest tokens when the model's context is short, and handed to a `Sampler` backend as token ids; only the new
+tokens come back, cut before the first stop token (EOS), and are decoded here. A seed makes a call reproducible
 without touching the caller's global RNG state.
+
+Backends (`SAMPLERS`, chosen by the stage settings' `sampler` field, docs/stages.md "Sampling"):
+
+- `generate` (the default): transformers' `model.generate`, so batching with left padding, the KV cache and
+  stopping at EOS come from the library. Temperature and top-p are transformers' logits warpers; the draw from
+  the warped distribution is seeded with a private generator (`SeededDraw`), so a call is reproducible, thread
+  safe (the predictor samples in worker threads) and leaves the global RNG alone.
+
+vLLM is the next backend (a `Sampler` that hands the same prompt ids to `vllm.LLM.generate`); it is not built:
+its PyPI wheel is CUDA-only and no GPU proves it here.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["generate", "generate_tokens", "prompt_ids"]
+__all__ = [
+    "DEFAULT_SAMPLER",
+    "SAMPLERS",
+    "GenerateSampler",
+    "Sampler",
+    "SamplingRequest",
+    "generate",
+    "generate_tokens",
+    "get_sampler",
+    "prompt_ids",
+]
 
 Chat = Sequence[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """What a backend is asked for, already validated: `num_samples` responses per prompt of at most
+    `max_new_tokens` tokens each, ended by any of `stop`."""
+
+    max_new_tokens: int
+    temperature: float
+    """0 decodes greedily (then all samples of a prompt are equal); above 0 samples softmax(logits / T)."""
+    top_p: float
+    """Nucleus: sample from the smallest set of tokens holding this much probability (1.0: all of them)."""
+    num_samples: int
+    seed: int
+    batch_size: int
+    """Sequences per batch: a batch holds batch_size // num_samples prompts (at least one)."""
+    stop: tuple[int, ...]
+    """Token ids that end a response (the tokenizer's EOS and the model's generation_config EOS ids)."""
+    pad_id: int
+
+
+class Sampler(Protocol):
+    """A sampling backend: the only part of sampling that differs between backends."""
+
+    name: str
+
+    def sample(
+        self, model: Any, prompts: Sequence[list[int]], request: SamplingRequest
+    ) -> list[list[list[int]]]:
+        """`request.num_samples` lists of new token ids per prompt, in order, each cut before its first stop
+        token. The same model, prompts and request give the same tokens; the global RNG is not used."""
+        ...
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, max_tokens: int | None = None) -> list[int]:
@@ -28,7 +84,8 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, max_tokens: in
     return ids[-max_tokens:] if max_tokens is not None and len(ids) > max_tokens else ids
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask) of `rows` left-padded to the longest, so every row's next token is last."""
     import torch
 
     width = max(len(row) for row in rows)
@@ -40,13 +97,21 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple
     return ids.to(device), mask.to(device)
 
 
+def until_stop(tokens: list[int], stop: Sequence[int]) -> list[int]:
+    """`tokens` up to (without) the first stop token."""
+    for position, token in enumerate(tokens):
+        if token in stop:
+            return tokens[:position]
+    return tokens
+
+
 def _stop_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     configured = model.generation_config.eos_token_id
     ids = configured if isinstance(configured, list) else [configured]
     return sorted({i for i in [*ids, tokenizer.eos_token_id] if i is not None})
 
 
-def _check(max_new_tokens: int, temperature: float, num_samples: int, batch_size: int) -> None:
+def _check(max_new_tokens: int, temperature: float, num_samples: int, batch_size: int, top_p: float) -> None:
     for name, value, low in (
         ("max_new_tokens", max_new_tokens, 1),
         ("num_samples", num_samples, 1),
@@ -56,6 +121,150 @@ def _check(max_new_tokens: int, temperature: float, num_samples: int, batch_size
             raise ValueError(f"{name} must be at least {low}; got {value}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy); got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1 = the full distribution); got {top_p}")
+
+
+@functools.cache
+def _seeded_draw_class() -> type:
+    """SeededDraw, built on first use so that importing this module does not import transformers."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class SeededDraw(LogitsProcessor):
+        """The last logits processor of a sampled `generate` call: draws each row's next token from
+        softmax(scores) (scores already warped by temperature and top-p) and leaves only that token finite, so
+        generate's greedy pick takes it. The draw inverts the cumulative distribution at one uniform number from
+        a private generator: exact, cheap on CPU, reproducible for a seed and independent of the global RNG.
+
+        Which rows draw follows the hand-written loop this backend replaced (d32e63f): every row draws until
+        the rows that stopped are an eighth of those still drawing, then the stopped ones drop out. generate
+        keeps finished rows in the batch (padded), so that bookkeeping alone decides the random stream, and a
+        seed gives the tokens the old loop gave (bench/sampler.py keeps that loop as the baseline)."""
+
+        def __init__(self, generator: torch.Generator, stop: Sequence[int], max_new_tokens: int) -> None:
+            self.generator = generator
+            self.stop = torch.tensor(list(stop), device=generator.device)
+            self.max_new_tokens = max_new_tokens
+            self.step = 0
+            self.drawing: torch.Tensor | None = None  # rows that draw a number at this step
+            self.stopped: torch.Tensor | None = None  # rows that produced a stop token
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            rows = scores.shape[0]
+            if self.drawing is None or self.stopped is None:
+                self.drawing = torch.ones(rows, dtype=torch.bool, device=scores.device)
+                self.stopped = torch.zeros(rows, dtype=torch.bool, device=scores.device)
+            else:
+                self.stopped |= torch.isin(input_ids[:, -1], self.stop.to(input_ids.device))
+                if int((self.stopped & self.drawing).sum()) * 8 >= int(self.drawing.sum()):
+                    self.drawing &= ~self.stopped
+            self.step += 1
+            if self.step > self.max_new_tokens or bool(self.stopped.all()):
+                return scores  # a look-ahead step generate undoes (deferred stop checks): draw nothing
+            everyone = bool(self.drawing.all())
+            rows_drawing = None if everyone else self.drawing.nonzero().squeeze(1)
+            cumulative = torch.softmax(scores if everyone else scores[rows_drawing], dim=-1).cumsum(dim=-1)
+            uniform = torch.rand((cumulative.shape[0], 1), generator=self.generator, device=scores.device)
+            token = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).squeeze(1)
+            token = token.clamp(max=scores.shape[-1] - 1)
+            only = torch.full_like(cumulative, float("-inf")).scatter_(1, token[:, None], 0.0)
+            if everyone:
+                return only
+            picked = scores.clone()
+            picked[rows_drawing] = only
+            return picked
+
+    return SeededDraw
+
+
+class GenerateSampler:
+    """The `generate` backend: transformers' `model.generate` over batches of left-padded prompts."""
+
+    name = "generate"
+
+    def sample(self, model: Any, prompts: Sequence[list[int]], request: SamplingRequest) -> list[list[list[int]]]:
+        import torch
+
+        sampling = request.temperature > 0
+        draws = request.num_samples if sampling else 1
+        per_batch = max(1, request.batch_size // request.num_samples)
+        device = next(model.parameters()).device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(request.seed)
+        results: list[list[list[int]]] = []
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(prompts), per_batch):
+                    batch = [row for row in prompts[start : start + per_batch] for _ in range(draws)]
+                    new = self._generate(model, batch, request, generator)
+                    for row in range(0, len(new), draws):
+                        samples = new[row : row + draws] if sampling else new[row : row + 1] * request.num_samples
+                        results.append([until_stop(tokens, request.stop) for tokens in samples])
+        finally:
+            model.train(was_training)
+        return results
+
+    @staticmethod
+    def _generate(
+        model: Any, batch: list[list[int]], request: SamplingRequest, generator: torch.Generator
+    ) -> list[list[int]]:
+        """New tokens per row of one batch (rows that stopped are padded after their stop token)."""
+        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        ids, mask = left_pad(batch, request.pad_id, generator.device)
+        processors = LogitsProcessorList()
+        if request.temperature > 0:
+            if request.temperature != 1.0:
+                processors.append(TemperatureLogitsWarper(request.temperature))
+            if request.top_p < 1.0:
+                processors.append(TopPLogitsWarper(request.top_p))
+            processors.append(_seeded_draw_class()(generator, request.stop, request.max_new_tokens))
+        # The stage settings are the only source of sampling options: do_sample=False makes generate pick the
+        # token SeededDraw left (or the argmax when greedy), and the neutral values below override what a
+        # checkpoint's generation_config may carry (a repetition penalty, a minimum length...).
+        config = GenerationConfig(
+            max_new_tokens=request.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=list(request.stop),
+            pad_token_id=request.pad_id,
+            use_cache=True,
+            min_new_tokens=0,  # also replaces a checkpoint's min_length (generate: min_length = prompt + this)
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            renormalize_logits=False,
+            remove_invalid_values=False,
+            return_dict_in_generate=False,
+        )
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            generation_config=config,
+            logits_processor=processors,
+            synced_gpus=False,  # ranks sample their own shares (placement.across_ranks) of a whole model
+        )
+        return out[:, ids.shape[1] :].tolist()
+
+
+SAMPLERS: dict[str, Sampler] = {"generate": GenerateSampler()}
+"""The sampling backends by the name a stage's `sampler` setting uses."""
+DEFAULT_SAMPLER = "generate"
+
+
+def get_sampler(sampler: str | Sampler) -> Sampler:
+    """The backend named `sampler` (a Sampler passes through), or a ValueError naming the known ones."""
+    if not isinstance(sampler, str):
+        return sampler
+    try:
+        return SAMPLERS[sampler]
+    except KeyError:
+        raise ValueError(
+            f"sampler must be one of {', '.join(sorted(SAMPLERS))}; got {sampler!r} "
+            "(vLLM is not a backend yet: docs/stages.md, \"Sampling\")"
+        ) from None
 
 
 def generate_tokens(
@@ -69,16 +278,17 @@ def generate_tokens(
     seed: int = 0,
     batch_size: int = 32,
     top_p: float = 1.0,
+    sampler: str | Sampler = DEFAULT_SAMPLER,
 ) -> list[list[list[int]]]:
     """New token ids, `num_samples` per chat, each cut before its first stop token (EOS).
 
     `temperature` 0 decodes greedily (then all samples of a chat are equal). `batch_size` counts sequences,
     so a batch holds batch_size // num_samples chats (at least one). Sampling is from the full distribution
     (no top-k) unless `top_p` < 1. The same arguments and seed give the same tokens; the global RNG is not used.
+    `sampler` names the backend (`SAMPLERS`) or is one.
     """
-    import torch
-
-    _check(max_new_tokens, temperature, num_samples, batch_size)
+    backend = get_sampler(sampler)
+    _check(max_new_tokens, temperature, num_samples, batch_size, top_p)
     if not chats:
         return []
     stop = _stop_ids(model, tokenizer)
@@ -90,97 +300,17 @@ def generate_tokens(
     if max_prompt is not None and max_prompt < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_positions} positions")
     prompts = [prompt_ids(tokenizer, chat, max_tokens=max_prompt) for chat in chats]
-    sampling = temperature > 0
-    draws = num_samples if sampling else 1
-    chats_per_batch = max(1, batch_size // num_samples)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device)
-    generator.manual_seed(seed)
-    results: list[list[list[int]]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(prompts), chats_per_batch):
-                batch = [row for row in prompts[start : start + chats_per_batch] for _ in range(draws)]
-                ids, mask = _left_pad(batch, pad_id, device)
-                new = _decode(model, ids, mask, max_new_tokens, temperature, top_p, stop, generator)
-                for row in range(0, len(new), draws):
-                    samples = new[row : row + draws] if sampling else new[row : row + 1] * num_samples
-                    results.append([_until_stop(tokens, stop) for tokens in samples])
-    finally:
-        model.train(was_training)
-    return results
-
-
-def _decode(
-    model: PreTrainedModel,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    top_p: float,
-    stop: list[int],
-    generator: torch.Generator,
-) -> list[list[int]]:
-    """Up to `max_new_tokens` tokens per left-padded row, with a KV cache. Rows that stopped leave the batch
-    (with their cache) once they are an eighth of it, so a long straggler does not carry finished rows along:
-    on small models most of a step's cost is proportional to its rows."""
-    import torch
-    from transformers import DynamicCache
-
-    rows = ids.shape[0]
-    out = torch.full((rows, max_new_tokens), stop[0], dtype=torch.long, device=ids.device)
-    alive = torch.arange(rows, device=ids.device)  # the original row of each batch row
-    stopped = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-    stop_ids = torch.tensor(stop, device=ids.device)
-    cache = DynamicCache(config=model.config)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, logits_to_keep=1
-    ).logits[:, -1]
-    position = positions[:, -1:] + 1
-    for step in range(max_new_tokens):
-        token = _pick(logits, temperature, top_p, generator)
-        out[alive, step] = torch.where(stopped, stop_ids[0], token)
-        stopped |= torch.isin(token, stop_ids)
-        if step == max_new_tokens - 1 or bool(stopped.all()):
-            break
-        if int(stopped.sum()) * 8 >= len(alive):
-            keep = (~stopped).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            alive, token, mask, position, stopped = alive[keep], token[keep], mask[keep], position[keep], stopped[keep]
-        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-        logits = model(
-            input_ids=token[:, None], attention_mask=mask, position_ids=position, past_key_values=cache
-        ).logits[:, -1]
-        position = position + 1
-    return out.tolist()
-
-
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
-    """The next token per row: argmax at temperature 0, else a draw from softmax(logits / temperature),
-    restricted to the top-p nucleus when top_p < 1. A draw inverts the cumulative distribution at one uniform
-    number per row: exact, and much cheaper on CPU than multinomial or one random number per vocabulary entry."""
-    import torch
-
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    cumulative = probs.cumsum(dim=-1)
-    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device) * cumulative[:, -1:]
-    return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
-
-
-def _until_stop(tokens: list[int], stop: list[int]) -> list[int]:
-    for position, token in enumerate(tokens):
-        if token in stop:
-            return tokens[:position]
-    return tokens
+    request = SamplingRequest(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        num_samples=num_samples,
+        seed=seed,
+        batch_size=batch_size,
+        stop=tuple(stop),
+        pad_id=pad_id,
+    )
+    return backend.sample(model, prompts, request)
 
 
 def generate(
@@ -194,6 +324,7 @@ def generate(
     seed: int = 0,
     batch_size: int = 32,
     top_p: float = 1.0,
+    sampler: str | Sampler = DEFAULT_SAMPLER,
 ) -> list[list[str]]:
     """`num_samples` sampled responses per chat (decoded new tokens only, special tokens dropped), in the
     order of `chats`. See generate_tokens for the sampling rules."""
@@ -207,5 +338,6 @@ def generate(
         seed=seed,
         batch_size=batch_size,
         top_p=top_p,
+        sampler=sampler,
     )
     return [tokenizer.batch_decode(samples, skip_special_tokens=True) for samples in tokens]

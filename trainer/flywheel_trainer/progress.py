@@ -55,8 +55,9 @@ PROGRESS_CHUNK = 32
 def generate_reporting(
     model: Any, tokenizer: Any, chats: list[list[dict[str, str]]], *, phase: str, **options: Any
 ) -> list[list[str]]:
-    """flywheel_trainer.generation.generate over `chats` in chunks, one progress line per chunk; chunk i is
-    seeded with seed + i, so the same arguments give the same responses. With several ranks each samples its
+    """flywheel_trainer.generation.generate over `chats` in chunks, one progress line per chunk; `options` are
+    generate's keyword arguments (the stage's `sampler` backend among them). Chunk i is seeded with seed + i, so
+    the same arguments give the same responses. With several ranks each samples its
     share of the chats and every rank gets all responses in order (flywheel_trainer.placement.across_ranks)."""
     from flywheel_trainer.generation import generate
     from flywheel_trainer.placement import across_ranks, compute_autocast

@@ -126,7 +126,7 @@ def band_control(
         model, tokenizer = load_policy(str(source))
         answers = generate_reporting(
             model, tokenizer, prompts, phase="band", max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature, num_samples=1, seed=config.seed + 17,
+            temperature=settings.temperature, num_samples=1, seed=config.seed + 17, sampler=settings.sampler,
         )
         del model
         gc.collect()
@@ -230,8 +230,10 @@ def sampled_rewards(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    sampler: str = "generate",
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """Pointwise rewards of `samples` sampled responses per prompt, shape (prompts, samples), and the responses."""
+    """Pointwise rewards of `samples` sampled responses per prompt, shape (prompts, samples), and the responses
+    (sampled by the `sampler` backend)."""
     from flywheel_trainer.scoring import pointwise_scores
 
     responses = generate_reporting(
@@ -243,6 +245,7 @@ def sampled_rewards(
         temperature=temperature,
         num_samples=samples,
         seed=seed,
+        sampler=sampler,
     )
     flat_prompts = [p for p, group in zip(prompts, responses, strict=True) for _ in group]
     flat = [r for group in responses for r in group]
@@ -389,6 +392,7 @@ def main(config: StageConfig) -> StageResult:
         "max_new_tokens": settings.max_new_tokens,
         "temperature": settings.temperature,
         "seed": config.seed,
+        "sampler": settings.sampler,
     }
 
     with atomic_output_dir(config.output_dir) as out:

@@ -51,10 +51,12 @@ def sample_candidates(
     max_new_tokens: int,
     temperature: float,
     seed: int,
+    sampler: str = "generate",
     model: Any = None,
     tokenizer: Any = None,
 ) -> list[list[str]]:
-    """K sampled responses per prompt from one model (loaded from `source` unless given)."""
+    """K sampled responses per prompt from one model (loaded from `source` unless given), by the `sampler`
+    backend (flywheel_trainer.generation.SAMPLERS)."""
     if model is None:
         model, tokenizer = load_policy(source)
     return generate_reporting(
@@ -66,6 +68,7 @@ def sample_candidates(
         temperature=temperature,
         num_samples=k,
         seed=seed,
+        sampler=sampler,
     )
 
 
@@ -171,6 +174,7 @@ def main(config: StageConfig) -> StageResult:
             max_new_tokens=rs.max_new_tokens,
             temperature=rs.temperature,
             seed=config.seed,
+            sampler=rs.sampler,
             model=model,
             tokenizer=tokenizer,
         )
@@ -186,6 +190,7 @@ def main(config: StageConfig) -> StageResult:
                 max_new_tokens=rs.max_new_tokens,
                 temperature=rs.temperature,
                 seed=config.seed + index,
+                sampler=rs.sampler,
             )
         )
         gc.collect()

@@ -186,6 +186,11 @@ class LoraSettings(ApiModel):
     """Dropout on adapter inputs."""
 
 
+SamplerBackend = Literal["generate"]
+"""A sampling backend of flywheel_trainer.generation (docs/stages.md, "Sampling"): `generate` is transformers'
+`model.generate`. vLLM is the next backend; it is not offered until it is proven on a GPU."""
+
+
 class RejectionSamplingSettings(ApiModel):
     """Best-of-K sampling from the policy (and optional candidate models), rebuilt every generation."""
 
@@ -216,6 +221,8 @@ class RejectionSamplingSettings(ApiModel):
     """Sampling temperature for candidates."""
     max_new_tokens: PositiveInt = 128
     """Longest candidate response."""
+    sampler: SamplerBackend = "generate"
+    """Backend that samples the candidates: `generate` (transformers' `model.generate`, batched, KV cache, seeded)."""
 
 
 class SftSettings(ApiModel):
@@ -316,6 +323,9 @@ class RLSettings(ApiModel):
     """Sampling temperature of rollouts and of the prompt-selection samples."""
     selection_pool: PositiveInt = 1024
     """Candidate prompts from the curated pool that are sampled and scored to select the RL prompts."""
+    sampler: SamplerBackend = "generate"
+    """Backend that samples for prompt selection and the band: `generate` (transformers' `model.generate`). GRPO's
+    and online DPO's rollouts are sampled by TRL's trainers."""
     lora: LoraSettings = Field(default_factory=LoraSettings)
     """Optional LoRA for the policy (merged into the saved model)."""
 
@@ -329,6 +339,8 @@ class EvalSettings(ApiModel):
     """Longest evaluated response."""
     temperature: float = Field(default=0.7, gt=0)
     """Sampling temperature of evaluated responses (seeded, so candidate and parent see the same draws)."""
+    sampler: SamplerBackend = "generate"
+    """Backend that samples the evaluated responses: `generate` (transformers' `model.generate`)."""
 
 
 class StageSettings(ApiModel):
