@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,6 +93,9 @@ def arm(users: int, engaged: int, mean_depth: float, sd: float = 2.0) -> ArmStat
         responses_sum_squares=25.0 * users,
         guardrail_sum_squares={name: float(e) for name, e in events.items()},
         guardrail_cross_sums={name: 5.0 * e for name, e in events.items()},
+        # issue 25 (h25): the log-scale depth sums, log(1 + depth) ≈ N(0.9·log(1 + mean), (sd/(1 + mean))²)
+        depth_log_sum=users * 0.9 * math.log1p(mean_depth),
+        depth_log_sum_squares=users * ((sd / (1 + mean_depth)) ** 2 + (0.9 * math.log1p(mean_depth)) ** 2),
     )
 
 
