@@ -592,12 +592,15 @@ def _stream_rng(seed: int, name: str, index: int) -> np.random.Generator:
 def _one_stream(job: tuple) -> dict:
     """One stream of a scenario (run in a worker process): every design's path, the fixed baselines, and with
     `check` its replay through `evaluate_online` at 10-minute looks (and the adversary's, with `adversary`)."""
-    name, lift, noise, designs, seed, index, check, adversary = job
+    name, lift, noise, designs, seed, index, check, check_minutes, check_10min, adversary = job
     stream = simulate_stream(_stream_rng(seed, name, index), lift, noise)
     final = stream[:, -1]
     out: dict = {"total": final[:, F["users"]].sum(), "rho2": rho_squared(final), "fixed": fixed_tests(final, 0.05)}
     rows = {}
     for key, (kind, subject, cadence, options) in designs.items():
+        options = dict(options)
+        if name not in options.pop("scenarios", (name,)):
+            continue
         seen = looks(stream, CADENCES[cadence])
         if kind == "issue15":
             path = issue15_path(seen, subject, CADENCES[cadence])
@@ -607,8 +610,11 @@ def _one_stream(job: tuple) -> dict:
         rows[key] = (path, users, (path.look + 1) * CADENCES[cadence] / 60)
     out["rows"] = rows
     plan = designs["plan@10min"][1]
-    if check:
-        out["replay"] = replay(looks(stream, 10), plan, 10)
+    if check:  # the operator's own code on the same looks as the fast path
+        seen = looks(stream, check_minutes)
+        out["replay"] = (replay(seen, plan, check_minutes), gate_path(seen, plan, check_minutes))
+    if check_10min:
+        out["replay_10min"] = (replay(looks(stream, 10), plan, 10), rows["plan@10min"][0])
     if adversary:
         seen = looks(stream, 60)
         real, attacked = replay(seen, plan, 60), replay(seen, plan, 60, adversary=True)
@@ -625,43 +631,57 @@ def _final_failure(job: tuple) -> tuple[str, str]:
     return clean.outcome, failed.outcome
 
 
+def _agreement(replayed: list[tuple[int, Path_, Path_]], minutes: int) -> dict:
+    """How often `evaluate_online` and the vectorised path agree (outcome and look), and the rates
+    `evaluate_online` itself gives on the replayed streams."""
+    outcomes = [real.outcome for _, real, _ in replayed]
+    agree = [(real.outcome, real.look) == (fast.outcome, fast.look) for _, real, fast in replayed]
+    n = len(replayed)
+    return {
+        "streams": n,
+        "look_minutes": minutes,
+        "agree_outcome_and_look": sum(agree),
+        "agree_outcome": sum(real.outcome == fast.outcome for _, real, fast in replayed),
+        "agreement": sum(agree) / n,
+        "promote": outcomes.count("PROMOTE") / n,
+        "roll_back": outcomes.count("ROLL_BACK") / n,
+        "roll_back_ci95": interval95(outcomes.count("ROLL_BACK"), n),
+        "decisive": (outcomes.count("PROMOTE") + outcomes.count("ROLL_BACK")) / n,
+        "inconclusive": outcomes.count("INCONCLUSIVE") / n,
+        "disagreements": [
+            {"stream": i, "evaluate_online": [real.outcome, real.look], "fast_path": [fast.outcome, fast.look]}
+            for (i, real, fast), same in zip(replayed, agree, strict=True)
+            if not same
+        ][:10],
+    }
+
+
 def run_scenario(
-    pool, name, lift, streams, noise, designs, seed, check, *, adversary=False, fail_final=0, adversary_check=0
-):
+    pool, name, lift, streams, noise, designs, seed, check, *, check_minutes=60, check_10min=0, adversary=False,
+    fail_final=0, adversary_check=0,
+):  # fmt: skip
     """Streams of one kind: every design's path at its cadence, the fixed baselines, and replays through
-    `evaluate_online` of the first `check` streams (10-minute looks) that must agree with the vectorised path."""
+    `evaluate_online` of the first `check` streams (at `check_minutes` looks) and of the first `check_10min` (at
+    10-minute looks), each compared with the vectorised path on the same looks."""
     jobs = [
-        (name, lift, noise, designs, seed, i, i < check, adversary and i < max(check, adversary_check))
+        (name, lift, noise, designs, seed, i, i < check, check_minutes, i < check_10min,
+         adversary and i < adversary_check)
         for i in range(streams)
-    ]
-    results = list(pool.imap(_one_stream, jobs, chunksize=4))
-    rows = {key: [r["rows"][key] for r in results] for key in designs}
+    ]  # fmt: skip
+    results = list(pool.imap(_one_stream, jobs, chunksize=2))
+    rows = {key: [r["rows"][key] for r in results] for key in designs if key in results[0]["rows"]}
     fixed = {test: [r["fixed"][test] for r in results] for test in ("welch", "cuped")}
     totals = [r["total"] for r in results]
     summary = summarise(rows, fixed, np.array(totals), lift)
     summary["rho2"] = float(np.mean([r["rho2"] for r in results]))
-    replayed = [(i, r["replay"], r["rows"]["plan@10min"][0]) for i, r in enumerate(results) if "replay" in r]
-    if replayed:
-        outcomes = [real.outcome for _, real, _ in replayed]
-        agree = [(real.outcome, real.look) == (fast.outcome, fast.look) for _, real, fast in replayed]
-        n = len(replayed)
-        summary["evaluate_online"] = {
-            "streams": n,
-            "look_minutes": 10,
-            "agree_outcome_and_look": sum(agree),
-            "agree_outcome": sum(real.outcome == fast.outcome for _, real, fast in replayed),
-            "agreement": sum(agree) / n,
-            "promote": outcomes.count("PROMOTE") / n,
-            "roll_back": outcomes.count("ROLL_BACK") / n,
-            "roll_back_ci95": interval95(outcomes.count("ROLL_BACK"), n),
-            "inconclusive": outcomes.count("INCONCLUSIVE") / n,
-            "disagreements": [
-                {"stream": i, "evaluate_online": [real.outcome, real.look], "fast_path": [fast.outcome, fast.look]}
-                for (i, real, fast), same in zip(replayed, agree, strict=True)
-                if not same
-            ][:10],
-        }
+    for field, minutes in (("replay", check_minutes), ("replay_10min", 10)):
+        replayed = [(i, *r[field]) for i, r in enumerate(results) if field in r]
+        if replayed:
+            summary["evaluate_online" if field == "replay" else "evaluate_online_10min"] = _agreement(
+                replayed, minutes
+            )
     adversary_rows = [r["adversary"] for r in results if "adversary" in r]
+
     if adversary_rows:
         summary["adversary_replay"] = {
             "streams": len(adversary_rows),
@@ -847,12 +867,12 @@ def _same_at_the_end(*rows: dict) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--aa", type=int, default=600, help="A/A streams (also replayed by the spec-editing adversary)")
+    parser.add_argument("--aa", type=int, default=400, help="A/A streams (also replayed by the spec-editing adversary)")
     parser.add_argument("--ab", type=int, default=200, help="streams of each A/B scenario")
     parser.add_argument("--sre", type=int, default=200, help="A/A error streams of the SRE study (4× as many 5× ones)")
-    parser.add_argument(
-        "--check", type=int, default=200, help="streams per scenario replayed through evaluate_online (10-min looks)"
-    )
+    parser.add_argument("--check", type=int, default=200, help="streams per scenario replayed through evaluate_online")
+    parser.add_argument("--check-minutes", type=int, default=60, help="the look interval of those replays")
+    parser.add_argument("--check-10min", type=int, default=10, help="streams per scenario also replayed at 10 minutes")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (streams are independent)")
     parser.add_argument("--final", type=int, default=20, help="+5 %% streams replayed with a failed last reading")
     parser.add_argument("--adversary", type=int, default=40, help="A/A streams replayed with the spec editor")
@@ -881,18 +901,19 @@ def main() -> int:
         "plan-novelty-2d": plan_for(base.model_copy(update={"novelty_window": "2d"})),
     }
     raw_harm, log_efficacy = {"harm_scale": "raw"}, {"efficacy_scale": "log"}
+    aa_only = {"scenarios": ("A/A",)}  # 1-minute looks: the A/A targets (ten times the looks of 10 minutes)
     designs = {
         "plan@10min": ("plan", variants["plan"], "10min", {}),
-        "plan@1min": ("plan", variants["plan"], "1min", {}),
+        "plan@1min": ("plan", variants["plan"], "1min", aa_only),
         "plan-raw@10min": ("plan", variants["plan-raw"], "10min", {}),
         "plan-raw-harm@10min": ("plan", variants["plan"], "10min", raw_harm),
         "plan-log-efficacy@10min": ("plan", variants["plan"], "10min", log_efficacy),
         "plan-no-novelty@10min": ("plan", variants["plan-no-novelty"], "10min", {}),
         "plan-novelty-2d@10min": ("plan", variants["plan-novelty-2d"], "10min", {}),
         "issue15@10min": ("issue15", PromotionSpec(control_percent=10), "10min", {}),
-        "issue15@1min": ("issue15", PromotionSpec(control_percent=10), "1min", {}),
+        "issue15@1min": ("issue15", PromotionSpec(control_percent=10), "1min", aa_only),
         "unfrozen+adversary@10min": ("unfrozen+adversary", variants["plan"], "10min", {}),
-        "unfrozen+adversary@1min": ("unfrozen+adversary", variants["plan"], "1min", {}),
+        "unfrozen+adversary@1min": ("unfrozen+adversary", variants["plan"], "1min", aa_only),
     }
     noise = calibrate_noise(rho2_world, args.seed)
     fading = 0.10 * np.maximum(0.0, 1.0 - np.arange(DAYS) / 4)
@@ -901,21 +922,22 @@ def main() -> int:
         "+2%": (0.02, args.ab),
         "+5%": (0.05, args.ab),
         "-3%": (-0.03, args.ab),
-        "-10%": (-0.10, max(args.ab // 2, args.check)),
-        "fading +10% to 0 by day 4": (fading, max(args.ab // 2, args.check)),
+        "-10%": (-0.10, args.ab),
+        "fading +10% to 0 by day 4": (fading, args.ab),
     }
     results: dict = {}
     with multiprocessing.get_context("fork").Pool(args.workers) as pool:
         for name, (lift, count) in scenarios.items():
             summary = run_scenario(
-                pool, name, lift, count, noise, designs, args.seed, args.check,
-                adversary=name == "A/A", fail_final=args.final if name in ("+5%", "-3%") else 0,
-                adversary_check=args.adversary,
+                pool, name, lift, count, noise, designs, args.seed, args.check, check_minutes=args.check_minutes,
+                check_10min=args.check_10min, adversary=name == "A/A",
+                fail_final=args.final if name in ("+5%", "-3%") else 0, adversary_check=args.adversary,
             )  # fmt: skip
             results[name] = summary
             print(f"{name}: {count} streams, ρ² {summary['rho2']:.3f}, {time.perf_counter() - started:.0f} s",
                   flush=True)  # fmt: skip
     replays = {name: r["evaluate_online"] for name, r in results.items() if "evaluate_online" in r}
+    replays_10min = {name: r["evaluate_online_10min"] for name, r in results.items() if "evaluate_online_10min" in r}
     agreement = [
         sum(r["agree_outcome_and_look"] for r in replays.values()),
         sum(r["streams"] for r in replays.values()),
@@ -957,6 +979,10 @@ def main() -> int:
         "aa_decisive_log_efficacy": aa["plan-log-efficacy@10min"]["decisive"],
         "replay_streams_per_scenario_min": min((r["streams"] for r in replays.values()), default=0),
         "replay_agreement": agreement[0] / agreement[1] if agreement[1] else None,
+        "replay_agreement_10min": [
+            sum(r["agree_outcome_and_look"] for r in replays_10min.values()),
+            sum(r["streams"] for r in replays_10min.values()),
+        ],
         "fading_promote_novelty_1d": results["fading +10% to 0 by day 4"]["plan@10min"]["promote"],
         "fading_promote_no_novelty": results["fading +10% to 0 by day 4"]["plan-no-novelty@10min"]["promote"],
     }
@@ -999,15 +1025,17 @@ def main() -> int:
     ]
     for label, scenario, field, fixed_key in lines:
         row = results[scenario]
-        cells = "".join(f"{row[d][field]:>23.3f}" if row[d][field] is not None else f"{'-':>23}" for d in shown)
+        values = [row.get(d, {}).get(field) for d in shown]
+        cells = "".join(f"{v:>23.3f}" if v is not None else f"{'-':>23}" for v in values)
         fixed_cells = f"{row['fixed_welch_rate']:>10.3f}{row['fixed_cuped_rate']:>10.3f}" if fixed_key else ""
         print(f"{label:<34}{cells}{fixed_cells}")
     print(f"A/A adversary through evaluate_online (frozen plan): {aa['adversary_replay']}")
     print(f"last reading failed 3 times: +5% {ab5.get('final_look_failure')}, -3% {m3.get('final_look_failure')}")
     for rate, row in sre.items():
         print(f"SRE errors guardrail at {rate} requests/min/arm: A/A {row['A/A']}, 5x {row['5x errors']}")
-    print(f"evaluate_online replay agrees on {agreement[0]}/{agreement[1]} streams (outcome and look)")
-    for name, r in replays.items():
+    print(f"evaluate_online replay ({args.check_minutes}-min looks) agrees on {agreement[0]}/{agreement[1]} streams "
+          f"(outcome and look); at 10-min looks {figures['replay_agreement_10min']}")  # fmt: skip
+    for name, r in [*replays.items(), *((f"{n} (10 min)", r) for n, r in replays_10min.items())]:
         print(f"  {name}: {r['agree_outcome_and_look']}/{r['streams']}, evaluate_online PROMOTE {r['promote']:.3f} "
               f"ROLL_BACK {r['roll_back']:.3f}; disagreements {r['disagreements'][:3]}")  # fmt: skip
     print("targets: " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in passed.items()))
@@ -1029,6 +1057,8 @@ def main() -> int:
             for k, (kind, _, cadence, options) in designs.items()
         },
         "replayed_streams_per_scenario": args.check,
+        "replay_look_minutes": args.check_minutes,
+        "replayed_streams_per_scenario_at_10min": args.check_10min,
         "workers": args.workers,
     }
     payload = {

@@ -9,7 +9,9 @@ started, never the live spec, so nobody can move the goal posts after a peek.
   significantly worse than its margin, a success metric significantly worse (the always-valid test at any look,
   or the group-sequential deterioration boundary at a scheduled look, the last one at `maxDuration`), or a hard
   SRE guardrail (errors, p95 latency) failing `failures` checks in a row. Harm comes first: a metric that is
-  significantly worse blocks promotion on another metric's win.
+  significantly worse blocks promotion on another metric's win. Depth's deterioration tests read the mean of
+  log(1 + depth) (the exporter's `depthLogSum`/`depthLogSumSquares`): depth is heavy-tailed, and on that scale a
+  fall of the typical user's turns shows with far less noise; a reading without those sums gets depth refused.
 * Efficacy promotes: at a scheduled look (every `lookEvery` from the start, whatever the check interval, and at
   `maxDuration`) a success metric's z-statistic against its minimum lift crosses its Lan–DeMets O'Brien–Fleming
   boundary on the information fraction; every guardrail is shown non-inferior; the canary ran `minDuration`; the
