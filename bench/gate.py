@@ -10,18 +10,23 @@ from the simulated world (bench/results/flywheel.json: CUPED removed ≤ 0.5 % o
 Guardrail events are binomial per response with an over-dispersed per-user rate (Beta, concentration 20), the
 same in both arms. A/B streams scale each treatment user's turns by 1 + lift (+2 %, +5 %, −3 %).
 
-The sums are kept per minute. The gate's decision rule runs on every look at two cadences, the default
-`checkInterval` (10 min) and 1 minute, with and without CUPED. To run ~10⁷ looks in minutes, the rule is applied
-to whole look sequences with numpy (`gate_path`); every run also replays a sample of streams through
-`evaluate_online` itself, look by look as the operator calls it, and reports how many decisions agree.
+The sums are kept per minute, the exporter's log(1 + depth) sums (in its units of 1/65536) among them. The gate's
+decision rule runs on every look at two cadences, the default `checkInterval` (10 min) and 1 minute, with and
+without CUPED, and with depth's deterioration tests on the log scale (the gate's) or on the relative lift of
+depth (before the log-scale sums), and efficacy on either scale. To run ~10⁷ looks in minutes, the rule is applied
+to whole look sequences with numpy (`gate_path`); every run also replays the first `--check` (200) streams of
+every scenario through `evaluate_online` itself, look by look at 10 minutes as the operator calls it, and reports
+how many decisions agree (outcome and look) and the rates `evaluate_online` itself gives on them. Streams are
+independent and run in `--workers` processes (2), each from its own seed.
 Baselines on the same streams: a fixed 7-day Welch test on raw depth and a fixed 7-day CUPED z-test, at α = 0.05.
 
-    .venv/bin/python bench/gate.py [--aa 500] [--ab 200] [--sweep 60] [--check 2] [--seed 0]
+    .venv/bin/python bench/gate.py [--aa 600] [--ab 200] [--check 200] [--workers 2] [--seed 0]
     .venv/bin/python bench/gate.py --novelty 60      # the novelty guard's study (bench/results/gate_novelty.json)
     .venv/bin/python bench/gate.py --reset 120       # an exporter restart on day 3 (bench/results/gate_reset.json)
 
-About 12 CPU-minutes with the defaults (≈0.45 s per stream to simulate and run 3 gate variants × 2 cadences);
-the replicate counts used are printed and written with the results.
+About 25 CPU-minutes with the defaults (1,500 streams at ≈0.4 s each to simulate and run 11 designs, and 1,200
+replays through `evaluate_online` at 6-hour reads); the replicate counts used are printed and written with the
+results.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import time
 import zlib
 from dataclasses import dataclass
@@ -48,9 +54,11 @@ from flywheel_operator.api import (
     ServingWindow,
     parse_duration,
 )
+from flywheel_operator.api.readings import LOG_DEPTH_UNIT
 from flywheel_operator.gate import decision_plan, evaluate_online, plan_edits, sequential, stats
 from flywheel_operator.gate.online import GROUP_SEQUENTIAL_METRICS, novelty_on
 from flywheel_operator.gate.serving import evaluate_serving
+from flywheel_operator.gate.store import LOG_UNITS
 from scipy import special
 from scipy import stats as scipy_stats
 
@@ -66,7 +74,7 @@ RATE_CONCENTRATION = 20.0
 START = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
 FIELDS = (
     "users", "engaged", "y", "y2", "x", "x2", "xy", "responses", "r2",
-    *(f"{kind}.{name}" for name in GUARDRAIL_RATES for kind in ("g", "g2", "gr")), "adopted",
+    *(f"{kind}.{name}" for name in GUARDRAIL_RATES for kind in ("g", "g2", "gr")), "adopted", "l", "l2",
 )  # fmt: skip
 F = {name: i for i, name in enumerate(FIELDS)}
 FLYWHEEL_RESULTS = Path(__file__).parent / "results" / "flywheel.json"
@@ -137,7 +145,10 @@ def _fold(world: tuple, start: int) -> np.ndarray:
     is_first = cols == first[rows]
     adopted = is_first & (earliest[rows] < start)  # exposed before the restart: no exposure event, no covariate
     x = np.where(adopted, 0.0, pre[rows])
+    units = np.floor(np.log1p(c) * LOG_UNITS + 0.5), np.floor(np.log1p(c - y) * LOG_UNITS + 0.5)
     weights = {
+        "l": (units[0] - units[1]) * LOG_DEPTH_UNIT,  # the exporter's log(1 + depth) sums, in its units
+        "l2": (units[0] ** 2 - units[1] ** 2) * LOG_DEPTH_UNIT**2,
         "users": is_first.astype(float),
         "engaged": (days_active[rows, cols] == 2).astype(float),
         "y": y,
@@ -239,6 +250,9 @@ class Arms:
     b_var: np.ndarray
     d_est: np.ndarray
     d_var: np.ndarray
+    l_est: np.ndarray
+    """Depth's deterioration statistic: the difference of the arms' mean log(1 + depth), and its variance."""
+    l_var: np.ndarray
     guardrails: list  # (name, margin, estimate, variance)
     users: np.ndarray
     raw_c: tuple
@@ -272,6 +286,9 @@ def arms(sums: np.ndarray, spec: PromotionSpec) -> Arms:
         myc, vyc = myc - theta * (mxc - pooled), np.maximum(vyc + theta**2 * vxc - 2 * theta * covc, 0)
         myt, vyt = myt - theta * (mxt - pooled), np.maximum(vyt + theta**2 * vxt - 2 * theta * covt, 0)
     d_est, d_var = _relative(myc, vyc, ncs, myt, vyt, nts)
+    mlc, vlc = _moments(ncs, c[:, F["l"]], c[:, F["l2"]])
+    mlt, vlt = _moments(nts, t[:, F["l"]], t[:, F["l2"]])
+    l_est, l_var = mlt - mlc, vlc / ncs + vlt / nts
     guardrails = []
     for g in spec.guardrails:
         rates = []
@@ -290,8 +307,9 @@ def arms(sums: np.ndarray, spec: PromotionSpec) -> Arms:
     raw_c = (ncs, c[:, F["y"]])
     raw_t = (nts, t[:, F["y"]])
     return Arms(
-        data, log_e, enough, b_info, d_info, b_est, b_var, d_est, d_var, guardrails, (nc + nt) / 2, raw_c, raw_t
-    )
+        data, log_e, enough, b_info, d_info, b_est, b_var, d_est, d_var, l_est, l_var, guardrails, (nc + nt) / 2,
+        raw_c, raw_t,
+    )  # fmt: skip
 
 
 def issue15_path(sums: np.ndarray, spec: PromotionSpec, interval: int) -> Path_:
@@ -352,8 +370,20 @@ def plan_for(spec: PromotionSpec, max_minutes: int = DAYS * 1440) -> DecisionPla
     return decision_plan(spec, canary, now=START)
 
 
-def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary: bool = False) -> Path_:
+def gate_path(
+    sums: np.ndarray,
+    plan: DecisionPlan,
+    interval: int,
+    *,
+    adversary: bool = False,
+    harm_scale: str = "log",
+    efficacy_scale: str = "raw",
+) -> Path_:
     """`evaluate_online`'s decision at every look of one stream (sums at the looks: (2, K, F)), first decision.
+
+    `harm_scale`: depth's deterioration tests on the mean of log(1 + depth) (the gate's) or on the relative lift
+    of depth (the gate before the log-scale sums); `efficacy_scale`: depth's efficacy boundary on the relative
+    lift of depth, CUPED when on (the gate's), or on the log scale (a design measured, not shipped).
 
     `adversary`: the counterfactual of a gate that re-reads the spec at every look, against someone who sets
     maxDuration to "now" whenever the published depth statistic would promote were this look the last one: it
@@ -367,9 +397,10 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
     b_lo, b_hi = _running(
         x.b_est, _half_width(x.b_var, spec.sequential_tau, 2 * alphas.harm_always_valid["breadth"]), x.b_info
     )
-    d_lo, d_hi = _running(
-        x.d_est, _half_width(x.d_var, spec.sequential_tau, 2 * alphas.harm_always_valid["depth"]), x.d_info
-    )
+    h_est, h_var = (x.l_est, x.l_var) if harm_scale == "log" else (x.d_est, x.d_var)
+    e_est, e_var = (x.l_est, x.l_var) if efficacy_scale == "log" else (x.d_est, x.d_var)
+    harm_level = 2 * alphas.harm_always_valid["depth"]
+    d_lo, d_hi = _running(h_est, _half_width(h_var, spec.sequential_tau, harm_level), x.d_info)
     inconsistent = (b_lo > b_hi) | (d_lo > d_hi)
     breached = np.zeros(k_looks, dtype=bool)
     proven = np.ones(k_looks, dtype=bool)
@@ -414,18 +445,18 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
         final = j == len(looks_at) - 1
         seen_efficacy += late_ok[i]
         late = False
-        if adversary and not final and late_ok[i] and x.d_info[k] and x.d_var[k] > 0:
+        if adversary and not final and late_ok[i] and x.d_info[k] and e_var[k] > 0:
             # the published z against the bound this look would have as the last one: favourable → shorten to now
             as_last = sequential.boundaries(alphas.efficacy["depth"], [*efficacy_fractions[: seen_efficacy - 1], 1.0])
-            late = (x.d_est[k] - spec.min_depth_lift) / math.sqrt(x.d_var[k]) >= as_last[-1]
+            late = (e_est[k] - spec.min_depth_lift) / math.sqrt(e_var[k]) >= as_last[-1]
         wins = False
         if late_ok[i] and x.b_info[k] and b_eff_lo[k] > spec.min_breadth_lift:  # breadth: always-valid efficacy
             wins = True
-        for metric, info, est, var, minimum in (("depth", x.enough, x.d_est, x.d_var, spec.min_depth_lift),):
-            if not info[k] or not var[k] > 0:
+        for metric, info, est, var, minimum in (("depth", x.enough, e_est, e_var, spec.min_depth_lift),):
+            if not info[k] or not var[k] > 0 or not h_var[k] > 0:
                 continue
             se = math.sqrt(var[k])
-            if est[k] / se <= -harm_bounds[metric][i]:
+            if h_est[k] / math.sqrt(h_var[k]) <= -harm_bounds[metric][i]:
                 harm[k] = True
                 (b_harm if metric == "breadth" else d_harm)[k] = True
             if late_ok[i]:
@@ -438,7 +469,7 @@ def gate_path(sums: np.ndarray, plan: DecisionPlan, interval: int, *, adversary:
         with np.errstate(divide="ignore", invalid="ignore"):
             d_level = stats.normal_quantile(1 - alphas.harm_scheduled["depth"])
             b_level = stats.normal_quantile(1 - alphas.harm_always_valid["breadth"])
-            blocked = x.d_est[k] / np.sqrt(x.d_var[k]) <= -d_level or x.b_est[k] / np.sqrt(x.b_var[k]) <= -b_level
+            blocked = h_est[k] / np.sqrt(h_var[k]) <= -d_level or x.b_est[k] / np.sqrt(x.b_var[k]) <= -b_level
         ready = wins and not blocked and x.b_info[k] and x.d_info[k] and proven[k] and elapsed[k] >= MIN_DURATION_MIN
         if ready and (not novelty_on(spec) or _novelty_holds(sums, spec, interval, k)):
             promote[k] = True
@@ -481,6 +512,8 @@ def arm_stats(row: np.ndarray) -> ArmStats:
         guardrail_sum_squares={name: float(row[F[f"g2.{name}"]]) for name in GUARDRAIL_RATES},
         guardrail_cross_sums={name: float(row[F[f"gr.{name}"]]) for name in GUARDRAIL_RATES},
         adopted_users=round(row[F["adopted"]]),
+        depth_log_sum=float(row[F["l"]]),
+        depth_log_sum_squares=float(row[F["l2"]]),
     )
 
 
@@ -552,48 +585,104 @@ def looks(stream: np.ndarray, interval: int) -> np.ndarray:
     return stream[:, interval - 1 :: interval]
 
 
-def run_scenario(name, lift, streams, noise, designs, seed, check, *, adversary=False, fail_final=0, adversary_check=0):
+def _stream_rng(seed: int, name: str, index: int) -> np.random.Generator:
+    """Each stream its own generator: the same streams whatever the number of worker processes."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode()), index])
+
+
+def _one_stream(job: tuple) -> dict:
+    """One stream of a scenario (run in a worker process): every design's path, the fixed baselines, and with
+    `check` its replay through `evaluate_online` at 10-minute looks (and the adversary's, with `adversary`)."""
+    name, lift, noise, designs, seed, index, check, check_minutes, check_10min, adversary = job
+    stream = simulate_stream(_stream_rng(seed, name, index), lift, noise)
+    final = stream[:, -1]
+    out: dict = {"total": final[:, F["users"]].sum(), "rho2": rho_squared(final), "fixed": fixed_tests(final, 0.05)}
+    rows = {}
+    for key, (kind, subject, cadence, options) in designs.items():
+        options = dict(options)
+        if name not in options.pop("scenarios", (name,)):
+            continue
+        seen = looks(stream, CADENCES[cadence])
+        if kind == "issue15":
+            path = issue15_path(seen, subject, CADENCES[cadence])
+        else:
+            path = gate_path(seen, subject, CADENCES[cadence], adversary=kind == "unfrozen+adversary", **options)
+        users = seen[:, path.look, F["users"]].sum()
+        rows[key] = (path, users, (path.look + 1) * CADENCES[cadence] / 60)
+    out["rows"] = rows
+    plan = designs["plan@10min"][1]
+    if check:  # the operator's own code on the same looks as the fast path
+        seen = looks(stream, check_minutes)
+        out["replay"] = (replay(seen, plan, check_minutes), gate_path(seen, plan, check_minutes))
+    if check_10min:
+        out["replay_10min"] = (replay(looks(stream, 10), plan, 10), rows["plan@10min"][0])
+    if adversary:
+        seen = looks(stream, 60)
+        real, attacked = replay(seen, plan, 60), replay(seen, plan, 60, adversary=True)
+        out["adversary"] = (attacked.outcome, int(attacked.cause.split(":")[1]), real.outcome)
+    return out
+
+
+def _final_failure(job: tuple) -> tuple[str, str]:
+    """A stream decided (or not) at the maxDuration look, replayed at 60-minute looks with and without three
+    failed readings there."""
+    name, lift, noise, plan, seed, index = job
+    seen = looks(simulate_stream(_stream_rng(seed, name, index), lift, noise), 60)
+    clean, failed = replay(seen, plan, 60), replay(seen, plan, 60, fail_final=3)
+    return clean.outcome, failed.outcome
+
+
+def _agreement(replayed: list[tuple[int, Path_, Path_]], minutes: int) -> dict:
+    """How often `evaluate_online` and the vectorised path agree (outcome and look), and the rates
+    `evaluate_online` itself gives on the replayed streams."""
+    outcomes = [real.outcome for _, real, _ in replayed]
+    agree = [(real.outcome, real.look) == (fast.outcome, fast.look) for _, real, fast in replayed]
+    n = len(replayed)
+    return {
+        "streams": n,
+        "look_minutes": minutes,
+        "agree_outcome_and_look": sum(agree),
+        "agree_outcome": sum(real.outcome == fast.outcome for _, real, fast in replayed),
+        "agreement": sum(agree) / n,
+        "promote": outcomes.count("PROMOTE") / n,
+        "roll_back": outcomes.count("ROLL_BACK") / n,
+        "roll_back_ci95": interval95(outcomes.count("ROLL_BACK"), n),
+        "decisive": (outcomes.count("PROMOTE") + outcomes.count("ROLL_BACK")) / n,
+        "inconclusive": outcomes.count("INCONCLUSIVE") / n,
+        "disagreements": [
+            {"stream": i, "evaluate_online": [real.outcome, real.look], "fast_path": [fast.outcome, fast.look]}
+            for (i, real, fast), same in zip(replayed, agree, strict=True)
+            if not same
+        ][:10],
+    }
+
+
+def run_scenario(
+    pool, name, lift, streams, noise, designs, seed, check, *, check_minutes=60, check_10min=0, adversary=False,
+    fail_final=0, adversary_check=0,
+):  # fmt: skip
     """Streams of one kind: every design's path at its cadence, the fixed baselines, and replays through
-    `evaluate_online` of the first `check` streams (10-minute looks) that must agree with the vectorised path."""
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    rows = {key: [] for key in designs}
-    fixed = {"welch": [], "cuped": []}
-    totals, rho2, agree, adversary_rows, final_rows = [], [], [], [], []
-    for i in range(streams):
-        stream = simulate_stream(rng, lift, noise)
-        final = stream[:, -1]
-        totals.append(final[:, F["users"]].sum())
-        rho2.append(rho_squared(final))
-        for test, (significant, estimate) in fixed_tests(final, 0.05).items():
-            fixed[test].append((significant, estimate))
-        for key, (kind, subject, cadence) in designs.items():
-            seen = looks(stream, CADENCES[cadence])
-            if kind == "issue15":
-                path = issue15_path(seen, subject, CADENCES[cadence])
-            else:
-                path = gate_path(seen, subject, CADENCES[cadence], adversary=kind == "unfrozen+adversary")
-            users = seen[:, path.look, F["users"]].sum()
-            rows[key].append((path, users, (path.look + 1) * CADENCES[cadence] / 60))
-        if i < check:
-            plan = designs["plan@10min"][1]
-            seen = looks(stream, 10)
-            real = replay(seen, plan, 10)
-            mine = rows["plan@10min"][-1][0]
-            agree.append((real.outcome, real.look) == (mine.outcome, mine.look))
-        if adversary and i < max(check, adversary_check):
-            plan = designs["plan@10min"][1]
-            seen = looks(stream, 60)
-            real, attacked = replay(seen, plan, 60), replay(seen, plan, 60, adversary=True)
-            adversary_rows.append((attacked.outcome, int(attacked.cause.split(":")[1]), real.outcome))
-        if fail_final and len(final_rows) < fail_final:
-            plan = designs["plan@10min"][1]
-            mine = rows["plan@10min"][-1][0]
-            if mine.look == looks(stream, 10).shape[1] - 1:  # decided (or not) at the maxDuration look
-                seen = looks(stream, 60)
-                clean, failed = replay(seen, plan, 60), replay(seen, plan, 60, fail_final=3)
-                final_rows.append((clean.outcome, failed.outcome))
+    `evaluate_online` of the first `check` streams (at `check_minutes` looks) and of the first `check_10min` (at
+    10-minute looks), each compared with the vectorised path on the same looks."""
+    jobs = [
+        (name, lift, noise, designs, seed, i, i < check, check_minutes, i < check_10min,
+         adversary and i < adversary_check)
+        for i in range(streams)
+    ]  # fmt: skip
+    results = list(pool.imap(_one_stream, jobs, chunksize=2))
+    rows = {key: [r["rows"][key] for r in results] for key in designs if key in results[0]["rows"]}
+    fixed = {test: [r["fixed"][test] for r in results] for test in ("welch", "cuped")}
+    totals = [r["total"] for r in results]
     summary = summarise(rows, fixed, np.array(totals), lift)
-    summary["rho2"] = float(np.mean(rho2))
+    summary["rho2"] = float(np.mean([r["rho2"] for r in results]))
+    for field, minutes in (("replay", check_minutes), ("replay_10min", 10)):
+        replayed = [(i, *r[field]) for i, r in enumerate(results) if field in r]
+        if replayed:
+            summary["evaluate_online" if field == "replay" else "evaluate_online_10min"] = _agreement(
+                replayed, minutes
+            )
+    adversary_rows = [r["adversary"] for r in results if "adversary" in r]
+
     if adversary_rows:
         summary["adversary_replay"] = {
             "streams": len(adversary_rows),
@@ -601,7 +690,11 @@ def run_scenario(name, lift, streams, noise, designs, seed, check, *, adversary=
             "same_outcome_as_without_edits": sum(o == r for o, _, r in adversary_rows) / len(adversary_rows),
             "streams_with_ignored_edits": sum(n > 0 for _, n, _ in adversary_rows),
         }
-    if final_rows:
+    last = MINUTES // 10 - 1
+    at_the_end = [i for i, r in enumerate(results) if r["rows"]["plan@10min"][0].look == last][:fail_final]
+    if at_the_end:
+        plan = designs["plan@10min"][1]
+        final_rows = list(pool.imap(_final_failure, [(name, lift, noise, plan, seed, i) for i in at_the_end]))
         summary["final_look_failure"] = {
             "streams": len(final_rows),
             "look_minutes": 60,
@@ -609,7 +702,7 @@ def run_scenario(name, lift, streams, noise, designs, seed, check, *, adversary=
             "same_outcome": sum(a == b for a, b in final_rows) / len(final_rows),
             "outcomes_without_failure": {o: sum(a == o for a, _ in final_rows) for o in {a for a, _ in final_rows}},
         }
-    return summary, agree
+    return summary
 
 
 # ---------------------------------------------------------------------------------- SRE guardrails
@@ -777,10 +870,15 @@ def _same_at_the_end(*rows: dict) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--aa", type=int, default=600, help="A/A streams (also replayed by the spec-editing adversary)")
+    parser.add_argument("--aa", type=int, default=300, help="A/A streams (also replayed by the spec-editing adversary)")
     parser.add_argument("--ab", type=int, default=200, help="streams of each A/B scenario")
     parser.add_argument("--sre", type=int, default=200, help="A/A error streams of the SRE study (4× as many 5× ones)")
-    parser.add_argument("--check", type=int, default=3, help="streams per scenario replayed through evaluate_online")
+    parser.add_argument("--check", type=int, default=200, help="streams per scenario replayed through evaluate_online")
+    parser.add_argument(
+        "--check-minutes", type=int, default=360, help="the look interval of those replays (6 h: the look schedule)"
+    )
+    parser.add_argument("--check-10min", type=int, default=3, help="streams per scenario also replayed at 10 minutes")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (streams are independent)")
     parser.add_argument("--final", type=int, default=20, help="+5 %% streams replayed with a failed last reading")
     parser.add_argument("--adversary", type=int, default=40, help="A/A streams replayed with the spec editor")
     parser.add_argument("--seed", type=int, default=0)
@@ -807,16 +905,20 @@ def main() -> int:
         "plan-no-novelty": plan_for(base.model_copy(update={"novelty_window": "0d"})),
         "plan-novelty-2d": plan_for(base.model_copy(update={"novelty_window": "2d"})),
     }
+    raw_harm, log_efficacy = {"harm_scale": "raw"}, {"efficacy_scale": "log"}
+    aa_only = {"scenarios": ("A/A",)}  # 1-minute looks: the A/A targets (ten times the looks of 10 minutes)
     designs = {
-        "plan@10min": ("plan", variants["plan"], "10min"),
-        "plan@1min": ("plan", variants["plan"], "1min"),
-        "plan-raw@10min": ("plan", variants["plan-raw"], "10min"),
-        "plan-no-novelty@10min": ("plan", variants["plan-no-novelty"], "10min"),
-        "plan-novelty-2d@10min": ("plan", variants["plan-novelty-2d"], "10min"),
-        "issue15@10min": ("issue15", PromotionSpec(control_percent=10), "10min"),
-        "issue15@1min": ("issue15", PromotionSpec(control_percent=10), "1min"),
-        "unfrozen+adversary@10min": ("unfrozen+adversary", variants["plan"], "10min"),
-        "unfrozen+adversary@1min": ("unfrozen+adversary", variants["plan"], "1min"),
+        "plan@10min": ("plan", variants["plan"], "10min", {}),
+        "plan@1min": ("plan", variants["plan"], "1min", aa_only),
+        "plan-raw@10min": ("plan", variants["plan-raw"], "10min", {}),
+        "plan-raw-harm@10min": ("plan", variants["plan"], "10min", raw_harm),
+        "plan-log-efficacy@10min": ("plan", variants["plan"], "10min", log_efficacy),
+        "plan-no-novelty@10min": ("plan", variants["plan-no-novelty"], "10min", {}),
+        "plan-novelty-2d@10min": ("plan", variants["plan-novelty-2d"], "10min", {}),
+        "issue15@10min": ("issue15", PromotionSpec(control_percent=10), "10min", {}),
+        "issue15@1min": ("issue15", PromotionSpec(control_percent=10), "1min", aa_only),
+        "unfrozen+adversary@10min": ("unfrozen+adversary", variants["plan"], "10min", {}),
+        "unfrozen+adversary@1min": ("unfrozen+adversary", variants["plan"], "1min", aa_only),
     }
     noise = calibrate_noise(rho2_world, args.seed)
     fading = 0.10 * np.maximum(0.0, 1.0 - np.arange(DAYS) / 4)
@@ -825,20 +927,26 @@ def main() -> int:
         "+2%": (0.02, args.ab),
         "+5%": (0.05, args.ab),
         "-3%": (-0.03, args.ab),
-        "-10%": (-0.10, args.ab // 2),
-        "fading +10% to 0 by day 4": (fading, args.ab // 2),
+        "-10%": (-0.10, args.ab),
+        "fading +10% to 0 by day 4": (fading, args.ab),
     }
     results: dict = {}
-    agreement: list[bool] = []
-    for name, (lift, count) in scenarios.items():
-        summary, agree = run_scenario(
-            name, lift, count, noise, designs, args.seed, args.check,
-            adversary=name == "A/A", fail_final=args.final if name in ("+5%", "-3%") else 0,
-            adversary_check=args.adversary,
-        )  # fmt: skip
-        results[name] = summary
-        agreement += agree
-        print(f"{name}: {count} streams, ρ² {summary['rho2']:.3f}, {time.perf_counter() - started:.0f} s", flush=True)
+    with multiprocessing.get_context("fork").Pool(args.workers) as pool:
+        for name, (lift, count) in scenarios.items():
+            summary = run_scenario(
+                pool, name, lift, count, noise, designs, args.seed, args.check, check_minutes=args.check_minutes,
+                check_10min=args.check_10min, adversary=name == "A/A",
+                fail_final=args.final if name in ("+5%", "-3%") else 0, adversary_check=args.adversary,
+            )  # fmt: skip
+            results[name] = summary
+            print(f"{name}: {count} streams, ρ² {summary['rho2']:.3f}, {time.perf_counter() - started:.0f} s",
+                  flush=True)  # fmt: skip
+    replays = {name: r["evaluate_online"] for name, r in results.items() if "evaluate_online" in r}
+    replays_10min = {name: r["evaluate_online_10min"] for name, r in results.items() if "evaluate_online_10min" in r}
+    agreement = [
+        sum(r["agree_outcome_and_look"] for r in replays.values()),
+        sum(r["streams"] for r in replays.values()),
+    ]
     sre = {f"{rate:g}": sre_study(args.sre, rate, args.seed) for rate in (1000.0, 300.0)}
     print(f"SRE study: {time.perf_counter() - started:.0f} s", flush=True)
     seconds = time.perf_counter() - started
@@ -870,6 +978,16 @@ def main() -> int:
         "sre_5x_rolled_back_within_15_min": sre["1000"]["5x errors"]["rolled_back_within_15_min"],
         "sre_aa_rolled_back": sre["1000"]["A/A"]["rolled_back"],
         "final_look_failure_same_outcome": _same_at_the_end(ab5, m3),
+        "minus3_roll_back_raw_depth_harm": m3["plan-raw-harm@10min"]["roll_back"],
+        "minus3_roll_back_evaluate_online": m3["evaluate_online"]["roll_back"] if "evaluate_online" in m3 else None,
+        "power_plus5_log_efficacy": ab5["plan-log-efficacy@10min"]["promote"],
+        "aa_decisive_log_efficacy": aa["plan-log-efficacy@10min"]["decisive"],
+        "replay_streams_per_scenario_min": min((r["streams"] for r in replays.values()), default=0),
+        "replay_agreement": agreement[0] / agreement[1] if agreement[1] else None,
+        "replay_agreement_10min": [
+            sum(r["agree_outcome_and_look"] for r in replays_10min.values()),
+            sum(r["streams"] for r in replays_10min.values()),
+        ],
         "fading_promote_novelty_1d": results["fading +10% to 0 by day 4"]["plan@10min"]["promote"],
         "fading_promote_no_novelty": results["fading +10% to 0 by day 4"]["plan-no-novelty@10min"]["promote"],
     }
@@ -885,6 +1003,7 @@ def main() -> int:
         "sre_5x_rolled_back_within_15_min": (">=", 0.99),
         "sre_aa_rolled_back": ("<=", 0.0),
         "final_look_failure_same_outcome": (">=", 1.0),
+        "replay_streams_per_scenario_min": (">=", 200),
     }
     passed = {
         k: figures[k] is not None and (figures[k] <= v if op == "<=" else figures[k] >= v)
@@ -911,14 +1030,19 @@ def main() -> int:
     ]
     for label, scenario, field, fixed_key in lines:
         row = results[scenario]
-        cells = "".join(f"{row[d][field]:>23.3f}" if row[d][field] is not None else f"{'-':>23}" for d in shown)
+        values = [row.get(d, {}).get(field) for d in shown]
+        cells = "".join(f"{v:>23.3f}" if v is not None else f"{'-':>23}" for v in values)
         fixed_cells = f"{row['fixed_welch_rate']:>10.3f}{row['fixed_cuped_rate']:>10.3f}" if fixed_key else ""
         print(f"{label:<34}{cells}{fixed_cells}")
     print(f"A/A adversary through evaluate_online (frozen plan): {aa['adversary_replay']}")
     print(f"last reading failed 3 times: +5% {ab5.get('final_look_failure')}, -3% {m3.get('final_look_failure')}")
     for rate, row in sre.items():
         print(f"SRE errors guardrail at {rate} requests/min/arm: A/A {row['A/A']}, 5x {row['5x errors']}")
-    print(f"evaluate_online replay agrees on {sum(agreement)}/{len(agreement)} streams (outcome and look)")
+    print(f"evaluate_online replay ({args.check_minutes}-min looks) agrees on {agreement[0]}/{agreement[1]} streams "
+          f"(outcome and look); at 10-min looks {figures['replay_agreement_10min']}")  # fmt: skip
+    for name, r in [*replays.items(), *((f"{n} (10 min)", r) for n, r in replays_10min.items())]:
+        print(f"  {name}: {r['agree_outcome_and_look']}/{r['streams']}, evaluate_online PROMOTE {r['promote']:.3f} "
+              f"ROLL_BACK {r['roll_back']:.3f}; disagreements {r['disagreements'][:3]}")  # fmt: skip
     print("targets: " + ", ".join(f"{k} {'PASS' if ok else 'FAIL'}" for k, ok in passed.items()))
     print(f"{seconds:.0f} s")
 
@@ -933,7 +1057,14 @@ def main() -> int:
         "plan": plan.model_dump(mode="json", by_alias=True, exclude={"promotion": {"queries", "serving_queries"}}),
         "rho2_world": rho2_world,
         "seed": args.seed,
-        "designs": {k: f"{kind} at {cadence}" for k, (kind, _, cadence) in designs.items()},
+        "designs": {
+            k: f"{kind} at {cadence}" + "".join(f", {o}={v}" for o, v in options.items())
+            for k, (kind, _, cadence, options) in designs.items()
+        },
+        "replayed_streams_per_scenario": args.check,
+        "replay_look_minutes": args.check_minutes,
+        "replayed_streams_per_scenario_at_10min": args.check_10min,
+        "workers": args.workers,
     }
     payload = {
         "config": config,
@@ -942,7 +1073,7 @@ def main() -> int:
         "passed": passed,
         "scenarios": results,
         "sre": sre,
-        "replay_agreement": [sum(agreement), len(agreement)],
+        "replay_agreement": agreement,
         "seconds": seconds,
     }
     args.out.write_text(json.dumps(payload, indent=2) + "\n")

@@ -6,7 +6,9 @@ from datetime import UTC, datetime
 
 import numpy as np
 from flywheel_operator.api import ArmStats, CanarySpec, DecisionPlan, OnlineReading, PromotionSpec
+from flywheel_operator.api.readings import LOG_DEPTH_UNIT
 from flywheel_operator.gate import decision_plan
+from flywheel_operator.gate.store import LOG_UNITS
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 GUARDRAILS = ("instruction-violations", "false-refusals", "errors")
@@ -30,6 +32,7 @@ def simulate_arm(
     per_user = np.ceil(depth).astype(int) + 1  # responses served to each user
     events = {name: rng.binomial(per_user, guardrail_rate) for name in GUARDRAILS}
     responses = int(per_user.sum())
+    log_units = log_depth(depth)
     return ArmStats(
         users=users,
         engaged_users=int(engaged.sum()),
@@ -43,7 +46,14 @@ def simulate_arm(
         responses_sum_squares=float((per_user**2).sum()),
         guardrail_sum_squares={name: float((e**2).sum()) for name, e in events.items()},
         guardrail_cross_sums={name: float((e * per_user).sum()) for name, e in events.items()},
+        depth_log_sum=float(log_units.sum()) * LOG_DEPTH_UNIT,
+        depth_log_sum_squares=float((log_units**2).sum()) * LOG_DEPTH_UNIT**2,
     )
+
+
+def log_depth(depth: np.ndarray) -> np.ndarray:
+    """Each user's log(1 + depth) in the exporter's whole units of 1/65536 (gate.store.log_depth_units)."""
+    return np.floor(np.log(1.0 + depth) * LOG_UNITS + 0.5)
 
 
 def reading(

@@ -39,7 +39,7 @@ def test_a_clear_winner_is_promoted_after_min_duration(rng) -> None:
     decision = decide(control, treatment)
     assert decision.outcome == "PROMOTE", decision.reasons
     assert decision.numbers["depth.lift"] == pytest.approx(0.15, abs=0.04)
-    assert decision.numbers["depth.lower"] > 0
+    assert decision.numbers["depth.log.lower"] > 0  # depth's always-valid interval is on the log scale (issue 25)
     assert decision.numbers["depth.cuped_variance_reduction"] > 0.1
     # the same users engage, each 15 % deeper: turns per engaged user (a delta-method ratio) moves by 15 %
     assert decision.numbers["depth_per_engaged.lift"] == pytest.approx(0.15, abs=0.04)
@@ -125,17 +125,18 @@ def test_crossover_above_the_tolerance_stops_even_a_winner(rng) -> None:
 def test_running_state_keeps_the_test_always_valid(rng) -> None:
     control, treatment = simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.03)
     first = decide(control, treatment)
-    previous = first.model_copy(update={"numbers": {**first.numbers, "depth.p_value": 1e-6, "depth.lower": 0.02}})
+    carried = {"depth.log.p_value": 1e-6, "depth.log.lower": 0.02}
+    previous = first.model_copy(update={"numbers": {**first.numbers, **carried}})
     second = decide(control, treatment, previous=previous)
-    assert second.numbers["depth.p_value"] == 1e-6
-    assert second.numbers["depth.lower"] >= 0.02
+    assert second.numbers["depth.log.p_value"] == 1e-6
+    assert second.numbers["depth.log.lower"] >= 0.02
 
 
 def test_running_state_survives_an_outage(rng) -> None:
     first = decide(simulate_arm(rng, 20_000), simulate_arm(rng, 20_000, depth_scale=1.1))
     outage = decide(None, None, previous=first, error="Prometheus is unreachable")
     assert outage.outcome == "CONTINUE"
-    for key in ("depth.p_value", "depth.lower", "depth.upper", "guardrail.errors.upper"):
+    for key in ("depth.log.p_value", "depth.log.lower", "depth.log.upper", "guardrail.errors.upper"):
         assert outage.numbers[key] == first.numbers[key]
     assert "srm.p_value" not in outage.numbers and "depth.lift" not in outage.numbers
 

@@ -7,6 +7,7 @@ to the current look when it became empty, and counter resets read as a broken sp
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import numpy as np
@@ -184,7 +185,8 @@ def test_an_empty_running_interval_stops_the_gate_instead_of_trusting_the_presen
     control, treatment = simulate_arm(rng, 20_000), simulate_arm(rng, 20_000)
     first = decide(control, treatment)
     # the earlier looks had pinned depth's lift to [+8 %, +12 %]; today's data say it is about 0
-    previous = first.model_copy(update={"numbers": {**first.numbers, "depth.lower": 0.08, "depth.upper": 0.12}})
+    pinned = {"depth.log.lower": 0.08, "depth.log.upper": 0.12}  # depth's always-valid interval: log scale
+    previous = first.model_copy(update={"numbers": {**first.numbers, **pinned}})
     decision = decide(control, treatment, previous=previous)
     assert decision.outcome == "INCONCLUSIVE", decision.reasons
     assert "inconsistent" in decision.reasons[0]
@@ -245,6 +247,9 @@ def moments_arm(mean: float, sd: float, engaged: int, n: int = 200_000) -> ArmSt
         responses=3 * n,
         guardrails=dict.fromkeys(GUARDRAILS, 0.0),
         **NO_EVENTS_PER_USER(n, 3),
+        # log(1 + depth) ≈ N(0.9·log(1 + mean), (sd/(1 + mean))²) (issue 25's log-scale sums)
+        depth_log_sum=n * 0.9 * math.log1p(mean),
+        depth_log_sum_squares=n * ((sd / (1 + mean)) ** 2 + (0.9 * math.log1p(mean)) ** 2),
     )
 
 

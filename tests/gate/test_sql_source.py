@@ -131,7 +131,7 @@ event = st.one_of(
             "type": st.just("engagement"),
             "generation": st.sampled_from(["gen2", "gen2", "gen3"]),
             "user": st.sampled_from(USERS),
-            "turns": st.integers(0, 5),
+            "turns": st.one_of(st.integers(0, 5), st.integers(6, 10**5)),  # large ones: log(1 + depth) (issue 25)
             "day": st.integers(0, 6),
         },
         optional={
@@ -162,6 +162,7 @@ def test_the_exporter_and_the_sql_source_give_identical_arm_stats_and_decisions(
         assert got.error is not None and "no user exposed" in got.error
         return
     assert got.error is None and got == expected
+    assert got.control is not None and got.control.depth_log_sum is not None  # the log-scale sums too (issue 25)
     assert decision(got).model_dump() == decision(expected).model_dump()
 
 

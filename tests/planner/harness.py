@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -81,6 +82,8 @@ def arm(users: int, engaged: int, mean_depth: float, sd: float = 2.0) -> ArmStat
     responses = users * 5
     rates = {"instruction-violations": 0.05, "false-refusals": 0.01, "errors": 0.001}
     events = {name: round(rate * responses) for name, rate in rates.items()}
+    log_sd = sd / (1 + mean_depth)
+    log_mean = max(math.log1p(mean_depth) - log_sd**2 / 2, 0.0)
     return ArmStats(
         users=users,
         engaged_users=engaged,
@@ -92,6 +95,10 @@ def arm(users: int, engaged: int, mean_depth: float, sd: float = 2.0) -> ArmStat
         responses_sum_squares=25.0 * users,
         guardrail_sum_squares={name: float(e) for name, e in events.items()},
         guardrail_cross_sums={name: 5.0 * e for name, e in events.items()},
+        # issue 25 (h25): the log-scale depth sums, by the delta method: log(1 + depth) has SD s = sd/(1 + mean)
+        # and mean log(1 + mean) − s²/2 (below log(1 + mean), as Jensen requires)
+        depth_log_sum=users * log_mean,
+        depth_log_sum_squares=users * (log_sd**2 + log_mean**2),
     )
 
 

@@ -790,6 +790,12 @@ class PromotionQueries(ApiModel):
     crossover: str = 'sum(flywheel_crossover_users_total{{generation="{generation}",namespace="{namespace}"}})'
     """Users of the experiment seen in both arms (one query, no `{arm}`). No series reads as 0: the exporter
     writes a generation's series only once one of its users crossed. Empty: no crossover check."""
+    # --- issue 25: the log-scale depth sums (h25) -----------------------------------------------------------
+    depth_log_sum: str = "sum(flywheel_depth_log_turns_total" + _ARM_SELECTOR + ")"
+    """Σ log(1 + depth) over users: depth's deterioration tests read its mean (docs/metrics.md). Without it the
+    gate refuses to judge depth and says so."""
+    depth_log_sum_squares: str = "sum(flywheel_depth_log_turns_squared_total" + _ARM_SELECTOR + ")"
+    """Σ log(1 + depth)² over users."""
 
 
 # --- issue 25: hard SRE guardrails on KServe's serving metrics (h25) ---------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -10,6 +11,10 @@ from pydantic import Field, model_validator
 from flywheel_operator.api.base import ApiModel
 
 Arm = Literal["control", "treatment"]
+
+LOG_DEPTH_UNIT = 2.0**-16
+"""The log-scale depth sums count each user's log(1 + depth) in whole units of 1/65536 (integer counters in the
+exporter and in SQL: exact, and the same bits from both; the rounding, ≤ 8·10⁻⁶, is far below any effect)."""
 
 
 class StageResult(ApiModel):
@@ -116,6 +121,13 @@ class ArmStats(ApiModel):
     """Users counted from an engagement event after the exporter lost its state (their exposure came before it):
     counted in `users` for the metrics, left out of the sample-ratio test (whether they come back depends on
     the arm)."""
+    # --- issue 25: the log-scale depth sums (h25) -----------------------------------------------------------
+    depth_log_sum: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Σ over exposed users of log(1 + depth), each term rounded to 1/65536 (`LOG_DEPTH_UNIT`): depth is heavy-tailed,
+    and the gate's deterioration tests on depth read its mean on this scale (docs/metrics.md). None when the
+    exporter does not provide it (the gate then refuses to judge depth, naming the fix)."""
+    depth_log_sum_squares: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    """Σ over exposed users of (the same rounded log(1 + depth))²."""
 
     # --- issue 25: range checks of the per-user sums (h25) ---------------------------------------------------
     def range_problems(self) -> list[str]:
@@ -143,6 +155,20 @@ class ArmStats(ApiModel):
                 problems.append(f"Σ{label}² = {squares:g} is below Σ{label} = {total:g} (whole counts)")
 
         second_moment("depth", self.depth_sum, self.depth_sum_squares, counts=False)
+        if self.depth_log_sum is not None or self.depth_log_sum_squares is not None:
+            log_sum, log_squares = self.depth_log_sum or 0.0, self.depth_log_sum_squares
+            second_moment("log(1+depth)", log_sum, log_squares, counts=False)
+            # log(1 + d) ≤ d for each user, and by Jensen mean log(1 + d) ≤ log(1 + mean d)
+            slack = n * LOG_DEPTH_UNIT
+            if below(self.depth_sum + slack, log_sum):
+                problems.append(f"Σlog(1+depth) = {log_sum:g} is above Σdepth = {self.depth_sum:g}")
+            if n and below(n * math.log1p(self.depth_sum / n) + slack, log_sum):
+                problems.append(
+                    f"Σlog(1+depth) = {log_sum:g} is above users·log(1 + Σdepth/users) = "
+                    f"{n * math.log1p(self.depth_sum / n):g} (Jensen)"
+                )
+            if log_squares is not None and below(self.depth_sum_squares + slack * (1 + 2 * 28), log_squares):
+                problems.append(f"Σlog(1+depth)² = {log_squares:g} is above Σdepth² = {self.depth_sum_squares:g}")
         if self.pre_sum is not None:
             second_moment("pre", self.pre_sum, self.pre_sum_squares, counts=False)
             if (

@@ -37,8 +37,10 @@ from flywheel_operator.gate.store import (
     DEFAULT_CACHE_MIB,
     DEFAULT_ENGAGED_MIN_DAYS,
     LATENCY_BUCKETS,
+    ArmTotals,
     DurableStore,
     SqliteStore,
+    log_depth_sums,
 )
 
 Store = DurableStore | SqliteStore
@@ -69,8 +71,15 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "adopted",
         "Users first seen through an engagement event naming their arm (exposure lost in a restart).",
     ),
+    # issue 25 (h25): the log-scale depth sums of the gate's deterioration tests on depth
+    (
+        "flywheel_depth_log_turns",
+        "depth_log_sum",
+        "Σ log(1 + depth) over exposed users (each term in whole units of 1/65536).",
+    ),
+    ("flywheel_depth_log_turns_squared", "depth_log_sum_squares", "Σ log(1 + depth)² over exposed users."),
 )
-"""(metric name without `_total`, ArmTotals field, help text) of every per-arm counter."""
+"""(metric name without `_total`, ArmStats field, help text) of every per-arm counter."""
 GUARDRAIL_METRIC = "flywheel_guardrail_events"
 PER_USER_GUARDRAIL_METRICS = (
     ("flywheel_guardrail_events_squared", "guardrail_sum_squares", "Σ over users of (the user's guardrail events)²."),
@@ -100,6 +109,14 @@ METRIC_NAMES: tuple[str, ...] = (
     f"{CROSSOVER_METRIC}_total",
 )
 """Every series name family the exporter exposes (the chart's alerts and dashboard may use only these)."""
+
+
+def _counter_value(totals: ArmTotals, attribute: str) -> float:
+    """One per-arm counter: a field of the totals, or a log-scale depth sum in its exported unit."""
+    if attribute in ("depth_log_sum", "depth_log_sum_squares"):
+        log_sum, log_squares = log_depth_sums(totals.depth_log_units, totals.depth_log_units_squared)
+        return log_sum if attribute == "depth_log_sum" else log_squares
+    return float(getattr(totals, attribute))
 
 
 def _arm_labels(key: str, arm: str) -> dict[str, str]:
@@ -139,7 +156,7 @@ class StoreCollector(Collector):
             for (key, arm), (totals, _) in sorted(arms.items()):
                 if attribute == "responses_sum_squares" and not totals.per_user_sums:
                     continue
-                family.add_sample(f"{name}_total", _arm_labels(key, arm), float(getattr(totals, attribute)))
+                family.add_sample(f"{name}_total", _arm_labels(key, arm), _counter_value(totals, attribute))
             yield family
         guardrails = CounterMetricFamily(
             GUARDRAIL_METRIC,

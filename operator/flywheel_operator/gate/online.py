@@ -9,7 +9,9 @@ started, never the live spec, so nobody can move the goal posts after a peek.
   significantly worse than its margin, a success metric significantly worse (the always-valid test at any look,
   or the group-sequential deterioration boundary at a scheduled look, the last one at `maxDuration`), or a hard
   SRE guardrail (errors, p95 latency) failing `failures` checks in a row. Harm comes first: a metric that is
-  significantly worse blocks promotion on another metric's win.
+  significantly worse blocks promotion on another metric's win. Depth's deterioration tests read the mean of
+  log(1 + depth) (the exporter's `depthLogSum`/`depthLogSumSquares`): depth is heavy-tailed, and on that scale a
+  fall of the typical user's turns shows with far less noise; a reading without those sums gets depth refused.
 * Efficacy promotes: at a scheduled look (every `lookEvery` from the start, whatever the check interval, and at
   `maxDuration`) a success metric's z-statistic against its minimum lift crosses its Lan–DeMets O'Brien–Fleming
   boundary on the information fraction; every guardrail is shown non-inferior; the canary ran `minDuration`; the
@@ -69,6 +71,18 @@ class MetricVerdict:
     """lift/SE at a scheduled look."""
     efficacy_bound: float = math.inf
     harm_bound: float = math.inf
+    harm_estimate: float | None = None
+    """The effect the deterioration tests judge when it is not `lift` (depth: the difference of the arms' mean
+    log(1 + depth)); `lower`/`upper` and `z_harm` are on its scale."""
+    z_fixed: float | None = None
+    """The deterioration statistic's z at this look (estimate/SE), for the fixed-level check that blocks another
+    metric's win."""
+
+    @property
+    def harm_scale(self) -> str:
+        if self.harm_estimate is None:
+            return f"relative lift {self.lift:+.2%}"
+        return f"log-scale lift {self.harm_estimate:+.2%} (mean log(1 + depth); relative lift {self.lift:+.2%})"
 
     @property
     def better(self) -> bool:
@@ -179,10 +193,9 @@ def plan_edits(plan: DecisionPlan, promotion: PromotionSpec, canary: CanarySpec)
     edits = []
     for key in sorted(after):
         if key == "promotion":
+            # every field, queries included: the reader reads the frozen plan's too (readers.frozen_promotion)
             for field in sorted(after[key]):
-                if field not in ("prometheusUrl", "queries", "servingQueries") and before[key].get(field) != after[
-                    key
-                ].get(field):
+                if before[key].get(field) != after[key].get(field):
                     edits.append(f"promotion.{field}")
         elif before.get(key) != after.get(key) and key not in ("alpha", "scheduleHours"):
             edits.append(key if key in ("finalLookGrace", "lookEvery", "expectedUsersPerArm") else f"canary.{key}")
@@ -327,13 +340,13 @@ def evaluate_online(
         checks.append(_metric_check(verdict))
         if verdict.worse_always_valid:
             harm.append(
-                f"{verdict.name} is significantly worse: relative lift {verdict.lift:+.2%}, "
+                f"{verdict.name} is significantly worse: {verdict.harm_scale}, "
                 f"always-valid interval [{verdict.lower:+.2%}, {verdict.upper:+.2%}]"
             )
         elif verdict.worse_scheduled:
             harm.append(
                 f"{verdict.name} is significantly worse at the scheduled look {look.index + 1 if look else 0}: "
-                f"relative lift {verdict.lift:+.2%}, z = {verdict.z_harm:+.2f} below the deterioration boundary "
+                f"{verdict.harm_scale}, z = {verdict.z_harm:+.2f} below the deterioration boundary "
                 f"−{verdict.harm_bound:.2f} (information fraction {look.fraction if look else 0:.3f})"
             )
     for guardrail in guardrails:
@@ -351,7 +364,9 @@ def evaluate_online(
     winners = [v for v in verdicts if v.better]
     for verdict in verdicts:  # a metric significantly worse at its harm level blocks another metric's win
         level = alphas.harm_scheduled[verdict.name] or alphas.harm_always_valid[verdict.name]
-        z = numbers.get(f"{verdict.name}.lift", 0.0) / max(numbers.get(f"{verdict.name}.lift_se", math.inf), 1e-300)
+        z = verdict.z_fixed
+        if z is None:
+            z = numbers.get(f"{verdict.name}.lift", 0.0) / max(numbers.get(f"{verdict.name}.lift_se", math.inf), 1e-300)
         if winners and z <= -stats.normal_quantile(1.0 - level):
             waiting.append(
                 f"{verdict.name} runs significantly worse at its fixed level (z = {z:+.2f}, one-sided α = "
@@ -718,9 +733,40 @@ def _depth(
     """Depth: the always-valid test once each arm has `minEventsPerArm` engaged users (heavy-tailed depth is carried
     by them), the scheduled boundaries from `minUsersPerArm` users on (O'Brien–Fleming boundaries are far out while
     the information is small, and a canary that costs a tenth of the turns is rolled back on the first day)."""
+    missing = [
+        f"{arm}: {label}"
+        for arm, stats_ in (("control", control), ("treatment", treatment))
+        for label, value in (
+            ("depthLogSum", stats_.depth_log_sum),
+            ("depthLogSumSquares", stats_.depth_log_sum_squares),
+        )
+        if value is None
+    ]
+    if missing:
+        return (
+            f"depth is refused: the reading lacks the log-scale depth sums ({', '.join(missing)}) that its "
+            "deterioration tests read; fix: upgrade the exporter (flywheel_depth_log_turns_total, "
+            "flywheel_depth_log_turns_squared_total) or set promotion.queries.depthLogSum and depthLogSumSquares "
+            "(for a running canary, the plan frozen at its start keeps its queries: start a new generation)"
+        )
     engaged = min(control.engaged_users, treatment.engaged_users) >= promotion.min_events_per_arm
     if not engaged and look is None:
         return _depth_waits(promotion, control, treatment)
+    harm = None
+    if numbers.get("counter_resets", 0.0) == 0:
+        # deterioration on the log scale: depth is heavy-tailed, and the mean of log(1 + depth) sees a fall of
+        # the typical user's depth with far less noise than the mean of depth (docs/metrics.md, section 5)
+        assert control.depth_log_sum is not None and control.depth_log_sum_squares is not None
+        assert treatment.depth_log_sum is not None and treatment.depth_log_sum_squares is not None
+        log_c = stats.moments(control.users, control.depth_log_sum, control.depth_log_sum_squares)
+        log_t = stats.moments(treatment.users, treatment.depth_log_sum, treatment.depth_log_sum_squares)
+        harm = stats.absolute_lift(log_c, log_t)
+        numbers["depth.log_control"] = log_c.mean
+        numbers["depth.log_treatment"] = log_t.mean
+        numbers["depth.log_lift"] = harm.estimate
+        numbers["depth.log_lift_se"] = harm.standard_error
+    # after a counter reset a returning user's log(1 + depth) is counted in two parts, which no bound fixes:
+    # deterioration is judged on depth itself then (its stitched second moments are bounded, see _after_reset)
     c = stats.moments(control.users, control.depth_sum, control.depth_sum_squares)
     t = stats.moments(treatment.users, treatment.depth_sum, treatment.depth_sum_squares)
     numbers["depth.raw_control"] = c.mean
@@ -735,9 +781,10 @@ def _depth(
         c, t = result.control, result.treatment
     verdict = _judge(
         "depth", c, t, promotion.min_depth_lift, promotion.sequential_tau, alphas, look, carried, numbers,
-        always_valid=engaged,
+        always_valid=engaged, harm=harm,
     )  # fmt: skip
     return verdict
+
 
 
 def _depth_waits(promotion: PromotionSpec, control: ArmStats, treatment: ArmStats) -> str:
@@ -759,10 +806,13 @@ def _judge(
     numbers: dict[str, float],
     *,
     always_valid: bool = True,
+    harm: stats.Lift | None = None,
 ) -> MetricVerdict:
     """The always-valid interval (two-sided at 2 × the harm level, so its upper side is the one-sided harm test)
     at every look; at a scheduled look the z-statistics against the group-sequential boundaries (group-sequential
-    metrics), or the always-valid efficacy interval's lower side (the others)."""
+    metrics), or the always-valid efficacy interval's lower side (the others). `harm`: the effect the
+    deterioration tests judge when it is not the relative lift (depth's log-scale difference; its always-valid
+    interval is carried as `<name>.log.*`)."""
     numbers[f"{name}.control"] = control.mean
     numbers[f"{name}.treatment"] = treatment.mean
     absolute = stats.absolute_lift(control, treatment)
@@ -774,10 +824,13 @@ def _judge(
     numbers[f"{name}.lift_se"] = relative.standard_error
     numbers[f"{name}.fixed_p_value"] = stats.z_test_p_value(relative)
     lower, upper, p_value = -math.inf, math.inf, 1.0
+    judged, key = (relative, name) if harm is None else (harm, f"{name}.log")
+    z_fixed = judged.estimate / judged.standard_error if judged.variance > 0 else None
+    extra = {"harm_estimate": None if harm is None else harm.estimate, "z_fixed": z_fixed}
     if always_valid:
-        sequential_ = stats.msprt(relative, tau=tau, alpha=2.0 * alphas.harm_always_valid[name])
-        lower, upper, p_value = _intersect(name, sequential_, carried)
-        _put_interval(numbers, name, lower, upper, p_value)
+        sequential_ = stats.msprt(judged, tau=tau, alpha=2.0 * alphas.harm_always_valid[name])
+        lower, upper, p_value = _intersect(key, sequential_, carried)
+        _put_interval(numbers, key, lower, upper, p_value)
     if name not in GROUP_SEQUENTIAL_METRICS:
         if not always_valid:
             return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
@@ -791,10 +844,10 @@ def _judge(
         se = relative.standard_error or 1.0
         z = (low - minimum_lift) / se  # ≥ 0 exactly when the efficacy interval clears the minimum lift
         return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, z, None, 0.0, math.inf)
-    if look is None or relative.variance <= 0:
-        return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift)
+    if look is None or relative.variance <= 0 or judged.variance <= 0:
+        return MetricVerdict(name, relative.estimate, lower, upper, p_value, minimum_lift, **extra)
     se = relative.standard_error
-    z_efficacy, z_harm = (relative.estimate - minimum_lift) / se, relative.estimate / se
+    z_efficacy, z_harm = (relative.estimate - minimum_lift) / se, z_fixed
     harm_bound = sequential.boundaries(alphas.harm_scheduled[name], look.harm_fractions)[-1]
     efficacy_bound = math.inf
     if look.efficacy_fractions:
@@ -804,8 +857,9 @@ def _judge(
     numbers[f"{name}.efficacy_bound"] = efficacy_bound
     numbers[f"{name}.harm_bound"] = harm_bound
     return MetricVerdict(
-        name, relative.estimate, lower, upper, p_value, minimum_lift, z_efficacy, z_harm, efficacy_bound, harm_bound
-    )
+        name, relative.estimate, lower, upper, p_value, minimum_lift, z_efficacy, z_harm, efficacy_bound, harm_bound,
+        **extra,
+    )  # fmt: skip
 
 
 def _novelty(

@@ -20,12 +20,28 @@ from datetime import datetime, timedelta
 import httpx
 from pydantic import ValidationError
 
-from flywheel_operator.api import ArmStats, OnlineReading, PromotionSpec, ServingReading, ServingWindow
+from flywheel_operator.api import (
+    ArmStats,
+    DecisionPlan,
+    OnlineReading,
+    PromotionSpec,
+    ServingReading,
+    ServingWindow,
+)
 from flywheel_operator.gate.store import EngagementStore
 
 ARMS = ("control", "treatment")
 REQUIRED = ("users", "engaged", "depth_sum", "depth_sum_squares", "responses")
-OPTIONAL = ("pre_sum", "pre_sum_squares", "pre_cross_sum", "responses_sum_squares", "adopted")
+OPTIONAL = (
+    "pre_sum",
+    "pre_sum_squares",
+    "pre_cross_sum",
+    "responses_sum_squares",
+    "adopted",
+    "depth_log_sum",
+    "depth_log_sum_squares",
+)
+"""Missing ones read as None: CUPED off, a guardrail or depth refused by the gate with the fix in its reason."""
 
 
 class NoData(Exception):
@@ -220,6 +236,20 @@ def _whole(value: float, name: str) -> int:
     if value < 0 or abs(value - round(value)) > 1e-6:
         raise NoData(f"{name} = {value} is not a non-negative whole count; check the query template")
     return round(value)
+
+
+# --- issue 25: the reader reads the frozen plan (h25) ---------------------------------------------------------
+def frozen_promotion(promotion: PromotionSpec, status: dict | None) -> PromotionSpec:
+    """The promotion settings a reader uses: the copy in the plan frozen at the canary's start
+    (`status.online.plan.promotion`: its `queries`, `servingQueries`, `prometheusUrl` and `source`), so editing
+    the spec's queries during a live canary cannot change what is measured; the spec's own until a plan exists."""
+    plan = ((status or {}).get("online") or {}).get("plan")
+    if not plan:
+        return promotion
+    return DecisionPlan.model_validate(plan).promotion
+
+
+# --- end issue 25 ---------------------------------------------------------------------------------------------
 
 
 def reader_for(promotion: PromotionSpec):

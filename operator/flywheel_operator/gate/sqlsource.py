@@ -10,7 +10,8 @@ rules (gate.store) to it, in event order:
 - every engagement from that event on counts in that arm (intention to treat); a later event naming the other
   arm makes the user a crossover;
 - depth, responses and guardrail events are summed per user, then per arm with their squares and cross
-  products; a user is engaged when active (turns > 0) on at least `engaged_min_days` distinct days.
+  products, and so is each user's log(1 + depth) in whole units of 1/65536 (the exporter's integers); a user is
+  engaged when active (turns > 0) on at least `engaged_min_days` distinct days.
 
 So the exporter and the query give the same `ArmStats` for the same events (tests/gate/test_sql_source.py):
 "in event order" is `event_time` order, and the events of a user at the very instant of the event that created
@@ -36,6 +37,7 @@ from pydantic import ValidationError
 from flywheel_operator.api import ArmStats, OnlineReading
 from flywheel_operator.api.durations import parse_duration
 from flywheel_operator.api.models import PromotionSpec, SqlSource
+from flywheel_operator.gate.store import log_depth_sums
 
 ARMS = ("control", "treatment")
 SPARK_SCHEMES = ("spark://", "sc://", "k8s://", "local", "yarn")
@@ -98,7 +100,9 @@ users AS (
         {guardrail_names}
         days,
         CASE WHEN c % 2 = 1 THEN named_control ELSE named_treatment END AS crossed,
-        last_ts
+        last_ts,
+        -- the user's log(1 + depth) in whole units of 1/65536, as the exporter counts it (gate.store)
+        CAST(FLOOR(LN(1 + CAST(depth AS DOUBLE)) * 65536 + 0.5) AS BIGINT) AS lu
     FROM per_user
 )
 SELECT
@@ -115,7 +119,9 @@ SELECT
     {guardrail_totals}
     SUM(adopted) AS adopted,
     SUM(crossed) AS crossed,
-    MAX(last_ts) AS last_event
+    MAX(last_ts) AS last_event,
+    SUM(lu) AS depth_log_units,
+    SUM(lu * lu) AS depth_log_units_squared
 FROM users
 GROUP BY b
 ORDER BY b
@@ -370,7 +376,8 @@ def reading_from_rows(
                 values[10:],
             )
             per_guardrail = rest[: 3 * len(guardrails)]
-            adopted, crossed_arm, last_event = rest[3 * len(guardrails) :]
+            adopted, crossed_arm, last_event, log_units, log_squares = rest[3 * len(guardrails) :]
+            log_sum, log_sum_squares = log_depth_sums(_whole_units(log_units), _whole_units(log_squares))
             sums = {
                 name: tuple(_number(v) for v in per_guardrail[3 * i : 3 * i + 3]) for i, name in enumerate(guardrails)
             }
@@ -388,6 +395,8 @@ def reading_from_rows(
                 guardrail_sum_squares={name: s[1] for name, s in sums.items()},
                 guardrail_cross_sums={name: s[2] for name, s in sums.items()},
                 adopted_users=_count(adopted),
+                depth_log_sum=log_sum,
+                depth_log_sum_squares=log_sum_squares,
             )
             crossed += _count(crossed_arm)
             moment = _moment(last_event)
@@ -421,6 +430,18 @@ def _count(value: Any) -> int:
     if number < 0 or number != round(number):
         raise ValueError(f"a count is {value}, not a whole number")
     return round(number)
+
+
+def _whole_units(value: Any) -> int:
+    """An integer sum of log-depth units, exactly as the engine returned it (an int, a HUGEINT, a Decimal)."""
+    if value is None:
+        return 0
+    if isinstance(value, float):
+        return _count(value)
+    number = int(value)
+    if number < 0 or number != value:
+        raise ValueError(f"a log-depth sum is {value}, not a whole number of units")
+    return number
 
 
 def _moment(value: Any) -> datetime | None:

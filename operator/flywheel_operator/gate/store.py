@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Iterable
@@ -31,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from flywheel_operator.api import ArmStats
+from flywheel_operator.api.readings import LOG_DEPTH_UNIT
 from flywheel_operator.gate.events import EngagementEvent, Event, ExposureEvent, parse_event
 
 LOG = logging.getLogger("flywheel.exporter")
@@ -49,6 +51,25 @@ MAX_USER_DEPTH = 10**12
 """Most turns one user may accumulate: depth² stays an exact, finite float, so applying a checked event cannot fail
 half-way."""
 """Active day of a user whose turns so far came without `day`: one day, not yet known which."""
+
+
+# --- issue 25: the log-scale depth sums (h25) ---------------------------------------------------------------
+LOG_UNITS = round(1 / LOG_DEPTH_UNIT)
+"""Units of log(1 + depth) per 1 (65536): the log-scale sums are whole numbers of units, so they are exact."""
+
+
+def log_depth_units(depth: float) -> int:
+    """A user's log(1 + depth) in whole units of 1/65536 (rounded half up). The SQL source computes the same
+    `FLOOR(LN(1 + depth) * 65536 + 0.5)` (gate.sqlsource), so both give the same integers."""
+    return math.floor(math.log(1.0 + depth) * LOG_UNITS + 0.5)
+
+
+def log_depth_sums(units: int, squared_units: int) -> tuple[float, float]:
+    """(Σ log(1 + depth), Σ log(1 + depth)²) from the integer sums of units and squared units."""
+    return float(units) * LOG_DEPTH_UNIT, float(squared_units) * LOG_DEPTH_UNIT * LOG_DEPTH_UNIT
+
+
+# --- end issue 25 -------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -79,6 +100,10 @@ class ArmTotals:
     per_user_sums: bool = True
     """False for totals loaded from a snapshot written before the per-user guardrail sums existed: they cannot be
     rebuilt, so they are not exported (the gate falls back to per-response variances)."""
+    depth_log_units: int = 0
+    """Σ over users of log(1 + depth) in units of 1/65536 (`log_depth_units`), kept exact as depths grow."""
+    depth_log_units_squared: int = 0
+    """Σ over users of (the user's `log_depth_units`)²."""
 
     def to_arm_stats(self) -> ArmStats:
         return ArmStats(
@@ -95,7 +120,17 @@ class ArmTotals:
             guardrail_sum_squares=dict(self.guardrail_sum_squares) if self.per_user_sums else {},
             guardrail_cross_sums=dict(self.guardrail_cross_sums) if self.per_user_sums else {},
             adopted_users=self.adopted,
+            depth_log_sum=log_depth_sums(self.depth_log_units, self.depth_log_units_squared)[0],
+            depth_log_sum_squares=log_depth_sums(self.depth_log_units, self.depth_log_units_squared)[1],
         )
+
+    def add_depth(self, before: int, after: int) -> None:
+        """A user's depth went from `before` to `after`: the log-scale sums move by the difference of that
+        user's terms (integers: no rounding accumulates over millions of updates)."""
+        if after != before:
+            old, new = log_depth_units(before), log_depth_units(after)
+            self.depth_log_units += new - old
+            self.depth_log_units_squared += new * new - old * old
 
 
 @dataclass
@@ -223,6 +258,7 @@ class EngagementStore:
             totals.engaged += 1
         totals.depth_sum += event.turns
         totals.depth_sum_squares += after * after - before * before
+        totals.add_depth(before, after)
         totals.pre_cross_sum += user.pre * event.turns
         user.depth = after
         totals.responses += event.served
@@ -341,11 +377,26 @@ class EngagementStore:
         return store
 
     def _load_arms(self, rows: list[dict]) -> None:
+        rebuild = []
         for row in rows:
             row = dict(row)
             row.setdefault("per_user_sums", "responses_sum_squares" in row)  # older snapshots lack them
             key = (row.pop("generation"), row.pop("arm"))
+            if "depth_log_units" not in row:
+                rebuild.append(key)
             self.arms[key] = ArmTotals(**row)
+        for generation, arm in rebuild:  # a snapshot from before the log-scale sums: rebuilt from the users' depths
+            rebuild_log_sums(
+                self.arms[(generation, arm)], (u.depth for u in self.users.get(generation, {}).values() if u.arm == arm)
+            )
+
+
+def rebuild_log_sums(totals: ArmTotals, depths: Iterable[int]) -> None:
+    """The log-scale sums of totals saved before they existed, from the arm's users' depths: every user's depth
+    is kept, so they come out exactly as if they had been counted all along."""
+    units = [log_depth_units(depth) for depth in depths]
+    totals.depth_log_units = sum(units)
+    totals.depth_log_units_squared = sum(u * u for u in units)
 
 
 def _replay(store: EngagementStore, record: object, journal: Path) -> bool:
@@ -589,8 +640,14 @@ class SqliteStore:
             self.experiment_ids[key] = ident
             self.crossovers[key] = crossovers
         names = {ident: key for key, ident in self.experiment_ids.items()}
-        for ident, arm, totals in self._db.execute("SELECT experiment, arm, totals FROM arms"):
-            self.arms[(names[ident], arm)] = ArmTotals(**json.loads(totals))
+        for ident, arm, totals in self._db.execute("SELECT experiment, arm, totals FROM arms").fetchall():
+            row = json.loads(totals)
+            self.arms[(names[ident], arm)] = ArmTotals(**row)
+            if "depth_log_units" not in row:  # written before the log-scale sums: rebuilt from the users' depths
+                depths = self._db.execute(
+                    "SELECT depth FROM users WHERE experiment = ? AND arm = ?", (ident, _ARMS.index(arm))
+                )
+                rebuild_log_sums(self.arms[(names[ident], arm)], (int(depth) for (depth,) in depths))
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         if path is not None and checkpoint_every > 0:

@@ -52,11 +52,11 @@ OnlineReader = Callable[[FlywheelGeneration, datetime], Awaitable[OnlineReading]
 async def prometheus_reader(generation: FlywheelGeneration, now: datetime) -> OnlineReading:
     """The gate's reader (PromQL, or SQL with promotion.source.sql; both blocking) in a worker thread; with the
     canary's revisions known, it also reads KServe's serving metrics for the hard SRE guardrails (issue 25)."""
-    from flywheel_operator.gate.readers import reader_for, serving_revisions
+    from flywheel_operator.gate.readers import frozen_promotion, reader_for, serving_revisions
 
     canary = (generation.status or {}).get("canary") or {}
     revisions = serving_revisions(canary.get("mode", ""), canary.get("revisions") or {})
-    reader = reader_for(generation.spec.promotion)
+    reader = reader_for(frozen_promotion(generation.spec.promotion, generation.status))  # the frozen plan's queries
     return await asyncio.to_thread(
         reader.read,
         generation=generation.metadata.name,
