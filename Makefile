@@ -9,7 +9,7 @@ export TRL_EXPERIMENTAL_SILENCE := 1
 export TOKENIZERS_PARALLELISM := false
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup tools run test lint crd docs bench clean
+.PHONY: setup tools run test lint crd docs bench mutation clean
 
 setup: $(STAMP)
 
@@ -65,7 +65,13 @@ crd: setup
 	@$(VENV)/bin/flywheel docs api > docs/api.md
 
 bench: setup
-	@for b in bench/*.py; do $(PY) $$b || exit 1; done
+	@for b in bench/*.py; do [ $$b = bench/mutation.py ] || $(PY) $$b || exit 1; done
+
+# Mutation testing of the modules that decide what users get (bench/mutation.py: mutmut, each module against its own
+# test folder) → bench/results/mutation.json; about an hour on 2 idle cores, so not part of `make test` or `make bench`.
+# MUTATION_ARGS="--only gate/stats.py" runs one module, "--rerun-survivors" re-tests the survivors after new tests.
+mutation: setup
+	@nice -n 10 $(PY) bench/mutation.py $(MUTATION_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .hypothesis
