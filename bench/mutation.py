@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -92,6 +94,34 @@ STATUS = {  # mutmut.stats.status_by_exit_code, folded into the result's categor
     "not checked": "not_checked",
     "check was interrupted by user": "not_checked",
 }
+
+
+def sampled(mutant: str, rate: float) -> bool:
+    """A stable sample of the mutants: a mutant is in it when the hash of its name falls below `rate`, so the same
+    mutants are drawn on every run and a sample is not biased towards the fast ones (mutmut runs those first)."""
+    if rate >= 1.0:
+        return True
+    digest = hashlib.sha256(mutant.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < rate
+
+
+MIN_SAMPLE = 80
+"""With --sample, each module draws at least this many mutants (all of a smaller module)."""
+
+
+def module_rate(total: int, rate: float) -> float:
+    """The share of a module's `total` mutants drawn: `rate`, raised to reach MIN_SAMPLE."""
+    return 1.0 if rate >= 1.0 or total <= MIN_SAMPLE else max(rate, MIN_SAMPLE / total)
+
+
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """95 % Wilson interval of a share: the score of a sample of mutants estimates the score of all of them."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
 
 
 # ------------------------------------------------------------------------------------------------- layout
@@ -226,7 +256,7 @@ def _match(entries: list[dict], module: str, function: str, before: str, after: 
     return None
 
 
-def _summarise(group: Group, module: str, equivalents: list[dict], used: set[int]) -> dict:
+def _summarise(group: Group, module: str, equivalents: list[dict], used: set[int], rate: float = 1.0) -> dict:
     work = WORK / group.name
     meta = _meta(work, module)
     if not meta:
@@ -237,7 +267,9 @@ def _summarise(group: Group, module: str, equivalents: list[dict], used: set[int
     counts = dict.fromkeys(("killed", "survived", "timeout", "equivalent", "suspicious", "skipped", "not_checked"), 0)
     survivors, equivalent, timeouts = [], [], []
     seconds = 0.0
-    for mutant, code in sorted(meta["exit_code_by_key"].items(), key=lambda kv: _natural(kv[0])):
+    rate = module_rate(len(meta["exit_code_by_key"]), rate)
+    drawn = {k: v for k, v in meta["exit_code_by_key"].items() if sampled(k, rate)}
+    for mutant, code in sorted(drawn.items(), key=lambda kv: _natural(kv[0])):
         status = status_by_exit_code[code]
         category = STATUS.get(status, "suspicious")
         seconds += meta.get("durations_by_key", {}).get(mutant, 0.0) or 0.0
@@ -270,8 +302,11 @@ def _summarise(group: Group, module: str, equivalents: list[dict], used: set[int
         "tests": list(group.tests),
         "run": True,
         "mutants": len(meta["exit_code_by_key"]),
+        "sample_rate": round(rate, 4),
+        "sampled": len(drawn),
         **counts,
         "score": round(counts["killed"] / decided, 4) if decided else None,
+        "score_interval": wilson(counts["killed"], decided) if rate < 1.0 else None,
         "test_seconds": round(seconds, 1),
         "survivors": survivors,
         "equivalents": equivalent,
@@ -332,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results and test every mutant")
     parser.add_argument("--rerun-survivors", action="store_true", help="test earlier survivors again (new tests)")
+    parser.add_argument("--sample", type=float, default=1.0,
+                        help="test a stable share of each module's mutants (e.g. 0.1) and report the score's interval")
     parser.add_argument("--hand-only", action="store_true", help="only the hand-made mutations")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: summarise the kept results")
     parser.add_argument("--no-hand", action="store_true", help="skip the hand-made mutations")
     parser.add_argument("--log", default=str(WORK / "mutation.log"), help="where mutmut's output goes")
     args = parser.parse_args(argv)
@@ -342,29 +380,39 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--only: unknown module(s) {unknown}; known: {sorted(known)}")
     WORK.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(RESULT.read_text()) if RESULT.exists() else {}
-    walls = {g: previous.get("groups", {}).get(g, {}) for g in (g.name for g in GROUPS)}
-    started = time.monotonic()
+    walls: dict[str, dict] = {}
+    runs: list[dict] = []
     with open(args.log, "a") as log:
-        if not args.hand_only:
+        if not (args.hand_only or args.report_only):
             for group in GROUPS:
                 modules = [m for m in group.modules if not only or m in only]
                 if not modules:
                     continue
                 work = _prepare(group, fresh=args.fresh)
                 names = [f"{_module_name(m)}.*" for m in modules] if only else []
-                if args.rerun_survivors:
-                    names = _rerun_names(group, modules) or names
                 t0 = time.monotonic()
+                if args.sample < 1.0 or args.rerun_survivors:
+                    if not all(_meta(work, m) for m in modules):  # generate the mutants (a name nothing matches)
+                        _mutmut(work, ["run", f"{_module_name(modules[0])}.x_generate_only__mutmut_0"], log)
+                    names = _pending_names(group, modules, args.sample, survivors=args.rerun_survivors)
+                    if not names:
+                        continue
                 code = _mutmut(work, ["run", "--max-children", str(args.max_children), *names], log)
                 walls[group.name] = {"wall_seconds": round(time.monotonic() - t0, 1), "modules": modules,
                                      "exit_code": code}
+                runs.append({"group": group.name, "mutants": names[:3] + (["…"] if len(names) > 3 else []),
+                             "max_children": args.max_children,
+        "sample": args.sample, **walls[group.name]})
                 print(f"{group.name}: mutmut exited {code} after {walls[group.name]['wall_seconds']:.0f} s "
                       f"({', '.join(modules)})", flush=True)
-        hand = previous.get("hand", []) if args.no_hand else run_hand(log)
+        hand = None if args.no_hand or args.report_only else run_hand(log)
+    previous = json.loads(RESULT.read_text()) if RESULT.exists() else {}  # read late: runs may overlap
+    hand = hand if hand is not None else previous.get("hand", [])
+    walls = {**previous.get("groups", {}), **walls}
+    runs = ([] if args.fresh else previous.get("runs", [])) + runs
     equivalents = _load_equivalents()
     used: set[int] = set()
-    modules = {m: _summarise(g, m, equivalents, used) for g in GROUPS for m in g.modules}
+    modules = {m: _summarise(g, m, equivalents, used, args.sample) for g in GROUPS for m in g.modules}
     stale = [e for e in equivalents if id(e) not in used]
     killed = sum(r.get("killed", 0) for r in modules.values())
     survived = sum(r.get("survived", 0) for r in modules.values())
@@ -374,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "pytest_args": PYTEST_ARGS,
         "max_children": args.max_children,
-        "wall_seconds": round(time.monotonic() - started, 1),
+        "sample": args.sample,
+        "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+        "runs": runs,
         "groups": walls,
         "score": round(killed / (killed + survived), 4) if killed + survived else None,
         "target": TARGET,
@@ -386,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     for module, row in modules.items():
         if row.get("run"):
             print(f"{module:22s} killed {row['killed']:4d}  survived {row['survived']:4d}  timeout {row['timeout']:3d}"
-                  f"  equivalent {row['equivalent']:3d}  score {row['score']}")
+                  f"  equivalent {row['equivalent']:3d}  not checked {row['not_checked']:4d}  score {row['score']}")
         else:
             print(f"{module:22s} not run")
     for row in hand:
@@ -395,14 +445,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _rerun_names(group: Group, modules: list[str]) -> list[str]:
-    """The earlier survivors (and unchecked mutants) of `modules`: mutmut keeps old verdicts unless named."""
+def _pending_names(group: Group, modules: list[str], rate: float, *, survivors: bool) -> list[str]:
+    """The sampled mutants of `modules` not checked yet (and with `survivors`, the earlier survivors: mutmut keeps
+    old verdicts unless a mutant is named)."""
     from mutmut.stats import status_by_exit_code
 
+    again = ("not checked",) + (("survived", "no tests", "timeout", "suspicious") if survivors else ())
     names = []
     for module in modules:
-        for mutant, code in _meta(WORK / group.name, module).get("exit_code_by_key", {}).items():
-            if status_by_exit_code[code] in ("survived", "no tests", "not checked", "timeout", "suspicious"):
+        codes = _meta(WORK / group.name, module).get("exit_code_by_key", {})
+        share = module_rate(len(codes), rate)
+        for mutant, code in codes.items():
+            if sampled(mutant, share) and status_by_exit_code[code] in again:
                 names.append(mutant)
     return names
 
