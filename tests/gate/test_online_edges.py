@@ -1,0 +1,62 @@
+"""evaluate_online and the frozen plan at their edges (issue 31: mutants `make mutation` found surviving): the
+fields a live edit is reported by, a metric frozen after a counter reset, and the plan's schedule."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flywheel_operator.api import CanarySpec, Guardrail, PromotionSpec
+from flywheel_operator.gate import decision_plan, evaluate_online, plan_edits
+
+from tests.gate.arms import NOW, exact_arm, plan_of, reading
+
+DAY = timedelta(days=1)
+CANARY = CanarySpec(inference_service="chat", traffic_percent=10, min_duration="1d", max_duration="7d")
+
+
+def test_plan_edits_name_the_promotion_fields_and_canary_timings_in_camel_case() -> None:
+    promotion = PromotionSpec()
+    plan = decision_plan(promotion, CANARY, now=NOW)
+    assert plan_edits(plan, promotion, CANARY) == []
+    edited = promotion.model_copy(update={"alpha": 0.1, "min_depth_lift": 0.02, "look_every": "12h"})
+    canary = CANARY.model_copy(update={"max_duration": "5d", "traffic_percent": 20})
+    assert plan_edits(plan, edited, canary) == [
+        "canary.maxDuration",
+        "canary.trafficPercent",
+        "lookEvery",
+        "promotion.alpha",
+        "promotion.lookEvery",
+        "promotion.minDepthLift",
+    ]
+    # where the statistics come from is not a decision setting
+    moved = promotion.model_copy(update={"prometheus_url": "http://elsewhere:9090"})
+    assert plan_edits(plan, moved, CANARY) == []
+    fewer = promotion.model_copy(update={"guardrails": [Guardrail(name="errors", margin=0.005)]})
+    assert plan_edits(plan, fewer, CANARY) == ["promotion.guardrails"]
+
+
+def test_the_schedule_has_a_look_every_look_every_and_one_at_max_duration() -> None:
+    plan = decision_plan(PromotionSpec(look_every="2d"), CANARY, now=NOW)
+    assert plan.schedule_hours == [48.0, 96.0, 144.0, 168.0] and plan.look_every == "2d"
+    default = decision_plan(PromotionSpec(), CANARY, now=NOW)
+    assert len(default.schedule_hours) == 28 and default.look_every == "6h" and default.schedule_hours[-1] == 168.0
+    odd = decision_plan(PromotionSpec(look_every="90m"), CANARY.model_copy(update={"max_duration": "4h"}), now=NOW)
+    assert odd.schedule_hours == [1.5, 3.0, 4.0] and odd.look_every == "90m"
+
+
+def test_breadth_is_frozen_at_its_last_interval_after_a_counter_reset() -> None:
+    """After an exporter restart breadth cannot be stitched: its verdict keeps the carried interval, with the
+    interval's midpoint as the reported lift."""
+    spec = PromotionSpec(novelty_window="0d")
+    plan = plan_of(spec)
+    first = evaluate_online(plan, reading(exact_arm(20_000), exact_arm(20_000, engaged=0.52)), elapsed=2 * DAY,
+                            previous=None, now=NOW)
+    lower, upper = first.numbers["breadth.lower"], first.numbers["breadth.upper"]
+    reset = evaluate_online(plan, reading(exact_arm(300), exact_arm(300)), elapsed=2 * DAY + timedelta(hours=1),
+                            previous=first, now=NOW)
+    assert reset.outcome == "CONTINUE" and reset.numbers["counter_resets"] == 1.0
+    after = evaluate_online(plan, reading(exact_arm(3_000), exact_arm(3_000)), elapsed=3 * DAY, previous=reset, now=NOW)
+    breadth = next(c for c in after.checks if c.name == "breadth")
+    assert breadth.value == pytest.approx((lower + upper) / 2)
+    assert after.numbers["breadth.lower"] == lower and after.numbers["breadth.upper"] == upper
