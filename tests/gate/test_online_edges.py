@@ -60,3 +60,63 @@ def test_breadth_is_frozen_at_its_last_interval_after_a_counter_reset() -> None:
     breadth = next(c for c in after.checks if c.name == "breadth")
     assert breadth.value == pytest.approx((lower + upper) / 2)
     assert after.numbers["breadth.lower"] == lower and after.numbers["breadth.upper"] == upper
+
+
+def test_checks_carry_the_lift_and_the_limits_they_were_judged_by() -> None:
+    spec = PromotionSpec(novelty_window="0d", min_depth_lift=0.02, min_breadth_lift=0.01)
+    decision = evaluate_online(plan_of(spec), reading(exact_arm(), exact_arm(depth=4.4)), elapsed=3 * DAY,
+                               previous=None, now=NOW)
+    checks = {c.name: c for c in decision.checks}
+    assert checks["depth"].value == decision.numbers["depth.lift"]
+    assert checks["breadth"].value == decision.numbers["breadth.lift"]
+    assert checks["depth"].limit.startswith("at a scheduled look z(lift − 2.00%) ≥ the efficacy boundary to win")
+    assert checks["breadth"].limit.startswith("at a scheduled look z(lift − 1.00%)")
+    assert checks["guardrail.errors"].limit == "upper bound < 0.005"
+    assert checks["guardrail.errors"].value == decision.numbers["guardrail.errors.difference"]
+    # between scheduled looks (the first is at 6h) the limits still name the minimum lifts
+    early = evaluate_online(plan_of(spec), reading(exact_arm(), exact_arm(depth=4.4)), elapsed=timedelta(hours=3),
+                            previous=None, now=NOW)
+    assert {c.name: c for c in early.checks}["breadth"].limit.startswith("at a scheduled look z(lift − 1.00%)")
+
+
+def test_breadth_promotes_with_the_z_of_its_efficacy_bound_over_the_minimum() -> None:
+    """Breadth's z is (efficacy lower bound − minBreadthLift) / SE: reported in the PROMOTE reason."""
+    spec = PromotionSpec(novelty_window="0d", min_breadth_lift=0.05)
+    decision = evaluate_online(plan_of(spec), reading(exact_arm(), exact_arm(engaged=0.6)), elapsed=3 * DAY,
+                               previous=None, now=NOW)
+    assert decision.outcome == "PROMOTE", decision.reasons
+    z = (decision.numbers["breadth.efficacy.lower"] - 0.05) / decision.numbers["breadth.lift_se"]
+    assert f"breadth lift +20.00%, z = {z:.2f} ≥ boundary 0.00 against the minimum lift 5.00%" in decision.reasons[0]
+
+
+def test_cuped_needs_all_three_covariate_sums() -> None:
+    arm = exact_arm(5_000).model_copy(update={"pre_sum": 15_000.0, "pre_sum_squares": 60_000.0})
+    decision = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(arm, arm), elapsed=3 * DAY,
+                               previous=None, now=NOW)
+    assert "depth.cuped_theta" not in decision.numbers and "depth.lift" in decision.numbers
+
+
+def test_a_guardrail_without_per_user_sums_is_refused_with_the_fix() -> None:
+    arm = exact_arm(5_000).model_copy(update={"guardrail_cross_sums": {}})
+    decision = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(arm, arm), elapsed=3 * DAY,
+                               previous=None, now=NOW)
+    refused = [r for r in decision.reasons if r.startswith("guardrail errors is refused")]
+    assert refused == [
+        "guardrail errors is refused: the reading lacks its per-user sums (guardrailCrossSums[errors]), so a user "
+        "who repeats a failure would count as many independent ones; fix: upgrade the exporter "
+        "(flywheel_responses_squared_total, flywheel_guardrail_events_squared_total, "
+        "flywheel_guardrail_events_cross_total) or set promotion.queries.responsesSumSquares, guardrailSumSquares "
+        "and guardrailCrossSum"
+    ]
+
+
+def test_an_interval_that_contradicts_a_one_sided_carried_bound_stops_the_gate_in_words() -> None:
+    first = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(exact_arm(), exact_arm()),
+                            elapsed=2 * DAY, previous=None, now=NOW)
+    numbers = {k: v for k, v in first.numbers.items() if k != "depth.upper"}
+    numbers["depth.lower"] = 5.0  # carried: depth is at least +500 % (and no upper bound was carried)
+    previous = first.model_copy(update={"numbers": numbers})
+    decision = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(exact_arm(), exact_arm()),
+                               elapsed=3 * DAY, previous=previous, now=NOW)
+    assert decision.outcome == "INCONCLUSIVE"
+    assert "before [+5.0000, +inf]" in decision.reasons[0], decision.reasons

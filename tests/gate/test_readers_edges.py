@@ -4,6 +4,7 @@ the serving windows of an idle or unknown revision, and the local reader's words
 from __future__ import annotations
 
 import httpx
+import pytest
 from flywheel_operator.gate.readers import PrometheusReader, read_local
 from flywheel_operator.gate.store import EngagementStore
 
@@ -78,3 +79,74 @@ def test_a_revision_not_known_is_reported_per_guardrail() -> None:
 def test_the_local_reader_names_the_arms_without_users() -> None:
     empty = read_local(EngagementStore(), generation="gen2", now=NOW)
     assert empty.error == "no user exposed to control and treatment of 'gen2' yet" and not empty.has_data
+
+
+def scripted(answers_: list[httpx.Response], seen: list[httpx.Request]) -> PrometheusReader:
+    """A reader whose Prometheus gives `answers_` in turn (then the last one again)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return answers_[min(len(seen) - 1, len(answers_) - 1)]
+
+    client = httpx.Client(base_url=SPEC.prometheus_url, transport=httpx.MockTransport(handle))
+    return PrometheusReader(SPEC, client=client, sleep=lambda _: None, timeout=7.0)
+
+
+def ask(prometheus: PrometheusReader, query: str) -> float:
+    assert prometheus.client is not None
+    return prometheus._value(prometheus.client, query, NOW)
+
+
+def vector(*values: float) -> httpx.Response:
+    result = [{"metric": {}, "value": [NOW.timestamp(), str(v)]} for v in values]
+    return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": result}})
+
+
+def test_a_query_sends_its_time_and_timeout_and_retries_a_500() -> None:
+    seen: list[httpx.Request] = []
+    value = ask(scripted([httpx.Response(500, text="busy"), vector(3.0)], seen), "up")
+    assert value == 3.0 and len(seen) == 2
+    assert seen[0].url.params["timeout"] == "7s" and seen[0].url.params["time"] == f"{NOW.timestamp():.3f}"
+    assert seen[0].url.path == "/api/v1/query" and seen[0].url.params["query"] == "up"
+
+
+def test_errors_are_no_data_with_prometheus_words() -> None:
+    from flywheel_operator.gate.readers import NoData
+
+    long = "x" * 300
+    with pytest.raises(NoData) as error:
+        ask(scripted([httpx.Response(503, text=long)], []), "up")
+    assert str(error.value) == f"Prometheus answered 503: {'x' * 200} (after 3 attempts)"
+    bad = httpx.Response(400, json={"status": "error", "errorType": "bad_data", "error": "parse error at 3"})
+    with pytest.raises(NoData) as error:
+        ask(scripted([bad], []), "up(")
+    assert str(error.value) == "query 'up(' failed: bad_data: parse error at 3"
+    with pytest.raises(NoData, match="returned 2 series; the template must aggregate to one"):
+        ask(scripted([vector(1.0, 2.0)], []), "up")
+
+
+def test_a_scalar_answer_is_read() -> None:
+    scalar = httpx.Response(200, json={"status": "success", "data": {"resultType": "scalar",
+                                                                      "result": [NOW.timestamp(), "42"]}})
+    assert ask(scripted([scalar], []), "scalar(up)") == 42.0
+
+
+def test_a_fractional_engaged_count_is_named() -> None:
+    table: dict[str, object] = dict(answers())
+    table[SPEC.queries.engaged.format(arm="control", generation="gen2", namespace="ns")] = 600.5
+    got = reader(table).read(generation="gen2", namespace="ns", now=NOW)
+    assert got.error == "engaged = 600.5 is not a non-negative whole count; check the query template"
+
+
+def test_without_a_client_the_reader_opens_one_on_the_promotion_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[dict] = []
+    real = httpx.Client
+
+    def client(**kwargs: object) -> httpx.Client:
+        opened.append(kwargs)
+        return real(transport=transport(answers()), **kwargs)
+
+    monkeypatch.setattr(httpx, "Client", client)
+    got = PrometheusReader(SPEC, timeout=4.0).read(generation="gen2", namespace="ns", now=NOW)
+    assert got.has_data, got.error
+    assert opened == [{"base_url": SPEC.prometheus_url, "timeout": 4.0}]
