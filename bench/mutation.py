@@ -251,11 +251,15 @@ def _load_equivalents() -> list[dict]:
     return entries
 
 
-def _match(entries: list[dict], module: str, function: str, before: str, after: str) -> dict | None:
+def _match(entries: list[dict], module: str, function: str, diff: str) -> dict | None:
+    """The entry of this mutant: same module, function and changed lines, and (when the entry names a `context`:
+    a line the same text occurs on elsewhere in the function) that unchanged line next to the change."""
+    before, after = _changed_lines(diff)
+    context = {line[1:].strip() for line in diff.splitlines() if line.startswith(" ")}
     for entry in entries:
         if (entry["module"], entry["function"], entry["before"].strip(), entry["after"].strip()) == (
             module, function, before, after,
-        ):  # fmt: skip
+        ) and (not entry.get("context") or entry["context"].strip() in context):  # fmt: skip
             return entry
     return None
 
@@ -281,7 +285,7 @@ def _summarise(group: Group, module: str, equivalents: list[dict], used: set[int
             counts[category] += 1
             continue
         diff = _diff(work, mutant, module)
-        before, after = _changed_lines(diff)
+        before, _ = _changed_lines(diff)
         function = _function_of(mutant)
         row = {
             "id": mutant,
@@ -290,7 +294,7 @@ def _summarise(group: Group, module: str, equivalents: list[dict], used: set[int
             "status": status,
             "diff": diff,
         }
-        entry = _match(equivalents, module, function, before, after) if category == "survived" else None
+        entry = _match(equivalents, module, function, diff) if category == "survived" else None
         if entry is not None:
             used.add(id(entry))
             counts["equivalent"] += 1

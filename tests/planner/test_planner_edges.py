@@ -1,0 +1,64 @@
+"""The planner at its edges (issue 31: mutants `make mutation` found surviving or unreached in planner/core.py):
+a permanent stage failure, the LIFT column, and the divergence alarm recorded in the status."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flywheel_operator.api import OnlineReading
+from flywheel_operator.planner.observed import CanaryObservation, JobObservation
+
+from tests.planner.harness import World, arm, generation, reading
+
+
+def test_a_permanent_failure_fails_the_stage_at_once_whatever_attempts_are_left() -> None:
+    world = World(generation())
+    world.step()
+    world.jobs["gen2-curate-1"] = JobObservation(
+        name="gen2-curate-1", state="Failed", message="config: unknown field 'bogus'", permanent=True
+    )
+    result = world.step()
+    record = next(r for r in result.status.stages if r.name == "curate")
+    assert record.state == "Failed" and record.attempts == 1 and record.finished_at == world.now
+    assert record.message == "config: unknown field 'bogus' (a permanent error: not retried)"
+    assert result.status.phase == "Failed" and result.status.decision.outcome == "FAIL"
+    assert [e.reason for e in result.events][:2] == ["StageFailed", "GenerationFailed"]
+    assert "failed for good: config: unknown field 'bogus' (a permanent error: not retried)" in result.events[0].message
+    assert "gen2-curate-2" not in world.created
+
+
+def observing(**offline: object) -> World:
+    world = World(generation())
+    world.train_through(**offline)
+    world.canary = CanaryObservation(ready=True)
+    world.step()
+    return world
+
+
+def test_the_lift_column_shows_depth_then_breadth() -> None:
+    world = observing()
+    world.advance(timedelta(hours=6))
+    world.online = reading(world.now, lift=0.04, users=20_000)
+    result = world.step()
+    depth, breadth = (result.status.online.decision.numbers[f"{m}.lift"] for m in ("depth", "breadth"))
+    assert result.status.lift == f"depth {depth:+.1%} breadth {breadth:+.1%}"
+    few = observing()
+    few.advance(timedelta(hours=6))
+    few.online = OnlineReading(at=few.now, control=arm(270, 100, 4.0), treatment=arm(30, 10, 4.0))
+    assert few.step().status.lift is None  # no lift is judged below minUsersPerArm: no column
+
+
+def test_a_high_offline_win_rate_that_users_did_not_confirm_is_recorded_at_the_end() -> None:
+    """The V12 alarm: the offline reward model liked the candidate (0.6 win rate), users showed no lift; the canary
+    ends and the status keeps the failed divergence check next to a Warning Event."""
+    world = observing(win_rate_user=0.6)
+    for _ in range(8):
+        world.advance(timedelta(days=1))
+        world.online = reading(world.now, lift=0.0, users=40_000)
+        result = world.step()
+        if result.status.phase in ("RolledBack", "Promoted"):
+            break
+    divergence = world.status.online.divergence
+    assert world.status.phase == "RolledBack" and divergence is not None and not divergence.passed
+    assert divergence.name == "offline-online-divergence"
+    assert any(e.reason == "OfflineOnlineDivergence" for e in result.events)
