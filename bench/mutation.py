@@ -146,7 +146,7 @@ def _prepare(group: Group, *, fresh: bool) -> Path:
         shutil.copy2(ROOT / "tests" / name, tests / name)
     for folder in sorted(p for p in (ROOT / "tests").iterdir() if p.is_dir() and p.name != "__pycache__"):
         (tests / folder.name).symlink_to(folder, target_is_directory=True)  # helpers cross folders (manifests.py)
-    for name in ("docs", "examples", "crds", "charts"):
+    for name in ("docs", "examples", "crds", "charts", "scripts"):
         if not (work / name).is_symlink():
             (work / name).symlink_to(ROOT / name, target_is_directory=True)
     if (work / "mutants" / "tests").exists():  # mutmut copies tests/ over an old copy: start it afresh
@@ -161,7 +161,7 @@ def _prepare(group: Group, *, fresh: bool) -> Path:
         "pytest_add_cli_args": PYTEST_ARGS,
         "pytest_add_cli_args_test_selection": list(group.tests),
         "use_git_change_detection": False,
-        "also_copy": ["docs", "examples", "crds", "charts"],  # files the tests read next to tests/
+        "also_copy": ["docs", "examples", "crds", "charts", "scripts"],  # files the tests read next to tests/
     }
     text = "[tool.pytest.ini_options]\n" + _toml_table(pytest_ini) + "\n[tool.mutmut]\n" + _toml_table(config)
     (work / "pyproject.toml").write_text(text)

@@ -62,3 +62,25 @@ def test_a_high_offline_win_rate_that_users_did_not_confirm_is_recorded_at_the_e
     assert world.status.phase == "RolledBack" and divergence is not None and not divergence.passed
     assert divergence.name == "offline-online-divergence"
     assert any(e.reason == "OfflineOnlineDivergence" for e in result.events)
+
+
+def test_the_end_of_a_canary_is_announced_by_its_event() -> None:
+    won = observing()
+    for day in range(1, 8):
+        won.advance(timedelta(days=1))
+        won.online = reading(won.now, lift=0.10, users=20_000 * day)
+        result = won.step()
+        if result.status.phase == "Promoted":
+            break
+    promoted = [e for e in result.events if e.reason == "Promoted"]
+    assert len(promoted) == 1 and promoted[0].type == "Normal" and promoted[0].message.startswith("promoted: ")
+    lost = observing()
+    for _ in range(8):
+        lost.advance(timedelta(days=1))
+        lost.online = reading(lost.now, lift=-0.15, users=100_000)
+        result = lost.step()
+        if result.status.phase == "RolledBack":
+            break
+    rolled = [e for e in result.events if e.reason == "RolledBack"]
+    assert len(rolled) == 1 and rolled[0].type == "Warning"
+    assert rolled[0].message.startswith("rolled back (ROLL_BACK): ")
