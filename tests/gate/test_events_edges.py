@@ -74,3 +74,21 @@ def test_a_batch_is_all_or_nothing_with_every_bad_lines_number() -> None:
     assert events == [] and [e.split(":")[0] for e in errors] == ["line 2", "line 4"]
     assert errors[0] == "line 2: not JSON: Expecting property name enclosed in double quotes at column 2"
     assert parse_batch("") == ([], [])
+
+
+def test_the_utc_day_ignores_the_machines_timezone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    from datetime import UTC, datetime
+
+    from flywheel_operator.gate.events import utc_day
+
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: late on the 23rd in UTC is the 24th there
+    time.tzset()
+    try:
+        assert utc_day(datetime(2026, 11, 23, 23, 30, tzinfo=UTC)) == 20_780  # days since 1970-01-01
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    with pytest.raises(ValueError) as error:
+        utc_day(datetime(2026, 11, 23))
+    assert str(error.value) == "utc_day needs a timezone-aware datetime, e.g. datetime.now(UTC)"

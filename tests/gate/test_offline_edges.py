@@ -122,3 +122,31 @@ def test_the_ratio_interval_with_a_correlation_is_mover_r() -> None:
     # a positive correlation narrows the interval of a paired ratio
     wide = ratio_interval(p1, p2, (l1, u1), (l2, u2), 0.0)
     assert wide[0] < lower < p1 / p2 < upper < wide[1]
+
+
+def test_the_ratio_interval_when_the_parents_interval_reaches_past_twice_its_mean() -> None:
+    """A rare artifact on few prompts (5 % of 20): the parent's upper limit is more than twice its mean, the
+    quadratic's leading term is negative, and the lower limit is still the MOVER-R root (above 1 here)."""
+    p1, p2 = 0.3, 0.05
+    (l1, u1), (l2, u2) = wilson_interval(p1, 20), wilson_interval(p2, 20)
+    lower, _ = ratio_interval(p1, p2, (l1, u1), (l2, u2), 0.0)
+    a, b, c = u2 * (2 * p2 - u2), p1 * p2, l1 * (2 * p1 - l1)
+    assert a < 0 and lower == pytest.approx((b - math.sqrt(b * b - a * c)) / a) and lower > 1.0
+
+
+def test_a_mean_style_drift_uses_both_models_spreads() -> None:
+    """Emojis per response (a mean, not a share) with both models' spreads: the MOVER-R interval of the ratio,
+    not the older interval of the paired difference."""
+    named, _ = checks(style=STYLE.model_copy(update={"emoji_rate": 0.6}), style_responses=200,
+                      style_sd={"emoji_rate": 0.9}, parent_style_sd={"emoji_rate": 0.8},
+                      style_difference_sd={"emoji_rate": 0.7})
+    drift = named["style-drift.emoji_rate"]
+    own, base = (m - 1.959963984540054 * sd / math.sqrt(200) for m, sd in ((0.6, 0.9), (0.4, 0.8)))
+    r = (0.9**2 + 0.8**2 - 0.7**2) / (2 * 0.9 * 0.8)
+    low, high = ratio_interval(0.6, 0.4, (own, 1.2 - own), (base, 0.8 - base), r)
+    assert drift.interval == pytest.approx([low - 1, high - 1]) and drift.n == 200
+
+
+def test_the_band_check_says_what_it_measured() -> None:
+    band = checks(win_rate_user=0.58, win_rate_user_n=400)[0]["win-rate-band"]
+    assert band.message.startswith("pointwise-RM win rate on user prompts is 0.580 (95 % CI [")

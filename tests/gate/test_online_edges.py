@@ -120,3 +120,14 @@ def test_an_interval_that_contradicts_a_one_sided_carried_bound_stops_the_gate_i
                                elapsed=3 * DAY, previous=previous, now=NOW)
     assert decision.outcome == "INCONCLUSIVE"
     assert "before [+5.0000, +inf]" in decision.reasons[0], decision.reasons
+
+
+def test_the_srm_leaves_adopted_users_out_of_both_arms() -> None:
+    """Users adopted after an exporter restart come back by arm (the better arm brings more back): they are left
+    out of the split test on either side."""
+    control = exact_arm(21_000).model_copy(update={"adopted_users": 1_000})
+    treatment = exact_arm(20_500).model_copy(update={"adopted_users": 500})
+    decision = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(control, treatment),
+                               elapsed=3 * DAY, previous=None, now=NOW)
+    assert decision.numbers["srm.observed_treatment_share"] == 0.5
+    assert next(c for c in decision.checks if c.name == "srm").passed

@@ -161,3 +161,16 @@ def test_the_sequential_srm_by_the_formula_and_its_guards() -> None:
         stats.sequential_srm(-1, 5, 0.5)
     with pytest.raises(ValueError, match="expected treatment share must be in"):
         stats.sequential_srm(5, 5, 1.0)
+
+
+def test_welch_with_single_user_arms() -> None:
+    c, t = stats.Moments(n=30, mean=1.0, variance=2.0), stats.Moments(n=1, mean=2.0, variance=3.0)
+    _, df, _ = stats.welch_test(c, t)
+    assert df == pytest.approx((2.0 / 30 + 3.0) ** 2 / ((2.0 / 30) ** 2 / 29))  # the n = 1 arm adds no term
+    both = stats.welch_test(stats.Moments(n=1, mean=1.0, variance=2.0), stats.Moments(n=1, mean=2.0, variance=3.0))
+    assert both[0] == pytest.approx(1.0 / math.sqrt(5.0)) and both[1] == 0.0  # no degrees of freedom left
+
+
+def test_a_ratio_metric_of_two_users_is_defined() -> None:
+    ratio = stats.ratio_metric(2, 3.0, 5.0, 2.0, 2.0, 3.0)
+    assert ratio.n == 2 and ratio.mean == 1.5
