@@ -84,3 +84,25 @@ def test_the_end_of_a_canary_is_announced_by_its_event() -> None:
     rolled = [e for e in result.events if e.reason == "RolledBack"]
     assert len(rolled) == 1 and rolled[0].type == "Warning"
     assert rolled[0].message.startswith("rolled back (ROLL_BACK): ")
+
+
+def test_a_canary_is_deployed_polled_and_announced_ready() -> None:
+    from flywheel_operator.planner.core import CANARY_POLL
+
+    world = World(generation())
+    world.step()
+    for _ in range(20):
+        result = world.step()
+        if any(e.reason == "CanaryDeploying" for e in result.events):
+            break
+        for child in world.running():
+            world.finish(child)
+    deploying = next(e for e in result.events if e.reason == "CanaryDeploying")
+    assert deploying.message == "serving /a/candidate to 10% of users" and deploying.type == "Normal"
+    assert result.requeue_at == world.now + CANARY_POLL
+    world.advance(timedelta(seconds=30))
+    waiting = world.step()  # not Ready yet: look again a poll later
+    assert waiting.status.canary.phase == "Deploying" and waiting.requeue_at == world.now + CANARY_POLL
+    world.canary = CanaryObservation(ready=True)
+    ready = world.step()
+    assert [(e.reason, e.message) for e in ready.events] == [("CanaryReady", "canary on chat is Ready")]
