@@ -106,3 +106,21 @@ def test_a_canary_is_deployed_polled_and_announced_ready() -> None:
     world.canary = CanaryObservation(ready=True)
     ready = world.step()
     assert [(e.reason, e.message) for e in ready.events] == [("CanaryReady", "canary on chat is Ready")]
+
+
+def test_the_offline_gate_is_announced_passed_or_failed() -> None:
+    events = []
+    world = World(generation())
+    world.step()
+    for _ in range(20):
+        for child in world.running():
+            world.finish(child)
+        events += world.step().events
+        if world.status.offline_gate is not None:
+            break
+    assert [(e.message, e.type) for e in events if e.reason == "OfflineGate"] == [("offline gate passed", "Normal")]
+    failed = World(generation())
+    failed.train_through(win_rate_user=0.9)
+    gate_events = [e for plan in failed.history for e in plan.events if e.reason == "OfflineGate"]
+    assert len(gate_events) == 1 and gate_events[0].type == "Warning"
+    assert gate_events[0].message.startswith("offline gate failed: win-rate-band: ")
