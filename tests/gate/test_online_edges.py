@@ -131,3 +131,29 @@ def test_the_srm_leaves_adopted_users_out_of_both_arms() -> None:
                                elapsed=3 * DAY, previous=None, now=NOW)
     assert decision.numbers["srm.observed_treatment_share"] == 0.5
     assert next(c for c in decision.checks if c.name == "srm").passed
+
+
+def test_the_last_look_says_until_when_it_waits_for_a_reading() -> None:
+    decision = evaluate_online(plan_of(PromotionSpec()), reading(None, None, "Prometheus is unreachable"),
+                               elapsed=7 * DAY, previous=None, now=NOW)
+    assert decision.outcome == "CONTINUE"
+    assert decision.reasons == [
+        "no data: Prometheus is unreachable",
+        "the last look waits for a reading until 170h (finalLookGrace 2h)",
+    ]
+
+
+def test_serving_harm_during_a_counter_reset_still_rolls_back() -> None:
+    from flywheel_operator.api import OnlineReading, ServingReading, ServingWindow
+
+    plan = plan_of(PromotionSpec(novelty_window="0d"))
+    first = evaluate_online(plan, reading(exact_arm(20_000), exact_arm(20_000)), elapsed=2 * DAY, previous=None,
+                            now=NOW)
+    failing = {"control": ServingWindow(requests=1000, errors=10), "treatment": ServingWindow(requests=1000, errors=90)}
+    previous = first.model_copy(update={"numbers": {**first.numbers, "serving.errors.failures": 2.0}})
+    restarted = OnlineReading(at=NOW, control=exact_arm(300), treatment=exact_arm(300),
+                              serving=ServingReading(windows={"errors": failing}))
+    decision = evaluate_online(plan, restarted, elapsed=2 * DAY + timedelta(hours=1), previous=previous, now=NOW)
+    assert decision.outcome == "ROLL_BACK" and decision.at == NOW
+    assert decision.reasons[0].startswith("serving guardrail errors failed 3 checks in a row")
+    assert decision.reasons[1].startswith("counter reset: the exporter's sums went down")
