@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -391,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="run nothing: summarise the kept results")
     parser.add_argument("--no-hand", action="store_true", help="skip the hand-made mutations")
     parser.add_argument("--log", default=str(WORK / "mutation.log"), help="where mutmut's output goes")
+    parser.add_argument("--started", help="ISO time the measurement began (runs spread over several invocations, "
+                        "some of them stopped): the wall time is counted from it")
     args = parser.parse_args(argv)
     known = {m for g in GROUPS for m in g.modules}
     only = [m.strip() for m in args.only.split(",") if m.strip()]
@@ -441,7 +444,10 @@ def main(argv: list[str] | None = None) -> int:
         "pytest_args": PYTEST_ARGS,
         "max_children": args.max_children,
         "sample": args.sample,
-        "wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
+        "wall_seconds": round(
+            (datetime.now(UTC) - datetime.fromisoformat(args.started)).total_seconds()
+            if args.started else sum(r["wall_seconds"] for r in runs), 1),
+        "started": args.started,
         "runs": runs,
         "groups": walls,
         "score": round(killed / (killed + survived), 4) if killed + survived else None,
