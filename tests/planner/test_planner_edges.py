@@ -124,3 +124,9 @@ def test_the_offline_gate_is_announced_passed_or_failed() -> None:
     gate_events = [e for plan in failed.history for e in plan.events if e.reason == "OfflineGate"]
     assert len(gate_events) == 1 and gate_events[0].type == "Warning"
     assert gate_events[0].message.startswith("offline gate failed: win-rate-band: ")
+
+
+def test_no_stage_is_named_once_the_pipeline_finished() -> None:
+    world = World(generation())
+    world.train_through()
+    assert world.status.phase == "Canary" and world.status.stage is None
