@@ -4,7 +4,7 @@ chance at the test's level. Judged with the gate's own statistics (flywheel_oper
 The population is large enough for the gate to decide (issue 31: with 400 people breadth always waited for its
 minimum information, so PROMOTE could never happen and the gate half could not fail): every seed's A/A reaches a
 last look with breadth and depth judged, and the same streams with the treatment's users made 20 % deeper, or
-30 % more of them engaged, promote (measured: 39 and 27 of the 40 seeds)."""
+30 % more of them engaged, promote (measured: 39 and 27 of the 40 seeds; the A/A itself promoted in none)."""
 
 from __future__ import annotations
 
