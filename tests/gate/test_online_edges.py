@@ -157,3 +157,24 @@ def test_serving_harm_during_a_counter_reset_still_rolls_back() -> None:
     assert decision.outcome == "ROLL_BACK" and decision.at == NOW
     assert decision.reasons[0].startswith("serving guardrail errors failed 3 checks in a row")
     assert decision.reasons[1].startswith("counter reset: the exporter's sums went down")
+
+
+def test_impossible_sums_are_refused_naming_the_arm() -> None:
+    broken = exact_arm(1_000).model_copy(update={"depth_sum_squares": 1.0})  # below (Σdepth)²/users
+    decision = evaluate_online(plan_of(PromotionSpec()), reading(exact_arm(1_000), broken), elapsed=DAY,
+                               previous=None, now=NOW)
+    assert decision.outcome == "CONTINUE"
+    assert decision.reasons[0].startswith("no data: the per-user sums are out of range (treatment: Σdepth² = 1 is")
+    swapped = evaluate_online(plan_of(PromotionSpec()), reading(broken, exact_arm(1_000)), elapsed=DAY,
+                              previous=None, now=NOW)
+    assert swapped.reasons[0].startswith("no data: the per-user sums are out of range (control: Σdepth² = 1 is")
+
+
+def test_a_reading_after_the_last_look_is_inconclusive() -> None:
+    """The last look was taken (and decided nothing); a later reading is no look, and the canary is over."""
+    plan = plan_of(PromotionSpec(novelty_window="0d"))
+    last = evaluate_online(plan, reading(exact_arm(), exact_arm()), elapsed=7 * DAY, previous=None, now=NOW)
+    assert last.outcome == "INCONCLUSIVE" and last.numbers["gs.final_done"] == 1.0
+    later = evaluate_online(plan, reading(exact_arm(), exact_arm()), elapsed=7 * DAY + timedelta(minutes=5),
+                            previous=last, now=NOW)
+    assert later.outcome == "INCONCLUSIVE" and "gs.fraction" not in later.numbers
