@@ -18,10 +18,12 @@ mutate decorated functions (properties, pydantic validators); the mutations the 
 the gate's rules are in bench/mutation_hand.yaml: each is applied to a scratch copy of the package and the named
 tests must fail (`hand` in the result).
 
-    python bench/mutation.py                      # every module (about an hour on 2 idle cores)
+    python bench/mutation.py --sample 0.05        # a stable 5 % sample of each module (under an hour on 2 cores)
+    python bench/mutation.py                      # every mutant (~5,900: several hours)
     python bench/mutation.py --only gate/stats.py # one module; the other modules' results are kept
+    python bench/mutation.py --sample 0.05 --rerun-survivors   # the survivors again, after new tests
     python bench/mutation.py --hand-only          # only the hand-made mutations (a few minutes)
-    make mutation                                 # the same as the first line, niced, from a fresh machine
+    make mutation                                 # the first line, niced, from a fresh machine
 
 Score = killed / (killed + survived), equivalents excluded; mutants no test reaches count as survived; timeouts
 (a mutant that makes a test loop) are listed apart and left out of the score.
