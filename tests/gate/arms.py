@@ -70,3 +70,31 @@ def plan_of(
         inference_service="chat", traffic_percent=traffic, min_duration=min_duration, max_duration=max_duration
     )
     return decision_plan(spec, canary, now=NOW)
+
+
+RATES = {"instruction-violations": 0.02, "false-refusals": 0.01, "errors": 0.01}
+
+
+def exact_arm(
+    users: int = 20_000,
+    *,
+    engaged: float = 0.5,
+    depth: float = 4.0,
+    sd: float = 3.0,
+    rates: dict[str, float] | None = None,
+) -> ArmStats:
+    """Exact sums of `users` users (no sampling noise): a share `engaged` engaged, depth with mean `depth` and spread
+    `sd`, 5 responses each, and a guardrail event at most once per user (`rates` per response, ≤ 0.2)."""
+    responses = 5 * users
+    events = {name: float(round(rate * responses)) for name, rate in (rates or RATES).items()}
+    return ArmStats(
+        users=users,
+        engaged_users=round(engaged * users),
+        depth_sum=users * depth,
+        depth_sum_squares=users * (sd * sd + depth * depth),
+        responses=responses,
+        guardrails=events,
+        responses_sum_squares=25.0 * users,
+        guardrail_sum_squares=dict(events),
+        guardrail_cross_sums={name: 5.0 * e for name, e in events.items()},
+    )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import math
 from datetime import timedelta
 
 import numpy as np
 import pytest
 from flywheel_operator.api import ArmStats, Guardrail, OnlineDecision, PromotionSpec
 from flywheel_operator.gate import evaluate_online
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.gate.arms import NOW, plan_of, reading, simulate_arm
+from tests.gate.arms import NOW, RATES, exact_arm, plan_of, reading, simulate_arm
 
 DAY = timedelta(days=1)
 SPEC = PromotionSpec(novelty_window="0d")
@@ -183,33 +184,105 @@ def test_no_data_never_promotes(control, treatment, elapsed) -> None:
         assert decide(control, treatment, elapsed=elapsed).outcome in {"CONTINUE", "INCONCLUSIVE"}
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
-@given(control=arm_strategy, treatment=arm_strategy, elapsed=elapsed_strategy)
-def test_srm_or_early_never_promotes(control, treatment, elapsed) -> None:
-    decision = decide(control, treatment, elapsed=elapsed)
-    if decision.outcome == "PROMOTE":
-        assert elapsed >= DAY
-        assert decision.numbers["srm.p_value"] >= SPEC.srm_p_value
-        assert any(c.name == "srm" and c.passed for c in decision.checks)
-    if "srm.p_value" in decision.numbers and decision.numbers["srm.p_value"] < SPEC.srm_p_value:
-        assert decision.outcome == "ROLL_BACK"
+OUTCOMES = {"PROMOTE", "ROLL_BACK", "INCONCLUSIVE", "CONTINUE"}
 
 
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
-@given(control=arm_strategy, treatment=arm_strategy, elapsed=elapsed_strategy, data=st.data())
-def test_crossover_above_the_tolerance_never_promotes(control, treatment, elapsed, data) -> None:
-    """Above the tolerance: never PROMOTE; ROLL_BACK (like an SRM) once each arm has `minUsersPerArm` users."""
-    exposed = control.users + treatment.users
-    crossed = data.draw(st.integers(0, exposed))
-    decision = decide(control, treatment, elapsed=elapsed, crossover=crossed)
-    if crossed / exposed > SPEC.crossover_tolerance:
-        assert decision.outcome != "PROMOTE"
-        assert any(c.name == "crossover" and not c.passed for c in decision.checks)
-        if min(control.users, treatment.users) >= SPEC.min_users_per_arm:  # a handful of users only waits
+@st.composite
+def experiments(draw: st.DrawFn) -> tuple[ArmStats, ArmStats, timedelta]:
+    """Stratified experiments that can end every way: a clear winner (+15 % depth or +20 % breadth), a clear loser,
+    no difference, a broken split, a guardrail worse than its margin, before `minDuration`, between looks, at the
+    last look; around each stratum, random sizes, lifts, shares and times. Arms carry exact per-user sums (the
+    exporter's), so the guardrails can be shown non-inferior and a winner can promote."""
+    users = draw(st.one_of(st.sampled_from([20_000, 5_000]), st.integers(min_value=50, max_value=30_000)))
+    engaged = draw(st.floats(min_value=0.2, max_value=0.7))
+    depth_lift = draw(st.one_of(st.sampled_from([0.15, 0.0, -0.2]), st.floats(min_value=-0.3, max_value=0.3)))
+    breadth_lift = draw(st.one_of(st.just(0.0), st.sampled_from([0.2, -0.2]), st.floats(min_value=-0.2, max_value=0.2)))
+    split = draw(st.one_of(st.just(1.0), st.sampled_from([0.9, 0.97])))
+    errors = draw(st.one_of(st.just(RATES["errors"]), st.sampled_from([0.02, 0.015])))
+    elapsed = draw(
+        st.one_of(
+            st.sampled_from([3 * DAY, DAY / 4, 7 * DAY, 7 * DAY + timedelta(hours=1)]),
+            st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=10)),
+        )
+    )
+    control = exact_arm(users, engaged=engaged)
+    treatment = exact_arm(
+        max(round(users * split), 1),
+        engaged=min(engaged * (1 + breadth_lift), 0.95),
+        depth=4.0 * (1 + depth_lift),
+        rates={**RATES, "errors": errors},
+    )
+    event(f"stratum: depth {depth_lift:+.2f}" if depth_lift in (0.15, 0.0, -0.2) else "stratum: depth random")
+    return control, treatment, elapsed
+
+
+def test_srm_or_early_never_promotes() -> None:
+    """PROMOTE needs `minDuration`, a matching split, every guardrail non-inferior and a success metric past its
+    boundary; an SRM always rolls back. The draws reach PROMOTE, ROLL_BACK, INCONCLUSIVE and CONTINUE (asserted:
+    a property whose PROMOTE branch is never reached pins nothing)."""
+    seen: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
+
+    @settings(max_examples=80, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(experiment=experiments())
+    def check(experiment: tuple[ArmStats, ArmStats, timedelta]) -> None:
+        control, treatment, elapsed = experiment
+        decision = decide(control, treatment, elapsed=elapsed)
+        seen[decision.outcome] += 1
+        event(f"outcome: {decision.outcome}")
+        passed = {c.name: c.passed for c in decision.checks}
+        if decision.outcome == "PROMOTE":
+            assert elapsed >= DAY
+            assert decision.numbers["srm.p_value"] >= SPEC.srm_p_value and passed["srm"]
+            assert all(passed[f"guardrail.{g.name}"] for g in SPEC.guardrails)
+            assert passed["crossover"] and passed["min-duration"]
+            depth_won = decision.numbers.get("depth.z_efficacy", -math.inf) >= decision.numbers.get(
+                "depth.efficacy_bound", math.inf
+            )
+            breadth_won = decision.numbers.get("breadth.efficacy.lower", -math.inf) >= SPEC.min_breadth_lift
+            assert depth_won or breadth_won
+        if "srm.p_value" in decision.numbers and decision.numbers["srm.p_value"] < SPEC.srm_p_value:
             assert decision.outcome == "ROLL_BACK"
-            assert any(r.startswith("crossover:") for r in decision.reasons)
-    else:
-        assert any(c.name == "crossover" and c.passed for c in decision.checks)
+            assert any(r.startswith("sample ratio mismatch") for r in decision.reasons)
+
+    check()
+    assert all(seen[o] > 0 for o in OUTCOMES), seen
+
+
+def test_crossover_above_the_tolerance_never_promotes() -> None:
+    """Above the tolerance: never PROMOTE; ROLL_BACK (like an SRM) once each arm has `minUsersPerArm` users. The
+    crossed users are drawn around the tolerance, and every branch is reached (asserted)."""
+    branches: dict[str, int] = dict.fromkeys(("within", "above: rolled back", "above: a handful waits"), 0)
+
+    @settings(max_examples=60, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        control=st.one_of(arm_strategy, st.integers(50, 30_000).map(exact_arm)),
+        treatment=st.one_of(arm_strategy, st.integers(50, 30_000).map(exact_arm)),
+        elapsed=elapsed_strategy,
+        data=st.data(),
+    )
+    def check(control, treatment, elapsed, data) -> None:
+        exposed = control.users + treatment.users
+        at = int(exposed * SPEC.crossover_tolerance)
+        crossed = data.draw(st.one_of(st.sampled_from([at, at + 1]), st.integers(0, exposed)), label="crossed")
+        decision = decide(control, treatment, elapsed=elapsed, crossover=crossed)
+        if crossed / exposed > SPEC.crossover_tolerance:
+            assert decision.outcome != "PROMOTE"
+            assert any(c.name == "crossover" and not c.passed for c in decision.checks)
+            if min(control.users, treatment.users) >= SPEC.min_users_per_arm:  # a handful of users only waits
+                assert decision.outcome == "ROLL_BACK"
+                assert any(r.startswith("crossover:") for r in decision.reasons)
+                branch = "above: rolled back"
+            else:  # waits: the crossover is no harm yet (a ROLL_BACK has other reasons)
+                assert decision.outcome != "ROLL_BACK" or not any(r.startswith("crossover:") for r in decision.reasons)
+                branch = "above: a handful waits"
+        else:
+            assert any(c.name == "crossover" and c.passed for c in decision.checks)
+            branch = "within"
+        branches[branch] += 1
+        event(branch)
+
+    check()
+    assert all(branches.values()), branches
 
 
 @settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])

@@ -962,7 +962,7 @@ class PromotionSpec(ApiModel):
     Breadth is judged by always-valid tests only: its estimand moves as users become engaged on a later day, so its
     z-statistics do not follow the Brownian structure group-sequential boundaries rest on (an O'Brien–Fleming
     harm boundary at 0.004 rolled back 3 % of bench/gate.py's A/A streams)."""
-    harm_share: float = Field(default=0.62, gt=0, lt=1)
+    harm_share: float = Field(default=0.45, gt=0, lt=1)
     """Share of each success metric's α spent on deterioration (roll back when worse); the rest on efficacy
     (promote when better). A wrong roll-back and a wrong promotion are both counted in α."""
     harm_always_valid_share: float = Field(default=0.1, gt=0, lt=1)
