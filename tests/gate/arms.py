@@ -84,9 +84,18 @@ def exact_arm(
     rates: dict[str, float] | None = None,
 ) -> ArmStats:
     """Exact sums of `users` users (no sampling noise): a share `engaged` engaged, depth with mean `depth` and spread
-    `sd`, 5 responses each, and a guardrail event at most once per user (`rates` per response, ≤ 0.2)."""
+    `sd`, 5 responses each, and a guardrail event at most once per user (`rates` per response, ≤ 0.2).
+
+    The log-scale depth sums are those of the two-point distribution with that mean and spread (a share
+    depth²/(sd² + depth²) of the users at (sd² + depth²)/depth, the others at 0), so they are a possible population's."""
     responses = 5 * users
     events = {name: float(round(rate * responses)) for name, rate in (rates or RATES).items()}
+    if depth > 0:
+        value, share = (sd * sd + depth * depth) / depth, depth * depth / (sd * sd + depth * depth)
+        units = float(log_depth(np.array([value]))[0])
+        log_sum, log_sum_squares = share * users * units * LOG_DEPTH_UNIT, share * users * (units * LOG_DEPTH_UNIT) ** 2
+    else:
+        log_sum = log_sum_squares = 0.0
     return ArmStats(
         users=users,
         engaged_users=round(engaged * users),
@@ -97,4 +106,6 @@ def exact_arm(
         responses_sum_squares=25.0 * users,
         guardrail_sum_squares=dict(events),
         guardrail_cross_sums={name: 5.0 * e for name, e in events.items()},
+        depth_log_sum=log_sum,
+        depth_log_sum_squares=log_sum_squares,
     )

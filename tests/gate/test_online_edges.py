@@ -29,9 +29,9 @@ def test_plan_edits_name_the_promotion_fields_and_canary_timings_in_camel_case()
         "promotion.lookEvery",
         "promotion.minDepthLift",
     ]
-    # where the statistics come from is not a decision setting
+    # the gate reads where the frozen plan says (readers.frozen_promotion): a moved source is an edit it ignores
     moved = promotion.model_copy(update={"prometheus_url": "http://elsewhere:9090"})
-    assert plan_edits(plan, moved, CANARY) == []
+    assert plan_edits(plan, moved, CANARY) == ["promotion.prometheusUrl"]
     fewer = promotion.model_copy(update={"guardrails": [Guardrail(name="errors", margin=0.005)]})
     assert plan_edits(plan, fewer, CANARY) == ["promotion.guardrails"]
 
@@ -113,8 +113,8 @@ def test_a_guardrail_without_per_user_sums_is_refused_with_the_fix() -> None:
 def test_an_interval_that_contradicts_a_one_sided_carried_bound_stops_the_gate_in_words() -> None:
     first = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(exact_arm(), exact_arm()),
                             elapsed=2 * DAY, previous=None, now=NOW)
-    numbers = {k: v for k, v in first.numbers.items() if k != "depth.upper"}
-    numbers["depth.lower"] = 5.0  # carried: depth is at least +500 % (and no upper bound was carried)
+    numbers = {k: v for k, v in first.numbers.items() if k != "depth.log.upper"}
+    numbers["depth.log.lower"] = 5.0  # carried: depth is at least +500 % (and no upper bound was carried)
     previous = first.model_copy(update={"numbers": numbers})
     decision = evaluate_online(plan_of(PromotionSpec(novelty_window="0d")), reading(exact_arm(), exact_arm()),
                                elapsed=3 * DAY, previous=previous, now=NOW)
