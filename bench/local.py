@@ -123,11 +123,16 @@ def fresh_cache(folder: Path, gen0: Path) -> Path:
 
 def run_logged(command: list[str], tree: Path, log: Path) -> tuple[float, int, dict[str, float]]:
     log.parent.mkdir(parents=True, exist_ok=True)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with LoadSampler() as load, log.open("w") as handle:
         started = time.perf_counter()
         code = subprocess.run(command, cwd=tree, env=tree_env(tree), stdout=handle, stderr=subprocess.STDOUT).returncode
         seconds = time.perf_counter() - started
-    return seconds, code, load.summary()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, code, {**load.summary(), "cpu_seconds": round(cpu, 1)}
 
 
 def stage_seconds(generation_dir: Path) -> dict[str, float]:
@@ -160,12 +165,12 @@ def phase_summary(log: Path) -> dict[str, float]:
     return out
 
 
-def make_run(tree: Path, scratch: Path, gen0: Path, label: str) -> dict[str, Any]:
+def make_run(tree: Path, scratch: Path, gen0: Path, label: str, second: bool = True) -> dict[str, Any]:
     """`flywheel run examples/local/gen1.yaml` from a clean run directory and a cache holding generation 0, then
     again from a clean run directory on the cache the first run left."""
     cache = fresh_cache(scratch / f"{label}-cache", gen0)
     rows = {}
-    for attempt in ("first", "second"):
+    for attempt in ("first", "second") if second else ("first",):
         run_dir = scratch / f"{label}-make-run-{attempt}"
         shutil.rmtree(run_dir, ignore_errors=True)
         command = [sys.executable, "-m", "flywheel_local.cli", "run", "examples/local/gen1.yaml", "--run-dir",
@@ -236,48 +241,170 @@ def decisions(run_dir: Path) -> list[dict[str, Any]]:
     return out
 
 
+MATCHED = ("decision", "band_step", "win_rate_user", "win_rate_internal", "instruction_following_eval",
+           "measured_depth_lift", "measured_breadth_lift", "emoji_rate")
+"""What a generation of the chain is compared on: the decision and the numbers it was made from (the offline
+metrics of the eval stage and the lifts the online gate measured). Equal to the last digit means the same
+sampled responses, reward models and traffic: the same run."""
+
+
+def measured_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """bench/flywheel.py's rows of a chain, reduced to MATCHED (no oracle needed)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from flywheel import rows  # bench/flywheel.py
+
+    out = []
+    for row in rows(run_dir):
+        reduced = {"generation": row["generation"], "promoted": row["promoted"]}
+        reduced.update({key: row.get(key) for key in MATCHED if key != "band_step"})
+        reduced["band_step"] = (row.get("band") or {}).get("chosen_step")
+        out.append(reduced)
+    return out
+
+
 def committed_chain() -> list[dict[str, Any]]:
-    """The default world's chain in bench/results/flywheel.json: decision and band step per generation."""
+    """The default world's chain in bench/results/flywheel.json, reduced to MATCHED."""
     if not FLYWHEEL_RESULT.is_file():
         return []
     rows = json.loads(FLYWHEEL_RESULT.read_text()).get("worlds", {}).get("default", {}).get("rows", [])
-    return [{"generation": r["generation"], "decision": r["decision"], "promoted": r["promoted"],
-             "band_step": (r.get("band") or {}).get("chosen_step")} for r in rows]
+    out = []
+    for r in rows:
+        reduced = {"generation": r["generation"], "promoted": r["promoted"]}
+        reduced.update({key: r.get(key) for key in MATCHED if key != "band_step"})
+        reduced["band_step"] = (r.get("band") or {}).get("chosen_step")
+        out.append(reduced)
+    return out
 
 
 def compare(chains: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Generation by generation: same promotion, same band step, same candidate weights."""
-    new, base = chains.get("new", []), chains.get("baseline", [])
-    committed = committed_chain()
+    """Generation by generation against the baseline run (when measured) and bench/results/flywheel.json: the
+    same promotion, and which of MATCHED differ."""
+    new = chains.get("new", [])
+    others = {"baseline": chains.get("baseline", []), "committed": committed_chain()}
     rows = []
     for i, row in enumerate(new):
-        other = base[i] if i < len(base) else {}
-        known = committed[i] if i < len(committed) else {}
-        rows.append({
-            "generation": row["generation"],
-            "new": row["decision"], "baseline": other.get("decision"), "committed": known.get("decision"),
-            "same_promotion_as_baseline": row["promoted"] == other.get("promoted"),
-            "same_promotion_as_committed": row["promoted"] == known.get("promoted"),
-            "same_band_step_as_baseline": row["band_step"] == other.get("band_step"),
-            "same_candidate_weights_as_baseline": row["candidate_digest"] is not None
-            and row["candidate_digest"] == other.get("candidate_digest"),
-        })
-    return {"rows": rows,
-            "all_promotions_match_baseline": bool(rows) and all(r["same_promotion_as_baseline"] for r in rows),
-            "all_promotions_match_committed": bool(rows) and all(r["same_promotion_as_committed"] for r in rows)}
+        entry: dict[str, Any] = {"generation": row["generation"], "new": row}
+        for label, other in others.items():
+            if i < len(other):
+                entry[f"same_promotion_as_{label}"] = row["promoted"] == other[i]["promoted"]
+                entry[f"differs_from_{label}"] = {k: [row.get(k), other[i].get(k)] for k in MATCHED
+                                                  if row.get(k) != other[i].get(k)}
+        rows.append(entry)
+    return {"compared_on": list(MATCHED), "rows": rows,
+            "all_promotions_match_committed": bool(rows) and all(r.get("same_promotion_as_committed") for r in rows),
+            "identical_to_committed": bool(rows) and all(r.get("differs_from_committed") == {} for r in rows)}
+
+
+SAMPLING_CODE = r"""
+import json, sys, time
+import torch
+from flywheel_sim import DEFAULT_WORLD, load_world, system_message
+from flywheel_local.users import load_predictor
+
+world = load_world(DEFAULT_WORLD)
+predictor = load_predictor("generation-0", sys.argv[1], world)
+chats = []
+for i in range(int(sys.argv[2])):
+    character = world.characters[i % len(world.characters)]
+    topic = character.topics[(i // len(world.characters)) % len(character.topics)]
+    chats.append([{"role": "system", "content": system_message(character)},
+                  {"role": "user", "content": f"hi! tell me about {topic}."}])
+rows, answers = {}, {}
+for threads in (torch.get_num_threads(), world.serving.threads or torch.get_num_threads()):
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    answers[threads] = predictor.respond(chats, seed=1)
+    rows[f"{threads} thread(s)"] = round(time.perf_counter() - started, 2)
+first, last = answers.values()
+rows["same_responses"] = sum(a == b for a, b in zip(first, last)) / len(first)
+print(json.dumps(rows))
+"""
+
+
+PROFILE_CODE = r"""
+import cProfile, json, os, pstats, sys, time
+from flywheel_local.commands import run_command
+
+run_dir, cache, out = sys.argv[1], sys.argv[2], sys.argv[3]
+profile = cProfile.Profile()
+started = time.perf_counter()
+profile.enable()
+try:
+    code = run_command("examples/local/gen1.yaml", run_dir=run_dir, cache_dir=cache)
+except KeyboardInterrupt:
+    code = 130
+profile.disable()
+profile.dump_stats(out)
+print(json.dumps({"wall_seconds": time.perf_counter() - started, "exit_code": code}))
+"""
+BREAKDOWN = (
+    ("runner total", "commands.py", "run_command"),
+    ("simulated traffic, user + internal (LocalBackend._resolve_source)", "backend.py", "_resolve_source"),
+    ("  sampling the policy's responses (flywheel_trainer.generation.generate)", "generation.py", "generate"),
+    ("  checking the logs against the contract (write_conversations)", "conversation.py", "write_conversations"),
+    ("  response features (flywheel_sim.features.response_features)", "features.py", "response_features"),
+    ("  people's reactions (flywheel_sim.people.react)", "people.py", "react"),
+    ("  building the population (flywheel_sim.people.build_people)", "people.py", "build_people"),
+    ("waiting on stage subprocesses (Runner._wait)", "runner.py", "_wait"),
+    ("the A/B simulation (LocalBackend._deploy + observe)", "backend.py", "observe"),
+    ("the report with the oracle (compute_oracle)", "report.py", "compute_oracle"),
+)
+"""Rows of the profile breakdown: (label, file name, function) — the function's cumulative time."""
+
+
+def breakdown(stats_file: Path) -> dict[str, float]:
+    """Cumulative seconds of each BREAKDOWN row in a cProfile dump of the runner process."""
+    import pstats
+
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    out = {}
+    for label, file_name, function in BREAKDOWN:
+        seconds = [ct for (path, _, name), (_, _, _, ct, _) in stats.items()
+                   if name == function and path.endswith(file_name)]
+        out[label] = round(max(seconds), 1) if seconds else 0.0
+    return out
+
+
+def profile(tree: Path, scratch: Path, gen0: Path, label: str) -> dict[str, Any]:
+    """`flywheel run examples/local/gen1.yaml` with the runner process under cProfile (the stage programs run as
+    subprocesses: their times come from status.json)."""
+    cache = fresh_cache(scratch / f"{label}-profile-cache", gen0)
+    run_dir = scratch / f"{label}-profile-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stats_file = scratch / f"{label}.prof"
+    log = scratch / f"{label}-profile.log"
+    command = [sys.executable, "-c", PROFILE_CODE, str(run_dir), str(cache), str(stats_file)]
+    seconds, code, load = run_logged(command, tree, log)
+    return {"tree": commit_of(tree), "wall_seconds": round(seconds, 1), "exit_code": code, "load": load,
+            "runner_process": breakdown(stats_file), "phases": phase_summary(log),
+            "stages": stage_seconds(run_dir / "gen1") if (run_dir / "gen1" / "status.json").is_file() else {}}
+
+
+def sampling(tree: Path, gen0: Path, chats: int = 2300) -> dict[str, Any]:
+    """What the runner's thread count costs the simulated users' sampling: the first turn of a simulated day
+    (`chats` opening chats, the world's serving batch size) answered by generation 0 on torch's default thread
+    count — what the runner used before — and on the world's `serving.threads`, back to back in one process."""
+    with LoadSampler() as load:
+        out = subprocess.run([sys.executable, "-c", SAMPLING_CODE, str(gen0), str(chats)], cwd=tree,
+                             env=tree_env(tree), check=True, capture_output=True, text=True).stdout
+    return {"chats": chats, "seconds": json.loads(out.strip().splitlines()[-1]), "load": load.summary()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=BASE, help="baseline commit (default %(default)s)")
-    parser.add_argument("--only", choices=("make-run", "chain"), action="append", help="run only these parts")
+    parser.add_argument("--only", choices=("profile", "sampling", "make-run", "chain"), action="append",
+                        help="run only these parts")
     parser.add_argument("--tree", choices=("baseline", "new"), action="append",
                         help="measure only these trees (default both; a later run fills in the other)")
     parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--summarise", action="store_true",
+                        help="measure nothing: compare the chains already in --scratch (finished or not)")
+    parser.add_argument("--no-second", action="store_true", help="make run: skip the second run on the warm cache")
     parser.add_argument("--scratch", default=None, help="scratch folder (default: a new temporary one)")
     parser.add_argument("--out", default=str(RESULT))
     args = parser.parse_args(argv)
-    parts = args.only or ["make-run", "chain"]
+    parts = args.only or ["sampling", "make-run", "chain"]
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench-local-")).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     trees = {"baseline": baseline_tree(args.base, scratch), "new": Path(os.environ.get("BENCH_LOCAL_TREE", ROOT))}
@@ -288,19 +415,36 @@ def main(argv: list[str] | None = None) -> int:
                          "load_at_start": os.getloadavg()}
     result["baseline_commit"] = args.base
     result["targets"] = TARGETS
+    if args.summarise:
+        chains = result.setdefault("chain", {})
+        for label in ("baseline", "new"):
+            run_dir = scratch / f"{label}-chain" / "default"
+            if run_dir.is_dir() and label in chains:
+                chains[label]["generations"] = decisions(run_dir)
+        chains["decisions"] = compare({k: measured_rows(scratch / f"{k}-chain" / "default")
+                                       for k in ("baseline", "new") if (scratch / f"{k}-chain" / "default").is_dir()})
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(chains["decisions"], indent=1))
+        return 0
     gen0_cache = scratch / "gen0"
     gen0 = {label: build_generation0(tree, gen0_cache) for label, tree in trees.items()}
+    if "profile" in parts:
+        result["breakdown"] = {label: profile(tree, scratch, gen0[label], label) for label, tree in trees.items()}
+    if "sampling" in parts:
+        result["sampling_threads"] = sampling(trees.get("new", ROOT), gen0.get("new") or next(iter(gen0.values())))
+        print("sampling:", json.dumps(result["sampling_threads"]), flush=True)
     if "make-run" in parts:
         runs = result.setdefault("make_run", {})
         for label, tree in trees.items():
-            runs[label] = make_run(tree, scratch, gen0[label], label)
+            runs[label] = make_run(tree, scratch, gen0[label], label, second=not args.no_second)
             runs[label]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if "chain" in parts:
         chains = result.setdefault("chain", {})
         for label, tree in trees.items():
             chains[label] = chain(tree, scratch, gen0[label], label, args.generations)
             chains[label]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        chains["decisions"] = compare({k: chains[k]["generations"] for k in ("baseline", "new") if k in chains})
+        chains["decisions"] = compare({k: measured_rows(scratch / f"{k}-chain" / "default")
+                                       for k in ("baseline", "new") if (scratch / f"{k}-chain" / "default").is_dir()})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
