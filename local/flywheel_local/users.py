@@ -86,8 +86,13 @@ def world_policy(name: str, model_dir: str | Path, world: Any) -> PredictorPolic
 
 
 def _serve(connection: Any, name: str, model_dir: str, world_file: str) -> None:
-    """The loop of a PolicyWorker's process: answer ("answer", chats, seed) until ("stop",) or EOF."""
+    """The loop of a PolicyWorker's process: answer ("answer", chats, seed) until ("stop",) or EOF. Ctrl-C in
+    the terminal reaches the whole process group: the runner stops its workers itself (close)."""
+    import signal
+
     from flywheel_sim import load_world
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     try:
         policy = world_policy(name, model_dir, load_world(world_file))
