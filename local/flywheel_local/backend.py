@@ -103,7 +103,7 @@ class LocalBackend:
         self.world_file = world_file
         self.cache_dir = cache_dir
         self.cpus = cpus or os.cpu_count() or 1
-        self.canary = SimulatedCanary(paths.canary, world_file, note)
+        self.canary = SimulatedCanary(paths.canary, world_file, note, user_traffic=paths.traffic("user"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.configs: dict[str, StageConfig] = {}
         self._resolved: dict[str, str] = {}
@@ -155,6 +155,7 @@ class LocalBackend:
                 parsed,
                 self.paths.traffic(parsed.source),
                 seed=self.generation.spec.generation,
+                cache_dir=self.cache_dir,
             )
         return source.model_copy(update={"uri": str(log)})
 
@@ -325,9 +326,29 @@ class LocalBackend:
     def running(self) -> list[str]:
         return [child for child, proc in self.procs.items() if proc.poll() is None]
 
+    def wait(self, timeout: float) -> None:
+        """Sleep until a running stage exits or `timeout` seconds pass, whichever is first (a finished stage is
+        observed at once instead of at the next poll; where pidfds are missing, a plain sleep)."""
+        import select
+
+        descriptors = []
+        try:
+            for child in self.running():
+                descriptors.append(os.pidfd_open(self.procs[child].pid))
+            if descriptors:
+                select.select(descriptors, [], [], timeout)
+            else:
+                time.sleep(timeout)
+        except (AttributeError, OSError):  # no os.pidfd_open (not Linux), or the process is already gone
+            time.sleep(timeout)
+        finally:
+            for descriptor in descriptors:
+                os.close(descriptor)
+
     # ------------------------------------------------------------------------------------------ stopping
     def stop(self) -> list[str]:
         """Terminate every running child (SIGTERM to its session, SIGKILL after a grace); returns their names."""
+        self.canary.close()
         running = self.running()
         for child in running:
             _terminate_group(self.procs[child].pid, wait=False)

@@ -55,13 +55,17 @@ def simulated_days(max_duration: timedelta) -> int:
 class SimulatedCanary:
     """One generation's canary, kept in `directory`; its world is `world_file`."""
 
-    def __init__(self, directory: Path, world_file: Path, note: Callable[[str], None] = lambda text: None) -> None:
+    def __init__(self, directory: Path, world_file: Path, note: Callable[[str], None] = lambda text: None, *,
+                 user_traffic: Path | None = None) -> None:
         self.directory = directory
         self.world_file = world_file
         self.note = note
+        self.user_traffic = user_traffic
+        """The generation's user traffic folder: its first day is the pre-period when it had the same inputs."""
         self.state = self._load()
         self._store: Any = None
         self._simulation: Any = None
+        self._worker: Any = None
 
     # ---------------------------------------------------------------------------------------- actions
     def deploy(self, action: DeployCanary, *, experiment: str, days: int, seed: int, people: int | None) -> None:
@@ -84,6 +88,13 @@ class SimulatedCanary:
         if self.state is not None and self.state.phase != phase:
             self.state.phase = phase
             self._save()
+        self.close()
+
+    def close(self) -> None:
+        """Stop the candidate's policy process (a later day starts it again)."""
+        if self._worker is not None:
+            self._worker.close()
+            self._worker, self._simulation = None, None
 
     # -------------------------------------------------------------------------------------- observing
     def observation(self) -> CanaryObservation | None:
@@ -147,7 +158,7 @@ class SimulatedCanary:
 
         from flywheel_sim import TrafficSimulation, load_world, write_traffic
 
-        from flywheel_local.users import PredictorPolicy, load_predictor
+        from flywheel_local.users import PolicyWorker, world_policy
 
         state = self.state
         assert state is not None
@@ -155,10 +166,10 @@ class SimulatedCanary:
         traffic.mkdir(parents=True, exist_ok=True)
         if self._simulation is None:
             world = load_world(self.world_file)
-            policies = {}
-            for arm, path in (("control", state.control_policy), ("treatment", state.candidate_policy)):
-                name = f"{state.experiment}-{arm}"
-                policies[arm] = PredictorPolicy(load_predictor(name, path, world), name)
+            control, treatment = f"{state.experiment}-control", f"{state.experiment}-treatment"
+            # the candidate answers in a process of its own while the parent answers here: the arms side by side
+            self._worker = PolicyWorker(treatment, state.candidate_policy, self.world_file)
+            policies = {"control": world_policy(control, state.control_policy, world), "treatment": self._worker}
             saved = traffic / STATE_PICKLE
             self._simulation = TrafficSimulation(
                 world,
@@ -171,7 +182,7 @@ class SimulatedCanary:
                 state=pickle.loads(saved.read_bytes()) if saved.is_file() else None,
             )
         simulation = self._simulation
-        if simulation.state.offset == 0:
+        if simulation.state.offset == 0 and not self._reuse_pre_period(simulation):
             self.note(f"simulating {PRE_DAYS} pre-period day(s) of the A/B test (the CUPED covariate)")
             for _ in range(PRE_DAYS):
                 simulation.next_day()
@@ -188,6 +199,31 @@ class SimulatedCanary:
         partial = events.with_name(events.name + ".tmp")
         partial.write_text("".join(json.dumps(e) + "\n" for e in day.events))
         partial.replace(events)  # last: a day counts as simulated only once its events and the state are saved
+
+    def _reuse_pre_period(self, simulation: Any) -> bool:
+        """Start after the pre-period from the end state of the generation's user traffic's first day(s), when
+        they are the same simulation: the control policy alone serves every user in the pre-period, with the
+        seed, day indices, world and people of the user traffic (flywheel_local.users.prefix_key proves it)."""
+        import numpy as np
+        from flywheel_sim import TrafficState
+
+        from flywheel_local.users import PREFIX_DAYS, control_prefix
+
+        state = self.state
+        assert state is not None
+        if self.user_traffic is None or PRE_DAYS != PREFIX_DAYS or simulation.start_day != 0:
+            return False
+        prefix = control_prefix(self.user_traffic, self.world_file, state.control_policy, seed=state.seed,
+                                people=state.people)
+        if prefix is None or len(prefix["memory"]) != len(simulation.state.memory):
+            return False
+        n = len(prefix["memory"])
+        simulation.state = TrafficState(offset=PRE_DAYS, memory=np.array(prefix["memory"], dtype=float),
+                                        pre_turns=np.array(prefix["turns"], dtype=int),
+                                        exposed=np.zeros(n, dtype=bool))
+        self.note(f"the A/B test's {PRE_DAYS} pre-period day(s) (the CUPED covariate) are the user traffic's first "
+                  f"day(s): same world, parent, seed and people, so their end state is reused")
+        return True
 
     # ------------------------------------------------------------------------------------------- disk
     def _load(self) -> CanaryState | None:

@@ -40,7 +40,7 @@ def add_local_commands(sub: argparse._SubParsersAction) -> None:
                    "Flywheel: stop after N generations (overrides spec.stopRules.maxGenerations)")
     p.add_argument("--run-dir", help="run directory (default: resources.storage.uri of the manifest); rerun to resume")
     p.add_argument("--world", help="simulated world file (default: examples/local/world.yaml)")
-    p.add_argument("--cache-dir", help="cache of generation-0 builds (default: runs/cache)")
+    p.add_argument("--cache-dir", help="cache of generation-0 builds and their simulated traffic (default: runs/cache)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="show the status documents of a local run")

@@ -163,7 +163,8 @@ def compute_oracle(run_dir: Path, world_file: Path) -> None:
                 result[role] = known[role]
                 continue
             if model not in cache:
-                policy = PredictorPolicy(load_predictor(f"oracle-{role}", model, world), role)
+                policy = PredictorPolicy(load_predictor(f"oracle-{role}", model, world), role,
+                                         threads=world.serving.threads)
                 cache[model] = {"model": model, **oracle(world, policy)}  # type: ignore[dict-item]
             result[role] = cache[model]
         (directory / ORACLE_FILE).write_text(json.dumps(result, indent=2) + "\n")

@@ -115,7 +115,7 @@ def load_policy(model: str, world: Any, name: str = "rm-oracle-parent") -> Any:
     """A policy model directory as the simulator's policy (the parent whose answers make the held-out pairs)."""
     from flywheel_local.users import PredictorPolicy, load_predictor
 
-    return PredictorPolicy(load_predictor(name, model, world), model)
+    return PredictorPolicy(load_predictor(name, model, world), model, threads=world.serving.threads)
 
 
 def _preference(rm: Any, pairs: list[dict[str, Any]]) -> np.ndarray:

@@ -249,7 +249,7 @@ class Runner:
     def _wait(self, backend: LocalBackend, status: FlywheelGenerationStatus, requeue_at: datetime | None) -> None:
         if backend.running():
             self.display.refresh()
-            time.sleep(self.poll_seconds)
+            backend.wait(self.poll_seconds)  # wakes when a stage exits
             return
         if requeue_at is None:
             time.sleep(self.poll_seconds)

@@ -59,7 +59,8 @@ def build_people(world: World, source: Source, seed: int) -> People:
     length_weight = length_base + rng.normal(0.0, population.preference_noise, size=n)
     ideal = np.array([s.preferences.ideal_length for s in population.segments], dtype=np.float64)[segments]
     k = population.favourite_characters
-    favourites = np.array([rng.permutation(len(world.characters))[:k] for _ in range(n)]).reshape(n, k)
+    # one shuffle per person, all at once: the same draws, in the same order, as a permutation per person
+    favourites = rng.permuted(np.tile(np.arange(len(world.characters)), (n, 1)), axis=1)[:, :k].reshape(n, k)
     prefix = "user" if source == "user" else "tester"
     width = len(str(n))
     return People(

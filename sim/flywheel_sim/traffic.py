@@ -168,12 +168,12 @@ class TrafficSimulation:
         key = (self.seed, day, _SOURCE_CODE[self.source])
         rng = np.random.default_rng([*key, 1])
         active = rng.random(n) < active_probability(world, self.source, st.memory)
+        persons = np.flatnonzero(active)
         sessions = []
-        for person in np.flatnonzero(active):
+        for person, choice, topic_index in zip(persons, *_session_draws(rng, people, world, persons), strict=True):
             arm = None if pre else self.arms[person]
-            choice = people.favourites[person][int(rng.integers(people.favourites.shape[1]))]
             character = world.characters[int(choice)]
-            topic = character.topics[int(rng.integers(len(character.topics)))]
+            topic = character.topics[int(topic_index)]
             system = {"role": "system", "content": self.systems[character.id]}
             sessions.append(_Session(int(person), arm, arm or "control", character, topic, [system]))
         _run_sessions(world, people, self.policies, sessions, self.source, key)
@@ -219,6 +219,27 @@ class TrafficSimulation:
             )
         self.state = TrafficState(offset=st.offset + 1, memory=memory, pre_turns=pre_turns, exposed=exposed)
         return result
+
+
+def _session_draws(
+    rng: np.random.Generator, people: People, world: World, persons: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each active person's character (one of their favourites) and opening topic (one of its topics).
+
+    The draws alternate per person — favourite, then topic — as one loop over the persons draws them. When every
+    character has as many topics, the bounds are known beforehand and one vectorised call draws them all: numpy
+    draws an array of bounded integers one element after the other, exactly as the scalar calls do (the same
+    values, and the generator left in the same state; tests/sim/test_vectorised.py)."""
+    k = people.favourites.shape[1]
+    topic_counts = {len(c.topics) for c in world.characters}
+    if len(topic_counts) == 1:
+        draws = rng.integers(0, np.tile([k, topic_counts.pop()], len(persons))).reshape(len(persons), 2)
+        return people.favourites[persons, draws[:, 0]], draws[:, 1]
+    choices, topics = np.zeros(len(persons), dtype=int), np.zeros(len(persons), dtype=int)
+    for i, person in enumerate(persons):
+        choices[i] = people.favourites[person][int(rng.integers(k))]
+        topics[i] = int(rng.integers(len(world.characters[choices[i]].topics)))
+    return choices, topics
 
 
 def simulate_traffic(
@@ -297,19 +318,35 @@ def _answer(
     chats: list[list[dict]],
     seed_key: tuple[int, ...],
 ) -> list[str]:
-    """One batched call per policy; responses come back in `sessions` order."""
-    responses: list[str] = [""] * len(sessions)
+    """One batched call per policy; responses come back in `sessions` order. A policy with `submit(chats, *,
+    seed)` and `result()` (flywheel_local's PolicyWorker: a policy in a process of its own) is handed its batch
+    before any other policy answers, so the arms answer side by side; the answers are those of one call."""
+    batches = []
     for arm_index, arm in enumerate(_ARMS):
         indices = [i for i, s in enumerate(sessions) if s.policy == arm]
-        if not indices:
-            continue
-        batch = [chats[i] for i in indices]
-        answers = policies[arm](batch, seed=_policy_seed(*seed_key, arm_index))
-        if len(answers) != len(batch):
-            raise RuntimeError(f"policy {arm!r} returned {len(answers)} responses for {len(batch)} chats")
-        for i, text in zip(indices, answers, strict=True):
+        if indices:
+            batches.append((arm, indices, policies[arm], _policy_seed(*seed_key, arm_index)))
+    answers: dict[str, list[str]] = {}
+    for _, indices, policy, seed in batches:
+        if _asynchronous(policy):
+            policy.submit([chats[i] for i in indices], seed=seed)  # type: ignore[attr-defined]
+    for arm, indices, policy, seed in batches:
+        if not _asynchronous(policy):
+            answers[arm] = policy([chats[i] for i in indices], seed=seed)
+    for arm, _, policy, _ in batches:
+        if _asynchronous(policy):
+            answers[arm] = policy.result()  # type: ignore[attr-defined]
+    responses: list[str] = [""] * len(sessions)
+    for arm, indices, _, _ in batches:
+        if len(answers[arm]) != len(indices):
+            raise RuntimeError(f"policy {arm!r} returned {len(answers[arm])} responses for {len(indices)} chats")
+        for i, text in zip(indices, answers[arm], strict=True):
             responses[i] = str(text)
     return responses
+
+
+def _asynchronous(policy: PolicyFn) -> bool:
+    return callable(getattr(policy, "submit", None)) and callable(getattr(policy, "result", None))
 
 
 def _ask(s: _Session, rng: np.random.Generator, probe_share: float) -> None:

@@ -149,3 +149,70 @@ def test_policy_sees_the_conversation_so_far(world: World) -> None:
     assert all(set(m) == {"role", "content"} for chat in seen for m in chat)  # no user signals leak
     later = [chat for chat in seen if len(chat) > 2]
     assert later and all(chat[-2]["content"] == "matey 🎉" and emoji_count(chat[-2]["content"]) == 1 for chat in later)
+
+
+class _Deferred:
+    """A policy with submit/result (as a policy in its own process has): answers are computed at `result`."""
+
+    def __init__(self, policy, log: list[str]) -> None:
+        self.policy, self.name, self.log = policy, policy.name, log
+        self._batch = None
+
+    def submit(self, chats, *, seed: int) -> None:
+        assert self._batch is None, "submitted twice without result()"
+        self.log.append(f"submit {self.name}")
+        self._batch = (list(chats), seed)
+
+    def result(self) -> list[str]:
+        chats, seed = self._batch
+        self._batch = None
+        self.log.append(f"result {self.name}")
+        return self.policy(chats, seed=seed)
+
+    def __call__(self, chats, *, seed: int) -> list[str]:
+        raise AssertionError("a policy with submit/result is not called")
+
+
+@pytest.mark.parametrize("deferred", [("treatment",), ("control",), ("control", "treatment")])
+def test_arms_handed_over_first_answer_as_called_ones(world: World, deferred: tuple[str, ...]) -> None:
+    """Issue 29: the candidate's arm answers in a process of its own while the parent answers here; the logs and
+    events are those of calling each arm in turn, and every deferred arm has its batch before any arm answers."""
+
+    def policies(log: list[str] | None = None) -> dict:
+        made = {"control": ScriptedPolicy(world, name="gen0"),
+                "treatment": ScriptedPolicy(world, name="gen1", style=GOOD_STYLE, compliance=1.0)}
+        if log is not None:
+            made = {arm: _Deferred(p, log) if arm in deferred else FunctionPolicy(p.name, _logged(p, log))
+                    for arm, p in made.items()}
+        return made
+
+    plain = simulate_traffic(world, policies(), days=2, pre_days=1, seed=4, max_people=80, experiment="gen1")
+    log: list[str] = []
+    handed = simulate_traffic(world, policies(log), days=2, pre_days=1, seed=4, max_people=80, experiment="gen1")
+    assert handed.records == plain.records and handed.events == plain.events and handed.sessions == plain.sessions
+    # per step: every deferred arm is handed its batch before any arm answers
+    for step in _steps(log):
+        answers = [i for i, entry in enumerate(step) if not entry.startswith("submit")]
+        submits = [i for i, entry in enumerate(step) if entry.startswith("submit")]
+        assert not submits or not answers or max(submits) < min(answers), step
+
+
+def _logged(policy, log: list[str]):
+    def respond(chats, seed):
+        log.append(f"call {policy.name}")
+        return policy(chats, seed=seed)
+
+    return respond
+
+
+def _steps(log: list[str]) -> list[list[str]]:
+    """The log cut after the last result or call of each step (a step ends when every arm answered)."""
+    steps, current = [], []
+    for entry in log:
+        current.append(entry)
+        waiting = {e.split()[1] for e in current if e.startswith("submit")} - {
+            e.split()[1] for e in current if e.startswith("result")}
+        if not entry.startswith("submit") and not waiting:
+            steps.append(current)
+            current = []
+    return steps

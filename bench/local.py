@@ -1,0 +1,455 @@
+"""Local speed (issue 29): `make run` and the 5-generation local chain, this tree against a baseline commit.
+
+Both trees run back to back in this one invocation, each from a clean run directory and a fresh cache that holds
+only the generation-0 build (built once beforehand and shared: `make run` is measured after set-up, as users meet
+it the second time). The baseline tree is `git archive BASE` unpacked in a scratch folder; each run is a
+subprocess whose PYTHONPATH puts that tree's packages first.
+
+- make run: `flywheel run examples/local/gen1.yaml` (the Makefile's `run` target) with its wall time, the
+  runner's own phase summary (generation 0, simulated traffic, the A/B simulation, the report) and each stage's
+  run time from status.json; then the same command again on the warm cache ("second run": what caching by
+  content saves a person who runs it twice).
+- chain: what `python bench/flywheel.py --only default --cpus 1` runs (the Flywheel of
+  examples/local/flywheel.yaml through the product path, gen-1 … gen-5, every stage on one thread, as
+  bench/results/flywheel.json was measured), its wall time without the oracle, and its decisions: promotions
+  per generation, the band's checkpoint, the measured lifts, and the digest of every candidate model, so
+  "the same decisions" can be checked model by model against the baseline and against flywheel.json.
+
+The load average is sampled every 5 s during each run (mean and max) and recorded with it: figures from this
+shared 2-core machine vary with the load.
+
+    python bench/local.py                          # both parts, baseline d32e63f
+    python bench/local.py --only make-run          # one part
+    python bench/local.py --base d32e63f --repeats 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "bench" / "results" / "local.json"
+FLYWHEEL_RESULT = ROOT / "bench" / "results" / "flywheel.json"
+BASE = "d32e63f"
+PACKAGES = ("operator", "trainer", "sim", "local", ".")
+ENV = {"HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
+       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PYTHONNODEBUGRANGES": "1"}
+TARGETS = {"make_run_seconds": 120.0, "chain_seconds": 600.0}
+"""Issue 29: `make run` within 2 min, the 5-generation local chain within 10 min, on 2 idle cores."""
+
+
+class LoadSampler:
+    """The 1-minute load average every `every` seconds while a run lasts."""
+
+    def __init__(self, every: float = 5.0) -> None:
+        self.every, self.samples = every, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+
+    def summary(self) -> dict[str, float]:
+        return {"start": round(self.samples[0], 2), "mean": round(sum(self.samples) / len(self.samples), 2),
+                "max": round(max(self.samples), 2), "end": round(self.samples[-1], 2)}
+
+
+def baseline_tree(ref: str, folder: Path) -> Path:
+    """The tree of commit `ref`, unpacked from `git archive` (no worktree, no checkout of this repository)."""
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", ref], check=True, capture_output=True,
+                            text=True).stdout.strip()
+    tree = folder / f"tree-{commit[:12]}"
+    if not (tree / "Makefile").is_file():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    path = os.pathsep.join(str(tree / p) for p in PACKAGES)
+    return {**os.environ, **ENV, "PYTHONPATH": path}
+
+
+def commit_of(tree: Path) -> str:
+    if tree == ROOT:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    return tree.name.removeprefix("tree-")
+
+
+def build_generation0(tree: Path, cache: Path) -> Path:
+    """Build (or find) generation 0 of the default world with `tree`'s code; returns its directory."""
+    code = ("import sys; from pathlib import Path; from flywheel_sim import DEFAULT_WORLD, build_generation0, "
+            "load_world; print(build_generation0(load_world(DEFAULT_WORLD), Path(sys.argv[1])))")
+    out = subprocess.run([sys.executable, "-c", code, str(cache)], cwd=tree, env=tree_env(tree), check=True,
+                         capture_output=True, text=True).stdout.strip().splitlines()[-1]
+    return Path(out)
+
+
+def fresh_cache(folder: Path, gen0: Path) -> Path:
+    """A cache folder holding only the generation-0 build (copied), as after set-up."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    shutil.copytree(gen0, folder / gen0.name)
+    return folder
+
+
+def run_logged(command: list[str], tree: Path, log: Path) -> tuple[float, int, dict[str, float]]:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with LoadSampler() as load, log.open("w") as handle:
+        started = time.perf_counter()
+        code = subprocess.run(command, cwd=tree, env=tree_env(tree), stdout=handle, stderr=subprocess.STDOUT).returncode
+        seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return seconds, code, {**load.summary(), "cpu_seconds": round(cpu, 1)}
+
+
+def stage_seconds(generation_dir: Path) -> dict[str, float]:
+    """Each stage's run time (from its start to its finish) in a generation's status.json."""
+    status = json.loads((generation_dir / "status.json").read_text())
+    out: dict[str, float] = {}
+    for record in status.get("stages", []):
+        if record.get("startedAt") and record.get("finishedAt"):
+            from datetime import datetime
+
+            seconds = (datetime.fromisoformat(record["finishedAt"]) - datetime.fromisoformat(record["startedAt"]))
+            out[record["name"]] = round(seconds.total_seconds(), 1)
+    return out
+
+
+_PHASE = re.compile(r"([A-Za-z/0-9 -]+?) (\d+(?:\.\d+)?)(s| min)$")
+
+
+def phase_summary(log: Path) -> dict[str, float]:
+    """The runner's `done in X min: phase Ns, ...` line as {phase: seconds} (stages included)."""
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("done in ")]
+    if not lines:
+        return {}
+    out: dict[str, float] = {}
+    for part in lines[-1].split(": ", 1)[1].split(", "):
+        match = _PHASE.match(part.strip())
+        if match:
+            value = float(match.group(2)) * (60 if match.group(3) == " min" else 1)
+            out[match.group(1).strip()] = value
+    return out
+
+
+def make_run(tree: Path, scratch: Path, gen0: Path, label: str, second: bool = True) -> dict[str, Any]:
+    """`flywheel run examples/local/gen1.yaml` from a clean run directory and a cache holding generation 0, then
+    again from a clean run directory on the cache the first run left."""
+    cache = fresh_cache(scratch / f"{label}-cache", gen0)
+    rows = {}
+    for attempt in ("first", "second") if second else ("first",):
+        run_dir = scratch / f"{label}-make-run-{attempt}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        command = [sys.executable, "-m", "flywheel_local.cli", "run", "examples/local/gen1.yaml", "--run-dir",
+                   str(run_dir), "--cache-dir", str(cache)]
+        log = scratch / f"{label}-make-run-{attempt}.log"
+        seconds, code, load = run_logged(command, tree, log)
+        status = json.loads((run_dir / "gen1" / "status.json").read_text())
+        rows[attempt] = {
+            "wall_seconds": round(seconds, 1),
+            "exit_code": code,
+            "load": load,
+            "phases": phase_summary(log),
+            "stages": stage_seconds(run_dir / "gen1"),
+            "phase": status.get("phase"),
+            "decision": (status.get("decision") or {}).get("outcome"),
+            "candidate_digest": model_digest(status.get("candidatePolicy")),
+        }
+        print(f"{label} make run ({attempt}): {seconds:.1f} s, {rows[attempt]['phase']}, load {load}", flush=True)
+    return {"tree": commit_of(tree), **rows}
+
+
+def model_digest(path: str | None) -> str | None:
+    """SHA-256 of a model directory's weights (model.safetensors), None when there is none."""
+    if not path or not (Path(path) / "model.safetensors").is_file():
+        return None
+    return hashlib.sha256((Path(path) / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
+def chain(tree: Path, scratch: Path, gen0: Path, label: str, generations: int) -> dict[str, Any]:
+    """The default world's chain as bench/flywheel.py runs it (--only default --cpus 1), without its oracle."""
+    cache = fresh_cache(scratch / f"{label}-chain-cache", gen0)
+    runs = scratch / f"{label}-chain"
+    shutil.rmtree(runs, ignore_errors=True)
+    command = [sys.executable, "bench/flywheel.py", "--only", "default", "--cpus", "1", "--no-summary",
+               "--generations", str(generations), "--runs", str(runs), "--cache-dir", str(cache)]
+    log = scratch / f"{label}-chain.log"
+    seconds, code, load = run_logged(command, tree, log)
+    wall = json.loads((runs / "default" / "bench-wall.json").read_text()) \
+        if (runs / "default" / "bench-wall.json").is_file() else {}
+    print(f"{label} chain: {seconds:.1f} s (chain {wall.get('wall_seconds')} s), load {load}", flush=True)
+    return {"tree": commit_of(tree), "exit_code": code, "wall_seconds": wall.get("wall_seconds"),
+            "process_seconds": round(seconds, 1), "load": load, "generations": decisions(runs / "default")}
+
+
+def decisions(run_dir: Path) -> list[dict[str, Any]]:
+    """Per generation: the decision, its reasons, the band's checkpoint, measured lifts, the candidate's digest
+    and every stage's run time."""
+    from flywheel_local.statusview import generation_dirs
+
+    out = []
+    for directory in generation_dirs(run_dir) if run_dir.is_dir() else []:
+        status = json.loads((directory / "status.json").read_text())
+        decision = status.get("decision") or {}
+        rl = directory / "rl" / "result.json"
+        band = json.loads(rl.read_text()).get("details", {}).get("band", {}) if rl.is_file() else {}
+        gate = status.get("offlineGate") or {}
+        out.append({
+            "generation": directory.name,
+            "phase": status.get("phase"),
+            "decision": decision.get("outcome"),
+            "promoted": status.get("phase") == "Promoted",
+            "reasons": decision.get("reasons", []),
+            "offline_gate_passed": gate.get("passed"),
+            "band_step": band.get("chosen_step"),
+            "candidate_digest": model_digest(status.get("candidatePolicy")),
+            "stages": stage_seconds(directory),
+        })
+    return out
+
+
+MATCHED = ("decision", "band_step", "win_rate_user", "win_rate_internal", "instruction_following_eval",
+           "measured_depth_lift", "measured_breadth_lift", "emoji_rate")
+"""What a generation of the chain is compared on: the decision and the numbers it was made from (the offline
+metrics of the eval stage and the lifts the online gate measured). Equal to the last digit means the same
+sampled responses, reward models and traffic: the same run."""
+
+
+def measured_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """bench/flywheel.py's rows of a chain, reduced to MATCHED (no oracle needed)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from flywheel import rows  # bench/flywheel.py
+
+    out = []
+    for row in rows(run_dir):
+        reduced = {"generation": row["generation"], "promoted": row["promoted"]}
+        reduced.update({key: row.get(key) for key in MATCHED if key != "band_step"})
+        reduced["band_step"] = (row.get("band") or {}).get("chosen_step")
+        out.append(reduced)
+    return out
+
+
+def committed_chain() -> list[dict[str, Any]]:
+    """The default world's chain in bench/results/flywheel.json, reduced to MATCHED."""
+    if not FLYWHEEL_RESULT.is_file():
+        return []
+    rows = json.loads(FLYWHEEL_RESULT.read_text()).get("worlds", {}).get("default", {}).get("rows", [])
+    out = []
+    for r in rows:
+        reduced = {"generation": r["generation"], "promoted": r["promoted"]}
+        reduced.update({key: r.get(key) for key in MATCHED if key != "band_step"})
+        reduced["band_step"] = (r.get("band") or {}).get("chosen_step")
+        out.append(reduced)
+    return out
+
+
+def compare(chains: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Generation by generation against the baseline run (when measured) and bench/results/flywheel.json: the
+    same promotion, and which of MATCHED differ."""
+    new = chains.get("new", [])
+    others = {"baseline": chains.get("baseline", []), "committed": committed_chain()}
+    rows = []
+    for i, row in enumerate(new):
+        entry: dict[str, Any] = {"generation": row["generation"], "new": row}
+        for label, other in others.items():
+            if i < len(other):
+                entry[f"same_promotion_as_{label}"] = row["promoted"] == other[i]["promoted"]
+                entry[f"differs_from_{label}"] = {k: [row.get(k), other[i].get(k)] for k in MATCHED
+                                                  if row.get(k) != other[i].get(k)}
+        rows.append(entry)
+    return {"compared_on": list(MATCHED), "rows": rows,
+            "all_promotions_match_committed": bool(rows) and all(r.get("same_promotion_as_committed") for r in rows),
+            "identical_to_committed": bool(rows) and all(r.get("differs_from_committed") == {} for r in rows)}
+
+
+SAMPLING_CODE = r"""
+import json, sys, time
+import torch
+from flywheel_sim import DEFAULT_WORLD, load_world, system_message
+from flywheel_local.users import load_predictor
+
+world = load_world(DEFAULT_WORLD)
+predictor = load_predictor("generation-0", sys.argv[1], world)
+chats = []
+for i in range(int(sys.argv[2])):
+    character = world.characters[i % len(world.characters)]
+    topic = character.topics[(i // len(world.characters)) % len(character.topics)]
+    chats.append([{"role": "system", "content": system_message(character)},
+                  {"role": "user", "content": f"hi! tell me about {topic}."}])
+rows, answers = {}, {}
+for threads in (torch.get_num_threads(), world.serving.threads or torch.get_num_threads()):
+    torch.set_num_threads(threads)
+    started = time.perf_counter()
+    answers[threads] = predictor.respond(chats, seed=1)
+    rows[f"{threads} thread(s)"] = round(time.perf_counter() - started, 2)
+first, last = answers.values()
+rows["same_responses"] = sum(a == b for a, b in zip(first, last)) / len(first)
+print(json.dumps(rows))
+"""
+
+
+PROFILE_CODE = r"""
+import cProfile, json, os, pstats, sys, time
+from flywheel_local.commands import run_command
+
+run_dir, cache, out = sys.argv[1], sys.argv[2], sys.argv[3]
+profile = cProfile.Profile()
+started = time.perf_counter()
+profile.enable()
+try:
+    code = run_command("examples/local/gen1.yaml", run_dir=run_dir, cache_dir=cache)
+except KeyboardInterrupt:
+    code = 130
+profile.disable()
+profile.dump_stats(out)
+print(json.dumps({"wall_seconds": time.perf_counter() - started, "exit_code": code}))
+"""
+BREAKDOWN = (
+    ("runner total", "commands.py", "run_command"),
+    ("simulated traffic, user + internal (LocalBackend._resolve_source)", "backend.py", "_resolve_source"),
+    ("  sampling the policy's responses (flywheel_trainer.generation.generate)", "generation.py", "generate"),
+    ("  checking the logs against the contract (write_conversations)", "conversation.py", "write_conversations"),
+    ("  response features (flywheel_sim.features.response_features)", "features.py", "response_features"),
+    ("  people's reactions (flywheel_sim.people.react)", "people.py", "react"),
+    ("  building the population (flywheel_sim.people.build_people)", "people.py", "build_people"),
+    ("waiting on stage subprocesses (Runner._wait)", "runner.py", "_wait"),
+    ("the A/B simulation (LocalBackend._deploy + observe)", "backend.py", "observe"),
+    ("the report with the oracle (compute_oracle)", "report.py", "compute_oracle"),
+)
+"""Rows of the profile breakdown: (label, file name, function) — the function's cumulative time."""
+
+
+def breakdown(stats_file: Path) -> dict[str, float]:
+    """Cumulative seconds of each BREAKDOWN row in a cProfile dump of the runner process."""
+    import pstats
+
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    out = {}
+    for label, file_name, function in BREAKDOWN:
+        seconds = [ct for (path, _, name), (_, _, _, ct, _) in stats.items()
+                   if name == function and path.endswith(file_name)]
+        out[label] = round(max(seconds), 1) if seconds else 0.0
+    return out
+
+
+def profile(tree: Path, scratch: Path, gen0: Path, label: str) -> dict[str, Any]:
+    """`flywheel run examples/local/gen1.yaml` with the runner process under cProfile (the stage programs run as
+    subprocesses: their times come from status.json)."""
+    cache = fresh_cache(scratch / f"{label}-profile-cache", gen0)
+    run_dir = scratch / f"{label}-profile-run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    stats_file = scratch / f"{label}.prof"
+    log = scratch / f"{label}-profile.log"
+    command = [sys.executable, "-c", PROFILE_CODE, str(run_dir), str(cache), str(stats_file)]
+    seconds, code, load = run_logged(command, tree, log)
+    return {"tree": commit_of(tree), "wall_seconds": round(seconds, 1), "exit_code": code, "load": load,
+            "runner_process": breakdown(stats_file), "phases": phase_summary(log),
+            "stages": stage_seconds(run_dir / "gen1") if (run_dir / "gen1" / "status.json").is_file() else {}}
+
+
+def sampling(tree: Path, gen0: Path, chats: int = 2300) -> dict[str, Any]:
+    """What the runner's thread count costs the simulated users' sampling: the first turn of a simulated day
+    (`chats` opening chats, the world's serving batch size) answered by generation 0 on torch's default thread
+    count — what the runner used before — and on the world's `serving.threads`, back to back in one process."""
+    with LoadSampler() as load:
+        out = subprocess.run([sys.executable, "-c", SAMPLING_CODE, str(gen0), str(chats)], cwd=tree,
+                             env=tree_env(tree), check=True, capture_output=True, text=True).stdout
+    return {"chats": chats, "seconds": json.loads(out.strip().splitlines()[-1]), "load": load.summary()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default=BASE, help="baseline commit (default %(default)s)")
+    parser.add_argument("--only", choices=("profile", "sampling", "make-run", "chain"), action="append",
+                        help="run only these parts")
+    parser.add_argument("--tree", choices=("baseline", "new"), action="append",
+                        help="measure only these trees (default both; a later run fills in the other)")
+    parser.add_argument("--generations", type=int, default=5)
+    parser.add_argument("--summarise", action="store_true",
+                        help="measure nothing: compare the chains already in --scratch (finished or not)")
+    parser.add_argument("--no-second", action="store_true", help="make run: skip the second run on the warm cache")
+    parser.add_argument("--scratch", default=None, help="scratch folder (default: a new temporary one)")
+    parser.add_argument("--out", default=str(RESULT))
+    args = parser.parse_args(argv)
+    parts = args.only or ["sampling", "make-run", "chain"]
+    scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench-local-")).resolve()
+    scratch.mkdir(parents=True, exist_ok=True)
+    trees = {"baseline": baseline_tree(args.base, scratch), "new": Path(os.environ.get("BENCH_LOCAL_TREE", ROOT))}
+    trees = {label: tree for label, tree in trees.items() if not args.tree or label in args.tree}
+    out = Path(args.out)
+    result: dict[str, Any] = json.loads(out.read_text()) if out.is_file() else {}
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
+                         "load_at_start": os.getloadavg()}
+    result["baseline_commit"] = args.base
+    result["targets"] = TARGETS
+    if args.summarise:
+        chains = result.setdefault("chain", {})
+        for label in ("baseline", "new"):
+            run_dir = scratch / f"{label}-chain" / "default"
+            if run_dir.is_dir() and label in chains:
+                chains[label]["generations"] = decisions(run_dir)
+        chains["decisions"] = compare({k: measured_rows(scratch / f"{k}-chain" / "default")
+                                       for k in ("baseline", "new") if (scratch / f"{k}-chain" / "default").is_dir()})
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(chains["decisions"], indent=1))
+        return 0
+    gen0_cache = scratch / "gen0"
+    gen0 = {label: build_generation0(tree, gen0_cache) for label, tree in trees.items()}
+    if "profile" in parts:
+        result["breakdown"] = {label: profile(tree, scratch, gen0[label], label) for label, tree in trees.items()}
+    if "sampling" in parts:
+        result["sampling_threads"] = sampling(trees.get("new", ROOT), gen0.get("new") or next(iter(gen0.values())))
+        print("sampling:", json.dumps(result["sampling_threads"]), flush=True)
+    if "make-run" in parts:
+        runs = result.setdefault("make_run", {})
+        for label, tree in trees.items():
+            runs[label] = make_run(tree, scratch, gen0[label], label, second=not args.no_second)
+            runs[label]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if "chain" in parts:
+        chains = result.setdefault("chain", {})
+        for label, tree in trees.items():
+            chains[label] = chain(tree, scratch, gen0[label], label, args.generations)
+            chains[label]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        chains["decisions"] = compare({k: measured_rows(scratch / f"{k}-chain" / "default")
+                                       for k in ("baseline", "new") if (scratch / f"{k}-chain" / "default").is_dir()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
