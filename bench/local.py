@@ -42,7 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "local.json"
-FLYWHEEL_RESULT = ROOT / "bench" / "results" / "flywheel.json"
+FLYWHEEL_RESULT = ROOT / "bench" / "results" / "history" / "flywheel@9b8bf5b.json"  # the committed chain
 BASE = "d32e63f"
 PACKAGES = ("operator", "trainer", "sim", "local", ".")
 ENV = {"HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
         chains["decisions"] = compare({k: measured_rows(scratch / f"{k}-chain" / "default")
                                        for k in ("baseline", "new") if (scratch / f"{k}-chain" / "default").is_dir()})
         out.write_text(json.dumps(result, indent=2) + "\n")
+        from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+
+        stamp_file("local", out)  # provenance
         print(json.dumps(chains["decisions"], indent=1))
         return 0
     gen0_cache = scratch / "gen0"
@@ -447,6 +450,9 @@ def main(argv: list[str] | None = None) -> int:
                                        for k in ("baseline", "new") if (scratch / f"{k}-chain" / "default").is_dir()})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+
+    stamp_file("local", out)  # provenance
     print(f"wrote {out}")
     return 0
 

@@ -460,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
         "hand": hand,
     }
     RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("mutation", RESULT)  # provenance
     for module, row in modules.items():
         if row.get("run"):
             print(f"{module:22s} killed {row['killed']:4d}  survived {row['survived']:4d}  timeout {row['timeout']:3d}"

@@ -296,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(report)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("sampler", args.out)  # provenance
     return 0
 
 
