@@ -87,7 +87,7 @@ def exact_arm(
     `sd`, 5 responses each, and a guardrail event at most once per user (`rates` per response, ≤ 0.2).
 
     The log-scale depth sums are those of the two-point distribution with that mean and spread (a share
-    depth²/(sd² + depth²) of the users at (sd² + depth²)/depth, the others at 0), so they are a possible population's."""
+    depth²/(sd² + depth²) of the users at (sd² + depth²)/depth, the others at 0): a possible population's."""
     responses = 5 * users
     events = {name: float(round(rate * responses)) for name, rate in (rates or RATES).items()}
     if depth > 0:
