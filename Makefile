@@ -64,9 +64,11 @@ crd: setup
 	@cp crds/flywheels.yaml charts/characterflywheel/crds/flywheels.yaml
 	@$(VENV)/bin/flywheel docs api > docs/api.md
 
+# Every bench (bench/provenance.py BENCHES: each after the ones it reads, the GPU bench skipped without a GPU), then
+# which results are current; BENCH_ARGS="--stale" re-measures only the stale ones, BENCH_ARGS="gate sim" those two.
+BENCH_ARGS ?=
 bench: setup
-	@for b in $(filter-out bench/provenance.py bench/mutation.py,$(wildcard bench/*.py)); do $(PY) $$b || exit 1; done
-	@$(PY) -m bench.provenance status
+	@$(PY) -m bench.provenance run $(BENCH_ARGS)
 
 # Mutation testing of the modules that decide what users get (bench/mutation.py: mutmut, each module against its own
 # test folder) → bench/results/mutation.json; not part of `make test` or `make bench`. By default a stable 5 % sample

@@ -55,6 +55,12 @@ class Bench:
     command: str
     note: str = ""
     """Where the command needs more than the repository (a GPU, a finished chain)."""
+    needs: tuple[str, ...] = ()
+    """Benches whose output this one reads (run first by `run`)."""
+    gpu: bool = False
+    """Measures a GPU: `run` skips it on a machine without one."""
+    in_make_bench: bool = True
+    """Part of `make bench` (`run` with no names); False for a bench with its own make target."""
 
     @property
     def patterns(self) -> tuple[str, ...]:
@@ -101,6 +107,7 @@ BENCHES: dict[str, Bench] = {
         (*OPERATOR_CORE, *STAGE_PROGRAMS),
         "python bench/gpu.py",
         "on one GPU; --tiny is the CPU smoke run",
+        gpu=True,
     ),
     "operator": Bench(
         "bench/operator.py",
@@ -126,12 +133,14 @@ BENCHES: dict[str, Bench] = {
         CHAIN,
         "python bench/rm_ceiling.py --runs bench/runs",
         "on the flywheel bench's default chain (bench/runs/default)",
+        needs=("flywheel",),
     ),
     "rm_levers": Bench(
         "bench/rm_levers.py",
         CHAIN,
         "python bench/rm_levers.py --runs bench/runs",
         "on the flywheel bench's default chain (bench/runs/default)",
+        needs=("flywheel",),
     ),
     "sim": Bench(
         "bench/sim.py",
@@ -170,6 +179,7 @@ BENCHES: dict[str, Bench] = {
         ),
         "make mutation",
         "about an hour on 2 cores",
+        in_make_bench=False,
     ),
 }
 """Every bench result under bench/results/, by name (bench/results/NAME.json)."""
@@ -652,6 +662,59 @@ def status(root: Path = REPO) -> int:
     return 1 if bad else 0
 
 
+def run_plan(names: Iterable[str], has_gpu: bool) -> list[tuple[str, str | None]]:
+    """The benches to run, each after the ones it needs: (name, None) to run, (name, reason) to skip."""
+    chosen = list(dict.fromkeys(names))
+    unknown = sorted(set(chosen) - set(BENCHES))
+    if unknown:
+        raise SystemExit(f"unknown bench(es) {', '.join(unknown)}: choose from {', '.join(BENCHES)}")
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        for need in BENCHES[name].needs:
+            visit(need)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in chosen:
+        visit(name)
+    plan: list[tuple[str, str | None]] = []
+    for name in ordered:
+        bench = BENCHES[name]
+        reason = f"needs a GPU ({bench.note}); run `{bench.command}` on one" if bench.gpu and not has_gpu else None
+        plan.append((name, reason))
+    return plan
+
+
+def stale_names(root: Path = REPO) -> list[str]:
+    """Benches whose result is missing, unstamped or measured on code that has since changed."""
+    names = []
+    for name in BENCHES:
+        path = root / RESULTS / f"{name}.json"
+        if not path.is_file() or stamp_problems(name, json.loads(path.read_text()), root):
+            names.append(name)
+    return names
+
+
+def run(names: Iterable[str], root: Path = REPO) -> int:
+    """Re-measure: each bench's command in a shell at the repository root, stopping at the first failure."""
+    import torch  # the benches' own dependency; only asked whether a GPU is here
+
+    plan = run_plan(names, torch.cuda.is_available())
+    for name, skip in plan:
+        if skip:
+            print(f"skip {name}: {skip}", flush=True)
+            continue
+        command = BENCHES[name].command
+        print(f"== {name}: {command}", flush=True)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` is this one
+        done = subprocess.run(command, shell=True, cwd=root, env={**os.environ, "PATH": path})
+        if done.returncode:
+            print(f"{name} failed (exit {done.returncode}): `{command}`; later benches not run", file=sys.stderr)
+            return done.returncode
+    return status(root)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.provenance", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -661,7 +724,14 @@ def main(argv: list[str] | None = None) -> int:
     fill.add_argument("--at", help="the code commit the result ran on, where its results commit records one")
     move = commands.add_parser("archive", help="move a stale result to bench/results/history/NAME@COMMIT.json")
     move.add_argument("name")
+    again = commands.add_parser("run", help="re-measure benches (each after the ones it needs), then print status")
+    again.add_argument("names", nargs="*", help="bench names (default: every bench of `make bench`)")
+    again.add_argument("--stale", action="store_true", help="only those whose result is missing or stale")
     args = parser.parse_args(argv)
+    if args.command == "run":
+        default = [name for name, bench in BENCHES.items() if bench.in_make_bench]
+        names = [n for n in args.names or default if not args.stale or n in stale_names()]
+        return run(names)
     if args.command == "status":
         return status()
     if args.command == "backfill":

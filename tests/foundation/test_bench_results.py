@@ -261,3 +261,26 @@ def test_leftover_key_is_found_and_keys_the_script_spells_are_not() -> None:
 
 def _report_at(root: Path, rel: str) -> dict:
     return json.loads((root / rel).read_text())
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.sampled_from(sorted(BENCHES)), unique=True), st.booleans())
+def test_run_plan_runs_each_bench_after_the_ones_it_reads(names: list[str], has_gpu: bool) -> None:
+    plan = provenance.run_plan(names, has_gpu)
+    order = [name for name, _ in plan]
+    assert len(order) == len(set(order)) and set(names) <= set(order)
+    for position, name in enumerate(order):
+        assert all(need in order[:position] for need in BENCHES[name].needs)
+    for name, skip in plan:
+        assert (skip is not None) == (BENCHES[name].gpu and not has_gpu)
+        assert skip is None or BENCHES[name].command in skip
+
+
+def test_run_plan_names_the_choices_for_an_unknown_bench() -> None:
+    with pytest.raises(SystemExit, match="gate"):
+        provenance.run_plan(["gates"], has_gpu=False)
+
+
+def test_stale_names_include_every_bench_without_a_result() -> None:
+    missing = {name for name in BENCHES if not (REPO / provenance.RESULTS / f"{name}.json").is_file()}
+    assert missing <= set(provenance.stale_names())
