@@ -205,7 +205,7 @@ class WeightLine:
                     f"checkpoint {checkpoint}: parameter {name} of shape {tuple(tensor.shape)} is {found} in the "
                     "parent; set bandInterpolationSteps: 0"
                 )
-            self.base[name] = other.detach().clone()
+            self.base[name] = other.detach()  # the parent model itself goes; its tensors stay here
             self.step[name] = tensor.detach() - self.base[name]
         del start
 
@@ -294,7 +294,6 @@ def band_summary(pick: BandPick, target: float, curve: list[dict[str, float]],
     return (f"target {target:.2f} NOT reached: every checkpoint was above it ({rates})"
             + (f" and every interpolation too ({tried})" if probes else " and interpolation is off")
             + f"; kept the lowest, {where} at {pick.win_rate:.3f}.")
-# --- end issue 26 ----------------------------------------------------------------------------------------------
 
 
 def band_record(
@@ -320,6 +319,7 @@ def band_record(
         "band_interpolations": float(len(probes)),
     }
     return details, metrics
+# --- end issue 26 ----------------------------------------------------------------------------------------------
 
 
 class PolicyReward:
