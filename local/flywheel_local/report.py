@@ -93,6 +93,22 @@ class GenerationRow:
         return None if depth is None or breadth is None else depth > 0 and breadth >= 0
 
 
+def band_choice(band: dict[str, Any]) -> str:
+    """How the RL band control chose (details["band"]) in a few words; results before issue 26 carry no method
+    and kept the earliest checkpoint when none was at or below the target."""
+    step, target = int(band["chosen_step"]), band["target"]
+    method = band.get("method")
+    if method is None:
+        within = any(c["win_rate"] <= target for c in band["curve"])
+        method = "checkpoint" if within else "not-reached"
+    if method == "checkpoint":
+        return f"step {step}"
+    if method == "interpolation":
+        return f"α={band['alpha']:g} toward step {step}"
+    kept = f"step {step}" if band.get("alpha", 1.0) >= 1 else f"α={band['alpha']:g} toward step {step}"
+    return f"target NOT reached, kept {kept}"
+
+
 def deployed_climb(rows: list[GenerationRow]) -> list[tuple[str, dict[str, float]]]:
     """The deployed policy's oracle numbers at the start and after every generation (a promoted candidate
     replaces it; a blocked one never reaches users)."""
@@ -250,20 +266,33 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
                            "measured, because the candidate never reached users or the A/B ended first)")
 
     curves = [(r.name, r.band) for r in rows if r.band.get("curve")]
-    if curves:
+    if curves:  # issue 26: what the band control did, interpolations and a missed target included
         fig, ax = plt.subplots(figsize=(8.5, 3.6))
         for name, band in curves:
             steps = [c["step"] for c in band["curve"]]
-            ax.plot(steps, [c["win_rate"] for c in band["curve"]], "o-", label=f"{name} (chose step "
-                    f"{int(band['chosen_step'])})")
+            line = ax.plot(steps, [c["win_rate"] for c in band["curve"]], "o-", label=f"{name}: {band_choice(band)}")
+            first = steps[0]
+            probes = band.get("probes") or []
+            if probes:  # an interpolation at α sits at α × the earliest checkpoint's step
+                ax.plot([p["alpha"] * first for p in probes], [p["win_rate"] for p in probes], "x",
+                        color=line[0].get_color())
+            alpha = band.get("alpha", 1.0)
+            chosen = next((c for c in band["curve"] if c["step"] == band["chosen_step"]), band["curve"][0])
+            ax.plot([alpha * chosen["step"]], [band.get("win_rate", chosen["win_rate"])], "*", ms=12,
+                    color=line[0].get_color())
         ax.axhline(curves[-1][1]["target"], color="tab:green", ls="--", lw=1, label="target")
         ax.axhline(rows[-1].band_limits[1], color="tab:red", ls=":", lw=1, label="offline gate's limit")
-        ax.set_xlabel("RL step")
-        ax.set_ylabel("RM win rate over the parent")
+        ax.set_xlabel("RL step (an interpolation at α: α × the earliest checkpoint's step)")
+        ax.set_ylabel("learned-score win rate")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
-        save(fig, "band.png", "The band as a control: RL checkpoints' RM win rate over the parent; the candidate is "
-                              "the latest at or below the target")
+        missed = [name for name, band in curves if band_choice(band).startswith("target NOT reached")]
+        save(fig, "band.png", "The band as a control: the pointwise RM's win rate over the parent on its learned part "
+                              "(rule features left out, as the offline band reads it) at each RL checkpoint (o); "
+                              "the candidate (*) is the latest checkpoint at or below the target, else the parent's "
+                              "weights moved toward the earliest checkpoint by the largest bisected α at or below it "
+                              "(x: the interpolations measured), else the lowest measured"
+                              + (f". Target NOT reached in {', '.join(missed)}" if missed else ""))
 
     fig, ax = plt.subplots(figsize=(8.5, 3.6))
     for key, label in (("instruction_following", "instruction following"), ("violation_rate", "violation rate")):
@@ -276,14 +305,19 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
 
     fig, ax = plt.subplots(figsize=(8.5, 3.6))
     for key, label in (("win_rate_user", "user prompts"), ("win_rate_internal", "internal prompts")):
-        ax.plot(x, [r.eval_metrics.get(key, float("nan")) for r in rows], "o-", label=f"RM win rate, {label}")
+        line = ax.plot(x, [r.eval_metrics.get(key, float("nan")) for r in rows], "o-",
+                       label=f"learned-score win rate, {label}")
+        if any(f"reward_win_rate_{key[9:]}" in r.eval_metrics for r in rows):  # issue 26: the whole reward's
+            ax.plot(x, [r.eval_metrics.get(f"reward_win_rate_{key[9:]}", float("nan")) for r in rows], "x:",
+                    color=line[0].get_color(), label=f"whole-reward win rate, {label}")
     if rows:
         low, high = rows[-1].band_limits
         ax.axhspan(low, high, color="tab:green", alpha=0.12, label=f"band [{low:.2f}, {high:.2f}]")
     ax.set_ylim(0, 1)
     ax.set_xticks(x, names)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
-    save(fig, "win_rates.png", "Reward-model win rate over the parent, against the offline gate's band")
+    save(fig, "win_rates.png", "Pointwise reward model's win rate over the parent against the offline gate's band, "
+                               "which reads the learned part (rule features left out); the whole reward's beside it")
 
     fig, axes = plt.subplots(1, len(STYLE_KEYS), figsize=(13.5, 3.2))
     for ax, key in zip(axes, STYLE_KEYS, strict=True):

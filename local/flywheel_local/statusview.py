@@ -106,6 +106,10 @@ def render_one(name: str, status: FlywheelGenerationStatus) -> Group:
         table.add_row(record.name, record.state, str(record.attempts), _duration(record), detail)
     if status.stages:
         parts.append(table)
+    band = next((c for c in status.conditions if c.type == "BandTargetReached"), None)  # issue 26
+    if band is not None:
+        parts.append(Text(f"  RL band: {'target reached' if band.status == 'True' else 'TARGET NOT REACHED'} — "
+                          f"{band.message}"))
     if status.offline_gate is not None:
         gate = status.offline_gate
         parts.append(Text(f"  offline gate: {'passed' if gate.passed else 'FAILED'} (value [95 % interval] n; a "

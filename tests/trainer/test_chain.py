@@ -244,6 +244,23 @@ def test_rl_band_picks_the_latest_checkpoint_within_the_target_and_reports_the_c
     curve = band["curve"]
     assert [c["step"] for c in curve] == [4.0, 8.0]
     assert all(0.0 <= c["win_rate"] <= 1.0 and c["prompts"] == 16 for c in curve)
+    assert all(0.0 <= c["reward_win_rate"] <= 1.0 for c in curve)  # the whole reward's, beside the learned part's
     within = [c["step"] for c in curve if c["win_rate"] <= band["target"]]
-    assert band["chosen_step"] == (within[-1] if within else curve[0]["step"])
+    if within:
+        assert (band["method"], band["chosen_step"], band["alpha"]) == ("checkpoint", within[-1], 1.0)
+    else:  # issue 26: interpolated toward the earliest checkpoint, or said not reached (never silently earliest)
+        assert band["method"] in ("interpolation", "not-reached") and band["chosen_step"] == curve[0]["step"]
+        assert len(band["probes"]) == 4 and all(0 < p["alpha"] < 1 for p in band["probes"])
+    assert band["reached"] == (band["win_rate"] <= band["target"]) == (band["method"] != "not-reached")
     assert rl.metrics["band_chosen_step"] == band["chosen_step"]
+    assert rl.metrics["band_reached"] == float(band["reached"]) and rl.metrics["band_alpha"] == band["alpha"]
+
+
+def test_eval_band_win_rate_reads_the_learned_part_and_the_whole_rewards_is_beside_it(
+    chain: dict[str, StageResult],
+) -> None:
+    offline = OfflineMetrics.model_validate(chain["eval"].details["offline_metrics"])
+    metrics = chain["eval"].metrics
+    assert offline.reward_win_rate_user is not None and offline.reward_win_rate_internal is not None
+    assert metrics["reward_win_rate_user"] == offline.reward_win_rate_user
+    assert "rm_text_weight" in metrics  # the pointwise model has rule features: its text weight is reported

@@ -261,5 +261,5 @@ def test_the_band_picks_the_latest_checkpoint_at_or_below_the_target() -> None:
     curve = [(4, 0.52), (8, 0.58), (12, 0.63), (16, 0.69)]
     assert choose_checkpoint(curve, 0.60) == 1
     assert choose_checkpoint([(4, 0.55), (8, 0.70), (12, 0.59)], 0.60) == 2
-    assert choose_checkpoint([(4, 0.66), (8, 0.70)], 0.60) == 0
+    assert choose_checkpoint([(4, 0.66), (8, 0.70)], 0.60) is None  # issue 26: never silently the earliest
     assert choose_checkpoint(curve, 0.70) == 3

@@ -1,7 +1,8 @@
 """Stage `eval`: the candidate against its parent on held-out user and internal prompts (never trained on).
 
 Writes the OfflineMetrics the offline gate reads: reward-model win rates per traffic source (pointwise and,
-when configured, pairwise; internal ones stay None when no internal prompts were evaluated), instruction
+when configured, pairwise; internal ones stay None when no internal prompts were evaluated; the pointwise ones
+the band reads on the reward model's learned part only, `band_win_rates`), instruction
 following and violations by the programmatic verifiers, the false-refusal rate over benign prompts (the
 held-out user prompts: internal testers push characters to break rules on purpose), and style artifacts of the
 candidate and the parent, each with the n behind it and the spread of the per-prompt style differences, so
@@ -22,6 +23,7 @@ from flywheel_operator.api import OfflineMetrics, StageConfig, StageResult, Styl
 from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_result, read_jsonl, sha256_path
 from flywheel_trainer.progress import generate_reporting
 from flywheel_trainer.runtime import model_source
+from flywheel_trainer.scoring import PointwiseParts
 from flywheel_trainer.style import is_refusal, style_difference_sd, style_sd, style_stats
 from flywheel_trainer.upstream import (
     artifact_path,
@@ -41,6 +43,23 @@ SAMPLE_RESPONSES = 20
 def win_rate(candidate: np.ndarray, parent: np.ndarray) -> float:
     """Share of prompts where the candidate scores higher; ties count half."""
     return float(np.mean((candidate > parent) + 0.5 * (candidate == parent)))
+
+
+def band_win_rates(candidate: PointwiseParts, parent: PointwiseParts, ranges: dict[str, slice]) -> dict[str, float]:
+    """The pointwise RM's win rates of the candidate over the parent per traffic source (`ranges`: source →
+    its prompts): `win_rate_<source>` on the learned part only, the one the offline band reads, and
+    `reward_win_rate_<source>` on the whole reward.
+
+    The rule features (follows-instructions and the other verifier and style checks) are what they measure: a
+    real step up in following instructions wins most pairs of the whole reward, which the band would read as
+    gaming the reward model (issue 26). Each rule has its own offline check (instruction following, false
+    refusals, style drift); the band watches the text model, the part a policy can push up without changing what
+    any rule checks."""
+    rates: dict[str, float] = {}
+    for source, prompts in ranges.items():
+        rates[f"win_rate_{source}"] = win_rate(candidate.learned[prompts], parent.learned[prompts])
+        rates[f"reward_win_rate_{source}"] = win_rate(candidate.reward[prompts], parent.reward[prompts])
+    return rates
 
 
 def instruction_rates(rows: list[dict[str, Any]], responses: list[str]) -> dict[str, float]:
@@ -110,7 +129,7 @@ def respond(
 
 
 def main(config: StageConfig) -> StageResult:
-    from flywheel_trainer.scoring import load_reward_model, pairwise_probabilities, pointwise_scores
+    from flywheel_trainer.scoring import load_reward_model, pairwise_probabilities, pointwise_parts
 
     settings = config.settings.eval
     parent = model_source(config.policy, field="policy")
@@ -144,12 +163,16 @@ def main(config: StageConfig) -> StageResult:
     name = pointwise_reward_name(config)
     rm = load_reward_model(reward_model_path(config, name), field=f"upstream.reward-{name}.model")
     characters = [row["character"] for row in all_rows]
-    cand_scores = pointwise_scores(rm, prompts, candidate, characters)
-    parent_scores = pointwise_scores(rm, prompts, responses["parent"], characters)
+    text_weight = rm.rules["text_weight"] if rm.rules else None
+    cand_parts = pointwise_parts(rm, prompts, candidate, characters)
+    parent_parts = pointwise_parts(rm, prompts, responses["parent"], characters)
+    cand_scores, parent_scores = cand_parts.reward, parent_parts.reward
     del rm
     ranges = {"user": slice(0, split), "internal": slice(split, len(all_rows))}
     have_internal = bool(rows["internal"])
-    wins = {s: win_rate(cand_scores[r], parent_scores[r]) for s, r in ranges.items() if s == "user" or have_internal}
+    wins = band_win_rates(
+        cand_parts, parent_parts, {s: r for s, r in ranges.items() if s == "user" or have_internal}
+    )
     pairwise: dict[str, float] = {}
     if (pairwise_name := pairwise_model_name(config)) is not None:
         pairwise_rm = load_reward_model(
@@ -168,8 +191,10 @@ def main(config: StageConfig) -> StageResult:
     parent_style = style_stats(responses["parent"])
     by_stage = {stage: style_stats(texts) for stage, texts in responses.items() if stage != "parent"}
     offline = OfflineMetrics(
-        win_rate_user=wins["user"],
-        win_rate_internal=wins.get("internal"),
+        win_rate_user=wins["win_rate_user"],
+        win_rate_internal=wins.get("win_rate_internal"),
+        reward_win_rate_user=wins["reward_win_rate_user"],
+        reward_win_rate_internal=wins.get("reward_win_rate_internal"),
         pairwise_win_rate_user=pairwise.get("user"),
         pairwise_win_rate_internal=pairwise.get("internal"),
         instruction_following=rates["instruction_following"],
@@ -200,6 +225,10 @@ def main(config: StageConfig) -> StageResult:
     metrics["parent_false_refusal_rate"] = float(np.mean([is_refusal(r) for r in responses["parent"][benign]]))
     metrics["mean_reward_candidate"] = float(cand_scores.mean())
     metrics["mean_reward_parent"] = float(parent_scores.mean())
+    metrics["mean_learned_reward_candidate"] = float(cand_parts.learned.mean())
+    metrics["mean_learned_reward_parent"] = float(parent_parts.learned.mean())
+    if text_weight is not None:
+        metrics["rm_text_weight"] = float(text_weight)
     metrics["tokens_generated"] = tokens_generated
     report = {
         "candidate_stage": candidate_stage,

@@ -17,9 +17,14 @@ selection samples drawn on x before training. The RM is called through the same 
 everywhere else, so a long context never cuts off the response.
 
 The band as a control (`checkpointEvery`): the policy is kept every N steps; each checkpoint and the parent
-answer `bandPrompts` curated prompts that RL never sees, and the candidate is the latest checkpoint whose RM win
-rate over the parent stays at or below `bandTarget` (the earliest when none does). The curve and the choice are
-in the result (metrics `band_*`, details["band"]).
+answer `bandPrompts` curated prompts that RL never sees, and the candidate is the latest checkpoint whose win
+rate over the parent stays at or below `bandTarget` — the win rate the offline band reads, of the reward model's
+learned part (rule features left out: flywheel_trainer.evaluate.band_win_rates). When every checkpoint is above
+the target, the weights are interpolated linearly between the parent and the earliest checkpoint, α bisected
+(`bandInterpolationSteps`) on the same prompts, and the candidate is the largest α measured at or below the
+target. When that fails too (or interpolation is off), the model with the lowest measured win rate is kept and
+the result says the target was not reached. The curve, the interpolation probes and how the target was met
+(`checkpoint`, `interpolation` or `not-reached`) are in the result (metrics `band_*`, details["band"]).
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from flywheel_operator.api import StageConfig, StageResult
@@ -100,19 +106,130 @@ def win_rate(candidate: np.ndarray, parent: np.ndarray) -> float:
     return float(np.mean((candidate > parent) + 0.5 * (candidate == parent)))
 
 
-def choose_checkpoint(curve: list[tuple[int, float]], target: float) -> int:
-    """Index in `curve` ([(step, win rate)] by step) of the latest point at or below `target`; 0 when none is."""
+def choose_checkpoint(curve: list[tuple[int, float]], target: float) -> int | None:
+    """Index in `curve` ([(step, win rate)] by step) of the latest point at or below `target`; None when none is."""
     within = [i for i, (_, rate) in enumerate(curve) if rate <= target]
-    return within[-1] if within else 0
+    return within[-1] if within else None
+
+
+# --- issue 26: the band lands on its target (h26b) -------------------------------------------------------------
+BandMethod = Literal["checkpoint", "interpolation", "not-reached"]
+
+
+@dataclass(frozen=True)
+class BandPick:
+    """How the band control chose the candidate: the checkpoint `index` of the curve, at weight `alpha` toward it
+    from the parent (1: the checkpoint itself), and its measured win rate."""
+
+    method: BandMethod
+    index: int
+    alpha: float
+    win_rate: float
+    probes: tuple[tuple[float, float], ...] = ()
+    """The interpolations measured, (α, win rate) in the order they were measured."""
+
+    @property
+    def reached(self) -> bool:
+        return self.method != "not-reached"
+
+
+def bisect_alpha(
+    measure: Callable[[float], float], target: float, steps: int
+) -> tuple[float | None, list[tuple[float, float]]]:
+    """Bisect α in (0, 1) for `steps` measurements of `measure(α)` (the win rate of parent + α × (checkpoint −
+    parent), known above `target` at α = 1): the largest α measured at or below `target` (None when none was)
+    and every (α, win rate) measured. Each measurement halves the bracket [at or below, above]; a noisy,
+    non-monotone win rate can only make the answer smaller, never one measured above the target."""
+    low, high = 0.0, 1.0
+    best: float | None = None
+    probes: list[tuple[float, float]] = []
+    for _ in range(steps):
+        alpha = (low + high) / 2
+        rate = measure(alpha)
+        probes.append((alpha, rate))
+        if rate <= target:
+            low, best = alpha, alpha
+        else:
+            high = alpha
+    return best, probes
+
+
+def pick_band(
+    curve: list[tuple[int, float]],
+    target: float,
+    interpolate: Callable[[float], float] | None,
+    steps: int,
+) -> BandPick:
+    """The band's choice: the latest checkpoint at or below `target`; else, when `interpolate` (the win rate of an
+    interpolation toward the earliest checkpoint, by α) is given and `steps` > 0, the largest bisected α at or
+    below it; else (not reached) the lowest win rate measured, a checkpoint or an interpolation (the earliest,
+    the smallest α, on ties)."""
+    if not curve:
+        raise ValueError("the band needs at least one checkpoint")
+    index = choose_checkpoint(curve, target)
+    if index is not None:
+        return BandPick("checkpoint", index, 1.0, curve[index][1])
+    probes: list[tuple[float, float]] = []
+    if interpolate is not None and steps > 0:
+        alpha, probes = bisect_alpha(interpolate, target, steps)
+        if alpha is not None:
+            rate = next(r for a, r in probes if a == alpha)
+            return BandPick("interpolation", 0, alpha, rate, tuple(probes))
+    measured = [(rate, 0, alpha) for alpha, rate in sorted(probes)] + [
+        (rate, i, 1.0) for i, (_, rate) in enumerate(curve)
+    ]
+    rate, index, alpha = min(measured, key=lambda m: m[0])
+    return BandPick("not-reached", index, alpha, rate, tuple(probes))
+
+
+class WeightLine:
+    """The models on the line between two with the same parameters: parent + α × (checkpoint − parent), tensor by
+    tensor in fp32 (a bf16 sum would lose a fine-tune's small steps). Holds three copies of the weights in CPU
+    memory: the parent's, the difference and the model written out."""
+
+    def __init__(self, parent: str, checkpoint: str | Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model = AutoModelForCausalLM.from_pretrained(str(checkpoint), dtype=torch.float32)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(checkpoint))
+        start = dict(AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32).named_parameters())
+        self.base: dict[str, Any] = {}
+        self.step: dict[str, Any] = {}
+        for name, tensor in self.model.named_parameters():
+            other = start.get(name)
+            if other is None or other.shape != tensor.shape:
+                found = "missing" if other is None else f"of shape {tuple(other.shape)}"
+                raise StageError(
+                    f"settings.rl.bandInterpolationSteps: the parent {parent} cannot be interpolated with the "
+                    f"checkpoint {checkpoint}: parameter {name} of shape {tuple(tensor.shape)} is {found} in the "
+                    "parent; set bandInterpolationSteps: 0"
+                )
+            self.base[name] = other.detach()  # the parent model itself goes; its tensors stay here
+            self.step[name] = tensor.detach() - self.base[name]
+        del start
+
+    def save(self, alpha: float, directory: Path) -> Path:
+        """The model at `alpha` (0: the parent, 1: the checkpoint) saved with the checkpoint's tokenizer."""
+        import torch
+
+        with torch.no_grad():
+            for name, tensor in self.model.named_parameters():
+                torch.add(self.base[name], self.step[name], alpha=alpha, out=tensor.data)
+        self.model.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        return directory
 
 
 def band_control(
-    config: StageConfig, rm: Any, parent: str, models: list[tuple[int, Path]]
-) -> tuple[int, list[dict[str, float]]]:
-    """Each model's RM win rate over the parent on the band prompts; (index of the chosen model, the curve)."""
+    config: StageConfig, rm: Any, parent: str, models: list[tuple[int, Path]], scratch: Path
+) -> tuple[BandPick, Path, list[dict[str, float]], list[dict[str, float]]]:
+    """Each model's learned-part RM win rate over the parent on the band prompts (and the whole reward's beside
+    it); interpolations toward the earliest checkpoint under `scratch` when every one is above the target.
+    Returns the pick, the chosen model's directory, the curve and the interpolations measured."""
     import gc
 
-    from flywheel_trainer.scoring import pointwise_scores
+    from flywheel_trainer.scoring import pointwise_parts
 
     settings = config.settings.rl
     rows = read_jsonl(artifact_path(config, "curate", "rl_prompts"))
@@ -122,7 +239,7 @@ def band_control(
     prompts = [r["prompt"] for r in rows]
     characters = [r["character"] for r in rows]
 
-    def rewards(source: str | Path) -> np.ndarray:
+    def scores(source: str | Path) -> Any:
         model, tokenizer = load_policy(str(source))
         answers = generate_reporting(
             model, tokenizer, prompts, phase="band", max_new_tokens=settings.max_new_tokens,
@@ -130,13 +247,79 @@ def band_control(
         )
         del model
         gc.collect()
-        return pointwise_scores(rm, prompts, [a[0] for a in answers], characters)
+        return pointwise_parts(rm, prompts, [a[0] for a in answers], characters)
 
-    baseline = rewards(parent)
-    curve = [{"step": float(step), "win_rate": win_rate(rewards(path), baseline), "prompts": float(len(prompts))}
-             for step, path in models]
-    chosen = choose_checkpoint([(int(c["step"]), c["win_rate"]) for c in curve], settings.band_target)
-    return chosen, curve
+    baseline = scores(parent)
+
+    def point(source: str | Path) -> dict[str, float]:
+        parts = scores(source)
+        return {"win_rate": win_rate(parts.learned, baseline.learned),
+                "reward_win_rate": win_rate(parts.reward, baseline.reward), "prompts": float(len(prompts))}
+
+    curve = [{"step": float(step), **point(path)} for step, path in models]
+    line: list[WeightLine] = []
+    probes: dict[float, tuple[Path, dict[str, float]]] = {}
+
+    def interpolate(alpha: float) -> float:
+        if not line:
+            line.append(WeightLine(parent, models[0][1]))
+        directory = line[0].save(alpha, scratch / f"band-alpha-{alpha:.6f}")
+        probes[alpha] = directory, {"alpha": alpha, **point(directory)}
+        within = [a for a, (_, p) in probes.items() if p["win_rate"] <= settings.band_target]
+        keep = {max(within, default=None), min(probes, key=lambda a: probes[a][1]["win_rate"])}
+        for other, (kept, _) in probes.items():  # only a possible choice stays on disk
+            if other not in keep:
+                shutil.rmtree(kept, ignore_errors=True)
+        return probes[alpha][1]["win_rate"]
+
+    pick = pick_band([(int(c["step"]), c["win_rate"]) for c in curve], settings.band_target, interpolate,
+                     settings.band_interpolation_steps)
+    line.clear()
+    chosen = probes[pick.alpha][0] if pick.alpha < 1.0 else models[pick.index][1]
+    return pick, chosen, curve, [p for _, p in probes.values()]
+
+
+def band_summary(pick: BandPick, target: float, curve: list[dict[str, float]],
+                 probes: list[dict[str, float]]) -> str:
+    """One sentence on how the band chose the candidate, for people (details["band"]["message"])."""
+    step = int(curve[pick.index]["step"])
+    rates = ", ".join(f"{c['win_rate']:.3f} at step {int(c['step'])}" for c in curve)
+    if pick.method == "checkpoint":
+        return f"kept RL step {step}, the latest checkpoint at or below the {target:.2f} target ({rates})."
+    tried = ", ".join(f"{p['win_rate']:.3f} at α={p['alpha']:g}" for p in probes)
+    if pick.method == "interpolation":
+        return (f"every checkpoint was above the {target:.2f} target ({rates}); kept the parent's weights moved "
+                f"α={pick.alpha:g} of the way to step {step}'s, at {pick.win_rate:.3f} (bisection: {tried}).")
+    where = f"step {step}" if pick.alpha == 1.0 else f"α={pick.alpha:g} toward step {step}"
+    return (f"target {target:.2f} NOT reached: every checkpoint was above it ({rates})"
+            + (f" and every interpolation too ({tried})" if probes else " and interpolation is off")
+            + f"; kept the lowest, {where} at {pick.win_rate:.3f}.")
+
+
+def band_record(
+    pick: BandPick, target: float, step: int, curve: list[dict[str, float]],
+    probes: list[dict[str, float]] | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """details["band"] and the `band_*` metrics of a pick (`step`: the checkpoint it kept or moved toward;
+    `probes`: the interpolations as band_control measured them, by default the pick's own (α, win rate))."""
+    probes = probes if probes is not None else [{"alpha": alpha, "win_rate": rate} for alpha, rate in pick.probes]
+    details = {
+        "target": target, "chosen_step": step, "curve": curve, "method": pick.method, "reached": pick.reached,
+        "alpha": pick.alpha, "win_rate": pick.win_rate, "probes": probes,
+        "message": band_summary(pick, target, curve, probes),
+    }
+    metrics = {
+        "band_target": target,
+        "band_reached": float(pick.reached),
+        "band_alpha": pick.alpha,
+        "band_chosen_step": float(step),
+        "band_win_rate_chosen": pick.win_rate,
+        "band_win_rate_last": curve[-1]["win_rate"],
+        "band_checkpoints": float(len(curve)),
+        "band_interpolations": float(len(probes)),
+    }
+    return details, metrics
+# --- end issue 26 ----------------------------------------------------------------------------------------------
 
 
 class PolicyReward:
@@ -436,21 +619,15 @@ def main(config: StageConfig) -> StageResult:
         if settings.checkpoint_every:
             del trained
             models = [*saver.saved, (trainer.state.global_step, out / "model")]
-            chosen, curve = band_control(config, rm, model_source(config.policy, field="policy"), models)
-            step, path = models[chosen]
+            pick, path, curve, probes = band_control(
+                config, rm, model_source(config.policy, field="policy"), models, out / SCRATCH / "band"
+            )
+            step = models[pick.index][0]
             if path != out / "model":
                 shutil.rmtree(out / "model")
                 shutil.copytree(path, out / "model")
-            band = {"target": settings.band_target, "chosen_step": step, "curve": curve}
-            metrics.update(
-                {
-                    "band_target": settings.band_target,
-                    "band_chosen_step": float(step),
-                    "band_win_rate_chosen": curve[chosen]["win_rate"],
-                    "band_win_rate_last": curve[-1]["win_rate"],
-                    "band_checkpoints": float(len(curve)),
-                }
-            )
+            band, band_metrics = band_record(pick, settings.band_target, step, curve, probes)
+            metrics.update(band_metrics)
             trained, _ = load_policy(str(out / "model"))
             after, _ = sampled_rewards(trained.eval(), trainer.processing_class, rm, prompts, characters, **sampling)
         else:

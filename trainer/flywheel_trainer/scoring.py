@@ -136,15 +136,45 @@ def pointwise_scores(
 ) -> np.ndarray:
     """Bradley–Terry rewards (higher is better) of each response to its prompt; a model with rule features also
     reads each response's character (a curated row's `character`: name and instructions)."""
+    return pointwise_parts(rm, prompts, responses, characters).reward
+
+
+# --- issue 26: the learned part of a pointwise reward (h26b) ---------------------------------------------------
+@dataclass(frozen=True)
+class PointwiseParts:
+    """A pointwise reward split into what was learned from text and what the rule features add."""
+
+    reward: np.ndarray
+    """The whole reward, as RL and rejection sampling use it: learned + rules."""
+    learned: np.ndarray
+    """The text model's share of it (text weight × text logit; the logit itself for a model without rule
+    features): the only part a policy can push up without changing what the rules check, so the win-rate band
+    reads it (flywheel_trainer.evaluate)."""
+
+    @property
+    def rules(self) -> np.ndarray:
+        """What the rule features add (zeros for a model without them)."""
+        return self.reward - self.learned
+
+
+def pointwise_parts(
+    rm: RewardModel,
+    prompts: Sequence[Chat],
+    responses: Sequence[str],
+    characters: Sequence[Mapping[str, Any]] | None = None,
+) -> PointwiseParts:
+    """`pointwise_scores` of each response with its learned part beside it, from one forward pass."""
     if rm.rules and characters is None:  # before the model runs: a missing argument is not worth a forward pass
         raise StageError(f"reward model {rm.name} has rule features ({', '.join(rm.rules['features'])}): "
                          "score it with each response's character")
     texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
     logits = logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
     if not rm.rules:
-        return logits
+        return PointwiseParts(reward=logits, learned=logits)
+    learned = rm.rules["text_weight"] * logits
     values = rule_matrix(rm.rules["features"], characters, responses)
-    return rm.rules["text_weight"] * logits + values @ np.asarray(rm.rules["weights"], dtype=float)
+    return PointwiseParts(reward=learned + values @ np.asarray(rm.rules["weights"], dtype=float), learned=learned)
+# --- end issue 26 ---------------------------------------------------------------------------------------------
 
 
 def signal_probabilities(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:

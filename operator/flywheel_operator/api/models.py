@@ -306,9 +306,18 @@ class RLSettings(ApiModel):
     report's band as a control: operate below 65 %, 60 % ideal). Unset: the last step is the candidate."""
     band_target: Fraction = 0.60
     """The candidate is the latest checkpoint whose pointwise-RM win rate over the parent, on `bandPrompts`
-    curated prompts never trained on, stays at or below this (below the offline gate's 0.65 limit)."""
+    curated prompts never trained on, stays at or below this (below the offline gate's 0.65 limit). The win rate
+    is the one the offline band reads: of the reward model's learned part, rule features left out."""
     band_prompts: PositiveInt = 100
     """Prompts of the curated RL pool after the selection pool that every checkpoint and the parent answer."""
+    # --- issue 26: the band lands on its target (h26b) -------------------------------------------------------
+    band_interpolation_steps: Annotated[int, Field(ge=0, le=12)] = 4
+    """When every checkpoint is above `bandTarget`: bisection steps over α of the weights parent + α × (earliest
+    checkpoint − parent), each α measured on the band prompts like a checkpoint; the candidate is the largest α
+    measured at or below the target (found to within 2^-steps). 0: no interpolation. When the target is still
+    not reached, the model with the lowest measured win rate is kept and the status says so (condition
+    `BandTargetReached`)."""
+    # --- end issue 26 ------------------------------------------------------------------------------------------
     max_steps: PositiveInt = 200
     """Optimizer steps."""
     learning_rate: float = Field(default=1e-6, gt=0)

@@ -51,7 +51,9 @@ class OfflineMetrics(ApiModel):
     """The evaluation stage's metrics that the offline gate reads (candidate vs parent)."""
 
     win_rate_user: float = Field(ge=0, le=1)
-    """Pointwise-RM win rate of the candidate over the parent on held-out user prompts."""
+    """Pointwise-RM win rate of the candidate over the parent on held-out user prompts, on the reward model's
+    learned part only (its text score; rule features such as follows-instructions left out: a real step up in a
+    rule is not gaming, and each rule has its own check). The whole reward's is `rewardWinRateUser`."""
     win_rate_internal: float | None = Field(default=None, ge=0, le=1)
     """The same on held-out internal prompts; None when none were evaluated (not measured, never copied)."""
     pairwise_win_rate_user: float | None = Field(default=None, ge=0, le=1)
@@ -85,6 +87,13 @@ class OfflineMetrics(ApiModel):
     `styleDifferenceSd`, the correlation of the paired responses behind the drift's ratio interval)."""
     parent_style_sd: dict[str, float] = Field(default_factory=dict)
     """Per style statistic, the standard deviation over the parent's responses."""
+    # --- issue 26: the whole reward's win rates beside the learned part's (h26b) ---------------------------------
+    reward_win_rate_user: float | None = Field(default=None, ge=0, le=1)
+    """Win rate on user prompts by the pointwise RM's whole reward (learned part plus rule features), as RL
+    optimises it; None from eval stages before issue 26 (their `winRateUser` is this one)."""
+    reward_win_rate_internal: float | None = Field(default=None, ge=0, le=1)
+    """The same on internal prompts."""
+    # --- end issue 26 ---------------------------------------------------------------------------------------------
 
 
 class ArmStats(ApiModel):

@@ -58,6 +58,8 @@ def _desired(status: FlywheelGenerationStatus) -> list[tuple[str, str, str, str]
     if status.canary is not None:
         ready = status.canary.phase in ("Ready", "Promoted")
         wanted.append(("CanaryReady", "True" if ready else "False", status.canary.phase, status.canary.message or ""))
+    if (band := band_condition(status)) is not None:
+        wanted.append(band)
     if status.online is not None and status.online.divergence is not None:
         alarm = not status.online.divergence.passed
         wanted.append(
@@ -69,6 +71,28 @@ def _desired(status: FlywheelGenerationStatus) -> list[tuple[str, str, str, str]
             )
         )
     return wanted
+
+
+# --- issue 26: whether RL's band control reached its target (h26b) ---------------------------------------------
+def band_condition(status: FlywheelGenerationStatus) -> tuple[str, str, str, str] | None:
+    """`BandTargetReached` from the rl stage's `band_*` metrics (flywheel_trainer.rl), once it succeeded with the
+    band on (`rl.checkpointEvery`): True with how (a checkpoint, or an interpolation toward the parent), False
+    when no checkpoint nor interpolation got the win rate down to `rl.bandTarget`."""
+    record = status.record("rl")
+    if record is None or record.state != "Succeeded" or "band_reached" not in record.metrics:
+        return None
+    m = record.metrics
+    step, alpha, rate, target = int(m["band_chosen_step"]), m["band_alpha"], m["band_win_rate_chosen"], m["band_target"]
+    kept = f"RL step {step}" if alpha >= 1 else f"the parent's weights moved {alpha:g} of the way to RL step {step}'s"
+    if m["band_reached"]:
+        reason = "Checkpoint" if alpha >= 1 else "Interpolation"
+        return ("BandTargetReached", "True", reason,
+                f"the candidate is {kept}: learned-score win rate {rate:.3f} over the parent, target {target:.2f}.")
+    return ("BandTargetReached", "False", "NotReached",
+            f"no RL checkpoint nor interpolation toward the parent reached the band target {target:.2f}; the "
+            f"candidate is {kept}, the lowest measured, at a learned-score win rate of {rate:.3f} (the offline "
+            "gate's win-rate band may stop it).")
+# --- end issue 26 ---------------------------------------------------------------------------------------------
 
 
 def update_conditions(
