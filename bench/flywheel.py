@@ -399,7 +399,7 @@ def generated_targets(worlds: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "deployed_traits": {label: t for label, t in zip(worlds, traits, strict=True)},
         "breadth_lifts_agree_in_90_percent": (sum(breadth_known) >= BREADTH_AGREEMENT * len(breadth))
         if breadth and len(breadth_known) == len(breadth) else None,
-        "breadth_lifts_agree": f"{sum(breadth_known)}/{len(breadth)}" if breadth else None,
+        "breadth_lifts_agree": f"{sum(breadth_known)}/{len(breadth_known)}" if breadth_known else None,
         "breadth_generations_without_oracle_interval": len(breadth) - len(breadth_known),
     }
 

@@ -184,6 +184,7 @@ def test_breadth_lifts_agree_when_the_intervals_overlap() -> None:
     del table[1][bench.ORACLE_BREADTH_INTERVAL]
     got = bench.generated_targets({"g": world(table)})
     assert got["breadth_lifts_agree_in_90_percent"] is None and got["breadth_generations_without_oracle_interval"] == 1
+    assert got["breadth_lifts_agree"] == "1/1"  # of the comparable ones; the other is counted apart, not as a miss
 
 
 # ------------------------------------------------------------------------------------------ mean and spread
