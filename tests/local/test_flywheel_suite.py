@@ -242,3 +242,53 @@ def test_the_suite_seeds_and_labels() -> None:
     finally:
         bench.summarise = original
     assert seen == {"seeds": [7, 8], "generations": bench.GENERATED_GENERATIONS}
+
+
+def test_jobs_run_each_world_in_its_own_process_with_arguments_the_bench_parses(monkeypatch, tmp_path) -> None:
+    import argparse
+    import subprocess
+
+    started: list[list[str]] = []
+
+    class Finished:
+        returncode = 0
+
+        def __init__(self, command: list[str], **_: Any) -> None:
+            started.append(command)
+
+        def poll(self) -> int:
+            return 0
+
+    monkeypatch.setattr(bench, "RUNS", tmp_path)
+    monkeypatch.setattr(bench, "generated_world", lambda seed, folder: folder / f"{seed}.yaml")
+    monkeypatch.setattr(subprocess, "Popen", Finished)
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    failed = bench.run_generated([100, 101, 102], 3, manifest=tmp_path / "flywheel.yaml", first=None,
+                                 cache=tmp_path / "cache", resume=False, cpus=1, jobs=2)
+    assert failed == 0 and len(started) == 3
+    seen = {}
+    for command in started:
+        parsed: dict[str, Any] = {}
+
+        def capture(argv: list[str], store: dict = parsed) -> int:
+            parser = argparse.ArgumentParser()
+            for flag in ("--only", "--world-seed", "--count", "--suite-generations", "--runs", "--cpus", "--jobs"):
+                parser.add_argument(flag)
+            parser.add_argument("--no-summary", action="store_true")
+            known, _ = parser.parse_known_args(argv)
+            store.update(vars(known))
+            return 0
+
+        capture(command[2:])
+        assert command[1].endswith("bench/flywheel.py")
+        assert (parsed["only"], parsed["count"], parsed["suite_generations"], parsed["jobs"], parsed["cpus"]) == (
+            "generated", "1", "3", "1", "1")
+        assert parsed["no_summary"] and parsed["runs"] == str(tmp_path)
+        seen[parsed["world_seed"]] = command
+        assert (tmp_path / f"generated-{parsed['world_seed']}.log").is_file()
+    assert sorted(seen) == ["100", "101", "102"]
+    # and the bench's own parser takes the child's command line
+    monkeypatch.setattr(bench, "run_generated", lambda seeds, generations, **kw: seen.update(child=(seeds, kw)) or 0)
+    monkeypatch.setattr(bench, "_run_chain", lambda *a, **k: None)
+    assert bench.main([*started[0][2:], "--manifest", str(bench.ROOT / "examples" / "local" / "flywheel.yaml")]) == 0
+    assert seen["child"][0] == [100] and seen["child"][1]["jobs"] == 1 and seen["child"][1]["cpus"] == 1
