@@ -410,7 +410,7 @@ GENERATED_SEED = 100
 GENERATED_COUNT = 4
 GENERATED_GENERATIONS = 3
 """Generations per generated world (--suite-generations): the targets read generations 1-3, and 3 keep four worlds
-inside about an hour on 2 cores with --jobs 2 (5 would take about 1.6 h)."""
+inside about an hour on 2 cores with --jobs 2 (about 50 min estimated; 5 would take about 1.3 h)."""
 SUITE_POWER = (
     "3 generations per world instead of 5: 12 candidates over 4 worlds instead of 20, so the share of clearly better "
     "candidates promoted rests on about 8-12 of them (one miss moves it by 8-12 points), and the late, small lifts "
