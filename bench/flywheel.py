@@ -8,6 +8,7 @@ The chains run through the product path: the Flywheel of examples/local/flywheel
     python bench/flywheel.py --summarise           # the table and bench/results/flywheel.json from what finished
     python bench/flywheel.py --resume              # continue interrupted runs instead of starting clean
     python bench/flywheel.py --only seed           # the default chain again with another world seed (--seed)
+    python bench/flywheel.py --only generated --jobs 2   # the out-of-sample suite: 4 generated worlds, 3 generations
 
 Per generation: the oracle's verdict (truly better: the candidate's oracle depth above its parent's and its
 breadth not below), the gate's decision (promoted or blocked, and by which check), the pointwise reward
@@ -18,6 +19,13 @@ better / promoted, truly better and promoted / truly better, the deployed policy
 the run from a clean directory. Targets on the default world (issue 16): every promoted generation truly better,
 at least 4 of 5 truly better candidates promoted, deployed instruction following >= 85 %, the pointwise RM's
 oracle agreement >= 0.70 by generation 3.
+
+The generated worlds (issue 26, out of sample): `--count` worlds drawn by flywheel_sim.worldgen from seeds
+`--world-seed`, `--world-seed`+1, … (characters, segments and trap the project never saw; no setting was tuned on
+them), each turned for `--suite-generations` generations (3: the targets read generations 1-3) with the same
+manifest; `--jobs 2` runs two worlds side by side, one thread per stage each. Per world the same table as above; over
+the worlds each headline figure's mean, standard deviation and range (GENERATED_FIGURES), and the issue's targets
+(generated_targets), every input that no code measures yet reported as None ("not measured"), never guessed.
 
 The trap probe: in the default world, unchanged, one generation trained as a team chasing the immediate signal
 would train it (TRAP_PROBE_STAGES: pairs that differ in emojis kept, rejection sampling by p(continue) alone, RL
@@ -30,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -163,6 +172,8 @@ def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
                 "rm_logged_quality": {k: v["logged"] for k, v in agreement.get("models", {}).items()},
                 "rm_train_examples": {k: v["train_examples"] for k, v in agreement.get("models", {}).items()},
                 "rm_oracle_pairs": agreement.get("pairs"),
+                TEXT_ONLY_AGREEMENT: {k: v[TEXT_ONLY_AGREEMENT_FIELD] for k, v in agreement.get("models", {}).items()
+                                      if v.get(TEXT_ONLY_AGREEMENT_FIELD) is not None},
                 "band": rl.get("details", {}).get("band") or {},
                 "instruction_following_eval": m.get("instruction_following"),
                 "win_rate_user": m.get("win_rate_user"),
@@ -212,24 +223,390 @@ def summary(table: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def targets(default: dict[str, Any]) -> dict[str, Any]:
-    """Issue 16's targets on the default world."""
-    shipped_worse = default["confusion"]["shipped_worse"]
-    better = len(default["truly_better"])
-    better_promoted = default["confusion"]["shipped_better"]
-    agreement = default["pointwise_rm_oracle_agreement"]
-    names = list(agreement)
-    by_three = [agreement[n] for n in names[:3] if agreement[n] is not None]
-    end = default["deployed_end"].get("instruction_following")
+def targets(
+    default: dict[str, Any] | None,
+    generated: dict[str, dict[str, Any]] | None = None,
+    default_rows: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The targets: issue 16's on the default world's chain summary (`default`), and issue 26's over the
+    generated worlds (`generated`: label -> {"rows", "summary"}) and every world's first three generations.
+
+    A target is True or False when measured, None when an input is missing (fewer generations than it reads, or a
+    row key no code fills yet): never a guess."""
+    out: dict[str, Any] = {}
+    if default is not None:
+        shipped_worse = default["confusion"]["shipped_worse"]
+        better = len(default["truly_better"])
+        better_promoted = default["confusion"]["shipped_better"]
+        agreement = default["pointwise_rm_oracle_agreement"]
+        first_three = [agreement[n] for n in list(agreement)[:3]]
+        end = default["deployed_end"].get("instruction_following")
+        out.update({
+            "every_promoted_truly_better": shipped_worse == 0,
+            "at_least_4_of_5_truly_better_promoted": better_promoted >= min(4, better) if better >= 4 else None,
+            "truly_better_promoted": f"{better_promoted}/{better}",
+            "deployed_instruction_following_at_least_85": end is not None and end >= 0.85,
+            "deployed_instruction_following_end": end,
+            # every one of generations 1-3, not the best of them (issue 26, problem 6)
+            "rm_oracle_agreement_at_least_70_by_generation_3": at_least_at_first_three(first_three, 0.70),
+            "rm_oracle_agreement_first_three": first_three,
+        })
+    tables = {label: world["rows"] for label, world in (generated or {}).items()}
+    if default_rows is not None:
+        tables = {"default": default_rows, **tables}
+    if tables:
+        per_world = {label: at_least_at_first_three([text_only_agreement(r) for r in table[:3]], TEXT_ONLY_TARGET)
+                     for label, table in tables.items()}
+        out["text_only_rm_oracle_agreement_at_least_65_at_generations_1_3_in_every_world"] = _all_known(
+            list(per_world.values()))
+        out["text_only_rm_oracle_agreement_at_least_65_per_world"] = per_world
+    if generated:
+        out["generated_worlds"] = generated_targets(generated)
+    return out
+
+
+TEXT_ONLY_TARGET = 0.65
+"""Issue 26: the reward model's learned (text-only) part agrees with the oracle on >= 65 % of pairs."""
+TEXT_ONLY_AGREEMENT = "rm_text_only_oracle_agreement"
+"""Row key: {reward model: oracle agreement of its text-only part} (rows() copies it from rm_oracle.json)."""
+TEXT_ONLY_AGREEMENT_FIELD = "text_only_oracle_agreement"
+"""The per-model field of rm_oracle.json (flywheel_local.rm_oracle) that rows() copies under TEXT_ONLY_AGREEMENT."""
+TEXT_ONLY_MODEL = "pointwise"
+"""The reward model whose text-only agreement the target reads (the one the report's selection uses)."""
+ORACLE_DEPTH_INTERVAL = "oracle_depth_lift_interval"
+"""Row key: [low, high], the 95 % interval of the oracle's depth lift over the parent (the verdict's interval)."""
+ORACLE_BREADTH_INTERVAL = "oracle_breadth_lift_interval"
+"""Row key: [low, high], the 95 % interval of the oracle's breadth lift over the parent."""
+BAND_CHECK = "win-rate-band"
+"""The offline gate's band check (flywheel_operator.gate.offline)."""
+CLEARLY_BETTER_PROMOTED = 0.80
+DEPLOYED_INSTRUCTION_FOLLOWING = 0.85
+WORLDS_SHARE = 0.75
+"""'In at least 3 of 4 generated worlds': the share of worlds a per-world target must hold in."""
+BREADTH_AGREEMENT = 0.90
+
+
+def at_least_at_first_three(values: list[float | None], limit: float) -> bool | None:
+    """Whether each of generations 1-3 reaches `limit`: all of them, not the best (False as soon as one measured
+    value misses; None while one of the three is not measured)."""
+    first = values[:3]
+    if any(v is not None and v < limit for v in first):
+        return False
+    return None if len(first) < 3 or None in first else True
+
+
+def _all_known(verdicts: list[bool | None]) -> bool | None:
+    """False when any is False, None when none is False but one is unknown, else True."""
+    if any(v is False for v in verdicts):
+        return False
+    return None if any(v is None for v in verdicts) or not verdicts else True
+
+
+def text_only_agreement(row: dict[str, Any]) -> float | None:
+    """The text-only oracle agreement of TEXT_ONLY_MODEL in one row (None: not measured)."""
+    value = row.get(TEXT_ONLY_AGREEMENT)
+    return value.get(TEXT_ONLY_MODEL) if isinstance(value, dict) else value
+
+
+def _interval(row: dict[str, Any], key: str) -> tuple[float, float] | None:
+    value = row.get(key)
+    return (float(value[0]), float(value[1])) if value is not None and None not in value else None
+
+
+def measured_breadth_interval(row: dict[str, Any]) -> tuple[float, float] | None:
+    """The canary's always-valid 95 % interval of the breadth lift (None: no A/B measured it)."""
+    measured = row.get("measured") or {}
+    low, high = measured.get("breadth.lower"), measured.get("breadth.upper")
+    return None if low is None or high is None else (float(low), float(high))
+
+
+def deployed_traits(table: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """The deployed policy's oracle rates at the start and after the chain (a promoted candidate replaces it)."""
+    if not table:
+        return {}
+    start = table[0].get("oracle_parent") or {}
+    end = start
+    for r in table:
+        if r["promoted"] and r.get("oracle_candidate"):
+            end = r["oracle_candidate"]
+    keys = ("compliance", "persona_rate", "on_topic_rate", "question_rate", "emoji_rate", "mean_words", "depth",
+            "breadth")
+    return {"start": {k: start.get(k) for k in keys}, "end": {k: end.get(k) for k in keys}}
+
+
+def _rises(traits: dict[str, dict[str, float | None]], key: str) -> bool | None:
+    before, after = traits.get("start", {}).get(key), traits.get("end", {}).get(key)
+    return None if before is None or after is None else after > before
+
+
+def _in_worlds(verdicts: list[bool | None]) -> dict[str, Any]:
+    """A per-world target over the generated worlds: met in at least WORLDS_SHARE of them (3 of 4), judged on at
+    least 4 worlds. A world not measured counts neither way: the verdict is None while it could still decide it."""
+    known = [v for v in verdicts if v is not None]
+    met, unknown = sum(known), len(verdicts) - len(known)
+    needed = math.ceil(WORLDS_SHARE * len(verdicts))
+    verdict = None if len(verdicts) < 4 else True if met >= needed else False if met + unknown < needed else None
+    return {"met": verdict, "worlds": f"{met}/{len(verdicts)}", "unknown": unknown}
+
+
+def generated_targets(worlds: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Issue 26's targets over the generated worlds (label -> {"rows", "summary"}).
+
+    The oracle verdicts read ORACLE_DEPTH_INTERVAL (clearly better: the interval above 0; below 0: under it); the
+    breadth check reads ORACLE_BREADTH_INTERVAL against the canary's measured interval (they agree when the two
+    intervals overlap). A target whose inputs are missing in any row it needs is None, with the count missing."""
+    rows = [r for world in worlds.values() for r in world["rows"]]
+    judged = [r for r in rows if r.get("truly_better") is not None or r.get(ORACLE_DEPTH_INTERVAL) is not None]
+    intervals = {id(r): _interval(r, ORACLE_DEPTH_INTERVAL) for r in judged}
+    without = sum(v is None for v in intervals.values())
+    promoted = [r for r in judged if r["promoted"]]
+    below = [r["generation"] for r in promoted if intervals[id(r)] is not None and intervals[id(r)][1] < 0]
+    clearly = [r for r in judged if intervals[id(r)] is not None and intervals[id(r)][0] > 0]
+    clearly_promoted = sum(r["promoted"] for r in clearly)
+    band_only = [r["generation"] for r in clearly if not r["promoted"] and r["blocked_by"] == f"offline: {BAND_CHECK}"]
+    complete = without == 0 and bool(judged)
+
+    following = [(w["summary"].get("deployed_end") or {}).get("instruction_following") for w in worlds.values()]
+    traits = [deployed_traits(w["rows"]) for w in worlds.values()]
+    persona_or_topic = []
+    for t in traits:
+        rises = [_rises(t, "persona_rate"), _rises(t, "on_topic_rate")]
+        persona_or_topic.append(True if True in rises else None if None in rises else False)
+
+    breadth = []
+    for r in rows:
+        measured = measured_breadth_interval(r)
+        if measured is None:
+            continue  # no A/B: nothing measured to compare
+        oracle = _interval(r, ORACLE_BREADTH_INTERVAL)
+        breadth.append(None if oracle is None else measured[0] <= oracle[1] and oracle[0] <= measured[1])
+    breadth_known = [b for b in breadth if b is not None]
     return {
-        "every_promoted_truly_better": shipped_worse == 0,
-        "at_least_4_of_5_truly_better_promoted": better_promoted >= min(4, better) if better >= 4 else None,
-        "truly_better_promoted": f"{better_promoted}/{better}",
-        "deployed_instruction_following_at_least_85": end is not None and end >= 0.85,
-        "deployed_instruction_following_end": end,
-        "rm_oracle_agreement_at_least_70_by_generation_3": bool(by_three) and max(by_three) >= 0.70,
-        "rm_oracle_agreement_first_three": by_three,
+        "worlds": len(worlds),
+        "generations": len(rows),
+        "rows_without_oracle_interval": without,
+        "no_promoted_candidate_with_oracle_interval_below_0": (not below) if complete else None,
+        "promoted_with_oracle_interval_below_0": below if complete else None,
+        "clearly_better_promoted_at_least_80": (clearly_promoted >= CLEARLY_BETTER_PROMOTED * len(clearly))
+        if complete and clearly else None,
+        "clearly_better_promoted": f"{clearly_promoted}/{len(clearly)}" if complete else None,
+        "band_never_the_only_reason_a_clearly_better_candidate_is_stopped": (not band_only) if complete else None,
+        "clearly_better_stopped_by_the_band_alone": band_only if complete else None,
+        "deployed_instruction_following_at_least_85_in_3_of_4": _in_worlds(
+            [None if f is None else f >= DEPLOYED_INSTRUCTION_FOLLOWING for f in following]),
+        "deployed_instruction_following_end": following,
+        "persona_or_on_topic_rises_in_3_of_4": _in_worlds(persona_or_topic),
+        "deployed_traits": {label: t for label, t in zip(worlds, traits, strict=True)},
+        "breadth_lifts_agree_in_90_percent": (sum(breadth_known) >= BREADTH_AGREEMENT * len(breadth))
+        if breadth and len(breadth_known) == len(breadth) else None,
+        "breadth_lifts_agree": f"{sum(breadth_known)}/{len(breadth_known)}" if breadth_known else None,
+        "breadth_generations_without_oracle_interval": len(breadth) - len(breadth_known),
     }
+
+
+# ------------------------------------------------------------------------------ the generated-worlds suite
+GENERATED_SEED = 100
+"""The first generated world's seed (--world-seed); the suite's worlds are seeds 100, 101, 102, 103."""
+GENERATED_COUNT = 4
+GENERATED_GENERATIONS = 3
+"""Generations per generated world (--suite-generations): the targets read generations 1-3, and 3 keep four worlds
+inside about an hour on 2 cores with --jobs 2 (about 50 min estimated; 5 would take about 1.3 h)."""
+SUITE_POWER = (
+    "3 generations per world instead of 5: 12 candidates over 4 worlds instead of 20, so the share of clearly better "
+    "candidates promoted rests on about 8-12 of them (one miss moves it by 8-12 points), and the late, small lifts "
+    "(the generations where verdicts were close on the default world) are not tested. 4 worlds: a per-world target "
+    "'in 3 of 4' turns on one world, and a mean over 4 worlds carries a t-interval of about +-1.6 standard "
+    "deviations (3 degrees of freedom). Users per world are the default world's 10,000, so each A/B keeps its power."
+)
+"""What the suite's size costs in power (bench/results/flywheel.json, generated.power)."""
+GENERATED_FIGURES: tuple[str, ...] = (
+    "deployed_instruction_following_end",
+    "deployed_instruction_following_gain",
+    "deployed_depth_lift",
+    "deployed_breadth_lift",
+    "deployed_persona_change",
+    "deployed_on_topic_change",
+    "promoted_share",
+    "promoted_truly_better_share",
+    "truly_better_promoted_share",
+    "pointwise_rm_oracle_agreement_gen1_3",
+    "text_only_rm_oracle_agreement_gen1_3",
+    "wall_minutes",
+)
+"""The headline figures of one generated world, aggregated over the worlds with mean and spread."""
+
+
+def generated_label(seed: int) -> str:
+    """The run directory name and table label of the generated world of `seed`."""
+    return f"generated-{seed}"
+
+
+def generated_world_file(seed: int, folder: Path) -> Path:
+    return folder / "worlds" / f"{generated_label(seed)}.yaml"
+
+
+def generated_world(seed: int, folder: Path) -> Path:
+    """The world file of `seed` under `folder`/worlds/, written by flywheel_sim.worldgen (rewritten only when its
+    content changed, so a resumed run keeps its cached generation 0)."""
+    from flywheel_sim.worldgen import generate_world, world_yaml
+
+    path = generated_world_file(seed, folder)
+    text = world_yaml(*generate_world(seed))
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def world_figures(table: list[dict[str, Any]], chain: dict[str, Any], wall: dict[str, Any] | None) -> dict[str, Any]:
+    """GENERATED_FIGURES of one world's chain (None where not measured)."""
+    traits = deployed_traits(table)
+    start, end = traits.get("start", {}), traits.get("end", {})
+
+    def change(key: str, relative: bool = False) -> float | None:
+        before, after = start.get(key), end.get(key)
+        if before is None or after is None or (relative and not before):
+            return None
+        return after / before - 1 if relative else after - before
+
+    promoted = [r for r in table if r["promoted"]]
+    judged_promoted = [r for r in promoted if r["truly_better"] is not None]
+    better = [r for r in table if r["truly_better"]]
+    pointwise = [r["rm_oracle_agreement"].get("pointwise") for r in table[:3]]
+    text_only = [text_only_agreement(r) for r in table[:3]]
+    return {
+        "deployed_instruction_following_end": end.get("compliance"),
+        "deployed_instruction_following_gain": change("compliance"),
+        "deployed_depth_lift": change("depth", relative=True),
+        "deployed_breadth_lift": change("breadth", relative=True),
+        "deployed_persona_change": change("persona_rate"),
+        "deployed_on_topic_change": change("on_topic_rate"),
+        "promoted_share": len(promoted) / len(table) if table else None,
+        "promoted_truly_better_share": (sum(bool(r["truly_better"]) for r in judged_promoted) / len(judged_promoted)
+                                        if judged_promoted else None),
+        "truly_better_promoted_share": sum(r["promoted"] for r in better) / len(better) if better else None,
+        "pointwise_rm_oracle_agreement_gen1_3": _mean([v for v in pointwise if v is not None])
+        if len(pointwise) == 3 and None not in pointwise else None,
+        "text_only_rm_oracle_agreement_gen1_3": _mean([v for v in text_only if v is not None])
+        if len(text_only) == 3 and None not in text_only else None,
+        "wall_minutes": round(wall["wall_seconds"] / 60, 1) if wall else None,
+    }
+
+
+def spread(values: list[float | None]) -> dict[str, Any]:
+    """Mean, sample standard deviation (n-1), minimum and maximum of the measured values; `missing` counts the
+    None ones (never averaged as 0)."""
+    known = [float(v) for v in values if v is not None]
+    n = len(known)
+    mean = _mean(known)
+    sd = (sum((v - mean) ** 2 for v in known) / (n - 1)) ** 0.5 if n >= 2 and mean is not None else None
+    return {"n": n, "missing": len(values) - n, "mean": mean, "sd": sd,
+            "min": min(known) if known else None, "max": max(known) if known else None}
+
+
+def aggregate(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each of GENERATED_FIGURES over the worlds (label -> world_figures)."""
+    return {name: spread([f.get(name) for f in figures.values()]) for name in GENERATED_FIGURES}
+
+
+def _figure_text(name: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if name == "wall_minutes":
+        return f"{value:.1f}"
+    if name.endswith(("_change", "_gain", "_lift")):
+        return f"{value:+.1%}"
+    if "agreement" in name:
+        return f"{value:.3f}"
+    return f"{value:.1%}"
+
+
+def print_suite(result: dict[str, Any]) -> None:
+    """One line per generated world, then each headline figure's mean ± s.d. [min, max] over the worlds."""
+    print(f"\n== generated worlds (seeds {', '.join(map(str, result['seeds']))}; {result['generations']} generations "
+          "each; out of sample)")
+    for label, world in result["worlds"].items():
+        d = world["description"]
+        segments = ", ".join(f"{s['name']} {s['share']:.0%} ({s['favourite']} most)" for s in d["segments"])
+        f = world["figures"]
+        print(f"{label}: {len(d['characters'])} characters; {segments}; trap threshold {d['trap_threshold']}; "
+              f"promoted {world['summary']['promoted_and_truly_better']} truly better; instruction following "
+              f"{_figure_text('x', world['summary']['deployed_start'].get('instruction_following'))} -> "
+              f"{_figure_text('x', f['deployed_instruction_following_end'])}; depth "
+              f"{_figure_text('deployed_depth_lift', f['deployed_depth_lift'])}")
+    print(f"{'figure':<40} {'n':>2} {'mean':>8} {'s.d.':>8} {'min':>8} {'max':>8}")
+    for name, s in result["aggregate"].items():
+        sd = "—" if s["sd"] is None else _figure_text(name, s["sd"]).lstrip("+")
+        print(f"{name:<40} {s['n']:>2} {_figure_text(name, s['mean']):>8} {sd:>8} "
+              f"{_figure_text(name, s['min']):>8} {_figure_text(name, s['max']):>8}")
+
+
+def summarise_generated(seeds: list[int], generations: int) -> dict[str, Any] | None:
+    """The generated worlds' results (those with a finished or started chain under RUNS), or None when none ran."""
+    from flywheel_local.report import compute_oracle, write_report
+    from flywheel_sim import load_world
+    from flywheel_sim.worldgen import describe
+
+    worlds: dict[str, Any] = {}
+    for seed in seeds:
+        label, world_file = generated_label(seed), generated_world_file(seed, RUNS)
+        run_dir = RUNS / label
+        names = _chain_names(run_dir)
+        if not names or not world_file.is_file():
+            continue
+        compute_oracle(run_dir, world_file)
+        table = rows(run_dir, names)
+        chain = summary(table)
+        wall = json.loads((run_dir / WALL_FILE).read_text()) if (run_dir / WALL_FILE).is_file() else None
+        shown = world_file.relative_to(ROOT) if world_file.is_relative_to(ROOT) else world_file
+        worlds[label] = {"world": str(shown), "description": describe(load_world(world_file)), "rows": table,
+                         "summary": chain, "figures": world_figures(table, chain, wall), "wall": wall,
+                         "report": str(write_report(run_dir)), "finished": wall is not None}
+        print_table(f"{label} (generated world {shown})", table, chain)
+    if not worlds:
+        return None
+    result = {"seeds": seeds, "generations": generations, "worlds": worlds,
+              "aggregate": aggregate({label: w["figures"] for label, w in worlds.items()}), "power": SUITE_POWER}
+    print_suite(result)
+    return result
+
+
+def run_generated(
+    seeds: list[int], generations: int, *, manifest: Path, first: Any, cache: Path, resume: bool, cpus: int | None,
+    jobs: int,
+) -> int:
+    """Turn each generated world's chain: in this process (jobs 1) or `jobs` worlds side by side, each in its own
+    process writing RUNS/generated-<seed>.log. Returns the number of worlds whose chain failed."""
+    import subprocess
+
+    files = {seed: generated_world(seed, RUNS) for seed in seeds}
+    if jobs <= 1:
+        for seed in seeds:
+            _run_chain(RUNS / generated_label(seed), files[seed], first, generations, cache, resume, cpus)
+        return 0
+    waiting, running, failed = list(seeds), [], 0
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            seed = waiting.pop(0)
+            command = [sys.executable, str(Path(__file__).resolve()), "--only", "generated", "--world-seed", str(seed),
+                       "--count", "1", "--suite-generations", str(generations), "--no-summary", "--runs", str(RUNS),
+                       "--cache-dir", str(cache), "--manifest", str(manifest), "--jobs", "1",
+                       *(["--cpus", str(cpus)] if cpus else []), *(["--resume"] if resume else [])]
+            log = RUNS / f"{generated_label(seed)}.log"
+            print(f"{generated_label(seed)}: started, log {log}", flush=True)
+            with log.open("w", encoding="utf-8") as handle:
+                running.append((seed, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for seed, process in list(running):
+            if process.poll() is not None:
+                running.remove((seed, process))
+                failed += process.returncode != 0
+                print(f"{generated_label(seed)}: finished (exit {process.returncode})", flush=True)
+    return failed
 
 
 def _pct(value: float | None, signed: bool = False) -> str:
@@ -344,7 +721,8 @@ def _chain_names(run_dir: Path) -> list[str]:
     return [d.name for d in generation_dirs(run_dir) if d.name != TRAP_PROBE] if run_dir.is_dir() else []
 
 
-def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
+def summarise(out: Path, seed: int = SECOND_SEED, generated_seeds: list[int] | None = None,
+              generated_generations: int = GENERATED_GENERATIONS) -> dict[str, Any]:
     from flywheel_local.report import compute_oracle, write_report
 
     result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
@@ -364,12 +742,17 @@ def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
                                    "wall": wall, "report": str(write_report(run_dir)),
                                    "finished": wall is not None}
         print_table(f"{label} world ({shown})", table, chain)
-    if "default" in result["worlds"]:
-        result["targets"] = targets(result["worlds"]["default"]["summary"])
-        if replica in result["worlds"]:
-            result["seed_replicate"] = {"seed": seed, **replicate(result["worlds"]["default"],
-                                                                   result["worlds"][replica])}
-            print("\nsecond seed:", json.dumps(result["seed_replicate"]))
+    generated = summarise_generated(generated_seeds, generated_generations) if generated_seeds else None
+    if generated is not None:
+        result["generated"] = generated
+    default = result["worlds"].get("default")
+    if default is not None or generated is not None:
+        result["targets"] = targets(default and default["summary"], generated and generated["worlds"],
+                                    default and default["rows"])
+    if "default" in result["worlds"] and replica in result["worlds"]:
+        result["seed_replicate"] = {"seed": seed, **replicate(result["worlds"]["default"],
+                                                               result["worlds"][replica])}
+        print("\nsecond seed:", json.dumps(result["seed_replicate"]))
     probe_dir = RUNS / "trap"
     if (probe_dir / TRAP_PROBE / "status.json").is_file():
         compute_oracle(probe_dir, DEFAULT_WORLD)
@@ -384,7 +767,7 @@ def summarise(out: Path, seed: int = SECOND_SEED) -> dict[str, Any]:
               f"{_pct(probe['oracle_depth_lift'], True)}, breadth {_pct(probe['oracle_breadth_lift'], True)}; "
               + (f"blocked by {probe['blocked_by']}" if probe["blocked_by"] else "NOT blocked"))
     if "targets" in result:
-        print("\ntargets (default world):", json.dumps(result["targets"]))
+        print("\ntargets:", json.dumps(result["targets"], default=str))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
@@ -401,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a Flywheel (the product path, default) or a FlywheelGeneration (chained)")
     parser.add_argument("--cache-dir", default=str(ROOT / "runs" / "cache"))
     parser.add_argument("--out", default=str(RESULT))
-    parser.add_argument("--only", choices=("default", "on-topic", "trap", "seed"), action="append",
-                        help="run only these parts (repeatable); all four by default")
+    parser.add_argument("--only", choices=("default", "on-topic", "trap", "seed", "generated"), action="append",
+                        help="run only these parts (repeatable); all five by default")
     parser.add_argument("--seed", type=int, default=SECOND_SEED, help="world seed of the replicate (part 'seed')")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of cleaning them")
     parser.add_argument("--summarise", action="store_true", help="only write the table and JSON from finished runs")
@@ -410,7 +793,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default=str(RUNS), help="the folder of the run directories")
     parser.add_argument("--cpus", type=int, default=None,
                         help="threads per stage (default: all cores); 1 on a machine shared with other work")
+    parser.add_argument("--world-seed", type=int, default=GENERATED_SEED,
+                        help="seed of the first generated world (part 'generated'; the others follow it)")
+    parser.add_argument("--count", type=int, default=GENERATED_COUNT, help="generated worlds (part 'generated')")
+    parser.add_argument("--suite-generations", type=int, default=GENERATED_GENERATIONS,
+                        help="generations per generated world (part 'generated')")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="generated worlds run side by side, each in its own process (2 on 2 cores, with --cpus 1)")
     args = parser.parse_args(argv)
+    generated_seeds = list(range(args.world_seed, args.world_seed + args.count))
     RUNS = Path(args.runs).resolve()
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
@@ -421,7 +812,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summarise:
         manifest = Path(args.manifest)
         first = load_flywheel(manifest) if manifest_kind(manifest) == "Flywheel" else load_manifest(manifest)
-        parts = args.only or ["default", "on-topic", "trap", "seed"]
+        parts = args.only or ["default", "on-topic", "trap", "seed", "generated"]
         cache = Path(args.cache_dir)
         try:
             if "default" in parts:
@@ -435,11 +826,16 @@ def main(argv: list[str] | None = None) -> int:
                 world = seeded_world(DEFAULT_WORLD, args.seed, RUNS)
                 _run_chain(RUNS / seed_label(args.seed), world, first, args.generations, cache, args.resume,
                            args.cpus)
+            if "generated" in parts:
+                failed = run_generated(generated_seeds, args.suite_generations, manifest=manifest, first=first,
+                                       cache=cache, resume=args.resume, cpus=args.cpus, jobs=args.jobs)
+                if failed:
+                    print(f"{failed} generated world(s) failed: see {RUNS}/generated-<seed>.log", file=sys.stderr)
         except KeyboardInterrupt:
             print("stopped; run again with --resume to continue", file=sys.stderr)
             return 130
     if not args.no_summary:
-        summarise(Path(args.out), args.seed)
+        summarise(Path(args.out), args.seed, generated_seeds, args.suite_generations)
     return 0
 
 

@@ -31,6 +31,18 @@ def _report(args: argparse.Namespace) -> int:
     return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
 
 
+def _world_generate(args: argparse.Namespace) -> int:
+    from flywheel_local.world_command import world_generate_command
+
+    return world_generate_command(args.seed, users=args.users, out=args.out)
+
+
+def _world_check(args: argparse.Namespace) -> int:
+    from flywheel_local.world_command import world_check_command
+
+    return world_check_command(args.file, generated=args.generated)
+
+
 def add_local_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a generation, or a Flywheel of generations, locally against simulated users")
     p.add_argument("file", help="FlywheelGeneration or Flywheel manifest, e.g. examples/local/gen1.yaml or "
@@ -53,6 +65,18 @@ def add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     p.add_argument("--no-oracle", action="store_true", help="skip the simulator's ground-truth engagement")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("world", help="seeded out-of-sample worlds for the simulator (flywheel_sim.worldgen)")
+    world = p.add_subparsers(dest="world_command", required=True, metavar="{generate,check}")
+    g = world.add_parser("generate", help="print the world file drawn from a seed (the same seed, the same world)")
+    g.add_argument("--seed", type=int, required=True, help="the world's seed (also its traffic and generation-0 seed)")
+    g.add_argument("--users", type=int, default=10_000, help="simulated users (default: the default world's 10000)")
+    g.add_argument("--out", help="write the world file here instead of printing it")
+    g.set_defaults(func=_world_generate)
+    c = world.add_parser("check", help="check that a world file is sane: words, instructions, a trap that bites")
+    c.add_argument("file", help="world file, e.g. examples/local/world.yaml")
+    c.add_argument("--generated", action="store_true", help="also hold it to the generator's ranges")
+    c.set_defaults(func=_world_check)
 
 
 def build_parser() -> argparse.ArgumentParser:
