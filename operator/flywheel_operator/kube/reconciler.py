@@ -184,9 +184,6 @@ class Reconciler:
         watched = self.backend.view.generation(*key)
         if watched is not None:
             status = self.ledger.settle(key, _uid(watched), watched.get("status") or {})
-            if status is None and not watched.get("status"):
-                status = {}  # a new generation (no status yet, nothing written here): the watch has all of it
-                self.ledger.seed(key, _uid(watched), status)
             if status is not None:
                 self.cached_reads += 1
                 watched["status"] = status

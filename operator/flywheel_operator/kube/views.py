@@ -127,31 +127,43 @@ class StatusLedger:
     statuses: dict[Key, tuple[str, list[dict[str, Any]]]] = field(default_factory=dict)
     limit: int = 32
     """Writes kept per generation: a watch further behind than this is treated as unknown (a GET)."""
+    unsure: set[Key] = field(default_factory=set)
+    """Generations whose watched status cannot be trusted until a GET (`seed`) has been made."""
 
     def settle(self, key: Key, uid: str, watched: dict[str, Any]) -> dict[str, Any] | None:
-        """The status to plan from, given the object's uid and the status the watch shows; None when the watch
-        shows a status this operator did not write, or another object, or nothing is known yet: read the
-        generation from the API then."""
+        """The status to plan from, given the object's uid and the status the watch shows. None when the watch
+        shows a status this operator did not write, or another object, or when nothing is known of a generation
+        that has a status: read it from the API then (`seed`). A generation never seen with no status is new (its
+        first reconcile): the watch has all of it."""
         known_uid, known = self.statuses.get(key, ("", []))
         if known and known_uid == uid:
             for position in range(len(known) - 1, -1, -1):
                 if known[position] == watched:
                     del known[:position]  # the watch has caught up to here
                     return known[-1]
-        self.statuses.pop(key, None)
-        return None
+        if key in self.statuses:
+            self.statuses.pop(key)
+            self.unsure.add(key)
+        if watched or key in self.unsure:
+            return None
+        self.seed(key, uid, watched)
+        return watched
 
     def seed(self, key: Key, uid: str, status: dict[str, Any]) -> None:
         """The status just read from the API: the ledger starts over from it."""
         self.statuses[key] = (uid, [status])
+        self.unsure.discard(key)
 
     def wrote(self, key: Key, uid: str, status: dict[str, Any]) -> None:
         """A status write to the object `uid` went through, and the API server stored `status`."""
         known_uid, known = self.statuses.get(key, ("", []))
         if known_uid != uid or len(known) >= self.limit:
             self.statuses.pop(key, None)  # unknown object, or a watch that far behind: start over with a GET
+            self.unsure.add(key)
             return
         known.append(status)
 
     def forget(self, key: Key) -> None:
+        """The generation was deleted: a new one of the same name starts afresh."""
         self.statuses.pop(key, None)
+        self.unsure.discard(key)
