@@ -1,8 +1,9 @@
 """One reconcile of one generation: read it, observe, plan, act, write the status once (skipped when unchanged).
 
 Every kopf handler (create, resume, update, the per-generation daemon, Job events) calls `Reconciler.reconcile`;
-a lock per generation serialises them, and each reconcile reads the generation afresh, so the order in which
-the triggers arrive does not matter. Actions run before the status write: after a crash the status is behind
+a lock per generation serialises them, and each reconcile reads the generation's latest state (from the watch's
+index, with this operator's own last status write; kube/views.py), so the order in which the triggers arrive
+does not matter. Actions run before the status write: after a crash the status is behind
 the world, never ahead of it, and the idempotent actions are simply repeated.
 """
 
