@@ -123,7 +123,7 @@ OPERATOR_VERBS = {  # what tests/operator/test_rbac.py records the operator call
     ("characterflywheel.io", "flywheelgenerations/status"): {"patch"},
     ("characterflywheel.io", "flywheelgenerations/finalizers"): {"update"},
     ("batch", "jobs"): {"create", "list", "watch", "delete"},
-    ("", "pods"): {"list", "watch"},
+    ("", "pods"): {"list"},
     ("", "configmaps"): {"create"},
     ("", "services"): {"create"},
     ("", "events"): {"create"},

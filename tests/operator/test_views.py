@@ -10,10 +10,8 @@ from typing import Any
 
 import pytest
 from flywheel_operator.api import FlywheelGenerationStatus
-from flywheel_operator.kube import manifests, views
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.reconciler import Reconciler
-from flywheel_operator.kube.termination import parse_message
 from flywheel_operator.kube.views import StatusLedger, WatchedState
 from flywheel_operator.metrics import OperatorMetrics
 from hypothesis import given
@@ -66,29 +64,6 @@ def test_a_watch_further_behind_than_the_limit_is_read_again() -> None:
     assert ledger.settle(KEY, "u1", {}) is None, "the watch shows no status any more: someone cleared it"
     ledger.forget(KEY)  # deleted
     assert ledger.settle(KEY, "u2", {}) == {}, "created again: a new generation"
-
-
-# ------------------------------------------------------------------------------ the results index
-def pod(exit_code: int, message: str | None, index: str | None = None) -> dict[str, Any]:
-    terminated: dict[str, Any] = {"exitCode": exit_code, **({"message": message} if message else {})}
-    annotations = {manifests.COMPLETION_INDEX_ANNOTATION: index} if index is not None else {}
-    return {"metadata": {"name": "p", "annotations": annotations},
-            "status": {"containerStatuses": [{"name": "sidecar", "state": {"terminated": {"exitCode": 0,
-                                                                                         "message": "other"}}},
-                                             {"name": manifests.CONTAINER, "state": {"terminated": terminated}}]}}
-
-
-def test_the_results_index_keeps_the_stage_containers_message_of_a_pod_that_exited_0() -> None:
-    labels = {manifests.CHILD_LABEL: "gen2-sft-1"}
-    assert views.result_entry("ns", labels, pod(0, '{"a": 1}')) == {("ns", "gen2-sft-1"): (0, '{"a": 1}')}
-    assert views.result_entry("ns", labels, pod(0, "m", index="2")) == {("ns", "gen2-sft-1"): (2, "m")}
-    assert views.result_entry("ns", labels, pod(1, "m")) is None, "a failed pod carries no result"
-    assert views.result_entry("ns", labels, pod(0, None)) is None
-    state = WatchedState(results={("ns", "gen2-sft-1"): [(1, "one"), (0, "zero")]})
-    assert state.first_message("ns", "gen2-sft-1") == "zero"
-    assert WatchedState(results={("ns", "gen2-sft-1"): [(1, "one")]}).first_message("ns", "gen2-sft-1") is None, (
-        "only pod 0's message: the others wait for a list, which reads them in index order")
-    assert WatchedState().first_message("ns", "gen2-sft-1") is None
 
 
 # --------------------------------------------------------------------------- the reconciler's read
@@ -167,7 +142,6 @@ async def test_the_indexes_follow_the_watch_and_replace_the_reads() -> None:
             await eventually(lambda: (view.generation(*KEY) or {}).get("status") == cluster.status("gen2"))
             await cluster.finish_job("gen2-curate-1")
             await eventually(lambda: indexed_jobs().get("gen2-curate-1") == "Succeeded")
-            await eventually(lambda: parse_message(view.first_message(NAMESPACE, "gen2-curate-1")) is not None)
             await eventually(lambda: "gen2-reward-pointwise-1" in indexed_jobs())
             await World(cluster).run(["gen2"])
             await eventually(lambda: (view.generation(*KEY) or {}).get("status") == cluster.status("gen2"))
@@ -181,7 +155,6 @@ async def test_the_indexes_follow_the_watch_and_replace_the_reads() -> None:
     assert operator.reconciler.cached_reads >= len(STAGES), "the generation came from the index"
     assert api_reads(cluster, "flywheelgenerations") < operator.reconciler.cached_reads
     assert api_reads(cluster, "jobs") < backend.index_reads
-    assert api_reads(cluster, "pods") < len(STAGES), "results came from the pods index"
 
 
 class LaggingView(WatchedState):

@@ -114,10 +114,9 @@ cluster-wide read of CustomResourceDefinitions or Namespaces; API discovery is o
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create, list, watch, delete]
-# watch: the operator's in-memory view of finished stage pods' results (kube/views.py).
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list, watch]
+  verbs: [list]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [create]

@@ -203,14 +203,10 @@ class KubernetesBackend:
                  job_observation(job)) for job in listed]
 
     async def _result(self, namespace: str, child: str) -> StageResult | None:
-        """The result in the termination message of the Job's pod (index 0 first): from the watch's pods index
-        when it has pod 0's message, else listed (the pod's event not come through yet, or no watch)."""
         key = (namespace, child)
         if key not in self._results:
-            result = parse_message(self.view.first_message(namespace, child))
-            if result is None:
-                pods = await self.client.list(resource_path("pods", namespace), {manifests.CHILD_LABEL: child})
-                result = result_from_pods(pods)
+            pods = await self.client.list(resource_path("pods", namespace), {manifests.CHILD_LABEL: child})
+            result = result_from_pods(pods)
             if result is None:
                 return None
             self._results[key] = result

@@ -32,7 +32,7 @@ from flywheel_operator.kube import bookkeeping, revert, views
 from flywheel_operator.kube.admission import Priority
 from flywheel_operator.kube.backend import job_observation
 from flywheel_operator.kube.client import ApiError, KubeClient
-from flywheel_operator.kube.manifests import CHILD_LABEL, GENERATION_LABEL
+from flywheel_operator.kube.manifests import GENERATION_LABEL
 from flywheel_operator.kube.reconciler import InvalidSpec, Reconciler
 from flywheel_operator.planner import Event
 
@@ -97,7 +97,7 @@ def register(
 
     # The watch's in-memory views (kube/views.py): kopf fills them from its watches, before any handler sees the
     # event and, at start-up, before any resource handler runs; the reconciler reads them instead of a GET of
-    # the generation, a list of its Jobs and a list of a finished Job's pods per reconcile.
+    # the generation and a list of its Jobs per reconcile.
     @kopf.index(**resource, id=views.GENERATIONS_INDEX)
     async def _index_generation(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return views.generation_entry(namespace, name, body)
@@ -105,10 +105,6 @@ def register(
     @kopf.index("batch", "v1", "jobs", labels={GENERATION_LABEL: kopf.PRESENT}, registry=registry, id=views.JOBS_INDEX)
     async def _index_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return views.job_entry(namespace, labels, job_observation(body))  # type: ignore[arg-type]
-
-    @kopf.index("", "v1", "pods", labels={CHILD_LABEL: kopf.PRESENT}, registry=registry, id=views.RESULTS_INDEX)
-    async def _index_result(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any] | None:
-        return views.result_entry(namespace, labels, body)
 
     @kopf.on.startup(registry=registry)
     async def _bind_views(**kwargs: Any) -> None:

@@ -9,8 +9,6 @@ decision, the reader falls back to the API (`KubernetesBackend.observe`, `Reconc
 
 - a generation's Jobs come from the index only when it holds every Job the status says is running; otherwise
   (a Job created a moment ago, not echoed yet) they are listed as before;
-- a succeeded Job's result comes from the termination message of its pod of completion index 0 as the pods index
-  holds it; when it holds none that parses (the pod's event has not come through yet), the pods are listed;
 - a generation's body comes from the index with, as its status, the last status this operator wrote, as long as
   the watch has shown only statuses this operator wrote (`StatusLedger`), or no status at all (a new
   generation); the first reconcile of a generation that has a status (after a restart), and any reconcile after
@@ -35,7 +33,6 @@ Index = Mapping[Any, Iterable[Any]]
 GENERATIONS_INDEX = "flywheel_generation_bodies"
 """Index ids: also the kwargs kopf passes to every handler (two words and plural, as kopf's docs advise)."""
 JOBS_INDEX = "flywheel_stage_jobs"
-RESULTS_INDEX = "flywheel_stage_results"
 
 
 @dataclass(frozen=True)
@@ -60,24 +57,6 @@ def job_entry(namespace: str, labels: Mapping[str, str], observation: JobObserva
     return {(namespace, labels[manifests.GENERATION_LABEL]): IndexedJob(stage, observation)}
 
 
-def result_entry(
-    namespace: str, labels: Mapping[str, str], body: Mapping[str, Any]
-) -> dict[Key, tuple[int, str]] | None:
-    """What the results index keeps of a stage pod event: the termination message of its stage container once it
-    exited 0, with the pod's completion index (0 for a one-pod Job), under (namespace, its Job's name). None
-    (kopf indexes nothing, keeps what it had) for a pod still running or failed."""
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    index = str(annotations.get(manifests.COMPLETION_INDEX_ANNOTATION, "0"))
-    for container in (body.get("status") or {}).get("containerStatuses") or []:
-        terminated = (container.get("state") or {}).get("terminated") or {}
-        if container.get("name") == manifests.CONTAINER and terminated.get("exitCode") == 0 and terminated.get(
-            "message"
-        ):
-            return {(namespace, labels[manifests.CHILD_LABEL]): (int(index) if index.isdigit() else 0,
-                                                                 terminated["message"])}
-    return None
-
-
 @dataclass
 class WatchedState:
     """The indexes the backend and the reconciler read, bound by `flywheel_operator.kube.handlers.register` when
@@ -85,12 +64,10 @@ class WatchedState:
 
     generations: Index | None = None
     jobs: Index | None = None
-    results: Index | None = None
 
     def bind(self, indexes: Mapping[str, Any]) -> None:
         self.generations = indexes[GENERATIONS_INDEX]
         self.jobs = indexes[JOBS_INDEX]
-        self.results = indexes[RESULTS_INDEX]
 
     def generation(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The generation's latest watched body (a shallow copy the caller may change), None if unbound or not
@@ -100,13 +77,6 @@ class WatchedState:
         for body in self.generations.get((namespace, name)) or ():
             return dict(body)  # one object per (namespace, name)
         return None
-
-    def first_message(self, namespace: str, child: str) -> str | None:
-        """The termination message of the Job's pod of completion index 0 (the one the result is read from), if
-        the watch has seen it exit 0; None otherwise (then the caller lists the pods)."""
-        if self.results is None:
-            return None
-        return next((message for index, message in self.results.get((namespace, child)) or () if index == 0), None)
 
     def jobs_of(self, namespace: str, name: str) -> list[IndexedJob] | None:
         """The generation's watched Jobs; None when unbound (then the caller lists them)."""
