@@ -27,7 +27,8 @@ from typing import Any
 
 import kopf
 
-from flywheel_operator.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
+from flywheel_operator.api import GROUP, KIND, PLURAL, TERMINAL_PHASES, VERSION
+from flywheel_operator.api.flywheel import FLYWHEEL_KIND
 from flywheel_operator.kube import bookkeeping, revert, views
 from flywheel_operator.kube.admission import Priority
 from flywheel_operator.kube.backend import job_observation
@@ -63,7 +64,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     """Settings every deployment needs: kopf's bookkeeping in our annotations, none in status."""
     # kopf's annotation storages, without deep-copying each event's body (kube/bookkeeping.py)
     settings.persistence.progress_storage = bookkeeping.ProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = bookkeeping.DiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # (the kinds with change handlers or daemons: FlywheelGenerations and Flywheels; Jobs need no essence)
+    settings.persistence.diffbase_storage = bookkeeping.DiffBaseStorage(prefix=ANNOTATION_PREFIX,
+                                                                        kinds=(KIND, FLYWHEEL_KIND))
     # No handler requires a finalizer (`_without_finalizer`): kopf adds this one to no generation and removes it
     # from generations an older operator version marked.
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/operator"
