@@ -522,6 +522,14 @@ def main(argv: list[str] | None = None) -> int:
     saturation = [r["p99_s"] for key, (_, r) in this.items() if key.startswith("saturation")]
     result.update({"target_p99_s": 1.0, "meets_target": loaded["p99_s"] < 1.0,
                    "saturation_meets_target": bool(saturation) and max(saturation) < 1.0})
+    loads = [load for _, r in this.values() for load in r["load_average_1m"]]
+    result["machine"] = {
+        "cpu_count": os.cpu_count(),
+        "load_average_1m_range": [min(loads), max(loads)],
+        "note": "the operator, the emulator and the kubelet share these cores with whatever else runs (the load "
+                "average): above the core count, latencies are the machine's as much as the operator's; compare "
+                "the runs of one invocation (--baseline-rev) and the CPU seconds per handoff",
+    }
     for operator in operators[:-1]:
         result["baseline_operator"] = {
             "commit": operator.label,

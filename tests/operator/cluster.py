@@ -629,6 +629,8 @@ class Operator:
     policy: StagePolicy = field(default_factory=StagePolicy)
     events: list[tuple[str, Event]] = field(default_factory=list)
     starts: int = 0
+    reconciler: Reconciler | None = None
+    """The reconciler of the latest start (its views and counters: tests/operator/test_views.py)."""
     requests: int = 0
     """Requests made by the backends of every run so far (kopf's own are counted by the emulator)."""
     _thread: threading.Thread | None = None
@@ -648,7 +650,7 @@ class Operator:
 
     async def start(self) -> None:
         registry = kopf.OperatorRegistry()
-        reconciler = self._reconciler()
+        reconciler = self.reconciler = self._reconciler()
         url, timeout = self.cluster.url, self.client_timeout
 
         def login(**_: Any) -> kopf.ConnectionInfo:

@@ -74,3 +74,19 @@ def test_the_operator_uses_them():
     assert isinstance(settings.persistence.diffbase_storage, bookkeeping.DiffBaseStorage)
     assert isinstance(settings.persistence.progress_storage, bookkeeping.ProgressStorage)
     assert settings.persistence.diffbase_storage.prefix == ANNOTATION_PREFIX
+
+
+@settings(max_examples=50, deadline=None)
+@given(spec=st.dictionaries(st.sampled_from(["template", "parallelism"]), json_values, max_size=2))
+def test_objects_without_change_handlers_get_an_empty_essence_and_generations_kopfs(spec) -> None:
+    """Jobs (an event handler and an index only) need no essence: kopf's diff of theirs is never read (issue 29)."""
+    ours = kopf.OperatorSettings()
+    configure(ours)
+    storage = ours.persistence.diffbase_storage
+    job = kopf.Body({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"}, "spec": spec})
+    assert storage.build(body=job) == {}
+    for kind in ("FlywheelGeneration", "Flywheel"):
+        body = kopf.Body({"apiVersion": "characterflywheel.io/v1alpha1", "kind": kind, "metadata": {"name": "g"},
+                          "spec": spec, "status": {"phase": "Curating"}})
+        kopfs = kopf.AnnotationsDiffBaseStorage(prefix=ANNOTATION_PREFIX).build(body=body)
+        assert storage.build(body=body) == kopfs

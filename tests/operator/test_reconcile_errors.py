@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from flywheel_operator.kube.client import ApiError
 from flywheel_operator.kube.reconciler import InvalidSpec, Reconciler
+from flywheel_operator.kube.views import WatchedState
 from flywheel_operator.metrics import OperatorMetrics
 from prometheus_client import CollectorRegistry
 
@@ -18,14 +19,16 @@ class _Backend:
     def __init__(self, outcome: ApiError | dict[str, Any]) -> None:
         self.outcome = outcome
         self.writes: list[dict[str, Any]] = []
+        self.view = WatchedState()  # no watch: every read is a GET
 
     async def get_generation(self, namespace: str, name: str) -> dict[str, Any]:
         if isinstance(self.outcome, ApiError):
             raise self.outcome
         return self.outcome
 
-    async def write_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def write_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         self.writes.append(new)
+        return new
 
 
 def _count(metrics: OperatorMetrics, namespace: str, reason: str) -> float | None:

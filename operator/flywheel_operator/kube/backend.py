@@ -10,6 +10,7 @@ Every action is idempotent: children have deterministic names, so a second creat
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from flywheel_operator.api import (
 from flywheel_operator.kube import canary, manifests, revert
 from flywheel_operator.kube.client import ApiError, KubeClient, resource_path
 from flywheel_operator.kube.termination import parse_message
+from flywheel_operator.kube.views import WatchedState
 from flywheel_operator.planner import (
     Action,
     DeployCanary,
@@ -126,6 +128,10 @@ def merge_patch(old: Any, new: Any) -> Any:
 class KubernetesBackend:
     client: KubeClient
     read_online: OnlineReader = prometheus_reader
+    view: WatchedState = field(default_factory=WatchedState)
+    """The watch's indexes of generations and Jobs (kube/views.py); unbound (every read listed) without kopf."""
+    index_reads: int = 0
+    """Observations whose Jobs came from the index rather than a list (tests and debugging)."""
     _results: dict[tuple[str, str], StageResult] = field(default_factory=dict)
     """Results of succeeded Jobs already read (immutable once written)."""
 
@@ -147,15 +153,12 @@ class KubernetesBackend:
         jobs: dict[str, JobObservation] = {}
         if status.canary is None:  # the pipeline is not over: a plan may start, or absorb, any stage
             absorbed = {r.child for r in status.stages if r.state == "Succeeded"}
-            listed = await self.client.list(resource_path("jobs", namespace), {manifests.GENERATION_LABEL: name})
-            for job in listed:
-                observation = job_observation(job)
+            for stage, observation in await self._jobs(namespace, name, status):
                 if observation.state == "Succeeded" and observation.name not in absorbed:
-                    stage = ((job.get("metadata") or {}).get("labels") or {}).get(manifests.STAGE_LABEL, "")
                     result = await self._result(namespace, observation.name)
                     if result is None and stage:  # the pods are gone (PodGC, a scaled-down node): the store has it
                         result = await self._stored_result(generation, observation.name, stage)
-                    observation = job_observation(job, result)
+                    observation = dataclasses.replace(observation, result=result)
                 jobs[observation.name] = observation
         parent = None
         if status.policy is None and generation.spec.parent:
@@ -182,6 +185,22 @@ class KubernetesBackend:
         return Observed(
             now=now, jobs=jobs, canary=seen_canary, online=online, parent=parent, canary_holder=holder
         )
+
+    async def _jobs(
+        self, namespace: str, name: str, status: FlywheelGenerationStatus
+    ) -> list[tuple[str, JobObservation]]:
+        """The generation's Jobs as (stage, observation without result): from the watch's index when it holds
+        every Job the status says is running, else listed (the index is unbound, or a Job created a moment ago
+        has not come through the watch yet; the planner would take it as lost after JOB_VISIBILITY_GRACE)."""
+        indexed = self.view.jobs_of(namespace, name)
+        if indexed is not None:
+            seen = {entry.observation.name for entry in indexed}
+            if all(r.child in seen for r in status.stages if r.state == "Running"):
+                self.index_reads += 1
+                return [(entry.stage, entry.observation) for entry in indexed]
+        listed = await self.client.list(resource_path("jobs", namespace), {manifests.GENERATION_LABEL: name})
+        return [(((job.get("metadata") or {}).get("labels") or {}).get(manifests.STAGE_LABEL, ""),
+                 job_observation(job)) for job in listed]
 
     async def _result(self, namespace: str, child: str) -> StageResult | None:
         key = (namespace, child)
@@ -317,6 +336,12 @@ class KubernetesBackend:
             if exc.status != 409:  # AlreadyExists: created by an earlier pass (deterministic names)
                 raise
 
-    async def write_status(self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def write_status(
+        self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Patch the status from `old` to `new`; returns the status the API server stored (`new` if its answer
+        carries none)."""
         path = resource_path("flywheelgenerations", namespace, name, "status")
-        await self.client.patch(path, {"status": merge_patch(old, new)})
+        stored = await self.client.patch(path, {"status": merge_patch(old, new)})
+        status = stored.get("status") if isinstance(stored, dict) else None
+        return status if isinstance(status, dict) else new

@@ -27,9 +27,11 @@ from typing import Any
 
 import kopf
 
-from flywheel_operator.api import GROUP, PLURAL, TERMINAL_PHASES, VERSION
-from flywheel_operator.kube import bookkeeping, revert
+from flywheel_operator.api import GROUP, KIND, PLURAL, TERMINAL_PHASES, VERSION
+from flywheel_operator.api.flywheel import FLYWHEEL_KIND
+from flywheel_operator.kube import bookkeeping, revert, views
 from flywheel_operator.kube.admission import Priority
+from flywheel_operator.kube.backend import job_observation
 from flywheel_operator.kube.client import ApiError, KubeClient
 from flywheel_operator.kube.manifests import GENERATION_LABEL
 from flywheel_operator.kube.reconciler import InvalidSpec, Reconciler
@@ -62,7 +64,9 @@ def configure(settings: kopf.OperatorSettings) -> None:
     """Settings every deployment needs: kopf's bookkeeping in our annotations, none in status."""
     # kopf's annotation storages, without deep-copying each event's body (kube/bookkeeping.py)
     settings.persistence.progress_storage = bookkeeping.ProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = bookkeeping.DiffBaseStorage(prefix=ANNOTATION_PREFIX)
+    # (the kinds with change handlers or daemons: FlywheelGenerations and Flywheels; Jobs need no essence)
+    settings.persistence.diffbase_storage = bookkeeping.DiffBaseStorage(prefix=ANNOTATION_PREFIX,
+                                                                        kinds=(KIND, FLYWHEEL_KIND))
     # No handler requires a finalizer (`_without_finalizer`): kopf adds this one to no generation and removes it
     # from generations an older operator version marked.
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/operator"
@@ -93,6 +97,21 @@ def register(
     @kopf.on.cleanup(registry=registry)
     async def _close(**_: Any) -> None:
         await reconciler.backend.client.close()
+
+    # The watch's in-memory views (kube/views.py): kopf fills them from its watches, before any handler sees the
+    # event and, at start-up, before any resource handler runs; the reconciler reads them instead of a GET of
+    # the generation and a list of its Jobs per reconcile.
+    @kopf.index(**resource, id=views.GENERATIONS_INDEX)
+    async def _index_generation(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return views.generation_entry(namespace, name, body)
+
+    @kopf.index("batch", "v1", "jobs", labels={GENERATION_LABEL: kopf.PRESENT}, registry=registry, id=views.JOBS_INDEX)
+    async def _index_job(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return views.job_entry(namespace, labels, job_observation(body))  # type: ignore[arg-type]
+
+    @kopf.on.startup(registry=registry)
+    async def _bind_views(**kwargs: Any) -> None:
+        reconciler.backend.view.bind(kwargs)  # the live kopf.Index objects, still empty here
 
     async def reconcile_or_raise(namespace: str, name: str) -> None:
         try:

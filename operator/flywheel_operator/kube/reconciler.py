@@ -1,8 +1,9 @@
 """One reconcile of one generation: read it, observe, plan, act, write the status once (skipped when unchanged).
 
 Every kopf handler (create, resume, update, the per-generation daemon, Job events) calls `Reconciler.reconcile`;
-a lock per generation serialises them, and each reconcile reads the generation afresh, so the order in which
-the triggers arrive does not matter. Actions run before the status write: after a crash the status is behind
+a lock per generation serialises them, and each reconcile reads the generation's latest state (from the watch's
+index, with this operator's own last status write; kube/views.py), so the order in which the triggers arrive
+does not matter. Actions run before the status write: after a crash the status is behind
 the world, never ahead of it, and the idempotent actions are simply repeated.
 """
 
@@ -30,6 +31,7 @@ from flywheel_operator.kube.admission import MAX_CONCURRENT_RECONCILES, Admissio
 from flywheel_operator.kube.backend import KubernetesBackend
 from flywheel_operator.kube.client import ApiError
 from flywheel_operator.kube.policy import StagePolicy
+from flywheel_operator.kube.views import StatusLedger
 from flywheel_operator.metrics import PHASES, OperatorMetrics
 from flywheel_operator.planner import Action, Event, Plan, StartStage, plan
 from flywheel_operator.validation import problems_of_error
@@ -42,6 +44,10 @@ Key = tuple[str, str]
 
 class InvalidSpec(Exception):
     """The generation cannot be parsed: retrying will not help (the handlers raise kopf.PermanentError)."""
+
+
+def _uid(body: dict[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid") or "")
 
 
 def utcnow() -> datetime:
@@ -92,6 +98,10 @@ class Reconciler:
     """Images and ServiceAccounts stage Jobs may use; a generation asking for others fails before any action."""
     requeue_at: dict[Key, datetime | None] = field(default_factory=dict)
     """Latest wake-up time each generation's planner asked for (the daemon sleeps until it)."""
+    ledger: StatusLedger = field(default_factory=StatusLedger)
+    """Statuses this operator wrote that the watch may not show yet (kube/views.py)."""
+    cached_reads: int = 0
+    """Reconciles that read their generation from the watch's index rather than a GET (tests and debugging)."""
     _locks: dict[Key, asyncio.Lock] = field(default_factory=dict)
     _wake: dict[Key, asyncio.Event] = field(default_factory=dict)
     _phases: dict[Key, str] = field(default_factory=dict)
@@ -119,11 +129,11 @@ class Reconciler:
         so a lock holder always runs); None when it is gone or being deleted. Raises InvalidSpec or ApiError."""
         key = (namespace, name)
         async with self.admission.slot(priority), self._locks.setdefault(key, asyncio.Lock()):
-            body = await self.backend.get_generation(namespace, name)
+            body = await self._read(key)
             if body is None or body.get("metadata", {}).get("deletionTimestamp"):
                 return None
             old_status = body.get("status") or {}
-            body.setdefault("metadata", {}).setdefault("namespace", namespace)
+            body["metadata"] = {**(body.get("metadata") or {}), "namespace": namespace}
             try:
                 generation = FlywheelGeneration.model_validate(
                     {k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec", "status")}
@@ -152,7 +162,7 @@ class Reconciler:
                 if stopped:
                     self.post_event(body, Event("JobsStopped", f"deleted running Jobs {', '.join(stopped)}"))
             if new_status != old_status:
-                await self.backend.write_status(namespace, name, old_status, new_status)
+                await self._write_status(body, old_status, new_status)
                 previous = FlywheelGenerationStatus.model_validate(old_status) if old_status else None
                 self.metrics.observe(namespace, name, previous, result.status, now=now)
                 await self._track(generation, body, previous, result.status)
@@ -164,6 +174,33 @@ class Reconciler:
             self.requeue_at[key] = result.requeue_at
         self.wake_event(key).set()
         return result
+
+    async def _read(self, key: Key) -> dict[str, Any] | None:
+        """The generation to reconcile (a body this call may change): the watch's latest body with, as its status,
+        the last one this operator wrote, when the watch has shown only statuses this operator wrote (kube/views.py
+        `StatusLedger`), or none at all (a new generation: its first reconcile, under a burst of creations, needs
+        no GET); otherwise, or when the index is unbound or has not seen the generation, a GET (which starts the
+        ledger over: once per generation after a restart). Either way no decision is taken on a status older than
+        this operator's last write, as with a GET every time."""
+        watched = self.backend.view.generation(*key)
+        if watched is not None:
+            status = self.ledger.settle(key, _uid(watched), watched.get("status") or {})
+            if status is not None:
+                self.cached_reads += 1
+                watched["status"] = status
+                return watched
+        body = await self.backend.get_generation(*key)
+        if body is not None:
+            self.ledger.seed(key, _uid(body), body.get("status") or {})
+        return body
+
+    async def _write_status(self, body: dict[str, Any], old: dict[str, Any], new: dict[str, Any]) -> None:
+        """The one status write of a reconcile; the ledger learns what the API server stored. A failed write
+        leaves the ledger as it was: the watch then shows a status it does not know (the write may still have
+        happened) or the old one, and the next reconcile reads accordingly."""
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        self.ledger.wrote(key, _uid(body), await self.backend.write_status(*key, old, new))
 
     async def _track(self, generation: FlywheelGeneration, body: dict[str, Any],
                      previous: FlywheelGenerationStatus | None, status: FlywheelGenerationStatus) -> None:
@@ -197,12 +234,11 @@ class Reconciler:
         """The API server refused a child (403, 404, 422…): retrying alone will not fix it, so the status says
         what and why and a Warning Event is posted once; the plan's own status is not written (its actions did
         not happen) and the handlers retry with their backoff, in case the cause is fixed outside."""
-        meta = body["metadata"]
         status = FlywheelGenerationStatus.model_validate(old_status or {})
         status.message = f"{describe(action)} was refused by the API server: {exc}"[:500]
         new_status = status.to_wire()
         if new_status != old_status:
-            await self.backend.write_status(meta["namespace"], meta["name"], old_status, new_status)
+            await self._write_status(body, old_status, new_status)
             self.post_event(body, Event("ChildRefused", status.message, "Warning"))
 
     async def _reject(self, body: dict[str, Any], errors: list[str], old_status: dict[str, Any]) -> None:
@@ -210,7 +246,7 @@ class Reconciler:
         status = invalid_status(errors, self.clock(), old_status or None)
         new_status = status.to_wire()
         if new_status != old_status:
-            await self.backend.write_status(meta["namespace"], meta["name"], old_status, new_status)
+            await self._write_status(body, old_status, new_status)
             self.post_event(body, Event("InvalidSpec", status.message or "invalid spec", "Warning"))
         self._set_phase((meta["namespace"], meta["name"]), "Failed")
 
@@ -245,5 +281,6 @@ class Reconciler:
             self._counts[(namespace, phase)] -= 1
         for table in (self._phases, self.requeue_at, self._locks, self._wake):
             table.pop(key, None)
+        self.ledger.forget(key)
         self.metrics.forget(namespace, name)
         self._publish_counts()
