@@ -13,7 +13,8 @@ told about and new mutants (`--fresh` starts over).
 
 Equivalent mutants (no test can kill them: the program behaves the same) are listed with a reason in
 bench/mutation_equivalents.yaml, keyed by module, function and the changed line before and after, so an entry
-stays attached to its code and an entry that no longer matches a mutant is reported as stale. mutmut does not
+stays attached to its code and an entry whose line is gone from its module is reported as stale (one that matches
+no survivor of a sample only because the sample did not draw its mutant is listed as not drawn). mutmut does not
 mutate decorated functions (properties, pydantic validators); the mutations the issue made by hand there and in
 the gate's rules are in bench/mutation_hand.yaml: each is applied to a scratch copy of the package and the named
 tests must fail (`hand` in the result).
@@ -477,15 +478,20 @@ def main(argv: list[str] | None = None) -> int:
     equivalents = _load_equivalents()
     used: set[int] = set()
     modules = {m: _summarise(g, m, equivalents, used, args.sample) for g in GROUPS for m in g.modules}
-    stale = [e for e in equivalents if id(e) not in used]
+    unused = [e for e in equivalents if id(e) not in used]
+    stale = [e for e in unused if e["before"].strip() not in _source_lines(e["module"])]
+    undrawn = [e for e in unused if e not in stale]
     unchecked = {m: r["not_checked"] for m, r in modules.items() if r.get("not_checked")}
     loads = [r["load"] for r in runs if r.get("load")]
     killed = sum(r.get("killed", 0) for r in modules.values())
     survived = sum(r.get("survived", 0) for r in modules.values())
+    command = "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    measured = {"commit": previous.get("commit"), "dirty": previous.get("dirty"), "command": previous.get("command"),
+                "reported": {**_commit(), "command": command}} if args.report_only and previous else {
+        **_commit(), "command": command}  # a report re-reads the kept verdicts: what was measured stays as it was
     result = {
         "tool": f"mutmut {_version()}",
-        **_commit(),
-        "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **measured,
         "pytest_args": PYTEST_ARGS,
         "max_children": args.max_children,
         "sample": args.sample,
@@ -506,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "estimated_all_mutants_wall_seconds": _estimate(modules, args.max_children),
         "modules": modules,
         "stale_equivalents": stale,
+        "equivalents_not_drawn": len(undrawn),
         "hand": hand,
     }
     RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -541,6 +548,11 @@ def _pending_names(group: Group, modules: list[str], rate: float, *, survivors: 
             if sampled(mutant, share) and status_by_exit_code[code] in again:
                 names.append(mutant)
     return names
+
+
+def _source_lines(module: str) -> set[str]:
+    path = PACKAGE / module
+    return {line.strip() for line in path.read_text().splitlines()} if path.exists() else set()
 
 
 def _version() -> str:
