@@ -13,7 +13,8 @@ told about and new mutants (`--fresh` starts over).
 
 Equivalent mutants (no test can kill them: the program behaves the same) are listed with a reason in
 bench/mutation_equivalents.yaml, keyed by module, function and the changed line before and after, so an entry
-stays attached to its code and an entry that no longer matches a mutant is reported as stale. mutmut does not
+stays attached to its code and an entry whose line is gone from its module is reported as stale (one that matches
+no survivor of a sample only because the sample did not draw its mutant is listed as not drawn). mutmut does not
 mutate decorated functions (properties, pydantic validators); the mutations the issue made by hand there and in
 the gate's rules are in bench/mutation_hand.yaml: each is applied to a scratch copy of the package and the named
 tests must fail (`hand` in the result).
@@ -26,7 +27,9 @@ tests must fail (`hand` in the result).
     make mutation                                 # the first line, niced, from a fresh machine
 
 Score = killed / (killed + survived), equivalents excluded; mutants no test reaches count as survived; timeouts
-(a mutant that makes a test loop) are listed apart and left out of the score.
+(a mutant that makes a test loop) are listed apart and left out of the score. A drawn mutant that was not checked
+(a run stopped early) makes the result `"complete": false` and the driver exit 1: run the same command again, it
+tests only those. Each run records the machine's load average beside its wall time (the machine may be shared).
 """
 
 from __future__ import annotations
@@ -74,7 +77,12 @@ GROUPS = (
         ("gate/online.py", "gate/offline.py", "gate/stats.py", "gate/events.py", "gate/readers.py"),
         ("tests/gate",),
     ),
-    Group("planner", ("planner/core.py", "planner/flywheel.py"), ("tests/planner",)),
+    Group("planner", ("planner/core.py",), ("tests/planner",)),
+    Group(  # its own work folder: mutmut's stats and clean runs cover only the tests of the flywheel planner
+        "flywheel",
+        ("planner/flywheel.py",),
+        ("tests/planner/test_flywheel.py", "tests/planner/test_flywheel_rules.py"),
+    ),
     Group(
         "arms",
         ("arms.py",),
@@ -186,6 +194,34 @@ def _mutmut(work: Path, args: list[str], log) -> int:
     log.write(f"$ (cd {work} && mutmut {' '.join(args)})\n")
     log.flush()
     return subprocess.run(command, cwd=work, env=_environment(), stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+class LoadSampler:
+    """The machine's 1-minute load average every `every` seconds while mutmut runs: the wall time of a run on a
+    shared machine means little without it (mutmut's workers compete with whatever else runs)."""
+
+    def __init__(self, every: float = 30.0) -> None:
+        import threading
+
+        self.every, self.samples = every, [os.getloadavg()[0]]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mutation-load", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(os.getloadavg()[0])
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append(os.getloadavg()[0])
+        return load_summary(self.samples)
+
+
+def load_summary(samples: list[float]) -> dict:
+    return {"cpus": os.cpu_count(), "load1_min": round(min(samples), 2), "load1_mean": round(sum(samples) /
+            len(samples), 2), "load1_max": round(max(samples), 2), "samples": len(samples)}
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -388,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested at once (default 2)")
     parser.add_argument("--fresh", action="store_true", help="forget earlier results and test every mutant")
     parser.add_argument("--rerun-survivors", action="store_true", help="test earlier survivors again (new tests)")
-    parser.add_argument("--sample", type=float, default=1.0,
-                        help="test a stable share of each module's mutants (e.g. 0.1) and report the score's interval")
+    parser.add_argument("--sample", type=float, default=None,
+                        help="test a stable share of each module's mutants (e.g. 0.1) and report the score's interval "
+                        "(default: every mutant; with --report-only, the kept result's share)")
     parser.add_argument("--hand-only", action="store_true", help="only the hand-made mutations")
     parser.add_argument("--report-only", action="store_true", help="run nothing: summarise the kept results")
     parser.add_argument("--no-hand", action="store_true", help="skip the hand-made mutations")
@@ -397,6 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--started", help="ISO time the measurement began (runs spread over several invocations, "
                         "some of them stopped): the wall time is counted from it")
     args = parser.parse_args(argv)
+    if args.sample is None:  # a report of a sample run reports that sample, not every mutant as unchecked
+        kept = json.loads(RESULT.read_text()).get("sample") if args.report_only and RESULT.exists() else None
+        args.sample = kept or 1.0
     known = {m for g in GROUPS for m in g.modules}
     only = [m.strip() for m in args.only.split(",") if m.strip()]
     unknown = sorted(set(only) - known)
@@ -414,15 +454,17 @@ def main(argv: list[str] | None = None) -> int:
                 work = _prepare(group, fresh=args.fresh)
                 names = [f"{_module_name(m)}.*" for m in modules] if only else []
                 t0 = time.monotonic()
+                load = LoadSampler()
                 if args.sample < 1.0 or args.rerun_survivors:
                     if not all(_meta(work, m) for m in modules):  # generate the mutants (a name nothing matches)
                         _mutmut(work, ["run", f"{_module_name(modules[0])}.x_generate_only__mutmut_0"], log)
                     names = _pending_names(group, modules, args.sample, survivors=args.rerun_survivors)
                     if not names:
+                        load.stop()
                         continue
                 code = _mutmut(work, ["run", "--max-children", str(args.max_children), *names], log)
                 walls[group.name] = {"wall_seconds": round(time.monotonic() - t0, 1), "modules": modules,
-                                     "exit_code": code}
+                                     "exit_code": code, "load": load.stop()}
                 runs.append({"group": group.name, "mutants": names[:3] + (["…"] if len(names) > 3 else []),
                              "max_children": args.max_children,
         "sample": args.sample, **walls[group.name]})
@@ -436,13 +478,20 @@ def main(argv: list[str] | None = None) -> int:
     equivalents = _load_equivalents()
     used: set[int] = set()
     modules = {m: _summarise(g, m, equivalents, used, args.sample) for g in GROUPS for m in g.modules}
-    stale = [e for e in equivalents if id(e) not in used]
+    unused = [e for e in equivalents if id(e) not in used]
+    stale = [e for e in unused if e["before"].strip() not in _source_lines(e["module"])]
+    undrawn = [e for e in unused if e not in stale]
+    unchecked = {m: r["not_checked"] for m, r in modules.items() if r.get("not_checked")}
+    loads = [r["load"] for r in runs if r.get("load")]
     killed = sum(r.get("killed", 0) for r in modules.values())
     survived = sum(r.get("survived", 0) for r in modules.values())
+    command = "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    measured = {"commit": previous.get("commit"), "dirty": previous.get("dirty"), "command": previous.get("command"),
+                "reported": {**_commit(), "command": command}} if args.report_only and previous else {
+        **_commit(), "command": command}  # a report re-reads the kept verdicts: what was measured stays as it was
     result = {
         "tool": f"mutmut {_version()}",
-        **_commit(),
-        "command": "python bench/mutation.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        **measured,
         "pytest_args": PYTEST_ARGS,
         "max_children": args.max_children,
         "sample": args.sample,
@@ -450,6 +499,12 @@ def main(argv: list[str] | None = None) -> int:
             (datetime.now(UTC) - datetime.fromisoformat(args.started)).total_seconds()
             if args.started else sum(r["wall_seconds"] for r in runs), 1),
         "started": args.started,
+        "load": {"cpus": os.cpu_count(), "load1_min": min(x["load1_min"] for x in loads),
+                 "load1_max": max(x["load1_max"] for x in loads),
+                 "load1_mean": round(sum(x["load1_mean"] * x["samples"] for x in loads)
+                                     / sum(x["samples"] for x in loads), 2)} if loads else None,
+        "complete": not unchecked,
+        "not_checked": unchecked,
         "runs": runs,
         "groups": walls,
         "score": round(killed / (killed + survived), 4) if killed + survived else None,
@@ -457,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "estimated_all_mutants_wall_seconds": _estimate(modules, args.max_children),
         "modules": modules,
         "stale_equivalents": stale,
+        "equivalents_not_drawn": len(undrawn),
         "hand": hand,
     }
     RESULT.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
@@ -471,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in hand:
         print(f"hand: {row['name']}: {row['status']}")
     print(f"overall score {result['score']} (target {TARGET}); wrote {RESULT.relative_to(ROOT)}")
+    if unchecked:  # a run cut short: its score is not the sample's
+        print(f"INCOMPLETE: drawn mutants not checked yet {unchecked}; run the same command again (it tests only "
+              "those, keeping the other verdicts)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -488,6 +548,11 @@ def _pending_names(group: Group, modules: list[str], rate: float, *, survivors: 
             if sampled(mutant, share) and status_by_exit_code[code] in again:
                 names.append(mutant)
     return names
+
+
+def _source_lines(module: str) -> set[str]:
+    path = PACKAGE / module
+    return {line.strip() for line in path.read_text().splitlines()} if path.exists() else set()
 
 
 def _version() -> str:

@@ -75,3 +75,9 @@ def test_the_committed_result_adds_up() -> None:
         assert all(e["reason"] for e in row["equivalents"]), module
     assert result["commit"] and result["wall_seconds"] > 0
     assert all(h["status"] == "killed" for h in result["hand"]), [h for h in result["hand"] if h["status"] != "killed"]
+
+
+
+def test_the_load_summary_of_a_run() -> None:
+    assert driver().load_summary([1.0, 3.0, 2.0]) == {"cpus": __import__("os").cpu_count(), "load1_min": 1.0,
+                                                      "load1_mean": 2.0, "load1_max": 3.0, "samples": 3}
