@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from flywheel_operator.api import OfflineGateSpec, OfflineMetrics, StyleStats
 from flywheel_operator.gate import evaluate_offline
+from flywheel_operator.gate.offline import wilson_interval
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -148,3 +149,36 @@ def test_the_wilson_interval_holds_the_rate_and_narrows_with_n(rate: float, n: i
     assert 0 <= lower <= rate + 1e-12 and rate - 1e-12 <= upper <= 1
     wider = wilson_interval(rate, max(1, n // 4))
     assert wider[1] - wider[0] >= upper - lower - 1e-12
+
+
+@given(
+    learned=st.floats(min_value=0.0, max_value=1.0),
+    whole=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_the_band_reads_gaming_on_the_learned_score_and_progress_on_the_whole_reward(
+    learned: float, whole: float
+) -> None:
+    """Issue 26: a candidate that wins on verified traits is better, not gaming; one whose learned score wins
+    too often is gaming, whatever the whole reward says."""
+    n = 400
+    result = evaluate_offline(
+        OfflineGateSpec(),
+        metrics(win_rate_user=learned, win_rate_internal=learned, reward_win_rate_user=whole, win_rate_user_n=n),
+        now=NOW,
+    )
+    band = next(c for c in result.checks if c.name == "win-rate-band")
+    learned_low, _ = wilson_interval(learned, n)
+    _, whole_high = wilson_interval(whole, n)
+    assert band.passed == (whole_high >= 0.50 and learned_low <= 0.65)
+    assert band.value == learned and f"by the whole reward {whole:.3f}" in band.message
+
+
+def test_a_candidate_better_only_by_its_verifiers_passes_the_band_and_one_worse_by_both_does_not() -> None:
+    verified_step = metrics(win_rate_user=0.42, win_rate_internal=0.42, reward_win_rate_user=0.80, win_rate_user_n=400)
+    assert "win-rate-band" not in failed(evaluate_offline(OfflineGateSpec(), verified_step, now=NOW))
+    worse = metrics(win_rate_user=0.42, win_rate_internal=0.42, reward_win_rate_user=0.40, win_rate_user_n=400)
+    band = next(c for c in evaluate_offline(OfflineGateSpec(), worse, now=NOW).checks if c.name == "win-rate-band")
+    assert not band.passed and "not better than its parent" in band.message
+    gaming = metrics(win_rate_user=0.75, win_rate_internal=0.75, reward_win_rate_user=0.75, win_rate_user_n=400)
+    assert "gaming" in next(c for c in evaluate_offline(OfflineGateSpec(), gaming, now=NOW).checks
+                            if c.name == "win-rate-band").message

@@ -57,7 +57,7 @@ def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: dat
     """Run every offline check; `passed` only when all pass."""
     checks = [
         _band("win-rate-band", metrics.win_rate_user, metrics.win_rate_user_n, gate,
-              "pointwise-RM win rate on user prompts"),
+              "pointwise-RM win rate on user prompts", whole=metrics.reward_win_rate_user),
         _divergence(metrics, gate),
     ]
     checks.append(
@@ -125,14 +125,22 @@ def _disabled(name: str, value: float | None, n: int | None, interval: list[floa
                      message=f"disabled ({setting} lets every value pass); measured {shown}.")
 
 
-def _band(name: str, value: float, n: int | None, gate: OfflineGateSpec, what: str) -> GateCheck:
+def _band(
+    name: str, value: float, n: int | None, gate: OfflineGateSpec, what: str, *, whole: float | None = None
+) -> GateCheck:
+    """`value`: the win rate of the RM's learned score, the one a candidate can game (its upper edge). `whole`: the
+    whole reward's (rule features too), which says whether the candidate is better at all (the lower edge): a real
+    step up in a verified trait wins pairs without gaming, and a learned score that stays even is no loss."""
     band = gate.win_rate_band
     lower, upper = wilson_interval(value, n)
     if band.min <= 0 and band.max >= 1:
         return _disabled(name, value, n, [lower, upper], f"winRateBand [{band.min:g}, {band.max:g}]")
     limit = f"in [{band.min:.2f}, {band.max:.2f}]"
     measured = f"{what} is {value:.3f}" + _interval_words(lower, upper, n)
-    if upper < band.min:
+    whole_upper = upper if whole is None else wilson_interval(whole, n)[1]
+    if whole is not None:
+        measured += f"; by the whole reward {whole:.3f}"
+    if whole_upper < band.min:
         message = f"{measured}, entirely below {band.min:.2f}: the candidate is not better than its parent."
     elif lower > band.max:
         message = (
@@ -142,7 +150,7 @@ def _band(name: str, value: float, n: int | None, gate: OfflineGateSpec, what: s
     else:
         message = f"{measured}: the band is within reach of the interval."
     return GateCheck(
-        name=name, passed=upper >= band.min and lower <= band.max, value=value, limit=limit, message=message, n=n,
+        name=name, passed=whole_upper >= band.min and lower <= band.max, value=value, limit=limit, message=message, n=n,
         interval=[lower, upper],
     )
 
