@@ -133,6 +133,12 @@ BENCHES: dict[str, Bench] = {
         "python bench/rm_levers.py --runs bench/runs",
         "on the flywheel bench's default chain (bench/runs/default)",
     ),
+    "rm_text": Bench(
+        "bench/rm_text.py",
+        (*CHAIN, "bench/rm_ceiling.py"),
+        "python bench/rm_text.py --runs bench/runs --generations gen-1",
+        "on the flywheel bench's default chain (bench/runs/default); retrains its reward models",
+    ),
     "sim": Bench(
         "bench/sim.py",
         (
