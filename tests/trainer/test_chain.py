@@ -181,7 +181,7 @@ def test_every_reward_model_mixes_its_logit_with_a_lexical_head(chain: dict[str,
                + lexical["bias"])
     np.testing.assert_allclose(text_scores(signal, prompts, first), by_hand)
     np.testing.assert_allclose(signal_probabilities(signal, prompts, first),
-                               1.0 / (1.0 + np.exp(-by_hand / signal.temperature)))
+                               1.0 / (1.0 + np.exp(-by_hand / signal.temperature)), atol=1e-9)
 
 
 def test_reward_models_report_calibration(chain: dict[str, StageResult]) -> None:
