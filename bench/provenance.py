@@ -142,6 +142,12 @@ BENCHES: dict[str, Bench] = {
         "on the flywheel bench's default chain (bench/runs/default)",
         needs=("flywheel",),
     ),
+    "rm_text": Bench(
+        "bench/rm_text.py",
+        (*CHAIN, "bench/rm_ceiling.py"),
+        "python bench/rm_text.py --runs bench/runs --generations gen-1",
+        "on the flywheel bench's default chain (bench/runs/default); retrains its reward models",
+    ),
     "sim": Bench(
         "bench/sim.py",
         (

@@ -7,8 +7,13 @@ Held-out pairs: the generation's parent answers every character × topic × open
 the same opening are a pair, kept when the oracle's utilities (flywheel_sim.response_utility) differ by at
 least MIN_UTILITY_GAP. A model agrees on a pair when it orders the two as the utilities do: the pointwise model
 by its reward, the pairwise model by P(first better) against 1/2, a user-signal model by its probability
-(ties count half). Next to it: the model's quality and calibration on its held-out logged data (the reward
-stage's metrics), which measure agreement with logged user behaviour, not with the truth: per-pair accuracy for
+(ties count half). `text_only_oracle_agreement` is the same for the model's learned part alone: a pointwise
+model's rule features left out (flywheel_trainer.scoring.text_scores: its logit mixed with its lexical head);
+pairwise and user-signal models carry no rules, so theirs is their whole agreement. `by_trait` breaks the
+text-only agreement down by what tells a pair's two answers apart for the oracle (asks back, on topic, persona
+word, follows the instructions, emoji count): pairs that differ in that feature, with their count. Next to it:
+the model's quality and calibration on its held-out logged data (the reward stage's metrics), which measure
+agreement with logged user behaviour, not with the truth: per-pair accuracy for
 preference models, ROC AUC for user-signal classifiers (whose accuracy is mostly the signal's base rate). Each
 comes with its 95 % interval and says whether it is better than chance (1/2), worse, or indistinguishable.
 """
@@ -32,9 +37,10 @@ MIN_UTILITY_GAP = 0.05
 """Pairs the oracle itself barely separates (same features) are ties of the truth and are left out."""
 SEED = 777
 """Sampling seed of the held-out answers (the traffic simulator uses the generation's seeds)."""
-FORMAT = 2
+FORMAT = 3
 """Version of rm_oracle.json's layout: a file of another version is measured again (2: intervals, verdicts and
-the logged quality measure of each model)."""
+the logged quality measure of each model; 3: the text-only agreement and its breakdown by trait)."""
+TRAITS = ("question", "on_topic", "persona", "compliant", "emojis")
 
 
 def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
@@ -106,9 +112,29 @@ def with_interval(value: float | None, interval: list[float] | None) -> str:
     return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
-def model_agreement(rm: Any, pairs: list[dict[str, Any]]) -> float:
-    """Share of held-out `pairs` that reward model `rm` orders as the oracle does (ties half)."""
-    return agreement(_preference(rm, pairs), np.array([p["gap"] for p in pairs]))
+def model_agreement(rm: Any, pairs: list[dict[str, Any]], *, text_only: bool = False) -> float:
+    """Share of held-out `pairs` that reward model `rm` orders as the oracle does (ties half); `text_only`: by
+    its learned part alone (a pointwise model's rule features left out)."""
+    return agreement(_preference(rm, pairs, text_only=text_only), np.array([p["gap"] for p in pairs]))
+
+
+def trait_differences(world: Any, pairs: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per trait of TRAITS, which pairs' two answers differ in it (flywheel_sim.features.response_features)."""
+    from flywheel_sim.features import response_features
+
+    def traits(p: dict[str, Any], text: str) -> Any:
+        return response_features(text, world.characters[p["character"]], p["topic"])
+
+    first = [traits(p, p["first"]) for p in pairs]
+    second = [traits(p, p["second"]) for p in pairs]
+    return {t: np.array([getattr(a, t) != getattr(b, t) for a, b in zip(first, second, strict=True)], dtype=bool)
+            for t in TRAITS}
+
+
+def by_trait(said: np.ndarray, gaps: np.ndarray, differs: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
+    """{trait: {"pairs": n, "agreement": share (None without pairs)}} over the pairs that differ in each trait."""
+    return {t: {"pairs": int(mask.sum()), "agreement": agreement(said[mask], gaps[mask]) if mask.any() else None}
+            for t, mask in differs.items()}
 
 
 def load_policy(model: str, world: Any, name: str = "rm-oracle-parent") -> Any:
@@ -118,13 +144,15 @@ def load_policy(model: str, world: Any, name: str = "rm-oracle-parent") -> Any:
     return PredictorPolicy(load_predictor(name, model, world), model, threads=world.serving.threads)
 
 
-def _preference(rm: Any, pairs: list[dict[str, Any]]) -> np.ndarray:
-    from flywheel_trainer.scoring import pairwise_probabilities, pointwise_scores, signal_probabilities
+def _preference(rm: Any, pairs: list[dict[str, Any]], *, text_only: bool = False) -> np.ndarray:
+    from flywheel_trainer.scoring import pairwise_probabilities, pointwise_scores, signal_probabilities, text_scores
 
     prompts = [p["prompt"] for p in pairs]
     first, second = [p["first"] for p in pairs], [p["second"] for p in pairs]
     if rm.kind == "pairwise":
         return pairwise_probabilities(rm, prompts, first, second) - 0.5
+    if rm.kind == "pointwise" and text_only:
+        return text_scores(rm, prompts, first) - text_scores(rm, prompts, second)
     if rm.kind == "pointwise":
         specs = [p["spec"] for p in pairs]
         return pointwise_scores(rm, prompts, first, specs) - pointwise_scores(rm, prompts, second, specs)
@@ -147,16 +175,26 @@ def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str
     if parent is None:
         return {}
     pairs = held_out_pairs(world, parent)
+    gaps = np.array([p["gap"] for p in pairs])
+    differs = trait_differences(world, pairs)
     result: dict[str, Any] = {"pairs": len(pairs), "parent": parent.name, "models": {}}
     for name, record in sorted(models.items()):
         rm = load_reward_model(record.artifacts["model"], field=f"status.stages[{record.name}].artifacts.model")
-        agreed = model_agreement(rm, pairs) if pairs else None
+        said = _preference(rm, pairs) if pairs else None
+        agreed = None if said is None else agreement(said, gaps)
         oracle_interval = None if agreed is None else list(wilson_interval(agreed, len(pairs)))
+        text_said = said if said is None or rm.kind != "pointwise" or not rm.rules else _preference(
+            rm, pairs, text_only=True)
+        text_agreed = None if text_said is None else agreement(text_said, gaps)
         result["models"][name] = {
             "kind": rm.kind,
             "oracle_agreement": agreed,
             "oracle_agreement_interval": oracle_interval,
             "oracle_verdict": chance_verdict(oracle_interval),
+            "text_only_oracle_agreement": text_agreed,
+            "text_only_oracle_agreement_interval": None if text_agreed is None else list(
+                wilson_interval(text_agreed, len(pairs))),
+            "by_trait": {} if text_said is None else by_trait(text_said, gaps, differs),
             "logged": logged_quality(rm.kind, record.metrics),
             "logged_accuracy": record.metrics.get("accuracy"),
             "logged_held_out": record.metrics.get("held_out_examples"),

@@ -142,10 +142,12 @@ def render_reward_models(measured: dict) -> list[Text]:
             return "—" if value is None else format(value, spec)
 
         logged = m["logged"]
+        text_only = with_interval(m.get("text_only_oracle_agreement"), m.get("text_only_oracle_agreement_interval"))
         lines.append(
             Text(
                 f"    {name} ({m['kind']}): oracle agreement "
                 f"{with_interval(m['oracle_agreement'], m['oracle_agreement_interval'])}, {m['oracle_verdict']}; "
+                f"text-only {text_only}; "
                 f"held-out logged {logged['measure']} {with_interval(logged['value'], logged['interval'])} "
                 f"(n={fmt(m['logged_held_out'], '.0f')}), {logged['verdict']}; calibrated ECE "
                 f"{fmt(m['ece_calibrated'])}, trained on {fmt(m['train_examples'], '.0f')}"

@@ -82,3 +82,39 @@ def test_a_measurement_in_an_older_layout_is_not_read_but_measured_again(tmp_pat
     assert rm_oracle.read_agreement(tmp_path) == {}
     path.write_text(json.dumps(_measured()))
     assert rm_oracle.read_agreement(tmp_path)["models"]["pointwise"]["oracle_agreement"] == pytest.approx(0.576)
+
+
+class _LastMessage:
+    """A tokenizer stand-in whose chat template is the last message's content."""
+
+    def apply_chat_template(self, chat: list[dict[str, str]], tokenize: bool = False) -> str:
+        return chat[-1]["content"]
+
+
+def test_text_only_agreement_leaves_the_rule_features_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pointwise model whose rules prefer asking back and whose learned part prefers longer answers: on pairs
+    where the oracle prefers the longer answer that does not ask back, the whole reward disagrees with the oracle
+    and the text-only score agrees; the breakdown by trait counts the pairs that differ in asking back."""
+    import numpy as np
+    from flywheel_sim import DEFAULT_WORLD, load_world
+    from flywheel_trainer import scoring
+
+    monkeypatch.setattr(scoring, "logits_for_texts",
+                        lambda model, tokenizer, texts, max_length: np.array([len(t) for t in texts], dtype=float))
+    rules = {"features": ["asks-back"], "columns": ["asks_back"], "weights": [100.0], "text_weight": 1.0}
+    rm = scoring.RewardModel("pointwise", "pointwise", None, 1.0, None, _LastMessage(), 64, rules=rules)
+    world = load_world(DEFAULT_WORLD)
+    spec = world.characters[0].to_log()
+    prompt = [{"role": "user", "content": "tell me about maps."}]
+    pairs = [{"prompt": prompt, "first": "maps are my favourite thing, matey.", "second": "maps?", "gap": 0.4,
+              "character": 0, "topic": "maps", "spec": spec},
+             {"prompt": prompt, "first": "ok?", "second": "the sea is wide and blue today, matey.", "gap": -0.2,
+              "character": 0, "topic": "maps", "spec": spec}]
+    assert rm_oracle.model_agreement(rm, pairs) == 0.0
+    assert rm_oracle.model_agreement(rm, pairs, text_only=True) == 1.0
+    gaps = np.array([p["gap"] for p in pairs])
+    said = rm_oracle._preference(rm, pairs, text_only=True)
+    traits = rm_oracle.by_trait(said, gaps, rm_oracle.trait_differences(world, pairs))
+    assert traits["question"] == {"pairs": 2, "agreement": 1.0}
+    assert traits["persona"] == {"pairs": 1, "agreement": 1.0}  # "sea" is one of Captain Rex's persona words
+    assert traits["on_topic"] == {"pairs": 0, "agreement": None}

@@ -126,7 +126,7 @@ def test_rule_features_are_fitted_next_to_the_text_and_need_the_character(chain:
     """The pointwise model's reward is a × text logit + fitted rule weights; scoring it without characters is an
     error that says so, and the stage reports the text score's own accuracy beside the combined one."""
     from flywheel_trainer.outputs import StageError
-    from flywheel_trainer.scoring import load_reward_model, logits_for_texts, pointwise_scores, render
+    from flywheel_trainer.scoring import load_reward_model, pointwise_scores, text_scores
 
     result = chain["reward-pointwise"]
     meta = json.loads((Path(result.artifacts["model"]) / "flywheel_reward.json").read_text())
@@ -141,11 +141,47 @@ def test_rule_features_are_fitted_next_to_the_text_and_need_the_character(chain:
     character = {"name": "Rex", "instructions": [{"kind": "ends_with_question", "value": None}]}
     with pytest.raises(StageError, match="rule features"):
         pointwise_scores(rm, [prompt], ["ahoy"])
-    text = logits_for_texts(rm.model, rm.tokenizer, [render(rm.tokenizer, prompt, "ahoy there?")],
-                            max_length=rm.max_length)
+    text = text_scores(rm, [prompt], ["ahoy there?"])  # the learned part: the logit mixed with the lexical head
     # "ahoy there?" asks back, follows the instruction and is 2 words long
     by_hand = rules["text_weight"] * text[0] + np.dot(rules["weights"], [1.0, 1.0, 0.2, 0.04])
     assert pointwise_scores(rm, [prompt], ["ahoy there?"], [character])[0] == pytest.approx(by_hand)
+
+
+def test_every_reward_model_mixes_its_logit_with_a_lexical_head(chain: dict[str, StageResult]) -> None:
+    """The lexical head is fitted on the same data and mixed with the model's logit (flywheel_trainer.lexical); the
+    stage says what each part reads alone, and a pairwise model stays free of position bias with it."""
+    from flywheel_trainer.scoring import (
+        load_reward_model,
+        logits_for_texts,
+        pairwise_probabilities,
+        render,
+        signal_probabilities,
+        text_scores,
+    )
+
+    for name in ("reward-pointwise", "reward-pairwise", "reward-continue"):
+        result = chain[name]
+        meta = json.loads((Path(result.artifacts["model"]) / "flywheel_reward.json").read_text())
+        assert set(meta["lexical"]) == {"head", "model_weight", "lexical_weight", "bias"}, name
+        assert result.metrics["lexical_columns"] == len(meta["lexical"]["head"]["columns"]) > 3, name
+        assert result.metrics["lexical_weight"] == meta["lexical"]["lexical_weight"], name
+    assert {"model_accuracy", "lexical_accuracy", "text_accuracy"} <= set(chain["reward-pointwise"].metrics)
+    assert {"model_auc", "lexical_auc"} <= set(chain["reward-continue"].metrics)
+    prompts = [[{"role": "user", "content": "hi! tell me about maps."}]] * 2
+    first, second = ["maps are fun, matey. what about you?", "the weather is nice"], ["hi", "maps! 🎉"]
+    pairwise = load_reward_model(chain["reward-pairwise"].artifacts["model"], field="test")
+    forward, backward = pairwise_probabilities(pairwise, prompts, first, second), pairwise_probabilities(
+        pairwise, prompts, second, first)
+    np.testing.assert_allclose(forward + backward, 1.0)
+    signal = load_reward_model(chain["reward-continue"].artifacts["model"], field="test")
+    lexical, logits = signal.lexical, logits_for_texts(
+        signal.model, signal.tokenizer, [render(signal.tokenizer, p, r) for p, r in zip(prompts, first, strict=True)],
+        max_length=signal.max_length)
+    by_hand = (lexical["model_weight"] * logits + lexical["lexical_weight"] * signal.lexical_head.score(prompts, first)
+               + lexical["bias"])
+    np.testing.assert_allclose(text_scores(signal, prompts, first), by_hand)
+    np.testing.assert_allclose(signal_probabilities(signal, prompts, first),
+                               1.0 / (1.0 + np.exp(-by_hand / signal.temperature)), atol=1e-9)
 
 
 def test_reward_models_report_calibration(chain: dict[str, StageResult]) -> None:

@@ -11,6 +11,12 @@ A pointwise model may also carry rule features (flywheel_trainer.rules): the rul
 Bradley–Terry on the training pairs, their mix with the text score on the held-out pairs (fit_rules); its
 held-out accuracy is that of the combined reward (cross-fitted), and `text_accuracy` the text score's alone.
 
+Every kind also learns a lexical head by default (`lexicalHead`; flywheel_trainer.lexical): a sparse linear model
+over the response's words in its context, fitted on the same training pairs or labels, whose score is mixed with
+the model's logit by weights fitted on the held-out data (cross-fitted for the reported figures). The mix is the
+model's learned text score: `model_accuracy` / `lexical_accuracy` (ROC AUC `model_auc` / `lexical_auc` for a
+user-signal model) say what each part reads alone on the held-out data.
+
 Every kind ends in one logit; held-out accuracy and expected calibration error are reported before and after
 temperature scaling, and the fitted temperature is saved with the model. A pairwise model's accuracy is per pair,
 averaged over both orders as it is used (its per-presentation accuracy and position bias are reported too). A
@@ -29,6 +35,8 @@ from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
 from flywheel_trainer.calibration import calibration_report, roc_auc, sigmoid
 from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
+from flywheel_trainer.lexical import LexicalModel, fit_labels, fit_mix
+from flywheel_trainer.lexical import fit_pairs as fit_lexical_pairs
 from flywheel_trainer.outputs import (
     SCRATCH,
     StageError,
@@ -168,11 +176,63 @@ def fit_rules(
     return rules, combined
 
 
-def _rule_metrics(rules: dict[str, Any], text_margins: np.ndarray) -> dict[str, float]:
-    """What the rules add: the text score's own held-out accuracy, and every fitted weight."""
-    text_accuracy = float(np.mean((text_margins > 0) + 0.5 * (text_margins == 0))) if len(text_margins) else 0.0
-    return {"text_accuracy": text_accuracy, "text_weight": rules["text_weight"],
+def _rule_metrics(rules: dict[str, Any]) -> dict[str, float]:
+    """What the rules add: every fitted weight (the text score's own accuracy is `text_accuracy`)."""
+    return {"text_weight": rules["text_weight"],
             **{f"rule_weight_{c}": w for c, w in zip(rules["columns"], rules["weights"], strict=True)}}
+
+
+def _pair_accuracy(margins: np.ndarray) -> float:
+    """Share of pairs a margin (chosen minus rejected) orders right, ties half."""
+    return float(np.mean((margins > 0) + 0.5 * (margins == 0))) if len(margins) else 0.0
+
+
+def _halves(n: int, seed: int) -> list[np.ndarray]:
+    return np.array_split(np.random.default_rng(seed).permutation(n), 2)
+
+
+def mix_pair_margins(model: np.ndarray, lexical: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bradley–Terry weights (model, lexical) of two held-out margin columns (chosen minus rejected), and the mixed
+    margins cross-fitted: each half mixed by the weights fitted on the other half."""
+    both = np.column_stack([model, lexical])
+    weights = fit_mix(both)[0]
+    crossed = both @ weights
+    halves = _halves(len(both), seed)
+    if min(map(len, halves)) > 0:
+        for fit_on, score in (halves, halves[::-1]):
+            crossed[score] = both[score] @ fit_mix(both[fit_on])[0]
+    return weights, crossed
+
+
+def mix_signal_logits(
+    model: np.ndarray, lexical: np.ndarray, labels: np.ndarray, seed: int
+) -> tuple[tuple[float, float, float], np.ndarray]:
+    """Logistic weights (model, lexical, bias) of two held-out logit columns for binary labels, and the mixed
+    logits cross-fitted on halves."""
+    both = np.column_stack([model, lexical])
+    (w_model, w_lexical), bias = fit_mix(both, labels)
+    crossed = both @ [w_model, w_lexical] + bias
+    halves = _halves(len(both), seed)
+    if min(map(len, halves)) > 0 and all(len(set(labels[h].tolist())) == 2 for h in halves):
+        for fit_on, score in (halves, halves[::-1]):
+            w, b = fit_mix(both[fit_on], labels[fit_on])
+            crossed[score] = both[score] @ w + b
+    return (float(w_model), float(w_lexical), float(bias)), crossed
+
+
+def _lexical_entry(head: LexicalModel, model_weight: float, lexical_weight: float, bias: float = 0.0) -> dict:
+    return {"head": head.to_json(), "model_weight": float(model_weight), "lexical_weight": float(lexical_weight),
+            "bias": float(bias)}
+
+
+def _lexical_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    head = entry["head"]
+    return {"model_weight": entry["model_weight"], "lexical_weight": entry["lexical_weight"],
+            "lexical_ridge": head["ridge"], "lexical_columns": len(head["columns"])}
+
+
+def _responses(rows: list[Row], key: str) -> list[str]:
+    return [r[key][0]["content"] for r in rows]
 
 
 def _train(trainer: Any, stage: StageConfig | None) -> Any:
@@ -245,6 +305,68 @@ def pair_accuracy(logits: np.ndarray, temperature: float) -> dict[str, float]:
     }
 
 
+def _pointwise_lexical(
+    train: list[Row], held_out: list[Row], model_margin: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, float]]:
+    """Fit the lexical head on the training pairs and its mix with the model's held-out margins: (the held-out
+    margins mixed by the weights fitted on all of them, the same cross-fitted, the lexical entry of the model's
+    metadata, its metrics with `model_accuracy` and `lexical_accuracy`)."""
+    head = fit_lexical_pairs([r["prompt"] for r in train], _responses(train, "chosen"), _responses(train, "rejected"))
+    prompts = [r["prompt"] for r in held_out]
+    lexical_margin = head.score(prompts, _responses(held_out, "chosen")) - head.score(
+        prompts, _responses(held_out, "rejected"))
+    weights, crossed = mix_pair_margins(model_margin, lexical_margin, seed)
+    entry = _lexical_entry(head, *weights)
+    metrics = _lexical_metrics(entry) | {"model_accuracy": _pair_accuracy(model_margin),
+                                         "lexical_accuracy": _pair_accuracy(lexical_margin)}
+    return np.column_stack([model_margin, lexical_margin]) @ weights, crossed, entry, metrics
+
+
+def _classifier_lexical(
+    settings: RewardModelSettings,
+    train: list[Row],
+    held_out: list[Row],
+    model_logits: np.ndarray,
+    labels: np.ndarray,
+    seed: int,
+    fitting: dict[str, float],
+) -> tuple[list[float], dict[str, Any], dict[str, float]]:
+    """The lexical head of a pairwise or user-signal model, fitted on its training data, and its held-out logits
+    mixed with the model's (cross-fitted: the calibration and accuracy reported are out of sample)."""
+    if settings.kind == "pairwise":
+        head = fit_lexical_pairs(
+            [r["prompt"] for r in train], _responses(train, "chosen"), _responses(train, "rejected"))
+        prompts = [r["prompt"] for r in held_out]
+        margin = head.score(prompts, _responses(held_out, "chosen")) - head.score(
+            prompts, _responses(held_out, "rejected"))
+        lexical_logits = np.column_stack([margin, -margin]).ravel()  # the forward, backward order of the held-out
+        sign = np.where(labels == 1, 1.0, -1.0)
+        both = np.column_stack([model_logits, lexical_logits]) * sign[:, None]
+        pairs = np.repeat(np.arange(len(margin)), 2)
+        weights = fit_mix(both)[0]
+        columns = np.column_stack([model_logits, lexical_logits])
+        crossed = columns @ weights
+        halves = _halves(len(margin), seed)
+        if min(map(len, halves)) > 0:
+            for fit_on, score in (halves, halves[::-1]):
+                rows, scored = np.isin(pairs, fit_on), np.isin(pairs, score)
+                crossed[scored] = columns[scored] @ fit_mix(both[rows])[0]
+        entry = _lexical_entry(head, *weights)
+        quality = {"model_accuracy": pair_accuracy(model_logits, 1.0)["accuracy"],
+                   "lexical_accuracy": _pair_accuracy(margin)}
+    else:
+        column = SIGNAL_COLUMNS[settings.signal]
+        head = fit_labels([r["prompt"] for r in train], _responses(train, "completion"),
+                          [int(bool(r[column])) for r in train])
+        lexical_logits = head.score([r["prompt"] for r in held_out], _responses(held_out, "completion"))
+        (w_model, w_lexical, bias), crossed = mix_signal_logits(model_logits, lexical_logits, labels, seed)
+        entry = _lexical_entry(head, w_model, w_lexical, bias)
+        model_auc, lexical_auc = roc_auc(model_logits, labels), roc_auc(lexical_logits, labels)
+        quality = {"model_auc": model_auc["auc"] if model_auc else None,
+                   "lexical_auc": lexical_auc["auc"] if lexical_auc else None}
+    return list(crossed), entry, fitting | _lexical_metrics(entry) | {k: v for k, v in quality.items() if v is not None}
+
+
 def main(config: StageConfig) -> StageResult:
 
     settings = reward_settings(config)
@@ -276,6 +398,7 @@ def main(config: StageConfig) -> StageResult:
         args |= checkpoint_args(config, "reward")
         fitting: dict[str, float] = {}
         rules: dict[str, Any] | None = None
+        lexical: dict[str, Any] | None = None
         if settings.kind == "pointwise":
             train, fitting["context_trimmed"], fitting["dropped_too_long"] = fit_pairs(
                 train, tokenizer, settings.max_length
@@ -289,9 +412,14 @@ def main(config: StageConfig) -> StageResult:
             trainer = _train_pointwise(settings, base, train, args, tokenizer, config)
             model = trainer.model
             margin = _text_margins(model, tokenizer, held_out, settings.max_length)
+            crossed = margin
+            if settings.lexical_head:
+                margin, crossed, lexical, measured = _pointwise_lexical(train, held_out, margin, config.seed)
+                fitting |= measured
+            fitting["text_accuracy"] = _pair_accuracy(crossed)
             if settings.rule_features:
                 rules, combined = fit_rules(settings.rule_features, train, held_out, margin, config.seed)
-                fitting |= _rule_metrics(rules, margin)
+                fitting |= _rule_metrics(rules)
                 margin = combined
             held_logits, held_labels = [*margin, *(-margin)], [1] * len(margin) + [0] * len(margin)
         else:
@@ -300,6 +428,10 @@ def main(config: StageConfig) -> StageResult:
             held_texts, held_labels = _classifier_examples(settings, held_out, tokenizer)
             model = trainer.model
             held_logits = list(logits_for_texts(model, tokenizer, held_texts, max_length=settings.max_length))
+            if settings.lexical_head:
+                held_logits, lexical, fitting = _classifier_lexical(
+                    settings, train, held_out, np.asarray(held_logits), np.asarray(held_labels), config.seed, fitting
+                )
         calibration = calibration_report(held_logits, held_labels)
         if settings.kind == "pairwise":
             calibration |= pair_accuracy(np.asarray(held_logits, dtype=float), calibration["temperature"])
@@ -314,6 +446,7 @@ def main(config: StageConfig) -> StageResult:
             temperature=calibration["temperature"],
             max_length=settings.max_length,
             rules=rules,
+            lexical=lexical,
         )
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
         metrics = {

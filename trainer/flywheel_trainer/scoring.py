@@ -39,7 +39,18 @@ class RewardModel:
     max_length: int
     rules: dict[str, Any] | None = None
     """{"features": [...], "columns": [...], "weights": [...], "text_weight": a}: the reward is a × the text
-    logit + weights · rule columns; None: the text logit alone."""
+    score + weights · rule columns; None: the text score alone."""
+    lexical: dict[str, Any] | None = None
+    """{"head": flywheel_trainer.lexical.LexicalModel JSON, "model_weight": m, "lexical_weight": l, "bias": c}: the
+    text score is m × the model's logit + l × the lexical head's score (+ c); None: the model's logit alone."""
+    lexical_head: Any = None
+    """The parsed lexical head (filled from `lexical`)."""
+
+    def __post_init__(self) -> None:
+        if self.lexical and self.lexical_head is None:
+            from flywheel_trainer.lexical import LexicalModel
+
+            self.lexical_head = LexicalModel.from_json(self.lexical["head"])
 
 
 def render(tokenizer: Any, prompt: Chat, response: str) -> str:
@@ -76,6 +87,7 @@ def load_reward_model(path: str | Path, *, field: str) -> RewardModel:
         tokenizer=tokenizer,
         max_length=int(meta["max_length"]),
         rules=meta.get("rules"),
+        lexical=meta.get("lexical"),
     )
 
 
@@ -167,8 +179,7 @@ def pointwise_parts(
     if rm.rules and characters is None:  # before the model runs: a missing argument is not worth a forward pass
         raise StageError(f"reward model {rm.name} has rule features ({', '.join(rm.rules['features'])}): "
                          "score it with each response's character")
-    texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
-    logits = logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
+    logits = text_scores(rm, prompts, responses)
     if not rm.rules:
         return PointwiseParts(reward=logits, learned=logits)
     learned = rm.rules["text_weight"] * logits
@@ -177,10 +188,25 @@ def pointwise_parts(
 # --- end issue 26 ---------------------------------------------------------------------------------------------
 
 
+def text_scores(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
+    """The learned part of a pointwise or user-signal model's logit, rule features left out: the model's logit,
+    mixed with its lexical head's score when it has one (flywheel_trainer.lexical)."""
+    texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
+    logits = logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length)
+    if not rm.lexical:
+        return logits
+    return mix_lexical(rm.lexical, logits, rm.lexical_head.score(prompts, responses))
+
+
+def mix_lexical(lexical: Mapping[str, Any], logits: np.ndarray, lexical_scores: np.ndarray) -> np.ndarray:
+    """A model's logits mixed with its lexical head's scores by the weights fitted in the reward stage."""
+    model = float(lexical["model_weight"]) * np.asarray(logits, dtype=float)
+    return model + float(lexical["lexical_weight"]) * np.asarray(lexical_scores, dtype=float) + float(lexical["bias"])
+
+
 def signal_probabilities(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
     """Calibrated probability of the user signal (p(continue) or p(thumb up)) for each response."""
-    texts = [render(rm.tokenizer, p, r) for p, r in zip(prompts, responses, strict=True)]
-    return sigmoid(logits_for_texts(rm.model, rm.tokenizer, texts, max_length=rm.max_length) / rm.temperature)
+    return sigmoid(text_scores(rm, prompts, responses) / rm.temperature)
 
 
 def pairwise_probabilities(
@@ -189,9 +215,13 @@ def pairwise_probabilities(
     """Calibrated P(first better than second), averaged over both presentation orders (no position bias)."""
     forward = [render_pair(rm.tokenizer, p, a, b) for p, a, b in zip(prompts, first, second, strict=True)]
     backward = [render_pair(rm.tokenizer, p, b, a) for p, a, b in zip(prompts, first, second, strict=True)]
-    p_forward = sigmoid(logits_for_texts(rm.model, rm.tokenizer, forward, max_length=rm.max_length) / rm.temperature)
-    p_backward = sigmoid(logits_for_texts(rm.model, rm.tokenizer, backward, max_length=rm.max_length) / rm.temperature)
-    return order_averaged(p_forward, p_backward)
+    logit_forward = logits_for_texts(rm.model, rm.tokenizer, forward, max_length=rm.max_length)
+    logit_backward = logits_for_texts(rm.model, rm.tokenizer, backward, max_length=rm.max_length)
+    if rm.lexical:  # the head scores each response alone: A's score minus B's is its pairwise logit
+        margin = rm.lexical_head.score(prompts, first) - rm.lexical_head.score(prompts, second)
+        logit_forward = mix_lexical(rm.lexical, logit_forward, margin)
+        logit_backward = mix_lexical(rm.lexical, logit_backward, -margin)
+    return order_averaged(sigmoid(logit_forward / rm.temperature), sigmoid(logit_backward / rm.temperature))
 
 
 def order_averaged(p_forward: np.ndarray, p_backward: np.ndarray) -> np.ndarray:
@@ -208,8 +238,11 @@ def write_metadata(
     temperature: float,
     max_length: int,
     rules: dict[str, Any] | None = None,
+    lexical: dict[str, Any] | None = None,
 ) -> None:
     meta = {"name": name, "kind": kind, "signal": signal, "temperature": temperature, "max_length": max_length}
     if rules:
         meta["rules"] = rules
+    if lexical:
+        meta["lexical"] = lexical
     (directory / METADATA_FILE).write_text(json.dumps(meta, indent=2), encoding="utf-8")

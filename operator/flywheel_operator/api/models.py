@@ -155,6 +155,11 @@ class RewardModelSettings(ApiModel):
     `emojis`, `length`, `refusal`), scored next to the text with weights fitted on the same preference pairs
     (flywheel_trainer.rules). A tiny model reads little from the text; on a large one, compare the stage's
     `text_accuracy` with its `accuracy` to see what the rules add. Empty: the text score alone."""
+    lexical_head: bool = True
+    """Learn a lexical head next to the model's logit (flywheel_trainer.lexical): a sparse linear model over the
+    response's words, the words it echoes from the user's message and each character's words, fitted on the same
+    pairs or labels and mixed with the logit by weights fitted on the held-out data. A small model reads persona
+    and topic poorly; the head reads them. False: the model's logit alone."""
 
     @model_validator(mode="after")
     def _signal_matches_kind(self) -> RewardModelSettings:

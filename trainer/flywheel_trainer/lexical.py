@@ -1,0 +1,262 @@
+"""The lexical head of a reward model: a small linear model over what a response does with the words of its
+context, learned from the same preference pairs or user signals as the model's text score and mixed with it.
+
+Why: a small reward model reads little of what users react to beyond surface style. On the local default's logs
+the tiny 2-layer backbone orders pairs that differ in staying on topic or in the character's persona words little
+better than chance (docs/local.md, "Reward models: the learned part"), although the logged labels carry enough to
+order most of them. Persona is which words a character uses, topic is whether the response picks up the words of
+the user's message: each is one number per response once the words are known, and one weight learned from a few
+thousand noisy labels is precise where a transformer (or a bag of words, one weight per word) fitted on the same
+labels memorises them. Nothing here knows the simulator: the word lists are statistics of the training text and
+every weight is learned, so a column users ignore gets a weight near 0.
+
+Columns of one response in its context: `question_mark` (it asks something), `echo_count` (distinct words it
+shares with the user's last message), `echo_rare` (the same, leaving out words found in at least COMMON_SHARE of
+the user messages: the topic, not "tell me about"), `character_words` (distinct words distinctive of its character,
+at least LIFT times likelier in that character's responses than in all, that the user did not say: the persona),
+`words_10` and `words_10_squared` (length in tens of words). Context columns (`turn:<n>`, `sys:<character>`) cancel
+within a pair (both sides share the prompt) and absorb a context's base rate in a user-signal classifier. Emojis
+are left out on purpose: preference pairs that differ in them are dropped by curation, and the users' pull toward
+them is the simulated world's trap (docs/simulator.md).
+
+The fit is ridge-penalised maximum likelihood (Bradley–Terry on pair differences, logistic regression with an
+intercept on labels); the penalty is chosen by 3-fold cross-validation on the training rows grouped by prompt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+TOKEN = re.compile(r"[^\W\d_]+|\d+|[^\w\s]")
+MIN_COUNT = 3
+"""A word is distinctive of a character only when at least this many of its training responses use it."""
+LIFT = 2.0
+COMMON_SHARE = 0.15
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1)
+"""Penalties tried by cross-validation (per example: the loss is a mean)."""
+FOLDS = 3
+MAX_TURN = 8
+RESPONSE_COLUMNS = ("question_mark", "echo_count", "echo_rare", "character_words", "words_10", "words_10_squared")
+Chat = Sequence[Mapping[str, str]]
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased words, numbers and single punctuation or emoji characters of `text`."""
+    return TOKEN.findall(text.lower())
+
+
+def _words(text: str) -> set[str]:
+    return {t for t in tokens(text) if t.isalpha()}
+
+
+def _character(prompt: Chat) -> str:
+    system = next((m["content"] for m in prompt if m["role"] == "system"), "")
+    return hashlib.sha256(system.encode()).hexdigest()[:8]
+
+
+def _last_user(prompt: Chat) -> str:
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Statistics of the training text the columns read: words common in user messages, words distinctive of each
+    character (keyed by its system prompt's digest)."""
+
+    common: frozenset[str] = frozenset()
+    characters: Mapping[str, frozenset[str]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, prompts: Sequence[Chat], responses: Sequence[str]) -> Vocabulary:
+        asked = {json.dumps(_last_user(p)): _words(_last_user(p)) for p in prompts}
+        share = Counter(w for words in asked.values() for w in words)
+        common = frozenset(w for w, n in share.items() if n >= COMMON_SHARE * len(asked))
+        by_character: dict[str, Counter] = defaultdict(Counter)
+        served: Counter = Counter()
+        for prompt, response in zip(prompts, responses, strict=True):
+            by_character[_character(prompt)].update(_words(response))
+            served[_character(prompt)] += 1
+        overall, total = sum(by_character.values(), Counter()), sum(served.values())
+        characters = {
+            c: frozenset(w for w, n in counts.items()
+                         if n >= MIN_COUNT and (n / served[c]) >= LIFT * overall[w] / total)
+            for c, counts in by_character.items()
+        }
+        return cls(common, characters)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"common": sorted(self.common), "characters": {c: sorted(w) for c, w in sorted(self.characters.items())}}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Vocabulary:
+        return cls(frozenset(data["common"]), {c: frozenset(w) for c, w in data["characters"].items()})
+
+
+def features(prompt: Chat, response: str, vocabulary: Vocabulary = Vocabulary()) -> dict[str, float]:
+    """The named column values of `response` after `prompt` (absent names are 0)."""
+    said, asked = _words(response), _words(_last_user(prompt))
+    character = _character(prompt)
+    echoed = said & asked
+    words = sum(1 for t in tokens(response) if t.isalnum())
+    turn = min(sum(1 for m in prompt if m["role"] == "user"), MAX_TURN)
+    return {
+        "question_mark": float("?" in response),
+        "echo_count": float(len(echoed)),
+        "echo_rare": float(len(echoed - vocabulary.common)),
+        "character_words": float(len((said & vocabulary.characters.get(character, frozenset())) - asked)),
+        "words_10": words / 10.0,
+        "words_10_squared": (words / 10.0) ** 2,
+        f"turn:{turn}": 1.0,
+        f"sys:{character}": 1.0,
+    }
+
+
+@dataclass(frozen=True)
+class LexicalModel:
+    """A fitted lexical head: score = bias + Σ weight × column value."""
+
+    columns: list[str]
+    weights: list[float]
+    bias: float = 0.0
+    ridge: float = 0.0
+    vocabulary: Vocabulary = Vocabulary()
+
+    def score(self, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
+        """The head's logit for each response after its prompt."""
+        rows = [features(p, r, self.vocabulary) for p, r in zip(prompts, responses, strict=True)]
+        return np.asarray(_matrix(rows, self.columns) @ np.asarray(self.weights, dtype=float)).ravel() + self.bias
+
+    def to_json(self) -> dict[str, Any]:
+        return {"columns": self.columns, "weights": self.weights, "bias": self.bias, "ridge": self.ridge,
+                "vocabulary": self.vocabulary.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> LexicalModel:
+        vocabulary = Vocabulary.from_json(data["vocabulary"]) if "vocabulary" in data else Vocabulary()
+        return cls(list(data["columns"]), [float(w) for w in data["weights"]], float(data.get("bias", 0.0)),
+                   float(data.get("ridge", 0.0)), vocabulary)
+
+    def response_weights(self) -> dict[str, float]:
+        """The weights of the response columns (for reports)."""
+        return {c: w for c, w in zip(self.columns, self.weights, strict=True) if c in RESPONSE_COLUMNS}
+
+
+def _columns(rows: Sequence[Mapping[str, float]]) -> list[str]:
+    context = sorted({name for row in rows for name in row} - set(RESPONSE_COLUMNS))
+    return [*RESPONSE_COLUMNS, *context]
+
+
+def _matrix(rows: Sequence[Mapping[str, float]], columns: Sequence[str]) -> Any:
+    from scipy.sparse import csr_matrix
+
+    index = {name: i for i, name in enumerate(columns)}
+    data, cols, pointers = [], [], [0]
+    for row in rows:
+        for name, value in row.items():
+            if name in index and value:
+                cols.append(index[name])
+                data.append(value)
+        pointers.append(len(cols))
+    return csr_matrix((data, cols, pointers), shape=(len(rows), len(columns)), dtype=np.float64)
+
+
+def _fit(x: Any, y: np.ndarray | None, ridge: float, *, nonnegative: bool = False) -> tuple[np.ndarray, float]:
+    """Weights (and bias) minimising the mean log loss + ridge × |w|²: Bradley–Terry on difference rows when
+    `y` is None (every row's first side preferred; no intercept), logistic regression with an unpenalised
+    intercept on labels `y` otherwise; `nonnegative` keeps every weight (not the bias) at or above 0."""
+    from scipy.optimize import minimize
+
+    n, d = x.shape
+    with_bias = y is not None
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:d], (theta[d] if with_bias else 0.0)
+        z = x @ w + b
+        if y is None:
+            value = np.mean(np.logaddexp(0.0, -z))
+            residual = -1.0 / (1.0 + np.exp(np.clip(z, -60, 60)))
+        else:
+            value = np.mean(np.logaddexp(0.0, z) - y * z)
+            residual = 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60))) - y
+        grad_w = x.T @ residual / n + 2 * ridge * w
+        grad = np.append(grad_w, residual.mean()) if with_bias else grad_w
+        return float(value + ridge * w @ w), grad
+
+    bounds = [(0.0, None) if nonnegative else (None, None)] * d + [(None, None)] * with_bias
+    theta = minimize(loss, np.zeros(d + with_bias), jac=True, method="L-BFGS-B", bounds=bounds,
+                     options={"maxiter": 500}).x
+    return theta[:d], float(theta[d]) if with_bias else 0.0
+
+
+def _log_loss(z: np.ndarray, y: np.ndarray | None) -> float:
+    if y is None:
+        return float(np.mean(np.logaddexp(0.0, -z)))
+    return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+def _group_folds(groups: Sequence[str], folds: int) -> np.ndarray:
+    return np.array([int(hashlib.sha256(g.encode()).hexdigest(), 16) % folds for g in groups])
+
+
+def _choose_ridge(x: Any, y: np.ndarray | None, groups: Sequence[str]) -> float:
+    """The penalty of RIDGES with the lowest cross-validated log loss (folds by prompt)."""
+    fold = _group_folds(groups, FOLDS)
+    if len(set(fold.tolist())) < 2:
+        return RIDGES[len(RIDGES) // 2]
+    losses = []
+    for ridge in RIDGES:
+        total = 0.0
+        for k in set(fold.tolist()):
+            train, test = fold != k, fold == k
+            w, b = _fit(x[train], None if y is None else y[train], ridge)
+            total += _log_loss(x[test] @ w + b, None if y is None else y[test]) * test.sum()
+        losses.append(total)
+    return RIDGES[int(np.argmin(losses))]
+
+
+def _prompt_key(prompt: Chat) -> str:
+    return json.dumps([[m["role"], m["content"]] for m in prompt])
+
+
+def fit_pairs(prompts: Sequence[Chat], chosen: Sequence[str], rejected: Sequence[str]) -> LexicalModel:
+    """A lexical head fitted by Bradley–Terry on preference pairs (each chosen response over its rejected one)."""
+    vocabulary = Vocabulary.build([*prompts, *prompts], [*chosen, *rejected])
+    good = [features(p, r, vocabulary) for p, r in zip(prompts, chosen, strict=True)]
+    bad = [features(p, r, vocabulary) for p, r in zip(prompts, rejected, strict=True)]
+    columns = _columns(good + bad)
+    x = _matrix(good, columns) - _matrix(bad, columns)
+    ridge = _choose_ridge(x, None, [_prompt_key(p) for p in prompts])
+    weights, _ = _fit(x, None, ridge)
+    return LexicalModel(columns, [float(w) for w in weights], 0.0, ridge, vocabulary)
+
+
+def fit_labels(prompts: Sequence[Chat], responses: Sequence[str], labels: Sequence[int]) -> LexicalModel:
+    """A lexical head fitted by logistic regression on binary labels of single responses (a user signal)."""
+    vocabulary = Vocabulary.build(prompts, responses)
+    rows = [features(p, r, vocabulary) for p, r in zip(prompts, responses, strict=True)]
+    columns = _columns(rows)
+    x = _matrix(rows, columns)
+    y = np.asarray(labels, dtype=float)
+    ridge = _choose_ridge(x, y, [_prompt_key(p) for p in prompts])
+    weights, bias = _fit(x, y, ridge)
+    return LexicalModel(columns, [float(w) for w in weights], bias, ridge, vocabulary)
+
+
+MIX_RIDGE = 1e-6
+
+
+def fit_mix(columns: np.ndarray, labels: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Non-negative weights (and, with `labels`, a bias) mixing a model's logit with its lexical head's score:
+    Bradley–Terry on rows of (chosen − rejected) margins without labels, logistic regression with them. Both
+    parts were trained to predict the same preference, so a negative weight would be fitting noise of the small
+    held-out set; a part that adds nothing gets weight 0."""
+    return _fit(np.asarray(columns, dtype=float), None if labels is None else np.asarray(labels, dtype=float),
+                MIX_RIDGE, nonnegative=True)
