@@ -45,8 +45,10 @@ from flywheel_sim.people import (
 from flywheel_sim.policy import system_message
 from flywheel_sim.world import World
 
-DEFAULT_DRAWS = 8
-"""Draws of the policy's responses per oracle evaluation (bench/oracle.py: cost against interval width)."""
+DEFAULT_DRAWS = 16
+"""Draws of the policy's responses per oracle evaluation. bench/oracle.py (bench/results/oracle.json): the 95 %
+half-width of a depth lift is 3.5–5.1 % at 8 draws and 1.9–2.5 % at 16; a draw cost ~9.5 s per model on a loaded
+2-core machine (one draw's lift ranged over 12–17 points)."""
 CONFIDENCE = 0.95
 Verdict = Literal["truly better", "truly worse", "tie"]
 ENGAGEMENT_KEYS = ("breadth", "depth", "exposed_rate", "daily_active", "return_rate")
