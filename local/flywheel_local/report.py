@@ -286,7 +286,7 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
         save(fig, "climb.png", "The climb: the DEPLOYED policy's oracle engagement and instruction following after "
                                "each generation (a candidate that is not promoted leaves it unchanged); y-axes from 0")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5 if oracle else 3.9), sharey=True)
     width = 0.27 if oracle else 0.6
     for ax, key in ((axes[0], "depth"), (axes[1], "breadth")):
         measured = [r.measured_lift(key) for r in rows]
@@ -321,8 +321,8 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
         handles[:0] = [Patch(color="tab:blue", label="oracle lift over 7 days (the verdict's), 95 % interval"),
                        Patch(color="tab:orange", label="oracle lift over the A/B's days, as it ran (what the "
                                                        "measured lift estimates), 95 % interval")]
-    fig.legend(handles=handles, loc="lower center", ncol=2 if not oracle else 3, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend sits below the panels, never over a bar
+    fig.legend(handles=handles, loc="lower center", ncol=1 if oracle else 2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16 if oracle else 0.08, 1, 1))  # the legend sits below the panels, never over a bar
     title = "Oracle lift next to the lift the canary measured" if oracle else "The lift the canary measured"
     save(fig, "lifts.png", f"{title}, relative to the parent, both panels on one scale (no measured bar: no lift was "
                            "measured, because the candidate never reached users or the A/B ended first)")
