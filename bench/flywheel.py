@@ -116,6 +116,55 @@ def truly_better(parent: dict[str, float], candidate: dict[str, float]) -> bool 
     return candidate["depth"] > parent["depth"] and candidate["breadth"] >= parent["breadth"]
 
 
+# --- issue 26 (h26o): the oracle's verdict with error bars, and the A/B window's breadth ------------------------
+def oracle_columns(generation: Any) -> dict[str, Any]:
+    """The oracle's verdict columns of one generation (flywheel_local.report.GenerationRow): the 7-day lifts with
+    their paired 95 % intervals over the oracle's draws, the verdict ("truly better", "truly worse" or "tie"),
+    and the oracle's lifts over the days the A/B ran beside the measured ones, with whether breadth agrees."""
+
+    def interval(lift: Any) -> list[float] | None:
+        return None if lift is None or lift.interval is None else list(lift.interval)
+
+    depth, breadth = generation.oracle_lift_interval("depth"), generation.oracle_lift_interval("breadth")
+    ab_depth, ab_breadth = generation.ab_window_lift("depth"), generation.ab_window_lift("breadth")
+    numbers = generation.measured
+    agree = None
+    if ab_breadth is not None and ab_breadth.half_width is not None and "breadth.lift_se" in numbers:
+        from flywheel_sim.oracle import CONFIDENCE, lifts_agree
+        from scipy import stats
+
+        oracle_se = ab_breadth.half_width / float(stats.t.ppf(0.5 + CONFIDENCE / 2, ab_breadth.draws - 1))
+        agree = lifts_agree(numbers["breadth.lift"], numbers["breadth.lift_se"], ab_breadth.estimate, oracle_se)
+    return {
+        "oracle_verdict": generation.oracle_verdict,
+        "oracle_draws": depth.draws if depth is not None else None,
+        "oracle_depth_lift_interval": interval(depth),
+        "oracle_breadth_lift_interval": interval(breadth),
+        "oracle_ab_window_days": generation.ab_window_days,
+        "oracle_ab_depth_lift": None if ab_depth is None else ab_depth.estimate,
+        "oracle_ab_depth_lift_interval": interval(ab_depth),
+        "oracle_ab_breadth_lift": None if ab_breadth is None else ab_breadth.estimate,
+        "oracle_ab_breadth_lift_interval": interval(ab_breadth),
+        "measured_breadth_lift_se": numbers.get("breadth.lift_se"),
+        "breadth_lifts_agree": agree,
+    }
+
+
+def verdict_counts(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """Ties counted apart: how many candidates the oracle calls truly better, tie or truly worse, which of each
+    were promoted, and in how many generations the measured breadth lift agrees with the oracle's over the A/B's
+    days (within their 95 % intervals)."""
+    verdicts = ("truly better", "tie", "truly worse")
+    judged = [r for r in table if r.get("breadth_lifts_agree") is not None]
+    return {
+        "oracle_verdicts": {v: sum(r.get("oracle_verdict") == v for r in table) for v in verdicts},
+        "promoted_by_verdict": {v: sum(r["promoted"] and r.get("oracle_verdict") == v for r in table)
+                                for v in verdicts},
+        "ties": [r["generation"] for r in table if r.get("oracle_verdict") == "tie"],
+        "breadth_lifts_agree": f"{sum(bool(r['breadth_lifts_agree']) for r in judged)}/{len(judged)}",
+    }
+
+
 def _blocked_by(status: Any) -> str:
     gate = status.offline_gate
     if gate is not None and not gate.passed:
@@ -152,7 +201,7 @@ def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
                 "phase": status.phase,
                 "decision": status.decision.outcome if status.decision else None,
                 "promoted": status.phase == "Promoted",
-                "truly_better": truly_better(parent, candidate),
+                "truly_better": generation.truly_better,  # None: a tie (counted apart) or no oracle
                 "reasons": list(status.decision.reasons) if status.decision else [],
                 "blocked_by": _blocked_by(status),
                 "oracle_breadth_lift": lift("breadth"),
@@ -182,6 +231,7 @@ def rows(run_dir: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
                 "emoji_rate": m.get("style_emoji_rate"),
                 "parent_emoji_rate": m.get("parent_style_emoji_rate"),
                 "measured": generation.measured,
+                **oracle_columns(generation),
             }
         )
     return out
@@ -220,6 +270,7 @@ def summary(table: list[dict[str, Any]]) -> dict[str, Any]:
         "pointwise_rm_oracle_agreement_interval": {
             r["generation"]: r["rm_oracle_agreement_interval"].get("pointwise") for r in table
         },
+        **verdict_counts(table),
     }
 
 
@@ -622,7 +673,7 @@ def print_table(title: str, table: list[dict[str, Any]], chain: dict[str, Any]) 
     print(head)
     print("-" * len(head))
     for r in table:
-        verdict = {True: "better", False: "worse", None: "?"}[r["truly_better"]]
+        verdict = {"truly better": "better", "truly worse": "worse", "tie": "tie"}.get(r.get("oracle_verdict"), "?")
         agreement = r["rm_oracle_agreement"].get("pointwise")
         step = r["band"].get("chosen_step")
         print(
@@ -634,6 +685,10 @@ def print_table(title: str, table: list[dict[str, Any]], chain: dict[str, Any]) 
             f"{'—' if step is None else int(step):>5}  {r['blocked_by']}"
         )
     if chain:
+        if "oracle_verdicts" in chain:
+            print(f"oracle verdicts (95 % intervals): {chain['oracle_verdicts']}, promoted: "
+                  f"{chain['promoted_by_verdict']}; measured breadth lift agrees with the oracle's over the A/B's "
+                  f"days: {chain['breadth_lifts_agree']}")
         end = chain["deployed_end"]
         print(f"promoted and truly better: {chain['promoted_and_truly_better']}; truly better and promoted: "
               f"{chain['truly_better_and_promoted']}; deployed instruction following "

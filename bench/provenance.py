@@ -160,6 +160,20 @@ BENCHES: dict[str, Bench] = {
         ),
         "python bench/sim.py",
     ),
+    # issue 26 (h26o): the oracle's draws, the A/B window's breadth, generation 0 across machines
+    "oracle": Bench(
+        "bench/oracle.py",
+        CHAIN,
+        "python bench/oracle.py --runs bench/runs",
+        "on the flywheel bench's default chain (bench/runs/default)",
+    ),
+    "breadth": Bench(
+        "bench/breadth.py",
+        (*OPERATOR_CORE, *SIM, "trainer/flywheel_trainer/conversation.py", "examples/local/world.yaml"),
+        "python bench/breadth.py",
+    ),
+    "repro": Bench("bench/repro.py", (*OPERATOR_CORE, *SIM, *STAGE_PROGRAMS, "examples/local/world.yaml"),
+                   "python bench/repro.py"),
     "trainer": Bench("bench/trainer.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/trainer.py --threads 1"),
     # Benches added in the same session (issues 29 and 31), declared here so that their results can be stamped.
     "local": Bench(

@@ -23,8 +23,8 @@ PLOT = "flywheel-lifts.png"
 
 
 def oracle_agrees(entry: TrajectoryEntry, row: GenerationRow | None) -> bool | None:
-    """Whether the oracle agrees with the decision: promoted and truly better, or not promoted and not truly
-    better (None while undecided or without an oracle verdict)."""
+    """Whether the oracle agrees with the decision: promoted and truly better, or not promoted and truly worse
+    (None while undecided, without an oracle verdict, or on a tie: either decision is fine then)."""
     if row is None or row.truly_better is None or entry.decision is None:
         return None
     return (entry.phase == "Promoted") == row.truly_better
@@ -40,9 +40,8 @@ def _rows(status: FlywheelStatus, rows: dict[str, GenerationRow]) -> str:
         row = rows.get(e.name)
         interval = f" [{_pct(e.lift_interval[0])}, {_pct(e.lift_interval[1])}]" if e.lift_interval else ""
         window = f"{e.window[0]} … {e.window[1]}" if e.window else "—"
-        verdict = "—" if row is None or row.truly_better is None else ("truly better" if row.truly_better
-                                                                          else "not better")
-        agrees = {True: "yes", False: "<b>no</b>", None: "—"}[oracle_agrees(e, row)]
+        verdict = (row.oracle_verdict if row is not None else None) or "—"
+        agrees = {True: "yes", False: "<b>no</b>", None: "tie" if verdict == "tie" else "—"}[oracle_agrees(e, row)]
         cells = [e.number, e.name, e.parent or "basePolicy", window, f"{e.phase} ({e.decision or '…'})",
                  _pct(e.lift) + interval, _pct(e.depth_lift),
                  "—" if e.offline_win_rate is None else f"{e.offline_win_rate:.3f}", e.deployed_policy or "—",
@@ -88,8 +87,11 @@ def write_flywheel_page(run_dir: Path, out: Path) -> Path | None:
     document = json.loads((run_dir / FLYWHEEL_FILE).read_text())
     name = html.escape(document.get("metadata", {}).get("name") or run_dir.name)
     agreements = [a for e in status.trajectory if (a := oracle_agrees(e, rows.get(e.name))) is not None]
-    summary = (f"The oracle agrees with {sum(agreements)} of {len(agreements)} decisions." if agreements
-               else "No oracle verdict yet.")
+    ties = sum(1 for e in status.trajectory if e.decision is not None and e.name in rows
+               and rows[e.name].oracle_verdict == "tie")
+    summary = "No oracle verdict yet." if not agreements and not ties else (
+        f"The oracle agrees with {sum(agreements)} of {len(agreements)} decisions"
+        + (f"; {ties} tie(s) (the oracle's 95 % interval holds 0) counted apart." if ties else "."))
     conditions = "".join(f"<li><b>{html.escape(c.type)}</b> {c.status}: {html.escape(c.reason)} "
                          f"{html.escape(c.message)}</li>" for c in status.conditions)
     climb = '<figure><img src="climb.png" alt="the climb"><figcaption>The deployed policy by the oracle after ' \

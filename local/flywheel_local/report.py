@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_operator.api import FlywheelGenerationStatus
+from flywheel_sim.oracle import DEFAULT_DRAWS, Lift, Verdict, paired_lift, verdict
 
 from flywheel_local.statusview import generation_dirs
 
@@ -39,8 +40,9 @@ class GenerationRow:
     """The RL stage's checkpoint choice (details["band"]): target, chosen_step, curve."""
     rm_oracle: dict[str, Any] = field(default_factory=dict)
     """flywheel_local.rm_oracle's measurement of the reward models."""
-    oracle: dict[str, dict[str, float]] = field(default_factory=dict)
-    """{"parent": oracle(...), "candidate": oracle(...)} when computed."""
+    oracle: dict[str, Any] = field(default_factory=dict)
+    """{"parent": {...}, "candidate": {...}, "ab_window": {...}} when computed (compute_oracle): each role's
+    figures are means over its draws, listed under "draws"; "ab_window" holds the oracle of the A/B as it ran."""
 
     @property
     def measured(self) -> dict[str, float]:
@@ -86,11 +88,46 @@ class GenerationRow:
         parent, candidate = self.oracle.get("parent", {}), self.oracle.get("candidate", {})
         return candidate[key] / parent[key] - 1 if key in candidate and parent.get(key) else None
 
+    def oracle_lift_interval(self, key: str) -> Lift | None:
+        """The oracle's lift of `key` over 7 days with its paired 95 % interval over the draws (no interval from
+        an oracle.json of one draw; None when not computed)."""
+        parent, candidate = self.oracle.get("parent", {}), self.oracle.get("candidate", {})
+        drawn = [d.get(key) for d in parent.get("draws") or []], [d.get(key) for d in candidate.get("draws") or []]
+        if len(drawn[0]) >= 2 and len(drawn[0]) == len(drawn[1]) and None not in drawn[0] + drawn[1]:
+            try:
+                return paired_lift(drawn[0], drawn[1])  # type: ignore[arg-type]
+            except ValueError:
+                return None
+        point = self.oracle_lift(key)
+        return None if point is None else Lift(point, None, None, 1)
+
+    def ab_window_lift(self, key: str) -> Lift | None:
+        """The oracle's lift of `key` over the days the A/B ran, as it ran (pre-period, arms, exposure): the
+        number the measured lift estimates (None when the A/B did not run or breadth is 0 in that window)."""
+        draws = self.oracle.get("ab_window", {}).get("draws") or []
+        if not draws:
+            return None
+        try:
+            return paired_lift([d["control"][key] for d in draws], [d["treatment"][key] for d in draws])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def ab_window_days(self) -> int | None:
+        return self.oracle.get("ab_window", {}).get("days")
+
+    @property
+    def oracle_verdict(self) -> Verdict | None:
+        """"truly better" when depth's 95 % interval lies above 0 and breadth's does not lie below; "truly worse"
+        when either lies below 0; otherwise "tie" (flywheel_sim.oracle.verdict). None when not computed."""
+        depth, breadth = self.oracle_lift_interval("depth"), self.oracle_lift_interval("breadth")
+        return None if depth is None or breadth is None else verdict(depth, breadth)
+
     @property
     def truly_better(self) -> bool | None:
-        """The oracle's verdict: more depth and no less breadth than the parent (None when not computed)."""
-        depth, breadth = self.oracle_lift("depth"), self.oracle_lift("breadth")
-        return None if depth is None or breadth is None else depth > 0 and breadth >= 0
+        """True when truly better, False when truly worse, None for a tie or when not computed."""
+        found = self.oracle_verdict
+        return None if found in (None, "tie") else found == "truly better"
 
 
 def band_choice(band: dict[str, Any]) -> str:
@@ -153,17 +190,30 @@ def collect(run_dir: Path) -> list[GenerationRow]:
     return rows
 
 
-def compute_oracle(run_dir: Path, world_file: Path) -> None:
-    """Ground-truth engagement of every generation's parent and candidate (cached in `<gen>/oracle.json`), and
-    every reward model's agreement with the oracle (`<gen>/rm_oracle.json`, flywheel_local.rm_oracle)."""
-    from flywheel_sim import load_world, oracle
+def compute_oracle(run_dir: Path, world_file: Path, *, draws: int = DEFAULT_DRAWS) -> None:
+    """Ground-truth engagement of every generation's parent and candidate over `draws` draws of their responses
+    (cached in `<gen>/oracle.json`: the means, and every draw for the intervals), the oracle of the A/B over the
+    days it ran (`ab_window`), and every reward model's agreement with the oracle (`<gen>/rm_oracle.json`,
+    flywheel_local.rm_oracle)."""
+    from flywheel_sim import load_world
+    from flywheel_sim.oracle import ab_window, expected_engagement, summarise
 
+    from flywheel_local.canary import PRE_DAYS
     from flywheel_local.rm_oracle import compute_rm_agreement
     from flywheel_local.users import PredictorPolicy, load_predictor
 
     compute_rm_agreement(run_dir, world_file)
     world = load_world(world_file)
-    cache: dict[str, dict[str, float]] = {}
+    expected: dict[str, Any] = {}
+    cache: dict[str, dict[str, Any]] = {}
+
+    def responses(model: str, role: str) -> Any:
+        if model not in expected:
+            policy = PredictorPolicy(load_predictor(f"oracle-{role}", model, world), role,
+                                     threads=world.serving.threads)
+            expected[model] = expected_engagement(world, policy, draws=draws)
+        return expected[model]
+
     for directory in generation_dirs(run_dir):
         status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
         known = _read_json(directory / ORACLE_FILE)
@@ -171,19 +221,38 @@ def compute_oracle(run_dir: Path, world_file: Path) -> None:
             "parent": _model_dir(status.policy, directory),
             "candidate": _model_dir(status.candidate_policy, directory),
         }
-        result = {}
+        result: dict[str, Any] = {}
         for role, model in wanted.items():
             if model is None:
                 continue
-            if known.get(role, {}).get("model") == model:
+            if known.get(role, {}).get("model") == model and len(known[role].get("draws") or []) == draws:
                 result[role] = known[role]
                 continue
             if model not in cache:
-                policy = PredictorPolicy(load_predictor(f"oracle-{role}", model, world), role,
-                                         threads=world.serving.threads)
-                cache[model] = {"model": model, **oracle(world, policy)}  # type: ignore[dict-item]
+                figures = [summarise(world, e, seed=world.seed, draw=d) for d, e in enumerate(responses(model, role))]
+                cache[model] = {"model": model, **{k: sum(f[k] for f in figures) / draws for k in figures[0]},
+                                "draws": figures, "samples": draws}
             result[role] = cache[model]
+        ab = _ab_design(directory)
+        parent, candidate = wanted["parent"], wanted["candidate"]
+        if ab is not None and parent is not None and candidate is not None:
+            design = {"days": ab[0], "people": ab[1], "pre_days": PRE_DAYS, "control_model": parent,
+                      "treatment_model": candidate, "samples": draws}
+            old = known.get("ab_window", {})
+            if all(old.get(k) == v for k, v in design.items()):
+                result["ab_window"] = old
+            else:
+                result["ab_window"] = {**design, "draws": ab_window(
+                    world, responses(parent, "parent"), responses(candidate, "candidate"), days=ab[0],
+                    pre_days=PRE_DAYS, max_people=ab[1])}
         (directory / ORACLE_FILE).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _ab_design(generation_dir: Path) -> tuple[int, int | None] | None:
+    """(days the canary's A/B ran, its people limit) from `canary/canary.json`; None when no day was revealed."""
+    canary = _read_json(generation_dir / "canary" / "canary.json")
+    days = canary.get("revealed_days") or 0
+    return (int(days), canary.get("people")) if days >= 1 else None
 
 
 def _model_dir(policy: str | None, generation_dir: Path) -> str | None:
@@ -233,15 +302,22 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
         save(fig, "climb.png", "The climb: the DEPLOYED policy's oracle engagement and instruction following after "
                                "each generation (a candidate that is not promoted leaves it unchanged); y-axes from 0")
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.9), sharey=True)
-    width = 0.38 if oracle else 0.6
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5 if oracle else 3.9), sharey=True)
+    width = 0.27 if oracle else 0.6
     for ax, key in ((axes[0], "depth"), (axes[1], "breadth")):
         measured = [r.measured_lift(key) for r in rows]
-        offset = width / 2 if oracle else 0.0
+        offset = width if oracle else 0.0
         if oracle:
-            oracle_lift = [r.oracle_lift(key) for r in rows]
-            ax.bar([i - offset for i in x], [v if v is not None else 0.0 for v in oracle_lift], width,
-                   label="oracle lift (7-day expectation, whole population)", color="tab:blue")
+            for shift, lifts, colour in ((-width, [r.oracle_lift_interval(key) for r in rows], "tab:blue"),
+                                         (0.0, [r.ab_window_lift(key) for r in rows], "tab:orange")):
+                drawn = [(i + shift, v) for i, v in zip(x, lifts, strict=True) if v is not None]
+                ax.bar([i for i, _ in drawn], [v.estimate for _, v in drawn], width, color=colour)
+                bars = [(i, v) for i, v in drawn if v.interval is not None]
+                if bars:
+                    ax.errorbar([i for i, _ in bars], [v.estimate for _, v in bars],
+                                yerr=[[v.estimate - v.interval[0] for _, v in bars],  # type: ignore[index]
+                                      [v.interval[1] - v.estimate for _, v in bars]],  # type: ignore[index]
+                                fmt="none", ecolor="black", capsize=3, lw=1)
         shown = [(i, m) for i, m in zip(x, measured, strict=True) if m is not None]
         ax.bar([i + offset for i, _ in shown], [m[0] for _, m in shown], width, color="tab:green",
                label="measured lift (canary A/B), with its always-valid 95 % interval")
@@ -258,9 +334,11 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
 
     handles = [Patch(color="tab:green", label="measured lift (canary A/B), with its always-valid 95 % interval")]
     if oracle:
-        handles.insert(0, Patch(color="tab:blue", label="oracle lift (7-day expectation, whole population)"))
-    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))  # the legend sits below the panels, never over a bar
+        handles[:0] = [Patch(color="tab:blue", label="oracle lift over 7 days (the verdict's), 95 % interval"),
+                       Patch(color="tab:orange", label="oracle lift over the A/B's days, as it ran (what the "
+                                                       "measured lift estimates), 95 % interval")]
+    fig.legend(handles=handles, loc="lower center", ncol=1 if oracle else 2, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.16 if oracle else 0.08, 1, 1))  # the legend sits below the panels, never over a bar
     title = "Oracle lift next to the lift the canary measured" if oracle else "The lift the canary measured"
     save(fig, "lifts.png", f"{title}, relative to the parent, both panels on one scale (no measured bar: no lift was "
                            "measured, because the candidate never reached users or the A/B ended first)")
@@ -354,28 +432,44 @@ def _decision_rows(rows: list[GenerationRow]) -> str:
     return "\n".join(out)
 
 
+def lift_text(lift: Lift | None) -> str:
+    """`+4.1 % [+1.2 %, +7.0 %]`, the point alone without an interval, `—` when not computed."""
+    if lift is None:
+        return "—"
+    interval = "" if lift.interval is None else f" [{lift.interval[0]:+.1%}, {lift.interval[1]:+.1%}]"
+    return f"{lift.estimate:+.1%}{interval}"
+
+
+VERDICTS: tuple[Verdict, ...] = ("truly better", "tie", "truly worse")
+
+
 def _confusion(rows: list[GenerationRow]) -> str:
-    """Per generation the gate's decision beside the oracle's verdict, and the 2 × 2 counts."""
-    counts = {(s, b): 0 for s in (True, False) for b in (True, False)}
+    """Per generation the gate's decision beside the oracle's verdict (with the lifts' 95 % intervals), and the
+    2 × 3 counts: a tie (an interval that holds 0) is counted apart, neither right nor wrong."""
+    counts = {(s, v): 0 for s in (True, False) for v in VERDICTS}
     body = []
     for r in rows:
-        verdict = {True: "truly better", False: "truly worse", None: "not computed"}[r.truly_better]
-        decided = r.decided and r.truly_better is not None
+        found = r.oracle_verdict
+        decided = r.decided and found is not None
         if decided:
-            counts[(r.promoted, bool(r.truly_better))] += 1
-        right = "—" if not decided else ("right" if r.promoted == r.truly_better else "WRONG")
-        lifts = " / ".join(f"{v:+.1%}" if v is not None else "—" for v in (r.oracle_lift("depth"),
-                                                                           r.oracle_lift("breadth")))
+            counts[(r.promoted, found)] += 1  # type: ignore[index]
+        right = "—" if not decided else ("tie: either decision" if found == "tie" else
+                                         "right" if r.promoted == (found == "truly better") else "WRONG")
+        depth = r.oracle_lift_interval("depth")
+        draws = "" if depth is None or depth.draws < 2 else f" ({depth.draws} draws)"
+        lifts = f"{lift_text(depth)} / {lift_text(r.oracle_lift_interval('breadth'))}{draws}"
         body.append(f"<tr><td>{html.escape(r.name)}</td><td>{html.escape(r.gate_word)}</td>"
-                    f"<td>{verdict}</td><td>{lifts}</td><td>{right}</td></tr>")
+                    f"<td>{found or 'not computed'}</td><td>{lifts}</td><td>{right}</td></tr>")
+    head = "".join(f"<th>{v}</th>" for v in VERDICTS)
     grid = (
-        "<table><tr><th></th><th>truly better</th><th>truly worse</th></tr>"
-        f"<tr><th>promoted</th><td>{counts[(True, True)]}</td><td>{counts[(True, False)]}</td></tr>"
-        f"<tr><th>not promoted</th><td>{counts[(False, True)]}</td><td>{counts[(False, False)]}</td></tr></table>"
+        f"<table><tr><th></th>{head}</tr>"
+        + "".join(f"<tr><th>{label}</th>" + "".join(f"<td>{counts[(s, v)]}</td>" for v in VERDICTS) + "</tr>"
+                  for s, label in ((True, "promoted"), (False, "not promoted")))
+        + "</table>"
     )
     return (
-        "<table><tr><th>generation</th><th>outcome</th><th>oracle</th><th>oracle depth / breadth lift</th>"
-        f"<th>decision</th></tr>{''.join(body)}</table><p>{grid}</p>"
+        "<table><tr><th>generation</th><th>outcome</th><th>oracle</th><th>oracle depth / breadth lift, 7 days "
+        f"(95 % interval)</th><th>decision</th></tr>{''.join(body)}</table><p>{grid}</p>"
     )
 
 
@@ -444,12 +538,12 @@ def _headline(rows: list[GenerationRow], *, oracle: bool) -> str:
             parts.append("no user saw it: " + html.escape("; ".join(r.status.offline_gate.reasons)))
         elif r.status.decision is None:
             parts.append(html.escape(r.status.message or "no decision yet"))
-        if oracle and r.truly_better is not None:
-            verdict = "truly better" if r.truly_better else "truly worse"
-            depth, breadth = r.oracle_lift("depth"), r.oracle_lift("breadth")
-            right = "" if not r.decided else (" — the decision was right" if r.promoted == r.truly_better
-                                               else " — the decision was WRONG")
-            parts.append(f"oracle: {verdict} (depth {depth:+.1%}, breadth {breadth:+.1%}){right}")
+        found = r.oracle_verdict if oracle else None
+        if found is not None:
+            right = "" if not r.decided or found == "tie" else (
+                " — the decision was right" if r.promoted == r.truly_better else " — the decision was WRONG")
+            parts.append(f"oracle: {found} (depth {lift_text(r.oracle_lift_interval('depth'))}, breadth "
+                         f"{lift_text(r.oracle_lift_interval('breadth'))}){right}")
         items.append("<li>" + "; ".join(parts) + "</li>")
     return f'<ul class="headline">{"".join(items)}</ul>'
 
@@ -521,9 +615,13 @@ def _read_world_seed(path: Path) -> int | None:
 
 
 ORACLE_NOTE = """<p>The oracle is the simulator's ground truth (hidden preferences of every user); the trainer and the
-gates never see it. Oracle lifts are 7-day expectations over the whole population; measured lifts are the canary's
-A/B estimates over its simulated days for the users on each arm: they measure the same quantities over different
-windows and populations, so expect them to agree in sign, not in size.</p>"""
+gates never see it. Its lifts are 7-day expectations over the whole population, each from several draws of both
+models' sampled responses compared draw by draw, with a 95 % interval: a candidate is <i>truly better</i> only when
+depth's interval lies above 0 (and breadth's not below), <i>truly worse</i> when either lies below 0, and a
+<i>tie</i> otherwise; ties are counted apart. Measured lifts are the canary's A/B estimates over the days it ran
+(often 2, after a pre-period on the parent): over 2 days breadth (active on both) is a far smaller share than over
+7, so the same change in coming back is a several times larger relative lift. The orange bars are the oracle of the
+A/B as it ran, the number the measured lift estimates (bench/breadth.py).</p>"""
 
 
 NO_ORACLE_NOTE = "<p>The simulator's ground truth is left out (<code>--no-oracle</code>): what the gates measured.</p>"

@@ -4,6 +4,10 @@ Built once per content hash (world, settings, code) into `cache_dir/gen0-<hash>/
 (temporary directory + rename), loadable with `AutoModelForCausalLM` / `AutoTokenizer`. The loss covers
 assistant tokens only (the chat template's generation markers), so the model learns to answer, not to talk
 like a user. Sized to train in a minute or two on two CPU cores.
+
+The training runs in a child process with pinned CPU kernels and one thread (flywheel_sim.numerics), so the same
+content hash gives the same weights on every x86-64 machine with AVX2; `sim_gen0.json` records the kernels it
+ran with and a digest of the weights (`weights_sha256`), so two machines can compare their builds bit for bit.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +31,7 @@ from flywheel_sim.world import World
 
 Progress = Callable[[int, int, float], None]
 META_FILE = "sim_gen0.json"
-_CODE_FILES = ("grammar.py", "corpus.py", "generation0.py", "world.py")
+_CODE_FILES = ("grammar.py", "corpus.py", "generation0.py", "world.py", "numerics.py")
 WARMUP_STEPS = 20
 
 
@@ -116,15 +122,64 @@ def _encode(tokenizer: Any, chats: list[list[dict]]) -> list[tuple[list[int], li
     return encoded
 
 
+PROGRESS_PREFIX = "gen0-progress "
+BUILD_FILE = ".build.json"
+
+
 def _train(world: World, settings: Gen0Settings, out: Path, progress: Progress | None) -> dict[str, Any]:
+    """Train in a child process on pinned kernels and one thread (`python -m flywheel_sim.generation0`): the
+    variables that pin them act only before torch is imported, and this process may have imported it already."""
+    from flywheel_sim.numerics import pinned_env
+
+    build = out / BUILD_FILE
+    build.write_text(json.dumps({"world": world.model_dump(mode="json", by_alias=True), "steps": settings.steps,
+                                 "seed": settings.seed}))
+    lines: list[str] = []
+    with subprocess.Popen([sys.executable, "-m", "flywheel_sim.generation0", str(out)], env=pinned_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as child:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith(PROGRESS_PREFIX):
+                if progress is not None:
+                    step, total, loss = line[len(PROGRESS_PREFIX):].split()
+                    progress(int(step), int(total), float(loss))
+            else:
+                lines = [*lines[-40:], line.rstrip()]
+    if child.returncode:
+        raise RuntimeError(f"generation 0's build in a child process failed (exit {child.returncode}):\n"
+                           + "\n".join(lines))
+    meta = json.loads(build.read_text())["meta"]
+    build.unlink()
+    return meta
+
+
+def _build_in_this_process(out: Path) -> None:
+    """The child's side of `_train`: read the build request from `out`, train on one thread, write the result."""
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a ~100k-parameter model gains nothing from more; two threads spin on busy CPUs
-    try:
-        return _train_single_thread(world, settings, out, progress)
-    finally:
-        torch.set_num_threads(threads)
+    from flywheel_sim.numerics import kernels
+    from flywheel_sim.world import parse_world
+
+    torch.set_num_threads(1)  # a ~100k-parameter model gains nothing from more, and a split reduction sums otherwise
+    build = out / BUILD_FILE
+    request = json.loads(build.read_text())
+    settings = Gen0Settings(steps=request["steps"], seed=request["seed"])
+
+    def report(step: int, total: int, loss: float) -> None:
+        print(f"{PROGRESS_PREFIX}{step} {total} {loss!r}", flush=True)
+
+    meta = _train_single_thread(parse_world(request["world"], source=str(build)), settings, out, report)
+    meta["kernels"] = kernels()
+    build.write_text(json.dumps({"meta": meta}))
+
+
+def weights_digest(model: Any) -> str:
+    """sha256 over the model's tensors (names, dtypes, shapes and bytes, in name order): equal bits, equal digest."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _train_single_thread(world: World, settings: Gen0Settings, out: Path, progress: Progress | None) -> dict[str, Any]:
@@ -188,8 +243,13 @@ def _train_single_thread(world: World, settings: Gen0Settings, out: Path, progre
     return {
         "steps": settings.steps,
         "seed": settings.seed,
+        "weights_sha256": weights_digest(model),
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "first_loss": losses[0],
         "final_loss": float(np.mean(tail)),
         "corpus": corpus.stats,
     }
+
+
+if __name__ == "__main__":
+    _build_in_this_process(Path(sys.argv[1]))
