@@ -326,8 +326,9 @@ TEXT_ONLY_MODEL = "pointwise"
 """The reward model whose text-only agreement the target reads (the one the report's selection uses)."""
 ORACLE_DEPTH_INTERVAL = "oracle_depth_lift_interval"
 """Row key: [low, high], the 95 % interval of the oracle's depth lift over the parent (the verdict's interval)."""
-ORACLE_BREADTH_INTERVAL = "oracle_breadth_lift_interval"
-"""Row key: [low, high], the 95 % interval of the oracle's breadth lift over the parent."""
+ORACLE_BREADTH_INTERVAL = "oracle_ab_breadth_lift_interval"
+"""Row key: [low, high], the 95 % interval of the oracle's breadth lift over the days the A/B ran (the quantity the
+canary measures; the 7-day breadth is another one, bench/results/breadth.json)."""
 BAND_CHECK = "win-rate-band"
 """The offline gate's band check (flywheel_operator.gate.offline)."""
 CLEARLY_BETTER_PROMOTED = 0.80
