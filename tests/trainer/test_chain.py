@@ -58,6 +58,7 @@ SETTINGS: dict[str, Any] = {
         "klBeta": 0.02,
         "checkpointEvery": 4,
         "bandPrompts": 16,
+        "bandInterpolationSteps": 0,  # RL's own climb is tested here; the band's pull toward the parent in test_band
     },
     "eval": {"promptsPerSource": 24, "maxNewTokens": 24},
 }
@@ -284,9 +285,13 @@ def test_rl_band_picks_the_latest_checkpoint_within_the_target_and_reports_the_c
     within = [c["step"] for c in curve if c["win_rate"] <= band["target"]]
     if within:
         assert (band["method"], band["chosen_step"], band["alpha"]) == ("checkpoint", within[-1], 1.0)
-    else:  # issue 26: interpolated toward the earliest checkpoint, or said not reached (never silently earliest)
+    elif SETTINGS["rl"]["bandInterpolationSteps"]:  # issue 26: interpolated toward the earliest checkpoint
         assert band["method"] in ("interpolation", "not-reached") and band["chosen_step"] == curve[0]["step"]
-        assert len(band["probes"]) == 4 and all(0 < p["alpha"] < 1 for p in band["probes"])
+        assert len(band["probes"]) == SETTINGS["rl"]["bandInterpolationSteps"]
+        assert all(0 < p["alpha"] < 1 for p in band["probes"])
+    else:  # no interpolation: said not reached, the lowest checkpoint kept (never silently the earliest)
+        assert band["method"] == "not-reached" and not band["probes"]
+        assert band["win_rate"] == min(c["win_rate"] for c in curve)
     assert band["reached"] == (band["win_rate"] <= band["target"]) == (band["method"] != "not-reached")
     assert rl.metrics["band_chosen_step"] == band["chosen_step"]
     assert rl.metrics["band_reached"] == float(band["reached"]) and rl.metrics["band_alpha"] == band["alpha"]
