@@ -182,3 +182,15 @@ def test_a_candidate_better_only_by_its_verifiers_passes_the_band_and_one_worse_
     gaming = metrics(win_rate_user=0.75, win_rate_internal=0.75, reward_win_rate_user=0.75, win_rate_user_n=400)
     assert "gaming" in next(c for c in evaluate_offline(OfflineGateSpec(), gaming, now=NOW).checks
                             if c.name == "win-rate-band").message
+
+
+def test_a_win_rate_on_the_band_edge_is_within_reach_and_one_above_names_v12() -> None:
+    """The edges belong to the band (an interval touching 0.65 is not 'entirely above'); above it, the message
+    names the report's V12, the generation that gamed its reward model."""
+    edge = evaluate_offline(OfflineGateSpec(), metrics(win_rate_user=0.65, win_rate_internal=0.65), now=NOW)
+    band = next(c for c in edge.checks if c.name == "win-rate-band")
+    assert band.passed and "within reach" in band.message and "entirely above" not in band.message
+    above = evaluate_offline(OfflineGateSpec(), metrics(win_rate_user=0.66, win_rate_internal=0.66), now=NOW)
+    band = next(c for c in above.checks if c.name == "win-rate-band")
+    assert not band.passed and "entirely above 0.65" in band.message
+    assert "the report's V12 reached 0.707" in band.message
