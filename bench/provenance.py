@@ -169,7 +169,9 @@ BENCHES: dict[str, Bench] = {
     ),
     "breadth": Bench(
         "bench/breadth.py",
-        (*OPERATOR_CORE, *SIM, "trainer/flywheel_trainer/conversation.py", "examples/local/world.yaml"),
+        (*OPERATOR_CORE, *SIM, *(f"trainer/flywheel_trainer/{m}.py" for m in ("__init__", "conversation", "style",
+                                                                               "verifiers")),
+         "examples/local/world.yaml"),
         "python bench/breadth.py",
     ),
     "repro": Bench("bench/repro.py", (*OPERATOR_CORE, *SIM, *STAGE_PROGRAMS, "examples/local/world.yaml"),
