@@ -597,9 +597,20 @@ def print_suite(result: dict[str, Any]) -> None:
               f"{_figure_text(name, s['min']):>8} {_figure_text(name, s['max']):>8}")
 
 
+def summarise_chain(run_dir: Path, names: list[str], world_file: Path) -> dict[str, Any]:
+    """One finished (or stopped) chain: the oracle computed, its rows and summary, its wall time and its report."""
+    from flywheel_local.report import compute_oracle, write_report
+
+    compute_oracle(run_dir, world_file)
+    table = rows(run_dir, names)
+    wall = json.loads((run_dir / WALL_FILE).read_text()) if (run_dir / WALL_FILE).is_file() else None
+    shown = world_file.relative_to(ROOT) if world_file.is_relative_to(ROOT) else world_file
+    return {"world": str(shown), "rows": table, "summary": summary(table), "wall": wall,
+            "report": str(write_report(run_dir)), "finished": wall is not None}
+
+
 def summarise_generated(seeds: list[int], generations: int) -> dict[str, Any] | None:
     """The generated worlds' results (those with a finished or started chain under RUNS), or None when none ran."""
-    from flywheel_local.report import compute_oracle, write_report
     from flywheel_sim import load_world
     from flywheel_sim.worldgen import describe
 
@@ -610,15 +621,11 @@ def summarise_generated(seeds: list[int], generations: int) -> dict[str, Any] | 
         names = _chain_names(run_dir)
         if not names or not world_file.is_file():
             continue
-        compute_oracle(run_dir, world_file)
-        table = rows(run_dir, names)
-        chain = summary(table)
-        wall = json.loads((run_dir / WALL_FILE).read_text()) if (run_dir / WALL_FILE).is_file() else None
-        shown = world_file.relative_to(ROOT) if world_file.is_relative_to(ROOT) else world_file
-        worlds[label] = {"world": str(shown), "description": describe(load_world(world_file)), "rows": table,
-                         "summary": chain, "figures": world_figures(table, chain, wall), "wall": wall,
-                         "report": str(write_report(run_dir)), "finished": wall is not None}
-        print_table(f"{label} (generated world {shown})", table, chain)
+        chain = summarise_chain(run_dir, names, world_file)
+        table, shown = chain["rows"], chain["world"]
+        worlds[label] = {**chain, "description": describe(load_world(world_file)),
+                         "figures": world_figures(table, chain["summary"], chain["wall"])}
+        print_table(f"{label} (generated world {shown})", table, chain["summary"])
     if not worlds:
         return None
     result = {"seeds": seeds, "generations": generations, "worlds": worlds,
@@ -779,7 +786,7 @@ def _chain_names(run_dir: Path) -> list[str]:
 
 def summarise(out: Path, seed: int = SECOND_SEED, generated_seeds: list[int] | None = None,
               generated_generations: int = GENERATED_GENERATIONS) -> dict[str, Any]:
-    from flywheel_local.report import compute_oracle, write_report
+    from flywheel_local.report import compute_oracle
 
     result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
     replica = seed_label(seed)
@@ -789,15 +796,9 @@ def summarise(out: Path, seed: int = SECOND_SEED, generated_seeds: list[int] | N
         names = _chain_names(run_dir)
         if not names:
             continue
-        compute_oracle(run_dir, world)
-        table = rows(run_dir, names)
-        chain = summary(table)
-        wall = json.loads((run_dir / WALL_FILE).read_text()) if (run_dir / WALL_FILE).is_file() else None
-        shown = world.relative_to(ROOT) if world.is_relative_to(ROOT) else world
-        result["worlds"][label] = {"world": str(shown), "rows": table, "summary": chain,
-                                   "wall": wall, "report": str(write_report(run_dir)),
-                                   "finished": wall is not None}
-        print_table(f"{label} world ({shown})", table, chain)
+        chain = summarise_chain(run_dir, names, world)
+        result["worlds"][label] = chain
+        print_table(f"{label} world ({chain['world']})", chain["rows"], chain["summary"])
     generated = summarise_generated(generated_seeds, generated_generations) if generated_seeds else None
     if generated is not None:
         result["generated"] = generated
