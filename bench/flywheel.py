@@ -8,6 +8,7 @@ The chains run through the product path: the Flywheel of examples/local/flywheel
     python bench/flywheel.py --summarise           # the table and bench/results/flywheel.json from what finished
     python bench/flywheel.py --resume              # continue interrupted runs instead of starting clean
     python bench/flywheel.py --only seed           # the default chain again with another world seed (--seed)
+    python bench/flywheel.py --only seed --seed 1 --seed 2 --jobs 2   # two more seeds side by side (the 3-seed mean)
     python bench/flywheel.py --only generated --jobs 2   # the out-of-sample suite: 4 generated worlds, 3 generations
 
 Per generation: the oracle's verdict (truly better: the candidate's oracle depth above its parent's and its
@@ -634,38 +635,65 @@ def summarise_generated(seeds: list[int], generations: int) -> dict[str, Any] | 
     return result
 
 
+def run_side_by_side(commands: dict[str, list[str]], jobs: int) -> int:
+    """Run each labelled command in its own process, `jobs` at a time, each writing RUNS/<label>.log. Returns the
+    number of commands that failed."""
+    import subprocess
+
+    waiting, running, failed = list(commands), [], 0
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            label = waiting.pop(0)
+            log = RUNS / f"{label}.log"
+            print(f"{label}: started, log {log}", flush=True)
+            with log.open("w", encoding="utf-8") as handle:
+                running.append((label, subprocess.Popen(commands[label], stdout=handle, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for label, process in list(running):
+            if process.poll() is not None:
+                running.remove((label, process))
+                failed += process.returncode != 0
+                print(f"{label}: finished (exit {process.returncode})", flush=True)
+    return failed
+
+
+def _child_command(*part: str, manifest: Path, cache: Path, cpus: int | None, resume: bool) -> list[str]:
+    """This script run for one chain of a part, in a child process (no summary)."""
+    return [sys.executable, str(Path(__file__).resolve()), *part, "--no-summary", "--runs", str(RUNS),
+            "--cache-dir", str(cache), "--manifest", str(manifest), "--jobs", "1",
+            *(["--cpus", str(cpus)] if cpus else []), *(["--resume"] if resume else [])]
+
+
 def run_generated(
     seeds: list[int], generations: int, *, manifest: Path, first: Any, cache: Path, resume: bool, cpus: int | None,
     jobs: int,
 ) -> int:
     """Turn each generated world's chain: in this process (jobs 1) or `jobs` worlds side by side, each in its own
     process writing RUNS/generated-<seed>.log. Returns the number of worlds whose chain failed."""
-    import subprocess
-
     files = {seed: generated_world(seed, RUNS) for seed in seeds}
     if jobs <= 1:
         for seed in seeds:
             _run_chain(RUNS / generated_label(seed), files[seed], first, generations, cache, resume, cpus)
         return 0
-    waiting, running, failed = list(seeds), [], 0
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            seed = waiting.pop(0)
-            command = [sys.executable, str(Path(__file__).resolve()), "--only", "generated", "--world-seed", str(seed),
-                       "--count", "1", "--suite-generations", str(generations), "--no-summary", "--runs", str(RUNS),
-                       "--cache-dir", str(cache), "--manifest", str(manifest), "--jobs", "1",
-                       *(["--cpus", str(cpus)] if cpus else []), *(["--resume"] if resume else [])]
-            log = RUNS / f"{generated_label(seed)}.log"
-            print(f"{generated_label(seed)}: started, log {log}", flush=True)
-            with log.open("w", encoding="utf-8") as handle:
-                running.append((seed, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)))
-        time.sleep(5)
-        for seed, process in list(running):
-            if process.poll() is not None:
-                running.remove((seed, process))
-                failed += process.returncode != 0
-                print(f"{generated_label(seed)}: finished (exit {process.returncode})", flush=True)
-    return failed
+    return run_side_by_side({generated_label(seed): _child_command(
+        "--only", "generated", "--world-seed", str(seed), "--count", "1", "--suite-generations", str(generations),
+        manifest=manifest, cache=cache, cpus=cpus, resume=resume) for seed in seeds}, jobs)
+
+
+def run_seeds(
+    seeds: list[int], generations: int, *, manifest: Path, first: Any, cache: Path, resume: bool, cpus: int | None,
+    jobs: int,
+) -> int:
+    """The default world's chain again at each world seed in `seeds` (part 'seed'): one after the other, or `jobs`
+    side by side. Returns the number of chains that failed."""
+    if jobs <= 1:
+        for seed in seeds:
+            world = seeded_world(DEFAULT_WORLD, seed, RUNS)
+            _run_chain(RUNS / seed_label(seed), world, first, generations, cache, resume, cpus)
+        return 0
+    return run_side_by_side({seed_label(seed): _child_command(
+        "--only", "seed", "--seed", str(seed), "--generations", str(generations),
+        manifest=manifest, cache=cache, cpus=cpus, resume=resume) for seed in seeds}, jobs)
 
 
 def _pct(value: float | None, signed: bool = False) -> str:
@@ -784,15 +812,38 @@ def _chain_names(run_dir: Path) -> list[str]:
     return [d.name for d in generation_dirs(run_dir) if d.name != TRAP_PROBE] if run_dir.is_dir() else []
 
 
-def summarise(out: Path, seed: int = SECOND_SEED, generated_seeds: list[int] | None = None,
+def default_seeds(chains: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The default world's chains at several world seeds (0 is the default chain itself): the deployed policy's
+    oracle instruction following at the end of each, its mean and spread, and issue 26's target on the mean
+    (None until DEFAULT_SEEDS_NEEDED chains have an end value)."""
+    ends = {seed: (chain["summary"].get("deployed_end") or {}).get("instruction_following")
+            for seed, chain in sorted(chains.items())}
+    known = [v for v in ends.values() if v is not None]
+    mean = _mean(known)
+    return {
+        "seeds": list(ends),
+        "generations": {seed: chain["summary"]["generations_finished"] for seed, chain in sorted(chains.items())},
+        "deployed_instruction_following_end": ends,
+        "deployed_instruction_following": spread(list(ends.values())),
+        "deployed_instruction_following_mean_at_least_85": None if len(known) < DEFAULT_SEEDS_NEEDED
+        else mean >= DEPLOYED_INSTRUCTION_FOLLOWING,
+    }
+
+
+DEFAULT_SEEDS_NEEDED = 3
+"""Issue 26: the default world's deployed instruction following is judged as a mean over 3 world seeds."""
+
+
+def summarise(out: Path, seeds: list[int] | None = None, generated_seeds: list[int] | None = None,
               generated_generations: int = GENERATED_GENERATIONS) -> dict[str, Any]:
     from flywheel_local.report import compute_oracle
 
     result: dict[str, Any] = {"worlds": {}, "trap_probe": None}
-    replica = seed_label(seed)
-    for label, run_dir, world in (("default", RUNS / "default", DEFAULT_WORLD),
-                                  ("on-topic", RUNS / "on-topic", SECOND_WORLD),
-                                  (replica, RUNS / replica, seeded_world_file(DEFAULT_WORLD, seed, RUNS))):
+    seeds = [SECOND_SEED] if seeds is None else seeds
+    chains = [("default", RUNS / "default", DEFAULT_WORLD), ("on-topic", RUNS / "on-topic", SECOND_WORLD)]
+    chains += [(seed_label(seed), RUNS / seed_label(seed), seeded_world_file(DEFAULT_WORLD, seed, RUNS))
+               for seed in seeds]
+    for label, run_dir, world in chains:
         names = _chain_names(run_dir)
         if not names:
             continue
@@ -806,10 +857,21 @@ def summarise(out: Path, seed: int = SECOND_SEED, generated_seeds: list[int] | N
     if default is not None or generated is not None:
         result["targets"] = targets(default and default["summary"], generated and generated["worlds"],
                                     default and default["rows"])
-    if "default" in result["worlds"] and replica in result["worlds"]:
-        result["seed_replicate"] = {"seed": seed, **replicate(result["worlds"]["default"],
-                                                               result["worlds"][replica])}
-        print("\nsecond seed:", json.dumps(result["seed_replicate"]))
+    seeded = {seed: result["worlds"][seed_label(seed)] for seed in seeds if seed_label(seed) in result["worlds"]}
+    if default is not None:
+        seeded = {0: default, **seeded}
+    if seeded:
+        result["default_seeds"] = default_seeds(seeded)
+        result.setdefault("targets", {})["default_world_instruction_following_mean_over_3_seeds_at_least_85"] = (
+            result["default_seeds"]["deployed_instruction_following_mean_at_least_85"])
+        print("\ndefault world over seeds:", json.dumps(result["default_seeds"], default=str))
+    replicas = {seed: replicate(default, result["worlds"][seed_label(seed)])
+                for seed in seeds if default is not None and seed_label(seed) in result["worlds"]}
+    if replicas:
+        first_seed = next(iter(replicas))
+        result["seed_replicate"] = {"seed": first_seed, **replicas[first_seed]}
+        result["seed_replicates"] = {str(seed): replica for seed, replica in replicas.items()}
+        print("\nother seeds:", json.dumps(result["seed_replicates"]))
     probe_dir = RUNS / "trap"
     if (probe_dir / TRAP_PROBE / "status.json").is_file():
         compute_oracle(probe_dir, DEFAULT_WORLD)
@@ -843,7 +905,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULT))
     parser.add_argument("--only", choices=("default", "on-topic", "trap", "seed", "generated"), action="append",
                         help="run only these parts (repeatable); all five by default")
-    parser.add_argument("--seed", type=int, default=SECOND_SEED, help="world seed of the replicate (part 'seed')")
+    parser.add_argument("--seed", type=int, action="append", dest="seeds",
+                        help=f"world seed of a replicate of the default chain (part 'seed'; repeatable; default "
+                             f"{SECOND_SEED}); --jobs runs them side by side")
     parser.add_argument("--resume", action="store_true", help="continue interrupted runs instead of cleaning them")
     parser.add_argument("--summarise", action="store_true", help="only write the table and JSON from finished runs")
     parser.add_argument("--no-summary", action="store_true", help="run the parts, skip the table and JSON")
@@ -856,9 +920,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--suite-generations", type=int, default=GENERATED_GENERATIONS,
                         help="generations per generated world (part 'generated')")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="generated worlds run side by side, each in its own process (2 on 2 cores, with --cpus 1)")
+                        help="chains of the parts 'generated' and 'seed' run side by side, each in its own process "
+                             "(2 on 2 cores, with --cpus 1)")
     args = parser.parse_args(argv)
     generated_seeds = list(range(args.world_seed, args.world_seed + args.count))
+    seeds = args.seeds or [SECOND_SEED]
     RUNS = Path(args.runs).resolve()
     for name, value in (("HF_HUB_OFFLINE", "1"), ("TRL_EXPERIMENTAL_SILENCE", "1"),
                         ("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1")):
@@ -880,9 +946,10 @@ def main(argv: list[str] | None = None) -> int:
                 probe = trap_probe(first_generation(first) if first.kind == "Flywheel" else first)
                 _run_chain(RUNS / "trap", DEFAULT_WORLD, probe, 1, cache, args.resume, args.cpus)
             if "seed" in parts:
-                world = seeded_world(DEFAULT_WORLD, args.seed, RUNS)
-                _run_chain(RUNS / seed_label(args.seed), world, first, args.generations, cache, args.resume,
-                           args.cpus)
+                failed = run_seeds(seeds, args.generations, manifest=manifest, first=first, cache=cache,
+                                   resume=args.resume, cpus=args.cpus, jobs=args.jobs)
+                if failed:
+                    print(f"{failed} seed replicate(s) failed: see {RUNS}/default-seed<N>.log", file=sys.stderr)
             if "generated" in parts:
                 failed = run_generated(generated_seeds, args.suite_generations, manifest=manifest, first=first,
                                        cache=cache, resume=args.resume, cpus=args.cpus, jobs=args.jobs)
@@ -892,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped; run again with --resume to continue", file=sys.stderr)
             return 130
     if not args.no_summary:
-        summarise(Path(args.out), args.seed, generated_seeds, args.suite_generations)
+        summarise(Path(args.out), seeds, generated_seeds, args.suite_generations)
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from flywheel_local.runner import load_manifest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.local.bench_modules import ROOT, load_bench
 
@@ -94,3 +96,23 @@ def test_the_chain_runs_the_example_flywheel_whose_generation_is_the_example_gen
         exclude={"storage"})
     probe = bench.trap_probe(first)
     assert probe.metadata.name == bench.TRAP_PROBE and probe.spec.offline_gate == example.spec.offline_gate
+
+
+@given(st.lists(st.one_of(st.none(), st.floats(0.0, 1.0)), min_size=1, max_size=5))
+def test_the_default_worlds_instruction_following_is_judged_on_the_mean_of_three_seeds(ends: list) -> None:
+    """Issue 26: deployed instruction following >= 85 % on the default world as a mean over 3 seeds: no verdict
+    before 3 chains have an end value, then the mean of the known ones (a missing chain is never counted as 0)."""
+    bench = load_bench("flywheel")
+    chains = {seed: {"summary": {"generations_finished": 5,
+                                 "deployed_end": {} if end is None else {"instruction_following": end}}}
+              for seed, end in enumerate(ends)}
+    result = bench.default_seeds(chains)
+    known = [end for end in ends if end is not None]
+    verdict = result["deployed_instruction_following_mean_at_least_85"]
+    if len(known) < 3:
+        assert verdict is None
+    else:
+        assert verdict == (sum(known) / len(known) >= 0.85)
+    assert result["deployed_instruction_following"]["n"] == len(known)
+    assert result["deployed_instruction_following"]["missing"] == len(ends) - len(known)
+    assert result["seeds"] == list(range(len(ends)))
