@@ -18,7 +18,9 @@ the generation's parent's answers (flywheel_local.rm_oracle):
   out) scored on the oracle's pairs four ways: the model alone, the lexical head alone, the mix the current code
   saved (flywheel_trainer.lexical.fit_mix), and the baseline measured in the same run from the same held-out
   margins: both weights fitted non-negative on the held-out pairs (the code before bench/rm_seeds.py), which
-  leaves a constant score when both parts read at or below chance there.
+  leaves a constant score when both parts read at or below chance there. With rule features, the whole reward
+  too (`oracle_with_rules`): the saved one (rules at their training-pair weights, the text's weight on top) and
+  the baseline (text and rules both rescaled on the held-out pairs, which can shrink or reverse the rules).
 
 Every stage runs on one thread (OMP_NUM_THREADS=1). Writes bench/results/rm_seeds.json and prints the tables.
 """
@@ -118,6 +120,7 @@ def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> 
     """One retrained pointwise model's held-out figures and its text-only oracle agreement four ways."""
     from flywheel_local import rm_oracle
     from flywheel_trainer.reward import _text_margins, split_held_out
+    from flywheel_trainer.rules import fit_bradley_terry, pair_differences, rule_differences
     from flywheel_trainer.scoring import load_reward_model, logits_for_texts, render
 
     out = retrain(directory, seed, work)
@@ -125,7 +128,7 @@ def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> 
     rm = load_reward_model(out / "model", field=f"retrained {directory.name} seed {seed}")
     config = json.loads((out.parent / "reward.json").read_text())
     fraction = next(m["heldOutFraction"] for m in config["settings"]["rewardModels"] if m["name"] == MODEL)
-    _, held = split_held_out(_read_jsonl(directory / "curate" / "pairs.jsonl"), fraction, seed)
+    train, held = split_held_out(_read_jsonl(directory / "curate" / "pairs.jsonl"), fraction, seed)
     held_columns = np.column_stack([_text_margins(rm.model, rm.tokenizer, held, rm.max_length),
                                     _head_margin(rm.lexical_head, held)])
 
@@ -145,6 +148,20 @@ def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> 
     def agreement(weights: np.ndarray) -> float:
         return rm_oracle.agreement(oracle_columns @ weights, oracle["gaps"])
 
+    with_rules = {}
+    if rm.rules:  # the whole reward: the saved one, and the held-out-only baseline (text and rules rescaled there)
+        features = rm.rules["features"]
+        rule_weights = fit_bradley_terry(pair_differences(features, train))
+        oracle_rules = rule_differences(features, oracle["specs"], oracle["first"], oracle["second"])
+        saved_reward = rm.rules["text_weight"] * (oracle_columns @ saved) + oracle_rules @ np.asarray(
+            rm.rules["weights"])
+        held_rules = pair_differences(features, held) @ rule_weights
+        text_scale, rule_scale = fit_bradley_terry(np.column_stack([held_columns @ baseline, held_rules]))
+        baseline_reward = text_scale * (oracle_columns @ baseline) + rule_scale * (oracle_rules @ rule_weights)
+        with_rules = {"oracle_with_rules": {"saved": rm_oracle.agreement(saved_reward, oracle["gaps"]),
+                                            "held_out_only": rm_oracle.agreement(baseline_reward, oracle["gaps"])},
+                      "rule_scale_held_out_only": float(rule_scale)}
+
     return {
         "seed": seed, "held_out_pairs": len(held), "held_out_prompts": _contexts(held),
         "stage_metrics": {k: metrics.get(k) for k in (
@@ -154,6 +171,7 @@ def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> 
         "oracle_text_only": {"model_alone": agreement(np.array([1.0, 0.0])),
                              "lexical_alone": agreement(np.array([0.0, 1.0])),
                              "saved_mix": agreement(saved), "held_out_only_mix": agreement(baseline)},
+        **with_rules,
     }
 
 
@@ -168,7 +186,8 @@ def oracle_pairs(world: Any, directory: Path) -> dict[str, Any]:
         raise SystemExit(f"{directory}: its parent model {status.get('policy')!r} is missing (run the chain again)")
     pairs = rm_oracle.held_out_pairs(world, rm_oracle.load_policy(parent, world, "rm-seeds-parent"))
     return {"parent": parent, "prompts": [p["prompt"] for p in pairs], "first": [p["first"] for p in pairs],
-            "second": [p["second"] for p in pairs], "gaps": np.array([p["gap"] for p in pairs])}
+            "second": [p["second"] for p in pairs], "gaps": np.array([p["gap"] for p in pairs]),
+            "specs": [p["spec"] for p in pairs]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             m, o = r["stage_metrics"], r["oracle_text_only"]
             print(f"  {r['seed']:>6}{m['accuracy']:>10.3f}{m['model_accuracy']:>8.3f}{m['lexical_accuracy']:>9.3f}"
                   f"{'':>19}{o['model_alone']:>7.3f}{o['lexical_alone']:>9.3f}{o['saved_mix']:>11.3f}"
-                  f"{o['held_out_only_mix']:>19.3f}", flush=True)
+                  f"{o['held_out_only_mix']:>19.3f}"
+                  + (f"   with rules: saved {r['oracle_with_rules']['saved']:.3f}, held-out-only "
+                     f"{r['oracle_with_rules']['held_out_only']:.3f}" if "oracle_with_rules" in r else ""), flush=True)
     result = {"runs": str(args.runs), "model": MODEL, "seeds": args.seeds, "split_count": args.splits,
               "rows": rows, "wall_seconds": round(time.monotonic() - started, 1), "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
