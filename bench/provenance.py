@@ -142,6 +142,13 @@ BENCHES: dict[str, Bench] = {
         "on the flywheel bench's default chain (bench/runs/default)",
         needs=("flywheel",),
     ),
+    "rm_seeds": Bench(
+        "bench/rm_seeds.py",
+        CHAIN,
+        "python bench/rm_seeds.py --runs bench/runs generated-100/gen-1 generated-100/gen-2 generated-101/gen-3",
+        "on the flywheel bench's generated-world suite (bench/runs/generated-*); retrains the pointwise reward model",
+        needs=("flywheel",),
+    ),
     "rm_text": Bench(
         "bench/rm_text.py",
         (*CHAIN, "bench/rm_ceiling.py"),

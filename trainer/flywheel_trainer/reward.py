@@ -8,12 +8,14 @@
   and used them only to select rejection-sampling data).
 
 A pointwise model may also carry rule features (flywheel_trainer.rules): the rules' weights are fitted by
-Bradley–Terry on the training pairs, their mix with the text score on the held-out pairs (fit_rules); its
-held-out accuracy is that of the combined reward (cross-fitted), and `text_accuracy` the text score's alone.
+Bradley–Terry on the training pairs, the text score's non-negative weight on top of them on the held-out pairs
+(fit_rules); its held-out accuracy is that of the combined reward (cross-fitted), and `text_accuracy` the text
+score's alone.
 
 Every kind also learns a lexical head by default (`lexicalHead`; flywheel_trainer.lexical): a sparse linear model
 over the response's words in its context, fitted on the same training pairs or labels, whose score is mixed with
-the model's logit by weights fitted on the held-out data (cross-fitted for the reported figures). The mix is the
+the model's logit: the head at weight 1 (its weights were fitted on the training data), the model's logit by a
+non-negative weight fitted on the held-out data (lexical.fit_mix; cross-fitted for the reported figures). The mix is the
 model's learned text score: `model_accuracy` / `lexical_accuracy` (ROC AUC `model_auc` / `lexical_auc` for a
 user-signal model) say what each part reads alone on the held-out data.
 
@@ -35,7 +37,7 @@ from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
 from flywheel_trainer.calibration import calibration_report, roc_auc, sigmoid
 from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
-from flywheel_trainer.lexical import LexicalModel, fit_labels, fit_mix
+from flywheel_trainer.lexical import LexicalModel, fit_labels, fit_mix, fit_on_top
 from flywheel_trainer.lexical import fit_pairs as fit_lexical_pairs
 from flywheel_trainer.outputs import (
     SCRATCH,
@@ -157,22 +159,25 @@ def _check_characters(settings: RewardModelSettings, rows: list[Row]) -> None:
 def fit_rules(
     features: list[str], train: list[Row], held_out: list[Row], held_text: np.ndarray, seed: int
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Rule weights by Bradley–Terry on the training pairs (the rules are fixed functions: in-sample is fair),
-    then the mix of text score and rule score on the held-out pairs, where the text model's margins are not its
-    own training data (on the training pairs it is overconfident and the mix would undo the rules). Returns the
-    scoring.RewardModel.rules entry and the held-out combined margins, each from the mix fitted on the other
-    half of the held-out pairs (cross-fitted, so the reported accuracy is out of sample)."""
+    """Rule weights by Bradley–Terry on the training pairs (the rules are fixed functions: in-sample is fair, and
+    thousands of pairs weigh a handful of columns), then the text score's non-negative weight on top of them on the
+    held-out pairs, where the text model's margins are not its own training data (on the training pairs it is
+    overconfident and would undo the rules). The rules keep their fitted weights: rescaling them on the held-out
+    pairs too let a dozen held-out prompts shrink them to 0 or reverse them (a reward against following the
+    instructions; bench/rm_seeds.py). Returns the scoring.RewardModel.rules entry and the held-out combined
+    margins, each from the text weight fitted on the other half of the held-out pairs (cross-fitted, so the
+    reported accuracy is out of sample)."""
     rule_weights = fit_bradley_terry(pair_differences(features, train))
     held_rules = pair_differences(features, held_out) @ rule_weights
-    both = np.column_stack([held_text, held_rules])
-    text_weight, rule_scale = fit_bradley_terry(both) if len(held_out) else (1.0, 1.0)
-    combined = both @ [text_weight, rule_scale]
+    text_weight = fit_on_top(held_text, held_rules)[0] if len(held_out) else 1.0
+    combined = held_rules + text_weight * held_text
     halves = np.array_split(np.random.default_rng(seed).permutation(len(held_out)), 2)
     if min(map(len, halves)) > 0:
         for fit_on, score in (halves, halves[::-1]):
-            combined[score] = both[score] @ fit_bradley_terry(both[fit_on])
+            weight = fit_on_top(held_text[fit_on], held_rules[fit_on])[0]
+            combined[score] = held_rules[score] + weight * held_text[score]
     rules = {"features": list(features), "columns": columns(features), "text_weight": float(text_weight),
-             "weights": [float(rule_scale * w) for w in rule_weights]}
+             "weights": [float(w) for w in rule_weights]}
     return rules, combined
 
 
@@ -192,8 +197,9 @@ def _halves(n: int, seed: int) -> list[np.ndarray]:
 
 
 def mix_pair_margins(model: np.ndarray, lexical: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Bradley–Terry weights (model, lexical) of two held-out margin columns (chosen minus rejected), and the mixed
-    margins cross-fitted: each half mixed by the weights fitted on the other half."""
+    """Weights (model, lexical) of two held-out margin columns (chosen minus rejected; lexical.fit_mix: the head at
+    1, the model's Bradley–Terry weight on top), and the mixed margins cross-fitted: each half mixed by the weights
+    fitted on the other half."""
     both = np.column_stack([model, lexical])
     weights = fit_mix(both)[0]
     crossed = both @ weights
@@ -207,8 +213,8 @@ def mix_pair_margins(model: np.ndarray, lexical: np.ndarray, seed: int) -> tuple
 def mix_signal_logits(
     model: np.ndarray, lexical: np.ndarray, labels: np.ndarray, seed: int
 ) -> tuple[tuple[float, float, float], np.ndarray]:
-    """Logistic weights (model, lexical, bias) of two held-out logit columns for binary labels, and the mixed
-    logits cross-fitted on halves."""
+    """Weights (model, lexical, bias) of two held-out logit columns for binary labels (lexical.fit_mix: the head
+    at 1, the model's logistic weight and a bias on top), and the mixed logits cross-fitted on halves."""
     both = np.column_stack([model, lexical])
     (w_model, w_lexical), bias = fit_mix(both, labels)
     crossed = both @ [w_model, w_lexical] + bias
