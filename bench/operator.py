@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import gc
 import io
 import itertools
 import json
@@ -144,6 +145,7 @@ async def _run(
     async with running_cluster(world_timeout=300) as cluster:
         clock = Clock()
         cluster.emulator.on_stored = clock.stored
+        cluster.emulator.on_request = clock.request
         with tempfile.TemporaryDirectory() as tmp:
             env = {**operator.env(), "KUBECONFIG": _kubeconfig(cluster.url, tmp)}
             profile = ["-m", "cProfile", "-o", operator.profile] if operator.profile else []
@@ -250,10 +252,21 @@ class Clock:
     def __init__(self) -> None:
         self.created: dict[str, float] = {}
         self.finished: dict[str, float] = {}
+        self.applied: dict[str, float] = {}
+        """Generation name -> when the bench's create of it was stored."""
+        self.requests: list[tuple[float, str]] = []
+        """(instant, kind) of every operator request but watches (the emulator's `on_request`)."""
         self.new_jobs: asyncio.Queue[str] = asyncio.Queue()
 
+    def request(self, kind: str, now: float) -> None:
+        self.requests.append((now, kind.removeprefix("method.")))
+
     def stored(self, request: Any, now: float) -> None:
-        if request.resource is None or request.resource.plural != "jobs":
+        if request.resource is None:
+            return
+        if request.resource.plural == "flywheelgenerations" and request.action == kmock.action.CREATE:
+            self.applied.setdefault(request.data["metadata"]["name"], now)
+        if request.resource.plural != "jobs":
             return
         if request.action == kmock.action.CREATE and request.headers.get("User-Agent") != WORLD_AGENT:
             name = request.data["metadata"]["name"]
@@ -268,6 +281,61 @@ class Clock:
     def handoffs(self, pipelines: Mapping[str, Pipeline]) -> list[Handoff]:
         """Every handoff of every generation, each from the finish that unblocked it (`unblocking`)."""
         return [h for name, p in pipelines.items() for h in unblocking(p, self.created, self.finished, name)]
+
+
+TAIL_BIN_S = 5.0
+TIMELINE_KINDS = {
+    "admissions": "first Jobs",
+    "POST jobs": "Jobs",
+    "PATCH flywheelgenerations/status": "status",
+    "PATCH flywheelgenerations": "kopf",
+    "POST events": "events",
+    "GET pods": "pods",
+    "GET inferenceservices": "isvc",
+    "GET flywheelgenerations": "gen GET",
+}
+"""What the timeline counts per bin, and the column names it prints."""
+
+
+def tail_profile(handoffs: list[Handoff], clock: Clock, pipelines: Mapping[str, Pipeline], started: float,
+                 threshold: float = 1.0, bin_s: float = TAIL_BIN_S) -> dict[str, Any]:
+    """What the slow handoffs (over `threshold`) coincided with: admissions (a generation's first Job, timed from
+    its apply), and, per `bin_s` seconds of the run (by the finish that unblocked each handoff), the handoffs, the
+    slow ones and the operator's requests by kind. The creation burst ends when the last generation's first Job
+    is created; a slow handoff before that shared the loop with admissions."""
+    first_jobs = {name: clock.created[p.steps[0][0]] for name, p in pipelines.items() if p.steps[0][0] in clock.created}
+    admissions = [first_jobs[name] - clock.applied[name] for name in first_jobs if name in clock.applied]
+    burst_end = max(first_jobs.values(), default=started) - started
+    slow = [h for h in handoffs if h.seconds > threshold]
+    bins: dict[int, dict[str, Any]] = {}
+
+    def at(instant: float) -> dict[str, Any]:
+        index = max(0, int((instant - started) // bin_s))
+        return bins.setdefault(index, {"t_s": index * bin_s, "handoffs": 0, "over": 0, "max_s": 0.0,
+                                        **{kind: 0 for kind in TIMELINE_KINDS}})
+
+    for h in handoffs:
+        row = at(clock.finished[h.after])
+        row["handoffs"] += 1
+        row["over"] += h.seconds > threshold
+        row["max_s"] = round(max(row["max_s"], h.seconds), 3)
+    for instant in first_jobs.values():
+        at(instant)["admissions"] += 1
+    for instant, kind in clock.requests:
+        if instant >= started and (kind in TIMELINE_KINDS):
+            at(instant)[kind] += 1
+    stages: collections.Counter[str] = collections.Counter(
+        h.job.removeprefix(f"{h.generation}-").rsplit("-", 1)[0] for h in slow)
+    return {
+        "threshold_s": threshold,
+        "over_threshold": len(slow),
+        "over_threshold_during_creation_burst": sum(clock.finished[h.after] - started <= burst_end for h in slow),
+        "over_threshold_by_stage": dict(stages.most_common()),
+        "creation_burst_s": round(burst_end, 3),
+        "admission": {"count": len(admissions), **(_percentiles(admissions) if admissions else {})},
+        "bin_s": bin_s,
+        "timeline": [bins[i] for i in sorted(bins)],
+    }
 
 
 def _cpu(process: psutil.Process) -> float:
@@ -330,6 +398,11 @@ async def _drive(
             raise RuntimeError(f"the operator did not start watching; exit code {process.poll()}")
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
+    # The emulator stands in for an API server, which has no stop-the-world pauses of the length of a full
+    # collection of this process's heap (0.4-1 s at load: every handoff in flight waited): the start-up's objects
+    # (modules, the emulator, the bodies to apply) are kept out of the collector's walks for this run.
+    gc.collect()
+    gc.freeze()
     requests_before = cluster.emulator.requests
     kinds_before = collections.Counter(cluster.emulator.requests_by_kind)
     cpu_before = _cpu(rss), _cpu(psutil.Process())
@@ -353,6 +426,7 @@ async def _drive(
     finally:
         worker.cancel()
         await asyncio.gather(worker, return_exceptions=True)
+        gc.unfreeze()
     await asyncio.sleep(1.0)  # let the last status writes land
     peak = max(peak, rss.memory_info().rss)
     cpu = _cpu(rss) - cpu_before[0], _cpu(psutil.Process()) - cpu_before[1]
@@ -375,6 +449,7 @@ async def _drive(
     by_cause = {cause: [h.seconds for h in handoffs if h.cause == cause] for cause in ("dependency", "capacity")}
     return {
         "generations": generations,
+        "tail": tail_profile(handoffs, clock, pipelines, started),
         "kubelet": {"job_seconds": list(kubelet.runtime), "parallel": kubelet.parallel},
         "max_parallel_jobs": sorted({pipeline.limit for pipeline in pipelines.values()}),
         "handoffs_per_second": len(handoffs) / wall,
@@ -502,6 +577,10 @@ def main(argv: list[str] | None = None) -> int:
                                             **profile_table(stats, result["handoffs"])}
     this = runs[THIS_TREE.label]
     _print_table(this, operators, runs)
+    for key in this:
+        if key.startswith("saturation"):
+            for operator in operators:
+                _print_tail(*runs[operator.label][key], operator.label)
     loaded, baseline = this.get("loaded", this["baseline"])[1], this["baseline"][1]
     print("requests per generation: " + ", ".join(
         f"{kind.removeprefix('method.')} {count:g}" for kind, count in loaded["requests_per_generation_by_kind"].items()
@@ -542,6 +621,22 @@ def main(argv: list[str] | None = None) -> int:
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
     stamp_file("operator", args.out)  # provenance
     return 0
+
+
+def _print_tail(label: str, result: dict[str, Any], operator: str) -> None:
+    """Where the slow handoffs of a run fell: the creation burst, and the timeline of handoffs and requests."""
+    tail = result["tail"]
+    admission = tail["admission"]
+    print(f"\n{label}, operator of {operator}: {tail['over_threshold']} handoffs over {tail['threshold_s']:g} s "
+          f"({tail['over_threshold_during_creation_burst']} during the creation burst, which ended at "
+          f"{tail['creation_burst_s']:.1f} s; by stage {tail['over_threshold_by_stage']}); apply to first Job "
+          f"p50 {admission.get('p50_s', 0):.2f} s, p99 {admission.get('p99_s', 0):.2f} s")
+    columns = list(TIMELINE_KINDS.values())
+    print(f"{'t s':>5} {'handoffs':>8} {'> ' + format(tail['threshold_s'], 'g') + ' s':>6} {'max s':>6} "
+          + " ".join(f"{c:>10}" for c in columns))
+    for row in tail["timeline"]:
+        print(f"{row['t_s']:5.0f} {row['handoffs']:8d} {row['over']:6d} {row['max_s']:6.2f} "
+              + " ".join(f"{row[kind]:10d}" for kind in TIMELINE_KINDS))
 
 
 def _print_table(this: dict[str, tuple[str, dict[str, Any]]], operators: list[OperatorCode],

@@ -116,6 +116,9 @@ class FaultyEmulator(kmock.KubernetesEmulator):
     on_stored: Callable[[kmock.Request, float], None] | None = None
     """Called after any create or update was stored, the world's included, with the `time.monotonic()` at which
     the request reached the emulator (kmock stores it right away, under its lock): the benchmark's clock."""
+    on_request: Callable[[str, float], None] | None = None
+    """Called with the kind (as in `requests_by_kind`) and the `time.monotonic()` of every operator request but
+    watches: the benchmark's timeline of what the operator asked for while handoffs were slow."""
     watches: int = 0
     permissions: set[tuple[str, str, str]] = attrs.field(factory=set)
     """(API group, resource[/subresource], RBAC verb) of every operator request, kopf's included: what its Role
@@ -158,8 +161,11 @@ class FaultyEmulator(kmock.KubernetesEmulator):
         watching = request.action == kmock.action.WATCH
         world = request.headers.get("User-Agent") == WORLD_AGENT
         if not watching and not world:
+            kind = _request_kind(request)
             self.requests += 1
-            self.requests_by_kind[_request_kind(request)] += 1
+            self.requests_by_kind[kind] += 1
+            if self.on_request is not None:
+                self.on_request(kind, time.monotonic())
         self.watches += watching
         if not world:
             self.permissions |= rbac_permissions(request)

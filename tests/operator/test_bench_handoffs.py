@@ -5,6 +5,7 @@ apart). Checked against the real planner driven through a simulated clock with a
 from __future__ import annotations
 
 import heapq
+import itertools
 
 import pytest
 from hypothesis import given, settings
@@ -97,3 +98,39 @@ def test_a_missing_finish_names_the_job():
     created = {job: 0.0 for step in pipeline.steps for job in step}
     with pytest.raises(RuntimeError, match=f"no finish of Job {pipeline.steps[0][0]} was recorded"):
         bench.unblocking(pipeline, created, {}, "gen2")
+
+
+def test_the_tail_profile_places_slow_handoffs_against_the_creation_burst():
+    """Two generations applied at 0 and 1 s; the second's first Job is created at 8 s, so the burst ends at 8 s.
+    A 2 s handoff unblocked at 6 s fell during it, a 1.5 s one at 12 s after it; every other handoff takes 0.1 s.
+    The timeline counts per 5 s bin by the unblocking finish, with the operator's requests by kind."""
+    pipelines = {}
+    for name in ("a", "b"):
+        gen = _generation(1, 1)
+        gen.metadata.name = name
+        pipelines[name] = bench.Pipeline.of(gen)
+    clock = bench.Clock()
+    clock.applied = {"a": 0.0, "b": 1.0}
+    slow = {pipelines["a"].steps[1][0]: (6.0, 2.0), pipelines["b"].steps[2][0]: (12.0, 1.5)}
+    for name, first in (("a", 0.5), ("b", 8.0)):
+        steps = pipelines[name].steps
+        clock.created[steps[0][0]] = first
+        at = first
+        for previous, step in itertools.pairwise(steps):
+            finished, latency = slow.get(step[0], (at + 1.0, 0.1))
+            clock.finished[previous[0]] = finished
+            clock.created[step[0]] = at = finished + latency
+        clock.finished[steps[-1][0]] = at + 1.0
+    clock.requests = [(0.2, "PATCH flywheelgenerations/status"), (6.5, "POST jobs"), (6.6, "POST events"),
+                      (-1.0, "POST jobs")]  # before the start: not counted
+    tail = bench.tail_profile(clock.handoffs(pipelines), clock, pipelines, started=0.0)
+    assert tail["over_threshold"] == 2
+    assert tail["over_threshold_during_creation_burst"] == 1
+    assert tail["creation_burst_s"] == 8.0
+    assert tail["admission"]["count"] == 2 and abs(tail["admission"]["max_s"] - 7.0) < 1e-9
+    rows = {row["t_s"]: row for row in tail["timeline"]}
+    assert rows[5.0]["over"] == 1 and rows[5.0]["max_s"] == 2.0 and rows[5.0]["admissions"] == 1
+    assert rows[10.0]["over"] == 1 and rows[10.0]["max_s"] == 1.5
+    assert rows[0.0]["admissions"] == 1 and rows[0.0]["PATCH flywheelgenerations/status"] == 1
+    assert rows[5.0]["POST jobs"] == 1 and rows[5.0]["POST events"] == 1
+    assert sum(row["handoffs"] for row in tail["timeline"]) == len(clock.handoffs(pipelines))

@@ -11,8 +11,10 @@
   the CRD) hang for ever once the operator is uninstalled. Only a generation whose canary is live holds one, the
   revert finalizer (kube/revert.py): deleting it rolls the canary back first, as Flagger's `revertOnDeletion`.
 
-Job events and the daemon reconcile at Priority.PROGRESS, create/resume/update at Priority.ADMIT: when many
-generations arrive at once, those already running move on first (kube/admission.py).
+Job events and the daemon's due timers reconcile at Priority.PROGRESS, create/resume/update at Priority.ADMIT, and
+the daemon's safety-net polls (nothing was due before the `poll` cap) at Priority.POLL: when many generations
+arrive at once, those already running move on first, and new or merely polled ones hold only a share of the
+reconcile slots (kube/admission.py).
 """
 
 from __future__ import annotations
@@ -168,6 +170,7 @@ def register(
             f"{namespace}/{name}", lambda: reconciler.reconcile(namespace, name), wake=reconciler.wake_event(
                 (namespace, name)), due=lambda: reconciler.requeue_at.get((namespace, name)), clock=reconciler.clock,
             stopped=stopped, poll=poll, finished=finished, invalid_delay=None,
+            safety_net=lambda: reconciler.reconcile(namespace, name, priority=Priority.POLL),
         )
 
     _without_finalizer(registry, _watch_over)
@@ -215,16 +218,22 @@ async def watch(
     poll: float,
     finished: Callable[[Any], bool],
     invalid_delay: float | None,
+    safety_net: Callable[[], Awaitable[Any]] | None = None,
 ) -> None:
     """A daemon's loop over one object (a FlywheelGeneration, a Flywheel): reconcile when its planner's requeue
     time `due` comes (at most `poll` apart) or when another handler's reconcile moved that time (`wake`); retry API
     errors; end once `finished(result)` says so. An invalid spec ends the loop (`invalid_delay` None) or is looked
-    at again after `invalid_delay` seconds."""
+    at again after `invalid_delay` seconds. A wake-up that only the `poll` cap brought (nothing was due) calls
+    `safety_net` instead of `reconcile` when given: the generations' daemons reconcile then at Priority.POLL, so
+    the polls of many generations that came to life together, coming due together, queue behind every Job
+    handoff and admission (kube/admission.py)."""
     delay: float | None = None
+    polling = False
     while not stopped:
         if delay is None:
             when = due()
             delay = poll if when is None else (when - clock()).total_seconds()
+            polling = delay >= poll
         delay = min(max(delay, 0.0), poll)
         woken = await _wait(wake, stopped, delay)
         if stopped:
@@ -234,15 +243,15 @@ async def watch(
             delay = None
             continue
         try:
-            result = await reconcile()
+            result = await (safety_net() if polling and safety_net is not None else reconcile())
         except InvalidSpec:
             if invalid_delay is None:
                 return
-            delay = invalid_delay  # the spec may be fixed: look again now and then
+            delay, polling = invalid_delay, False  # the spec may be fixed: look again now and then
             continue
         except ApiError as exc:
             log.warning("reconcile of %s failed, retrying: %s", what, exc)
-            delay = TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY
+            delay, polling = (TRANSIENT_DELAY if exc.transient else PERSISTENT_DELAY), False
             continue
         if finished(result):
             return
