@@ -89,8 +89,9 @@ def replay(generation: Path, runs: Path, reevaluated: Path | None) -> dict[str, 
     gate = OfflineGateSpec.model_validate(spec.get("offlineGate") or {})
     metrics = OfflineMetrics.model_validate(recorded["details"]["offline_metrics"])
     source = "recorded eval (unpaired: no per-prompt correlation)"
+    rule_at_the_time = "old"  # an eval stage from before the paired statistic ran beside the old gate
     if metrics.pairwise_win_correlation_user is not None:
-        source = "recorded eval (paired)"
+        source, rule_at_the_time = "recorded eval (paired)", "new"
     reproduced = None
     if reevaluated is not None:
         again = OfflineMetrics.model_validate(json.loads(reevaluated.read_text())["details"]["offline_metrics"])
@@ -106,7 +107,7 @@ def replay(generation: Path, runs: Path, reevaluated: Path | None) -> dict[str, 
     interval = None if judge is None else list(paired_difference_interval(metrics.win_rate_user, judge, n,
                                                                            0.0 if r is None else r))
     (row,) = collect(generation)
-    depth = row.oracle_lift_interval("depth")
+    depth, breadth = row.oracle_lift_interval("depth"), row.oracle_lift_interval("breadth")
     return {
         "generation": generation.relative_to(runs).as_posix(),
         "phase": status.get("phase"),
@@ -122,6 +123,7 @@ def replay(generation: Path, runs: Path, reevaluated: Path | None) -> dict[str, 
         "gap_interval": interval,
         "max_judge_gap": gate.win_rate_band.max_judge_gap,
         "band_at_the_time": at_the_time,
+        "rule_at_the_time": rule_at_the_time,
         "old_band": old_band.passed,
         "new_band": new_band.passed,
         "old_offline_failed": old_failed,
@@ -130,12 +132,15 @@ def replay(generation: Path, runs: Path, reevaluated: Path | None) -> dict[str, 
         "oracle_verdict": row.oracle_verdict,
         "oracle_depth_lift": None if depth is None else depth.estimate,
         "oracle_depth_lift_interval": None if depth is None or depth.interval is None else list(depth.interval),
+        "oracle_breadth_lift": None if breadth is None else breadth.estimate,
+        "oracle_breadth_lift_interval": None if breadth is None or breadth.interval is None else list(breadth.interval),
     }
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """How often each rule stopped a candidate the oracle calls truly better (wrongly) or truly worse (rightly),
-    by the band, and by the whole offline gate; whether the old replay matches what the gate said at the time."""
+    by the band, and by the whole offline gate; whether the replay of the rule the gate applied at the time (the
+    old one, or the new one for an eval stage that already wrote the paired statistic) matches what it said."""
 
     def count(rule: str, verdict: str, key: str) -> int:
         if key == "band":
@@ -151,8 +156,9 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "band_only_stops_of_truly_better": {
             rule: [r["generation"] for r in rows if r["oracle_verdict"] == "truly better"
                    and r[f"{rule}_offline_failed"] == [BAND]] for rule in ("old", "new")},
-        "old_replay_matches_the_gate_at_the_time": all(
-            r["old_band"] == r["band_at_the_time"] for r in rows if r["band_at_the_time"] is not None),
+        "replay_matches_the_gate_at_the_time": all(  # the old rule's replay, or the new one's where it ran
+            r[f"{r['rule_at_the_time']}_band"] == r["band_at_the_time"] for r in rows
+            if r["band_at_the_time"] is not None),
         "changed": [r["generation"] for r in rows if r["old_band"] != r["new_band"]],
     }
 
@@ -163,17 +169,18 @@ def _word(passed: bool) -> str:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'generation':<26} {'learned':>7} {'whole':>6} {'judge':>6} {'gap':>7} {'95 % CI':>17} {'old':>5} "
-            f"{'new':>5}  {'offline old → new':<34} oracle (depth lift, 95 % CI)")
+            f"{'new':>5}  {'offline old → new':<34} oracle (lifts, 95 % CI)")
     print(head + "\n" + "-" * len(head))
     for r in rows:
         judge = "—" if r["judge_win_rate"] is None else f"{r['judge_win_rate']:.3f}"
         gap = "—" if r["gap"] is None else f"{r['gap']:+.3f}"
         ci = "—" if r["gap_interval"] is None else f"[{r['gap_interval'][0]:+.3f}, {r['gap_interval'][1]:+.3f}]"
         offline = " → ".join(", ".join(r[f"{rule}_offline_failed"]) or "pass" for rule in ("old", "new"))
-        depth = r["oracle_depth_lift_interval"]
-        oracle = (r["oracle_verdict"] or "not computed") + (
-            "" if r["oracle_depth_lift"] is None else f" ({r['oracle_depth_lift']:+.1%}"
-            + (f", [{depth[0]:+.1%}, {depth[1]:+.1%}])" if depth else ")"))
+        oracle = (r["oracle_verdict"] or "not computed") + "".join(
+            "" if r[f"oracle_{key}_lift"] is None else f"; {key} {r[f'oracle_{key}_lift']:+.1%}" + (
+                f" [{r[f'oracle_{key}_lift_interval'][0]:+.1%}, {r[f'oracle_{key}_lift_interval'][1]:+.1%}]"
+                if r[f"oracle_{key}_lift_interval"] else "")
+            for key in ("depth", "breadth"))
         whole = "—" if r["whole_win_rate"] is None else f"{r['whole_win_rate']:.3f}"
         print(f"{r['generation']:<26} {r['learned_win_rate']:>7.3f} {whole:>6} {judge:>6} {gap:>7} {ci:>17} "
               f"{_word(r['old_band']):>5} {_word(r['new_band']):>5}  {offline:<34} {oracle}")
