@@ -191,6 +191,14 @@ BENCHES: dict[str, Bench] = {
         "python bench/local.py",
     ),
     "sampler": Bench("bench/sampler.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/sampler.py"),
+    # issue 26 (h26g): the win-rate band replayed, old rule against new, on finished generations
+    "band_replay": Bench(
+        "bench/band_replay.py",
+        CHAIN,
+        "python bench/band_replay.py --runs bench/runs --reeval /tmp/band-reeval",
+        "on finished flywheel runs (bench/flywheel.py's run folder: the generated-world suite and the trap probe); "
+        "re-runs their eval stages",
+    ),
     "mutation": Bench(
         "bench/mutation.py",
         (

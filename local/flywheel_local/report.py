@@ -388,6 +388,9 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
         if any(f"reward_win_rate_{key[9:]}" in r.eval_metrics for r in rows):  # issue 26: the whole reward's
             ax.plot(x, [r.eval_metrics.get(f"reward_win_rate_{key[9:]}", float("nan")) for r in rows], "x:",
                     color=line[0].get_color(), label=f"whole-reward win rate, {label}")
+        if key == "win_rate_user" and any("pairwise_win_rate_user" in r.eval_metrics for r in rows):  # issue 26
+            ax.plot(x, [r.eval_metrics.get("pairwise_win_rate_user", float("nan")) for r in rows], "s--",
+                    color=line[0].get_color(), mfc="none", label="independent judge (pairwise RM), user prompts")
     if rows:
         low, high = rows[-1].band_limits
         ax.axhspan(low, high, color="tab:green", alpha=0.12, label=f"band [{low:.2f}, {high:.2f}]")
@@ -395,7 +398,10 @@ def _plots(rows: list[GenerationRow], out: Path, *, oracle: bool = True) -> list
     ax.set_xticks(x, names)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the plot, not over it
     save(fig, "win_rates.png", "Pointwise reward model's win rate over the parent against the offline gate's band, "
-                               "which reads the learned part (rule features left out); the whole reward's beside it")
+                               "which reads the learned part (rule features left out); the whole reward's beside it. "
+                               "With a pairwise RM (never optimised: the independent judge, □) the band's upper edge "
+                               "is the gap to the judge's win rate on the same prompts (at most maxJudgeGap, its "
+                               "paired interval), not the shaded max, which decides only without a judge")
 
     fig, axes = plt.subplots(1, len(STYLE_KEYS), figsize=(13.5, 3.2))
     for ax, key in zip(axes, STYLE_KEYS, strict=True):

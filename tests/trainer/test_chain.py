@@ -249,6 +249,19 @@ def test_every_rate_is_a_probability(chain: dict[str, StageResult]) -> None:
     assert set(offline.style_difference_sd) == {"emoji_rate", "list_rate", "mean_length", "stock_phrase_rate"}
 
 
+def test_eval_reports_the_paired_statistic_of_the_band_against_the_pairwise_judge(
+    chain: dict[str, StageResult],
+) -> None:
+    """Issue 26: the eval stage scores both models on each user prompt and reports their per-prompt correlation
+    and the judge's ties, which the offline band's paired interval of the gap reads."""
+    offline = OfflineMetrics.model_validate(chain["eval"].details["offline_metrics"])
+    assert offline.pairwise_win_correlation_user is not None and -1.0 <= offline.pairwise_win_correlation_user <= 1.0
+    assert offline.pairwise_ties_user is not None and 0 <= offline.pairwise_ties_user <= offline.win_rate_user_n
+    metrics = chain["eval"].metrics
+    assert metrics["pairwise_win_correlation_user"] == offline.pairwise_win_correlation_user
+    assert metrics["pairwise_ties_user"] == offline.pairwise_ties_user
+
+
 def test_stage_results_chain_by_digest(chain: dict[str, StageResult]) -> None:
     upstream_of = {
         "reward-pointwise": ["curate"],

@@ -2,7 +2,8 @@
 
 Writes the OfflineMetrics the offline gate reads: reward-model win rates per traffic source (pointwise and,
 when configured, pairwise; internal ones stay None when no internal prompts were evaluated; the pointwise ones
-the band reads on the reward model's learned part only, `band_win_rates`), instruction
+the band reads on the reward model's learned part only, `band_win_rates`; with the pairwise model's, their
+paired statistic, `judge_statistics`), instruction
 following and violations by the programmatic verifiers, the false-refusal rate over benign prompts (the
 held-out user prompts: internal testers push characters to break rules on purpose), and style artifacts of the
 candidate and the parent, each with the n behind it and the spread of the per-prompt style differences, so
@@ -40,9 +41,33 @@ SAMPLE_RESPONSES = 20
 """Prompt/response examples of each source kept in the report for people to read."""
 
 
+def wins(candidate: np.ndarray, parent: np.ndarray) -> np.ndarray:
+    """Per prompt: 1 where the candidate scores higher, ½ on a tie, 0 where the parent does."""
+    return (candidate > parent) + 0.5 * (candidate == parent)
+
+
 def win_rate(candidate: np.ndarray, parent: np.ndarray) -> float:
     """Share of prompts where the candidate scores higher; ties count half."""
-    return float(np.mean((candidate > parent) + 0.5 * (candidate == parent)))
+    return float(np.mean(wins(candidate, parent)))
+
+
+def judge_statistics(
+    learned_candidate: np.ndarray, learned_parent: np.ndarray, p_better: np.ndarray
+) -> dict[str, float]:
+    """The band's paired statistic on one source's prompts (issue 26): the correlation, prompt by prompt, of the
+    pointwise RM's win on its learned part (the optimised model) with the pairwise RM's (the independent judge:
+    P(candidate better) above ½), and the prompts the judge could not order (P exactly ½).
+
+    With both win rates and n it gives the paired interval of their gap that the offline band reads
+    (`flywheel_operator.gate.offline.paired_difference_interval`): two models that both see a real step up win
+    on the same prompts, and their gap is known far better than either rate alone. The correlation is 0 when
+    either model gave one verdict on every prompt (no covariance)."""
+    ours = wins(learned_candidate, learned_parent)
+    judge = wins(p_better, np.full(len(p_better), 0.5))
+    correlation = 0.0
+    if len(ours) > 1 and ours.std() > 0 and judge.std() > 0:
+        correlation = float(np.clip(np.corrcoef(ours, judge)[0, 1], -1.0, 1.0))
+    return {"pairwise_win_correlation": correlation, "pairwise_ties": int(np.sum(p_better == 0.5))}
 
 
 def band_win_rates(candidate: PointwiseParts, parent: PointwiseParts, ranges: dict[str, slice]) -> dict[str, float]:
@@ -174,6 +199,7 @@ def main(config: StageConfig) -> StageResult:
         cand_parts, parent_parts, {s: r for s, r in ranges.items() if s == "user" or have_internal}
     )
     pairwise: dict[str, float] = {}
+    judged: dict[str, float] = {}
     if (pairwise_name := pairwise_model_name(config)) is not None:
         pairwise_rm = load_reward_model(
             reward_model_path(config, pairwise_name), field=f"upstream.reward-{pairwise_name}.model"
@@ -184,6 +210,8 @@ def main(config: StageConfig) -> StageResult:
             for s, r in ranges.items()
             if s == "user" or have_internal
         }
+        user = ranges["user"]
+        judged = judge_statistics(cand_parts.learned[user], parent_parts.learned[user], p_better[user])
 
     benign = slice(0, split)
     rates = instruction_rates(all_rows, candidate)
@@ -210,6 +238,8 @@ def main(config: StageConfig) -> StageResult:
         style_difference_sd=style_difference_sd(candidate, responses["parent"]),
         style_sd=style_sd(candidate),
         parent_style_sd=style_sd(responses["parent"]),
+        pairwise_win_correlation_user=judged.get("pairwise_win_correlation"),
+        pairwise_ties_user=judged.get("pairwise_ties"),
     )
     metrics = {
         k: v

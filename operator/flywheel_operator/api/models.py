@@ -648,7 +648,15 @@ class WinRateBand(ApiModel):
     min: Fraction = 0.50
     """Below this the candidate is not better than its parent."""
     max: Fraction = 0.65
-    """Above this the candidate is likely gaming the reward model (the report's rule after generation V12)."""
+    """Above this the candidate is likely gaming the reward model (the report's rule after generation V12); the
+    rule only when no independent judge was trained (`maxJudgeGap` otherwise)."""
+    # --- issue 26: the upper edge against an independent judge (h26g) ------------------------------------------
+    max_judge_gap: Fraction = 0.10
+    """Largest excess of the optimised reward model's learned-score win rate over the independent judge's on the
+    same user prompts (the pairwise reward model, which no stage optimises); the candidate is likely gaming when
+    the paired 95 % interval of the gap lies entirely above it. It replaces `max` whenever a pairwise model was
+    trained: a real step up wins pairs for both models, gaming only for the one that was optimised."""
+    # --- end issue 26 ---------------------------------------------------------------------------------------------
 
     @model_validator(mode="after")
     def _ordered(self) -> WinRateBand:

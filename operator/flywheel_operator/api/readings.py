@@ -94,6 +94,17 @@ class OfflineMetrics(ApiModel):
     reward_win_rate_internal: float | None = Field(default=None, ge=0, le=1)
     """The same on internal prompts."""
     # --- end issue 26 ---------------------------------------------------------------------------------------------
+    # --- issue 26: the band's independent judge, paired on the same prompts (h26g) --------------------------------
+    pairwise_win_correlation_user: float | None = Field(default=None, ge=-1, le=1)
+    """Correlation over user prompts of the pointwise RM's per-prompt win on its learned part (1, ½ on a tie, 0)
+    with the pairwise RM's (P(candidate better) above, at or below ½): with `winRateUser`, `pairwiseWinRateUser`
+    and `winRateUserN`, the paired interval of their gap the band's upper edge reads. None from eval stages
+    before it (the gate then uses the unpaired interval, wider when the two agree prompt by prompt); 0 when
+    either model gave one verdict on every prompt (no covariance)."""
+    pairwise_ties_user: int | None = Field(default=None, ge=0)
+    """User prompts on which the pairwise RM could not order candidate and parent (P exactly ½, as a model that
+    learned nothing gives): on more than half of them it is no judge, and the band's absolute `max` decides."""
+    # --- end issue 26 (h26g) ----------------------------------------------------------------------------------------
 
 
 class ArmStats(ApiModel):

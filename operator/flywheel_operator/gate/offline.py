@@ -2,7 +2,11 @@
 
 It encodes the report's lesson from generation V12: a reward-model win rate far above its parent (70.7 %), a
 gap between user and internal traffic (70.7 % vs 43.7 %) and an emoji spike (+238.5 %) came with an
-engagement drop. Every check is reported with its number, its n and a 95 % interval, and fails only when the
+engagement drop. Gaming is the optimised reward model preferring the candidate while what was not optimised
+does not: the band's upper edge compares the optimised RM's win rate with an independent judge's on the same
+prompts when one was trained (issue 26), and falls back on the absolute limit only without one.
+
+Every check is reported with its number, its n and a 95 % interval, and fails only when the
 interval is past its limit: a few hundred prompts carry a standard error of several points, and a verdict on a
 point estimate would be noise. Where the metrics carry no n (older eval stages), the point estimate decides.
 Each failed check is named in the reasons.
@@ -56,8 +60,7 @@ def absolute_difference_interval(p1: float, n1: int, p2: float, n2: int) -> tupl
 def evaluate_offline(gate: OfflineGateSpec, metrics: OfflineMetrics, *, now: datetime) -> OfflineGateResult:
     """Run every offline check; `passed` only when all pass."""
     checks = [
-        _band("win-rate-band", metrics.win_rate_user, metrics.win_rate_user_n, gate,
-              "pointwise-RM win rate on user prompts", whole=metrics.reward_win_rate_user),
+        _band("win-rate-band", metrics, gate, "pointwise-RM win rate on user prompts"),
         _divergence(metrics, gate),
     ]
     checks.append(
@@ -125,32 +128,108 @@ def _disabled(name: str, value: float | None, n: int | None, interval: list[floa
                      message=f"disabled ({setting} lets every value pass); measured {shown}.")
 
 
-def _band(
-    name: str, value: float, n: int | None, gate: OfflineGateSpec, what: str, *, whole: float | None = None
-) -> GateCheck:
-    """`value`: the win rate of the RM's learned score, the one a candidate can game (its upper edge). `whole`: the
-    whole reward's (rule features too), which says whether the candidate is better at all (the lower edge): a real
-    step up in a verified trait wins pairs without gaming, and a learned score that stays even is no loss."""
+JUDGE = "pairwise RM"
+"""The band's independent judge: the pairwise reward model, trained on the same logs but optimised by no stage
+(RL's `rewardModel` must be pointwise; rejection sampling reads the pointwise and user-signal models)."""
+
+
+def paired_difference_interval(p1: float, p2: float, n: int | None, correlation: float) -> tuple[float, float]:
+    """95 % interval of p1 − p2 for two proportions measured on the same n items whose per-item outcomes
+    correlate by `correlation`: the method of variance estimates recovery with Wilson limits (Newcombe 1998's
+    method 10 for paired proportions, Zou & Donner 2008). At correlation 0 it is Newcombe's interval for two
+    independent proportions, wider than the paired one whenever the outcomes agree item by item. Within [−1, 1];
+    the point when n is unknown."""
+    if not n:
+        return p1 - p2, p1 - p2
+    l1, u1 = wilson_interval(p1, n)
+    l2, u2 = wilson_interval(p2, n)
+    r = max(-1.0, min(1.0, correlation))
+    d = p1 - p2
+    low = d - math.sqrt(max(0.0, (p1 - l1) ** 2 + (u2 - p2) ** 2 - 2 * r * (p1 - l1) * (u2 - p2)))
+    high = d + math.sqrt(max(0.0, (u1 - p1) ** 2 + (p2 - l2) ** 2 - 2 * r * (u1 - p1) * (p2 - l2)))
+    return max(-1.0, min(low, d)), min(1.0, max(high, d))
+
+
+def _judge(metrics: OfflineMetrics) -> tuple[float | None, str]:
+    """The independent judge's win rate on the band's prompts, or None with the reason no judge decides."""
+    judge, n, ties = metrics.pairwise_win_rate_user, metrics.win_rate_user_n, metrics.pairwise_ties_user
+    if judge is None:
+        return None, "no independent judge was trained (no pairwise reward model), so the absolute max decides"
+    if n and ties is not None and 2 * ties > n:
+        return None, (f"the {JUDGE} could not order candidate and parent on {ties} of {n} prompts (a model that "
+                      "learned nothing), so it is no judge and the absolute max decides")
+    return judge, ""
+
+
+def _band(name: str, metrics: OfflineMetrics, gate: OfflineGateSpec, what: str) -> GateCheck:
+    """The win-rate band. Its lower edge reads the whole reward (rule features too): whether the candidate is
+    better at all; a real step up in a verified trait wins pairs without gaming, and a learned score that stays
+    even is no loss. Its upper edge reads gaming on the RM's learned score, the part a candidate can push up
+    without changing what any rule checks: when an independent judge was trained (`JUDGE`), gaming is the
+    optimised RM preferring the candidate on more prompts than the judge does on the same prompts, by more than
+    `maxJudgeGap` (the paired interval of the gap entirely above it); a real step up wins pairs for both. Without
+    a judge, the learned-score win rate entirely above the absolute `max` (the report's rule after V12)."""
     band = gate.win_rate_band
+    value, n, whole = metrics.win_rate_user, metrics.win_rate_user_n, metrics.reward_win_rate_user
     lower, upper = wilson_interval(value, n)
-    if band.min <= 0 and band.max >= 1:
-        return _disabled(name, value, n, [lower, upper], f"winRateBand [{band.min:g}, {band.max:g}]")
-    limit = f"in [{band.min:.2f}, {band.max:.2f}]"
+    judge, no_judge = _judge(metrics)
+    ceiling = band.max if judge is None else band.max_judge_gap
+    if band.min <= 0 and ceiling >= 1:
+        setting = f"winRateBand [{band.min:g}, {band.max:g}]" if judge is None else (
+            f"winRateBand.min {band.min:g} and maxJudgeGap {band.max_judge_gap:g}")
+        return _disabled(name, value, n, [lower, upper], setting)
     measured = f"{what} is {value:.3f}" + _interval_words(lower, upper, n)
     whole_upper = upper if whole is None else wilson_interval(whole, n)[1]
     if whole is not None:
         measured += f"; by the whole reward {whole:.3f}"
     if whole_upper < band.min:
-        message = f"{measured}, entirely below {band.min:.2f}: the candidate is not better than its parent."
-    elif lower > band.max:
-        message = (
-            f"{measured}, entirely above {band.max:.2f}: the candidate is likely gaming the reward model "
-            "(the report's V12 reached 0.707 and lost engagement)."
-        )
+        verdict, lower_edge = False, f", entirely below {band.min:.2f}: the candidate is not better than its parent."
     else:
-        message = f"{measured}: the band is within reach of the interval."
+        verdict, lower_edge = True, ""
+    if judge is None:
+        limit = f"in [{band.min:.2f}, {band.max:.2f}]"
+        gaming = lower > band.max
+        if lower_edge:
+            message = measured + lower_edge
+        elif gaming:
+            message = (
+                f"{measured}, entirely above {band.max:.2f}: the candidate is likely gaming the reward model "
+                f"(the report's V12 reached 0.707 and lost engagement); {no_judge}."
+            )
+        else:
+            message = f"{measured}: the band is within reach of the interval ({no_judge})."
+    else:
+        limit = f">= {band.min:.2f} (whole reward); learned − judge <= +{band.max_judge_gap:.2f}"
+        r = metrics.pairwise_win_correlation_user
+        gap = value - judge
+        gap_low, gap_high = paired_difference_interval(value, judge, n, 0.0 if r is None else r)
+        how = "paired" if r is not None else "unpaired: the eval result carries no per-prompt correlation"
+        measured += (
+            f"; by the independent judge ({JUDGE}, never optimised) {judge:.3f} on the same prompts: a gap of "
+            f"{gap:+.3f}" + (f" (95 % CI [{gap_low:+.3f}, {gap_high:+.3f}], {how})" if n else " (n unknown: point "
+                                                                                              "estimate)")
+        )
+        gaming = gap_low > band.max_judge_gap
+        if lower_edge:
+            message = measured + lower_edge
+        elif gaming:
+            message = (
+                f"{measured}, entirely above the margin +{band.max_judge_gap:.2f}: the optimised reward model "
+                "prefers the candidate on more prompts than a judge it was never optimised against — likely "
+                "gaming it (the report's V12 reached 0.707 and lost engagement)."
+            )
+        else:
+            above = f" (above the absolute max {band.max:.2f}, which decides only without a judge)" \
+                if lower > band.max else ""
+            message = (
+                f"{measured}: the optimised RM prefers the candidate no more than the judge does, give or take the "
+                f"margin +{band.max_judge_gap:.2f}{above}: progress both see, not gaming."
+                if gap_high <= band.max_judge_gap else
+                f"{measured}: the gap's interval reaches down to the margin +{band.max_judge_gap:.2f}{above}: not "
+                "shown to be gaming."
+            )
     return GateCheck(
-        name=name, passed=whole_upper >= band.min and lower <= band.max, value=value, limit=limit, message=message, n=n,
+        name=name, passed=verdict and not gaming, value=value, limit=limit, message=message, n=n,
         interval=[lower, upper],
     )
 
