@@ -39,6 +39,7 @@ __all__ = [
     "generate_tokens",
     "get_sampler",
     "prompt_ids",
+    "prompt_ids_many",
 ]
 
 Chat = Sequence[dict[str, str]]
@@ -82,6 +83,37 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, max_tokens: in
     encoded = tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=True, return_dict=True)
     ids = list(encoded["input_ids"])
     return ids[-max_tokens:] if max_tokens is not None and len(ids) > max_tokens else ids
+
+
+def prompt_ids_many(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat], *,
+                    max_tokens: int | None = None) -> list[list[int]]:
+    """prompt_ids of every chat, in order: the distinct chats rendered and tokenised in one batched
+    `apply_chat_template` call (the library renders each conversation and encodes them as one batch: the ids of
+    one call per chat). The oracle repeats its prompt grid once per draw, and most of a simulated day's sessions
+    open with one of the world's few openings, so distinct chats are far fewer. A chat whose messages hold
+    unhashable values counts as distinct."""
+    if not chats:
+        return []
+    slots: dict[Any, int] = {}
+    distinct: list[list[dict[str, Any]]] = []
+    where = []
+    for chat in chats:
+        try:
+            key: Any = tuple(tuple(sorted(message.items())) for message in chat)
+            slot = slots.get(key)
+        except TypeError:
+            key, slot = None, None
+        if slot is None:
+            slot = len(distinct)
+            distinct.append(list(chat))
+            if key is not None:
+                slots[key] = slot
+        where.append(slot)
+    encoded = tokenizer.apply_chat_template(distinct, add_generation_prompt=True, tokenize=True, return_dict=True)
+    rows = [list(ids) for ids in encoded["input_ids"]]
+    if max_tokens is not None:
+        rows = [ids[-max_tokens:] if len(ids) > max_tokens else ids for ids in rows]
+    return [list(rows[slot]) for slot in where]
 
 
 def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,7 +331,7 @@ def generate_tokens(
     max_prompt = None if max_positions is None else max_positions - max_new_tokens
     if max_prompt is not None and max_prompt < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_positions} positions")
-    prompts = [prompt_ids(tokenizer, chat, max_tokens=max_prompt) for chat in chats]
+    prompts = prompt_ids_many(tokenizer, chats, max_tokens=max_prompt)
     request = SamplingRequest(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
