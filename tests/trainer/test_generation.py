@@ -304,3 +304,35 @@ def test_batched_prompt_ids_are_the_ids_of_one_call_per_chat(tokenizer, chats, m
     conversations = [[{"role": role, "content": text} for role, text in chat] for chat in chats] * repeat
     assert prompt_ids_many(tokenizer, conversations, max_tokens=max_tokens) == [
         prompt_ids(tokenizer, chat, max_tokens=max_tokens) for chat in conversations]
+
+
+@pytest.mark.parametrize(("batch_size", "num_samples", "temperature"), [(1, 1, 1.0), (4, 2, 1.0), (16, 3, 0.7),
+                                                                       (8, 1, 0.0)])
+def test_the_growing_cache_samples_the_tokens_of_generates_own_cache(tokenizer, monkeypatch, batch_size,
+                                                                      num_samples, temperature) -> None:
+    """growing_cache writes each step's keys and values in place instead of concatenating the whole cache: the
+    same values in the same shapes, so the same tokens for a seed (prompts of many lengths, left padded)."""
+    from flywheel_trainer import generation
+
+    model = tiny_llama(tokenizer, seed=3)
+    words = ["hi", "captain", "where shall we fly", "to the stars", "cadet", "tonight"]
+    chats = [[{"role": "system", "content": "You are Nova."},
+              {"role": "user", "content": " ".join(words[(i + j) % len(words)] for j in range(1 + i % 9))}]
+             for i in range(24)]
+    kwargs = {"max_new_tokens": 20, "temperature": temperature, "num_samples": num_samples, "seed": 11,
+              "batch_size": batch_size}
+    grown = generate_tokens(model, tokenizer, chats, **kwargs)
+    monkeypatch.setattr(generation, "GROWING_CACHE", False)
+    assert generate_tokens(model, tokenizer, chats, **kwargs) == grown
+    assert sum(len(s) for row in grown for s in row) > 24 * num_samples  # it sampled, not stopped at once
+
+
+def test_the_growing_cache_is_kept_to_layers_it_can_stand_in_for(tokenizer) -> None:
+    from flywheel_trainer.generation import growing_cache
+
+    model = tiny_llama(tokenizer, seed=3)
+    cache = growing_cache(model, 8)
+    assert cache is not None and len(cache.layers) == model.config.num_hidden_layers
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    model.config.sliding_window = 4
+    assert growing_cache(model, 8) is None
