@@ -339,7 +339,9 @@ print(json.dumps({"wall_seconds": time.perf_counter() - started, "exit_code": co
 """
 BREAKDOWN = (
     ("runner total", "commands.py", "run_command"),
-    ("simulated traffic, user + internal (LocalBackend._resolve_source)", "backend.py", "_resolve_source"),
+    ("simulated traffic, user + internal (LocalBackend._simulate_sources: internal in the side worker)", "backend.py",
+     "_simulate_sources"),
+    ("  user traffic in the runner's process (LocalBackend._resolve_source)", "backend.py", "_resolve_source"),
     ("  sampling the policy's responses (flywheel_trainer.generation.generate)", "generation.py", "generate"),
     ("  checking the logs against the contract (write_conversations)", "conversation.py", "write_conversations"),
     ("  response features (flywheel_sim.features.response_features)", "features.py", "response_features"),
@@ -348,6 +350,9 @@ BREAKDOWN = (
     ("waiting on stage subprocesses (Runner._wait)", "runner.py", "_wait"),
     ("the A/B simulation (LocalBackend._deploy + observe)", "backend.py", "observe"),
     ("the report with the oracle (compute_oracle)", "report.py", "compute_oracle"),
+    ("  oracle draws not kept in the cache, side by side (oracle_runs.expected_for)", "oracle_runs.py",
+     "expected_for"),
+    ("  reward models against the oracle, alongside (compute_rm_agreement)", "rm_oracle.py", "compute_rm_agreement"),
 )
 """Rows of the profile breakdown: (label, file name, function) — the function's cumulative time."""
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from flywheel_operator import storage
 from flywheel_operator.api import (
@@ -95,8 +96,17 @@ class LocalBackend:
         cache_dir: Path,
         cpus: int | None = None,
         note: Callable[[str], None] = lambda text: None,
+        oracle_draws: int | None = None,
+        warm_start: bool = True,
     ) -> None:
         self.generation = generation
+        self.oracle_draws = oracle_draws
+        """Draws of the report's oracle to compute for a starting policy kept in the cache (generation 0) in the
+        second process while the user traffic is simulated (flywheel_local.oracle_runs.prefetch); None: none (only
+        a run that writes the report with the oracle asks for it)."""
+        self.warm_start = warm_start and _warm_available()
+        """Fork stage processes from a server that has imported their libraries (flywheel_local.warm)."""
+        self._side: Any = None
         self.note = note
         """Where slow in-process work (generation 0, simulated traffic) is announced."""
         self.paths = paths
@@ -159,6 +169,75 @@ class LocalBackend:
             )
         return source.model_copy(update={"uri": str(log)})
 
+    def _side_worker(self) -> Any:
+        """A second process for in-process work that can go alongside this one's (simulated traffic of another
+        source, the oracle prefetch): a spawned pool of one, when the cores hold two samplers at the world's
+        `serving.threads` each; None otherwise."""
+        if self._side is None:
+            from flywheel_sim import load_world
+
+            threads = load_world(self.world_file).serving.threads
+            if threads is None or 2 * threads > self.cpus:
+                return None
+            import multiprocessing
+
+            self._side = multiprocessing.get_context("spawn").Pool(1)
+        return self._side
+
+    def _simulate_sources(self, config: StageConfig, policy_dir: str) -> None:
+        """Simulate the config's `sim://` traffic sources that are not on disk yet: the first in this process and
+        the others at the same time in the side worker (each source's logs are those of simulating it alone: the
+        simulator's draws are keyed by seed, day and source, and the policy samples on `serving.threads`
+        threads in either process). With `oracle_draws`, the starting policy's oracle follows them there."""
+        from flywheel_local.users import on_disk
+
+        pending: dict[str, tuple[sources.TrafficUri, TrafficSource]] = {}
+        for name in ("user_traffic", "internal_traffic", "eval_prompts_user", "eval_prompts_internal"):
+            source = getattr(config.data, name)
+            if source is None or not sources.is_sim(source.uri):
+                continue
+            parsed = sources.parse_sim_uri(source.uri)
+            if not isinstance(parsed, sources.TrafficUri):
+                raise sources.SimUriError(f"{source.uri}: traffic must be sim://users or sim://internal-testers")
+            if parsed.source not in pending and not on_disk(self.world_file, policy_dir, self._policy_name(), parsed,
+                                                            self.paths.traffic(parsed.source),
+                                                            seed=self.generation.spec.generation,
+                                                            cache_dir=self.cache_dir):
+                pending[parsed.source] = (parsed, source)
+        # the oracle is kept by content for a policy inside the cache only (generation 0): oracle_runs.prefetch
+        oracle = self.oracle_draws is not None and Path(policy_dir).resolve().is_relative_to(
+            Path(self.cache_dir).resolve())
+        side = self._side_worker() if len(pending) > 1 or (pending and oracle) else None
+        if side is None:
+            return  # _resolve_source simulates them one after another
+        (_, first), *others = pending.values()
+        running = []
+        for parsed, _ in others:
+            self.note(f"simulating {parsed.days} day(s) of {parsed.source} traffic with the starting policy "
+                      "(in a second process, alongside)")
+            running.append((parsed, side.apply_async(_simulate_source, self._simulation_args(parsed, policy_dir))))
+        if oracle:
+            from flywheel_local.oracle_runs import prefetch
+
+            prefetch(policy_dir, self.world_file, self.cache_dir, pool=side, draws=self.oracle_draws)
+        self._resolve_source(first, policy_dir)
+        for parsed, result in running:
+            _, seconds = result.get()
+            phase = f"{parsed.source} traffic"
+            self.timings[phase] = self.timings.get(phase, 0.0) + seconds
+            self.note(f"{phase}: {seconds:.0f}s (alongside)")
+
+    def _simulation_args(self, parsed: sources.TrafficUri, policy_dir: str) -> tuple[Any, ...]:
+        return (self.world_file, policy_dir, self._policy_name(), parsed, self.paths.traffic(parsed.source),
+                self.generation.spec.generation, self.cache_dir)
+
+    def close(self) -> None:
+        """Let the side worker finish what it was handed (the oracle prefetch) and end it."""
+        if self._side is not None:
+            self._side.close()
+            self._side.join()
+            self._side = None
+
     def _policy_name(self) -> str:
         parent = self.generation.spec.parent
         return parent if parent is not None else "generation-0"
@@ -166,6 +245,7 @@ class LocalBackend:
     def render(self, config: StageConfig) -> StageConfig:
         """The config as the subprocess reads it: every `sim://` URI replaced by the file it stands for."""
         policy = self.resolve_policy(config.policy)
+        self._simulate_sources(config, policy)
         data = config.data.model_copy(
             update={
                 name: self._resolve_source(getattr(config.data, name), policy)
@@ -210,6 +290,7 @@ class LocalBackend:
     def _start(self, action: StartStage, *, parallel: int) -> None:
         if action.child in self.procs and self.procs[action.child].poll() is None:
             return  # idempotent: this child runs already
+        self.warm_up()  # the server imports while the inputs are rendered (traffic simulated)
         config = self.render(action.config)
         path = self.paths.config(action.child)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,32 +302,49 @@ class LocalBackend:
         self._stop_orphan(child)
         log = self.paths.log(child)
         log.parent.mkdir(parents=True, exist_ok=True)
-        threads = str(max(1, self.cpus // max(1, parallel)))
-        env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            "TRL_EXPERIMENTAL_SILENCE": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            "OMP_NUM_THREADS": threads,
-            "MKL_NUM_THREADS": threads,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = _stage_env(max(1, self.cpus // max(1, parallel)))
         with log.open("ab") as handle:
-            handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child}\n".encode())
-            handle.flush()
-            proc = subprocess.Popen(
-                [*_train_command(), stage, "--config", str(config_path)],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,  # Ctrl-C reaches the runner only; it stops the children itself
-            )
+            handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child}"
+                         f"{' (warm: forked after the imports)' if self.warm_start else ''}\n".encode())
+        proc = self._warm(stage, config_path, log, env) if self.warm_start else None
+        if proc is None:
+            with log.open("ab") as handle:
+                proc = subprocess.Popen(
+                    [*_train_command(), stage, "--config", str(config_path)],
+                    stdout=handle,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    start_new_session=True,  # Ctrl-C reaches the runner only; it stops the children itself
+                )
         self.procs[child] = proc
         self.launched.append(child)
         pid_file = self.paths.pid(child)
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{proc.pid}\n")
+        pid_file.with_suffix(".started").write_text(f"{_start_time(proc.pid)}\n")  # names the process for good
+
+    def _warm(self, stage: str, config_path: Path, log: Path, env: dict[str, str]) -> Any:
+        """The stage forked after the imports (flywheel_local.warm), or None to start it cold."""
+        from flywheel_local import warm
+
+        try:
+            return warm.start([stage, "--config", str(config_path)], log, env)
+        except (OSError, EOFError, ValueError, RuntimeError, ImportError) as exc:
+            self.warm_start = False
+            self.note(f"stages start cold from now on: the warm start failed ({type(exc).__name__}: {exc})")
+            return None
+
+    def warm_up(self) -> None:
+        """Start the warm-start server's imports now (they run while traffic is simulated)."""
+        if not self.warm_start:
+            return
+        from flywheel_local import warm
+
+        try:
+            warm.warm_up(_stage_env(1))
+        except (OSError, EOFError, ValueError, RuntimeError, ImportError):
+            self.warm_start = False
 
     def _stop_orphan(self, child: str) -> None:
         """A subprocess left running by a runner that was killed: stop it before starting the child again."""
@@ -258,7 +356,10 @@ class LocalBackend:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (ValueError, OSError):
             return
-        if str(self.paths.config(child)).encode() in cmdline:
+        started_file = pid_file.with_suffix(".started")
+        started = started_file.read_text().strip() if started_file.is_file() else ""
+        # a cold start names its config on its command line; a warm one (forked) is known by its start time
+        if str(self.paths.config(child)).encode() in cmdline or (started and started == _start_time(pid)):
             _terminate_group(pid)
 
     # ------------------------------------------------------------------------------------------ observing
@@ -349,6 +450,13 @@ class LocalBackend:
     def stop(self) -> list[str]:
         """Terminate every running child (SIGTERM to its session, SIGKILL after a grace); returns their names."""
         self.canary.close()
+        if self._side is not None:
+            from flywheel_local.oracle_runs import forget_prefetches
+
+            forget_prefetches()
+            self._side.terminate()
+            self._side.join()
+            self._side = None
         running = self.running()
         for child in running:
             _terminate_group(self.procs[child].pid, wait=False)
@@ -361,6 +469,45 @@ class LocalBackend:
                 _kill_group(proc.pid)
                 proc.wait()
         return running
+
+
+def _simulate_source(world_file: Path, policy_dir: str, policy_name: str, parsed: sources.TrafficUri, out: Path,
+                     seed: int, cache_dir: Path) -> tuple[str, float]:
+    """flywheel_local.users.simulate_source in the side worker: the log file and the seconds it took there."""
+    from flywheel_local.users import simulate_source
+
+    started = time.monotonic()
+    log = simulate_source(world_file, policy_dir, policy_name, parsed, out, seed=seed, cache_dir=cache_dir)
+    return str(log), time.monotonic() - started
+
+
+def _warm_available() -> bool:
+    from flywheel_local import warm
+
+    return warm.available()
+
+
+def _stage_env(threads: int) -> dict[str, str]:
+    """The environment of a stage process on `threads` CPU threads."""
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRL_EXPERIMENTAL_SILENCE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": str(threads),
+        "MKL_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start_time(pid: int) -> str:
+    """The start time of process `pid` in clock ticks since boot (/proc/PID/stat field 22): with the pid, it names
+    one process for good (a pid alone may be reused); "" where /proc is missing."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def _train_command() -> list[str]:

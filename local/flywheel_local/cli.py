@@ -10,12 +10,19 @@ from collections.abc import Sequence
 
 from flywheel_operator import cli as operator_cli
 
+ORACLE_DRAWS_HELP = (
+    "draws of each model's responses behind the report's oracle (default 16: a depth lift's 95 %% interval is "
+    "+-1.9-2.5 %%; 8 draws take about half the report's sampling time at +-3.5-5.1 %%, so more candidates end a "
+    "tie; bench/results/history/oracle@3660d55.json). The gates never read the oracle: decisions do not change"
+)
+
 
 def _run(args: argparse.Namespace) -> int:
     from flywheel_local.commands import run_command
 
     return run_command(
-        args.file, generations=args.generations, run_dir=args.run_dir, world=args.world, cache_dir=args.cache_dir
+        args.file, generations=args.generations, run_dir=args.run_dir, world=args.world, cache_dir=args.cache_dir,
+        oracle_draws=args.oracle_draws,
     )
 
 
@@ -28,7 +35,7 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from flywheel_local.commands import report_command
 
-    return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle)
+    return report_command(args.run_dir, out=args.out, oracle=not args.no_oracle, oracle_draws=args.oracle_draws)
 
 
 def _world_generate(args: argparse.Namespace) -> int:
@@ -53,6 +60,7 @@ def add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", help="run directory (default: resources.storage.uri of the manifest); rerun to resume")
     p.add_argument("--world", help="simulated world file (default: examples/local/world.yaml)")
     p.add_argument("--cache-dir", help="cache of generation-0 builds and their simulated traffic (default: runs/cache)")
+    p.add_argument("--oracle-draws", type=int, default=None, help=ORACLE_DRAWS_HELP)
     p.set_defaults(func=_run)
 
     p = sub.add_parser("status", help="show the status documents of a local run")
@@ -64,6 +72,7 @@ def add_local_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", help="run directory printed by `flywheel run`")
     p.add_argument("--out", help="output directory (default: RUN_DIR/report)")
     p.add_argument("--no-oracle", action="store_true", help="skip the simulator's ground-truth engagement")
+    p.add_argument("--oracle-draws", type=int, default=None, help=ORACLE_DRAWS_HELP)
     p.set_defaults(func=_report)
 
     p = sub.add_parser("world", help="seeded out-of-sample worlds for the simulator (flywheel_sim.worldgen)")

@@ -42,17 +42,24 @@ def run_command(
     world: str | None = None,
     cache_dir: str | None = None,
     console: Console | None = None,
+    oracle_draws: int | None = None,
 ) -> int:
-    """Run (or resume) `generations` generations of `file` locally; print the decision and the report path."""
+    """Run (or resume) `generations` generations of `file` locally; print the decision and the report path (its
+    oracle over `oracle_draws` draws of each model's responses, default flywheel_sim.oracle.DEFAULT_DRAWS)."""
     from flywheel_sim import DEFAULT_WORLD, WorldFileError
+    from flywheel_sim.oracle import DEFAULT_DRAWS
 
     from flywheel_local.sources import SimUriError
 
+    draws = DEFAULT_DRAWS if oracle_draws is None else oracle_draws
     for name, value in OFFLINE_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     console = console or Console(highlight=False, soft_wrap=True)
     if generations is not None and generations < 1:
         console.print(f"--generations must be at least 1 (got {generations})")
+        return 2
+    if draws < 2:
+        console.print(f"--oracle-draws must be at least 2 (got {draws}): the oracle's verdicts need an interval")
         return 2
     from flywheel_local.flywheel import manifest_kind
 
@@ -60,7 +67,7 @@ def run_command(
         from flywheel_local.flywheel_command import run_flywheel_command
 
         return run_flywheel_command(file, generations=generations, run_dir=run_dir, world=world,
-                                    cache_dir=cache_dir, console=console)
+                                    cache_dir=cache_dir, console=console, oracle_draws=draws)
     generations = generations or 1
     try:
         first = load_manifest(Path(file))
@@ -79,7 +86,7 @@ def run_command(
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the run as cleanly as Ctrl-C does
     console.print(f"flywheel run {file}: run directory {directory}, world {world_file}", markup=False)
     with Display(console) as display:
-        runner = Runner(directory, world_file=world_file, cache_dir=cache, display=display)
+        runner = Runner(directory, world_file=world_file, cache_dir=cache, display=display, oracle_draws=draws)
         try:
             outcomes = runner.run(first, generations)
         except KeyboardInterrupt:
@@ -103,7 +110,7 @@ def run_command(
     console.print("writing the report (with the simulator's oracle: ground truth the gates never saw)", markup=False)
     report_started = time.monotonic()
     runner.record_wall_time(report_started - started)  # the report shows it
-    report = _write_report(directory, console, world_file)
+    report = _write_report(directory, console, world_file, cache, draws)
     timings = {**runner.timings, "report": time.monotonic() - report_started}
     console.print(f"status: flywheel status {directory}", markup=False)
     if report is not None:
@@ -136,12 +143,15 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _write_report(directory: Path, console: Console, world_file: Path) -> Path | None:
+def _write_report(directory: Path, console: Console, world_file: Path, cache_dir: Path | None = None,
+                  draws: int | None = None) -> Path | None:
+    from flywheel_sim.oracle import DEFAULT_DRAWS
+
     from flywheel_local.flywheel_page import write_flywheel_page
     from flywheel_local.report import compute_oracle, write_report
 
     try:
-        compute_oracle(directory, world_file)
+        compute_oracle(directory, world_file, draws=DEFAULT_DRAWS if draws is None else draws, cache_dir=cache_dir)
         index = write_report(directory)
         return write_flywheel_page(directory, index.parent) or index
     except (OSError, ValueError) as exc:
@@ -167,18 +177,27 @@ def status_command(run_dir: str, *, as_json: bool = False) -> int:
     return 0
 
 
-def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True) -> int:
+def report_command(run_dir: str, *, out: str | None = None, oracle: bool = True,
+                   oracle_draws: int | None = None) -> int:
+    from flywheel_sim.oracle import DEFAULT_DRAWS
+
     from flywheel_local.report import compute_oracle, write_report
 
     directory = Path(run_dir)
     if not generation_dirs(directory):
         sys.stderr.write(f"{directory}: no generation with a status.json; run `flywheel run` first\n")
         return 1
+    draws = DEFAULT_DRAWS if oracle_draws is None else oracle_draws
+    if draws < 2:
+        sys.stderr.write(f"--oracle-draws must be at least 2 (got {draws}): the oracle's verdicts need an interval\n")
+        return 2
     if oracle:
         run = json.loads((directory / RUN_FILE).read_text()) if (directory / RUN_FILE).is_file() else {}
         from flywheel_sim import DEFAULT_WORLD
 
-        compute_oracle(directory, Path(run.get("world", DEFAULT_WORLD)))
+        cache = run.get("cache")
+        compute_oracle(directory, Path(run.get("world", DEFAULT_WORLD)), draws=draws,
+                       cache_dir=Path(cache) if cache else None)
     path = write_report(directory, Path(out) if out else None, oracle=oracle)
     from flywheel_local.flywheel_page import write_flywheel_page
 

@@ -21,7 +21,7 @@ def default_flywheel_dir(name: str) -> Path:
 
 
 def run_flywheel_command(file: str, *, generations: int | None, run_dir: str | None, world: str | None,
-                         cache_dir: str | None, console: Console) -> int:
+                         cache_dir: str | None, console: Console, oracle_draws: int | None = None) -> int:
     from flywheel_sim import DEFAULT_WORLD, WorldFileError
 
     from flywheel_local.commands import _interrupt, _write_report
@@ -43,7 +43,8 @@ def run_flywheel_command(file: str, *, generations: int | None, run_dir: str | N
     console.print(f"flywheel run {file}: Flywheel {flywheel.metadata.name}, run directory {directory}, world "
                   f"{world_file}", markup=False)
     with Display(console) as display:
-        runner = Runner(directory, world_file=world_file, cache_dir=cache, display=display)
+        runner = Runner(directory, world_file=world_file, cache_dir=cache, display=display,
+                        oracle_draws=oracle_draws)
         turning = FlywheelRunner(runner)
         try:
             _record_run(directory, flywheel.metadata.name, runner)
@@ -72,7 +73,7 @@ def run_flywheel_command(file: str, *, generations: int | None, run_dir: str | N
     console.print(f"Flywheel {flywheel.metadata.name}: {status.phase} — {status.message}; deployed: "
                   f"{status.last_promoted or 'the base policy'}", markup=False)
     console.print("writing the report (with the simulator's oracle: ground truth the gates never saw)", markup=False)
-    report = _write_report(directory, console, world_file)
+    report = _write_report(directory, console, world_file, cache, oracle_draws)
     console.print(f"status: flywheel status {directory}", markup=False)
     if report is not None:
         console.print(f"report: {report}", markup=False)

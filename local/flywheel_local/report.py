@@ -190,62 +190,99 @@ def collect(run_dir: Path) -> list[GenerationRow]:
     return rows
 
 
-def compute_oracle(run_dir: Path, world_file: Path, *, draws: int = DEFAULT_DRAWS) -> None:
+def compute_oracle(run_dir: Path, world_file: Path, *, draws: int = DEFAULT_DRAWS, cache_dir: Path | None = None,
+                   workers: int | None = None) -> None:
     """Ground-truth engagement of every generation's parent and candidate over `draws` draws of their responses
     (cached in `<gen>/oracle.json`: the means, and every draw for the intervals), the oracle of the A/B over the
     days it ran (`ab_window`), and every reward model's agreement with the oracle (`<gen>/rm_oracle.json`,
-    flywheel_local.rm_oracle)."""
+    flywheel_local.rm_oracle).
+
+    The models' draws are computed side by side in up to `workers` processes (default: as many as the cores hold
+    at the world's `serving.threads`) while the reward models are measured here, and those of models inside
+    `cache_dir` (generation 0) are kept there by content (flywheel_local.oracle_runs): the figures are those of
+    computing each model here, one after another."""
     from flywheel_sim import load_world
-    from flywheel_sim.oracle import ab_window, expected_engagement, summarise
+    from flywheel_sim.oracle import ab_window, summarise
 
     from flywheel_local.canary import PRE_DAYS
+    from flywheel_local.oracle_runs import expected_for, workers_for
     from flywheel_local.rm_oracle import compute_rm_agreement
-    from flywheel_local.users import PredictorPolicy, load_predictor
 
-    compute_rm_agreement(run_dir, world_file)
     world = load_world(world_file)
-    expected: dict[str, Any] = {}
-    cache: dict[str, dict[str, Any]] = {}
-
-    def responses(model: str, role: str) -> Any:
-        if model not in expected:
-            policy = PredictorPolicy(load_predictor(f"oracle-{role}", model, world), role,
-                                     threads=world.serving.threads)
-            expected[model] = expected_engagement(world, policy, draws=draws)
-        return expected[model]
-
+    plans = []
     for directory in generation_dirs(run_dir):
         status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
-        known = _read_json(directory / ORACLE_FILE)
-        wanted = {
-            "parent": _model_dir(status.policy, directory),
-            "candidate": _model_dir(status.candidate_policy, directory),
-        }
+        plans.append(_oracle_plan(directory, status, draws))
+    needed = [model for plan in plans for model in plan.needs]
+    expected = expected_for(needed, world_file, draws, cache_dir=cache_dir,
+                            workers=workers_for(world) if workers is None else workers,
+                            alongside=lambda: compute_rm_agreement(run_dir, world_file))
+    cache: dict[str, dict[str, Any]] = {}
+    for plan in plans:
         result: dict[str, Any] = {}
-        for role, model in wanted.items():
+        for role, model in plan.wanted.items():
             if model is None:
                 continue
-            if known.get(role, {}).get("model") == model and len(known[role].get("draws") or []) == draws:
-                result[role] = known[role]
+            if role in plan.current:
+                result[role] = plan.known[role]
                 continue
             if model not in cache:
-                figures = [summarise(world, e, seed=world.seed, draw=d) for d, e in enumerate(responses(model, role))]
+                figures = [summarise(world, e, seed=world.seed, draw=d) for d, e in enumerate(expected[model])]
                 cache[model] = {"model": model, **{k: sum(f[k] for f in figures) / draws for k in figures[0]},
                                 "draws": figures, "samples": draws}
             result[role] = cache[model]
-        ab = _ab_design(directory)
-        parent, candidate = wanted["parent"], wanted["candidate"]
-        if ab is not None and parent is not None and candidate is not None:
-            design = {"days": ab[0], "people": ab[1], "pre_days": PRE_DAYS, "control_model": parent,
-                      "treatment_model": candidate, "samples": draws}
-            old = known.get("ab_window", {})
-            if all(old.get(k) == v for k, v in design.items()):
-                result["ab_window"] = old
+        if plan.ab_design is not None:
+            if plan.ab_current:
+                result["ab_window"] = plan.known["ab_window"]
             else:
-                result["ab_window"] = {**design, "draws": ab_window(
-                    world, responses(parent, "parent"), responses(candidate, "candidate"), days=ab[0],
-                    pre_days=PRE_DAYS, max_people=ab[1])}
-        (directory / ORACLE_FILE).write_text(json.dumps(result, indent=2) + "\n")
+                parent, candidate = plan.wanted["parent"], plan.wanted["candidate"]
+                assert parent is not None and candidate is not None
+                result["ab_window"] = {**plan.ab_design, "draws": ab_window(
+                    world, expected[parent], expected[candidate], days=plan.ab_design["days"],
+                    pre_days=PRE_DAYS, max_people=plan.ab_design["people"])}
+        (plan.directory / ORACLE_FILE).write_text(json.dumps(result, indent=2) + "\n")
+
+
+@dataclass
+class _OraclePlan:
+    """What compute_oracle has to do for one generation: which figures in its oracle.json are current."""
+
+    directory: Path
+    known: dict[str, Any]
+    wanted: dict[str, str | None]
+    current: set[str]
+    """Roles whose figures in oracle.json are for this model and number of draws."""
+    ab_design: dict[str, Any] | None
+    ab_current: bool
+
+    @property
+    def needs(self) -> list[str]:
+        """Models whose draws must be computed (or read from the cache) for this generation."""
+        models = [m for role, m in self.wanted.items() if m is not None and role not in self.current]
+        if self.ab_design is not None and not self.ab_current:
+            models += [self.ab_design["control_model"], self.ab_design["treatment_model"]]
+        return list(dict.fromkeys(models))
+
+
+def _oracle_plan(directory: Path, status: FlywheelGenerationStatus, draws: int) -> _OraclePlan:
+    from flywheel_local.canary import PRE_DAYS
+
+    known = _read_json(directory / ORACLE_FILE)
+    wanted = {
+        "parent": _model_dir(status.policy, directory),
+        "candidate": _model_dir(status.candidate_policy, directory),
+    }
+    current = {role for role, model in wanted.items() if model is not None
+               and known.get(role, {}).get("model") == model and len(known[role].get("draws") or []) == draws}
+    ab = _ab_design(directory)
+    parent, candidate = wanted["parent"], wanted["candidate"]
+    design = None
+    if ab is not None and parent is not None and candidate is not None:
+        design = {"days": ab[0], "people": ab[1], "pre_days": PRE_DAYS, "control_model": parent,
+                  "treatment_model": candidate, "samples": draws}
+    old = known.get("ab_window", {})
+    ab_current = design is not None and all(old.get(k) == v for k, v in design.items())
+    return _OraclePlan(directory, known, wanted, current, design, ab_current)
 
 
 def _ab_design(generation_dir: Path) -> tuple[int, int | None] | None:

@@ -133,8 +133,12 @@ class Runner:
         display: Display,
         cpus: int | None = None,
         poll_seconds: float = POLL_SECONDS,
+        oracle_draws: int | None = None,
     ) -> None:
         self.run_dir = run_dir.resolve()
+        self.oracle_draws = oracle_draws
+        """The run ends with the report's oracle of this many draws: compute generation 0's alongside its traffic
+        (LocalBackend); None: the run writes no oracle."""
         self.world_file = world_file.resolve()
         self.cache_dir = cache_dir.resolve()
         self.display = display
@@ -207,6 +211,7 @@ class Runner:
             cache_dir=self.cache_dir,
             cpus=self.cpus,
             note=lambda text: self.display.event(f"{name}: {text}"),
+            oracle_draws=self.oracle_draws,
         )
         self.backend = backend
         parent = self._parent(generation)
@@ -226,6 +231,7 @@ class Runner:
             status = result.status
             generation = generation.model_copy(update={"status": status.to_wire()})
             if status.phase in TERMINAL_PHASES or status.phase == "Suspended":
+                backend.close()
                 for phase, seconds in backend.timings.items():
                     self.timings[phase] = self.timings.get(phase, 0.0) + seconds
                 return GenerationOutcome(name, status, paths, list(backend.launched))

@@ -125,10 +125,12 @@ class PolicyWorker:
     collection of the runner) stops the process."""
 
     def __init__(self, name: str, model_dir: str | Path, world_file: Path) -> None:
-        import multiprocessing
+        from flywheel_local.warm import context_or_spawn
 
         self.name = name
-        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's thread pools
+        # never a plain fork of a process that holds torch's thread pools: the warm forkserver when the runner
+        # started it (its torch imported, no thread pool yet), else a spawned interpreter
+        context = context_or_spawn()
         self._connection, child = context.Pipe()
         self._process = context.Process(target=_serve, args=(child, name, str(model_dir), str(world_file)),
                                         name=f"policy-{name}", daemon=True)
@@ -268,6 +270,17 @@ def simulate_source(
             _store(out, cached)
     done.write_text("")
     return log
+
+
+def on_disk(world_file: Path, model_dir: str | Path, policy_name: str, uri: TrafficUri, out: Path, *, seed: int,
+            cache_dir: Path | None = None) -> bool:
+    """Whether simulate_source would find this traffic written (in `out`, or in the cache) instead of simulating."""
+    if (out / DONE_FILE).is_file():
+        return True
+    key = traffic_key(world_file, model_dir, name=policy_name, seed=seed, source=uri.source, days=uri.days,
+                      people=uri.people)
+    cached = _cache_entry(cache_dir, model_dir, key)
+    return cached is not None and (cached / DONE_FILE).is_file()
 
 
 def _cache_entry(cache_dir: Path | None, model_dir: str | Path, key: str) -> Path | None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -263,3 +265,74 @@ def test_sampler_bench_compares_both_backends_on_the_same_prompts(tokenizer) -> 
         (b, n) for b in ("generate", "hand-loop") for n in (1, 4)
     }
     assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["same_tokens"] for r in rows)
+
+
+def test_each_distinct_chat_is_tokenised_once_with_the_same_samples(parrot, tokenizer, monkeypatch) -> None:
+    """The oracle repeats its grid per draw and a day's sessions share their openings: the distinct chats are
+    rendered in one batched call, and the samples are those of rendering every chat on its own."""
+    from flywheel_trainer import generation
+
+    chats = [SHORT, LONG, SHORT, [dict(m) for m in SHORT], LONG,
+             [{"role": "user", "content": "hi", "signals": {"thumb": None}}]]  # unhashable: rendered on its own
+    calls: list[int] = []
+    real = type(tokenizer).apply_chat_template
+
+    def counting(self, conversation, **kwargs):
+        calls.append(len(conversation) if isinstance(conversation[0], list) else 1)
+        return real(self, conversation, **kwargs)
+
+    monkeypatch.setattr(type(tokenizer), "apply_chat_template", counting)
+    kwargs = {"max_new_tokens": 6, "temperature": 1.0, "num_samples": 2, "seed": 5, "batch_size": 4}
+    shared = generate_tokens(parrot, tokenizer, chats, **kwargs)
+    assert calls == [3]  # one call, three distinct chats
+    monkeypatch.setattr(generation, "prompt_ids_many",
+                        lambda tok, cs, max_tokens=None: [prompt_ids(tok, c, max_tokens=max_tokens) for c in cs])
+    assert generate_tokens(parrot, tokenizer, chats, **kwargs) == shared
+
+
+WORDS = ["hi", "captain", "stars", "<|user|>", "</s>", "fly", "tonight", "🙂", "  ", "Nova,", "where?"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chats=st.lists(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]),
+                                         st.lists(st.sampled_from(WORDS), max_size=12).map(" ".join)),
+                               min_size=1, max_size=5), min_size=1, max_size=12),
+       max_tokens=st.one_of(st.none(), st.integers(1, 40)), repeat=st.integers(1, 3))
+def test_batched_prompt_ids_are_the_ids_of_one_call_per_chat(tokenizer, chats, max_tokens, repeat) -> None:
+    from flywheel_trainer.generation import prompt_ids_many
+
+    conversations = [[{"role": role, "content": text} for role, text in chat] for chat in chats] * repeat
+    assert prompt_ids_many(tokenizer, conversations, max_tokens=max_tokens) == [
+        prompt_ids(tokenizer, chat, max_tokens=max_tokens) for chat in conversations]
+
+
+@pytest.mark.parametrize(("batch_size", "num_samples", "temperature"), [(1, 1, 1.0), (4, 2, 1.0), (16, 3, 0.7),
+                                                                       (8, 1, 0.0)])
+def test_the_growing_cache_samples_the_tokens_of_generates_own_cache(tokenizer, monkeypatch, batch_size,
+                                                                      num_samples, temperature) -> None:
+    """growing_cache writes each step's keys and values in place instead of concatenating the whole cache: the
+    same values in the same shapes, so the same tokens for a seed (prompts of many lengths, left padded)."""
+    from flywheel_trainer import generation
+
+    model = tiny_llama(tokenizer, seed=3)
+    words = ["hi", "captain", "where shall we fly", "to the stars", "cadet", "tonight"]
+    chats = [[{"role": "system", "content": "You are Nova."},
+              {"role": "user", "content": " ".join(words[(i + j) % len(words)] for j in range(1 + i % 9))}]
+             for i in range(24)]
+    kwargs = {"max_new_tokens": 20, "temperature": temperature, "num_samples": num_samples, "seed": 11,
+              "batch_size": batch_size}
+    grown = generate_tokens(model, tokenizer, chats, **kwargs)
+    monkeypatch.setattr(generation, "GROWING_CACHE", False)
+    assert generate_tokens(model, tokenizer, chats, **kwargs) == grown
+    assert sum(len(s) for row in grown for s in row) > 24 * num_samples  # it sampled, not stopped at once
+
+
+def test_the_growing_cache_is_kept_to_layers_it_can_stand_in_for(tokenizer) -> None:
+    from flywheel_trainer.generation import growing_cache
+
+    model = tiny_llama(tokenizer, seed=3)
+    cache = growing_cache(model, 8)
+    assert cache is not None and len(cache.layers) == model.config.num_hidden_layers
+    model.config.layer_types = ["sliding_attention"] * model.config.num_hidden_layers
+    model.config.sliding_window = 4
+    assert growing_cache(model, 8) is None

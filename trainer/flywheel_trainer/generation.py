@@ -39,6 +39,7 @@ __all__ = [
     "generate_tokens",
     "get_sampler",
     "prompt_ids",
+    "prompt_ids_many",
 ]
 
 Chat = Sequence[dict[str, str]]
@@ -82,6 +83,37 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, max_tokens: in
     encoded = tokenizer.apply_chat_template(list(chat), add_generation_prompt=True, tokenize=True, return_dict=True)
     ids = list(encoded["input_ids"])
     return ids[-max_tokens:] if max_tokens is not None and len(ids) > max_tokens else ids
+
+
+def prompt_ids_many(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat], *,
+                    max_tokens: int | None = None) -> list[list[int]]:
+    """prompt_ids of every chat, in order: the distinct chats rendered and tokenised in one batched
+    `apply_chat_template` call (the library renders each conversation and encodes them as one batch: the ids of
+    one call per chat). The oracle repeats its prompt grid once per draw, and most of a simulated day's sessions
+    open with one of the world's few openings, so distinct chats are far fewer. A chat whose messages hold
+    unhashable values counts as distinct."""
+    if not chats:
+        return []
+    slots: dict[Any, int] = {}
+    distinct: list[list[dict[str, Any]]] = []
+    where = []
+    for chat in chats:
+        try:
+            key: Any = tuple(tuple(sorted(message.items())) for message in chat)
+            slot = slots.get(key)
+        except TypeError:
+            key, slot = None, None
+        if slot is None:
+            slot = len(distinct)
+            distinct.append(list(chat))
+            if key is not None:
+                slots[key] = slot
+        where.append(slot)
+    encoded = tokenizer.apply_chat_template(distinct, add_generation_prompt=True, tokenize=True, return_dict=True)
+    rows = [list(ids) for ids in encoded["input_ids"]]
+    if max_tokens is not None:
+        rows = [ids[-max_tokens:] if len(ids) > max_tokens else ids for ids in rows]
+    return [list(rows[slot]) for slot in where]
 
 
 def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,6 +210,67 @@ def _seeded_draw_class() -> type:
     return SeededDraw
 
 
+@functools.cache
+def _growing_layer_class() -> type:
+    """GrowingLayer, built on first use so that importing this module does not import transformers."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        """transformers' DynamicLayer without its copy per step: `update` concatenates the new keys and values
+        onto the cache (torch.cat), copying the whole cache once per token; here they are written into a buffer
+        reserved for the prompt and `reserve` more positions, and the layer's keys and values are views of its
+        filled part — the same values in the same shapes, so attention computes the same numbers
+        (tests/trainer/test_generation.py). Anything that replaces the views (crop, a batch selection) is
+        copied into a new buffer at the next update."""
+
+        def __init__(self, reserve: int) -> None:
+            super().__init__()
+            self.reserve = reserve
+            self._buffers: tuple[Any, Any] | None = None
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            import torch
+
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            filled = self.get_seq_length()
+            needed = filled + key_states.shape[-2]
+            buffers = self._buffers
+            if (buffers is None or needed > buffers[0].shape[-2] or buffers[0].shape[:2] != key_states.shape[:2]
+                    or (filled and self.keys.data_ptr() != buffers[0].data_ptr())):
+                shape = (*key_states.shape[:2], needed + self.reserve, key_states.shape[-1])
+                buffers = (torch.empty(shape, dtype=key_states.dtype, device=key_states.device),
+                           torch.empty(shape, dtype=value_states.dtype, device=value_states.device))
+                if filled:
+                    buffers[0][:, :, :filled].copy_(self.keys)
+                    buffers[1][:, :, :filled].copy_(self.values)
+                self._buffers = buffers
+            buffers[0][:, :, filled:needed].copy_(key_states)
+            buffers[1][:, :, filled:needed].copy_(value_states)
+            self.keys, self.values = buffers[0][:, :, :needed], buffers[1][:, :, :needed]
+            return self.keys, self.values
+
+        def reset(self) -> None:
+            self._buffers = None
+            super().reset()
+
+    return GrowingLayer
+
+
+def growing_cache(model: Any, reserve: int) -> Any:
+    """A DynamicCache for `model` whose layers grow in place (GrowingLayer, `reserve` positions after the prompt);
+    None when the model's cache has layers of another kind (sliding windows, linear attention): generate then
+    builds its own."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache = DynamicCache(config=model.config)
+    if not cache.layers or any(type(layer) is not DynamicLayer for layer in cache.layers):
+        return None
+    layer = _growing_layer_class()
+    cache.layers = [layer(reserve) for _ in cache.layers]
+    return cache
+
+
 class GenerateSampler:
     """The `generate` backend: transformers' `model.generate` over batches of left-padded prompts."""
 
@@ -239,15 +332,23 @@ class GenerateSampler:
             remove_invalid_values=False,
             return_dict_in_generate=False,
         )
+        # proven token for token on the CPU (tests); a GPU keeps generate's own cache until a lent GPU proves it
+        on_cpu = generator.device.type == "cpu"
+        cache = growing_cache(model, request.max_new_tokens + 1) if GROWING_CACHE and on_cpu else None
         out = model.generate(
             input_ids=ids,
             attention_mask=mask,
             generation_config=config,
             logits_processor=processors,
             synced_gpus=False,  # ranks sample their own shares (placement.across_ranks) of a whole model
+            **({"past_key_values": cache} if cache is not None else {}),
         )
         return out[:, ids.shape[1] :].tolist()
 
+
+GROWING_CACHE = True
+"""Sample on the CPU with growing_cache (no copy of the whole KV cache per token); False: generate's own
+DynamicCache."""
 
 SAMPLERS: dict[str, Sampler] = {"generate": GenerateSampler()}
 """The sampling backends by the name a stage's `sampler` setting uses."""
@@ -299,7 +400,7 @@ def generate_tokens(
     max_prompt = None if max_positions is None else max_positions - max_new_tokens
     if max_prompt is not None and max_prompt < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in {max_positions} positions")
-    prompts = [prompt_ids(tokenizer, chat, max_tokens=max_prompt) for chat in chats]
+    prompts = prompt_ids_many(tokenizer, chats, max_tokens=max_prompt)
     request = SamplingRequest(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
