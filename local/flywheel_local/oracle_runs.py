@@ -58,20 +58,13 @@ def _oracle_code_digest() -> str:
 
 def expected_key(world_file: Path, model_dir: str | Path, draws: int) -> str:
     """The content address of a model's oracle draws (world, model files, draws, threads and code)."""
-    from flywheel_sim import load_world
+    from flywheel_local.users import model_digest, serving_threads
 
-    from flywheel_local.users import model_digest
-
-    threads = load_world(world_file).serving.threads
-    if threads is None:
-        import torch
-
-        threads = torch.get_num_threads()
     payload = {
         "world": hashlib.sha256(Path(world_file).read_bytes()).hexdigest(),
         "model": model_digest(model_dir),
         "draws": draws,
-        "threads": threads,
+        "threads": serving_threads(world_file),
         "code": _oracle_code_digest(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

@@ -212,12 +212,9 @@ def code_digest() -> str:
     return digest.hexdigest()
 
 
-def traffic_key(world_file: Path, model_dir: str | Path, *, name: str, seed: int, source: str, days: int,
-                people: int | None) -> str:
-    """The content address of `days` days of `source` traffic with the model in `model_dir`: equal keys mean
-    byte-identical logs and end state (the simulator's draws are keyed by seed, day and turn; the policy's
-    samples by the model, the seed and the batch, with torch's thread count, which orders its float sums; the
-    logs name the policy `name`)."""
+def serving_threads(world_file: Path) -> int:
+    """The thread count the world's policy samples with (the world's `serving.threads`, else torch's): it orders
+    torch's float sums, so it belongs in every content address of sampled output."""
     from flywheel_sim import load_world
 
     threads = load_world(world_file).serving.threads
@@ -225,6 +222,15 @@ def traffic_key(world_file: Path, model_dir: str | Path, *, name: str, seed: int
         import torch
 
         threads = torch.get_num_threads()
+    return threads
+
+
+def traffic_key(world_file: Path, model_dir: str | Path, *, name: str, seed: int, source: str, days: int,
+                people: int | None) -> str:
+    """The content address of `days` days of `source` traffic with the model in `model_dir`: equal keys mean
+    byte-identical logs and end state (the simulator's draws are keyed by seed, day and turn; the policy's
+    samples by the model, the seed and the batch, with torch's thread count, which orders its float sums; the
+    logs name the policy `name`)."""
     payload = {
         "world": hashlib.sha256(Path(world_file).read_bytes()).hexdigest(),
         "model": model_digest(model_dir),
@@ -233,7 +239,7 @@ def traffic_key(world_file: Path, model_dir: str | Path, *, name: str, seed: int
         "source": source,
         "days": days,
         "people": people,
-        "threads": threads,
+        "threads": serving_threads(world_file),
         "code": code_digest(),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
