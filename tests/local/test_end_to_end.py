@@ -50,12 +50,15 @@ def _command(run_dir: Path, cache: Path) -> list[str]:
             "--cache-dir", str(cache)]
 
 
-def _wait_for_stage(status_file: Path, stage: str, proc: subprocess.Popen) -> None:
+def _wait_for_stage(generation: Path, stage: str, proc: subprocess.Popen) -> None:
+    """Until the status says `stage` runs and its process was launched (its pid file written): the status turns
+    Running for every stage of a parallel step at once, and the runner launches them one after another."""
+    status_file, pid_file = generation / "status.json", generation / "pids" / f"{generation.name}-{stage}-1.pid"
     deadline = time.monotonic() + TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise AssertionError(f"flywheel run exited early ({proc.returncode}): {proc.stdout.read()}")
-        if status_file.is_file():
+        if status_file.is_file() and pid_file.is_file():
             try:
                 status = json.loads(status_file.read_text())
             except ValueError:
@@ -79,7 +82,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(_command(run_dir, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, preexec_fn=_ctrl_c_as_in_a_terminal)
-    _wait_for_stage(run_dir / NAME / "status.json", INTERRUPT_AT, proc)
+    _wait_for_stage(run_dir / NAME, INTERRUPT_AT, proc)
     time.sleep(1.0)  # the stage is really running now
     finished = {p.parent.name: p.stat().st_mtime for p in (run_dir / NAME).glob("*/result.json")}
     proc.send_signal(signal.SIGINT)

@@ -64,7 +64,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> FlywheelRun:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"{INTERRUPTED} never started ({proc.poll()}): {proc.stdout.read()}")
         time.sleep(0.5)
-    _wait_for_stage(run_dir / INTERRUPTED / "status.json", INTERRUPT_AT, proc)
+    _wait_for_stage(run_dir / INTERRUPTED, INTERRUPT_AT, proc)
     time.sleep(1.0)
     finished = {p.parent.name: p.stat().st_mtime for p in (run_dir / INTERRUPTED).glob("*/result.json")}
     proc.send_signal(signal.SIGINT)
