@@ -69,6 +69,24 @@ def _wait_for_stage(generation: Path, stage: str, proc: subprocess.Popen) -> Non
     raise AssertionError(f"{stage} never started")
 
 
+def _ctrl_c_while_running(generation: Path, stage: str, proc: subprocess.Popen) -> tuple[dict[str, float], int]:
+    """Ctrl-C the run while `stage` is certainly unfinished; returns the finished stages' result times and the exit.
+
+    The stage is paused (SIGSTOP to its session) from the moment it is seen launched until the Ctrl-C is sent, so a
+    stage that a warm start makes fast cannot finish between the look and the signal."""
+    _wait_for_stage(generation, stage, proc)
+    pid = int((generation / "pids" / f"{generation.name}-{stage}-1.pid").read_text())
+    os.killpg(pid, signal.SIGSTOP)
+    try:
+        if (generation / stage / "result.json").exists():
+            raise AssertionError(f"{stage} finished before it could be paused: interrupt a longer stage")
+        finished = {p.parent.name: p.stat().st_mtime for p in generation.glob("*/result.json")}
+        proc.send_signal(signal.SIGINT)
+    finally:
+        os.killpg(pid, signal.SIGCONT)  # the runner's SIGTERM, sent or on its way, ends it
+    return finished, proc.wait(timeout=60)
+
+
 def _ctrl_c_as_in_a_terminal() -> None:
     """A suite started in the background (`make test &` from a script) inherits SIGINT ignored, and Python keeps
     a signal ignored at startup ignored: the run would never see the Ctrl-C this test sends."""
@@ -82,11 +100,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRL_EXPERIMENTAL_SILENCE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(_command(run_dir, cache), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env, preexec_fn=_ctrl_c_as_in_a_terminal)
-    _wait_for_stage(run_dir / NAME, INTERRUPT_AT, proc)
-    time.sleep(1.0)  # the stage is really running now
-    finished = {p.parent.name: p.stat().st_mtime for p in (run_dir / NAME).glob("*/result.json")}
-    proc.send_signal(signal.SIGINT)
-    interrupted_exit = proc.wait(timeout=60)
+    finished, interrupted_exit = _ctrl_c_while_running(run_dir / NAME, INTERRUPT_AT, proc)
     proc.stdout.close()
     resumed = subprocess.run(_command(run_dir, cache), capture_output=True, text=True, env=env,
                              timeout=TIMEOUT_SECONDS)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from flywheel_operator.api import TERMINAL_PHASES, FlywheelGenerationStatus
 from flywheel_operator.api.flywheel import FlywheelStatus
 
-from tests.local.test_end_to_end import _ctrl_c_as_in_a_terminal, _wait_for_stage
+from tests.local.test_end_to_end import _ctrl_c_as_in_a_terminal, _ctrl_c_while_running
 
 MANIFEST = Path(__file__).with_name("tiny-flywheel.yaml")
 NAMES = ["tiny-1", "tiny-2", "tiny-3"]
@@ -64,11 +63,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> FlywheelRun:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"{INTERRUPTED} never started ({proc.poll()}): {proc.stdout.read()}")
         time.sleep(0.5)
-    _wait_for_stage(run_dir / INTERRUPTED, INTERRUPT_AT, proc)
-    time.sleep(1.0)
-    finished = {p.parent.name: p.stat().st_mtime for p in (run_dir / INTERRUPTED).glob("*/result.json")}
-    proc.send_signal(signal.SIGINT)
-    interrupted_exit = proc.wait(timeout=60)
+    finished, interrupted_exit = _ctrl_c_while_running(run_dir / INTERRUPTED, INTERRUPT_AT, proc)
     proc.stdout.close()
     resumed = subprocess.run(_command(run_dir, cache), capture_output=True, text=True, env=env,
                              timeout=TIMEOUT_SECONDS)
