@@ -6,20 +6,28 @@ writes), `<generation>/status.json` its status (written by the generation runner
 generations, plan, create, then run the generation in flight to its decision with the local Runner (the
 generation planner, the stage programs, the simulated canary). Stopping at any point and running the same command
 again resumes: decided generations are read back, the one in flight continues, none is created twice. Locally
-the schedule's waits are simulated (the clock jumps) and historyLimit deletes nothing (the report reads every
-generation's directory).
+the schedule's waits are simulated (the clock jumps), and `historyLimit` deletes the directories of the oldest
+finished generations beyond it, as the operator deletes their FlywheelGenerations (never the latest promoted,
+the next parent; the trajectory in `flywheel.json` keeps them all, the report only what is left).
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from flywheel_operator.api import FlywheelGeneration
 from flywheel_operator.api.flywheel import WINDOW_ANNOTATION, Flywheel, FlywheelStatus, window_of
-from flywheel_operator.planner.flywheel import CreateGeneration, FlywheelPlan, ObservedGeneration, plan_flywheel
+from flywheel_operator.planner.flywheel import (
+    CreateGeneration,
+    DeleteGeneration,
+    FlywheelPlan,
+    ObservedGeneration,
+    plan_flywheel,
+)
 
 from flywheel_local.backend import RunPaths
 from flywheel_local.runner import GenerationOutcome, LocalRunError, Runner, read_status
@@ -100,6 +108,8 @@ class FlywheelRunner:
         for action in result.actions:
             if isinstance(action, CreateGeneration):
                 self._create(action, now)
+            elif isinstance(action, DeleteGeneration):
+                self._delete(flywheel, action)
         self._write(flywheel, result.status)
         self._log(flywheel, result, now)
         return result
@@ -127,6 +137,26 @@ class FlywheelRunner:
         tmp = path.with_name(MANIFEST_FILE + ".tmp")
         tmp.write_text(json.dumps(body, indent=2) + "\n")
         tmp.replace(path)
+
+    def _delete(self, flywheel: Flywheel, action: DeleteGeneration) -> None:
+        """historyLimit: delete a finished generation's directory, as the operator deletes the FlywheelGeneration
+        with its children. Its manifest goes last, so a run stopped halfway still observes the generation and the
+        next turn deletes the rest (the planner asks again); a directory already gone is success (NotFound)."""
+        root = self.run_dir / action.name
+        manifest = root / MANIFEST_FILE
+        if not manifest.is_file():
+            return
+        for child in root.iterdir():
+            if child.name == MANIFEST_FILE:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        manifest.unlink()
+        root.rmdir()
+        self.runner.display.event(f"{flywheel.metadata.name}: deleted {action.name}, a finished generation beyond "
+                                  f"historyLimit {flywheel.spec.history_limit} (the trajectory keeps it)")
 
     def _write(self, flywheel: Flywheel, status: FlywheelStatus) -> None:
         path = self.run_dir / FLYWHEEL_FILE

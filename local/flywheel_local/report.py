@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -561,8 +562,22 @@ def _lift_text(row: GenerationRow, key: str) -> str:
     if lift is None:
         return f"{key} not measured"
     value, lower, upper = lift
-    interval = f" [{lower:+.1%}, {upper:+.1%}]" if lower is not None and upper is not None else ""
+    interval = f" [{lower:+.1%}, {upper:+.1%}]" if lower is not None and upper is not None else (
+        _log_interval_text(row.measured, key))
     return f"{key} {value:+.1%}{interval}"
+
+
+def _log_interval_text(numbers: dict[str, float], key: str) -> str:
+    """The always-valid interval a metric judged on the log scale carries (depth: `depth.log.lower`/`upper`, on
+    Δℓ = mean log(1 + depth) treatment − control, section 5 of docs/metrics.md), shown as the relative change
+    of a typical user's value, exp(Δℓ) − 1, next to its own point estimate: it is not an interval of the
+    relative lift of the mean printed before it. Empty when the decision carries no such interval."""
+    lower, upper = numbers.get(f"{key}.log.lower"), numbers.get(f"{key}.log.upper")
+    point = numbers.get(f"{key}.log_lift")
+    if lower is None or upper is None:
+        return ""
+    typical = "" if point is None else f"{math.expm1(point):+.1%} "
+    return f" (typical user {typical}[{math.expm1(lower):+.1%}, {math.expm1(upper):+.1%}], on the log scale)"
 
 
 def _headline(rows: list[GenerationRow], *, oracle: bool) -> str:

@@ -11,27 +11,19 @@ import pytest
 from flywheel_local import users
 from flywheel_local.backend import LocalBackend, RunPaths
 from flywheel_local.runner import load_manifest
-from flywheel_local.sources import generation0, parse_sim_uri
+from flywheel_local.sources import parse_sim_uri
 from flywheel_sim import DEFAULT_WORLD
 
 TINY = Path(__file__).with_name("tiny-generation.yaml")
 FILES = ("conversations.jsonl", "events.jsonl", "sessions.jsonl", users.PREFIX_FILE)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def gen0(cache: Path) -> Path:
-    return generation0("sim://generation-0?steps=20", DEFAULT_WORLD, cache)
-
-
-def test_sources_simulated_alongside_equal_sources_simulated_alone(gen0: Path, cache: Path, tmp_path: Path) -> None:
+def test_sources_simulated_alongside_equal_sources_simulated_alone(
+    gen0: Path, sim_cache: Path, tmp_path: Path
+) -> None:
     generation = load_manifest(TINY)
     notes: list[str] = []
-    backend = LocalBackend(generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=cache,
+    backend = LocalBackend(generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=sim_cache,
                            cpus=2, note=notes.append)
     try:
         backend._simulate_sources(SimpleNamespace(data=generation.spec.data), str(gen0))
@@ -51,11 +43,11 @@ def test_sources_simulated_alongside_equal_sources_simulated_alone(gen0: Path, c
                 assert (together / name).read_bytes() == (alone / name).read_bytes(), (parsed.source, name)
 
 
-def test_one_source_and_no_oracle_needs_no_side_worker(gen0: Path, cache: Path, tmp_path: Path,
+def test_one_source_and_no_oracle_needs_no_side_worker(gen0: Path, sim_cache: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     generation = load_manifest(TINY)
     data = generation.spec.data.model_copy(update={"internal_traffic": None})
-    backend = LocalBackend(generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=cache,
+    backend = LocalBackend(generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=sim_cache,
                            cpus=2)
     monkeypatch.setattr(backend, "_side_worker", lambda: pytest.fail("a side worker for one source"))
     backend._simulate_sources(SimpleNamespace(data=data), str(gen0))  # left to _resolve_source

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from flywheel_local import users
 from flywheel_local.canary import SimulatedCanary
-from flywheel_local.sources import TrafficUri, generation0
+from flywheel_local.sources import TrafficUri
 from flywheel_operator.planner import DeployCanary
 from flywheel_sim import DEFAULT_WORLD, load_world
 
@@ -20,20 +20,10 @@ SEED = 3
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def gen0(cache: Path) -> Path:
-    return generation0("sim://generation-0?steps=20", DEFAULT_WORLD, cache)
-
-
-@pytest.fixture(scope="module")
-def user_traffic(gen0: Path, cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def user_traffic(gen0: Path, sim_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gen") / "traffic" / "user"
     users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", TrafficUri("user", days=2, people=PEOPLE), out,
-                          seed=SEED, cache_dir=cache)
+                          seed=SEED, cache_dir=sim_cache)
     return out
 
 
@@ -75,7 +65,7 @@ def test_a_prefix_of_other_inputs_is_not_reused(gen0: Path, user_traffic: Path):
     assert users.control_prefix(user_traffic, other_world, gen0, seed=SEED, people=PEOPLE) is None
 
 
-def test_generation0_traffic_is_copied_from_the_cache(gen0: Path, cache: Path, user_traffic: Path, tmp_path: Path,
+def test_generation0_traffic_is_copied_from_the_cache(gen0: Path, sim_cache: Path, user_traffic: Path, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch):
     def simulate(*args: object, **kwargs: object) -> None:
         raise AssertionError("simulated again although the cache holds the same traffic")
@@ -83,17 +73,17 @@ def test_generation0_traffic_is_copied_from_the_cache(gen0: Path, cache: Path, u
     monkeypatch.setattr(users, "_simulate", simulate)
     again = tmp_path / "again"
     users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", TrafficUri("user", days=2, people=PEOPLE), again,
-                          seed=SEED, cache_dir=cache)
+                          seed=SEED, cache_dir=sim_cache)
     for name in users.TRAFFIC_FILES:
         assert (again / name).read_bytes() == (user_traffic / name).read_bytes()
     records = [json.loads(line) for line in (again / "conversations.jsonl").read_text().splitlines()]
     assert records and {r["generation"] for r in records} == {"generation-0"}
 
 
-def test_only_the_same_inputs_hit_the_cache(gen0: Path, cache: Path, user_traffic: Path, tmp_path: Path):
+def test_only_the_same_inputs_hit_the_cache(gen0: Path, sim_cache: Path, user_traffic: Path, tmp_path: Path):
     key = users.traffic_key(DEFAULT_WORLD, gen0, name="generation-0", seed=SEED, source="user", days=2,
                             people=PEOPLE)
-    assert (cache / f"traffic-{key[:16]}" / users.DONE_FILE).is_file()
+    assert (sim_cache / f"traffic-{key[:16]}" / users.DONE_FILE).is_file()
     for change in ({"seed": SEED + 1}, {"days": 3}, {"people": PEOPLE + 1}, {"name": "gen-7"}, {"source": "internal"}):
         args = {"name": "generation-0", "seed": SEED, "source": "user", "days": 2, "people": PEOPLE, **change}
         assert users.traffic_key(DEFAULT_WORLD, gen0, **args) != key, change
