@@ -145,8 +145,9 @@ BENCHES: dict[str, Bench] = {
     "rm_seeds": Bench(
         "bench/rm_seeds.py",
         CHAIN,
-        "python bench/rm_seeds.py --runs bench/runs generated-100/gen-1 generated-100/gen-2 generated-101/gen-3",
-        "on the flywheel bench's generated-world suite (bench/runs/generated-*); retrains the pointwise reward model",
+        "python bench/rm_seeds.py --runs bench/runs default/gen-1 default/gen-2 default/gen-3 --splits 5",
+        "on the flywheel bench's default-world chain (bench/runs/default: the development world, where reward settings "
+        "are chosen; generated worlds judge); retrains the pointwise reward model",
         needs=("flywheel",),
     ),
     "rm_text": Bench(

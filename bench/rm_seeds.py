@@ -15,12 +15,16 @@ the generation's parent's answers (flywheel_local.rm_oracle):
   the oracle's verdict on the same head barely moves.
 - `seeds`: the pointwise reward model retrained from the generation's own stage config at each of --seeds (the
   seed sets the held-out split, the initialisation and the data order), its text-only part (rule features left
-  out) scored on the oracle's pairs four ways: the model alone, the lexical head alone, the mix the current code
-  saved (flywheel_trainer.lexical.fit_mix), and the baseline measured in the same run from the same held-out
-  margins: both weights fitted non-negative on the held-out pairs (the code before bench/rm_seeds.py), which
+  out) scored on the oracle's pairs five ways: the model alone, the lexical head alone, the mix the current code
+  saved (flywheel_trainer.lexical.fit_mix: the model's weight kept only where it earns it on held-out prompts,
+  lexical.mix_evidence), and two baselines measured in the same run from the same held-out margins: `previous_mix`
+  (the code at dec93f8: the head at 1, the model's weight fitted on the held-out rows as if independent) and
+  `held_out_only_mix` (both weights fitted non-negative on the held-out pairs, the code before that), which
   leaves a constant score when both parts read at or below chance there. With rule features, the whole reward
   too (`oracle_with_rules`): the saved one (rules at their training-pair weights, the text's weight on top) and
   the baseline (text and rules both rescaled on the held-out pairs, which can shrink or reverse the rules).
+
+`summary`: mean, minimum and standard deviation of each text-only figure over every generation and seed.
 
 Every stage runs on one thread (OMP_NUM_THREADS=1). Writes bench/results/rm_seeds.json and prints the tables.
 """
@@ -119,6 +123,7 @@ def retrain(directory: Path, seed: int, work: Path) -> Path:
 def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> dict[str, Any]:
     """One retrained pointwise model's held-out figures and its text-only oracle agreement four ways."""
     from flywheel_local import rm_oracle
+    from flywheel_trainer.lexical import _prompt_key, fit_mix, mix_evidence
     from flywheel_trainer.reward import _text_margins, split_held_out
     from flywheel_trainer.rules import fit_bradley_terry, pair_differences, rule_differences
     from flywheel_trainer.scoring import load_reward_model, logits_for_texts, render
@@ -144,6 +149,8 @@ def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> 
     ])
     saved = np.array([rm.lexical["model_weight"], rm.lexical["lexical_weight"]])
     baseline = held_out_only_mix(held_columns)
+    groups = [_prompt_key(r["prompt"]) for r in held]
+    previous = fit_mix(held_columns)[0]  # dec93f8: no prompt groups, the model's weight fitted row by row
 
     def agreement(weights: np.ndarray) -> float:
         return rm_oracle.agreement(oracle_columns @ weights, oracle["gaps"])
@@ -167,12 +174,27 @@ def seed_row(directory: Path, seed: int, work: Path, oracle: dict[str, Any]) -> 
         "stage_metrics": {k: metrics.get(k) for k in (
             "accuracy", "text_accuracy", "model_accuracy", "lexical_accuracy", "model_weight", "lexical_weight",
             "text_weight", "train_loss_first", "train_loss_last", "temperature") if metrics.get(k) is not None},
-        "weights": {"saved": saved.tolist(), "held_out_only": baseline.tolist()},
+        "weights": {"saved": saved.tolist(), "previous": previous.tolist(), "held_out_only": baseline.tolist()},
+        "model_weight_p": mix_evidence(held_columns[:, 0], held_columns[:, 1], groups),
         "oracle_text_only": {"model_alone": agreement(np.array([1.0, 0.0])),
                              "lexical_alone": agreement(np.array([0.0, 1.0])),
-                             "saved_mix": agreement(saved), "held_out_only_mix": agreement(baseline)},
+                             "saved_mix": agreement(saved), "previous_mix": agreement(previous),
+                             "held_out_only_mix": agreement(baseline)},
         **with_rules,
     }
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each text-only oracle figure over every generation and seed: mean, min, sd and the mean per generation."""
+    keys = rows[0]["seeds"][0]["oracle_text_only"] if rows and rows[0]["seeds"] else {}
+    summary = {}
+    for key in keys:
+        values = np.array([s["oracle_text_only"][key] for r in rows for s in r["seeds"]])
+        summary[key] = {"mean": float(values.mean()), "min": float(values.min()),
+                        "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                        "per_generation": {r["generation"]: float(np.mean([s["oracle_text_only"][key]
+                                                                           for s in r["seeds"]])) for r in rows}}
+    return summary
 
 
 def oracle_pairs(world: Any, directory: Path) -> dict[str, Any]:
@@ -231,16 +253,25 @@ def main(argv: list[str] | None = None) -> int:
               f"[{s['oracle_agreement']['min']:.3f}, {s['oracle_agreement']['max']:.3f}]; "
               f"zeroed by a held-out-only mix in {s['zeroed_by_held_out_only']} of {args.splits}")
         print(f"  {'seed':>6}{'held-out':>10}{'model':>8}{'lexical':>9}  text-only oracle: {'model':>7}{'lexical':>9}"
-              f"{'saved mix':>11}{'held-out-only mix':>19}")
+              f"{'saved mix':>11}{'(weight, p)':>16}{'previous mix':>14}{'(weight)':>10}{'held-out-only mix':>19}")
         for r in row["seeds"]:
             m, o = r["stage_metrics"], r["oracle_text_only"]
+            p = "—" if r["model_weight_p"] is None else f"{r['model_weight_p']:.2f}"
             print(f"  {r['seed']:>6}{m['accuracy']:>10.3f}{m['model_accuracy']:>8.3f}{m['lexical_accuracy']:>9.3f}"
                   f"{'':>19}{o['model_alone']:>7.3f}{o['lexical_alone']:>9.3f}{o['saved_mix']:>11.3f}"
-                  f"{o['held_out_only_mix']:>19.3f}"
+                  f"{'(' + format(r['weights']['saved'][0], '.2f') + ', ' + p + ')':>16}{o['previous_mix']:>14.3f}"
+                  f"{'(' + format(r['weights']['previous'][0], '.2f') + ')':>10}{o['held_out_only_mix']:>19.3f}"
                   + (f"   with rules: saved {r['oracle_with_rules']['saved']:.3f}, held-out-only "
                      f"{r['oracle_with_rules']['held_out_only']:.3f}" if "oracle_with_rules" in r else ""), flush=True)
+    summary = summarise(rows)
+    print(f"\ntext-only oracle agreement over {len(rows)} generations x {len(args.seeds)} seeds:")
+    print(f"  {'':<18}{'mean':>7}{'min':>7}{'sd':>7}   per generation (mean)")
+    for key, figures in summary.items():
+        per = "  ".join(f"{g}: {v:.3f}" for g, v in figures["per_generation"].items())
+        print(f"  {key:<18}{figures['mean']:>7.3f}{figures['min']:>7.3f}{figures['sd']:>7.3f}   {per}")
     result = {"runs": str(args.runs), "model": MODEL, "seeds": args.seeds, "split_count": args.splits,
-              "rows": rows, "wall_seconds": round(time.monotonic() - started, 1), "cpus": os.cpu_count()}
+              "summary": summary, "rows": rows, "wall_seconds": round(time.monotonic() - started, 1),
+              "cpus": os.cpu_count()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script

@@ -37,7 +37,7 @@ from flywheel_operator.api import RewardModelSettings, StageConfig, StageResult
 
 from flywheel_trainer.calibration import calibration_report, roc_auc, sigmoid
 from flywheel_trainer.checkpoints import checkpoint_args, train_resuming
-from flywheel_trainer.lexical import LexicalModel, fit_labels, fit_mix, fit_on_top
+from flywheel_trainer.lexical import LexicalModel, _prompt_key, fit_labels, fit_mix, fit_on_top, mix_evidence
 from flywheel_trainer.lexical import fit_pairs as fit_lexical_pairs
 from flywheel_trainer.outputs import (
     SCRATCH,
@@ -196,34 +196,47 @@ def _halves(n: int, seed: int) -> list[np.ndarray]:
     return np.array_split(np.random.default_rng(seed).permutation(n), 2)
 
 
-def mix_pair_margins(model: np.ndarray, lexical: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _subset(groups: list[str] | None, rows: np.ndarray) -> list[str] | None:
+    return None if groups is None else [groups[i] for i in rows]
+
+
+def mix_pair_margins(
+    model: np.ndarray, lexical: np.ndarray, seed: int, groups: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Weights (model, lexical) of two held-out margin columns (chosen minus rejected; lexical.fit_mix: the head at
-    1, the model's Bradley–Terry weight on top), and the mixed margins cross-fitted: each half mixed by the weights
-    fitted on the other half."""
+    1, the model's Bradley–Terry weight on top, kept only where it earns it on held-out prompts when `groups`
+    gives each pair's prompt), and the mixed margins cross-fitted: each half mixed by the weights fitted on the
+    other half."""
     both = np.column_stack([model, lexical])
-    weights = fit_mix(both)[0]
+    weights = fit_mix(both, groups=groups)[0]
     crossed = both @ weights
     halves = _halves(len(both), seed)
     if min(map(len, halves)) > 0:
         for fit_on, score in (halves, halves[::-1]):
-            crossed[score] = both[score] @ fit_mix(both[fit_on])[0]
+            crossed[score] = both[score] @ fit_mix(both[fit_on], groups=_subset(groups, fit_on))[0]
     return weights, crossed
 
 
 def mix_signal_logits(
-    model: np.ndarray, lexical: np.ndarray, labels: np.ndarray, seed: int
+    model: np.ndarray, lexical: np.ndarray, labels: np.ndarray, seed: int, groups: list[str] | None = None
 ) -> tuple[tuple[float, float, float], np.ndarray]:
     """Weights (model, lexical, bias) of two held-out logit columns for binary labels (lexical.fit_mix: the head
-    at 1, the model's logistic weight and a bias on top), and the mixed logits cross-fitted on halves."""
+    at 1, the model's logistic weight and a bias on top, the weight kept only where it earns it on held-out prompts
+    when `groups` gives each row's prompt), and the mixed logits cross-fitted on halves."""
     both = np.column_stack([model, lexical])
-    (w_model, w_lexical), bias = fit_mix(both, labels)
+    (w_model, w_lexical), bias = fit_mix(both, labels, groups)
     crossed = both @ [w_model, w_lexical] + bias
     halves = _halves(len(both), seed)
     if min(map(len, halves)) > 0 and all(len(set(labels[h].tolist())) == 2 for h in halves):
         for fit_on, score in (halves, halves[::-1]):
-            w, b = fit_mix(both[fit_on], labels[fit_on])
+            w, b = fit_mix(both[fit_on], labels[fit_on], _subset(groups, fit_on))
             crossed[score] = both[score] @ w + b
     return (float(w_model), float(w_lexical), float(bias)), crossed
+
+
+def _prompt_groups(rows: list[Row]) -> list[str]:
+    """Each row's prompt (the unit the held-out rows are clustered in: lexical.mix_evidence)."""
+    return [_prompt_key(r["prompt"]) for r in rows]
 
 
 def _lexical_entry(head: LexicalModel, model_weight: float, lexical_weight: float, bias: float = 0.0) -> dict:
@@ -321,10 +334,14 @@ def _pointwise_lexical(
     prompts = [r["prompt"] for r in held_out]
     lexical_margin = head.score(prompts, _responses(held_out, "chosen")) - head.score(
         prompts, _responses(held_out, "rejected"))
-    weights, crossed = mix_pair_margins(model_margin, lexical_margin, seed)
+    groups = _prompt_groups(held_out)
+    weights, crossed = mix_pair_margins(model_margin, lexical_margin, seed, groups)
     entry = _lexical_entry(head, *weights)
     metrics = _lexical_metrics(entry) | {"model_accuracy": _pair_accuracy(model_margin),
                                          "lexical_accuracy": _pair_accuracy(lexical_margin)}
+    p_value = mix_evidence(model_margin, lexical_margin, groups)
+    if p_value is not None:
+        metrics["model_weight_p"] = p_value
     return np.column_stack([model_margin, lexical_margin]) @ weights, crossed, entry, metrics
 
 
@@ -349,14 +366,15 @@ def _classifier_lexical(
         sign = np.where(labels == 1, 1.0, -1.0)
         both = np.column_stack([model_logits, lexical_logits]) * sign[:, None]
         pairs = np.repeat(np.arange(len(margin)), 2)
-        weights = fit_mix(both)[0]
+        groups = [g for g in _prompt_groups(held_out) for _ in range(2)]
+        weights = fit_mix(both, groups=groups)[0]
         columns = np.column_stack([model_logits, lexical_logits])
         crossed = columns @ weights
         halves = _halves(len(margin), seed)
         if min(map(len, halves)) > 0:
             for fit_on, score in (halves, halves[::-1]):
                 rows, scored = np.isin(pairs, fit_on), np.isin(pairs, score)
-                crossed[scored] = columns[scored] @ fit_mix(both[rows])[0]
+                crossed[scored] = columns[scored] @ fit_mix(both[rows], groups=_subset(groups, np.flatnonzero(rows)))[0]
         entry = _lexical_entry(head, *weights)
         quality = {"model_accuracy": pair_accuracy(model_logits, 1.0)["accuracy"],
                    "lexical_accuracy": _pair_accuracy(margin)}
@@ -365,7 +383,8 @@ def _classifier_lexical(
         head = fit_labels([r["prompt"] for r in train], _responses(train, "completion"),
                           [int(bool(r[column])) for r in train])
         lexical_logits = head.score([r["prompt"] for r in held_out], _responses(held_out, "completion"))
-        (w_model, w_lexical, bias), crossed = mix_signal_logits(model_logits, lexical_logits, labels, seed)
+        (w_model, w_lexical, bias), crossed = mix_signal_logits(model_logits, lexical_logits, labels, seed,
+                                                                _prompt_groups(held_out))
         entry = _lexical_entry(head, w_model, w_lexical, bias)
         model_auc, lexical_auc = roc_auc(model_logits, labels), roc_auc(lexical_logits, labels)
         quality = {"model_auc": model_auc["auc"] if model_auc else None,
