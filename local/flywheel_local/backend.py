@@ -51,6 +51,12 @@ RESULT_FILE = "result.json"
 LOG_TAIL_LINES = 8
 """Lines of a failed stage's log quoted in its failure message."""
 STOP_GRACE_SECONDS = 10.0
+STAGE_THREADS = 1
+"""Most torch threads a stage program gets (fewer when stages share the cores): the tiny models' matrices are too
+small for a second thread to pay for its synchronisation, and on cores shared with anything else (the runner's
+sampling, a second stage, another program) OpenMP threads spin against each other. bench/local.py (2 cores): SFT on
+1 thread 81 s, on 2 threads 420 s, at load 10. One thread is also what `bench/flywheel.py --cpus 1` runs every
+stage on, so `make run`'s stages compute the committed chain's sums in the same order."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,11 @@ class LocalBackend:
         note: Callable[[str], None] = lambda text: None,
         oracle_draws: int | None = None,
         warm_start: bool = True,
+        stage_threads: int = STAGE_THREADS,
     ) -> None:
         self.generation = generation
+        self.stage_threads = stage_threads
+        """Most torch threads one stage program gets (stage_threads_for)."""
         self.oracle_draws = oracle_draws
         """Draws of the report's oracle to compute for a starting policy kept in the cache (generation 0) in the
         second process while the user traffic is simulated (flywheel_local.oracle_runs.prefetch); None: none (only
@@ -302,7 +311,7 @@ class LocalBackend:
         self._stop_orphan(child)
         log = self.paths.log(child)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = _stage_env(max(1, self.cpus // max(1, parallel)))
+        env = _stage_env(stage_threads_for(self.cpus, parallel, self.stage_threads))
         with log.open("ab") as handle:
             handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child}"
                          f"{' (warm: forked after the imports)' if self.warm_start else ''}\n".encode())
@@ -485,6 +494,14 @@ def _warm_available() -> bool:
     from flywheel_local import warm
 
     return warm.available()
+
+
+def stage_threads_for(cpus: int, parallel: int, most: int = STAGE_THREADS) -> int:
+    """Torch threads of each of `parallel` stage programs started together on `cpus` cores: an even share of the
+    cores, at most `most` (STAGE_THREADS), at least one."""
+    if most < 1:
+        raise ValueError(f"stage_threads must be at least 1; got {most}")
+    return max(1, min(most, cpus // max(1, parallel)))
 
 
 def _stage_env(threads: int) -> dict[str, str]:
