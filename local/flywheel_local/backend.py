@@ -236,6 +236,36 @@ class LocalBackend:
             self.timings[phase] = self.timings.get(phase, 0.0) + seconds
             self.note(f"{phase}: {seconds:.0f}s (alongside)")
 
+    def status_written(self, status: FlywheelGenerationStatus) -> None:
+        """Hand the report's work that `status` makes possible to the side worker, where the stage programs leave a
+        core free (one thread each, STAGE_THREADS): once every reward model is trained (SFT starts), their
+        agreement with the oracle (`rm_oracle.json`); once the candidate exists (eval starts), its oracle draws.
+        Only with `oracle_draws` (a run that writes the report); the report waits for both and finds them done
+        (the same figures as computing them itself: tests/local/test_report_prefetch.py)."""
+        if self.oracle_draws is None:
+            return
+        rewards = [r for r in status.stages if r.name.startswith("reward-")]
+        rm_ready = bool(rewards) and all(r.state in ("Succeeded", "Failed") for r in rewards) and any(
+            r.state == "Succeeded" for r in rewards)
+        if not rm_ready and status.candidate_policy is None:
+            return
+        side = self._side_worker()
+        if side is None:
+            return
+        from flywheel_local.oracle_runs import hand_over, prefetch
+
+        if rm_ready:
+            from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
+
+            hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, self.paths.root.resolve(),
+                      self.world_file)
+        if status.candidate_policy is not None:
+            from flywheel_local.report import _model_dir
+
+            model = _model_dir(status.candidate_policy, self.paths.root)
+            if model is not None and Path(model, "config.json").is_file():
+                prefetch(model, self.world_file, self.cache_dir, pool=side, draws=self.oracle_draws)
+
     def _simulation_args(self, parsed: sources.TrafficUri, policy_dir: str) -> tuple[Any, ...]:
         return (self.world_file, policy_dir, self._policy_name(), parsed, self.paths.traffic(parsed.source),
                 self.generation.spec.generation, self.cache_dir)
