@@ -51,6 +51,12 @@ RESULT_FILE = "result.json"
 LOG_TAIL_LINES = 8
 """Lines of a failed stage's log quoted in its failure message."""
 STOP_GRACE_SECONDS = 10.0
+STAGE_THREADS = 1
+"""Most torch threads a stage program gets (fewer when stages share the cores): the tiny models' matrices are too
+small for a second thread to pay for its synchronisation, and on cores shared with anything else (the runner's
+sampling, a second stage, another program) OpenMP threads spin against each other. bench/local.py (2 cores): SFT on
+1 thread 81 s, on 2 threads 420 s, at load 10. One thread is also what `bench/flywheel.py --cpus 1` runs every
+stage on, so `make run`'s stages compute the committed chain's sums in the same order."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,11 @@ class LocalBackend:
         note: Callable[[str], None] = lambda text: None,
         oracle_draws: int | None = None,
         warm_start: bool = True,
+        stage_threads: int = STAGE_THREADS,
     ) -> None:
         self.generation = generation
+        self.stage_threads = stage_threads
+        """Most torch threads one stage program gets (stage_threads_for)."""
         self.oracle_draws = oracle_draws
         """Draws of the report's oracle to compute for a starting policy kept in the cache (generation 0) in the
         second process while the user traffic is simulated (flywheel_local.oracle_runs.prefetch); None: none (only
@@ -227,6 +236,36 @@ class LocalBackend:
             self.timings[phase] = self.timings.get(phase, 0.0) + seconds
             self.note(f"{phase}: {seconds:.0f}s (alongside)")
 
+    def status_written(self, status: FlywheelGenerationStatus) -> None:
+        """Hand the report's work that `status` makes possible to the side worker, where the stage programs leave a
+        core free (one thread each, STAGE_THREADS): once every reward model is trained (SFT starts), their
+        agreement with the oracle (`rm_oracle.json`); once the candidate exists (eval starts), its oracle draws.
+        Only with `oracle_draws` (a run that writes the report); the report waits for both and finds them done
+        (the same figures as computing them itself: tests/local/test_report_prefetch.py)."""
+        if self.oracle_draws is None:
+            return
+        rewards = [r for r in status.stages if r.name.startswith("reward-")]
+        rm_ready = bool(rewards) and all(r.state in ("Succeeded", "Failed") for r in rewards) and any(
+            r.state == "Succeeded" for r in rewards)
+        if not rm_ready and status.candidate_policy is None:
+            return
+        side = self._side_worker()
+        if side is None:
+            return
+        from flywheel_local.oracle_runs import hand_over, prefetch
+
+        if rm_ready:
+            from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
+
+            hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, self.paths.root.resolve(),
+                      self.world_file)
+        if status.candidate_policy is not None:
+            from flywheel_local.report import _model_dir
+
+            model = _model_dir(status.candidate_policy, self.paths.root)
+            if model is not None and Path(model, "config.json").is_file():
+                prefetch(model, self.world_file, self.cache_dir, pool=side, draws=self.oracle_draws)
+
     def _simulation_args(self, parsed: sources.TrafficUri, policy_dir: str) -> tuple[Any, ...]:
         return (self.world_file, policy_dir, self._policy_name(), parsed, self.paths.traffic(parsed.source),
                 self.generation.spec.generation, self.cache_dir)
@@ -302,7 +341,7 @@ class LocalBackend:
         self._stop_orphan(child)
         log = self.paths.log(child)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = _stage_env(max(1, self.cpus // max(1, parallel)))
+        env = _stage_env(stage_threads_for(self.cpus, parallel, self.stage_threads))
         with log.open("ab") as handle:
             handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child}"
                          f"{' (warm: forked after the imports)' if self.warm_start else ''}\n".encode())
@@ -485,6 +524,14 @@ def _warm_available() -> bool:
     from flywheel_local import warm
 
     return warm.available()
+
+
+def stage_threads_for(cpus: int, parallel: int, most: int = STAGE_THREADS) -> int:
+    """Torch threads of each of `parallel` stage programs started together on `cpus` cores: an even share of the
+    cores, at most `most` (STAGE_THREADS), at least one."""
+    if most < 1:
+        raise ValueError(f"stage_threads must be at least 1; got {most}")
+    return max(1, min(most, cpus // max(1, parallel)))
 
 
 def _stage_env(threads: int) -> dict[str, str]:

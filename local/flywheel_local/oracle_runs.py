@@ -9,7 +9,8 @@ code that samples and simulates, and torch's thread count (which orders its floa
 - the draws of a model that lives in the cache (generation 0, the first parent of every run from the world) are
   kept in the cache under their content key, like generation 0's traffic, and read back by later reports;
 - `prefetch` hands generation 0's to the runner's side worker while the runner simulates the user traffic on one
-  core (the other is idle then), so the report finds them done. The runner, the trainer and the gates never read
+  core (the other is idle then), and the candidate's while its eval stage runs on one thread (LocalBackend
+  .status_written), so the report finds them done. The runner, the trainer and the gates never read
   them: only the report does (`expected_for` waits for a prefetch of the same key still running).
 
 Every path gives the same figures as computing in this process (tests/local/test_oracle_runs.py).
@@ -114,11 +115,27 @@ def _compute_and_store(model_dir: str, world_file: str, draws: int, entry: str |
     return expected
 
 
-def _wait_for_prefetch(key: str) -> None:
+def _wait_for_prefetch(key: str) -> Any:
+    """What the prefetch of `key` returned (after waiting for it), or None when there was none or it failed."""
     pending = _PREFETCHES.pop(key, None)
     if pending is not None:
         with contextlib.suppress(Exception):  # a prefetch that failed leaves no entry: the draws are computed
-            pending.get(PREFETCH_WAIT_SECONDS)
+            return pending.get(PREFETCH_WAIT_SECONDS)
+    return None
+
+
+def wait_for(key: str) -> Any:
+    """Wait for the work handed over under `key` (`hand_over`); its return value, None when none or it failed."""
+    return _wait_for_prefetch(key)
+
+
+def hand_over(key: str, pool: Any, function: Callable[..., Any], *args: Any) -> bool:
+    """Hand `function(*args)` to `pool` (its `apply_async`) under `key`, unless work of that key was handed over
+    already; returns whether it was. The report waits for the key (`wait_for`) before it does the same work."""
+    if key in _PREFETCHES:
+        return False
+    _PREFETCHES[key] = pool.apply_async(function, args)
+    return True
 
 
 def expected_for(models: Sequence[str], world_file: Path, draws: int, *, cache_dir: Path | None = None,
@@ -130,12 +147,14 @@ def expected_for(models: Sequence[str], world_file: Path, draws: int, *, cache_d
     out: dict[str, list[Any]] = {}
     todo: list[tuple[str, str | None]] = []
     for model in dict.fromkeys(models):
-        entry = None
-        if cache_dir is not None:
+        entry, prefetched = None, None
+        if cache_dir is not None or _PREFETCHES:
             key = expected_key(world_file, model, draws)
-            _wait_for_prefetch(key)
+            prefetched = _wait_for_prefetch(key)
             entry = cache_entry(cache_dir, model, key)
         found = _read(entry)
+        if found is None and isinstance(prefetched, list) and len(prefetched) == draws:
+            found = prefetched  # a model outside the cache (the candidate), computed while its generation ran
         if found is not None:
             out[model] = found
         else:
@@ -163,16 +182,19 @@ def expected_for(models: Sequence[str], world_file: Path, draws: int, *, cache_d
 
 
 def prefetch(model_dir: str | Path, world_file: Path, cache_dir: Path, *, pool: Any, draws: int | None = None) -> bool:
-    """Hand the computation of the draws of a model inside `cache_dir` to `pool` (a multiprocessing pool: its
-    `apply_async`), unless they are kept already or being computed; returns whether it was handed over."""
+    """Hand the computation of the draws of a model to `pool` (a multiprocessing pool: its `apply_async`), unless
+    they are kept already or being computed; returns whether it was handed over. The draws of a model inside
+    `cache_dir` are kept there; those of another (a generation's candidate) are handed to the report in this
+    process by `expected_for`."""
     from flywheel_sim.oracle import DEFAULT_DRAWS
 
     draws = DEFAULT_DRAWS if draws is None else draws
     key = expected_key(world_file, model_dir, draws)
     entry = cache_entry(cache_dir, model_dir, key)
-    if entry is None or entry.is_file() or key in _PREFETCHES:
+    if (entry is not None and entry.is_file()) or key in _PREFETCHES:
         return False
-    _PREFETCHES[key] = pool.apply_async(_compute_and_store, (str(model_dir), str(world_file), draws, str(entry)))
+    _PREFETCHES[key] = pool.apply_async(_compute_and_store, (str(model_dir), str(world_file), draws,
+                                                             None if entry is None else str(entry)))
     return True
 
 

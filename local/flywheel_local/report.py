@@ -206,12 +206,13 @@ def compute_oracle(run_dir: Path, world_file: Path, *, draws: int = DEFAULT_DRAW
     from flywheel_sim.oracle import ab_window, summarise
 
     from flywheel_local.canary import PRE_DAYS
-    from flywheel_local.oracle_runs import expected_for, workers_for
-    from flywheel_local.rm_oracle import compute_rm_agreement
+    from flywheel_local.oracle_runs import expected_for, wait_for, workers_for
+    from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
 
     world = load_world(world_file)
     plans = []
     for directory in generation_dirs(run_dir):
+        wait_for(prefetch_key(directory))  # measured while the generation ran (LocalBackend.status_written)
         status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
         plans.append(_oracle_plan(directory, status, draws))
     needed = [model for plan in plans for model in plan.needs]

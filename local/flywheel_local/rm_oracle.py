@@ -204,6 +204,12 @@ def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str
     return result
 
 
+def prefetch_key(generation_dir: Path) -> str:
+    """The key under which a generation's agreement is handed to the runner's side worker
+    (LocalBackend.status_written; flywheel_local.oracle_runs.hand_over) and waited for by the report."""
+    return f"rm-agreement:{Path(generation_dir).resolve()}"
+
+
 def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
     """`<gen>/rm_oracle.json` for every generation of `run_dir` whose reward models are trained (cached by the
     reward stages' output digests)."""

@@ -225,6 +225,7 @@ class Runner:
             _log_events(paths, self.display, result.events, now, name)
             if result.status != status or previous is None:
                 _write_status(paths, result.status)
+                backend.status_written(result.status)
                 previous = result.status
                 self._track(generation, status, result.status)
             self._show_finished(status, result.status)

@@ -100,12 +100,50 @@ def test_a_prefetch_in_a_side_worker_is_waited_for_and_read(parent: Path, one_af
     assert figures == json.loads(one_after_another)["parent"]["draws"]
 
 
-def test_a_model_outside_the_cache_is_not_prefetched(candidate: Path, cache: Path) -> None:
-    class NoPool:
-        def apply_async(self, *args: object) -> None:
-            pytest.fail("handed over")
+def test_a_candidate_prefetched_outside_the_cache_is_handed_to_the_report(
+        parent: Path, candidate: Path, cache: Path, one_after_another: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The candidate's draws, computed in the runner's side worker while its eval ran, are the report's: not kept
+    anywhere on disk, not computed again, and the oracle.json of computing everything in one process."""
+    oracle_runs.expected_for([str(parent)], DEFAULT_WORLD, DRAWS, cache_dir=cache)  # generation 0 kept
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert oracle_runs.prefetch(candidate, DEFAULT_WORLD, cache, pool=pool, draws=DRAWS)
+        assert not oracle_runs.prefetch(candidate, DEFAULT_WORLD, cache, pool=pool, draws=DRAWS)  # handed over once
+        monkeypatch.setattr(oracle_runs, "compute_expected", lambda *args: pytest.fail("computed again"))
+        run = _run_dir(tmp_path / "prefetched", parent, candidate)
+        compute_oracle(run, DEFAULT_WORLD, draws=DRAWS, workers=1, cache_dir=cache)
+    assert (run / "gen1" / ORACLE_FILE).read_text() == one_after_another
+    assert not list(cache.glob(f"oracle-{oracle_runs.expected_key(DEFAULT_WORLD, candidate, DRAWS)[:16]}*"))
 
-    assert not oracle_runs.prefetch(candidate, DEFAULT_WORLD, cache, pool=NoPool(), draws=DRAWS)
+
+def test_a_prefetch_of_other_draws_is_not_used(candidate: Path, cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Draws handed back for another number of draws (or a failed prefetch) are computed again."""
+
+    class Done:
+        def __init__(self, value: object) -> None:
+            self.value = value
+
+        def get(self, timeout: float) -> object:
+            return self.value
+
+    class Pool:
+        def apply_async(self, function: object, args: tuple) -> Done:
+            return Done(["not", "the", "draws"])
+
+    assert oracle_runs.prefetch(candidate, DEFAULT_WORLD, cache, pool=Pool(), draws=DRAWS)
+    computed: list[str] = []
+    monkeypatch.setattr(oracle_runs, "compute_expected", lambda model, world, draws: computed.append(model) or [1, 2])
+    found = oracle_runs.expected_for([str(candidate)], DEFAULT_WORLD, DRAWS, cache_dir=cache)
+    assert computed == [str(candidate)] and found[str(candidate)] == [1, 2]
+
+
+def test_work_handed_over_is_waited_for_once() -> None:
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        assert oracle_runs.hand_over("key-a", pool, sorted, [3, 1, 2])
+        assert not oracle_runs.hand_over("key-a", pool, sorted, [9])
+        assert oracle_runs.wait_for("key-a") == [1, 2, 3]
+    assert oracle_runs.wait_for("key-a") is None  # taken
+    assert oracle_runs.wait_for("never-handed-over") is None
 
 
 def test_fewer_than_two_oracle_draws_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

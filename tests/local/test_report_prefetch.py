@@ -1,0 +1,82 @@
+"""The report's work is handed to the runner's side worker while the stage programs leave a core free (issue 29):
+the reward models' agreement with the oracle once every reward model is trained, the candidate's oracle draws once
+the candidate exists; only in a run that writes the report. The report waits for them and reads them
+(tests/local/test_oracle_runs.py: the same oracle.json as computing every model in one process)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flywheel_local import oracle_runs
+from flywheel_local.backend import LocalBackend, RunPaths
+from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
+from flywheel_local.runner import load_manifest
+from flywheel_operator.api import FlywheelGenerationStatus
+from flywheel_operator.api.status import StageRecord
+from flywheel_sim import DEFAULT_WORLD
+
+TINY = Path(__file__).with_name("tiny-generation.yaml")
+NOW = datetime(2026, 12, 6, tzinfo=UTC)
+
+
+class RecordingPool:
+    def __init__(self) -> None:
+        self.handed: list[tuple[Any, tuple[Any, ...]]] = []
+
+    def apply_async(self, function: Any, args: tuple[Any, ...]) -> Any:
+        self.handed.append((function, args))
+        return self
+
+
+def _record(name: str, state: str) -> StageRecord:
+    return StageRecord(name=name, state=state, attempts=1, child=f"gen1-{name}-1", created_at=NOW)
+
+
+def _backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, draws: int | None) -> tuple[LocalBackend, RecordingPool]:
+    monkeypatch.setattr(oracle_runs, "_PREFETCHES", {})
+    backend = LocalBackend(load_manifest(TINY), RunPaths(tmp_path / "gen1"), world_file=DEFAULT_WORLD,
+                           cache_dir=tmp_path / "cache", cpus=2, warm_start=False, oracle_draws=draws)
+    pool = RecordingPool()
+    monkeypatch.setattr(backend, "_side_worker", lambda: pool)
+    return backend, pool
+
+
+def test_handed_over_as_the_status_allows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, pool = _backend(tmp_path, monkeypatch, draws=4)
+    rewards = ["reward-pointwise", "reward-pairwise"]
+    backend.status_written(FlywheelGenerationStatus(stages=[_record("curate", "Succeeded")]))
+    backend.status_written(FlywheelGenerationStatus(stages=[_record(rewards[0], "Succeeded"),
+                                                            _record(rewards[1], "Running")]))
+    assert pool.handed == []  # a reward model still trains
+    trained = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards] + [_record("sft", "Running")])
+    backend.status_written(trained)
+    backend.status_written(trained)  # once only
+    assert pool.handed == [(compute_rm_agreement, (backend.paths.root.resolve(), DEFAULT_WORLD))]
+    assert prefetch_key(backend.paths.root) in oracle_runs._PREFETCHES
+    candidate = tmp_path / "gen1" / "rl" / "model"
+    candidate.mkdir(parents=True)
+    (candidate / "config.json").write_text("{}")
+    with_candidate = trained.model_copy(update={"candidate_policy": str(candidate)})
+    backend.status_written(with_candidate)
+    backend.status_written(with_candidate)
+    assert len(pool.handed) == 2
+    function, args = pool.handed[1]
+    assert function is oracle_runs._compute_and_store
+    assert args == (str(candidate), str(DEFAULT_WORLD), 4, None)  # outside the cache: handed back, not kept
+    assert oracle_runs.expected_key(DEFAULT_WORLD, candidate, 4) in oracle_runs._PREFETCHES
+
+
+def test_nothing_handed_over_without_a_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, pool = _backend(tmp_path, monkeypatch, draws=None)
+    backend.status_written(FlywheelGenerationStatus(stages=[_record("reward-pointwise", "Succeeded")],
+                                                    candidate_policy=str(tmp_path)))
+    assert pool.handed == []
+
+
+def test_all_reward_models_failed_is_not_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, pool = _backend(tmp_path, monkeypatch, draws=4)
+    backend.status_written(FlywheelGenerationStatus(stages=[_record("reward-pointwise", "Failed")]))
+    assert pool.handed == []
