@@ -6,7 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from flywheel_operator.api.models import RejectionSamplingSettings
-from flywheel_trainer.sft import group_bounds, noncompliant_prompts, resample_noncompliant, select_best
+from flywheel_trainer.sft import (
+    group_bounds,
+    noncompliant_prompts,
+    resample_noncompliant,
+    select_best,
+    target_repeats,
+)
 from flywheel_trainer.verifiers import follows_all
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -120,3 +126,17 @@ def test_compliant_targets_and_one_resampling_round_are_the_defaults() -> None:
 def test_the_verifier_agrees_with_the_fixtures() -> None:
     assert not follows_all(LOWER["instructions"], "Hello there", character_name=LOWER["name"])
     assert follows_all(GREET["instructions"], "Greetings, friend. Cakes?", character_name=GREET["name"])
+
+
+def test_targets_of_rarely_followed_instructions_repeat_more() -> None:
+    follows = np.array([1, 1, 1, 1, 0, 0, 0, 1, 0, 0, 0, 0], dtype=float)
+    kept = [0, 3, None]
+    assert target_repeats(follows, 4, kept, max_repeats=3) == [1, 3]  # 4/4 comply: once; 1/4: 1 + round(1.5)
+    assert target_repeats(follows, 4, kept, max_repeats=1) == [1, 1]
+    assert target_repeats(follows, [2, 6, 4], [1, 0, None], max_repeats=4) == [1, 3]  # 3 of 6 comply: 1 + 1.5 up
+    with pytest.raises(ValueError, match="max_repeats"):
+        target_repeats(follows, 4, kept, max_repeats=0)
+
+
+def test_one_repeat_is_the_default() -> None:
+    assert RejectionSamplingSettings().hard_instruction_repeats == 1

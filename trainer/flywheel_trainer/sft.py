@@ -171,6 +171,22 @@ def resample_noncompliant(
     return counts
 
 
+def target_repeats(
+    follows: np.ndarray, per_prompt: int | Sequence[int], kept: Sequence[int | None], max_repeats: int
+) -> list[int]:
+    """How many times each kept target enters the SFT data: 1 + round((max_repeats − 1) × (1 − f)), f the share of
+    its prompt's candidates that follow every instruction, so the instructions the policy rarely follows get more
+    of the gradient (1 for every target when `max_repeats` is 1)."""
+    if max_repeats < 1:
+        raise ValueError(f"max_repeats must be >= 1, got {max_repeats}")
+    repeats = []
+    for (start, end), best in zip(group_bounds(per_prompt, len(follows)), kept, strict=True):
+        if best is not None:
+            share = float(np.mean(follows[start:end]))
+            repeats.append(1 + int(np.floor((max_repeats - 1) * (1.0 - share) + 0.5)))  # half rounds up
+    return repeats
+
+
 def noncompliant_prompts(groups: Sequence[Sequence[str]], characters: Sequence[dict[str, Any]]) -> list[int]:
     """Indices of the prompts none of whose candidates follows every instruction of the prompt's character."""
     return [
@@ -312,8 +328,11 @@ def main(config: StageConfig) -> StageResult:
     for (start, end), best in zip(bounds, kept, strict=True):
         kept_mask[start:end] = best is not None
 
+    repeats = target_repeats(scores["follows_all"], sizes, kept, rs.hard_instruction_repeats if by_instructions else 1)
+    training_rows = [row for row, n in zip(train_rows, repeats, strict=True) for _ in range(n)]
+
     with atomic_output_dir(config.output_dir) as out:
-        trainer = train_sft(config, policy, tokenizer, train_rows, out)
+        trainer = train_sft(config, policy, tokenizer, training_rows, out)
         save_trained(trainer, out / "model", tokenizer, merge_lora=config.settings.sft.lora.enabled)
         write_jsonl(
             out / "selected.jsonl",
@@ -340,6 +359,7 @@ def main(config: StageConfig) -> StageResult:
             "follows_all_rate_all": float(scores["follows_all"].mean()),
             "follows_all_rate_selected": float(scores["follows_all"][chosen_idx].mean()),
             **resampling,
+            "training_rows": len(training_rows),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
             "steps": trainer.state.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,

@@ -239,6 +239,11 @@ class RejectionSamplingSettings(ApiModel):
     """Extra rounds of K candidates from the policy for the prompts where no candidate yet follows every
     instruction (hard instructions get a larger best-of-K; the other prompts cost nothing more). 0: none;
     ignored when `instructionWeight` is 0."""
+    hard_instruction_repeats: Annotated[int, Field(ge=1, le=4)] = 1
+    """A kept target enters the SFT data up to this many times, the more the rarer compliance was among its
+    prompt's candidates (1 + round((N − 1) × (1 − f)), f the share following every instruction), so SFT spends
+    more of its steps on the instructions the policy breaks. 1: each target once; ignored when
+    `instructionWeight` is 0."""
 
 
 class SftSettings(ApiModel):
