@@ -229,6 +229,10 @@ def test_rejection_sampling_prefers_candidates_that_follow_the_instructions(chai
     assert sft.metrics["acceptance_rate"] < 1.0  # the default margin rejects prompts whose candidates are alike
     selected = read_jsonl(sft.artifacts["selected"])
     assert all(0.0 <= row["scores"]["instruction_following"] <= 1.0 for row in selected)
+    # issue 26: by default a target follows every instruction of its character (compliantTargetsOnly)
+    assert all(row["scores"]["follows_all"] == 1.0 for row in selected)
+    assert sft.metrics["follows_all_rate_selected"] == 1.0
+    assert sft.metrics["prompts_resampled"] == sft.metrics["prompts_without_compliant_candidate"]
     assert sft.metrics["refusal_rate_selected"] <= sft.metrics["refusal_rate_all"]
     assert all(row["scores"]["refusal"] in (0.0, 1.0) for row in selected)
 

@@ -8,11 +8,17 @@ keeps its best candidate when it beats the candidates' mean by more than `minSco
 candidates are all alike teaches nothing and is rejected; the acceptance rate is reported). Style artifacts of
 accepted vs rejected candidates are reported (the report tracks them to catch a selector that rewards emojis or
 length).
+
+Instruction following (issue 26): with `compliantTargetsOnly` a prompt's target comes only from the candidates
+that follow every instruction of its character (the best of them by the selection score), so SFT never imitates a
+broken instruction; the prompts where no candidate complies get `instructionResamples` extra rounds of K draws
+from the policy first. Both are off when `instructionWeight` is 0.
 """
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +44,7 @@ from flywheel_trainer.upstream import (
     reward_model_path,
     signal_model_names,
 )
-from flywheel_trainer.verifiers import instruction_share
+from flywheel_trainer.verifiers import follows_all, instruction_share
 
 Chat = list[dict[str, str]]
 
@@ -104,13 +110,92 @@ def selection_scores(
     return scores
 
 
-def select_best(selection: np.ndarray, per_prompt: int, margin: float) -> list[int | None]:
-    """Index (within its prompt's candidates) of the kept candidate per prompt, None when none clears the margin."""
+def group_bounds(sizes: int | Sequence[int], total: int) -> list[tuple[int, int]]:
+    """(start, end) of each prompt's candidates in a flat list of `total`: `sizes` is one count for every prompt
+    or each prompt's own count (prompts that were resampled have more)."""
+    if isinstance(sizes, int):
+        if sizes < 1 or total % sizes:
+            raise ValueError(f"{total} candidates do not split into groups of {sizes}")
+        sizes = [sizes] * (total // sizes)
+    if sum(sizes) != total or any(n < 1 for n in sizes):
+        raise ValueError(f"group sizes {list(sizes)} do not cover {total} candidates")
+    ends = np.cumsum(sizes)
+    return [(int(end - n), int(end)) for n, end in zip(sizes, ends, strict=True)]
+
+
+def select_best(
+    selection: np.ndarray,
+    per_prompt: int | Sequence[int],
+    margin: float,
+    eligible: np.ndarray | None = None,
+) -> list[int | None]:
+    """Index (within its prompt's candidates) of the kept candidate per prompt, None when none clears the margin.
+    `per_prompt` is the group size, or each prompt's; with `eligible` (a flag per candidate) the pick is the best
+    eligible candidate and a prompt with none is rejected. The margin is over the mean of the whole group."""
     kept: list[int | None] = []
-    for group in selection.reshape(-1, per_prompt):
-        best = int(np.argmax(group))
+    for start, end in group_bounds(per_prompt, len(selection)):
+        group = selection[start:end]
+        allowed = np.ones(end - start, dtype=bool) if eligible is None else np.asarray(eligible[start:end], bool)
+        if not allowed.any():
+            kept.append(None)
+            continue
+        best = int(np.argmax(np.where(allowed, group, -np.inf)))
         kept.append(best if group[best] - group.mean() > margin else None)
     return kept
+
+
+def resample_noncompliant(
+    groups: list[list[str]],
+    characters: Sequence[dict[str, Any]],
+    draw: Callable[[list[int], int], list[list[str]]],
+    *,
+    rounds: int,
+) -> dict[str, int]:
+    """Up to `rounds` rounds of `draw(prompt indices, round)` (more candidates for each of those prompts, appended
+    to `groups` in place) for the prompts none of whose candidates yet follows every instruction. Returns the
+    counts the stage reports: prompts without a compliant candidate before, draws made, and prompts still without."""
+    missing = noncompliant_prompts(groups, characters)
+    counts = {"prompts_without_compliant_candidate": len(missing), "prompts_resampled": 0}
+    for round_ in range(1, rounds + 1):
+        if not missing:
+            break
+        extra = draw(missing, round_)
+        if len(extra) != len(missing):
+            raise ValueError(f"a resampling round drew for {len(extra)} prompts, asked for {len(missing)}")
+        for i, samples in zip(missing, extra, strict=True):
+            groups[i].extend(samples)
+        counts["prompts_resampled"] += len(missing)
+        still = noncompliant_prompts([groups[i] for i in missing], [characters[i] for i in missing])
+        missing = [missing[j] for j in still]
+    counts["prompts_still_without_compliant_candidate"] = len(missing)
+    return counts
+
+
+def target_repeats(
+    follows: np.ndarray, per_prompt: int | Sequence[int], kept: Sequence[int | None], max_repeats: int
+) -> list[int]:
+    """How many times each kept target enters the SFT data: 1 + round((max_repeats − 1) × (1 − f)), f the share of
+    its prompt's candidates that follow every instruction, so the instructions the policy rarely follows get more
+    of the gradient (1 for every target when `max_repeats` is 1)."""
+    if max_repeats < 1:
+        raise ValueError(f"max_repeats must be >= 1, got {max_repeats}")
+    repeats = []
+    for (start, end), best in zip(group_bounds(per_prompt, len(follows)), kept, strict=True):
+        if best is not None:
+            share = float(np.mean(follows[start:end]))
+            repeats.append(1 + int(np.floor((max_repeats - 1) * (1.0 - share) + 0.5)))  # half rounds up
+    return repeats
+
+
+def noncompliant_prompts(groups: Sequence[Sequence[str]], characters: Sequence[dict[str, Any]]) -> list[int]:
+    """Indices of the prompts none of whose candidates follows every instruction of the prompt's character."""
+    return [
+        i
+        for i, (group, character) in enumerate(zip(groups, characters, strict=True))
+        if not any(
+            follows_all(character.get("instructions") or [], r, character_name=character.get("name", "")) for r in group
+        )
+    ]
 
 
 def train_sft(config: StageConfig, model: Any, tokenizer: Any, rows: list[dict[str, Any]], out: Any) -> Any:
@@ -179,8 +264,9 @@ def main(config: StageConfig) -> StageResult:
             tokenizer=tokenizer,
         )
     ]
-    del model  # an inference copy (bf16 on CUDA); training loads fp32 masters (flywheel_trainer.placement)
-    gc.collect()
+    if candidates:  # one model in memory at a time; a resampling round reloads the policy
+        model = None
+        gc.collect()
     for index, source in enumerate(candidates, start=1):
         per_model.append(
             sample_candidates(
@@ -194,26 +280,59 @@ def main(config: StageConfig) -> StageResult:
             )
         )
         gc.collect()
-    per_prompt = rs.samples_per_prompt * len(per_model)
-    responses = [r for i in range(len(prompts)) for samples in per_model for r in samples[i]]
-    flat_prompts = [p for p in prompts for _ in range(per_prompt)]
-    flat_characters = [c for c in characters for _ in range(per_prompt)]
+    groups = [[r for samples in per_model for r in samples[i]] for i in range(len(prompts))]
+    by_instructions = rs.instruction_weight > 0
+
+    def draw(indices: list[int], round_: int) -> list[list[str]]:
+        return sample_candidates(
+            policy,
+            [prompts[i] for i in indices],
+            k=rs.samples_per_prompt,
+            max_new_tokens=rs.max_new_tokens,
+            temperature=rs.temperature,
+            seed=config.seed + 1000 * round_,
+            sampler=rs.sampler,
+            model=model,
+            tokenizer=tokenizer,
+        )
+
+    resampling = resample_noncompliant(
+        groups, characters, draw, rounds=rs.instruction_resamples if by_instructions else 0
+    )
+    model = None  # an inference copy (bf16 on CUDA); training loads fp32 masters (flywheel_trainer.placement)
+    gc.collect()
+    sizes = [len(group) for group in groups]
+    responses = [r for group in groups for r in group]
+    flat_prompts = [p for p, n in zip(prompts, sizes, strict=True) for _ in range(n)]
+    flat_characters = [c for c, n in zip(characters, sizes, strict=True) for _ in range(n)]
     scores = selection_scores(config, flat_prompts, responses, flat_characters)
-    kept = select_best(scores["selection"], per_prompt, rs.min_score_margin)
+    scores["follows_all"] = (scores["instruction_following"] >= 1.0).astype(float)
+    eligible = scores["follows_all"] > 0 if rs.compliant_targets_only and by_instructions else None
+    kept = select_best(scores["selection"], sizes, rs.min_score_margin, eligible)
+    bounds = group_bounds(sizes, len(responses))
 
     accepted, rejected, train_rows = [], [], []
     for i, best in enumerate(kept):
-        group = responses[i * per_prompt : (i + 1) * per_prompt]
+        group = groups[i]
         for j, response in enumerate(group):
             (accepted if j == best else rejected).append(response)
         if best is not None:
             train_rows.append({"prompt": prompts[i], "completion": [{"role": "assistant", "content": group[best]}]})
     if not train_rows:
-        raise StageError("rejection sampling kept no response; lower settings.sft.rejectionSampling.minScoreMargin")
-    chosen_idx = [i * per_prompt + b for i, b in enumerate(kept) if b is not None]
+        raise StageError(
+            "rejection sampling kept no response; lower settings.sft.rejectionSampling.minScoreMargin"
+            + (", raise instructionResamples or turn compliantTargetsOnly off" if eligible is not None else "")
+        )
+    chosen_idx = [bounds[i][0] + b for i, b in enumerate(kept) if b is not None]
+    kept_mask = np.zeros(len(responses), dtype=bool)
+    for (start, end), best in zip(bounds, kept, strict=True):
+        kept_mask[start:end] = best is not None
+
+    repeats = target_repeats(scores["follows_all"], sizes, kept, rs.hard_instruction_repeats if by_instructions else 1)
+    training_rows = [row for row, n in zip(train_rows, repeats, strict=True) for _ in range(n)]
 
     with atomic_output_dir(config.output_dir) as out:
-        trainer = train_sft(config, policy, tokenizer, train_rows, out)
+        trainer = train_sft(config, policy, tokenizer, training_rows, out)
         save_trained(trainer, out / "model", tokenizer, merge_lora=config.settings.sft.lora.enabled)
         write_jsonl(
             out / "selected.jsonl",
@@ -236,9 +355,11 @@ def main(config: StageConfig) -> StageResult:
             "instruction_following_selected": float(scores["instruction_following"][chosen_idx].mean()),
             "refusal_rate_all": float(scores["refusal"].mean()),
             "refusal_rate_selected": float(scores["refusal"][chosen_idx].mean()),
-            "instruction_following_kept_prompts": float(
-                scores["instruction_following"].reshape(-1, per_prompt)[[b is not None for b in kept]].mean()
-            ),
+            "instruction_following_kept_prompts": float(scores["instruction_following"][kept_mask].mean()),
+            "follows_all_rate_all": float(scores["follows_all"].mean()),
+            "follows_all_rate_selected": float(scores["follows_all"][chosen_idx].mean()),
+            **resampling,
+            "training_rows": len(training_rows),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
             "steps": trainer.state.global_step,
             "tokens_seen": trainer.state.num_input_tokens_seen,

@@ -229,6 +229,22 @@ class RejectionSamplingSettings(ApiModel):
     """Longest candidate response."""
     sampler: SamplerBackend = "generate"
     """Backend that samples the candidates: `generate` (transformers' `model.generate`, batched, KV cache, seeded)."""
+    # issue 26 (deployed instruction following): compliant targets first, more draws where none complies.
+    compliant_targets_only: bool = True
+    """Keep a prompt's target only from the candidates that follow every instruction of the character
+    (flywheel_trainer.verifiers.follows_all), the best of them by the selection score; a prompt with no such
+    candidate is rejected. Off: the best candidate by the selection score, where the graded instruction share
+    can lose to the reward and user-signal terms, so SFT imitates targets that break an instruction. Ignored
+    (off) when `instructionWeight` is 0, which selects on the reward and user-signal models alone."""
+    instruction_resamples: Annotated[int, Field(ge=0, le=8)] = 1
+    """Extra rounds of K candidates from the policy for the prompts where no candidate yet follows every
+    instruction (hard instructions get a larger best-of-K; the other prompts cost nothing more). 0: none;
+    ignored when `instructionWeight` is 0."""
+    hard_instruction_repeats: Annotated[int, Field(ge=1, le=4)] = 1
+    """A kept target enters the SFT data up to this many times, the more the rarer compliance was among its
+    prompt's candidates (1 + round((N − 1) × (1 − f)), f the share following every instruction), so SFT spends
+    more of its steps on the instructions the policy breaks. 1: each target once; ignored when
+    `instructionWeight` is 0."""
 
 
 class SftSettings(ApiModel):
