@@ -192,6 +192,13 @@ BENCHES: dict[str, Bench] = {
         "python bench/local.py",
     ),
     "sampler": Bench("bench/sampler.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/sampler.py"),
+    # issue 29 (h29sim): the simulated traffic and A/B days make run waits on, this tree against its base
+    "sim_speed": Bench(
+        "bench/sim_speed.py",
+        (*OPERATOR_CORE, *SIM, *STAGE_PROGRAMS, f"{OPERATOR}/planner/*.py", "local/flywheel_local/**/*.py",
+         "examples/local/world.yaml"),
+        "python bench/sim_speed.py",
+    ),
     # issue 26 (h26g): the win-rate band replayed, old rule against new, on finished generations
     "band_replay": Bench(
         "bench/band_replay.py",
