@@ -4,6 +4,7 @@ of the trainer's write_conversations, in a quarter of the time (bench/sim_speed.
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,24 @@ def records(world: World) -> list[dict[str, Any]]:
                               experiment="gen1")
     assert len(result.records) > 20 and any(len(r["messages"]) > 3 for r in result.records)
     return result.records
+
+
+GOLDEN = {
+    "conversations.jsonl": "c80672926767cd0e4c013aa2053f6522250a7d765d385f6c49f9a548f5945750",
+    "events.jsonl": "584f65f026048e454e8fb0704b152aec30e2b64d3f7db4346081044bfc0ee2d2",
+    "sessions.jsonl": "38670a0cbdc45b1d0a0964a6cd5a8cb09c048766330641b207ff2b4371db6f44",
+}
+"""SHA-256 of the files simulate_traffic wrote for the `records` fixture's run at 08551f1 (before the fast
+contract check). A deliberate change to the simulator's draws, the grammar or the log contract changes them:
+recompute them then (print the digests of this test's files) and say why in the commit."""
+
+
+def test_same_files_as_before_the_fast_check(world: World, tmp_path: Path) -> None:
+    policies = {"control": ScriptedPolicy(world, name="gen0"),
+                "treatment": ScriptedPolicy(world, name="gen1", style=GOOD_STYLE, compliance=1.0)}
+    simulate_traffic(world, policies, days=2, pre_days=1, seed=4, max_people=80, traffic_percent=50,
+                     experiment="gen1", out=tmp_path)
+    assert {name: hashlib.sha256((tmp_path / name).read_bytes()).hexdigest() for name in GOLDEN} == GOLDEN
 
 
 def _trainer_verdict(records: list[dict[str, Any]]) -> bool:
