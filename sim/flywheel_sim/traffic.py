@@ -8,10 +8,8 @@ world and seed give byte-identical logs.
 
 from __future__ import annotations
 
-import copy
-import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -444,8 +442,7 @@ def _record_turn(
 
 def write_traffic(result: TrafficResult, out: str | Path) -> TrafficResult:
     """Write a result into directory `out`, each file atomically: conversations.jsonl (validated against the
-    log contract and written as flywheel_trainer.conversation.write_conversations writes it; contract_holds
-    checks the records four times faster), events.jsonl and sessions.jsonl."""
+    log contract by flywheel_trainer.conversation.write_conversations), events.jsonl and sessions.jsonl."""
     from flywheel_trainer.conversation import write_conversations
 
     directory = Path(out)
@@ -453,10 +450,7 @@ def write_traffic(result: TrafficResult, out: str | Path) -> TrafficResult:
     result.log_path = directory / "conversations.jsonl"
     result.events_path = directory / "events.jsonl"
     tmp = directory / ".conversations.tmp.jsonl"
-    if contract_holds(result.records):
-        _write_valid_conversations(result.records, tmp)
-    else:  # the trainer's writer raises the contract's error, naming the record and every problem
-        write_conversations(result.records, tmp)
+    write_conversations(result.records, tmp)
     tmp.replace(result.log_path)
     for path, rows in ((result.events_path, result.events), (directory / "sessions.jsonl", result.sessions)):
         tmp = directory / f".{path.stem}.tmp.jsonl"
@@ -465,90 +459,3 @@ def write_traffic(result: TrafficResult, out: str | Path) -> TrafficResult:
                 fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
         tmp.replace(path)
     return result
-
-
-@functools.cache
-def _contract_validators() -> tuple[Any, Any, Any] | None:
-    """The conversation contract (flywheel_trainer.conversation.CONVERSATION_SCHEMA) split into three validators:
-    the record without its character and messages, the character, and one message. A record is valid exactly
-    when its envelope, its character and each of its messages are: `properties` and `items` check each value on
-    its own (JSON Schema 2020-12), and the split is refused (None: validate whole records) if the schema ever
-    holds a keyword that looks across them (unevaluatedProperties / unevaluatedItems) or changes the places it
-    splits at."""
-    from flywheel_trainer.conversation import CONVERSATION_SCHEMA
-    from jsonschema import Draft202012Validator
-
-    schema = CONVERSATION_SCHEMA
-    messages = schema.get("properties", {}).get("messages", {})
-    if ("unevaluated" in json.dumps(schema) or schema.get("properties", {}).get("character") is None
-            or not isinstance(messages, dict) or set(messages) != {"type", "minItems", "items"}):
-        return None
-    envelope = copy.deepcopy(schema)
-    envelope["properties"]["character"] = True
-    envelope["properties"]["messages"]["items"] = True
-
-    def part(subschema: dict[str, Any]) -> Any:
-        return Draft202012Validator({"$schema": schema["$schema"], "$defs": schema["$defs"], **subschema})
-
-    return (Draft202012Validator(envelope), part(schema["properties"]["character"]), part(messages["items"]))
-
-
-def contract_holds(records: Sequence[Mapping[str, Any]]) -> bool:
-    """Whether every record follows the conversation contract: the verdict of the trainer's validate_record on
-    each, in about a quarter of its time. A day's records share a few characters, system prompts and user
-    messages, so each distinct one is checked once (by its JSON); the envelope and each response are checked
-    every time. False as soon as one record breaks it (the trainer's writer then names the problems)."""
-    validators = _contract_validators()
-    if validators is None:
-        from flywheel_trainer.conversation import validate_record
-
-        return not any(validate_record(record) for record in records)
-    envelope, character, message = validators
-    verdicts: dict[tuple[int, str], bool] = {}
-
-    def once(validator: Any, value: Any) -> bool:
-        key = _plain_repr(value)
-        if key is None:  # not plain JSON data: checked every time
-            return bool(validator.is_valid(value))
-        slot = (id(validator), key)
-        if slot not in verdicts:
-            verdicts[slot] = bool(validator.is_valid(value))
-        return verdicts[slot]
-
-    for record in records:
-        if not envelope.is_valid(record) or not once(character, record["character"]):
-            return False
-        for item in record["messages"]:
-            distinct = isinstance(item, Mapping) and item.get("role") == "assistant"
-            if not (message.is_valid(item) if distinct else once(message, item)):
-                return False
-    return True
-
-
-def _plain_repr(value: Any) -> str | None:
-    """repr of JSON data built of exactly dict (string keys), list, str, int, float, bool and None — equal for
-    values the contract cannot tell apart, and different for a tuple and a list, 1 and True, 1 and 1.0 —, else
-    None."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            if any(type(k) is not str for k in item):
-                return None
-            stack.extend(item.values())
-        elif kind is list:
-            stack.extend(item)
-        elif kind not in (str, int, float, bool, type(None)):
-            return None
-    return repr(value)
-
-
-def _write_valid_conversations(records: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """flywheel_trainer.conversation.write_conversations for JSON Lines, less its validation (contract_holds has
-    checked every record): the same normalised records, byte for byte (tests/sim/test_write_speed.py)."""
-    from flywheel_trainer.conversation import normalize_record
-
-    with path.open("w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(normalize_record(record), ensure_ascii=False) + "\n")

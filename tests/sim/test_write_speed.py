@@ -1,17 +1,24 @@
-"""write_traffic's fast contract check: the verdict of the trainer's validate_record on every record, and the bytes
-of the trainer's write_conversations, in a quarter of the time (bench/sim_speed.py measures it)."""
+"""The log contract's fast check (flywheel_trainer.conversation.ContractCheck) that write_traffic, write_conversations
+and curate's reader use: the verdict of validate_record on every record, the same bytes and the same errors, in a
+quarter of the time (bench/sim_speed.py measures it)."""
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flywheel_sim import GOOD_STYLE, ScriptedPolicy, World, simulate_traffic, write_traffic
-from flywheel_sim.traffic import TrafficResult, contract_holds
-from flywheel_trainer.conversation import validate_record, write_conversations
+from flywheel_sim.traffic import TrafficResult
+from flywheel_trainer.conversation import (
+    contract_holds,
+    load_conversations_lenient,
+    validate_record,
+    write_conversations,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -72,6 +79,22 @@ def test_a_broken_record_raises_the_trainers_error(records: list[dict[str, Any]]
         write_traffic(TrafficResult(records=broken, events=[], sessions=[]), tmp_path / "sim")
     assert str(sim.value) == str(trainer.value) and "record 4" in str(sim.value)
     assert not (tmp_path / "sim" / "conversations.jsonl").exists()
+
+
+def test_curates_reader_names_every_broken_row_as_validate_record_does(
+        records: list[dict[str, Any]], tmp_path: Path) -> None:
+    """A log with broken rows between valid ones that share their characters and messages: the reader keeps the
+    valid rows and reports each broken one with validate_record's problems (the memo never hides one)."""
+    rows = copy.deepcopy(records[:8])
+    rows[2]["messages"][0]["content"] = 7
+    rows[5]["character"]["instructions"] = "lowercase"
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    dataset, bad = load_conversations_lenient(log)
+    assert len(dataset) == 6
+    assert [(error.row, error.errors) for error in bad] == [
+        (3, tuple(validate_record(rows[2]))), (6, tuple(validate_record(rows[5])))]
+    assert all(error.errors for error in bad)
 
 
 def test_a_value_seen_before_is_not_trusted_in_another_type(records: list[dict[str, Any]]) -> None:
