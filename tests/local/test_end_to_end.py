@@ -69,6 +69,24 @@ def _wait_for_stage(generation: Path, stage: str, proc: subprocess.Popen) -> Non
     raise AssertionError(f"{stage} never started")
 
 
+def _pause_session(pid: int, stage: str) -> None:
+    """SIGSTOP the stage's session. A warm start's pid file is written right after the fork, before the child
+    calls setsid: until then there is no process group `pid` although the process runs, so retry while it lives."""
+    deadline = time.monotonic() + TIMEOUT_SECONDS
+    while True:
+        try:
+            os.killpg(pid, signal.SIGSTOP)
+            return
+        except ProcessLookupError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                raise AssertionError(f"{stage} ended before it could be paused: interrupt a longer stage") from None
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def _ctrl_c_while_running(generation: Path, stage: str, proc: subprocess.Popen) -> tuple[dict[str, float], int]:
     """Ctrl-C the run while `stage` is certainly unfinished; returns the finished stages' result times and the exit.
 
@@ -76,7 +94,7 @@ def _ctrl_c_while_running(generation: Path, stage: str, proc: subprocess.Popen) 
     stage that a warm start makes fast cannot finish between the look and the signal."""
     _wait_for_stage(generation, stage, proc)
     pid = int((generation / "pids" / f"{generation.name}-{stage}-1.pid").read_text())
-    os.killpg(pid, signal.SIGSTOP)
+    _pause_session(pid, stage)
     try:
         if (generation / stage / "result.json").exists():
             raise AssertionError(f"{stage} finished before it could be paused: interrupt a longer stage")
