@@ -25,6 +25,7 @@ from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_resul
 from flywheel_trainer.progress import generate_reporting
 from flywheel_trainer.runtime import model_source
 from flywheel_trainer.scoring import PointwiseParts
+from flywheel_trainer.serving import eval_sampling
 from flywheel_trainer.style import is_refusal, style_difference_sd, style_sd, style_stats
 from flywheel_trainer.upstream import (
     artifact_path,
@@ -173,8 +174,7 @@ def main(config: StageConfig) -> StageResult:
     all_rows = rows["user"] + rows["internal"]
     prompts = [row["prompt"] for row in all_rows]
     generation = {
-        "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature,
+        **eval_sampling(settings.max_new_tokens, settings.temperature),  # unset: as served (issue 26)
         "seed": config.seed,
         "sampler": settings.sampler,
     }
