@@ -44,7 +44,7 @@ from flywheel_trainer.upstream import (
     reward_model_path,
     signal_model_names,
 )
-from flywheel_trainer.verifiers import follows_all, instruction_share
+from flywheel_trainer.verifiers import following_by_kind, follows_all, instruction_share
 
 Chat = list[dict[str, str]]
 
@@ -185,6 +185,20 @@ def target_repeats(
             share = float(np.mean(follows[start:end]))
             repeats.append(1 + int(np.floor((max_repeats - 1) * (1.0 - share) + 0.5)))  # half rounds up
     return repeats
+
+
+def kind_following(characters: Sequence[dict[str, Any]], responses: Sequence[str], chosen: Sequence[int]) -> dict:
+    """Per instruction kind, the share of all candidates (`kind_following_<kind>_all`) and of the kept targets
+    (`kind_following_<kind>_selected`) that keep it, and how many targets carry it (`kind_targets_<kind>`): which
+    instructions the policy breaks, and how much of the SFT data teaches each (issue 26)."""
+    out: dict[str, float] = {}
+    for kind, (kept, n) in following_by_kind(characters, responses).items():
+        out[f"kind_following_{kind}_all"] = kept / n
+    chosen_kinds = following_by_kind([characters[i] for i in chosen], [responses[i] for i in chosen])
+    for kind, (kept, n) in chosen_kinds.items():
+        out[f"kind_following_{kind}_selected"] = kept / n
+        out[f"kind_targets_{kind}"] = float(n)
+    return out
 
 
 def noncompliant_prompts(groups: Sequence[Sequence[str]], characters: Sequence[dict[str, Any]]) -> list[int]:
@@ -359,6 +373,7 @@ def main(config: StageConfig) -> StageResult:
             "follows_all_rate_all": float(scores["follows_all"].mean()),
             "follows_all_rate_selected": float(scores["follows_all"][chosen_idx].mean()),
             **resampling,
+            **kind_following(flat_characters, responses, chosen_idx),
             "training_rows": len(training_rows),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
             "steps": trainer.state.global_step,
