@@ -245,6 +245,11 @@ class RejectionSamplingSettings(ApiModel):
     prompt's candidates (1 + round((N − 1) × (1 − f)), f the share following every instruction), so SFT spends
     more of its steps on the instructions the policy breaks. 1: each target once; ignored when
     `instructionWeight` is 0."""
+    # issue 26: where hardInstructionRepeats reads how rare compliance is.
+    hard_instruction_share: Literal["prompt", "character"] = "prompt"
+    """f of `hardInstructionRepeats`: `prompt`, the share among the prompt's own candidates (K of them: noisy);
+    `character`, pooled over all candidates of the prompt's character, so the targets of the characters whose
+    instructions the policy breaks (a `lowercase` one) get the repeats."""
 
 
 class SftSettings(ApiModel):
