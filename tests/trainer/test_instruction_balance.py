@@ -63,3 +63,15 @@ def test_the_setting_defaults_to_the_prompt_and_names_its_choices() -> None:
         == "character"
     with pytest.raises(ValueError, match="'prompt' or 'character'"):
         RejectionSamplingSettings.model_validate({"hardInstructionShare": "kind"})
+
+
+@pytest.mark.parametrize("example", ["gen1.yaml", "flywheel.yaml"])
+def test_the_local_examples_pool_the_repeats_over_the_character(example: str) -> None:
+    from pathlib import Path
+
+    import yaml
+
+    text = yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "local" / example).read_text())
+    spec = text["spec"] if "stages" in text["spec"] else text["spec"]["template"]["spec"]
+    sampling = spec["stages"]["sft"]["rejectionSampling"]
+    assert sampling["hardInstructionShare"] == "character" and sampling["hardInstructionRepeats"] > 1
