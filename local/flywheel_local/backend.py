@@ -30,6 +30,7 @@ from flywheel_operator.api import (
     FlywheelGenerationStatus,
     StageConfig,
     StageResult,
+    StageSettings,
     TrafficSource,
     parse_duration,
 )
@@ -291,7 +292,12 @@ class LocalBackend:
                 for name in ("user_traffic", "internal_traffic", "eval_prompts_user", "eval_prompts_internal")
             }
         )
-        return config.model_copy(update={"policy": policy, "data": data})
+        update: dict[str, Any] = {"policy": policy, "data": data}
+        if config.stage == "eval":  # issue 26: measure what the simulated users meet
+            from flywheel_sim import load_world
+
+            update["settings"] = served_eval_settings(config.settings, load_world(self.world_file).serving)
+        return config.model_copy(update=update)
 
     # ------------------------------------------------------------------------------------------- actions
     def carry_out(self, actions: Sequence[Action], status: FlywheelGenerationStatus) -> None:
@@ -518,6 +524,17 @@ def _simulate_source(world_file: Path, policy_dir: str, policy_name: str, parsed
     started = time.monotonic()
     log = simulate_source(world_file, policy_dir, policy_name, parsed, out, seed=seed, cache_dir=cache_dir)
     return str(log), time.monotonic() - started
+
+
+def served_eval_settings(settings: StageSettings, serving: Any) -> StageSettings:
+    """`settings` with the eval stage's unset `maxNewTokens` and `temperature` taken from the world's `serving`
+    (what the simulated users meet, and what the oracle samples with); set ones are kept (issue 26)."""
+    chosen = settings.eval
+    served = chosen.model_copy(update={
+        "max_new_tokens": serving.max_new_tokens if chosen.max_new_tokens is None else chosen.max_new_tokens,
+        "temperature": serving.temperature if chosen.temperature is None else chosen.temperature,
+    })
+    return settings.model_copy(update={"eval": served})
 
 
 def _warm_available() -> bool:

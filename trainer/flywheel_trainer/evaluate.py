@@ -25,6 +25,7 @@ from flywheel_trainer.outputs import StageError, atomic_output_dir, finish_resul
 from flywheel_trainer.progress import generate_reporting
 from flywheel_trainer.runtime import model_source
 from flywheel_trainer.scoring import PointwiseParts
+from flywheel_trainer.serving import eval_sampling
 from flywheel_trainer.style import is_refusal, style_difference_sd, style_sd, style_stats
 from flywheel_trainer.upstream import (
     artifact_path,
@@ -34,7 +35,7 @@ from flywheel_trainer.upstream import (
     pointwise_reward_name,
     reward_model_path,
 )
-from flywheel_trainer.verifiers import follows_all, violations
+from flywheel_trainer.verifiers import following_by_kind, follows_all, violations
 
 SOURCES = ("user", "internal")
 SAMPLE_RESPONSES = 20
@@ -173,8 +174,7 @@ def main(config: StageConfig) -> StageResult:
     all_rows = rows["user"] + rows["internal"]
     prompts = [row["prompt"] for row in all_rows]
     generation = {
-        "max_new_tokens": settings.max_new_tokens,
-        "temperature": settings.temperature,
+        **eval_sampling(settings.max_new_tokens, settings.temperature),  # unset: as served (issue 26)
         "seed": config.seed,
         "sampler": settings.sampler,
     }
@@ -252,6 +252,9 @@ def main(config: StageConfig) -> StageResult:
     metrics.update({f"parent_style_{k}": v for k, v in parent_style.model_dump().items()})
     metrics.update({k: v for k, v in rates.items() if k not in metrics})
     metrics.update({f"parent_{k}": v for k, v in parent_rates.items()})
+    for prefix, texts in (("", candidate), ("parent_", responses["parent"])):  # issue 26: which instruction breaks
+        by_kind = following_by_kind([row["character"] for row in all_rows], texts)
+        metrics.update({f"{prefix}kind_following_{kind}": kept / n for kind, (kept, n) in by_kind.items()})
     metrics["parent_false_refusal_rate"] = float(np.mean([is_refusal(r) for r in responses["parent"][benign]]))
     metrics["mean_reward_candidate"] = float(cand_scores.mean())
     metrics["mean_reward_parent"] = float(parent_scores.mean())

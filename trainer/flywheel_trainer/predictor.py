@@ -31,6 +31,8 @@ import kserve
 from kserve.errors import InvalidInput
 from prometheus_client import Histogram
 
+from flywheel_trainer.serving import SERVING_MAX_NEW_TOKENS, SERVING_TEMPERATURE
+
 BATCH_REQUESTS = Histogram(
     "flywheel_predictor_batch_requests",
     "Requests answered by one batched generation of the chat predictor",
@@ -47,8 +49,8 @@ class ChatPredictor(kserve.Model):
         name: str,
         model_dir: str | Path,
         *,
-        max_new_tokens: int = 32,
-        temperature: float = 1.0,
+        max_new_tokens: int = SERVING_MAX_NEW_TOKENS,
+        temperature: float = SERVING_TEMPERATURE,
         batch_size: int = 256,
     ) -> None:
         super().__init__(name)
@@ -202,8 +204,9 @@ def _chats(payload: Mapping[str, Any]) -> list[list[dict[str, str]]]:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="flywheel-predictor", parents=[kserve.model_server.parser])
     parser.add_argument("--model_dir", required=True, help="transformers model directory (the stage's `model`)")
-    parser.add_argument("--max_new_tokens", type=int, default=32, help="default longest response in tokens")
-    parser.add_argument("--temperature", type=float, default=1.0, help="default sampling temperature")
+    parser.add_argument("--max_new_tokens", type=int, default=SERVING_MAX_NEW_TOKENS,
+                        help="default longest response in tokens")
+    parser.add_argument("--temperature", type=float, default=SERVING_TEMPERATURE, help="default sampling temperature")
     parser.add_argument("--batch_size", type=int, default=256, help="most chats answered by one generation")
     parser.add_argument("--max_batch_delay_ms", type=float, default=5.0,
                         help="longest a request waits for others to join its batch")

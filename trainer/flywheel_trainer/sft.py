@@ -44,7 +44,7 @@ from flywheel_trainer.upstream import (
     reward_model_path,
     signal_model_names,
 )
-from flywheel_trainer.verifiers import follows_all, instruction_share
+from flywheel_trainer.verifiers import following_by_kind, follows_all, instruction_share
 
 Chat = list[dict[str, str]]
 
@@ -172,19 +172,60 @@ def resample_noncompliant(
 
 
 def target_repeats(
-    follows: np.ndarray, per_prompt: int | Sequence[int], kept: Sequence[int | None], max_repeats: int
+    follows: np.ndarray,
+    per_prompt: int | Sequence[int],
+    kept: Sequence[int | None],
+    max_repeats: int,
+    shares: Sequence[float] | None = None,
 ) -> list[int]:
     """How many times each kept target enters the SFT data: 1 + round((max_repeats − 1) × (1 − f)), f the share of
-    its prompt's candidates that follow every instruction, so the instructions the policy rarely follows get more
-    of the gradient (1 for every target when `max_repeats` is 1)."""
+    its prompt's candidates that follow every instruction (or `shares`, one per prompt, e.g. `character_shares`),
+    so the instructions the policy rarely follows get more of the gradient (1 for every target when `max_repeats`
+    is 1)."""
     if max_repeats < 1:
         raise ValueError(f"max_repeats must be >= 1, got {max_repeats}")
+    bounds = group_bounds(per_prompt, len(follows))
+    if shares is not None and len(shares) != len(bounds):
+        raise ValueError(f"{len(shares)} shares for {len(bounds)} prompts")
     repeats = []
-    for (start, end), best in zip(group_bounds(per_prompt, len(follows)), kept, strict=True):
+    for i, ((start, end), best) in enumerate(zip(bounds, kept, strict=True)):
         if best is not None:
-            share = float(np.mean(follows[start:end]))
+            share = float(np.mean(follows[start:end])) if shares is None else float(shares[i])
             repeats.append(1 + int(np.floor((max_repeats - 1) * (1.0 - share) + 0.5)))  # half rounds up
     return repeats
+
+
+def character_shares(
+    follows: np.ndarray, per_prompt: int | Sequence[int], characters: Sequence[dict[str, Any]]
+) -> list[float]:
+    """Per prompt: the share of candidates following every instruction over all the prompts of its character
+    (same name and instructions). Issue 26: with K = 4 a prompt's own share is 0, ¼, … and noisy; pooled over a
+    character it says which characters' instructions the policy breaks (a `lowercase` character near 0.5 where
+    the others are near 0.85), so `hardInstructionRepeats` gives their targets the larger share of SFT."""
+    bounds = group_bounds(per_prompt, len(follows))
+    if len(characters) != len(bounds):
+        raise ValueError(f"{len(characters)} characters for {len(bounds)} prompts")
+    keys = [repr((c.get("name", ""), c.get("instructions") or [])) for c in characters]
+    totals: dict[str, list[float]] = {}
+    for key, (start, end) in zip(keys, bounds, strict=True):
+        tally = totals.setdefault(key, [0.0, 0.0])
+        tally[0] += float(np.sum(follows[start:end]))
+        tally[1] += end - start
+    return [totals[key][0] / totals[key][1] for key in keys]
+
+
+def kind_following(characters: Sequence[dict[str, Any]], responses: Sequence[str], chosen: Sequence[int]) -> dict:
+    """Per instruction kind, the share of all candidates (`kind_following_<kind>_all`) and of the kept targets
+    (`kind_following_<kind>_selected`) that keep it, and how many targets carry it (`kind_targets_<kind>`): which
+    instructions the policy breaks, and how much of the SFT data teaches each (issue 26)."""
+    out: dict[str, float] = {}
+    for kind, (kept, n) in following_by_kind(characters, responses).items():
+        out[f"kind_following_{kind}_all"] = kept / n
+    chosen_kinds = following_by_kind([characters[i] for i in chosen], [responses[i] for i in chosen])
+    for kind, (kept, n) in chosen_kinds.items():
+        out[f"kind_following_{kind}_selected"] = kept / n
+        out[f"kind_targets_{kind}"] = float(n)
+    return out
 
 
 def noncompliant_prompts(groups: Sequence[Sequence[str]], characters: Sequence[dict[str, Any]]) -> list[int]:
@@ -328,7 +369,11 @@ def main(config: StageConfig) -> StageResult:
     for (start, end), best in zip(bounds, kept, strict=True):
         kept_mask[start:end] = best is not None
 
-    repeats = target_repeats(scores["follows_all"], sizes, kept, rs.hard_instruction_repeats if by_instructions else 1)
+    pooled = rs.hard_instruction_share == "character"
+    shares = character_shares(scores["follows_all"], sizes, characters) if pooled else None
+    repeats = target_repeats(
+        scores["follows_all"], sizes, kept, rs.hard_instruction_repeats if by_instructions else 1, shares
+    )
     training_rows = [row for row, n in zip(train_rows, repeats, strict=True) for _ in range(n)]
 
     with atomic_output_dir(config.output_dir) as out:
@@ -359,6 +404,7 @@ def main(config: StageConfig) -> StageResult:
             "follows_all_rate_all": float(scores["follows_all"].mean()),
             "follows_all_rate_selected": float(scores["follows_all"][chosen_idx].mean()),
             **resampling,
+            **kind_following(flat_characters, responses, chosen_idx),
             "training_rows": len(training_rows),
             **({"train_loss_first": losses[0], "train_loss_last": losses[-1]} if losses else {}),
             "steps": trainer.state.global_step,

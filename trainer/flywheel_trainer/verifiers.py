@@ -21,6 +21,7 @@ __all__ = [
     "VALUE_TYPES",
     "check",
     "describe",
+    "following_by_kind",
     "follows_all",
     "sentence_count",
     "validate_instruction",
@@ -182,6 +183,24 @@ def instruction_share(character: Mapping[str, Any], response: str) -> float:
         return 1.0
     name = character.get("name", "")
     return sum(check(i, response, character_name=name) for i in instructions) / len(instructions)
+
+
+def following_by_kind(
+    characters: Iterable[Mapping[str, Any]], responses: Iterable[str]
+) -> dict[str, tuple[int, int]]:
+    """Per instruction kind: (responses that keep it, responses whose character carries it), over paired
+    `characters` (log records' `character`: name and instructions) and `responses`. Issue 26: the share of
+    responses following every instruction hides which instruction a policy breaks (a world's `lowercase`
+    character kept its compliance near 0.75 while its other instructions were near 0.95)."""
+    counts: dict[str, list[int]] = {}
+    for character, response in zip(characters, responses, strict=True):
+        name = character.get("name", "")
+        for instruction in character.get("instructions") or []:
+            kept = check(instruction, response, character_name=name)
+            tally = counts.setdefault(str(instruction["kind"]), [0, 0])
+            tally[0] += kept
+            tally[1] += 1
+    return {kind: (kept, n) for kind, (kept, n) in sorted(counts.items())}
 
 
 def _plural(n: int, noun: str) -> str:

@@ -245,6 +245,11 @@ class RejectionSamplingSettings(ApiModel):
     prompt's candidates (1 + round((N − 1) × (1 − f)), f the share following every instruction), so SFT spends
     more of its steps on the instructions the policy breaks. 1: each target once; ignored when
     `instructionWeight` is 0."""
+    # issue 26: where hardInstructionRepeats reads how rare compliance is.
+    hard_instruction_share: Literal["prompt", "character"] = "prompt"
+    """f of `hardInstructionRepeats`: `prompt`, the share among the prompt's own candidates (K of them: noisy);
+    `character`, pooled over all candidates of the prompt's character, so the targets of the characters whose
+    instructions the policy breaks (a `lowercase` one) get the repeats."""
 
 
 class SftSettings(ApiModel):
@@ -366,10 +371,14 @@ class EvalSettings(ApiModel):
 
     prompts_per_source: PositiveInt = 500
     """Prompts evaluated from each of the user and internal held-out sets."""
-    max_new_tokens: PositiveInt = 128
-    """Longest evaluated response."""
-    temperature: float = Field(default=0.7, gt=0)
-    """Sampling temperature of evaluated responses (seeded, so candidate and parent see the same draws)."""
+    # issue 26: the evaluated responses are sampled as users meet them (the serving settings) unless set here.
+    max_new_tokens: PositiveInt | None = None
+    """Longest evaluated response; unset: the served predictor's (flywheel_trainer.serving, 32; the local runner: the
+    world's `serving.maxNewTokens`). Set it to what your chat backend asks of the predictor."""
+    temperature: float | None = Field(default=None, gt=0)
+    """Sampling temperature of evaluated responses (seeded, so candidate and parent see the same draws); unset:
+    the served predictor's (1.0; the local runner: the world's `serving.temperature`). A lower one than users meet
+    overstates instruction following (0.7 read 0.834 where users met 0.675)."""
     sampler: SamplerBackend = "generate"
     """Backend that samples the evaluated responses: `generate` (transformers' `model.generate`)."""
 
