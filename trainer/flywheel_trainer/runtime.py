@@ -126,8 +126,8 @@ def training_kwargs(
     if not cuda:
         # TRL's configs checkpoint activations by default (memory for a GPU): on the CPU's small models it only
         # recomputes every forward during the backward, a quarter of a step, for the same gradients bit for bit
-        # (tests/trainer/test_cpu_training_speed.py; bench/local.py --only stages)
-        kwargs["gradient_checkpointing"] = False
+        # (tests/trainer/test_cpu_checkpointing.py; bench/local.py --only stages)
+        kwargs["activation_checkpointing"] = False  # transformers 5: the name of gradient_checkpointing
     if os.environ.get(RUN_NAME_ENV):
         kwargs["run_name"] = os.environ[RUN_NAME_ENV]
     if cuda and deepspeed_stage > 0:
