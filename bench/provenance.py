@@ -192,6 +192,13 @@ BENCHES: dict[str, Bench] = {
         "python bench/local.py",
     ),
     "sampler": Bench("bench/sampler.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/sampler.py"),
+    # issue 29 (h29stg): make run's stage programs rerun on one generation's inputs, this tree against a baseline
+    "local_stages": Bench(
+        "bench/local.py",
+        (*OPERATOR_CORE, *STAGE_PROGRAMS, "local/flywheel_local/warm_preload.py", "examples/local/*.yaml"),
+        "python bench/local.py --only stages --base 08551f1 --profile-stages",
+        "reruns the stages of one make run (a fresh one in the scratch folder, or --stage-inputs DIR)",
+    ),
     # issue 26 (h26g): the win-rate band replayed, old rule against new, on finished generations
     "band_replay": Bench(
         "bench/band_replay.py",
