@@ -457,6 +457,7 @@ def run_stage(tree: Path, config: Path, out: Path, threads: int, stats: Path | N
     data = json.loads(config.read_text())
     data["outputDir"] = str(out)
     shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     path = out.with_name(out.name + ".json")
     path.write_text(json.dumps(data))
     env = tree_env(tree) | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
