@@ -474,13 +474,13 @@ def run_stage(tree: Path, config: Path, out: Path, threads: int, stats: Path | N
 
 
 def stages(trees: dict[str, Path], run_dir: Path, scratch: Path, repeats: int, threads: tuple[int, ...],
-           profile_stages: bool) -> dict[str, Any]:
+           profile_stages: bool, names: tuple[str, ...] = STAGES) -> dict[str, Any]:
     """Every stage program of one make-run generation (`run_dir`: its configs and upstream outputs are the inputs)
     run again by each tree, the trees alternating, `repeats` times, on one torch thread (what `--cpus 1` and stages
     side by side run on) and on each of `threads` more (what a stage alone gets on idle cores): seconds, CPU
     seconds and whether the weights are the same, byte for byte."""
     out: dict[str, Any] = {"inputs": str(run_dir), "repeats": repeats, "rows": {}}
-    for stage in STAGES:
+    for stage in names:
         config = run_dir / "configs" / f"{run_dir.name}-{stage}-1.json"
         if not config.is_file():
             continue
@@ -532,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stages: a make-run generation directory whose configs and upstream outputs the stages "
                              "rerun (default: a make run of the new tree in --scratch)")
     parser.add_argument("--stage-repeats", type=int, default=1, help="stages: runs per tree and thread count")
+    parser.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES),
+                        help="stages: which stage programs (default all; rows merge into the result file)")
     parser.add_argument("--stage-threads", type=int, nargs="*", default=[2],
                         help="stages: thread counts beside one to run the new tree on (default 2)")
     parser.add_argument("--profile-stages", action="store_true",
@@ -593,10 +595,14 @@ def main(argv: list[str] | None = None) -> int:
             make_run(trees.get("new", ROOT), scratch, gen0.get("new") or next(iter(gen0.values())), "inputs",
                      second=False)
             inputs = scratch / "inputs-make-run-first" / "gen1"
-        result["stages"] = stages(trees, inputs.resolve(), scratch, args.stage_repeats, tuple(args.stage_threads),
-                                  args.profile_stages)
-        result["stages"]["trees"] = {label: commit_of(tree) for label, tree in trees.items()}
-        result["stages"]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        measured = stages(trees, inputs.resolve(), scratch, args.stage_repeats, tuple(args.stage_threads),
+                          args.profile_stages, tuple(args.stages))
+        runs = result.setdefault("stages", {}).setdefault("runs", [])  # one entry per invocation, rows merged
+        runs.append({key: measured[key] for key in ("inputs", "repeats")} | {
+            "stages": list(measured["rows"]), "threads": args.stage_threads, "profile": args.profile_stages,
+            "trees": {label: commit_of(tree) for label, tree in trees.items()},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        result["stages"].setdefault("rows", {}).update(measured["rows"])
     if "chain" in parts:
         chains = result.setdefault("chain", {})
         for label, tree in trees.items():
