@@ -195,7 +195,7 @@ BENCHES: dict[str, Bench] = {
     # issue 29 (h29stg): make run's stage programs rerun on one generation's inputs, this tree against a baseline
     "local_stages": Bench(
         "bench/local.py",
-        (*OPERATOR_CORE, *STAGE_PROGRAMS, "local/flywheel_local/warm_preload.py", "examples/local/*.yaml"),
+        (*CHAIN, f"{OPERATOR}/cli.py", f"{OPERATOR}/kube/__init__.py", f"{OPERATOR}/kube/admission.py"),
         "python bench/local.py --only stages --base 08551f1 --profile-stages",
         "reruns the stages of one make run (a fresh one in the scratch folder, or --stage-inputs DIR)",
     ),
