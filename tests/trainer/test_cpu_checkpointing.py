@@ -18,13 +18,15 @@ def _kwargs(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_off_on_the_cpu(tmp_path: Path) -> None:
-    assert _kwargs(tmp_path)["activation_checkpointing"] is False
+    kwargs = _kwargs(tmp_path)
+    assert kwargs["gradient_checkpointing"] is False
+    assert "activation_checkpointing" not in kwargs  # a stage's own setting of that name (SFT) is passed beside it
 
 
 def test_the_library_default_on_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime, "has_cuda", lambda: True)
     kwargs = _kwargs(tmp_path)
-    assert "activation_checkpointing" not in kwargs  # TRL's default (on): memory matters on a 1 B model
+    assert "gradient_checkpointing" not in kwargs  # TRL's default (on): memory matters on a 1 B model
     assert kwargs["bf16"] is True
 
 
@@ -38,13 +40,20 @@ def _sft_weights(parent: Path, out: Path, checkpointing: bool) -> dict[str, Any]
     rows = [{"messages": [{"role": "user", "content": f"tell me about topic {i}"},
                           {"role": "assistant", "content": f"topic {i} is {'nice' if i % 2 else 'fun'}, ask me more!"}]}
             for i in range(12)]
-    kwargs = _kwargs(out) | {"per_device_train_batch_size": 4, "activation_checkpointing": checkpointing}
-    config = SFTConfig(**kwargs, max_length=64)
+    kwargs = _kwargs(out) | {"per_device_train_batch_size": 4}
+    config = SFTConfig(**kwargs, max_length=64, activation_checkpointing=checkpointing)  # as sft.py passes it
     assert config.gradient_checkpointing is checkpointing  # the deprecated name TRL reads follows the new one
     trainer = SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     trainer.train()
     assert trainer.model.is_gradient_checkpointing is checkpointing
     return {name: tensor.detach().clone() for name, tensor in trainer.model.state_dict().items()}
+
+
+def test_a_stage_setting_wins(tmp_path: Path) -> None:
+    from trl import RewardConfig, SFTConfig
+
+    assert SFTConfig(**_kwargs(tmp_path), activation_checkpointing=True).gradient_checkpointing is True  # SFT's own
+    assert RewardConfig(**_kwargs(tmp_path)).gradient_checkpointing is False  # TRL's default True, off on the CPU
 
 
 def test_the_same_weights_with_and_without(tiny_parent: Path, tmp_path: Path) -> None:
