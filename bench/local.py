@@ -602,7 +602,9 @@ def main(argv: list[str] | None = None) -> int:
             "stages": list(measured["rows"]), "threads": args.stage_threads, "profile": args.profile_stages,
             "trees": {label: commit_of(tree) for label, tree in trees.items()},
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-        result["stages"].setdefault("rows", {}).update(measured["rows"])
+        rows = result["stages"].setdefault("rows", {})
+        for stage, row in measured["rows"].items():  # a later run adds its columns (a tree, threads, a profile)
+            rows.setdefault(stage, {}).update(row)
     if "chain" in parts:
         chains = result.setdefault("chain", {})
         for label, tree in trees.items():
