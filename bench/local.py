@@ -42,6 +42,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "local.json"
+STAGES_RESULT = ROOT / "bench" / "results" / "local_stages.json"
 FLYWHEEL_RESULT = ROOT / "bench" / "results" / "history" / "flywheel@9b8bf5b.json"  # the committed chain
 BASE = "d32e63f"
 PACKAGES = ("operator", "trainer", "sim", "local", ".")
@@ -395,11 +396,148 @@ def sampling(tree: Path, gen0: Path, chats: int = 2300) -> dict[str, Any]:
     return {"chats": chats, "seconds": json.loads(out.strip().splitlines()[-1]), "load": load.summary()}
 
 
+STAGES = ("curate", "reward-pointwise", "reward-pairwise", "reward-continue", "sft", "rl", "eval")
+"""make run's stage programs, in the order they run (the three reward models side by side)."""
+STAGE_CODE = r"""
+import cProfile, json, os, sys, time
+config, out, stats = sys.argv[1], sys.argv[2], sys.argv[3]
+import datasets, torch, transformers, trl  # what the warm start's forkserver imports (warm_preload): off the clock
+from flywheel_trainer import cli, curate, evaluate, reward, rl, sft
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer
+from trl import GRPOTrainer, RewardTrainer, SFTTrainer
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+from flywheel_trainer.cli import main
+started, cpu = time.perf_counter(), time.process_time()
+profile = cProfile.Profile() if stats else None
+if profile is not None:
+    profile.enable()
+code = main([json.load(open(config))["stage"], "--config", config])
+if profile is not None:
+    profile.disable()
+    profile.dump_stats(stats)
+print(json.dumps({"exit_code": code, "seconds": time.perf_counter() - started,
+                  "cpu_seconds": time.process_time() - cpu}))
+"""
+"""One stage program in a process of its own, its libraries imported before the clock starts (as the warm start
+forks it: flywheel_local.warm), optionally under cProfile."""
+STAGE_BREAKDOWN = (
+    ("training (transformers Trainer.train)", "trainer.py", "train"),
+    ("  backward", "graph.py", "_engine_run_backward"),
+    ("  activation recompute in the backward (torch.utils.checkpoint)", "checkpoint.py", "recompute_fn"),
+    ("  GRPO's sampling and rewards (GRPOTrainer._generate_and_score_completions)", "grpo_trainer.py",
+     "_generate_and_score_completions"),
+    ("sampling (flywheel_trainer.generation.generate_tokens)", "generation.py", "generate_tokens"),
+    ("reward-model scoring (flywheel_trainer.scoring)", "scoring.py", "pointwise_scores"),
+    ("dataset preparation (datasets map)", "arrow_dataset.py", "map"),
+    ("model loading (from_pretrained)", "modeling_utils.py", "from_pretrained"),
+    ("saving (save_pretrained)", "modeling_utils.py", "save_pretrained"),
+    ("imports after the warm start's preload", "<frozen importlib._bootstrap>", "_find_and_load"),
+)
+"""Rows of a stage's profile: (label, file name, function), the function's cumulative seconds (the largest entry
+when several match: nested calls are not added twice)."""
+
+
+def stage_breakdown(stats_file: Path) -> dict[str, float]:
+    import pstats
+
+    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
+    out = {}
+    for label, file_name, function in STAGE_BREAKDOWN:
+        seconds = [ct for (path, _, name), (_, _, _, ct, _) in stats.items()
+                   if name == function and path.endswith(file_name)]
+        out[label] = round(max(seconds), 1) if seconds else 0.0
+    total = [ct for (path, _, name), (_, _, _, ct, _) in stats.items() if name == "main" and path.endswith("cli.py")]
+    out["stage program (flywheel_trainer.cli.main)"] = round(max(total), 1) if total else 0.0
+    return out
+
+
+def run_stage(tree: Path, config: Path, out: Path, threads: int, stats: Path | None = None) -> dict[str, Any]:
+    """`config`'s stage program with `tree`'s code on `threads` torch threads, writing into `out`: its seconds,
+    process CPU seconds and the digest of every model it wrote."""
+    data = json.loads(config.read_text())
+    data["outputDir"] = str(out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = out.with_name(out.name + ".json")
+    path.write_text(json.dumps(data))
+    env = tree_env(tree) | {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", STAGE_CODE, str(path), str(out), str(stats or "")], cwd=tree,
+                          env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{config.name} with {tree}: {done.stderr[-2000:]}")
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    digests = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+               for p in sorted([*out.rglob("model.safetensors"), *out.rglob("*.jsonl")])}
+    result = json.loads((out / "result.json").read_text())
+    return {"seconds": round(row["seconds"], 1), "cpu_seconds": round(row["cpu_seconds"], 1), "digests": digests,
+            "metrics": {k: v for k, v in result.get("metrics", {}).items() if isinstance(v, (int, float))}}
+
+
+def stages(trees: dict[str, Path], run_dir: Path, scratch: Path, repeats: int, threads: tuple[int, ...],
+           profile_stages: bool, names: tuple[str, ...] = STAGES) -> dict[str, Any]:
+    """Every stage program of one make-run generation (`run_dir`: its configs and upstream outputs are the inputs)
+    run again by each tree, the trees alternating, `repeats` times, on one torch thread (what `--cpus 1` and stages
+    side by side run on) and on each of `threads` more (what a stage alone gets on idle cores): seconds, CPU
+    seconds and whether the weights are the same, byte for byte."""
+    out: dict[str, Any] = {"inputs": str(run_dir), "repeats": repeats, "rows": {}}
+    for stage in names:
+        config = run_dir / "configs" / f"{run_dir.name}-{stage}-1.json"
+        if not config.is_file():
+            continue
+        row: dict[str, Any] = {}
+        for count in (1, *threads):
+            for _ in range(repeats):
+                for label, tree in trees.items():
+                    if count != 1 and label != "new":
+                        continue
+                    key = f"{label}@{count}"
+                    with LoadSampler() as load:
+                        measured = run_stage(tree, config, scratch / "stages" / f"{stage}-{label}-{count}", count)
+                    entry = row.setdefault(key, {"seconds": [], "cpu_seconds": [], "load": [], "digests": None,
+                                                 "metrics": measured["metrics"]})
+                    entry["seconds"].append(measured["seconds"])
+                    entry["cpu_seconds"].append(measured["cpu_seconds"])
+                    entry["load"].append(load.summary()["mean"])
+                    if entry["digests"] not in (None, measured["digests"]):
+                        entry["digests_vary"] = True
+                    entry["digests"] = measured["digests"]
+                    print(f"{stage} {key}: {measured['seconds']} s ({measured['cpu_seconds']} s CPU), "
+                          f"load {entry['load'][-1]}", flush=True)
+        for entry in row.values():
+            entry["median_seconds"] = sorted(entry["seconds"])[len(entry["seconds"]) // 2]
+            entry["median_cpu_seconds"] = sorted(entry["cpu_seconds"])[len(entry["cpu_seconds"]) // 2]
+        if "baseline@1" in row and "new@1" in row:
+            row["same_weights_as_baseline"] = row["baseline@1"]["digests"] == row["new@1"]["digests"]
+            row["same_metrics_as_baseline"] = row["baseline@1"]["metrics"] == row["new@1"]["metrics"]
+            before, after = row["baseline@1"]["median_cpu_seconds"], row["new@1"]["median_cpu_seconds"]
+            row["cpu_saved"] = round(1 - after / before, 3) if before else None
+        for count in threads:
+            if f"new@{count}" in row and "new@1" in row:
+                row[f"same_weights_on_{count}_threads"] = row[f"new@{count}"]["digests"] == row["new@1"]["digests"]
+                row[f"same_metrics_on_{count}_threads"] = row[f"new@{count}"]["metrics"] == row["new@1"]["metrics"]
+        if profile_stages and "new" in trees:
+            stats = scratch / "stages" / f"{stage}.prof"
+            run_stage(trees["new"], config, scratch / "stages" / f"{stage}-profile", 1, stats)
+            row["profile_new@1"] = stage_breakdown(stats)
+        out["rows"][stage] = row
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=BASE, help="baseline commit (default %(default)s)")
-    parser.add_argument("--only", choices=("profile", "sampling", "make-run", "chain"), action="append",
-                        help="run only these parts")
+    parser.add_argument("--only", choices=("profile", "sampling", "make-run", "chain", "stages"), action="append",
+                        help="run only these parts ('stages' is never run by default)")
+    parser.add_argument("--stage-inputs", default=None,
+                        help="stages: a make-run generation directory whose configs and upstream outputs the stages "
+                             "rerun (default: a make run of the new tree in --scratch)")
+    parser.add_argument("--stage-repeats", type=int, default=1, help="stages: runs per tree and thread count")
+    parser.add_argument("--stages", nargs="*", choices=STAGES, default=list(STAGES),
+                        help="stages: which stage programs (default all; rows merge into the result file)")
+    parser.add_argument("--stage-threads", type=int, nargs="*", default=[2],
+                        help="stages: thread counts beside one to run the new tree on (default 2)")
+    parser.add_argument("--profile-stages", action="store_true",
+                        help="stages: also run each stage of the new tree once under cProfile (stage_breakdown)")
     parser.add_argument("--tree", choices=("baseline", "new"), action="append",
                         help="measure only these trees (default both; a later run fills in the other)")
     parser.add_argument("--generations", type=int, default=5)
@@ -407,9 +545,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="measure nothing: compare the chains already in --scratch (finished or not)")
     parser.add_argument("--no-second", action="store_true", help="make run: skip the second run on the warm cache")
     parser.add_argument("--scratch", default=None, help="scratch folder (default: a new temporary one)")
-    parser.add_argument("--out", default=str(RESULT))
+    parser.add_argument("--out", default=None,
+                        help=f"result file (default {RESULT.relative_to(ROOT)}; {STAGES_RESULT.relative_to(ROOT)} for "
+                             "--only stages alone)")
     args = parser.parse_args(argv)
     parts = args.only or ["sampling", "make-run", "chain"]
+    name = "local_stages" if parts == ["stages"] else "local"  # the provenance entry (bench/provenance.py)
+    args.out = args.out or str(STAGES_RESULT if name == "local_stages" else RESULT)
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench-local-")).resolve()
     scratch.mkdir(parents=True, exist_ok=True)
     trees = {"baseline": baseline_tree(args.base, scratch), "new": Path(os.environ.get("BENCH_LOCAL_TREE", ROOT))}
@@ -435,7 +577,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(chains["decisions"], indent=1))
         return 0
     gen0_cache = scratch / "gen0"
-    gen0 = {label: build_generation0(tree, gen0_cache) for label, tree in trees.items()}
+    needs_gen0 = set(parts) - {"stages"} or ("stages" in parts and not args.stage_inputs)
+    gen0 = {label: build_generation0(tree, gen0_cache) for label, tree in trees.items()} if needs_gen0 else {}
     if "profile" in parts:
         result["breakdown"] = {label: profile(tree, scratch, gen0[label], label) for label, tree in trees.items()}
     if "sampling" in parts:
@@ -446,6 +589,22 @@ def main(argv: list[str] | None = None) -> int:
         for label, tree in trees.items():
             runs[label] = make_run(tree, scratch, gen0[label], label, second=not args.no_second)
             runs[label]["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    if "stages" in parts:
+        inputs = Path(args.stage_inputs) if args.stage_inputs else None
+        if inputs is None:
+            make_run(trees.get("new", ROOT), scratch, gen0.get("new") or next(iter(gen0.values())), "inputs",
+                     second=False)
+            inputs = scratch / "inputs-make-run-first" / "gen1"
+        measured = stages(trees, inputs.resolve(), scratch, args.stage_repeats, tuple(args.stage_threads),
+                          args.profile_stages, tuple(args.stages))
+        runs = result.setdefault("stages", {}).setdefault("runs", [])  # one entry per invocation, rows merged
+        runs.append({key: measured[key] for key in ("inputs", "repeats")} | {
+            "stages": list(measured["rows"]), "threads": args.stage_threads, "profile": args.profile_stages,
+            "trees": {label: commit_of(tree) for label, tree in trees.items()},
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        rows = result["stages"].setdefault("rows", {})
+        for stage, row in measured["rows"].items():  # a later run adds its columns (a tree, threads, a profile)
+            rows.setdefault(stage, {}).update(row)
     if "chain" in parts:
         chains = result.setdefault("chain", {})
         for label, tree in trees.items():
@@ -457,7 +616,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(result, indent=2) + "\n")
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
 
-    stamp_file("local", out)  # provenance
+    if name == "local_stages":  # two benches, one script: the name says which result this is
+        stamp_file("local_stages", out)  # provenance
+    else:
+        stamp_file("local", out)  # provenance
     print(f"wrote {out}")
     return 0
 

@@ -199,6 +199,13 @@ BENCHES: dict[str, Bench] = {
          "examples/local/world.yaml"),
         "python bench/sim_speed.py",
     ),
+    # issue 29 (h29stg): make run's stage programs rerun on one generation's inputs, this tree against a baseline
+    "local_stages": Bench(
+        "bench/local.py",
+        (*CHAIN, f"{OPERATOR}/cli.py", f"{OPERATOR}/kube/__init__.py", f"{OPERATOR}/kube/admission.py"),
+        "python bench/local.py --only stages --base 08551f1 --profile-stages",
+        "reruns the stages of one make run (a fresh one in the scratch folder, or --stage-inputs DIR)",
+    ),
     # issue 26 (h26g): the win-rate band replayed, old rule against new, on finished generations
     "band_replay": Bench(
         "bench/band_replay.py",

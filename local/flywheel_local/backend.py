@@ -58,6 +58,16 @@ small for a second thread to pay for its synchronisation, and on cores shared wi
 sampling, a second stage, another program) OpenMP threads spin against each other. bench/local.py (2 cores): SFT on
 1 thread 81 s, on 2 threads 420 s, at load 10. One thread is also what `bench/flywheel.py --cpus 1` runs every
 stage on, so `make run`'s stages compute the committed chain's sums in the same order."""
+ALONE_THREADS = 2
+"""Most torch threads of a stage program that runs alone on idle cores (stage_threads): SFT 11.4 s on two threads
+against 17.2 s on one, RL 15.3 against 21.0 (bench/results/local.json, 2 idle cores). More than two is not measured
+(the machines here have two cores); a larger value is a constructor argument (LocalBackend(alone_threads=...))."""
+IDLE_SLACK = 0.25
+"""A core counts as idle when at least 1 - IDLE_SLACK of it was idle while the runner looked (idle_cores): a
+second OpenMP thread on a core that is busy elsewhere spins against it (SFT 252.8 s on two threads against 127.4 on
+one at load 6, bench/local.py --only threads)."""
+IDLE_WINDOW_SECONDS = 0.5
+"""How long the runner looks at the cores before it starts a stage alone."""
 
 
 @dataclass(frozen=True)
@@ -106,10 +116,19 @@ class LocalBackend:
         oracle_draws: int | None = None,
         warm_start: bool = True,
         stage_threads: int = STAGE_THREADS,
+        alone_threads: int = ALONE_THREADS,
     ) -> None:
         self.generation = generation
         self.stage_threads = stage_threads
-        """Most torch threads one stage program gets (stage_threads_for)."""
+        """Most torch threads one stage program gets beside others, or on cores given with `cpus`
+        (stage_threads_for)."""
+        self.alone_threads = alone_threads
+        """Most torch threads a stage program gets when it runs alone on idle cores (stage_threads)."""
+        self.explicit_cpus = cpus
+        """The cores given to this run (`bench/flywheel.py --cpus`): every stage then gets its even share of them,
+        at most `stage_threads`, whatever the machine is doing (a reproducible chain); None: measured per stage."""
+        self.thread_choices: dict[str, int] = {}
+        """Torch threads each child was started on (stage_threads)."""
         self.oracle_draws = oracle_draws
         """Draws of the report's oracle to compute for a starting policy kept in the cache (generation 0) in the
         second process while the user traffic is simulated (flywheel_local.oracle_runs.prefetch); None: none (only
@@ -122,7 +141,7 @@ class LocalBackend:
         self.paths = paths
         self.world_file = world_file
         self.cache_dir = cache_dir
-        self.cpus = cpus or os.cpu_count() or 1
+        self.cpus = cpus or usable_cores()
         self.canary = SimulatedCanary(paths.canary, world_file, note, user_traffic=paths.traffic("user"))
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.configs: dict[str, StageConfig] = {}
@@ -302,6 +321,10 @@ class LocalBackend:
     # ------------------------------------------------------------------------------------------- actions
     def carry_out(self, actions: Sequence[Action], status: FlywheelGenerationStatus) -> None:
         starts = [a for a in actions if isinstance(a, StartStage)]
+        if starts:
+            # the side worker's work that this status makes possible goes first, so that a stage starting alone
+            # knows whether it shares the cores with it (status_written hands each piece once)
+            self.status_written(status)
         for action in starts:
             self._start(action, parallel=len(starts))
         for action in actions:
@@ -347,9 +370,11 @@ class LocalBackend:
         self._stop_orphan(child)
         log = self.paths.log(child)
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = _stage_env(stage_threads_for(self.cpus, parallel, self.stage_threads))
+        threads = self._threads(parallel)
+        self.thread_choices[child] = threads
+        env = _stage_env(threads)
         with log.open("ab") as handle:
-            handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child}"
+            handle.write(f"# {time.strftime('%Y-%m-%dT%H:%M:%S')} start {child} on {threads} torch thread(s)"
                          f"{' (warm: forked after the imports)' if self.warm_start else ''}\n".encode())
         proc = self._warm(stage, config_path, log, env) if self.warm_start else None
         if proc is None:
@@ -368,6 +393,19 @@ class LocalBackend:
         pid_file.parent.mkdir(parents=True, exist_ok=True)
         pid_file.write_text(f"{proc.pid}\n")
         pid_file.with_suffix(".started").write_text(f"{_start_time(proc.pid)}\n")  # names the process for good
+
+    def _threads(self, parallel: int) -> int:
+        """Torch threads of a stage started with `parallel - 1` others (stage_threads): the idle cores are looked
+        at only for a stage that starts alone on cores not given explicitly."""
+        others = len(self.running())
+        if self.explicit_cpus is not None or parallel + others > 1:
+            return stage_threads(cores=self.cpus, parallel=parallel + others, explicit=self.explicit_cpus is not None,
+                                 idle=0.0, side_busy=False, most_shared=self.stage_threads,
+                                 most_alone=self.alone_threads)
+        side = self._side
+        own = [worker.pid for worker in getattr(side, "_pool", [])] if side is not None else []
+        return stage_threads(cores=self.cpus, parallel=1, explicit=False, idle=idle_cores(own=own),
+                             side_busy=side_busy(), most_shared=self.stage_threads, most_alone=self.alone_threads)
 
     def _warm(self, stage: str, config_path: Path, log: Path, env: dict[str, str]) -> Any:
         """The stage forked after the imports (flywheel_local.warm), or None to start it cold."""
@@ -549,6 +587,92 @@ def stage_threads_for(cpus: int, parallel: int, most: int = STAGE_THREADS) -> in
     if most < 1:
         raise ValueError(f"stage_threads must be at least 1; got {most}")
     return max(1, min(most, cpus // max(1, parallel)))
+
+
+def stage_threads(*, cores: int, parallel: int, explicit: bool, idle: float, side_busy: bool,
+                  most_shared: int = STAGE_THREADS, most_alone: int = ALONE_THREADS) -> int:
+    """Torch threads of each of `parallel` stage programs running together on `cores` cores (pure: the caller
+    measures). `explicit`: the cores were given (`--cpus`), so every stage gets stage_threads_for's even share,
+    capped at `most_shared`, whatever the machine does (byte-identical chains). Otherwise stages side by side get
+    that share too (one thread each: STAGE_THREADS); a stage alone gets the cores that were `idle` (measured,
+    with this run's side worker counted as idle: idle_cores), less one when the side worker has work
+    (`side_busy`, flywheel_local.oracle_runs), rounded down with IDLE_SLACK, between 1 and `most_alone`."""
+    if cores < 1:
+        raise ValueError(f"cores must be at least 1; got {cores}")
+    if explicit or parallel > 1:
+        return stage_threads_for(cores, parallel, most_shared)
+    if most_alone < 1:
+        raise ValueError(f"alone_threads must be at least 1; got {most_alone}")
+    free = min(float(cores), max(0.0, idle)) - (1 if side_busy else 0)
+    return max(1, min(most_alone, cores, int(free + IDLE_SLACK)))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; os.cpu_count where affinity is unknown)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpu_ticks() -> dict[str, tuple[int, int]]:
+    """(idle, total) clock ticks of each core in /proc/stat ("cpuN" lines), {} where it is missing."""
+    out = {}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name != "cpu":
+            values = [int(v) for v in fields[:8]]
+            out[name] = (values[3] + values[4], sum(values))
+    return out
+
+
+def _process_ticks(pids: Sequence[int]) -> int:
+    """User + system clock ticks of processes `pids` (/proc/PID/stat fields 14 and 15); gone ones count 0."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def idle_cores(window: float = IDLE_WINDOW_SECONDS, own: Sequence[int] = ()) -> float:
+    """Cores of this process's affinity that were idle over `window` seconds (/proc/stat), with the CPU time of
+    the `own` processes (this run's side worker, whose work side_busy counts) added back as idle; 0.0 where
+    /proc is missing (then a stage alone gets one thread)."""
+    try:
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        mine = None
+    before, own_before = _cpu_ticks(), _process_ticks(own)
+    time.sleep(window)
+    after, own_after = _cpu_ticks(), _process_ticks(own)
+    idle = 0.0
+    total_ticks = 0
+    for name, (idle_after, total_after) in after.items():
+        if (mine is not None and name not in mine) or name not in before:
+            continue
+        spent = total_after - before[name][1]
+        if spent > 0:
+            idle += (idle_after - before[name][0]) / spent
+            total_ticks += spent
+    if not total_ticks:
+        return 0.0
+    cores = total_ticks / max(1, len([n for n in after if mine is None or n in mine]))
+    return idle + (own_after - own_before) / cores
+
+
+def side_busy() -> bool:
+    """Whether this process handed the side worker work it has not finished (flywheel_local.oracle_runs)."""
+    from flywheel_local.oracle_runs import pending
+
+    return pending() > 0
 
 
 def _stage_env(threads: int) -> dict[str, str]:

@@ -198,6 +198,12 @@ def prefetch(model_dir: str | Path, world_file: Path, cache_dir: Path, *, pool: 
     return True
 
 
+def pending() -> int:
+    """How many pieces of work handed over (`hand_over`, `prefetch`) have not finished yet: the side worker is busy
+    while this is above 0 (LocalBackend starts a stage alone on one core fewer)."""
+    return sum(1 for result in _PREFETCHES.values() if not result.ready())
+
+
 def forget_prefetches() -> None:
     """Forget the prefetches handed over (their pool is being stopped: Ctrl-C); the report computes the draws."""
     _PREFETCHES.clear()

@@ -123,6 +123,12 @@ def training_kwargs(
         "include_num_input_tokens_seen": "non_padding",  # result metric `tokens_seen` (bench: tokens/s)
         "ddp_timeout": int(collective_timeout().total_seconds()),  # resources.collectiveTimeout, not torch's 10 min
     }
+    if not cuda:
+        # TRL's configs checkpoint activations by default (memory for a GPU): on the CPU's small models it only
+        # recomputes every forward during the backward for the same gradients bit for bit
+        # (tests/trainer/test_cpu_checkpointing.py; bench/local.py --only stages). Under transformers 5's deprecated
+        # name, so that a stage setting passed as `activation_checkpointing` (SFT's activationCheckpointing) wins.
+        kwargs["gradient_checkpointing"] = False
     if os.environ.get(RUN_NAME_ENV):
         kwargs["run_name"] = os.environ[RUN_NAME_ENV]
     if cuda and deepspeed_stage > 0:
