@@ -129,8 +129,9 @@ def _disabled(name: str, value: float | None, n: int | None, interval: list[floa
 
 
 JUDGE = "pairwise RM"
-"""The band's independent judge: the pairwise reward model, trained on the same logs but optimised by no stage
-(RL's `rewardModel` must be pointwise; rejection sampling reads the pointwise and user-signal models)."""
+"""The band's judge in eval results that name none (`judgeWinRateUser` unset, eval stages before issue 26's h26b):
+the pairwise reward model, optimised by no stage. Newer eval stages judge with the user-signal model (`judgeModel`):
+with no network weight the pairwise model's text score is the pointwise model's learned part itself."""
 
 
 def paired_difference_interval(p1: float, p2: float, n: int | None, correlation: float) -> tuple[float, float]:
