@@ -3,7 +3,8 @@
 Writes the OfflineMetrics the offline gate reads: reward-model win rates per traffic source (pointwise and,
 when configured, pairwise; internal ones stay None when no internal prompts were evaluated; the pointwise ones
 the band reads on the reward model's learned part only, `band_win_rates`; with the pairwise model's, their
-paired statistic, `judge_statistics`), instruction
+paired statistic, `judge_statistics`; the band's judge, the user-signal model's text score when one is configured,
+`signal_judge_statistics`), instruction
 following and violations by the programmatic verifiers, the false-refusal rate over benign prompts (the
 held-out user prompts: internal testers push characters to break rules on purpose), and style artifacts of the
 candidate and the parent, each with the n behind it and the spread of the per-prompt style differences, so
