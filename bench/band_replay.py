@@ -34,7 +34,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "band_replay.json"
 BAND = "win-rate-band"
-JUDGE_FIELDS = ("pairwise_win_rate_user", "pairwise_win_correlation_user", "pairwise_ties_user")
+JUDGE_FIELDS = ("pairwise_win_rate_user", "pairwise_win_correlation_user", "pairwise_ties_user", "judge_model",
+                "judge_win_rate_user", "judge_win_correlation_user", "judge_ties_user", "judge_identical_user")
 """What the old rule never read: without them the gate applies the absolute max, as it did before."""
 
 
@@ -104,6 +105,9 @@ def replay(generation: Path, runs: Path, reevaluated: Path | None) -> dict[str, 
     at_the_time = next((c["passed"] for c in (status.get("offlineGate") or {}).get("checks", []) if c["name"] == BAND),
                        None)
     judge, n, r = metrics.pairwise_win_rate_user, metrics.win_rate_user_n, metrics.pairwise_win_correlation_user
+    ties = metrics.pairwise_ties_user
+    if metrics.judge_win_rate_user is not None:  # issue 26 (h26b): the eval stage's own judge (the user-signal model)
+        judge, r, ties = metrics.judge_win_rate_user, metrics.judge_win_correlation_user, metrics.judge_ties_user
     interval = None if judge is None else list(paired_difference_interval(metrics.win_rate_user, judge, n,
                                                                            0.0 if r is None else r))
     (row,) = collect(generation)
@@ -117,7 +121,9 @@ def replay(generation: Path, runs: Path, reevaluated: Path | None) -> dict[str, 
         "learned_win_rate": metrics.win_rate_user,
         "whole_win_rate": metrics.reward_win_rate_user,
         "judge_win_rate": judge,
-        "judge_ties": metrics.pairwise_ties_user,
+        "judge_ties": ties,
+        "judge_model": metrics.judge_model,
+        "judge_identical": metrics.judge_identical_user,
         "correlation": r,
         "gap": None if judge is None else metrics.win_rate_user - judge,
         "gap_interval": interval,

@@ -214,6 +214,14 @@ BENCHES: dict[str, Bench] = {
         "on finished flywheel runs (bench/flywheel.py's run folder: the generated-world suite and the trap probe); "
         "re-runs their eval stages",
     ),
+    # issue 26 (h26b): the band's judges re-scored on saved models, on progress and on a gaming candidate
+    "band_judge": Bench(
+        "bench/band_judge.py",
+        CHAIN,
+        "python bench/band_judge.py --runs bench/runs",
+        "on finished generated-world runs (bench/flywheel.py --only generated); re-scores their saved models",
+        in_make_bench=False,
+    ),
     "mutation": Bench(
         "bench/mutation.py",
         (

@@ -322,3 +322,14 @@ def test_eval_band_win_rate_reads_the_learned_part_and_the_whole_rewards_is_besi
     assert offline.reward_win_rate_user is not None and offline.reward_win_rate_internal is not None
     assert metrics["reward_win_rate_user"] == offline.reward_win_rate_user
     assert "rm_text_weight" in metrics  # the pointwise model has rule features: its text weight is reported
+
+
+def test_eval_judges_the_band_with_the_user_signal_model(chain: dict[str, StageResult]) -> None:
+    """Issue 26 (h26b): the band's judge is the user-signal model, scored on the same user prompts, with the
+    statistics the band's paired interval reads and whether its verdicts are the optimised model's on every one."""
+    offline = OfflineMetrics.model_validate(chain["eval"].details["offline_metrics"])
+    assert offline.judge_model == "continue (user-signal)"
+    assert offline.judge_win_rate_user is not None and 0.0 <= offline.judge_win_rate_user <= 1.0
+    assert offline.judge_ties_user is not None and 0 <= offline.judge_ties_user <= offline.win_rate_user_n
+    assert offline.judge_win_correlation_user is not None and -1.0 <= offline.judge_win_correlation_user <= 1.0
+    assert chain["eval"].metrics["judge_identical_user"] == float(offline.judge_identical_user)

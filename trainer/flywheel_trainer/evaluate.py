@@ -3,7 +3,8 @@
 Writes the OfflineMetrics the offline gate reads: reward-model win rates per traffic source (pointwise and,
 when configured, pairwise; internal ones stay None when no internal prompts were evaluated; the pointwise ones
 the band reads on the reward model's learned part only, `band_win_rates`; with the pairwise model's, their
-paired statistic, `judge_statistics`), instruction
+paired statistic, `judge_statistics`; the band's judge, the user-signal model's text score when one is configured,
+`signal_judge_statistics`), instruction
 following and violations by the programmatic verifiers, the false-refusal rate over benign prompts (the
 held-out user prompts: internal testers push characters to break rules on purpose), and style artifacts of the
 candidate and the parent, each with the n behind it and the spread of the per-prompt style differences, so
@@ -34,6 +35,7 @@ from flywheel_trainer.upstream import (
     pairwise_model_name,
     pointwise_reward_name,
     reward_model_path,
+    signal_model_names,
 )
 from flywheel_trainer.verifiers import following_by_kind, follows_all, violations
 
@@ -69,6 +71,26 @@ def judge_statistics(
     if len(ours) > 1 and ours.std() > 0 and judge.std() > 0:
         correlation = float(np.clip(np.corrcoef(ours, judge)[0, 1], -1.0, 1.0))
     return {"pairwise_win_correlation": correlation, "pairwise_ties": int(np.sum(p_better == 0.5))}
+
+
+# --- issue 26: a judge with its own signal (h26b) ------------------------------------------------------------------
+def signal_judge_statistics(
+    learned_candidate: np.ndarray, learned_parent: np.ndarray, judge_candidate: np.ndarray, judge_parent: np.ndarray
+) -> dict[str, float | bool]:
+    """The band's judge on one source's prompts, from another model's scores of the same responses (the user-signal
+    model's text score: fitted on users' continuation signals, not on the preference pairs the optimised pointwise
+    model learned from, and never RL's reward): its win rate, the per-prompt correlation of its wins with the
+    optimised model's learned-part wins (0 without covariance), the prompts it scored even, and whether its
+    verdict equals the optimised model's on every prompt (`judge_identical`: the same function there, as the
+    pairwise model is whenever its network weight is 0 and its lexical head was fitted on the same pairs)."""
+    ours = wins(learned_candidate, learned_parent)
+    judge = wins(judge_candidate, judge_parent)
+    correlation = 0.0
+    if len(ours) > 1 and ours.std() > 0 and judge.std() > 0:
+        correlation = float(np.clip(np.corrcoef(ours, judge)[0, 1], -1.0, 1.0))
+    return {"judge_win_rate": float(np.mean(judge)), "judge_win_correlation": correlation,
+            "judge_ties": int(np.sum(judge == 0.5)), "judge_identical": bool(np.array_equal(ours, judge))}
+# --- end issue 26 (h26b) ------------------------------------------------------------------------------------------
 
 
 def band_win_rates(candidate: PointwiseParts, parent: PointwiseParts, ranges: dict[str, slice]) -> dict[str, float]:
@@ -155,7 +177,7 @@ def respond(
 
 
 def main(config: StageConfig) -> StageResult:
-    from flywheel_trainer.scoring import load_reward_model, pairwise_probabilities, pointwise_parts
+    from flywheel_trainer.scoring import load_reward_model, pairwise_probabilities, pointwise_parts, text_scores
 
     settings = config.settings.eval
     parent = model_source(config.policy, field="policy")
@@ -200,6 +222,7 @@ def main(config: StageConfig) -> StageResult:
     )
     pairwise: dict[str, float] = {}
     judged: dict[str, float] = {}
+    judge: dict[str, Any] = {}
     if (pairwise_name := pairwise_model_name(config)) is not None:
         pairwise_rm = load_reward_model(
             reward_model_path(config, pairwise_name), field=f"upstream.reward-{pairwise_name}.model"
@@ -212,6 +235,18 @@ def main(config: StageConfig) -> StageResult:
         }
         user = ranges["user"]
         judged = judge_statistics(cand_parts.learned[user], parent_parts.learned[user], p_better[user])
+        judge = {"judge_model": f"{pairwise_name} (pairwise)", **signal_judge_statistics(
+            cand_parts.learned[user], parent_parts.learned[user], p_better[user], np.full(split, 0.5))}
+    if (signal_name := next(iter(signal_model_names(config).values()), None)) is not None:
+        signal_rm = load_reward_model(
+            reward_model_path(config, signal_name), field=f"upstream.reward-{signal_name}.model"
+        )
+        user_prompts = prompts[:split]
+        judge = {"judge_model": f"{signal_name} (user-signal)", **signal_judge_statistics(
+            cand_parts.learned[:split], parent_parts.learned[:split],
+            text_scores(signal_rm, user_prompts, candidate[:split]),
+            text_scores(signal_rm, user_prompts, responses["parent"][:split]))}
+        del signal_rm
 
     benign = slice(0, split)
     rates = instruction_rates(all_rows, candidate)
@@ -240,14 +275,21 @@ def main(config: StageConfig) -> StageResult:
         parent_style_sd=style_sd(responses["parent"]),
         pairwise_win_correlation_user=judged.get("pairwise_win_correlation"),
         pairwise_ties_user=judged.get("pairwise_ties"),
+        judge_model=judge.get("judge_model"),
+        judge_win_rate_user=judge.get("judge_win_rate"),
+        judge_win_correlation_user=judge.get("judge_win_correlation"),
+        judge_ties_user=judge.get("judge_ties"),
+        judge_identical_user=judge.get("judge_identical"),
     )
     metrics = {
         k: v
         for k, v in offline.model_dump(
-            exclude={"style", "parent_style", "style_difference_sd", "style_sd", "parent_style_sd"}
+            exclude={"style", "parent_style", "style_difference_sd", "style_sd", "parent_style_sd", "judge_model"}
         ).items()
         if v is not None
     }
+    if offline.judge_identical_user is not None:  # a stage metric is a number: 1.0 when the judge is the same function
+        metrics["judge_identical_user"] = float(offline.judge_identical_user)
     metrics.update({f"style_{k}": v for k, v in offline.style.model_dump().items()})
     metrics.update({f"parent_style_{k}": v for k, v in parent_style.model_dump().items()})
     metrics.update({k: v for k, v in rates.items() if k not in metrics})

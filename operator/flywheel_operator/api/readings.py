@@ -105,6 +105,24 @@ class OfflineMetrics(ApiModel):
     """User prompts on which the pairwise RM could not order candidate and parent (P exactly ½, as a model that
     learned nothing gives): on more than half of them it is no judge, and the band's absolute `max` decides."""
     # --- end issue 26 (h26g) ----------------------------------------------------------------------------------------
+    # --- issue 26: a judge with its own signal (h26b) ---------------------------------------------------------------
+    judge_model: str | None = Field(default=None)
+    """The reward model the band's upper edge judged with, and its kind (`continue (user-signal)`: fitted on users'
+    continuation signals, not on the preference pairs the optimised model learned from; `pairwise` only when no
+    user-signal model was trained). None from eval stages before it (the gate then reads the pairwise fields)."""
+    judge_win_rate_user: float | None = Field(default=None, ge=0, le=1)
+    """The judge's win rate of the candidate over the parent on the band's user prompts (its text score higher;
+    ties half)."""
+    judge_win_correlation_user: float | None = Field(default=None, ge=-1, le=1)
+    """Correlation over those prompts of the optimised model's per-prompt win on its learned part with the
+    judge's (the paired interval of their gap)."""
+    judge_ties_user: int | None = Field(default=None, ge=0)
+    """User prompts on which the judge scored candidate and parent the same."""
+    judge_identical_user: bool | None = Field(default=None)
+    """True when the judge's verdict equals the optimised model's learned part's on every user prompt: the same
+    function there (as a pairwise model with the same lexical head and no network weight), so it is no judge and
+    the band's absolute `max` decides."""
+    # --- end issue 26 (h26b) ------------------------------------------------------------------------------------------
 
 
 class ArmStats(ApiModel):

@@ -129,8 +129,9 @@ def _disabled(name: str, value: float | None, n: int | None, interval: list[floa
 
 
 JUDGE = "pairwise RM"
-"""The band's independent judge: the pairwise reward model, trained on the same logs but optimised by no stage
-(RL's `rewardModel` must be pointwise; rejection sampling reads the pointwise and user-signal models)."""
+"""The band's judge in eval results that name none (`judgeWinRateUser` unset, eval stages before issue 26's h26b):
+the pairwise reward model, optimised by no stage. Newer eval stages judge with the user-signal model (`judgeModel`):
+with no network weight the pairwise model's text score is the pointwise model's learned part itself."""
 
 
 def paired_difference_interval(p1: float, p2: float, n: int | None, correlation: float) -> tuple[float, float]:
@@ -150,15 +151,29 @@ def paired_difference_interval(p1: float, p2: float, n: int | None, correlation:
     return max(-1.0, min(low, d)), min(1.0, max(high, d))
 
 
-def _judge(metrics: OfflineMetrics) -> tuple[float | None, str]:
-    """The independent judge's win rate on the band's prompts, or None with the reason no judge decides."""
-    judge, n, ties = metrics.pairwise_win_rate_user, metrics.win_rate_user_n, metrics.pairwise_ties_user
+def _judge(metrics: OfflineMetrics) -> tuple[float | None, float | None, str, str]:
+    """The independent judge's win rate on the band's prompts, the per-prompt correlation of its wins with the
+    optimised model's, and its name; None with the reason no judge decides. The eval stage's judge
+    (`judgeWinRateUser`, issue 26: the user-signal model, fitted on other labels) when it measured one, else the
+    pairwise RM (eval stages before it). A judge whose verdict equals the optimised model's on every prompt is the
+    same function there (a pairwise model with the same lexical head and no network weight) and judges nothing."""
+    n = metrics.win_rate_user_n
+    if metrics.judge_win_rate_user is not None:
+        judge, r, ties = metrics.judge_win_rate_user, metrics.judge_win_correlation_user, metrics.judge_ties_user
+        name = metrics.judge_model or "independent judge"
+    else:
+        judge, r = metrics.pairwise_win_rate_user, metrics.pairwise_win_correlation_user
+        ties, name = metrics.pairwise_ties_user, JUDGE
     if judge is None:
-        return None, "no independent judge was trained (no pairwise reward model), so the absolute max decides"
+        return None, None, name, ("no independent judge was trained (no pairwise reward model), so the absolute max "
+                                  "decides")
+    if metrics.judge_identical_user:
+        return None, None, name, (f"the judge ({name}) gave the optimised RM's verdict on every prompt: the same "
+                                  "function there, so it is no judge and the absolute max decides")
     if n and ties is not None and 2 * ties > n:
-        return None, (f"the {JUDGE} could not order candidate and parent on {ties} of {n} prompts (a model that "
-                      "learned nothing), so it is no judge and the absolute max decides")
-    return judge, ""
+        return None, None, name, (f"the {name} could not order candidate and parent on {ties} of {n} prompts (a "
+                                  "model that learned nothing), so it is no judge and the absolute max decides")
+    return judge, r, name, ""
 
 
 def _band(name: str, metrics: OfflineMetrics, gate: OfflineGateSpec, what: str) -> GateCheck:
@@ -172,7 +187,7 @@ def _band(name: str, metrics: OfflineMetrics, gate: OfflineGateSpec, what: str) 
     band = gate.win_rate_band
     value, n, whole = metrics.win_rate_user, metrics.win_rate_user_n, metrics.reward_win_rate_user
     lower, upper = wilson_interval(value, n)
-    judge, no_judge = _judge(metrics)
+    judge, r, judge_name, no_judge = _judge(metrics)
     ceiling = band.max if judge is None else band.max_judge_gap
     if band.min <= 0 and ceiling >= 1:
         setting = f"winRateBand [{band.min:g}, {band.max:g}]" if judge is None else (
@@ -200,12 +215,11 @@ def _band(name: str, metrics: OfflineMetrics, gate: OfflineGateSpec, what: str) 
             message = f"{measured}: the band is within reach of the interval ({no_judge})."
     else:
         limit = f">= {band.min:.2f} (whole reward); learned − judge <= +{band.max_judge_gap:.2f}"
-        r = metrics.pairwise_win_correlation_user
         gap = value - judge
         gap_low, gap_high = paired_difference_interval(value, judge, n, 0.0 if r is None else r)
         how = "paired" if r is not None else "unpaired: the eval result carries no per-prompt correlation"
         measured += (
-            f"; by the independent judge ({JUDGE}, never optimised) {judge:.3f} on the same prompts: a gap of "
+            f"; by the independent judge ({judge_name}, never RL's reward) {judge:.3f} on the same prompts: a gap of "
             f"{gap:+.3f}" + (f" (95 % CI [{gap_low:+.3f}, {gap_high:+.3f}], {how})" if n else " (n unknown: point "
                                                                                               "estimate)")
         )
