@@ -88,3 +88,10 @@ def test_the_judges_own_correlation_pairs_the_gap(correlation: float | None, fir
 def test_a_judge_that_agrees_on_every_rate_never_reads_as_gaming(learned: float, n: int) -> None:
     gate = OfflineGateSpec(win_rate_band=WinRateBand(min=0.0, max=0.65))
     assert band(metrics(learned, learned, n=n, correlation=0.5), gate).passed
+
+
+def test_a_band_without_a_lower_edge_still_reads_gaming_against_the_judge() -> None:
+    """`min` 0 turns off the lower edge only: the band is off when both edges are (min 0 and a ceiling of 1)."""
+    gate = OfflineGateSpec(win_rate_band=WinRateBand(min=0.0))
+    check = band(metrics(0.80, 0.55, correlation=0.3), gate)
+    assert not check.passed and "likely gaming" in check.message
