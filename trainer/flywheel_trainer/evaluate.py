@@ -67,13 +67,17 @@ def judge_statistics(
     either model gave one verdict on every prompt (no covariance)."""
     ours = wins(learned_candidate, learned_parent)
     judge = wins(p_better, np.full(len(p_better), 0.5))
-    correlation = 0.0
+    return {"pairwise_win_correlation": win_correlation(ours, judge), "pairwise_ties": int(np.sum(p_better == 0.5))}
+
+
+def win_correlation(ours: np.ndarray, judge: np.ndarray) -> float:
+    """Pearson correlation of two per-prompt win vectors, clipped to [-1, 1]; 0 without covariance (either side
+    gave one verdict on every prompt) or with fewer than two prompts."""
     if len(ours) > 1 and ours.std() > 0 and judge.std() > 0:
-        correlation = float(np.clip(np.corrcoef(ours, judge)[0, 1], -1.0, 1.0))
-    return {"pairwise_win_correlation": correlation, "pairwise_ties": int(np.sum(p_better == 0.5))}
+        return float(np.clip(np.corrcoef(ours, judge)[0, 1], -1.0, 1.0))
+    return 0.0
 
 
-# --- issue 26: a judge with its own signal (h26b) ------------------------------------------------------------------
 def signal_judge_statistics(
     learned_candidate: np.ndarray, learned_parent: np.ndarray, judge_candidate: np.ndarray, judge_parent: np.ndarray
 ) -> dict[str, float | bool]:
@@ -85,12 +89,8 @@ def signal_judge_statistics(
     pairwise model is whenever its network weight is 0 and its lexical head was fitted on the same pairs)."""
     ours = wins(learned_candidate, learned_parent)
     judge = wins(judge_candidate, judge_parent)
-    correlation = 0.0
-    if len(ours) > 1 and ours.std() > 0 and judge.std() > 0:
-        correlation = float(np.clip(np.corrcoef(ours, judge)[0, 1], -1.0, 1.0))
-    return {"judge_win_rate": float(np.mean(judge)), "judge_win_correlation": correlation,
+    return {"judge_win_rate": float(np.mean(judge)), "judge_win_correlation": win_correlation(ours, judge),
             "judge_ties": int(np.sum(judge == 0.5)), "judge_identical": bool(np.array_equal(ours, judge))}
-# --- end issue 26 (h26b) ------------------------------------------------------------------------------------------
 
 
 def band_win_rates(candidate: PointwiseParts, parent: PointwiseParts, ranges: dict[str, slice]) -> dict[str, float]:
