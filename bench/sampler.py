@@ -7,10 +7,11 @@ batched by length, one random stream per row, finished rows shed once they are C
 the caller's order, finished rows kept to the end, a shared random stream replaying the hand loop's bookkeeping)
 and `hand-loop` (BASELINE: the hand-written token loop of d32e63f, also verbatim below).
 
-Part 1, synthetic prompts: the local flywheel's tiny Llama (vocab 1024, hidden 64, 2 layers) and a slightly
-larger random Llama (vocab 4000, hidden 256, 4 layers), with `--gen0 DIR` also a generation-0 model (a model
-that stops at EOS); chats of 1 to 3 exchanges (prompts of many lengths). Each (model, batch size) samples the
-same prompts at temperature 1.0 with seed 0; the backends alternate, `--repeats` times, and the median is kept.
+Part 1, synthetic prompts: the local flywheel's tiny Llama (vocab 1024, hidden 64, 2 layers), a slightly larger
+random Llama (vocab 4000, hidden 256, 4 layers) and the default world's generation 0 (a trained model that stops
+at EOS; `--gen0 DIR`, else built into `--cache`), on chats of 1 to 3 exchanges (prompts of many lengths). Each
+(model, batch size) samples the same prompts at temperature 1.0 with seed 0; the backends alternate,
+`--repeats` times, and the median is kept.
 tokens/s = new tokens returned (cut at EOS) / wall time of the `generate_tokens` call (prompt rendering
 included). Work is counted with a forward hook on the model: row-steps = rows summed over every forward pass
 (prefill included), of which `needed` are rows still drawing (each drawn token, EOS included, needs one);
@@ -18,12 +19,13 @@ padding = left-padding positions / prompt positions in prefill passes. `same_as_
 the same samples (they share one random stream); `batch_invariant`: the product's samples equal its samples at
 batch size 1 (per-row streams); `greedy_equal`: every backend's greedy tokens are the hand loop's.
 
-Part 2, traffic (with `--gen0`): one simulated day of the default world (`--people` users) answered by the
-generation-0 model through flywheel_sim's ModelPolicy, once with the product's sampler and once with the
+Part 2, traffic: one simulated day of the default world (`--people` users) answered by the generation-0 model
+through flywheel_sim's ModelPolicy, once with the product's sampler and once with the
 4990565 policy (its own chunking, seed per chunk) and sampler, alternating, `--traffic-repeats` times: process
 CPU seconds, wall seconds, responses and the same work counts.
 
-    python bench/sampler.py [--threads 1] [--repeats 3] [--gen0 DIR] [--out bench/results/sampler.json]
+    python bench/sampler.py [--threads 1] [--repeats 3] [--gen0 DIR | --cache runs/cache] [--people 1000]
+                            [--traffic-repeats 2] [--out bench/results/sampler.json]
 """
 
 from __future__ import annotations
@@ -513,8 +515,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per backend and batch size (median)")
     parser.add_argument("--prompts", type=int, default=32, help="prompts sampled per run")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--gen0", help="a generation-0 model directory of the default world (flywheel_sim's "
-                        "build_generation0 cache, gen0-*/): adds it to part 1 and runs part 2 (traffic)")
+    parser.add_argument("--gen0", help="the default world's generation-0 model directory (a gen0-*/ of "
+                        "flywheel_sim's cache); default: built into (or reused from) --cache")
+    parser.add_argument("--cache", default=str(REPO / "runs" / "cache"),
+                        help="generation-0 cache of make run, where the default world's build is looked up or made")
     parser.add_argument("--people", type=int, default=1000, help="simulated users of part 2 (the world's: 1000)")
     parser.add_argument("--traffic-repeats", type=int, default=2, help="simulated days per backend in part 2")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "sampler.json"))
@@ -526,9 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     chats = prompts(args.prompts)
     results = []
+    gen0 = Path(args.gen0) if args.gen0 else _generation0(Path(args.cache))
     models: list[tuple[str, Any]] = [(size.name, lambda size=size: build(size)) for size in MODELS]
-    if args.gen0:
-        models.append(("generation 0 of the default world (trained: stops at EOS)", lambda: _load(Path(args.gen0))))
+    models.append(("generation 0 of the default world (trained: stops at EOS)", lambda: _load(gen0)))
     for name, make in models:
         tokenizer, model = make()
         parameters = sum(p.numel() for p in model.parameters())
@@ -549,8 +553,7 @@ def main(argv: list[str] | None = None) -> int:
                      "repeats": args.repeats, "seed": 0},
         "models": results,
     }
-    if args.gen0:
-        report["traffic"] = traffic(Path(args.gen0), people=args.people, repeats=args.traffic_repeats)
+    report["traffic"] = traffic(gen0, people=args.people, repeats=args.traffic_repeats)
     report["load_average"] = {"before": [round(x, 2) for x in load_before],
                               "after": [round(x, 2) for x in os.getloadavg()]}
     print_table(report)
@@ -559,6 +562,14 @@ def main(argv: list[str] | None = None) -> int:
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
     stamp_file("sampler", args.out)  # provenance
     return 0
+
+
+def _generation0(cache: Path) -> Path:
+    """The default world's generation-0 model directory, built (minutes) unless `cache` holds it."""
+    import yaml
+    from flywheel_sim import DEFAULT_WORLD, build_generation0, parse_world
+
+    return build_generation0(parse_world(yaml.safe_load(DEFAULT_WORLD.read_text())), cache)
 
 
 def _load(model_dir: Path) -> tuple[Any, Any]:
