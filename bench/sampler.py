@@ -24,7 +24,7 @@ through flywheel_sim's ModelPolicy, once with the product's sampler and once wit
 4990565 policy (its own chunking, seed per chunk) and sampler, alternating, `--traffic-repeats` times: process
 CPU seconds, wall seconds, responses and the same work counts.
 
-    python bench/sampler.py [--threads 1] [--repeats 3] [--gen0 DIR | --cache runs/cache] [--people 1000]
+    python bench/sampler.py [--threads 1] [--repeats 3] [--gen0 DIR | --cache runs/cache] [--people N]
                             [--traffic-repeats 2] [--out bench/results/sampler.json]
 """
 
@@ -418,14 +418,15 @@ def compare(
     return rows
 
 
-def traffic(model_dir: Path, *, people: int, repeats: int) -> dict[str, Any]:
+def traffic(model_dir: Path, *, people: int | None, repeats: int) -> dict[str, Any]:
     """Part 2: one simulated day of the default world answered by generation 0, with the product's policy and
     sampler and with the 4990565 ones, alternating: CPU and wall seconds (median), responses and work."""
     import yaml
     from flywheel_sim import DEFAULT_WORLD, ModelPolicy, parse_world, simulate_traffic
 
     data = yaml.safe_load(DEFAULT_WORLD.read_text())
-    data["users"]["size"] = people
+    if people is not None:
+        data["users"]["size"] = people
     world = parse_world(data)
     policies = {"generate": ModelPolicy.for_world(model_dir, world, name="gen0"),
                 ReplayGenerateSampler.name: replay_policy(model_dir, world, name="gen0")}
@@ -457,7 +458,7 @@ def traffic(model_dir: Path, *, people: int, repeats: int) -> dict[str, Any]:
             "prompt_positions": first["prompt_positions"],
             "padding_share": round(first["padding"] / max(1, first["prompt_positions"]), 3),
         })
-    return {"world": "default", "people": people, "days": 1, "seed": 0, "repeats": repeats,
+    return {"world": "default", "people": world.users.size, "days": 1, "seed": 0, "repeats": repeats,
             "model": str(model_dir), "rows": rows}
 
 
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                         "flywheel_sim's cache); default: built into (or reused from) --cache")
     parser.add_argument("--cache", default=str(REPO / "runs" / "cache"),
                         help="generation-0 cache of make run, where the default world's build is looked up or made")
-    parser.add_argument("--people", type=int, default=1000, help="simulated users of part 2 (the world's: 1000)")
+    parser.add_argument("--people", type=int, help="simulated users of part 2 (default: the world's, 10000)")
     parser.add_argument("--traffic-repeats", type=int, default=2, help="simulated days per backend in part 2")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "sampler.json"))
     args = parser.parse_args(argv)

@@ -11,8 +11,11 @@ Backends (`SAMPLERS`, chosen by the stage settings' `sampler` field, docs/stages
 
 - `generate` (the default): transformers' `model.generate`, so batching with left padding, the KV cache and
   stopping at EOS come from the library. Temperature and top-p are transformers' logits warpers; the draw from
-  the warped distribution is seeded with a private generator (`SeededDraw`), so a call is reproducible, thread
-  safe (the predictor samples in worker threads) and leaves the global RNG alone.
+  the warped distribution uses each row's own counter-based stream (`SeededDraw`, `row_streams`: the seed, the
+  prompt's tokens, its occurrence among identical prompts and the sample's number), so a call is reproducible,
+  thread safe (the predictor samples in worker threads), leaves the global RNG alone, and gives a chat the same
+  samples whatever the other chats, their order and the batch size. That frees the backend to batch prompts by
+  length and to shed finished rows with their KV cache (`COMPACT_SHARE`).
 
 vLLM is the next backend (a `Sampler` that hands the same prompt ids to `vllm.LLM.generate`); it is not built:
 its PyPI wheel is CUDA-only and no GPU proves it here.
@@ -237,15 +240,16 @@ def _compact_when_class() -> type:
         so the caller drops the finished rows (and their cache) and continues the rest: generate keeps finished
         rows in the batch and computes them at every step until the last row stops."""
 
-        def __init__(self, stop: Sequence[int], width: int, share: float) -> None:
+        def __init__(self, stop: Sequence[int], share: float) -> None:
             self.stop = torch.tensor(list(stop))
-            self.width = width
             self.share = share
+            self.finished: torch.Tensor | None = None  # rows that drew a stop token (called once per new token)
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
             rows = input_ids.shape[0]
-            finished = torch.isin(input_ids[:, self.width :], self.stop.to(input_ids.device)).any(dim=1)
-            done = int(finished.sum())
+            stopped = torch.isin(input_ids[:, -1], self.stop.to(input_ids.device))
+            self.finished = stopped if self.finished is None else self.finished | stopped
+            done = int(self.finished.sum())
             compact = 0 < done < rows and done >= self.share * rows
             return torch.full((rows,), compact, dtype=torch.bool, device=input_ids.device)
 
@@ -319,7 +323,8 @@ class GenerateSampler:
     Prompts are batched in order of length (less left padding), each row draws from its own stream
     (row_streams: same seed, same tokens whatever the batch size or the order of the prompts), and once
     `COMPACT_SHARE` of a batch's rows have stopped, the rest continue in a smaller batch with their KV cache (the
-    finished rows and theirs are dropped), so a long straggler does not carry finished rows along."""
+    finished rows and theirs are dropped), so a long straggler does not carry finished rows along. Greedy
+    decoding decodes identical prompts once."""
 
     name = "generate"
 
@@ -331,7 +336,9 @@ class GenerateSampler:
         per_batch = max(1, request.batch_size // request.num_samples)
         device = next(model.parameters()).device
         keys = row_streams(prompts, draws, request.seed) if sampling else None
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        first: dict[tuple[int, ...], int] = {}  # greedy: identical prompts are decoded once
+        copies = [i if sampling else first.setdefault(tuple(prompt), i) for i, prompt in enumerate(prompts)]
+        order = sorted((i for i, j in enumerate(copies) if i == j), key=lambda i: len(prompts[i]))
         results: list[list[list[int]]] = [[] for _ in prompts]
         was_training = model.training
         model.eval()
@@ -351,7 +358,7 @@ class GenerateSampler:
                         results[index] = [until_stop(tokens, request.stop) for tokens in samples]
         finally:
             model.train(was_training)
-        return results
+        return [results[j] if i == j else [list(t) for t in results[j]] for i, j in enumerate(copies)]
 
     @staticmethod
     def _generate(
@@ -374,6 +381,8 @@ class GenerateSampler:
         cache = growing_cache(model, request.max_new_tokens + 1) if GROWING_CACHE and device.type == "cpu" else None
         if cache is None:
             cache = DynamicCache(config=model.config)
+        if min(len(row) for row in batch) > 1:
+            _prefill_distinct(model, batch, cache, request.pad_id, device)
         out: list[list[int]] = [[] for _ in batch]
         alive = list(range(len(batch)))  # the batch row of each row still drawing
         done = 0  # new tokens every row still drawing has
@@ -403,7 +412,7 @@ class GenerateSampler:
                 remove_invalid_values=False,
                 return_dict_in_generate=False,
             )
-            compact = StoppingCriteriaList([_compact_when_class()(request.stop, ids.shape[1], COMPACT_SHARE)])
+            compact = StoppingCriteriaList([_compact_when_class()(request.stop, COMPACT_SHARE)])
             sequences = model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -427,6 +436,31 @@ class GenerateSampler:
             ids = sequences[keep]
             alive = [alive[i] for i in keep.tolist()]
         return out
+
+
+def _prefill_distinct(model: Any, batch: list[list[int]], cache: Any, pad_id: int, device: torch.device) -> None:
+    """Fill `cache` with the keys and values of every row's prompt but its last token, computing each distinct
+    prompt once: the samples of one prompt (num_samples) and the many sessions that open alike share a prefill.
+    The rows' cache is the distinct prompts' cache repeated (a batch selection); generate, handed the full
+    left-padded rows, then computes only their last tokens. The distinct prompts are left padded to the batch's
+    width, so their cache lines up with the rows' attention mask."""
+    import torch
+
+    slots: dict[tuple[int, ...], int] = {}
+    where = [slots.setdefault(tuple(row), len(slots)) for row in batch]
+    distinct = [list(row) for row in slots]
+    width = max(len(row) for row in batch)
+    ids = torch.full((len(distinct), width - 1), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(distinct), width - 1), dtype=torch.long)
+    for i, row in enumerate(distinct):
+        ids[i, width - len(row) :] = torch.tensor(row[:-1], dtype=torch.long)
+        mask[i, width - len(row) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True,
+          logits_to_keep=1)
+    if len(distinct) < len(batch) or where != list(range(len(batch))):
+        cache.batch_select_indices(torch.tensor(where, device=device))
 
 
 GROWING_CACHE = True
