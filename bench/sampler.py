@@ -19,6 +19,9 @@ padding = left-padding positions / prompt positions in prefill passes. `same_as_
 the same samples (they share one random stream); `batch_invariant`: the product's samples equal its samples at
 the first batch size (per-row streams); `greedy_equal`: every backend's greedy tokens are the hand loop's.
 
+Part 1b, several samples per chat (rejection sampling, the RL band): generation 0, 48 chats × 4 samples, batch 64,
+the product against the 4990565 backend: CPU seconds and work.
+
 Part 2, traffic: one simulated day of the default world (`--people` users) answered by the generation-0 model
 through flywheel_sim's ModelPolicy, once with the product's sampler and once with the
 4990565 policy (its own chunking, seed per chunk) and sampler, alternating, `--traffic-repeats` times: process
@@ -418,6 +421,36 @@ def compare(
     return rows
 
 
+def several_samples(model: Any, tokenizer: Any, chats: Sequence[Sequence[dict[str, str]]], *, num_samples: int,
+                    batch_size: int, max_new_tokens: int, repeats: int) -> dict[str, Any]:
+    """Part 1b: `num_samples` samples per chat (what rejection sampling and the RL band ask), the product against
+    the 4990565 backend, alternating: process CPU seconds (median) and the work of one run."""
+    from flywheel_trainer.generation import generate_tokens
+
+    samplers = {"generate": "generate", ReplayGenerateSampler.name: ReplayGenerateSampler()}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in samplers}
+    for _ in range(repeats):
+        for name, sampler in samplers.items():
+            counter = WorkCounter(model)
+            try:
+                cpu = time.process_time()
+                tokens = generate_tokens(model, tokenizer, chats, max_new_tokens=max_new_tokens, temperature=1.0,
+                                         num_samples=num_samples, batch_size=batch_size, seed=0, sampler=sampler)
+                cpu_seconds = time.process_time() - cpu
+            finally:
+                counter.close()
+            runs[name].append({"cpu_seconds": cpu_seconds, "tokens": sum(len(t) for r in tokens for t in r),
+                               **counter.reading()})
+    rows = [{"backend": name, "tokens": results[0]["tokens"],
+             "cpu_seconds": round(statistics.median(r["cpu_seconds"] for r in results), 3),
+             "runs_cpu_seconds": [round(r["cpu_seconds"], 3) for r in results],
+             "row_steps": results[0]["row_steps"], "prompt_positions": results[0]["prompt_positions"],
+             "padding_share": round(results[0]["padding"] / max(1, results[0]["prompt_positions"]), 3)}
+            for name, results in runs.items()]
+    return {"prompts": len(chats), "num_samples": num_samples, "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens, "repeats": repeats, "rows": rows}
+
+
 def traffic(model_dir: Path, *, people: int | None, repeats: int) -> dict[str, Any]:
     """Part 2: one simulated day of the default world answered by generation 0, with the product's policy and
     sampler and with the 4990565 ones, alternating: CPU and wall seconds (median), responses and work."""
@@ -541,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                        repeats=args.repeats)
         results.append({"model": name, "parameters": parameters, "vocab": len(tokenizer),
                         "hidden": model.config.hidden_size, "layers": model.config.num_hidden_layers, "rows": rows})
+    samples = several_samples(model, tokenizer, prompts(48), num_samples=4, batch_size=64, max_new_tokens=40,
+                              repeats=args.repeats)  # the last model: generation 0
     report = {
         "command": " ".join(["python", "bench/sampler.py", *(argv if argv is not None else sys.argv[1:])]),
         "commit": _commit(),
@@ -553,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         "workload": {"prompts": args.prompts, "max_new_tokens": args.max_new_tokens, "temperature": 1.0,
                      "repeats": args.repeats, "seed": 0},
         "models": results,
+        "several_samples": {"model": results[-1]["model"], **samples},
     }
     report["traffic"] = traffic(gen0, people=args.people, repeats=args.traffic_repeats)
     report["load_average"] = {"before": [round(x, 2) for x in load_before],
@@ -596,6 +632,13 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"{entry['model'][:44]:<45}{row['batch_size']:>6}{row['backend']:>18}{row['tokens']:>8}"
                   f"{row['tokens_per_s']:>10.1f}{ratio:>10.2f}x{row['row_steps']:>10}{row['useful_share']:>8.2f}"
                   f"{row['padding_share']:>8.2f}  {' '.join(checks)}{' NOT ' + ' '.join(failed) if failed else ''}")
+    if "several_samples" in report:
+        m = report["several_samples"]
+        print(f"\n{m['num_samples']} samples per chat, {m['prompts']} chats, batch {m['batch_size']}, {m['model']}")
+        print(f"{'backend':<18}{'tokens':>8}{'CPU s':>8}{'row-steps':>11}{'prefill pos':>12}{'padding':>8}")
+        for row in m["rows"]:
+            print(f"{row['backend']:<18}{row['tokens']:>8}{row['cpu_seconds']:>8.2f}{row['row_steps']:>11}"
+                  f"{row['prompt_positions']:>12}{row['padding_share']:>8.2f}")
     if "traffic" in report:
         t = report["traffic"]
         print(f"\ntraffic: one simulated day of the default world ({t['people']} users) answered by generation 0")
