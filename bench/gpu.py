@@ -501,9 +501,10 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"sampling ({sampling['dtype']}, {sampling['new_tokens']} new tokens, T={sampling['temperature']}):")
     for row in sampling["rows"]:
         print(
-            f"  batch {row['batch_size']:>4} {row['backend']:<10} {row['tokens_per_s']:>10.1f} tokens/s "
-            f"({row['tokens_per_s'] / base[row['batch_size']]:.2f}x the d32e63f loop; same tokens: "
-            f"{'yes' if row['same_tokens'] else 'no'})"
+            f"  batch {row['batch_size']:>4} {row['backend']:<17} {row['tokens_per_s']:>10.1f} tokens/s "
+            f"({row['tokens_per_s'] / base[row['batch_size']]:.2f}x the d32e63f loop; row-steps "
+            f"{row['row_steps']}, {row['useful_share']:.0%} useful, padding {row['padding_share']:.0%}; greedy "
+            f"tokens equal: {'yes' if row['greedy_equal'] else 'no'})"
         )
 
 

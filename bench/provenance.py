@@ -191,7 +191,8 @@ BENCHES: dict[str, Bench] = {
         (*CHAIN, f"{OPERATOR}/cli.py", f"{OPERATOR}/kube/__init__.py", f"{OPERATOR}/kube/admission.py"),
         "python bench/local.py",
     ),
-    "sampler": Bench("bench/sampler.py", (*OPERATOR_CORE, *STAGE_PROGRAMS), "python bench/sampler.py"),
+    "sampler": Bench("bench/sampler.py", (*OPERATOR_CORE, *STAGE_PROGRAMS, *SIM, "examples/local/world.yaml"),
+                     "python bench/sampler.py"),
     # issue 29 (h29sim): the simulated traffic and A/B days make run waits on, this tree against its base
     "sim_speed": Bench(
         "bench/sim_speed.py",

@@ -118,8 +118,10 @@ class ModelPolicy:
     trainer's generation code; loaded on first use.
 
     Serving choices: the model sees the system prompt and the last `context_exchanges` exchanges (None: the
-    whole conversation); chats are batched in order of length (less padding), answers come back in the
-    caller's order; `threads` pins torch's CPU threads while generating (None: leave torch's setting)."""
+    whole conversation); all chats of a call go to the sampler in one call, which batches them by length (less
+    padding) and draws each from its own random stream, so a chat's answer does not depend on the others;
+    `threads` pins torch's CPU threads while generating (None: leave torch's setting); `sampler` is the
+    trainer's sampling backend (flywheel_trainer.generation.SAMPLERS)."""
 
     def __init__(
         self,
@@ -131,6 +133,7 @@ class ModelPolicy:
         batch_size: int = 256,
         context_exchanges: int | None = 2,
         threads: int | None = None,
+        sampler: Any = "generate",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or self.model_dir.name
@@ -139,6 +142,7 @@ class ModelPolicy:
         self.batch_size = batch_size
         self.context_exchanges = context_exchanges
         self.threads = threads
+        self.sampler = sampler
         self._model: Any = None
         self._tokenizer: Any = None
 
@@ -179,24 +183,18 @@ class ModelPolicy:
     def _generate(self, chats: Sequence[Chat], seed: int) -> list[str]:
         from flywheel_trainer.generation import generate
 
-        contexts = [recent_context(c, self.context_exchanges) for c in chats]
-        order = sorted(range(len(contexts)), key=lambda i: sum(len(m["content"]) for m in contexts[i]))
-        responses: list[str] = [""] * len(contexts)
-        for start in range(0, len(order), self.batch_size):
-            indices = order[start : start + self.batch_size]
-            samples = generate(
-                self._model,
-                self._tokenizer,
-                [contexts[i] for i in indices],
-                max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature,
-                num_samples=1,
-                seed=seed + start,
-                batch_size=self.batch_size,
-            )
-            for i, sample in zip(indices, samples, strict=True):
-                responses[i] = sample[0]
-        return responses
+        samples = generate(
+            self._model,
+            self._tokenizer,
+            [recent_context(c, self.context_exchanges) for c in chats],
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            num_samples=1,
+            seed=seed,
+            batch_size=self.batch_size,
+            sampler=self.sampler,
+        )
+        return [sample[0] for sample in samples]
 
 
 class HttpPolicy:

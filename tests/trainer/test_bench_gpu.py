@@ -37,7 +37,7 @@ def test_gpu_benchmark_tiny_runs_every_stage_and_writes_its_report(tmp_path: Pat
     assert "sft trainer:" in done.stdout
     sampling = report["sampling"]  # tokens/s per sampler backend, the d32e63f loop as the baseline
     assert {(r["backend"], r["batch_size"]) for r in sampling["rows"]} == {
-        (backend, batch) for backend in ("generate", "hand-loop") for batch in (1, 4)
+        (backend, batch) for backend in ("generate", "generate@4990565", "hand-loop") for batch in (1, 4)
     }
-    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 for r in sampling["rows"])
+    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["greedy_equal"] for r in sampling["rows"])
     assert "sampling (float32" in done.stdout

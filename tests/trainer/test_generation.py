@@ -1,5 +1,7 @@
-"""Batched generation: left padding, stopping at EOS, only new tokens decoded, shapes, seeded determinism, and
-the sampler seam: the `generate` backend gives the tokens of the hand-written loop it replaced (d32e63f)."""
+"""Batched generation: left padding, stopping at EOS, only new tokens decoded, shapes, seeded determinism, one
+random stream per row (the same samples whatever the batch), shedding finished rows, and the sampler seam: the
+`generate` backend gives the hand-written loop's tokens greedily (d32e63f; its random stream was given up for
+per-row streams, so sampled tokens differ from it)."""
 
 from __future__ import annotations
 
@@ -130,25 +132,54 @@ def test_bad_arguments(tokenizer, kwargs: dict, message: str) -> None:
 
 
 def test_sampling_follows_the_distribution_and_the_nucleus() -> None:
-    """The seeded draw samples softmax(scores) exactly; behind transformers' top-p warper it keeps the smallest
-    nucleus; only the drawn token stays finite, so generate's greedy pick takes it."""
+    """The seeded draw samples softmax(scores) exactly from each row's own uniform numbers; behind transformers'
+    top-p warper it keeps the smallest nucleus; only the drawn token stays finite, so generate's greedy pick takes
+    it."""
     import torch
-    from flywheel_trainer.generation import _seeded_draw_class
+    from flywheel_trainer.generation import _seeded_draw_class, row_streams, stream_uniforms
     from transformers import TopPLogitsWarper
 
     draw = _seeded_draw_class()
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
     logits = probs.clamp(min=1e-12).log().expand(40_000, -1).contiguous()
     rows = torch.zeros((40_000, 1), dtype=torch.long)
-    generator = torch.Generator().manual_seed(0)
-    picked = draw(generator, [9], max_new_tokens=4)(rows, logits)
+    uniforms = torch.from_numpy(stream_uniforms(row_streams([[1, 2, 3]], 40_000, seed=0).reshape(-1), 2))
+    picked = draw(uniforms)(rows, logits)
     assert torch.isfinite(picked).sum(dim=-1).eq(1).all()
     counts = torch.bincount(picked.argmax(dim=-1), minlength=5).float() / 40_000
     assert torch.allclose(counts, probs, atol=0.01)
     assert counts[4] == 0
     nucleus_scores = TopPLogitsWarper(0.7)(rows, logits.clone())
-    nucleus = torch.bincount(draw(generator, [9], 4)(rows, nucleus_scores).argmax(dim=-1), minlength=5) / 40_000
+    nucleus = torch.bincount(draw(uniforms, 1)(rows, nucleus_scores).argmax(dim=-1), minlength=5) / 40_000
     assert nucleus[2:].sum() == 0 and abs(nucleus[0] - 0.5 / 0.8) < 0.01
+    assert torch.equal(draw(uniforms, 2)(rows, logits), logits)  # past its last step it draws nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(prompts=st.lists(st.lists(st.integers(0, 2**31), max_size=6), min_size=1, max_size=8),
+       draws=st.integers(1, 4), seed=st.integers(0, 2**64 - 1), steps=st.integers(1, 6))
+def test_row_streams_are_keyed_by_the_row_not_by_its_batch(prompts, draws, seed, steps) -> None:
+    """A row's key and uniform numbers depend on the seed, its prompt's tokens, the identical prompts before it and
+    its draw number only: the same rows in another order or among other prompts get the same numbers, and rows
+    differ from one another."""
+    import numpy as np
+    from flywheel_trainer.generation import row_streams, stream_uniforms
+
+    keys = row_streams(prompts, draws, seed)
+    assert keys.shape == (len(prompts), draws) and keys.dtype == np.uint64
+    assert len(set(keys.reshape(-1).tolist())) == keys.size  # every row its own stream
+    reordered = [*reversed(prompts), [7] * 7]
+    back = row_streams(reordered, draws, seed)
+    same: dict[tuple[int, ...], list[int]] = {}
+    for index, prompt in enumerate(prompts):  # identical prompts count their occurrences in the order given
+        same.setdefault(tuple(prompt), []).append(index)
+    for indices in same.values():
+        mirrored = [len(prompts) - 1 - i for i in reversed(indices)]
+        assert np.array_equal(back[mirrored], keys[indices])
+    table = stream_uniforms(keys.reshape(-1), steps)
+    assert table.shape == (keys.size, steps) and ((table >= 0) & (table < 1)).all()
+    assert np.array_equal(stream_uniforms(keys.reshape(-1)[::-1], steps + 2)[::-1, :steps], table)
+    assert not np.array_equal(row_streams(prompts, draws, seed ^ 1), keys)
 
 
 # --- The sampler seam: the `generate` backend against the hand-written loop it replaced (d32e63f), kept as the
@@ -192,21 +223,74 @@ def test_generate_backend_matches_the_old_loop_greedily(parrot, stopper, tokeniz
     ]
 
 
-@pytest.mark.parametrize(
-    ("batch_size", "temperature", "top_p", "seed"),
-    [(1, 1.0, 1.0, 0), (4, 1.0, 1.0, 1), (32, 1.0, 1.0, 2), (32, 0.7, 1.0, 3), (6, 1.3, 0.8, 4)],
-)
-def test_generate_backend_draws_the_old_loops_samples_for_a_seed(
-    stopper, tokenizer, baseline, batch_size, temperature, top_p, seed
-) -> None:
-    """Same seed, same tokens as the old loop under sampling, though generate keeps finished rows in the batch and
-    the old loop dropped them: the random stream follows the old loop's rows (SeededDraw)."""
-    kwargs = {"max_new_tokens": 20, "temperature": temperature, "top_p": top_p, "num_samples": 3, "seed": seed}
-    ours = generate_tokens(stopper, tokenizer, CHATS * 4, batch_size=batch_size, **kwargs)
-    theirs = generate_tokens(stopper, tokenizer, CHATS * 4, batch_size=batch_size, sampler=baseline, **kwargs)
-    assert ours == theirs
-    lengths = {len(t) for samples in ours for t in samples}
-    assert len(lengths) > 5  # rows stopped at many different steps (and some ran to max_new_tokens)
+def _occurrences(chats: list) -> list[tuple[str, int]]:
+    """(chat, how many identical chats came before it) per chat: what names a row's random stream."""
+    seen: dict[str, int] = {}
+    keys = []
+    for chat in chats:
+        text = repr(chat)
+        keys.append((text, seen.get(text, 0)))
+        seen[text] = seen.get(text, 0) + 1
+    return keys
+
+
+POOL = [SHORT, LONG, CHATS[2], [*SHORT, {"role": "assistant", "content": "Ahoy!"}, *LONG[1:]],
+        [{"role": "user", "content": "captain"}]]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(picks=st.lists(st.integers(0, len(POOL) - 1), min_size=1, max_size=9), data=st.data(),
+       batch_size=st.integers(1, 20), num_samples=st.integers(1, 3), share=st.sampled_from([0.125, 0.25, 0.5, 2.0]),
+       temperature=st.sampled_from([1.0, 0.7]), top_p=st.sampled_from([1.0, 0.8]), seed=st.integers(0, 3))
+def test_a_seed_gives_each_chat_its_samples_whatever_the_batch(stopper, tokenizer, monkeypatch, picks, data,
+                                                               batch_size, num_samples, share, temperature, top_p,
+                                                               seed) -> None:
+    """Each row draws from its own stream (seed, prompt, occurrence, draw): the samples of a chat are the same
+    whatever the batch size, the order of the chats, the other chats in the call and when finished rows are
+    shed (COMPACT_SHARE); sorting by length and compaction change the work, not the tokens."""
+    from flywheel_trainer import generation
+
+    chats = [POOL[i] for i in picks]
+    order = data.draw(st.permutations(range(len(chats))))
+    kwargs = {"max_new_tokens": 14, "temperature": temperature, "top_p": top_p, "num_samples": num_samples,
+              "seed": seed}
+    monkeypatch.setattr(generation, "COMPACT_SHARE", 2.0)
+    alone = {}  # every chat sampled in a call of its own identical copies, one row per batch, nothing shed
+    for text, count in {t: n + 1 for t, n in _occurrences(chats)}.items():
+        chat = next(c for c in chats if repr(c) == text)
+        for k, samples in enumerate(generate_tokens(stopper, tokenizer, [chat] * count, batch_size=1, **kwargs)):
+            alone[(text, k)] = samples
+    monkeypatch.setattr(generation, "COMPACT_SHARE", share)
+    shuffled = [chats[i] for i in order]
+    together = generate_tokens(stopper, tokenizer, shuffled, batch_size=batch_size, **kwargs)
+    assert together == [alone[key] for key in _occurrences(shuffled)]
+
+
+def test_finished_rows_are_shed_with_the_same_tokens(stopper, tokenizer, monkeypatch) -> None:
+    """Compaction (COMPACT_SHARE) computes fewer rows per step, since rows that stopped leave the batch with
+    their cache, and returns the tokens of keeping them (greedy and sampled); prompts are batched by length."""
+    from flywheel_trainer import generation
+
+    rows_computed: list[int] = []
+
+    def count(module, args, kwargs):
+        rows_computed.append(kwargs["input_ids"].shape[0])
+
+    hook = stopper.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        results = {}
+        for share in (0.25, 2.0):
+            monkeypatch.setattr(generation, "COMPACT_SHARE", share)
+            rows_computed.clear()
+            results[share] = [generate_tokens(stopper, tokenizer, CHATS * 4, max_new_tokens=24, temperature=t,
+                                              num_samples=3, batch_size=36, seed=9) for t in (0.0, 1.0)]
+            results[share].append(sum(rows_computed))
+    finally:
+        hook.remove()
+    assert results[0.25][:2] == results[2.0][:2]
+    assert results[0.25][2] < 0.8 * results[2.0][2]
+    lengths = {len(t) for samples in results[0.25][1] for t in samples}
+    assert len(lengths) > 5  # rows stopped at many different steps
 
 
 def test_the_checkpoints_generation_config_does_not_change_what_the_stage_settings_ask(stopper, tokenizer) -> None:
@@ -253,18 +337,25 @@ def test_every_stage_setting_names_a_backend_the_trainer_has() -> None:
             models.StageSettings.model_validate(wire)
 
 
-def test_sampler_bench_compares_both_backends_on_the_same_prompts(tokenizer) -> None:
-    """bench/sampler.py's measurement (bench/gpu.py reuses it): one row per backend and batch size, the baseline
-    among them, and the backends return the same tokens."""
+def test_sampler_bench_compares_the_backends_on_the_same_prompts(stopper, tokenizer) -> None:
+    """bench/sampler.py's measurement (bench/gpu.py reuses it): one row per backend and batch size, both baselines
+    among them; the baselines share one random stream, the product's samples do not depend on the batch size, all
+    agree greedily, and the product computes fewer row-steps and less padding than the 4990565 backend."""
     from tests.local.bench_modules import load_bench
 
     bench = load_bench("sampler")
-    rows = bench.compare(tiny_llama(tokenizer, seed=5), tokenizer, CHATS * 2, batch_sizes=(1, 4), max_new_tokens=5,
-                         repeats=1)
+    chats = [*CHATS, [{"role": "user", "content": "captain"}]] * 3
+    rows = bench.compare(stopper, tokenizer, chats, batch_sizes=(1, 4), max_new_tokens=16, repeats=1)
     assert {(r["backend"], r["batch_size"]) for r in rows} == {
-        (b, n) for b in ("generate", "hand-loop") for n in (1, 4)
+        (b, n) for b in ("generate", "generate@4990565", "hand-loop") for n in (1, 4)
     }
-    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["same_tokens"] for r in rows)
+    assert all(r["tokens"] > 0 and r["tokens_per_s"] > 0 and r["greedy_equal"] and r["deterministic"] for r in rows)
+    assert all(r["same_as_base"] for r in rows if r["backend"] != "generate")
+    assert all(r["batch_invariant"] for r in rows if r["backend"] == "generate")
+    by = {(r["backend"], r["batch_size"]): r for r in rows}
+    ours, old = by[("generate", 4)], by[("generate@4990565", 4)]
+    assert ours["row_steps"] < old["row_steps"] and ours["padding_share"] < old["padding_share"]
+    assert 0 < ours["useful_share"] <= 1 and by[("generate", 1)]["padding_share"] == 0
 
 
 def test_each_distinct_chat_is_tokenised_once_with_the_same_samples(parrot, tokenizer, monkeypatch) -> None:

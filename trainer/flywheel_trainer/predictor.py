@@ -14,7 +14,9 @@ Instances are answered in one batched generation (left padding, flywheel_trainer
 The server (`main`) serves `BatchingChatPredictor`: its `predict` is a coroutine, so KServe awaits it instead of
 running a whole generation on its event loop; concurrent requests with the same sampling parameters are joined into
 one batched generation, run in a worker thread, so N users at once are answered in about the time of one batch
-rather than N (tests/trainer/test_predictor_server.py, bench/predictor_load.py). `flywheel_predictor_batch_requests`
+rather than N (tests/trainer/test_predictor_server.py, bench/predictor_load.py). Every chat draws from its own random
+stream (flywheel_trainer.generation.row_streams), so joining requests does not change what a chat is answered for a
+seed, except that identical chats in one generation get different samples. `flywheel_predictor_batch_requests`
 on the server's `/metrics` counts the requests each generation answered.
 """
 
