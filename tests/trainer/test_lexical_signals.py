@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from flywheel_operator.api import RewardModelSettings
 from flywheel_trainer.lexical import RESPONSE_COLUMNS, Vocabulary, features, fit_pairs
-from flywheel_trainer.outputs import StageError
 from flywheel_trainer.reward import _lexical_training_pairs, signal_pairs
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -132,7 +131,7 @@ def test_the_head_learns_from_signal_pairs_where_preference_pairs_are_few() -> N
     assert np.mean(head.score(fresh[0], fresh[1]) - head.score(fresh[0], fresh[2]) > 0) > 0.95
 
 
-def test_signal_pairs_need_the_curate_stages_signals(tmp_path) -> None:
+def test_signal_pairs_come_from_the_curate_stages_signals(tmp_path) -> None:
     path = tmp_path / "signals.jsonl"
     path.write_text('{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", '
                     '"content": "hello!"}], "continued": true}\n{"prompt": [{"role": "user", "content": "hi"}], '
@@ -143,9 +142,10 @@ def test_signal_pairs_need_the_curate_stages_signals(tmp_path) -> None:
                                             train, [])
     assert added == 1 and fitted[0]["chosen"][0]["content"] == "hello!"
     off = RewardModelSettings(name="pointwise", kind="pointwise", lexicalSignalPairs=0)
-    assert _lexical_training_pairs(off, SimpleNamespace(upstream={"curate": {}}), train, []) == (train, 0)
-    with pytest.raises(StageError, match=r"rewardModels\[pointwise\]\.lexicalSignalPairs.*upstream\.curate\.signals"):
-        _lexical_training_pairs(settings_, SimpleNamespace(upstream={"curate": {}}), train, [])
+    with_signals = SimpleNamespace(upstream={"curate": {"signals": str(path)}})
+    assert _lexical_training_pairs(off, with_signals, train, []) == (train, 0)
+    # pairs curated without signals (data from elsewhere): the preference pairs alone, and the metric says 0
+    assert _lexical_training_pairs(settings_, SimpleNamespace(upstream={"curate": {}}), train, []) == (train, 0)
 
 
 def test_signal_pairs_setting_defaults_on_and_belongs_to_preference_models() -> None:

@@ -359,14 +359,10 @@ def _lexical_training_pairs(
     settings: RewardModelSettings, config: StageConfig, train: list[Row], held_out: list[Row]
 ) -> tuple[list[Row], int]:
     """The pairs a preference model's lexical head fits: its training pairs and, with `lexicalSignalPairs`, the
-    pairs of the users' signals (signal_pairs); and how many of the latter."""
-    if not settings.lexical_signal_pairs:
+    pairs of the users' signals (signal_pairs); and how many of the latter (the stage's `lexical_signal_pairs`
+    metric: 0 also where the curate stage gave no `signals`, as for data curated elsewhere with pairs only)."""
+    if not settings.lexical_signal_pairs or "signals" not in config.upstream.get("curate", {}):
         return train, 0
-    if "signals" not in config.upstream.get("curate", {}):
-        raise StageError(
-            f"settings.rewardModels[{settings.name}].lexicalSignalPairs: upstream.curate.signals is missing (the "
-            "curate stage's user signals); give it or set lexicalSignalPairs: 0"
-        )
     extra = signal_pairs(read_jsonl(_upstream(config, "signals")), held_out, settings.lexical_signal_pairs)
     return train + extra, len(extra)
 # --- end issue 26 ---------------------------------------------------------------------------------------------
