@@ -159,7 +159,8 @@ BENCHES: dict[str, Bench] = {
     # issue 26 (h26rm): the pointwise text score's lexical head, base commit vs current, on saved generations
     "rm_heads": Bench(
         "bench/rm_text.py",
-        (*OPERATOR_CORE, *SIM, *STAGE_PROGRAMS, "local/flywheel_local/rm_oracle.py", "local/flywheel_local/users.py"),
+        (*OPERATOR_CORE, *SIM, *STAGE_PROGRAMS,
+         *(f"local/flywheel_local/{m}.py" for m in ("__init__", "report", "rm_oracle", "statusview", "users"))),
         "python bench/rm_text.py --heads RUNS/generated-108/gen-1 ... (the command in the result's provenance)",
         "on saved bench/flywheel.py run directories of development worlds (seeds 100-111, the default world)",
         needs=("flywheel",),
