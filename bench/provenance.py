@@ -156,6 +156,15 @@ BENCHES: dict[str, Bench] = {
         "python bench/rm_text.py --runs bench/runs --generations gen-1",
         "on the flywheel bench's default chain (bench/runs/default); retrains its reward models",
     ),
+    # issue 26 (h26rm): the pointwise text score's lexical head, base commit vs current, on saved generations
+    "rm_heads": Bench(
+        "bench/rm_text.py",
+        (*OPERATOR_CORE, *SIM, *STAGE_PROGRAMS,
+         *(f"local/flywheel_local/{m}.py" for m in ("__init__", "report", "rm_oracle", "statusview", "users"))),
+        "python bench/rm_text.py --heads RUNS/generated-108/gen-1 ... (the command in the result's provenance)",
+        "on saved bench/flywheel.py run directories of development worlds (seeds 100-111, the default world)",
+        needs=("flywheel",),
+    ),
     "sim": Bench(
         "bench/sim.py",
         (

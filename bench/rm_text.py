@@ -14,6 +14,18 @@ parent's answers (flywheel_local.rm_oracle):
   removed: "before"), its lexical head alone, and both mixed as the stage mixes them ("after").
 
 Every stage runs on one thread. Writes bench/results/rm_text.json and prints the table.
+
+    python bench/rm_text.py --heads RUN/gen-1 [RUN/gen-2 ...] [--base-commit 4990565]
+
+The lexical head's levers (issue 26: the text score at generation 1), no retraining: for each saved generation, the
+pointwise model's text score and whole reward are rebuilt as the reward stage builds them, from the generation's
+curated data and the chain's own trained transformer (its held-out margins are mixed in by lexical.fit_mix exactly
+as the stage does; rules by reward.fit_rules), with the lexical head fitted three ways in the same process: by
+the base commit's flywheel_trainer/lexical.py (read with `git show`, the baseline), by the current one on the
+preference pairs alone, and by the current one with the users' signal pairs (reward.signal_pairs, the default
+`lexicalSignalPairs`). Each is scored on the parent's oracle held-out pairs (text-only and whole-reward
+agreement, by trait). The world file is found beside the run (RUNS/worlds/generated-N.yaml, RUNS/world-seedK.yaml)
+or is the default world. Writes bench/results/rm_heads.json.
 """
 
 from __future__ import annotations
@@ -139,9 +151,151 @@ def measure(directory: Path, world: Any, parent: Any, work: Path, policy: str | 
     return row
 
 
+# --- issue 26: the lexical head's levers, baseline measured in the same run (h26rm) -----------------------------
+HEADS_RESULT = ROOT / "bench" / "results" / "rm_heads.json"
+HEAD_VARIANTS = ("base", "pairs", "pairs+signals")
+"""base: the base commit's lexical.py on the preference pairs; pairs: the current lexical.py on them;
+pairs+signals: the current one with the users' signal pairs too (what the reward stage now fits by default)."""
+
+
+def _base_lexical(commit: str) -> Any:
+    """flywheel_trainer/lexical.py as it was at `commit`, imported as its own module."""
+    import importlib.util
+    import tempfile
+
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:trainer/flywheel_trainer/lexical.py"],
+                            capture_output=True, text=True, check=True).stdout
+    path = Path(tempfile.mkdtemp()) / f"lexical_{commit}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"lexical_{commit}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def world_file_of(run: Path) -> Path:
+    """A run directory's world file: bench/flywheel.py writes generated worlds under RUNS/worlds/ and the
+    default world's seed replicates as RUNS/world-seedK.yaml."""
+    if run.name.startswith("generated-"):
+        return run.parent / "worlds" / f"{run.name}.yaml"
+    if run.name.startswith("default-"):
+        return run.parent / f"world-{run.name.removeprefix('default-')}.yaml"
+    return DEFAULT_WORLD
+
+
+def heads_measure(directory: Path, base: Any) -> dict[str, Any]:
+    """One generation: the pointwise text score and reward rebuilt with each head of HEAD_VARIANTS."""
+    from flywheel_local import rm_oracle
+    from flywheel_local.report import _model_dir
+    from flywheel_operator.api import RewardModelSettings
+    from flywheel_sim import load_world
+    from flywheel_trainer import lexical
+    from flywheel_trainer.outputs import read_jsonl
+    from flywheel_trainer.reward import (
+        _pair_accuracy,
+        _prompt_groups,
+        _text_margins,
+        fit_rules,
+        mix_pair_margins,
+        signal_pairs,
+        split_held_out,
+    )
+    from flywheel_trainer.rules import rule_matrix
+    from flywheel_trainer.scoring import load_reward_model, logits_for_texts, render
+
+    world = load_world(world_file_of(directory.parent))
+    config = _config(directory, "reward-pointwise")
+    settings = next(m for m in config["settings"]["rewardModels"] if m["name"] == config["rewardModel"])
+    status = json.loads((directory / "status.json").read_text())
+    parent = rm_oracle.load_policy(_model_dir(status["policy"], directory), world, "rm-heads-parent")
+    pairs = rm_oracle.held_out_pairs(world, parent)
+    gaps = np.array([p["gap"] for p in pairs])
+    differs = rm_oracle.trait_differences(world, pairs)
+    rows = read_jsonl(directory / "curate" / "pairs.jsonl")
+    train, held_out = split_held_out(rows, settings["heldOutFraction"], config["seed"])
+    per_context = RewardModelSettings.model_fields["lexical_signal_pairs"].default  # the stage's default
+    extra = signal_pairs(read_jsonl(directory / "curate" / "signals.jsonl"), held_out, per_context)
+    chain = load_reward_model(directory / "reward-pointwise" / "model", field=f"{directory}/reward-pointwise")
+    held_model = _text_margins(chain.model, chain.tokenizer, held_out, chain.max_length)
+    prompts = [p["prompt"] for p in pairs]
+
+    def logits(texts: list[str]) -> np.ndarray:
+        return logits_for_texts(chain.model, chain.tokenizer, [render(chain.tokenizer, p, t) for p, t in zip(
+            prompts, texts, strict=True)], max_length=chain.max_length)
+
+    oracle_model = logits([p["first"] for p in pairs]) - logits([p["second"] for p in pairs])
+    features = settings.get("ruleFeatures") or []
+    specs = [p["spec"] for p in pairs]
+    rule_margin = (rule_matrix(features, specs, [p["first"] for p in pairs])
+                   - rule_matrix(features, specs, [p["second"] for p in pairs])) if features else None
+    saved = rm_oracle.read_agreement(directory).get("models", {}).get("pointwise", {})
+    out: dict[str, Any] = {"generation": f"{directory.parent.name}/{directory.name}", "held_out_pairs": len(pairs),
+                           "train_pairs": len(train), "signal_pairs": len(extra),
+                           "chain_saved": {"text_only": saved.get("text_only_oracle_agreement"),
+                                           "whole": saved.get("oracle_agreement")}, "variants": {}}
+    for variant in HEAD_VARIANTS:
+        module, fitted = (base, train) if variant == "base" else (lexical, train + extra if "signals" in variant
+                                                                   else train)
+        head = module.fit_pairs([r["prompt"] for r in fitted], [r["chosen"][0]["content"] for r in fitted],
+                                [r["rejected"][0]["content"] for r in fitted])
+
+        def margin(items: list[dict[str, Any]], a: str, b: str, head: Any = head) -> np.ndarray:
+            ps = [r["prompt"] for r in items]
+            return head.score(ps, [r[a] if a in ("first", "second") else r[a][0]["content"] for r in items]) - \
+                head.score(ps, [r[b] if b in ("first", "second") else r[b][0]["content"] for r in items])
+
+        held_lexical = margin(held_out, "chosen", "rejected")
+        weights, crossed = mix_pair_margins(held_model, held_lexical, config["seed"], _prompt_groups(held_out))
+        held_text = np.column_stack([held_model, held_lexical]) @ weights
+        text = np.column_stack([oracle_model, margin(pairs, "first", "second")]) @ weights
+        entry = {"text_only": rm_oracle.agreement(text, gaps), "model_weight": float(weights[0]),
+                 "logged_text_accuracy": _pair_accuracy(crossed), "head_weights": head.response_weights(),
+                 "by_trait": rm_oracle.by_trait(text, gaps, differs)}
+        if features:
+            rules, _ = fit_rules(features, train, held_out, held_text, config["seed"])
+            whole = rule_margin @ np.asarray(rules["weights"]) + rules["text_weight"] * text
+            entry |= {"whole": rm_oracle.agreement(whole, gaps), "text_weight": rules["text_weight"]}
+        out["variants"][variant] = entry
+    return out
+
+
+def heads_main(generations: list[Path], commit: str, out_path: Path) -> int:
+    started = time.monotonic()
+    base = _base_lexical(commit)
+    rows = []
+    print(f"{'generation':<28}{'pairs':>6}" + "".join(f"{v + ' text':>20}{'whole':>7}" for v in HEAD_VARIANTS))
+    for directory in generations:
+        row = heads_measure(directory, base)
+        rows.append(row)
+        print(f"{row['generation']:<28}{row['held_out_pairs']:>6}" + "".join(
+            f"{row['variants'][v]['text_only']:>20.3f}{row['variants'][v].get('whole', float('nan')):>7.3f}"
+            for v in HEAD_VARIANTS), flush=True)
+    summary = {}
+    for variant in HEAD_VARIANTS:
+        for part in ("text_only", "whole"):
+            values = [r["variants"][variant].get(part) for r in rows if r["variants"][variant].get(part) is not None]
+            if values:
+                summary[f"{variant}:{part}"] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
+                                                "max": float(np.max(values)), "n": len(values),
+                                                "at_least_0.65": sum(v >= 0.65 for v in values)}
+    for key, value in summary.items():
+        print(f"{key:<26} mean {value['mean']:.3f} min {value['min']:.3f} max {value['max']:.3f} "
+              f"(>= 0.65 in {value['at_least_0.65']}/{value['n']})")
+    result = {"base_commit": commit, "variants": HEAD_VARIANTS, "rows": rows, "summary": summary,
+              "wall_seconds": round(time.monotonic() - started, 1), "cpus": os.cpu_count()}
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
+    stamp_file("rm_heads", out_path)  # provenance
+    print(f"wrote {out_path}")
+    return 0
+# --- end issue 26 ---------------------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=Path, required=True, help="bench/flywheel.py's folder of run directories")
+    parser.add_argument("--runs", type=Path, help="bench/flywheel.py's folder of run directories")
     parser.add_argument("--chain", default="default", help="which run directory under --runs")
     parser.add_argument("--generations", nargs="+", default=["gen-1"])
     parser.add_argument("--models", nargs="+", default=["pointwise", "pairwise", "continue"])
@@ -149,8 +303,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gen0-cache", type=Path,
                         help="generation 0's cache, where the chain's own cache has moved (built here if missing)")
     parser.add_argument("--train-dir", type=Path, help="where the models train again (default: RUNS/rm-text)")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--heads", nargs="+", type=Path,
+                        help="generation directories (RUN/gen-N): the lexical head's levers, no retraining")
+    parser.add_argument("--base-commit", default="4990565", help="the baseline's lexical.py (--heads)")
     args = parser.parse_args(argv)
+    if args.heads:
+        return heads_main(args.heads, args.base_commit, args.out or HEADS_RESULT)
+    args.out = args.out or RESULT
+    if args.runs is None:
+        parser.error("--runs is required (or --heads)")
 
     from flywheel_local.report import _model_dir
     from flywheel_local.rm_oracle import load_policy

@@ -13,11 +13,20 @@ every weight is learned, so a column users ignore gets a weight near 0.
 Columns of one response in its context: `question_mark` (it asks something), `echo_count` (distinct words it
 shares with the user's last message), `echo_rare` (the same, leaving out words found in at least COMMON_SHARE of
 the user messages: the topic, not "tell me about"), `character_words` (distinct words distinctive of its character,
-at least LIFT times likelier in that character's responses than in all, that the user did not say: the persona),
-`words_10` and `words_10_squared` (length in tens of words). Context columns (`turn:<n>`, `sys:<character>`) cancel
-within a pair (both sides share the prompt) and absorb a context's base rate in a user-signal classifier. Emojis
-are left out on purpose: preference pairs that differ in them are dropped by curation, and the users' pull toward
-them is the simulated world's trap (docs/simulator.md).
+at least LIFT times likelier in that character's responses than in all, that no user message of the training data
+contains: the persona), `echo_rare_any` and `character_any` (whether each of those two counts is above 0: whether a
+response picks up the user's topic at all, or speaks in character at all, which a count mixes with how many such
+words it piles up), `words_10` and `words_10_squared` (length in tens of words).
+
+Why users' words are left out of a character's words: a character's responses also name the topics its users ask
+about, so those are distinctive of it too; in a response the user did not ask about them (another topic: off topic,
+not persona). Counting them as persona words gave `character_words` a negative weight in some generated worlds
+(world 108's generation 1: -0.24; the text score's oracle agreement 0.604). Measured on the saved generation-1 logs
+of development worlds by `bench/rm_text.py --heads` (docs/local.md, "Reward models: the learned part").
+
+Context columns (`turn:<n>`, `sys:<character>`) cancel within a pair (both sides share the prompt) and absorb a
+context's base rate in a user-signal classifier. Emojis are left out on purpose: preference pairs that differ in
+them are dropped by curation, and the users' pull toward them is the simulated world's trap (docs/simulator.md).
 
 The fit is ridge-penalised maximum likelihood (Bradley–Terry on pair differences, logistic regression with an
 intercept on labels); the penalty is chosen by 3-fold cross-validation on the training rows grouped by prompt.
@@ -44,7 +53,8 @@ RIDGES = (1e-4, 1e-3, 1e-2, 1e-1)
 """Penalties tried by cross-validation (per example: the loss is a mean)."""
 FOLDS = 3
 MAX_TURN = 8
-RESPONSE_COLUMNS = ("question_mark", "echo_count", "echo_rare", "character_words", "words_10", "words_10_squared")
+RESPONSE_COLUMNS = ("question_mark", "echo_count", "echo_rare", "character_words", "echo_rare_any", "character_any",
+                    "words_10", "words_10_squared")
 Chat = Sequence[Mapping[str, str]]
 
 
@@ -69,7 +79,7 @@ def _last_user(prompt: Chat) -> str:
 @dataclass(frozen=True)
 class Vocabulary:
     """Statistics of the training text the columns read: words common in user messages, words distinctive of each
-    character (keyed by its system prompt's digest)."""
+    character's responses that no user message contains (keyed by its system prompt's digest)."""
 
     common: frozenset[str] = frozenset()
     characters: Mapping[str, frozenset[str]] = field(default_factory=dict)
@@ -79,6 +89,7 @@ class Vocabulary:
         asked = {json.dumps(_last_user(p)): _words(_last_user(p)) for p in prompts}
         share = Counter(w for words in asked.values() for w in words)
         common = frozenset(w for w, n in share.items() if n >= COMMON_SHARE * len(asked))
+        user_words = {w for p in prompts for m in p if m["role"] == "user" for w in _words(m["content"])}
         by_character: dict[str, Counter] = defaultdict(Counter)
         served: Counter = Counter()
         for prompt, response in zip(prompts, responses, strict=True):
@@ -87,7 +98,7 @@ class Vocabulary:
         overall, total = sum(by_character.values(), Counter()), sum(served.values())
         characters = {
             c: frozenset(w for w, n in counts.items()
-                         if n >= MIN_COUNT and (n / served[c]) >= LIFT * overall[w] / total)
+                         if n >= MIN_COUNT and (n / served[c]) >= LIFT * overall[w] / total and w not in user_words)
             for c, counts in by_character.items()
         }
         return cls(common, characters)
@@ -105,13 +116,17 @@ def features(prompt: Chat, response: str, vocabulary: Vocabulary = Vocabulary())
     said, asked = _words(response), _words(_last_user(prompt))
     character = _character(prompt)
     echoed = said & asked
+    rare = len(echoed - vocabulary.common)
+    persona = len((said & vocabulary.characters.get(character, frozenset())) - asked)
     words = sum(1 for t in tokens(response) if t.isalnum())
     turn = min(sum(1 for m in prompt if m["role"] == "user"), MAX_TURN)
     return {
         "question_mark": float("?" in response),
         "echo_count": float(len(echoed)),
-        "echo_rare": float(len(echoed - vocabulary.common)),
-        "character_words": float(len((said & vocabulary.characters.get(character, frozenset())) - asked)),
+        "echo_rare": float(rare),
+        "character_words": float(persona),
+        "echo_rare_any": float(rare > 0),
+        "character_any": float(persona > 0),
         "words_10": words / 10.0,
         "words_10_squared": (words / 10.0) ** 2,
         f"turn:{turn}": 1.0,

@@ -17,7 +17,11 @@ over the response's words in its context, fitted on the same training pairs or l
 the model's logit: the head at weight 1 (its weights were fitted on the training data), the model's logit by a
 non-negative weight fitted on the held-out data (lexical.fit_mix; cross-fitted for the reported figures). The mix is the
 model's learned text score: `model_accuracy` / `lexical_accuracy` (ROC AUC `model_auc` / `lexical_auc` for a
-user-signal model) say what each part reads alone on the held-out data.
+user-signal model) say what each part reads alone on the held-out data. A preference model's head also learns from
+the users' own signals (`lexicalSignalPairs`, signal_pairs): on the training prompts, each response users continued
+after over each one they left, served for the same context, as extra Bradley–Terry pairs (`lexical_signal_pairs`
+says how many). Generation 1 learns from generation 0's logs alone, whose varied lengths and emojis make curation
+drop most candidate pairs; the signals are several times as many comparisons of the same kind.
 
 Every kind ends in one logit; held-out accuracy and expected calibration error are reported before and after
 temperature scaling, and the fitted temperature is saved with the model. A pairwise model's accuracy is per pair,
@@ -324,12 +328,53 @@ def pair_accuracy(logits: np.ndarray, temperature: float) -> dict[str, float]:
     }
 
 
+# --- issue 26: the lexical head also learns from the users' signals (h26rm) ------------------------------------
+def signal_pairs(signals: list[Row], held_out: list[Row], max_per_context: int) -> list[Row]:
+    """Preference pairs from the curate stage's user signals: per context (prompt), each response the user went on
+    after (`continued`) over each one a user left after, served for the same context, at most `max_per_context` of
+    them, identical responses skipped. Contexts of `held_out` (the preference pairs kept out of training) are left
+    out, so the held-out pairs the mix is weighed on stay out of the head's training data."""
+    held = {_prompt_key(r["prompt"]) for r in held_out}
+    by_context: dict[str, list[Row]] = {}
+    for row in signals:
+        key = _prompt_key(row["prompt"])
+        if key not in held and row.get("continued") is not None:
+            by_context.setdefault(key, []).append(row)
+    pairs: list[Row] = []
+    for rows in by_context.values():
+        went_on = [r["completion"] for r in rows if r["continued"]]
+        left = [r["completion"] for r in rows if not r["continued"]]
+        kept = 0
+        for chosen in went_on:
+            for rejected in left:
+                if kept == max_per_context:
+                    break
+                if chosen[0]["content"].strip() != rejected[0]["content"].strip():
+                    pairs.append({"prompt": rows[0]["prompt"], "chosen": chosen, "rejected": rejected})
+                    kept += 1
+    return pairs
+
+
+def _lexical_training_pairs(
+    settings: RewardModelSettings, config: StageConfig, train: list[Row], held_out: list[Row]
+) -> tuple[list[Row], int]:
+    """The pairs a preference model's lexical head fits: its training pairs and, with `lexicalSignalPairs`, the
+    pairs of the users' signals (signal_pairs); and how many of the latter (the stage's `lexical_signal_pairs`
+    metric: 0 also where the curate stage gave no `signals`, as for data curated elsewhere with pairs only)."""
+    if not settings.lexical_signal_pairs or "signals" not in config.upstream.get("curate", {}):
+        return train, 0
+    extra = signal_pairs(read_jsonl(_upstream(config, "signals")), held_out, settings.lexical_signal_pairs)
+    return train + extra, len(extra)
+# --- end issue 26 ---------------------------------------------------------------------------------------------
+
+
 def _pointwise_lexical(
     train: list[Row], held_out: list[Row], model_margin: np.ndarray, seed: int
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any], dict[str, float]]:
-    """Fit the lexical head on the training pairs and its mix with the model's held-out margins: (the held-out
-    margins mixed by the weights fitted on all of them, the same cross-fitted, the lexical entry of the model's
-    metadata, its metrics with `model_accuracy` and `lexical_accuracy`)."""
+    """Fit the lexical head on the training pairs (`train`: with the users' signal pairs, _lexical_training_pairs)
+    and its mix with the model's held-out margins: (the held-out margins mixed by the weights fitted on all of them,
+    the same cross-fitted, the lexical entry of the model's metadata, its metrics with `model_accuracy` and
+    `lexical_accuracy`)."""
     head = fit_lexical_pairs([r["prompt"] for r in train], _responses(train, "chosen"), _responses(train, "rejected"))
     prompts = [r["prompt"] for r in held_out]
     lexical_margin = head.score(prompts, _responses(held_out, "chosen")) - head.score(
@@ -439,7 +484,8 @@ def main(config: StageConfig) -> StageResult:
             margin = _text_margins(model, tokenizer, held_out, settings.max_length)
             crossed = margin
             if settings.lexical_head:
-                margin, crossed, lexical, measured = _pointwise_lexical(train, held_out, margin, config.seed)
+                head_pairs, fitting["lexical_signal_pairs"] = _lexical_training_pairs(settings, config, train, held_out)
+                margin, crossed, lexical, measured = _pointwise_lexical(head_pairs, held_out, margin, config.seed)
                 fitting |= measured
             fitting["text_accuracy"] = _pair_accuracy(crossed)
             if settings.rule_features:
@@ -454,8 +500,13 @@ def main(config: StageConfig) -> StageResult:
             model = trainer.model
             held_logits = list(logits_for_texts(model, tokenizer, held_texts, max_length=settings.max_length))
             if settings.lexical_head:
+                head_rows = train
+                if settings.kind == "pairwise":
+                    head_rows, fitting["lexical_signal_pairs"] = _lexical_training_pairs(
+                        settings, config, train, held_out)
                 held_logits, lexical, fitting = _classifier_lexical(
-                    settings, train, held_out, np.asarray(held_logits), np.asarray(held_labels), config.seed, fitting
+                    settings, head_rows, held_out, np.asarray(held_logits), np.asarray(held_labels), config.seed,
+                    fitting
                 )
         calibration = calibration_report(held_logits, held_labels)
         if settings.kind == "pairwise":

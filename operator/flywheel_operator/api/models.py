@@ -161,6 +161,14 @@ class RewardModelSettings(ApiModel):
     pairs or labels, at weight 1; the model's logit is added with a weight fitted on the held-out data, kept only
     when it lowers the held-out log loss across held-out prompts (p < 0.05), else 0. A small model reads persona
     and topic poorly; the head reads them. False: the model's logit alone."""
+    # --- issue 26: the lexical head learns from the users' signals too (h26rm) ---
+    lexical_signal_pairs: Annotated[int, Field(ge=0)] = 128
+    """Pointwise and pairwise models with `lexicalHead`: the head also fits pairs of the users' own signals, per
+    context of the training prompts at most this many (each response users went on after over each one they left,
+    served for the same context; flywheel_trainer.reward.signal_pairs). Generation 1 learns from generation 0's logs
+    alone, where curation drops most candidate preference pairs; the signals are several times as many. 0: the
+    preference pairs alone."""
+    # --- end issue 26 ---
 
     @model_validator(mode="after")
     def _signal_matches_kind(self) -> RewardModelSettings:
@@ -176,6 +184,9 @@ class RewardModelSettings(ApiModel):
             )
         if len(set(self.rule_features)) != len(self.rule_features):
             raise ValueError(f"`ruleFeatures` lists a feature twice ({self.rule_features}); list each once")
+        if self.kind == "user-signal" and "lexical_signal_pairs" in self.model_fields_set and self.lexical_signal_pairs:
+            raise ValueError("`lexicalSignalPairs` applies only to pointwise and pairwise reward models (a user-signal "
+                             "model learns from the signals themselves); remove it from this user-signal model")
         return self
 
 
