@@ -188,7 +188,7 @@ def heads_measure(directory: Path, base: Any) -> dict[str, Any]:
     """One generation: the pointwise text score and reward rebuilt with each head of HEAD_VARIANTS."""
     from flywheel_local import rm_oracle
     from flywheel_local.report import _model_dir
-    from flywheel_operator.api import RewardModelSettings
+    from flywheel_operator.api.models import DEFAULT_LEXICAL_SIGNAL_PAIRS
     from flywheel_sim import load_world
     from flywheel_trainer import lexical
     from flywheel_trainer.outputs import read_jsonl
@@ -214,7 +214,7 @@ def heads_measure(directory: Path, base: Any) -> dict[str, Any]:
     differs = rm_oracle.trait_differences(world, pairs)
     rows = read_jsonl(directory / "curate" / "pairs.jsonl")
     train, held_out = split_held_out(rows, settings["heldOutFraction"], config["seed"])
-    per_context = RewardModelSettings.model_fields["lexical_signal_pairs"].default  # the stage's default
+    per_context = DEFAULT_LEXICAL_SIGNAL_PAIRS  # the stage's default
     extra = signal_pairs(read_jsonl(directory / "curate" / "signals.jsonl"), held_out, per_context)
     chain = load_reward_model(directory / "reward-pointwise" / "model", field=f"{directory}/reward-pointwise")
     held_model = _text_margins(chain.model, chain.tokenizer, held_out, chain.max_length)

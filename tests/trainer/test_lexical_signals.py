@@ -149,8 +149,13 @@ def test_signal_pairs_come_from_the_curate_stages_signals(tmp_path) -> None:
 
 
 def test_signal_pairs_setting_defaults_on_and_belongs_to_preference_models() -> None:
-    assert RewardModelSettings(name="pointwise", kind="pointwise").lexical_signal_pairs == 128
-    assert RewardModelSettings(name="pairwise", kind="pairwise", lexicalSignalPairs=0).lexical_signal_pairs == 0
+    assert RewardModelSettings(name="pointwise", kind="pointwise").signal_pairs_per_context == 128
+    assert RewardModelSettings(name="pairwise", kind="pairwise", lexicalSignalPairs=0).signal_pairs_per_context == 0
+    user_signal = RewardModelSettings(name="continue", kind="user-signal", signal="continue")
+    assert user_signal.signal_pairs_per_context == 0
+    # the wire form a Job reads back (defaults dumped) stays valid: unset is not "set to the default"
+    wire = user_signal.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert RewardModelSettings.model_validate(wire).signal_pairs_per_context == 0
     with pytest.raises(ValidationError, match="lexicalSignalPairs"):
         RewardModelSettings(name="continue", kind="user-signal", signal="continue", lexicalSignalPairs=8)
     with pytest.raises(ValidationError):

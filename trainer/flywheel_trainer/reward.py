@@ -361,9 +361,10 @@ def _lexical_training_pairs(
     """The pairs a preference model's lexical head fits: its training pairs and, with `lexicalSignalPairs`, the
     pairs of the users' signals (signal_pairs); and how many of the latter (the stage's `lexical_signal_pairs`
     metric: 0 also where the curate stage gave no `signals`, as for data curated elsewhere with pairs only)."""
-    if not settings.lexical_signal_pairs or "signals" not in config.upstream.get("curate", {}):
+    per_context = settings.signal_pairs_per_context
+    if not per_context or "signals" not in config.upstream.get("curate", {}):
         return train, 0
-    extra = signal_pairs(read_jsonl(_upstream(config, "signals")), held_out, settings.lexical_signal_pairs)
+    extra = signal_pairs(read_jsonl(_upstream(config, "signals")), held_out, per_context)
     return train + extra, len(extra)
 # --- end issue 26 ---------------------------------------------------------------------------------------------
 

@@ -123,6 +123,10 @@ UserSignal = Literal["continue", "thumb-up"]
 RuleFeature = Literal["asks-back", "follows-instructions", "emojis", "length", "refusal"]
 
 
+DEFAULT_LEXICAL_SIGNAL_PAIRS = 128
+"""Signal pairs per context a preference model's lexical head fits when `lexicalSignalPairs` is unset."""
+
+
 class RewardModelSettings(ApiModel):
     """One reward model to train. Several train in parallel, one Job each."""
 
@@ -162,13 +166,22 @@ class RewardModelSettings(ApiModel):
     when it lowers the held-out log loss across held-out prompts (p < 0.05), else 0. A small model reads persona
     and topic poorly; the head reads them. False: the model's logit alone."""
     # --- issue 26: the lexical head learns from the users' signals too (h26rm) ---
-    lexical_signal_pairs: Annotated[int, Field(ge=0)] = 128
+    lexical_signal_pairs: Annotated[int, Field(ge=0)] | None = None
     """Pointwise and pairwise models with `lexicalHead`: the head also fits pairs of the users' own signals, per
     context of the training prompts at most this many (each response users went on after over each one they left,
     served for the same context; flywheel_trainer.reward.signal_pairs). Generation 1 learns from generation 0's logs
     alone, where curation drops most candidate preference pairs; the signals are several times as many. 0: the
-    preference pairs alone."""
+    preference pairs alone. Unset: 128 for pointwise and pairwise models (a user-signal model learns from the
+    signals themselves)."""
     # --- end issue 26 ---
+
+    @property
+    def signal_pairs_per_context(self) -> int:
+        """`lexicalSignalPairs` as the stage applies it: unset is DEFAULT_LEXICAL_SIGNAL_PAIRS for preference models,
+        0 for user-signal ones."""
+        if self.kind == "user-signal":
+            return 0
+        return DEFAULT_LEXICAL_SIGNAL_PAIRS if self.lexical_signal_pairs is None else self.lexical_signal_pairs
 
     @model_validator(mode="after")
     def _signal_matches_kind(self) -> RewardModelSettings:
@@ -184,7 +197,7 @@ class RewardModelSettings(ApiModel):
             )
         if len(set(self.rule_features)) != len(self.rule_features):
             raise ValueError(f"`ruleFeatures` lists a feature twice ({self.rule_features}); list each once")
-        if self.kind == "user-signal" and "lexical_signal_pairs" in self.model_fields_set and self.lexical_signal_pairs:
+        if self.kind == "user-signal" and self.lexical_signal_pairs:
             raise ValueError("`lexicalSignalPairs` applies only to pointwise and pairwise reward models (a user-signal "
                              "model learns from the signals themselves); remove it from this user-signal model")
         return self
