@@ -277,8 +277,11 @@ class LocalBackend:
         if rm_ready:
             from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
 
-            hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, self.paths.root.resolve(),
-                      self.world_file)
+            # the status itself, not status.json: the runner writes that after carry_out, which hands this over
+            # first (a status.json with the reward models still Running would leave a stale rm_oracle.json)
+            root = self.paths.root.resolve()
+            hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, root, self.world_file,
+                      {str(root): json.dumps(status.to_wire())})
         if status.candidate_policy is not None:
             from flywheel_local.report import _model_dir
 
