@@ -201,12 +201,11 @@ class LocalBackend:
     def _side_worker(self) -> Any:
         """A second process for in-process work that can go alongside this one's (simulated traffic of another
         source, the oracle prefetch): a spawned pool of one, when the cores hold two samplers at the world's
-        `serving.threads` each; None otherwise."""
+        `serving.threads` each (side_worker_fits); None otherwise."""
         if self._side is None:
             from flywheel_sim import load_world
 
-            threads = load_world(self.world_file).serving.threads
-            if threads is None or 2 * threads > self.cpus:
+            if not side_worker_fits(load_world(self.world_file).serving.threads, self.cpus, usable_cores()):
                 return None
             import multiprocessing
 
@@ -582,6 +581,19 @@ def _warm_available() -> bool:
     from flywheel_local import warm
 
     return warm.available()
+
+
+def side_worker_fits(serving_threads: int | None, cpus: int, machine_cores: int) -> bool:
+    """Whether a side worker sampling on `serving_threads` threads fits beside the runner's own sampler: two of them
+    on the cores, counted as the larger of the `cpus` given (or measured) and the machine's `machine_cores`.
+    `cpus` given (`bench/flywheel.py --cpus 1`) caps each stage program's torch threads, so that every stage sums
+    in the same order on any machine; it does not make the machine smaller: a chain on one thread per stage still
+    simulates its user and internal traffic side by side on two cores (the logs are those of simulating each
+    source alone: tests/local/test_traffic_alongside.py). None: torch's default thread count, which would take
+    every core: no side worker."""
+    if serving_threads is None:
+        return False
+    return 2 * serving_threads <= max(cpus, machine_cores)
 
 
 def stage_threads_for(cpus: int, parallel: int, most: int = STAGE_THREADS) -> int:

@@ -1,0 +1,42 @@
+"""The side worker (the second source's traffic, the report's prefetches) goes by the machine's cores, not by the
+torch threads per stage that `--cpus` caps (issue 29): the default chain, measured with `bench/flywheel.py --cpus 1`,
+simulates its user and internal traffic side by side on two cores, as `make run` does. Each source's logs are those
+of simulating it alone (tests/local/test_traffic_alongside.py), so the chain's outputs do not change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flywheel_local import backend as backend_module
+from flywheel_local.backend import LocalBackend, RunPaths, side_worker_fits
+from flywheel_local.runner import load_manifest
+from flywheel_sim import DEFAULT_WORLD
+from hypothesis import given
+from hypothesis import strategies as st
+
+TINY = Path(__file__).with_name("tiny-generation.yaml")
+
+
+@given(threads=st.integers(1, 8), cpus=st.integers(1, 16), machine=st.integers(1, 16))
+def test_fits_when_the_larger_of_the_given_and_the_machines_cores_hold_two_samplers(
+        threads: int, cpus: int, machine: int) -> None:
+    assert side_worker_fits(threads, cpus, machine) == (2 * threads <= max(cpus, machine))
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 16])
+def test_torchs_default_thread_count_takes_every_core(cpus: int) -> None:
+    assert not side_worker_fits(None, cpus, 16)
+
+
+@pytest.mark.parametrize(("machine", "expected"), [(2, True), (1, False)])
+def test_one_thread_per_stage_on_two_cores_still_gets_a_side_worker(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine: int, expected: bool) -> None:
+    monkeypatch.setattr(backend_module, "usable_cores", lambda: machine)
+    backend = LocalBackend(load_manifest(TINY), RunPaths(tmp_path / "gen1"), world_file=DEFAULT_WORLD,
+                           cache_dir=tmp_path / "cache", cpus=1, warm_start=False)
+    try:
+        assert (backend._side_worker() is not None) is expected
+        assert backend.explicit_cpus == 1  # the stages' threads are still those --cpus 1 gives
+    finally:
+        backend.close()
