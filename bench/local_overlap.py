@@ -2,12 +2,13 @@
 
 - report: what the report waits on after a make run, when the reward models' agreement with the oracle was handed
   to the side worker as SFT started. Old (4990565 and before): the side worker read the generation's status.json,
-  which the runner writes only after carry_out handed the work over, so it measured with the reward models still
-  Running and the report found rm_oracle.json stale and measured it again, on the critical path. New: the status is
-  handed over with the work (LocalBackend.status_written). Both start from the same finished make-run generation
-  (--generation) with oracle.json and rm_oracle.json removed; the models' oracle draws are given to both as a run
-  leaves them (generation 0's kept in the cache, the candidate's prefetched), so the rows differ only by the
-  hand-over. Timed: compute_oracle + write_report + the flywheel page, as `flywheel run` ends.
+  which the runner writes only after carry_out handed the work over: the reward model that finished last was still
+  Running there, so the side worker measured the other two under a key the report found stale, and the report
+  measured all three again, on the critical path. New: the status is handed over with the work
+  (LocalBackend.status_written). Both start from the same finished make-run generation (--generation) with
+  oracle.json and rm_oracle.json removed; the models' oracle draws are given to both as a run leaves them
+  (generation 0's kept in the cache, the candidate's prefetched), so the rows differ only by the hand-over.
+  Timed: compute_oracle + write_report + the flywheel page, as `flywheel run` ends.
 - traffic: a chain generation's user and internal traffic (the default world, examples/local/gen1.yaml's sources)
   with one thread per stage (`bench/flywheel.py --cpus 1`, as bench/local.py's chain runs). Old: no side worker
   with --cpus 1 (the sources one after another); new: the side worker goes by the machine's cores
@@ -65,14 +66,16 @@ def summary(rows: list[dict[str, float]]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ report
 def _final_and_stale(generation: Path) -> tuple[Any, Any]:
-    """The generation's final status, and the status.json on disk when carry_out hands the agreement over (its
-    reward models still Running, no SFT record yet)."""
+    """The generation's final status, the status.json on disk when carry_out hands the agreement over (the reward
+    model that finished last still Running, no SFT record yet) and the status handed over with it."""
     from flywheel_operator.api import FlywheelGenerationStatus
 
     final = FlywheelGenerationStatus.model_validate_json((generation / "status.json").read_text())
+    rewards = [r for r in final.stages if r.name.startswith("reward-")]
+    last = max(rewards, key=lambda r: r.finished_at or r.created_at).name
     stale_stages = [r.model_copy(update={"state": "Running", "finished_at": None, "output_digest": None,
                                          "artifacts": {}, "metrics": {}})
-                    if r.name.startswith("reward-") else r
+                    if r.name == last else r
                     for r in final.stages if r.name in ("curate",) or r.name.startswith("reward-")]
     stale = final.model_copy(update={"stages": stale_stages, "candidate_policy": None, "decision": None,
                                      "phase": "TrainingRewardModels"})
