@@ -86,10 +86,10 @@ def test_all_reward_models_failed_is_not_measured(tmp_path: Path, monkeypatch: p
 
 def test_the_side_worker_measures_the_status_handed_over_not_the_one_on_disk(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """carry_out hands the agreement over before the runner writes status.json (the reward models still Running
-    there): measured from that file, the report found rm_oracle.json stale and measured it again on the critical
-    path (the 11 s report of bench/results/local.json at 90f2fca). Measured from the status handed over, the
-    report finds it current."""
+    """carry_out hands the agreement over before the runner writes status.json (the reward model that finished
+    last still Running there): measured from that file, under a key the report found stale, so the report measured
+    every reward model again on the critical path (the 11 s report of bench/results/local.json at 90f2fca).
+    Measured from the status handed over, the report finds it current."""
     from flywheel_local import rm_oracle
 
     backend, pool = _backend(tmp_path, monkeypatch, draws=4)
@@ -107,7 +107,8 @@ def test_the_side_worker_measures_the_status_handed_over_not_the_one_on_disk(
         return _record(name, "Succeeded").model_copy(update={"output_digest": f"sha256:{name}",
                                                              "artifacts": {"model": f"/m/{name}"}})
 
-    on_disk = FlywheelGenerationStatus(stages=[done("curate")] + [_record(r, "Running") for r in rewards])
+    # the reward model that finished last is still Running in status.json (the others were written Succeeded)
+    on_disk = FlywheelGenerationStatus(stages=[done("curate"), done(rewards[0]), _record(rewards[1], "Running")])
     backend.paths.root.mkdir(parents=True)
     backend.paths.status.write_text(on_disk.model_dump_json(by_alias=True, exclude_none=True))
     trained = FlywheelGenerationStatus(stages=[done("curate")] + [done(r) for r in rewards]
