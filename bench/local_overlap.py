@@ -87,7 +87,7 @@ def _final_and_stale(generation: Path) -> tuple[Any, Any]:
 
 def report_once(label: str, source: Path, cache: Path, scratch: Path, draws: int, candidate_draws: Any) -> dict:
     from flywheel_local import oracle_runs
-    from flywheel_local.backend import LocalBackend, RunPaths
+    from flywheel_local.backend import IDLE_WINDOW_SECONDS, LocalBackend, RunPaths
     from flywheel_local.flywheel_page import write_flywheel_page
     from flywheel_local.report import _model_dir, compute_oracle, write_report
     from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
@@ -107,11 +107,14 @@ def report_once(label: str, source: Path, cache: Path, scratch: Path, draws: int
     side = backend._side_worker()
     if side is None:
         raise SystemExit("report: this machine's cores hold no side worker (side_worker_fits)")
+    side.apply_async(os.getpid).get()  # warm, as in a run: it has simulated the internal traffic by then
     root = generation.resolve()
     if label == "new":
         backend.status_written(trained)
     else:  # 4990565's hand-over: the side worker reads status.json
         oracle_runs.hand_over(prefetch_key(root), side, compute_rm_agreement, root, DEFAULT_WORLD)
+    # carry_out then starts SFT alone: it looks at the cores for IDLE_WINDOW_SECONDS before the runner writes
+    time.sleep(IDLE_WINDOW_SECONDS)
     (generation / "status.json").write_text(json.dumps(trained.to_wire()))  # the runner's write after carry_out
     oracle_runs._PREFETCHES[prefetch_key(root)].wait()  # done long before the report (SFT, RL, eval, the A/B)
     (generation / "status.json").write_text(final)
