@@ -8,12 +8,16 @@
   (LocalBackend.status_written). Both start from the same finished make-run generation (--generation) with
   oracle.json and rm_oracle.json removed; the models' oracle draws are given to both as a run leaves them
   (generation 0's kept in the cache, the candidate's prefetched), so the rows differ only by the hand-over.
-  Timed: compute_oracle + write_report + the flywheel page, as `flywheel run` ends.
+  Timed: compute_oracle + write_report + the flywheel page, as `flywheel run` ends. Which of the runner's write
+  and the side worker's read comes first is a race: `--race window` leaves it to the machine (the runner writes
+  after its half-second look at the cores), `--race lost` has the side worker read first, as it did in a make run
+  at 4990565 whose report measured the reward models again (rm_oracle.json written during the report).
 - traffic: a chain generation's user and internal traffic (the default world, examples/local/gen1.yaml's sources)
   with one thread per stage (`bench/flywheel.py --cpus 1`, as bench/local.py's chain runs). Old: no side worker
   with --cpus 1 (the sources one after another); new: the side worker goes by the machine's cores
-  (side_worker_fits), the internal traffic beside the user traffic. The policy is generation 0 copied out of the
-  cache (as a later generation's parent is: nothing cached). The logs of the two are compared byte for byte.
+  (side_worker_fits), the internal traffic beside the user traffic, forked from the warm server as in a chain's
+  later generations (warm.ready_context; the first generation's is spawned). The policy is generation 0 copied out
+  of the cache (as a later generation's parent is: nothing cached). The logs of the two are compared byte for byte.
 
 Wall seconds and CPU seconds (this process and its children) per repeat, the median and the spread, the load.
 
@@ -85,7 +89,8 @@ def _final_and_stale(generation: Path) -> tuple[Any, Any]:
     return stale, trained
 
 
-def report_once(label: str, source: Path, cache: Path, scratch: Path, draws: int, candidate_draws: Any) -> dict:
+def report_once(label: str, source: Path, cache: Path, scratch: Path, draws: int, candidate_draws: Any,
+                race: str) -> dict:
     from flywheel_local import oracle_runs
     from flywheel_local.backend import IDLE_WINDOW_SECONDS, LocalBackend, RunPaths
     from flywheel_local.flywheel_page import write_flywheel_page
@@ -113,10 +118,13 @@ def report_once(label: str, source: Path, cache: Path, scratch: Path, draws: int
         backend.status_written(trained)
     else:  # 4990565's hand-over: the side worker reads status.json
         oracle_runs.hand_over(prefetch_key(root), side, compute_rm_agreement, root, DEFAULT_WORLD)
-    # carry_out then starts SFT alone: it looks at the cores for IDLE_WINDOW_SECONDS before the runner writes
-    time.sleep(IDLE_WINDOW_SECONDS)
+    handed = oracle_runs._PREFETCHES[prefetch_key(root)]
+    if race == "lost":  # the side worker reads status.json before the runner writes it
+        handed.wait()
+    else:  # carry_out starts SFT alone: it looks at the cores for IDLE_WINDOW_SECONDS before the runner writes
+        time.sleep(IDLE_WINDOW_SECONDS)
     (generation / "status.json").write_text(json.dumps(trained.to_wire()))  # the runner's write after carry_out
-    oracle_runs._PREFETCHES[prefetch_key(root)].wait()  # done long before the report (SFT, RL, eval, the A/B)
+    handed.wait()  # done long before the report (SFT, RL, eval, the A/B)
     (generation / "status.json").write_text(final)
     candidate = _model_dir(json.loads(final)["candidatePolicy"], generation)
 
@@ -142,7 +150,7 @@ def report_once(label: str, source: Path, cache: Path, scratch: Path, draws: int
     return row
 
 
-def report_part(source: Path, cache: Path, scratch: Path, repeats: int) -> dict[str, Any]:
+def report_part(source: Path, cache: Path, scratch: Path, repeats: int, race: str) -> dict[str, Any]:
     from flywheel_local.oracle_runs import compute_expected
     from flywheel_local.report import _model_dir
     from flywheel_sim import DEFAULT_WORLD
@@ -155,12 +163,13 @@ def report_part(source: Path, cache: Path, scratch: Path, repeats: int) -> dict[
     rows: dict[str, list[dict]] = {"old": [], "new": []}
     for i in range(repeats):
         for label in ("old", "new") if i % 2 == 0 else ("new", "old"):
-            row = report_once(label, source, cache, scratch, DEFAULT_DRAWS, draws)
+            row = report_once(label, source, cache, scratch, DEFAULT_DRAWS, draws, race)
             rows[label].append(row)
             print(f"report {label}: {row}", flush=True)
     out = {label: summary(r) for label, r in rows.items()}
     out["same_oracle_json"] = len({r["oracle_sha256"] for rs in rows.values() for r in rs}) == 1
     out["same_rm_oracle_json"] = len({r["rm_oracle_sha256"] for rs in rows.values() for r in rs}) == 1
+    out["race"] = race
     return out
 
 
@@ -207,6 +216,13 @@ def traffic_part(gen0: Path, scratch: Path, repeats: int) -> dict[str, Any]:
     shutil.copytree(gen0, policy)
     cache = scratch / "traffic-cache"
     cache.mkdir(parents=True, exist_ok=True)
+    from flywheel_local import warm
+    from flywheel_local.backend import _stage_env
+
+    # a chain generation after the first: the warm server has forked stages (untimed), the side worker forks from it
+    warm.warm_up(_stage_env(1))
+    warm.start(["--help"], scratch / "warm-server.log", _stage_env(1)).wait(600)
+    assert warm.ready_context() is not None
     rows: dict[str, list[dict]] = {"old": [], "new": []}
     digests: dict[str, dict[str, str]] = {}
     for i in range(repeats):
@@ -228,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None,
                         help="the cache that run used (generation 0 and its oracle draws; traffic: generation 0)")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--race", choices=("window", "lost"), default="window",
+                        help="report: when the runner writes status.json after the hand-over: after its look at the "
+                             "cores (window: which of the two reads first is up to the machine) or only after the "
+                             "side worker read it ('lost': the old hand-over's race lost, as in a run whose report "
+                             "measured the reward models again); key 'report' or 'report_race_lost'")
     parser.add_argument("--scratch", default=None)
     parser.add_argument("--out", default=str(RESULT))
     args = parser.parse_args(argv)
@@ -250,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     if "report" in parts:
         if args.generation is None:
             raise SystemExit("--generation: a finished make-run generation directory (RUN/gen1) for the report part")
-        result["report"] = report_part(Path(args.generation).resolve(), cache, scratch, args.repeats)
+        key = "report" if args.race == "window" else "report_race_lost"
+        result[key] = report_part(Path(args.generation).resolve(), cache, scratch, args.repeats, args.race)
     if "traffic" in parts:
         result["traffic"] = traffic_part(gen0, scratch, args.repeats)
     result["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -260,8 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     from provenance import stamp_file  # provenance: bench/provenance.py, beside this script
 
     stamp_file("local_overlap", out)  # provenance
-    for part in ("report", "traffic"):
-        if part in result and part in parts:
+    for part in ("report", "report_race_lost", "traffic"):
+        if part in result and part.split("_")[0] in parts:
             old, new = result[part]["old"], result[part]["new"]
             print(f"{part}: old {old['median_wall_seconds']} s wall ({old['median_cpu_seconds']} s CPU), new "
                   f"{new['median_wall_seconds']} s wall ({new['median_cpu_seconds']} s CPU)")

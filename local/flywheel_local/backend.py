@@ -200,8 +200,8 @@ class LocalBackend:
 
     def _side_worker(self) -> Any:
         """A second process for in-process work that can go alongside this one's (simulated traffic of another
-        source, the oracle prefetch): a spawned pool of one, when the cores hold two samplers at the world's
-        `serving.threads` each (side_worker_fits); None otherwise."""
+        source, the oracle prefetch): a pool of one (forked from warm.ready_context, else spawned), when the cores
+        hold two samplers at the world's `serving.threads` each (side_worker_fits); None otherwise."""
         if self._side is None:
             from flywheel_sim import load_world
 
@@ -209,7 +209,11 @@ class LocalBackend:
                 return None
             import multiprocessing
 
-            self._side = multiprocessing.get_context("spawn").Pool(1)
+            from flywheel_local import warm
+
+            # forked from the warm forkserver once it has forked a stage (a chain's later generations: no imports,
+            # no model-free start-up cost), else spawned (the first generation: the preload may still be running)
+            self._side = (warm.ready_context() or multiprocessing.get_context("spawn")).Pool(1)
         return self._side
 
     def _simulate_sources(self, config: StageConfig, policy_dir: str) -> None:

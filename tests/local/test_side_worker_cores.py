@@ -6,6 +6,8 @@ of simulating it alone (tests/local/test_traffic_alongside.py), so the chain's o
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flywheel_local import backend as backend_module
@@ -40,3 +42,33 @@ def test_one_thread_per_stage_on_two_cores_still_gets_a_side_worker(
         assert backend.explicit_cpus == 1  # the stages' threads are still those --cpus 1 gives
     finally:
         backend.close()
+
+
+class RecordingContext:
+    def __init__(self) -> None:
+        self.pools: list[int] = []
+
+    def Pool(self, processes: int) -> Any:  # multiprocessing's name
+        self.pools.append(processes)
+        return SimpleNamespace(close=lambda: None, join=lambda: None)
+
+
+def test_the_side_worker_forks_from_the_warm_server_once_a_stage_has(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain's later generations: the forkserver has forked stages (its preload done), so the side worker forks
+    from it in milliseconds with torch imported, instead of a spawned interpreter importing it all again (13 s of
+    CPU a generation at load 3, bench/results/local_overlap.json)."""
+    from flywheel_local import warm
+
+    server = RecordingContext()
+    monkeypatch.setattr(warm, "_context", server)
+    monkeypatch.setattr(warm, "_forked", False)
+    assert warm.ready_context() is None  # the preload may still run: a fork would wait for it
+    monkeypatch.setattr(warm, "_forked", True)
+    assert warm.ready_context() is server
+    monkeypatch.setattr(backend_module, "usable_cores", lambda: 2)
+    backend = LocalBackend(load_manifest(TINY), RunPaths(tmp_path / "gen1"), world_file=DEFAULT_WORLD,
+                           cache_dir=tmp_path / "cache", cpus=1)
+    assert backend._side_worker() is not None
+    assert server.pools == [1]
+    backend.close()
