@@ -205,7 +205,10 @@ class LocalBackend:
         if self._side is None:
             from flywheel_sim import load_world
 
-            if not side_worker_fits(load_world(self.world_file).serving.threads, self.cpus, usable_cores()):
+            threads = load_world(self.world_file).serving.threads
+            # cores given (--cpus: a chain, maybe beside others with --jobs): only onto cores that are idle now
+            idle = idle_cores() if self.explicit_cpus is not None and threads is not None else None
+            if not side_worker_fits(threads, self.cpus, usable_cores(), idle=idle):
                 return None
             import multiprocessing
 
@@ -587,15 +590,21 @@ def _warm_available() -> bool:
     return warm.available()
 
 
-def side_worker_fits(serving_threads: int | None, cpus: int, machine_cores: int) -> bool:
+def side_worker_fits(serving_threads: int | None, cpus: int, machine_cores: int, *, idle: float | None = None) -> bool:
     """Whether a side worker sampling on `serving_threads` threads fits beside the runner's own sampler: two of them
     on the cores, counted as the larger of the `cpus` given (or measured) and the machine's `machine_cores`.
     `cpus` given (`bench/flywheel.py --cpus 1`) caps each stage program's torch threads, so that every stage sums
     in the same order on any machine; it does not make the machine smaller: a chain on one thread per stage still
-    simulates its user and internal traffic side by side on two cores (the logs are those of simulating each
-    source alone: tests/local/test_traffic_alongside.py). None: torch's default thread count, which would take
-    every core: no side worker."""
+    simulates its user and internal traffic side by side on two idle cores (the logs are those of simulating each
+    source alone: tests/local/test_traffic_alongside.py). `idle`: the cores measured idle (idle_cores; the caller
+    measures where cores were given), which must then hold both samplers too (IDLE_SLACK): two chains side by side
+    (`--jobs 2`) or a loaded machine leave no idle core, and a second process there only competes (a chain
+    generation's traffic 49.7 s one after another against 61.2 s side by side at load 3.5,
+    bench/results/local_overlap.json). None: torch's default thread count, which would take every core: no side
+    worker."""
     if serving_threads is None:
+        return False
+    if idle is not None and idle + IDLE_SLACK < 2 * serving_threads:
         return False
     return 2 * serving_threads <= max(cpus, machine_cores)
 

@@ -26,6 +26,19 @@ def test_fits_when_the_larger_of_the_given_and_the_machines_cores_hold_two_sampl
     assert side_worker_fits(threads, cpus, machine) == (2 * threads <= max(cpus, machine))
 
 
+@given(threads=st.integers(1, 4), cpus=st.integers(1, 16), machine=st.integers(1, 16),
+       idle=st.floats(0.0, 16.0, allow_nan=False))
+def test_measured_idle_cores_must_hold_both_samplers_too(threads: int, cpus: int, machine: int, idle: float) -> None:
+    fits = side_worker_fits(threads, cpus, machine, idle=idle)
+    assert fits == (side_worker_fits(threads, cpus, machine) and idle + backend_module.IDLE_SLACK >= 2 * threads)
+
+
+@pytest.mark.parametrize(("idle", "expected"), [(2.0, True), (1.8, True), (1.0, False), (0.3, False)])
+def test_a_chain_beside_another_gets_no_side_worker(idle: float, expected: bool) -> None:
+    """`bench/flywheel.py --jobs 2 --cpus 1`: the other chain keeps a core busy, so the traffic stays serial."""
+    assert side_worker_fits(1, 1, 2, idle=idle) is expected
+
+
 @pytest.mark.parametrize("cpus", [1, 2, 16])
 def test_torchs_default_thread_count_takes_every_core(cpus: int) -> None:
     assert not side_worker_fits(None, cpus, 16)
@@ -35,6 +48,7 @@ def test_torchs_default_thread_count_takes_every_core(cpus: int) -> None:
 def test_one_thread_per_stage_on_two_cores_still_gets_a_side_worker(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, machine: int, expected: bool) -> None:
     monkeypatch.setattr(backend_module, "usable_cores", lambda: machine)
+    monkeypatch.setattr(backend_module, "idle_cores", lambda *args, **kwargs: 2.0)
     backend = LocalBackend(load_manifest(TINY), RunPaths(tmp_path / "gen1"), world_file=DEFAULT_WORLD,
                            cache_dir=tmp_path / "cache", cpus=1, warm_start=False)
     try:
@@ -67,6 +81,7 @@ def test_the_side_worker_forks_from_the_warm_server_once_a_stage_has(tmp_path: P
     monkeypatch.setattr(warm, "_forked", True)
     assert warm.ready_context() is server
     monkeypatch.setattr(backend_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(backend_module, "idle_cores", lambda *args, **kwargs: 2.0)
     backend = LocalBackend(load_manifest(TINY), RunPaths(tmp_path / "gen1"), world_file=DEFAULT_WORLD,
                            cache_dir=tmp_path / "cache", cpus=1)
     assert backend._side_worker() is not None
