@@ -190,12 +190,15 @@ def traffic_once(label: str, policy: Path, cache: Path, scratch: Path) -> tuple[
     data = generation.spec.data
     used: list[bool] = []
 
+    outside: list[float] = []
+
     def simulate() -> None:
         try:
             backend._simulate_sources(SimpleNamespace(data=data), str(policy))  # what render does first
             used.append(backend._side is not None)
             for name in SOURCES:
                 backend._resolve_source(getattr(data, name), str(policy))
+            outside.append(forked_workers_cpu(backend._side))
         finally:
             backend.close()
 
@@ -203,11 +206,29 @@ def traffic_once(label: str, policy: Path, cache: Path, scratch: Path) -> tuple[
         row = timed(simulate)
     finally:
         backend_module.side_worker_fits = fits
+    row["cpu_seconds"] = round(row["cpu_seconds"] + sum(outside), 2)
+    row["forked_side_worker_cpu_seconds"] = round(sum(outside), 2)
     row["side_worker"] = bool(used and used[0])
     digests = {f"{source}/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()[:16]
                for source in ("user", "internal") for p in sorted(paths.traffic(source).glob("*"))
                if p.is_file() and not p.name.startswith(".")}
     return row, digests
+
+
+def forked_workers_cpu(pool: Any) -> float:
+    """CPU seconds of a pool's workers that are not this process's children (forked from the warm server), which
+    RUSAGE_CHILDREN leaves out; spawned ones are counted there once joined."""
+    if pool is None:
+        return 0.0
+    total = 0.0
+    for worker in getattr(pool, "_pool", []):
+        try:
+            fields = Path(f"/proc/{worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) != os.getpid():
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def traffic_part(gen0: Path, scratch: Path, repeats: int) -> dict[str, Any]:
