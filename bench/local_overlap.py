@@ -186,7 +186,8 @@ def traffic_once(label: str, policy: Path, cache: Path, scratch: Path) -> tuple[
     backend = LocalBackend(generation, paths, world_file=DEFAULT_WORLD, cache_dir=cache, cpus=1, warm_start=False)
     fits = backend_module.side_worker_fits
     if label == "old":  # 4990565: no side worker when --cpus 1 leaves no room for two one-thread samplers
-        backend_module.side_worker_fits = lambda threads, cpus, machine: threads is not None and 2 * threads <= cpus
+        backend_module.side_worker_fits = lambda threads, cpus, machine, idle=None: (threads is not None
+                                                                                   and 2 * threads <= cpus)
     data = generation.spec.data
     used: list[bool] = []
 
