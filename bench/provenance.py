@@ -216,6 +216,22 @@ BENCHES: dict[str, Bench] = {
         "python bench/local.py --only stages --base 08551f1 --profile-stages",
         "reruns the stages of one make run (a fresh one in the scratch folder, or --stage-inputs DIR)",
     ),
+    # issue 29 (h29wall): make run's timeline (which cores sit idle in which phase), and the overlaps measured old
+    # against new in one run
+    "local_timeline": Bench(
+        "bench/local_timeline.py",
+        (*CHAIN, f"{OPERATOR}/cli.py", f"{OPERATOR}/kube/__init__.py", f"{OPERATOR}/kube/admission.py"),
+        "python bench/local_timeline.py",
+        "one make run on 2 cores; its figures depend on the machine's load (recorded beside them)",
+        in_make_bench=False,
+    ),
+    "local_overlap": Bench(
+        "bench/local_overlap.py",
+        (*CHAIN, f"{OPERATOR}/cli.py", f"{OPERATOR}/kube/__init__.py", f"{OPERATOR}/kube/admission.py"),
+        "python bench/local_overlap.py --generation DIR",
+        "on a finished make-run generation directory (DIR: e.g. bench/local_timeline.py's scratch run/gen1)",
+        in_make_bench=False,
+    ),
     # issue 26 (h26g): the win-rate band replayed, old rule against new, on finished generations
     "band_replay": Bench(
         "bench/band_replay.py",

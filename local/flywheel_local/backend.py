@@ -200,17 +200,23 @@ class LocalBackend:
 
     def _side_worker(self) -> Any:
         """A second process for in-process work that can go alongside this one's (simulated traffic of another
-        source, the oracle prefetch): a spawned pool of one, when the cores hold two samplers at the world's
-        `serving.threads` each; None otherwise."""
+        source, the oracle prefetch): a pool of one (forked from warm.ready_context, else spawned), when the cores
+        hold two samplers at the world's `serving.threads` each (side_worker_fits); None otherwise."""
         if self._side is None:
             from flywheel_sim import load_world
 
             threads = load_world(self.world_file).serving.threads
-            if threads is None or 2 * threads > self.cpus:
+            # cores given (--cpus: a chain, maybe beside others with --jobs): only onto cores that are idle now
+            idle = idle_cores() if self.explicit_cpus is not None and threads is not None else None
+            if not side_worker_fits(threads, self.cpus, usable_cores(), idle=idle):
                 return None
             import multiprocessing
 
-            self._side = multiprocessing.get_context("spawn").Pool(1)
+            from flywheel_local import warm
+
+            # forked from the warm forkserver once it has forked a stage (a chain's later generations: no imports,
+            # no model-free start-up cost), else spawned (the first generation: the preload may still be running)
+            self._side = (warm.ready_context() or multiprocessing.get_context("spawn")).Pool(1)
         return self._side
 
     def _simulate_sources(self, config: StageConfig, policy_dir: str) -> None:
@@ -277,8 +283,11 @@ class LocalBackend:
         if rm_ready:
             from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
 
-            hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, self.paths.root.resolve(),
-                      self.world_file)
+            # the status itself, not status.json: the runner writes that after carry_out, which hands this over
+            # first (a status.json with the reward models still Running would leave a stale rm_oracle.json)
+            root = self.paths.root.resolve()
+            hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, root, self.world_file,
+                      {str(root): json.dumps(status.to_wire())})
         if status.candidate_policy is not None:
             from flywheel_local.report import _model_dir
 
@@ -579,6 +588,25 @@ def _warm_available() -> bool:
     from flywheel_local import warm
 
     return warm.available()
+
+
+def side_worker_fits(serving_threads: int | None, cpus: int, machine_cores: int, *, idle: float | None = None) -> bool:
+    """Whether a side worker sampling on `serving_threads` threads fits beside the runner's own sampler: two of them
+    on the cores, counted as the larger of the `cpus` given (or measured) and the machine's `machine_cores`.
+    `cpus` given (`bench/flywheel.py --cpus 1`) caps each stage program's torch threads, so that every stage sums
+    in the same order on any machine; it does not make the machine smaller: a chain on one thread per stage still
+    simulates its user and internal traffic side by side on two idle cores (the logs are those of simulating each
+    source alone: tests/local/test_traffic_alongside.py). `idle`: the cores measured idle (idle_cores; the caller
+    measures where cores were given), which must then hold both samplers too (IDLE_SLACK): two chains side by side
+    (`--jobs 2`) or a loaded machine leave no idle core, and a second process there only competes (a chain
+    generation's traffic 49.7 s one after another against 61.2 s side by side at load 3.5,
+    bench/results/local_overlap.json). None: torch's default thread count, which would take every core: no side
+    worker."""
+    if serving_threads is None:
+        return False
+    if idle is not None and idle + IDLE_SLACK < 2 * serving_threads:
+        return False
+    return 2 * serving_threads <= max(cpus, machine_cores)
 
 
 def stage_threads_for(cpus: int, parallel: int, most: int = STAGE_THREADS) -> int:

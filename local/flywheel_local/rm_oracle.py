@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -159,11 +160,14 @@ def _preference(rm: Any, pairs: list[dict[str, Any]], *, text_only: bool = False
     return signal_probabilities(rm, prompts, first) - signal_probabilities(rm, prompts, second)
 
 
-def measure_generation(directory: Path, world: Any, policy_for: Any) -> dict[str, Any]:
-    """Every reward model of one generation against the oracle on the parent's held-out pairs."""
+def measure_generation(directory: Path, world: Any, policy_for: Any,
+                       status: FlywheelGenerationStatus | None = None) -> dict[str, Any]:
+    """Every reward model of one generation against the oracle on the parent's held-out pairs (`status`: the
+    generation's status, default its status.json)."""
     from flywheel_trainer.scoring import load_reward_model
 
-    status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
+    if status is None:
+        status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
     models = {
         r.name.removeprefix("reward-"): r
         for r in status.stages
@@ -210,9 +214,14 @@ def prefetch_key(generation_dir: Path) -> str:
     return f"rm-agreement:{Path(generation_dir).resolve()}"
 
 
-def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
+def compute_rm_agreement(run_dir: Path, world_file: Path, statuses: Mapping[str, str] | None = None) -> None:
     """`<gen>/rm_oracle.json` for every generation of `run_dir` whose reward models are trained (cached by the
-    reward stages' output digests)."""
+    reward stages' output digests).
+
+    `statuses`: a generation's status as JSON by its resolved directory, read instead of its status.json: the
+    runner's side worker is handed the status the runner is about to write (LocalBackend.status_written), so it
+    never measures from a status.json one step behind (reward models still Running: a key the report would find
+    stale, measuring again on the critical path)."""
     from flywheel_sim import load_world
 
     from flywheel_local.report import _model_dir
@@ -230,13 +239,15 @@ def compute_rm_agreement(run_dir: Path, world_file: Path) -> None:
         return loaded[model]
 
     for directory in generation_dirs(run_dir):
-        status = FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
+        given = (statuses or {}).get(str(Path(directory).resolve()))
+        status = FlywheelGenerationStatus.model_validate_json(
+            given if given is not None else (directory / "status.json").read_text())
         key = sorted((r.name, r.output_digest or "") for r in status.stages if r.name.startswith("reward-"))
         path = directory / AGREEMENT_FILE
         known = json.loads(path.read_text()) if path.is_file() else {}
         if known.get("key") == [list(k) for k in key] and known.get("models") and known.get("format") == FORMAT:
             continue
-        measured = measure_generation(directory, world, policy_for)
+        measured = measure_generation(directory, world, policy_for, status)
         if measured:
             path.write_text(json.dumps({"format": FORMAT, "key": key, **measured}, indent=2) + "\n")
 

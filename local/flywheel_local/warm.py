@@ -27,6 +27,8 @@ PRELOAD = ["flywheel_local.warm_preload"]
 SERVER_ENV = ("HF_HUB_OFFLINE", "TRL_EXPERIMENTAL_SILENCE", "TOKENIZERS_PARALLELISM", "HF_HUB_DISABLE_PROGRESS_BARS")
 """Variables libraries read at import time: the forkserver starts with the stage environment's values."""
 _context: Any = None
+_forked = False
+"""Whether a stage was forked from the forkserver: its preload is done then, so a fork returns at once."""
 
 
 @contextlib.contextmanager
@@ -71,6 +73,14 @@ def context_or_spawn() -> Any:
     return _context if _context is not None else multiprocessing.get_context("spawn")
 
 
+def ready_context() -> Any:
+    """The forkserver's context once a stage has been forked from it (its libraries imported: a fork is
+    immediate), else None. Before that, a fork would wait for the preload to finish (a spawned child imports by
+    itself meanwhile): the runner's side worker of a chain's later generations forks from here, the first
+    generation's is spawned (LocalBackend._side_worker)."""
+    return _context if _forked else None
+
+
 class WarmStage:
     """A stage forked from the forkserver, seen as a subprocess.Popen: `pid`, `poll()`, `wait(timeout)`."""
 
@@ -95,6 +105,8 @@ def start(argv: Sequence[str], log: Path, env: Mapping[str, str]) -> WarmStage:
     process = context.Process(target=_stage_main, args=(list(argv), str(log), dict(env)),
                               name=f"flywheel-train {' '.join(argv[:1])}", daemon=False)
     process.start()
+    global _forked
+    _forked = True
     return WarmStage(process)
 
 

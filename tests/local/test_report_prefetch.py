@@ -54,7 +54,9 @@ def test_handed_over_as_the_status_allows(tmp_path: Path, monkeypatch: pytest.Mo
     trained = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards] + [_record("sft", "Running")])
     backend.status_written(trained)
     backend.status_written(trained)  # once only
-    assert pool.handed == [(compute_rm_agreement, (backend.paths.root.resolve(), DEFAULT_WORLD))]
+    (function, args), = pool.handed
+    assert function is compute_rm_agreement
+    assert args[:2] == (backend.paths.root.resolve(), DEFAULT_WORLD)
     assert prefetch_key(backend.paths.root) in oracle_runs._PREFETCHES
     candidate = tmp_path / "gen1" / "rl" / "model"
     candidate.mkdir(parents=True)
@@ -80,3 +82,41 @@ def test_all_reward_models_failed_is_not_measured(tmp_path: Path, monkeypatch: p
     backend, pool = _backend(tmp_path, monkeypatch, draws=4)
     backend.status_written(FlywheelGenerationStatus(stages=[_record("reward-pointwise", "Failed")]))
     assert pool.handed == []
+
+
+def test_the_side_worker_measures_the_status_handed_over_not_the_one_on_disk(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """carry_out hands the agreement over before the runner writes status.json (the reward model that finished
+    last still Running there): measured from that file, under a key the report found stale, so the report measured
+    every reward model again on the critical path (the 11 s report of bench/results/local.json at 90f2fca).
+    Measured from the status handed over, the report finds it current."""
+    from flywheel_local import rm_oracle
+
+    backend, pool = _backend(tmp_path, monkeypatch, draws=4)
+    measured: list[list[tuple[str, str, str | None]]] = []
+
+    def fake_measure(directory: Path, world: Any, policy_for: Any, status: Any = None) -> dict[str, Any]:
+        status = status or FlywheelGenerationStatus.model_validate_json((directory / "status.json").read_text())
+        measured.append([(r.name, r.state, r.output_digest) for r in status.stages])
+        return {"pairs": 1, "parent": "p", "models": {"pointwise": {"oracle_agreement": 0.5}}}
+
+    monkeypatch.setattr(rm_oracle, "measure_generation", fake_measure)
+    rewards = ["reward-pointwise", "reward-pairwise"]
+
+    def done(name: str) -> StageRecord:
+        return _record(name, "Succeeded").model_copy(update={"output_digest": f"sha256:{name}",
+                                                             "artifacts": {"model": f"/m/{name}"}})
+
+    # the reward model that finished last is still Running in status.json (the others were written Succeeded)
+    on_disk = FlywheelGenerationStatus(stages=[done("curate"), done(rewards[0]), _record(rewards[1], "Running")])
+    backend.paths.root.mkdir(parents=True)
+    backend.paths.status.write_text(on_disk.model_dump_json(by_alias=True, exclude_none=True))
+    trained = FlywheelGenerationStatus(stages=[done("curate")] + [done(r) for r in rewards]
+                                       + [_record("sft", "Running")])
+    backend.status_written(trained)  # what carry_out does before the runner writes `trained`
+    (function, args), = pool.handed
+    function(*args)  # what the side worker runs
+    assert measured == [[(r.name, r.state, r.output_digest) for r in trained.stages]]
+    backend.paths.status.write_text(trained.model_dump_json(by_alias=True, exclude_none=True))  # the runner's write
+    compute_rm_agreement(backend.paths.root, DEFAULT_WORLD)  # what the report does after the run
+    assert len(measured) == 1  # current: not measured again
