@@ -110,4 +110,5 @@ def test_the_generated_suite_defaults_to_worlds_no_setting_was_chosen_on() -> No
     bench = load_bench("flywheel")
     first = bench.GENERATED_SEED
     suite = range(first, first + bench.GENERATED_COUNT)
-    assert not set(suite) & set(range(100, 108)), "worlds 100-107 are development worlds (in sample)"
+    assert not set(suite) & set(range(100, 112)), "worlds 100-111 are development worlds (in sample)"
+    assert set(bench.DEVELOPMENT_WORLD_SEEDS) >= set(range(100, 112))
