@@ -111,6 +111,36 @@ def _pick(logits: Any, temperature: float, top_p: float, generator: Any) -> Any:
     return torch.searchsorted(cumulative, uniform, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
 
 
+def _shared_stream_batches(
+    model: Any, prompts: Sequence[list[int]], request: Any, decode: Any
+) -> list[list[list[int]]]:
+    """The batching both baselines share: prompts in the caller's order, `num_samples` rows each (one when greedy),
+    one generator seeded once for the whole call (so a row's samples depend on its batch), `decode(model, batch,
+    generator)` giving each row's new tokens, cut at the first stop token."""
+    import torch
+    from flywheel_trainer.generation import until_stop
+
+    sampling = request.temperature > 0
+    draws = request.num_samples if sampling else 1
+    per_batch = max(1, request.batch_size // request.num_samples)
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(request.seed)
+    results: list[list[list[int]]] = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in range(0, len(prompts), per_batch):
+                batch = [row for row in prompts[start : start + per_batch] for _ in range(draws)]
+                new = decode(model, batch, generator)
+                for row in range(0, len(new), draws):
+                    samples = new[row : row + draws] if sampling else new[row : row + 1] * request.num_samples
+                    results.append([until_stop(tokens, request.stop) for tokens in samples])
+    finally:
+        model.train(was_training)
+    return results
+
+
 class HandLoopSampler:
     """BASELINE of d32e63f: the hand-written token loop (generate_tokens' batching around `_decode`), as a
     Sampler of flywheel_trainer.generation so it runs behind the same seam as the product's backends."""
@@ -118,33 +148,14 @@ class HandLoopSampler:
     name = "hand-loop"
 
     def sample(self, model: Any, prompts: Sequence[list[int]], request: Any) -> list[list[list[int]]]:
-        import torch
-        from flywheel_trainer.generation import left_pad, until_stop
+        from flywheel_trainer.generation import left_pad
 
-        stop = list(request.stop)
-        sampling = request.temperature > 0
-        draws = request.num_samples if sampling else 1
-        chats_per_batch = max(1, request.batch_size // request.num_samples)
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device)
-        generator.manual_seed(request.seed)
-        results: list[list[list[int]]] = []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(prompts), chats_per_batch):
-                    batch = [row for row in prompts[start : start + chats_per_batch] for _ in range(draws)]
-                    ids, mask = left_pad(batch, request.pad_id, device)
-                    new = _decode(
-                        model, ids, mask, request.max_new_tokens, request.temperature, request.top_p, stop, generator
-                    )
-                    for row in range(0, len(new), draws):
-                        samples = new[row : row + draws] if sampling else new[row : row + 1] * request.num_samples
-                        results.append([until_stop(tokens, stop) for tokens in samples])
-        finally:
-            model.train(was_training)
-        return results
+        def decode(model: Any, batch: list[list[int]], generator: Any) -> Any:
+            ids, mask = left_pad(batch, request.pad_id, generator.device)
+            return _decode(model, ids, mask, request.max_new_tokens, request.temperature, request.top_p,
+                           list(request.stop), generator)
+
+        return _shared_stream_batches(model, prompts, request, decode)
 
 
 # --- BASELINE of 4990565: the product's `generate` backend before per-row streams (verbatim but for names) ---
@@ -199,29 +210,9 @@ class ReplayGenerateSampler:
     name = "generate@4990565"
 
     def sample(self, model: Any, prompts: Sequence[list[int]], request: Any) -> list[list[list[int]]]:
-        import torch
-        from flywheel_trainer.generation import until_stop
-
-        sampling = request.temperature > 0
-        draws = request.num_samples if sampling else 1
-        per_batch = max(1, request.batch_size // request.num_samples)
-        device = next(model.parameters()).device
-        generator = torch.Generator(device=device)
-        generator.manual_seed(request.seed)
-        results: list[list[list[int]]] = []
-        was_training = model.training
-        model.eval()
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(prompts), per_batch):
-                    batch = [row for row in prompts[start : start + per_batch] for _ in range(draws)]
-                    new = self._generate(model, batch, request, generator)
-                    for row in range(0, len(new), draws):
-                        samples = new[row : row + draws] if sampling else new[row : row + 1] * request.num_samples
-                        results.append([until_stop(tokens, request.stop) for tokens in samples])
-        finally:
-            model.train(was_training)
-        return results
+        return _shared_stream_batches(
+            model, prompts, request, lambda model, batch, generator: self._generate(model, batch, request, generator)
+        )
 
     @staticmethod
     def _generate(model: Any, batch: list[list[int]], request: Any, generator: Any) -> list[list[int]]:
