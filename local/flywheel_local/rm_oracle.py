@@ -50,6 +50,7 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
     Character.to_log: what a reward model's rule features read), "topic"}]."""
     from flywheel_sim import response_utility, system_message
     from flywheel_sim.grammar import OPENERS
+    from flywheel_sim.people import build_people
 
     contexts = [
         (ci, topic, [{"role": "system", "content": system_message(c)},
@@ -60,10 +61,11 @@ def held_out_pairs(world: Any, policy: Any) -> list[dict[str, Any]]:
     ]
     answers = [policy([chat for _, _, chat in contexts], seed=SEED + k) for k in range(SAMPLES)]
     specs = [c.to_log() for c in world.characters]
+    users = build_people(world, "user", world.seed)
     pairs = []
     for index, (ci, topic, chat) in enumerate(contexts):
         texts = list(dict.fromkeys(a[index] for a in answers))
-        utility = response_utility(world, ci, topic, texts)
+        utility = response_utility(world, ci, topic, texts, people=users)
         for i, j in itertools.combinations(range(len(texts)), 2):
             gap = float(utility[i] - utility[j])
             if abs(gap) >= MIN_UTILITY_GAP:

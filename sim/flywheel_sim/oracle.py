@@ -37,10 +37,12 @@ from flywheel_sim.people import (
     People,
     Source,
     active_probability,
+    appeal_of,
     build_people,
     continue_bias,
     sigmoid,
     update_memory,
+    word_counts,
 )
 from flywheel_sim.policy import system_message
 from flywheel_sim.world import World
@@ -404,20 +406,22 @@ def lifts_agree(a: float, a_se: float, b: float, b_se: float, *, confidence: flo
     return abs(a - b) <= float(stats.norm.ppf(0.5 + confidence / 2)) * math.hypot(a_se, b_se)
 
 
-def response_utility(world: World, character_index: int, topic: str, responses: list[str]) -> np.ndarray:
+def response_utility(
+    world: World, character_index: int, topic: str, responses: list[str], *, people: People | None = None
+) -> np.ndarray:
     """The hidden truth about single responses (for measuring reward models; docs/simulator.md, 'Oracle'): per
     response of character `character_index` to a message about `topic`, its appeal averaged over the users who
     chat with that character, minus the trap's return penalty on emojis above its threshold (the pull users
     feel on the spot and the visits they skip later). A reward model agrees with the oracle on a pair when it
-    orders the two responses as their utilities do."""
-    from flywheel_sim.people import react
-
-    people = build_people(world, "user", world.seed)
+    orders the two responses as their utilities do. `people`: the world's users (build_people(world, "user",
+    world.seed)), for callers that ask about many prompts."""
+    people = build_people(world, "user", world.seed) if people is None else people
     fans = np.flatnonzero((people.favourites == character_index).any(axis=1))
     character = world.characters[character_index]
     features = [response_features(text, character, topic) for text in responses]
-    persons = np.repeat(fans, len(features))
-    reaction = react(world, people, persons, features * len(fans))
-    appeal = reaction.appeal.reshape(len(fans), len(features)).mean(axis=0)
+    # every fan weighs every response: person fans[i] against response j is row i * len(features) + j
+    f, words = feature_matrix(features, world.trap.emoji_cap), word_counts(features)
+    appeal, _ = appeal_of(people, np.repeat(fans, len(features)), np.tile(f, (len(fans), 1)), np.tile(words, len(fans)))
+    appeal = appeal.reshape(len(fans), len(features)).mean(axis=0)
     overuse = np.maximum(0.0, np.array([f.emojis for f in features], dtype=float) - world.trap.threshold)
     return appeal - world.trap.return_penalty * overuse

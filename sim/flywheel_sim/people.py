@@ -88,14 +88,25 @@ class Reaction:
 
 def react(world: World, people: People, persons: np.ndarray, features: list[ResponseFeatures]) -> Reaction:
     """Appeal of each response `features[j]` to person `persons[j]`."""
-    f = feature_matrix(features, world.trap.emoji_cap)
+    appeal, emoji_term = appeal_of(
+        people, persons, feature_matrix(features, world.trap.emoji_cap), word_counts(features)
+    )
+    return Reaction(appeal=appeal, lasting=appeal - emoji_term, emojis=np.array([x.emojis for x in features], float))
+
+
+def word_counts(features: list[ResponseFeatures]) -> np.ndarray:
+    return np.array([x.words for x in features], dtype=np.float64)
+
+
+def appeal_of(
+    people: People, persons: np.ndarray, f: np.ndarray, words: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`react`'s appeal and emoji pull from a feature matrix `f` (row j for person `persons[j]`) and word counts:
+    callers that weigh the same few responses for many people tile the matrix instead of the feature objects."""
     w = people.weights[persons]
-    words = np.array([x.words for x in features], dtype=np.float64)
     ideal = people.ideal_length[persons]
     length_term = people.length_weight[persons] * np.abs(words - ideal) / ideal
-    emoji_term = w[:, 4] * f[:, 4]
-    appeal = (w * f).sum(axis=1) + length_term
-    return Reaction(appeal=appeal, lasting=appeal - emoji_term, emojis=np.array([x.emojis for x in features], float))
+    return (w * f).sum(axis=1) + length_term, w[:, 4] * f[:, 4]
 
 
 def day_value(world: World, lasting_mean: np.ndarray, emoji_mean: np.ndarray) -> np.ndarray:
