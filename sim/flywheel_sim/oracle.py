@@ -104,9 +104,11 @@ def _expected_session(world: World, people: Any, features: list[ResponseFeatures
     lasting = appeal - people.weights[:, 4:5] * f[None, :, 4]
     regen = sigmoid(world.session.regenerate_bias - appeal)
     keep = 1.0 - regen
+    regen_share = regen.mean(axis=1)
+    kept = np.empty_like(appeal)  # one buffer for the four kept parts
 
     def after_regeneration(x: np.ndarray) -> np.ndarray:
-        return (keep * x).mean(axis=1) + regen.mean(axis=1) * x.mean(axis=1)
+        return np.multiply(keep, x, out=kept).mean(axis=1) + regen_share * x.mean(axis=1)
 
     p_continue = after_regeneration(sigmoid(continue_bias(world, source) + appeal))
     return {

@@ -7,8 +7,9 @@ from functools import cache
 
 import numpy as np
 from flywheel_sim import DEFAULT_WORLD, World, load_world, response_utility
-from flywheel_sim.features import response_features
-from flywheel_sim.people import People, build_people, react
+from flywheel_sim.features import feature_matrix, response_features
+from flywheel_sim.oracle import _expected_session
+from flywheel_sim.people import People, build_people, continue_bias, react, sigmoid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -54,3 +55,62 @@ def test_response_utility_is_the_per_object_formula(data) -> None:
     expected = _utility_loop(world, ci, topic, responses)
     assert np.array_equal(response_utility(world, ci, topic, responses), expected)
     assert np.array_equal(response_utility(world, ci, topic, responses, people=_users()), expected)
+
+
+@given(
+    x=st.lists(st.floats(allow_nan=True, allow_infinity=True), min_size=0, max_size=50),
+    shape=st.sampled_from([(-1,), (1, -1)]),
+)
+def test_sigmoid_is_the_plain_expression(x: list[float], shape: tuple[int, ...]) -> None:
+    a = np.array(x, dtype=np.float64).reshape(shape)
+    before = a.copy()
+    with np.errstate(over="ignore"):
+        expected = 1.0 / (1.0 + np.exp(-a))
+        got = sigmoid(a)
+    assert np.array_equal(got, expected, equal_nan=True)
+    assert np.array_equal(a, before, equal_nan=True)  # the input is left alone
+
+
+def test_sigmoid_of_a_scalar_is_a_scalar() -> None:
+    assert sigmoid(0.25) == 1.0 / (1.0 + np.exp(-np.float64(0.25)))
+    assert np.ndim(sigmoid(0.25)) == 0
+
+
+def _expected_session_loop(world: World, people: People, features: list, source: str) -> dict:
+    """_expected_session before issue 29 (plain sigmoid, a temporary per product)."""
+
+    def plain_sigmoid(x):
+        return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+    f = feature_matrix(features, world.trap.emoji_cap)
+    words = np.array([x.words for x in features], dtype=np.float64)
+    emojis = np.array([x.emojis for x in features], dtype=np.float64)
+    ideal = people.ideal_length[:, None]
+    appeal = people.weights @ f.T + people.length_weight[:, None] * np.abs(words[None, :] - ideal) / ideal
+    lasting = appeal - people.weights[:, 4:5] * f[None, :, 4]
+    regen = plain_sigmoid(world.session.regenerate_bias - appeal)
+    keep = 1.0 - regen
+
+    def after_regeneration(x: np.ndarray) -> np.ndarray:
+        return (keep * x).mean(axis=1) + regen.mean(axis=1) * x.mean(axis=1)
+
+    return {
+        "continue": after_regeneration(plain_sigmoid(continue_bias(world, source) + appeal)),
+        "lasting": after_regeneration(lasting),
+        "emojis": after_regeneration(np.broadcast_to(emojis, appeal.shape)),
+        "thumb_up": after_regeneration(plain_sigmoid(world.session.thumb_bias + appeal)),
+    }
+
+
+@settings(max_examples=30, deadline=None)
+@given(data=st.data(), source=st.sampled_from(["user", "internal"]))
+def test_expected_session_is_the_plain_formula(data, source: str) -> None:
+    world = _world()
+    people = _users() if source == "user" else build_people(world, "internal", world.seed)
+    ci = data.draw(st.integers(0, len(world.characters) - 1))
+    topic = data.draw(st.sampled_from(world.characters[ci].topics))
+    features = [response_features(t, world.characters[ci], topic) for t in data.draw(_responses(ci, topic))]
+    expected = _expected_session_loop(world, people, features, source)
+    got = _expected_session(world, people, features, source)
+    assert got.keys() == expected.keys()
+    assert all(np.array_equal(got[k], expected[k]) for k in expected)
