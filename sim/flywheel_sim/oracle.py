@@ -94,13 +94,29 @@ def _grid(
     return out
 
 
+_ONE_THREAD_MULTIPLY_ADDS = 200_000
+"""OpenBLAS splits a matrix product over its threads from about 262k multiply-adds; on busy cores the hand-off
+costs ~8 ms of CPU per product, 15 times the whole (10k users × 60 responses) product on one thread."""
+
+
+def _one_thread_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in row blocks each small enough for one thread: every element is still one BLAS kernel's sum of the
+    same terms, the same bits as `a @ b` (tests/sim/test_oracle_fast.py)."""
+    out = np.empty((a.shape[0], b.shape[1]))
+    rows = max(1, _ONE_THREAD_MULTIPLY_ADDS // max(1, b.size))
+    for start in range(0, a.shape[0], rows):
+        np.matmul(a[start : start + rows], b, out=out[start : start + rows])
+    return out
+
+
 def _expected_session(world: World, people: Any, features: list[ResponseFeatures], source: Source) -> dict:
     """Every person's expected per-turn reaction to one character's responses (regeneration included)."""
     f = feature_matrix(features, world.trap.emoji_cap)  # (m, 5)
     words = np.array([x.words for x in features], dtype=np.float64)
     emojis = np.array([x.emojis for x in features], dtype=np.float64)
     ideal = people.ideal_length[:, None]
-    appeal = people.weights @ f.T + people.length_weight[:, None] * np.abs(words[None, :] - ideal) / ideal
+    length_term = people.length_weight[:, None] * np.abs(words[None, :] - ideal) / ideal
+    appeal = _one_thread_product(people.weights, f.T) + length_term
     lasting = appeal - people.weights[:, 4:5] * f[None, :, 4]
     regen = sigmoid(world.session.regenerate_bias - appeal)
     keep = 1.0 - regen

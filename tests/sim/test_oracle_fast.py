@@ -8,7 +8,7 @@ from functools import cache
 import numpy as np
 from flywheel_sim import DEFAULT_WORLD, World, load_world, response_utility
 from flywheel_sim.features import feature_matrix, response_features
-from flywheel_sim.oracle import _expected_session
+from flywheel_sim.oracle import _expected_session, _one_thread_product
 from flywheel_sim.people import People, build_people, continue_bias, react, sigmoid
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -114,3 +114,18 @@ def test_expected_session_is_the_plain_formula(data, source: str) -> None:
     got = _expected_session(world, people, features, source)
     assert got.keys() == expected.keys()
     assert all(np.array_equal(got[k], expected[k]) for k in expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(0, 12_000),
+    m=st.integers(0, 130),
+    seed=st.integers(0, 2**32 - 1),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    cap=st.integers(1, 5),
+)
+def test_one_thread_product_is_the_plain_product(n: int, m: int, seed: int, scale: float, cap: int) -> None:
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(n, 5)) * scale
+    f = np.concatenate([rng.integers(0, 2, size=(m, 4)), rng.integers(0, cap + 1, size=(m, 1))], axis=1).astype(float)
+    assert np.array_equal(_one_thread_product(weights, f.T), weights @ f.T)
