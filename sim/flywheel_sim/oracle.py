@@ -111,8 +111,7 @@ def _one_thread_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _expected_session(world: World, people: Any, features: list[ResponseFeatures], source: Source) -> dict:
     """Every person's expected per-turn reaction to one character's responses (regeneration included)."""
-    f = feature_matrix(features, world.trap.emoji_cap)  # (m, 5)
-    words = np.array([x.words for x in features], dtype=np.float64)
+    f, words = feature_matrix(features, world.trap.emoji_cap), word_counts(features)  # (m, 5), (m,)
     emojis = np.array([x.emojis for x in features], dtype=np.float64)
     ideal = people.ideal_length[:, None]
     length_term = people.length_weight[:, None] * np.abs(words[None, :] - ideal) / ideal
