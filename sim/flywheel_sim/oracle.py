@@ -110,27 +110,41 @@ def _one_thread_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _expected_session(world: World, people: Any, features: list[ResponseFeatures], source: Source) -> dict:
-    """Every person's expected per-turn reaction to one character's responses (regeneration included)."""
+    """Every person's expected per-turn reaction to one character's responses (regeneration included).
+
+    The (people × responses) matrices are computed in place, in three buffers: the same ufuncs in the same order
+    as the plain expressions (tests/sim/test_oracle_fast.py keeps them), without the fresh 5 MB temporaries that
+    cost more than their arithmetic (issue 29)."""
     f, words = feature_matrix(features, world.trap.emoji_cap), word_counts(features)  # (m, 5), (m,)
     emojis = np.array([x.emojis for x in features], dtype=np.float64)
     ideal = people.ideal_length[:, None]
-    length_term = people.length_weight[:, None] * np.abs(words[None, :] - ideal) / ideal
-    appeal = _one_thread_product(people.weights, f.T) + length_term
-    lasting = appeal - people.weights[:, 4:5] * f[None, :, 4]
-    regen = sigmoid(world.session.regenerate_bias - appeal)
-    keep = 1.0 - regen
+    appeal = _one_thread_product(people.weights, f.T)
+    lasting = np.subtract(words[None, :], ideal)  # the length term first, then the lasting appeal
+    np.abs(lasting, out=lasting)
+    np.multiply(people.length_weight[:, None], lasting, out=lasting)
+    np.divide(lasting, ideal, out=lasting)
+    np.add(appeal, lasting, out=appeal)
+    np.multiply(people.weights[:, 4:5], f[None, :, 4], out=lasting)
+    np.subtract(appeal, lasting, out=lasting)
+    regen = sigmoid(world.session.regenerate_bias - appeal, overwrite=True)
     regen_share = regen.mean(axis=1)
-    kept = np.empty_like(appeal)  # one buffer for the four kept parts
+    keep = np.subtract(1.0, regen, out=regen)
 
-    def after_regeneration(x: np.ndarray) -> np.ndarray:
-        return np.multiply(keep, x, out=kept).mean(axis=1) + regen_share * x.mean(axis=1)
+    def after_regeneration(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """x as the person meets it: kept, or regenerated once (its average); `out` (x itself allowed) is spent."""
+        average = x.mean(axis=1)
+        return np.multiply(keep, x, out=out).mean(axis=1) + regen_share * average
 
-    p_continue = after_regeneration(sigmoid(continue_bias(world, source) + appeal))
+    per_turn = sigmoid(continue_bias(world, source) + appeal, overwrite=True)
+    p_continue = after_regeneration(per_turn, per_turn)
+    expected_lasting = after_regeneration(lasting, lasting)
+    expected_emojis = after_regeneration(np.broadcast_to(emojis, appeal.shape), per_turn)
+    thumb = sigmoid(world.session.thumb_bias + appeal, overwrite=True)
     return {
         "continue": p_continue,
-        "lasting": after_regeneration(lasting),
-        "emojis": after_regeneration(np.broadcast_to(emojis, appeal.shape)),
-        "thumb_up": after_regeneration(sigmoid(world.session.thumb_bias + appeal)),
+        "lasting": expected_lasting,
+        "emojis": expected_emojis,
+        "thumb_up": after_regeneration(thumb, thumb),
     }
 
 

@@ -19,13 +19,14 @@ Source = Literal["user", "internal"]
 _PREFERENCE_ORDER = ("question", "on_topic", "persona", "compliance", "emoji")
 
 
-def sigmoid(x: np.ndarray | float) -> np.ndarray:
+def sigmoid(x: np.ndarray | float, *, overwrite: bool = False) -> np.ndarray:
     """1 / (1 + exp(-x)), on arrays in one buffer: the same ufuncs as the plain expression (the same bits) without
-    allocating three temporaries of a (people × responses) matrix (issue 29)."""
+    allocating three temporaries of a (people × responses) matrix (issue 29). `overwrite`: x is a float64 array
+    the caller no longer needs, and the result is written over it."""
     a = np.asarray(x, dtype=np.float64)
     if a.ndim == 0:
         return 1.0 / (1.0 + np.exp(-a))
-    out = np.negative(a)
+    out = np.negative(a, out=a if overwrite else None)
     np.exp(out, out=out)
     np.add(1.0, out, out=out)
     return np.divide(1.0, out, out=out)

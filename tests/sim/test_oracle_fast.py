@@ -69,6 +69,8 @@ def test_sigmoid_is_the_plain_expression(x: list[float], shape: tuple[int, ...])
         got = sigmoid(a)
     assert np.array_equal(got, expected, equal_nan=True)
     assert np.array_equal(a, before, equal_nan=True)  # the input is left alone
+    with np.errstate(over="ignore"):
+        assert np.array_equal(sigmoid(a, overwrite=True), expected, equal_nan=True)
 
 
 def test_sigmoid_of_a_scalar_is_a_scalar() -> None:
