@@ -177,16 +177,18 @@ def row_streams(prompts: Sequence[list[int]], draws: int, seed: int) -> np.ndarr
     the call and the draw's number, so a row's draws do not depend on which rows share its batch, on the batch
     size or on where the prompt stands among different prompts."""
     seen: dict[bytes, int] = {}
-    keys = np.empty((len(prompts), draws), dtype=np.uint64)
-    base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
-    for index, prompt in enumerate(prompts):
+    digests = np.empty(len(prompts), dtype=np.uint64)
+    occurrences = np.empty(len(prompts), dtype=np.uint64)
+    for index, prompt in enumerate(prompts):  # the hashing per prompt; the mixing below, for all rows at once
         content = np.asarray(prompt, dtype=np.int64).tobytes()
         occurrence = seen.get(content, 0)
         seen[content] = occurrence + 1
+        occurrences[index] = occurrence
         digest = hashlib.blake2b(content, digest_size=8, person=b"flywheel-row").digest()
-        key = _splitmix64(np.array([int.from_bytes(digest, "little")], dtype=np.uint64) ^ base)
-        key = _splitmix64(key + np.uint64(occurrence))
-        keys[index] = _splitmix64(key[0] + np.arange(draws, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
+        digests[index] = int.from_bytes(digest, "little")
+    base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    key = _splitmix64(_splitmix64(digests ^ base) + occurrences)
+    keys = _splitmix64(key[:, None] + np.arange(draws, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
     return keys
 
 
