@@ -177,16 +177,18 @@ def row_streams(prompts: Sequence[list[int]], draws: int, seed: int) -> np.ndarr
     the call and the draw's number, so a row's draws do not depend on which rows share its batch, on the batch
     size or on where the prompt stands among different prompts."""
     seen: dict[bytes, int] = {}
-    keys = np.empty((len(prompts), draws), dtype=np.uint64)
-    base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
-    for index, prompt in enumerate(prompts):
+    digests = np.empty(len(prompts), dtype=np.uint64)
+    occurrences = np.empty(len(prompts), dtype=np.uint64)
+    for index, prompt in enumerate(prompts):  # the hashing per prompt; the mixing below, for all rows at once
         content = np.asarray(prompt, dtype=np.int64).tobytes()
         occurrence = seen.get(content, 0)
         seen[content] = occurrence + 1
+        occurrences[index] = occurrence
         digest = hashlib.blake2b(content, digest_size=8, person=b"flywheel-row").digest()
-        key = _splitmix64(np.array([int.from_bytes(digest, "little")], dtype=np.uint64) ^ base)
-        key = _splitmix64(key + np.uint64(occurrence))
-        keys[index] = _splitmix64(key[0] + np.arange(draws, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
+        digests[index] = int.from_bytes(digest, "little")
+    base = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
+    key = _splitmix64(_splitmix64(digests ^ base) + occurrences)
+    keys = _splitmix64(key[:, None] + np.arange(draws, dtype=np.uint64) * np.uint64(0xD1B54A32D192ED03))
     return keys
 
 
@@ -210,13 +212,19 @@ def _seeded_draw_class() -> type:
         generate's greedy pick takes it. The draw inverts the cumulative distribution at the row's own uniform
         number for this step (`uniforms[row, first_step + call]`, row_streams/stream_uniforms): exact, cheap,
         reproducible for a seed, independent of the global RNG and of the other rows in the batch. Rows that
-        stopped draw too (generate replaces their token with padding); nothing is drawn past the last step."""
+        stopped draw too (generate replaces their token with padding); nothing is drawn past the last step.
 
-        def __init__(self, uniforms: torch.Tensor, first_step: int = 0) -> None:
+        `warpers` (temperature, top-p) are applied first, inside this one processor: generate's processor list
+        inspects every processor's signature at every step, so one processor instead of three saves that."""
+
+        def __init__(self, uniforms: torch.Tensor, first_step: int = 0, warpers: Sequence[Any] = ()) -> None:
             self.uniforms = uniforms
             self.step = first_step
+            self.warpers = tuple(warpers)
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            for warper in self.warpers:
+                scores = warper(input_ids, scores)
             step, self.step = self.step, self.step + 1
             if step >= self.uniforms.shape[1]:
                 return scores
@@ -266,8 +274,8 @@ def _growing_layer_class() -> type:
         onto the cache (torch.cat), copying the whole cache once per token; here they are written into a buffer
         reserved for the prompt and `reserve` more positions, and the layer's keys and values are views of its
         filled part — the same values in the same shapes, so attention computes the same numbers
-        (tests/trainer/test_generation.py). Anything that replaces the views (crop, a batch selection) is
-        copied into a new buffer at the next update."""
+        (tests/trainer/test_generation.py). A batch selection selects whole buffers; anything else that replaces
+        the views (a crop) is copied into a new buffer at the next update."""
 
         def __init__(self, reserve: int) -> None:
             super().__init__()
@@ -295,6 +303,17 @@ def _growing_layer_class() -> type:
             buffers[1][:, :, filled:needed].copy_(value_states)
             self.keys, self.values = buffers[0][:, :, :needed], buffers[1][:, :, :needed]
             return self.keys, self.values
+
+        def batch_select_indices(self, indices: Any) -> None:
+            """The rows kept, selected from the whole buffer in one copy, reserve included, so the next update
+            writes on: DynamicLayer's selection copies the filled part and the next update copies it again."""
+            buffers = self._buffers
+            filled = self.get_seq_length()
+            if not filled or buffers is None or self.keys.data_ptr() != buffers[0].data_ptr():
+                super().batch_select_indices(indices)
+                return
+            self._buffers = buffers = (buffers[0].index_select(0, indices), buffers[1].index_select(0, indices))
+            self.keys, self.values = buffers[0][:, :, :filled], buffers[1][:, :, :filled]
 
         def reset(self) -> None:
             self._buffers = None
@@ -387,31 +406,35 @@ class GenerateSampler:
         alive = list(range(len(batch)))  # the batch row of each row still drawing
         done = 0  # new tokens every row still drawing has
         stop = torch.tensor(request.stop, device=device)
+        warpers = []  # built once per batch: each compaction round only narrows the rows and moves the step
+        if uniforms is not None:
+            if request.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(request.temperature))
+            if request.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(request.top_p))
+        # The stage settings are the only source of sampling options: do_sample=False makes generate pick the
+        # token SeededDraw left (or the argmax when greedy), and the neutral values below override what a
+        # checkpoint's generation_config may carry (a repetition penalty, a minimum length...). generate copies
+        # the config it is handed, so one serves every round with its max_new_tokens set.
+        config = GenerationConfig(
+            max_new_tokens=request.max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=list(request.stop),
+            pad_token_id=request.pad_id,
+            use_cache=True,
+            min_new_tokens=0,  # also replaces a checkpoint's min_length (generate: min_length = prompt + this)
+            repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            renormalize_logits=False,
+            remove_invalid_values=False,
+            return_dict_in_generate=False,
+        )
         while True:
             processors = LogitsProcessorList()
             if uniforms is not None:
-                if request.temperature != 1.0:
-                    processors.append(TemperatureLogitsWarper(request.temperature))
-                if request.top_p < 1.0:
-                    processors.append(TopPLogitsWarper(request.top_p))
-                processors.append(_seeded_draw_class()(uniforms[alive], done))
-            # The stage settings are the only source of sampling options: do_sample=False makes generate pick the
-            # token SeededDraw left (or the argmax when greedy), and the neutral values below override what a
-            # checkpoint's generation_config may carry (a repetition penalty, a minimum length...).
-            config = GenerationConfig(
-                max_new_tokens=request.max_new_tokens - done,
-                do_sample=False,
-                num_beams=1,
-                eos_token_id=list(request.stop),
-                pad_token_id=request.pad_id,
-                use_cache=True,
-                min_new_tokens=0,  # also replaces a checkpoint's min_length (generate: min_length = prompt + this)
-                repetition_penalty=1.0,
-                no_repeat_ngram_size=0,
-                renormalize_logits=False,
-                remove_invalid_values=False,
-                return_dict_in_generate=False,
-            )
+                processors.append(_seeded_draw_class()(uniforms[alive], done, warpers))
+            config.max_new_tokens = request.max_new_tokens - done
             compact = StoppingCriteriaList([_compact_when_class()(request.stop, COMPACT_SHARE)])
             sequences = model.generate(
                 input_ids=ids,
