@@ -90,3 +90,26 @@ def test_fit_pairs_keeps_what_fitting_every_pair_alone_keeps(rows: list[dict], m
     assert trimmed == sum(
         chat is not None and len(chat) < len(r["prompt"]) for chat, r in zip(alone, rows, strict=True)
     )
+
+
+TEXT = st.text(max_size=12) | st.integers(0, 2) | st.none() | st.booleans()
+MESSAGES = st.fixed_dictionaries(
+    {"role": st.sampled_from(["system", "user", "assistant", "robot"]), "content": TEXT},
+    optional={
+        "rejected": st.none() | st.lists(TEXT, max_size=3) | st.just("x"),
+        "signals": st.none() | st.fixed_dictionaries({}, optional={"continued": st.booleans() | st.none() | TEXT}),
+        "flagged": st.none() | st.booleans() | TEXT,
+    },
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(MESSAGES, min_size=1, max_size=12))
+def test_messages_checked_once_per_shape_get_the_contracts_verdict(messages: list[dict]) -> None:
+    """One ContractCheck over many messages (its memo shared): each verdict is the schema's on the message itself."""
+    from flywheel_trainer.conversation import _SPLIT, ContractCheck, _without_text
+
+    assert _SPLIT is not None
+    check, validator = ContractCheck(), _SPLIT[2]
+    for message in messages:
+        assert check._once(validator, _without_text(message)) == validator.is_valid(message)
