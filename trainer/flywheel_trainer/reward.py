@@ -102,14 +102,41 @@ def fit_pairs(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[Ro
     """Pairs whose context is trimmed from the left so that both responses fit in `max_length` tokens (TRL's
     RewardTrainer silently drops longer pairs); returns (pairs, how many were trimmed, how many cannot fit)."""
     fitted, trimmed, dropped = [], 0, 0
-    for r in rows:
-        chat = fit_context(tokenizer, r["prompt"], [r["chosen"][0]["content"], r["rejected"][0]["content"]], max_length)
+    whole = _fit_whole(tokenizer, rows, max_length)
+    for r, fits in zip(rows, whole, strict=True):
+        responses = [r["chosen"][0]["content"], r["rejected"][0]["content"]]
+        chat = list(r["prompt"]) if fits else fit_context(tokenizer, r["prompt"], responses, max_length)
         if chat is None:
             dropped += 1
             continue
         trimmed += len(chat) < len(r["prompt"])
         fitted.append({**r, "prompt": chat})
     return fitted, trimmed, dropped
+
+
+def _fit_whole(tokenizer: Any, rows: list[Row], max_length: int) -> list[bool]:
+    """Per pair, whether both responses fit after the whole prompt: fit_context's first test, in one batched
+    tokenizer call for all pairs (most fit, and fit_context then tokenizes only the rest, one at a time)."""
+    texts = [render(tokenizer, r["prompt"], r[side][0]["content"]) for r in rows for side in ("chosen", "rejected")]
+    lengths = [len(ids) for ids in _token_ids(tokenizer, texts)]
+    return [max(lengths[2 * i], lengths[2 * i + 1]) <= max_length for i in range(len(rows))]
+
+
+def _token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """The ids of rendered chat texts, as apply_chat_template(tokenize=True) gives them, in one batched call."""
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def pair_token_ids(tokenizer: Any, rows: list[Row]) -> dict[str, list[list[int]]]:
+    """`chosen_ids` and `rejected_ids` of preference pairs as TRL's RewardTrainer tokenizes them (the prompt and the
+    response through the chat template, then the tokenizer without special tokens), in one batched call per side:
+    given them, the trainer skips its own tokenization, one example at a time through datasets.map."""
+    return {
+        f"{side}_ids": _token_ids(
+            tokenizer, [tokenizer.apply_chat_template(r["prompt"] + r[side], tokenize=False) for r in rows]
+        )
+        for side in ("chosen", "rejected")
+    }
 
 
 def _train_pointwise(
@@ -129,7 +156,7 @@ def _train_pointwise(
     )  # before the model: under ZeRO-3 the model then loads partitioned (zero.Init)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=training_dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
-    dataset = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in train])
+    dataset = Dataset.from_dict(pair_token_ids(tokenizer, train))
     trainer = RewardTrainer(
         model=model,
         args=config,

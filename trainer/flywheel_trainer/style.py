@@ -92,8 +92,12 @@ def _is_emoji(grapheme: str) -> bool:
 
 
 def emoji_count(text: str) -> int:
-    """Emojis in `text`, one per grapheme cluster (👨‍👩‍👧, 🇫🇷 and 👍🏽 are one each)."""
-    return sum(1 for grapheme in _GRAPHEME.findall(text) if _is_emoji(grapheme))
+    """Emojis in `text`, one per grapheme cluster (👨‍👩‍👧, 🇫🇷 and 👍🏽 are one each). Every emoji pattern
+    needs a non-ASCII character, so ASCII text and ASCII graphemes skip the three searches (most of eval's and
+    RL's style accounting)."""
+    if text.isascii():
+        return 0
+    return sum(1 for grapheme in _GRAPHEME.findall(text) if not grapheme.isascii() and _is_emoji(grapheme))
 
 
 def words(text: str) -> list[str]:
