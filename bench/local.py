@@ -358,13 +358,14 @@ BREAKDOWN = (
 """Rows of the profile breakdown: (label, file name, function) — the function's cumulative time."""
 
 
-def breakdown(stats_file: Path) -> dict[str, float]:
-    """Cumulative seconds of each BREAKDOWN row in a cProfile dump of the runner process."""
+def cumulative_seconds(stats_file: Path, rows: tuple[tuple[str, str, str], ...]) -> dict[str, float]:
+    """Cumulative seconds of each (label, file name, function) row in a cProfile dump: the largest entry when
+    several match, so nested calls are not added twice."""
     import pstats
 
     stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
     out = {}
-    for label, file_name, function in BREAKDOWN:
+    for label, file_name, function in rows:
         seconds = [ct for (path, _, name), (_, _, _, ct, _) in stats.items()
                    if name == function and path.endswith(file_name)]
         out[label] = round(max(seconds), 1) if seconds else 0.0
@@ -382,7 +383,7 @@ def profile(tree: Path, scratch: Path, gen0: Path, label: str) -> dict[str, Any]
     command = [sys.executable, "-c", PROFILE_CODE, str(run_dir), str(cache), str(stats_file)]
     seconds, code, load = run_logged(command, tree, log)
     return {"tree": commit_of(tree), "wall_seconds": round(seconds, 1), "exit_code": code, "load": load,
-            "runner_process": breakdown(stats_file), "phases": phase_summary(log),
+            "runner_process": cumulative_seconds(stats_file, BREAKDOWN), "phases": phase_summary(log),
             "stages": stage_seconds(run_dir / "gen1") if (run_dir / "gen1" / "status.json").is_file() else {}}
 
 
@@ -438,17 +439,9 @@ when several match: nested calls are not added twice)."""
 
 
 def stage_breakdown(stats_file: Path) -> dict[str, float]:
-    import pstats
-
-    stats = pstats.Stats(str(stats_file)).stats  # type: ignore[attr-defined]
-    out = {}
-    for label, file_name, function in STAGE_BREAKDOWN:
-        seconds = [ct for (path, _, name), (_, _, _, ct, _) in stats.items()
-                   if name == function and path.endswith(file_name)]
-        out[label] = round(max(seconds), 1) if seconds else 0.0
-    total = [ct for (path, _, name), (_, _, _, ct, _) in stats.items() if name == "main" and path.endswith("cli.py")]
-    out["stage program (flywheel_trainer.cli.main)"] = round(max(total), 1) if total else 0.0
-    return out
+    """STAGE_BREAKDOWN's rows and the whole stage program (flywheel_trainer.cli.main) in a stage's profile."""
+    return cumulative_seconds(stats_file, (*STAGE_BREAKDOWN, ("stage program (flywheel_trainer.cli.main)", "cli.py",
+                                                              "main")))
 
 
 def run_stage(tree: Path, config: Path, out: Path, threads: int, stats: Path | None = None) -> dict[str, Any]:
@@ -506,20 +499,33 @@ def stages(trees: dict[str, Path], run_dir: Path, scratch: Path, repeats: int, t
         for entry in row.values():
             entry["median_seconds"] = sorted(entry["seconds"])[len(entry["seconds"]) // 2]
             entry["median_cpu_seconds"] = sorted(entry["cpu_seconds"])[len(entry["cpu_seconds"]) // 2]
-        if "baseline@1" in row and "new@1" in row:
-            row["same_weights_as_baseline"] = row["baseline@1"]["digests"] == row["new@1"]["digests"]
-            row["same_metrics_as_baseline"] = row["baseline@1"]["metrics"] == row["new@1"]["metrics"]
-            before, after = row["baseline@1"]["median_cpu_seconds"], row["new@1"]["median_cpu_seconds"]
-            row["cpu_saved"] = round(1 - after / before, 3) if before else None
-        for count in threads:
-            if f"new@{count}" in row and "new@1" in row:
-                row[f"same_weights_on_{count}_threads"] = row[f"new@{count}"]["digests"] == row["new@1"]["digests"]
-                row[f"same_metrics_on_{count}_threads"] = row[f"new@{count}"]["metrics"] == row["new@1"]["metrics"]
+            entry["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         if profile_stages and "new" in trees:
             stats = scratch / "stages" / f"{stage}.prof"
             run_stage(trees["new"], config, scratch / "stages" / f"{stage}-profile", 1, stats)
             row["profile_new@1"] = stage_breakdown(stats)
         out["rows"][stage] = row
+    return out
+
+
+def compared(row: dict[str, Any]) -> dict[str, Any]:
+    """A stage's row with its comparisons worked out from the entries it holds now (`TREE@THREADS`, each from the
+    run named by its `measured_at`): a later run that re-measures a column gets comparisons with it, never ones
+    left from the column it replaced."""
+    entries = {key: value for key, value in row.items() if "@" in key and isinstance(value, dict)
+               and "digests" in value}
+    out = {key: value for key, value in row.items() if key in entries or key.startswith("profile")}
+    if "baseline@1" in entries and "new@1" in entries:
+        before, after = entries["baseline@1"], entries["new@1"]
+        out["same_weights_as_baseline"] = before["digests"] == after["digests"]
+        out["same_metrics_as_baseline"] = before["metrics"] == after["metrics"]
+        cpu = before["median_cpu_seconds"]
+        out["cpu_saved"] = round(1 - after["median_cpu_seconds"] / cpu, 3) if cpu else None
+    for key in sorted(entries):
+        label, count = key.split("@")
+        if label == "new" and count != "1" and "new@1" in entries:
+            out[f"same_weights_on_{count}_threads"] = entries[key]["digests"] == entries["new@1"]["digests"]
+            out[f"same_metrics_on_{count}_threads"] = entries[key]["metrics"] == entries["new@1"]["metrics"]
     return out
 
 
@@ -604,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         rows = result["stages"].setdefault("rows", {})
         for stage, row in measured["rows"].items():  # a later run adds its columns (a tree, threads, a profile)
-            rows.setdefault(stage, {}).update(row)
+            rows[stage] = compared({**rows.get(stage, {}), **row})
     if "chain" in parts:
         chains = result.setdefault("chain", {})
         for label, tree in trees.items():
