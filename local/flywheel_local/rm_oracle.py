@@ -148,18 +148,28 @@ def load_policy(model: str, world: Any, name: str = "rm-oracle-parent") -> Any:
 
 
 def _preference(rm: Any, pairs: list[dict[str, Any]], *, text_only: bool = False) -> np.ndarray:
-    from flywheel_trainer.scoring import pairwise_probabilities, pointwise_scores, signal_probabilities, text_scores
+    return _preferences(rm, pairs)[text_only]
+
+
+def _preferences(rm: Any, pairs: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """How much `rm` prefers each pair's first answer: by its whole output and by its learned part alone (the
+    same for all but a pointwise model with rule features, whose text scores both come from: one forward pass
+    per answer, not two)."""
+    from flywheel_trainer.scoring import pairwise_probabilities, parts_from_text, signal_probabilities, text_scores
 
     prompts = [p["prompt"] for p in pairs]
     first, second = [p["first"] for p in pairs], [p["second"] for p in pairs]
     if rm.kind == "pairwise":
-        return pairwise_probabilities(rm, prompts, first, second) - 0.5
-    if rm.kind == "pointwise" and text_only:
-        return text_scores(rm, prompts, first) - text_scores(rm, prompts, second)
+        said = pairwise_probabilities(rm, prompts, first, second) - 0.5
+        return said, said
     if rm.kind == "pointwise":
         specs = [p["spec"] for p in pairs]
-        return pointwise_scores(rm, prompts, first, specs) - pointwise_scores(rm, prompts, second, specs)
-    return signal_probabilities(rm, prompts, first) - signal_probabilities(rm, prompts, second)
+        text_first, text_second = text_scores(rm, prompts, first), text_scores(rm, prompts, second)
+        reward_first = parts_from_text(rm, text_first, first, specs).reward
+        reward_second = parts_from_text(rm, text_second, second, specs).reward
+        return reward_first - reward_second, text_first - text_second
+    said = signal_probabilities(rm, prompts, first) - signal_probabilities(rm, prompts, second)
+    return said, said
 
 
 def measure_generation(directory: Path, world: Any, policy_for: Any,
@@ -186,11 +196,9 @@ def measure_generation(directory: Path, world: Any, policy_for: Any,
     result: dict[str, Any] = {"pairs": len(pairs), "parent": parent.name, "models": {}}
     for name, record in sorted(models.items()):
         rm = load_reward_model(record.artifacts["model"], field=f"status.stages[{record.name}].artifacts.model")
-        said = _preference(rm, pairs) if pairs else None
+        said, text_said = _preferences(rm, pairs) if pairs else (None, None)
         agreed = None if said is None else agreement(said, gaps)
         oracle_interval = None if agreed is None else list(wilson_interval(agreed, len(pairs)))
-        text_said = said if said is None or rm.kind != "pointwise" or not rm.rules else _preference(
-            rm, pairs, text_only=True)
         text_agreed = None if text_said is None else agreement(text_said, gaps)
         result["models"][name] = {
             "kind": rm.kind,

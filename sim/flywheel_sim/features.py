@@ -67,7 +67,7 @@ def _features(
         on_topic=topic in tokens,
         persona=any(w in tokens for w in persona_words),
         compliant=follows_instructions(response, name, instructions),
-        emojis=0 if response.isascii() else style.emoji_count(response),  # every emoji is non-ASCII
+        emojis=style.emoji_count(response),
         words=style.word_count(response),
         refusal=style.is_refusal(response),
     )

@@ -101,9 +101,19 @@ def _upstream(config: StageConfig, artifact: str) -> Path:
 def fit_pairs(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[Row], int, int]:
     """Pairs whose context is trimmed from the left so that both responses fit in `max_length` tokens (TRL's
     RewardTrainer silently drops longer pairs); returns (pairs, how many were trimmed, how many cannot fit)."""
-    fitted, trimmed, dropped = [], 0, 0
-    whole = _fit_whole(tokenizer, rows, max_length)
-    for r, fits in zip(rows, whole, strict=True):
+    fitted, trimmed, dropped, _ = fit_pairs_tokenized(rows, tokenizer, max_length)
+    return fitted, trimmed, dropped
+
+
+def fit_pairs_tokenized(
+    rows: list[Row], tokenizer: Any, max_length: int
+) -> tuple[list[Row], int, int, dict[str, list[list[int]]]]:
+    """`fit_pairs` and the fitted pairs' `pair_token_ids`: a pair that fits with its whole prompt keeps the ids
+    its fit was tested on (the same text as the trainer's, when each side is one plain assistant message), so
+    only the trimmed and the unusual pairs are tokenized again."""
+    fitted, trimmed, dropped, kept_ids = [], 0, 0, []
+    for r, (chosen, rejected) in zip(rows, _whole_prompt_ids(tokenizer, rows), strict=True):
+        fits = max(len(chosen), len(rejected)) <= max_length
         responses = [r["chosen"][0]["content"], r["rejected"][0]["content"]]
         chat = list(r["prompt"]) if fits else fit_context(tokenizer, r["prompt"], responses, max_length)
         if chat is None:
@@ -111,15 +121,25 @@ def fit_pairs(rows: list[Row], tokenizer: Any, max_length: int) -> tuple[list[Ro
             continue
         trimmed += len(chat) < len(r["prompt"])
         fitted.append({**r, "prompt": chat})
-    return fitted, trimmed, dropped
+        kept_ids.append((chosen, rejected) if fits and _plain_sides(r) else None)
+    again = pair_token_ids(tokenizer, [f for f, kept in zip(fitted, kept_ids, strict=True) if kept is None])
+    retokenized = iter(zip(again["chosen_ids"], again["rejected_ids"], strict=True))
+    pairs = [kept if kept is not None else next(retokenized) for kept in kept_ids]
+    return fitted, trimmed, dropped, {"chosen_ids": [c for c, _ in pairs], "rejected_ids": [r for _, r in pairs]}
 
 
-def _fit_whole(tokenizer: Any, rows: list[Row], max_length: int) -> list[bool]:
-    """Per pair, whether both responses fit after the whole prompt: fit_context's first test, in one batched
-    tokenizer call for all pairs (most fit, and fit_context then tokenizes only the rest, one at a time)."""
+def _whole_prompt_ids(tokenizer: Any, rows: list[Row]) -> list[tuple[list[int], list[int]]]:
+    """Per pair, the ids of each response rendered after the whole prompt: fit_context's first test, in one
+    batched tokenizer call for all pairs (most fit, and fit_context then tokenizes only the rest, one at a time)."""
     texts = [render(tokenizer, r["prompt"], r[side][0]["content"]) for r in rows for side in ("chosen", "rejected")]
-    lengths = [len(ids) for ids in _token_ids(tokenizer, texts)]
-    return [max(lengths[2 * i], lengths[2 * i + 1]) <= max_length for i in range(len(rows))]
+    ids = _token_ids(tokenizer, texts)
+    return list(zip(ids[0::2], ids[1::2], strict=True))
+
+
+def _plain_sides(row: Row) -> bool:
+    """Whether each side of a pair is one assistant message with nothing but its content: then `render` gives
+    the text the trainer renders from the prompt and the side (pair_token_ids)."""
+    return all(row[s] == [{"role": "assistant", "content": row[s][0]["content"]}] for s in ("chosen", "rejected"))
 
 
 def _token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -146,7 +166,9 @@ def _train_pointwise(
     args: dict,
     tokenizer: Any,
     stage: StageConfig | None = None,
+    token_ids: dict[str, list[list[int]]] | None = None,
 ) -> Any:
+    """`token_ids`: the training pairs' pair_token_ids when the caller has them (fit_pairs_tokenized)."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
@@ -156,7 +178,7 @@ def _train_pointwise(
     )  # before the model: under ZeRO-3 the model then loads partitioned (zero.Init)
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=training_dtype())
     model.config.pad_token_id = tokenizer.pad_token_id
-    dataset = Dataset.from_dict(pair_token_ids(tokenizer, train))
+    dataset = Dataset.from_dict(pair_token_ids(tokenizer, train) if token_ids is None else token_ids)
     trainer = RewardTrainer(
         model=model,
         args=config,
@@ -498,7 +520,7 @@ def main(config: StageConfig) -> StageResult:
         rules: dict[str, Any] | None = None
         lexical: dict[str, Any] | None = None
         if settings.kind == "pointwise":
-            train, fitting["context_trimmed"], fitting["dropped_too_long"] = fit_pairs(
+            train, fitting["context_trimmed"], fitting["dropped_too_long"], train_ids = fit_pairs_tokenized(
                 train, tokenizer, settings.max_length
             )
             if not train:
@@ -507,7 +529,7 @@ def main(config: StageConfig) -> StageResult:
                     "raise maxLength"
                 )
             _check_characters(settings, train + held_out)
-            trainer = _train_pointwise(settings, base, train, args, tokenizer, config)
+            trainer = _train_pointwise(settings, base, train, args, tokenizer, config, token_ids=train_ids)
             model = trainer.model
             margin = _text_margins(model, tokenizer, held_out, settings.max_length)
             crossed = margin

@@ -151,7 +151,6 @@ def pointwise_scores(
     return pointwise_parts(rm, prompts, responses, characters).reward
 
 
-# --- issue 26: the learned part of a pointwise reward (h26b) ---------------------------------------------------
 @dataclass(frozen=True)
 class PointwiseParts:
     """A pointwise reward split into what was learned from text and what the rule features add."""
@@ -179,13 +178,22 @@ def pointwise_parts(
     if rm.rules and characters is None:  # before the model runs: a missing argument is not worth a forward pass
         raise StageError(f"reward model {rm.name} has rule features ({', '.join(rm.rules['features'])}): "
                          "score it with each response's character")
-    logits = text_scores(rm, prompts, responses)
+    return parts_from_text(rm, text_scores(rm, prompts, responses), responses, characters)
+
+
+def parts_from_text(
+    rm: RewardModel,
+    text: np.ndarray,
+    responses: Sequence[str],
+    characters: Sequence[Mapping[str, Any]] | None = None,
+) -> PointwiseParts:
+    """`pointwise_parts` from the responses' `text_scores`, for a caller that reads the text scores too
+    (flywheel_local.rm_oracle's text-only agreement) and so runs the model once, not twice."""
     if not rm.rules:
-        return PointwiseParts(reward=logits, learned=logits)
-    learned = rm.rules["text_weight"] * logits
+        return PointwiseParts(reward=text, learned=text)
+    learned = rm.rules["text_weight"] * text
     values = rule_matrix(rm.rules["features"], characters, responses)
     return PointwiseParts(reward=learned + values @ np.asarray(rm.rules["weights"], dtype=float), learned=learned)
-# --- end issue 26 ---------------------------------------------------------------------------------------------
 
 
 def text_scores(rm: RewardModel, prompts: Sequence[Chat], responses: Sequence[str]) -> np.ndarray:
