@@ -76,8 +76,7 @@ def context_or_spawn() -> Any:
 def ready_context() -> Any:
     """The forkserver's context once a stage has been forked from it (its libraries imported: a fork is
     immediate), else None. Before that, a fork would wait for the preload to finish (a spawned child imports by
-    itself meanwhile): what the runner's side worker forks from where it may not wait (LocalBackend._side_worker).
-    """
+    itself meanwhile): the runner's side worker forks from here where it may not wait (LocalBackend._side_worker)."""
     return _context if _forked else None
 
 
