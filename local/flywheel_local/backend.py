@@ -200,30 +200,48 @@ class LocalBackend:
 
     def _side_worker(self) -> Any:
         """A second process for in-process work that can go alongside this one's (simulated traffic of another
-        source, the oracle prefetch): a pool of one (forked from warm.ready_context, else spawned), when the cores
-        hold two samplers at the world's `serving.threads` each (side_worker_fits); None otherwise."""
-        if self._side is None:
-            from flywheel_sim import load_world
-
-            threads = load_world(self.world_file).serving.threads
-            # cores given (--cpus: a chain, maybe beside others with --jobs): only onto cores that are idle now
-            idle = idle_cores() if self.explicit_cpus is not None and threads is not None else None
-            if not side_worker_fits(threads, self.cpus, usable_cores(), idle=idle):
-                return None
-            import multiprocessing
-
+        source, the oracle prefetch): a pool of one when the cores hold two samplers at the world's
+        `serving.threads` each (_side_worker_fits), None otherwise. Forked from the warm forkserver once it has
+        forked a stage (warm.ready_context: no imports, no model-free start-up cost), else spawned; the first
+        generation's traffic forks it from the server as soon as its preload is done (_hand_to_side)."""
+        if self._side is None and self._side_worker_fits():
             from flywheel_local import warm
 
-            # forked from the warm forkserver once it has forked a stage (a chain's later generations: no imports,
-            # no model-free start-up cost), else spawned (the first generation: the preload may still be running)
-            self._side = (warm.ready_context() or multiprocessing.get_context("spawn")).Pool(1)
+            self._side = _pool_of_one(warm.ready_context())
         return self._side
+
+    def _side_worker_fits(self) -> bool:
+        from flywheel_sim import load_world
+
+        threads = load_world(self.world_file).serving.threads
+        # cores given (--cpus: a chain, maybe beside others with --jobs): only onto cores that are idle now
+        idle = idle_cores() if self.explicit_cpus is not None and threads is not None else None
+        return side_worker_fits(threads, self.cpus, usable_cores(), idle=idle)
+
+    def _hand_to_side(self, others: Sequence[sources.TrafficUri], policy_dir: str, oracle: bool) -> list[Any]:
+        """Hand the simulation of `others` (and with `oracle`, the starting policy's oracle) to the side worker, made
+        here if there is none yet: forked from the warm server even while its preload runs, for a thread beside the
+        first source's simulation waits for it (6.5 CPU-s of a spawned worker's imports against 1.5 forked, the
+        first generation of `make run`). Returns (source, its AsyncResult) pairs."""
+        if self._side is None:
+            from flywheel_local import warm
+
+            self._side = _pool_of_one(warm.server_context())
+        running = [(parsed, self._side.apply_async(_simulate_source, self._simulation_args(parsed, policy_dir)))
+                   for parsed in others]
+        if oracle:
+            from flywheel_local.oracle_runs import prefetch
+
+            prefetch(policy_dir, self.world_file, self.cache_dir, pool=self._side, draws=self.oracle_draws)
+        return running
 
     def _simulate_sources(self, config: StageConfig, policy_dir: str) -> None:
         """Simulate the config's `sim://` traffic sources that are not on disk yet: the first in this process and
         the others at the same time in the side worker (each source's logs are those of simulating it alone: the
         simulator's draws are keyed by seed, day and source, and the policy samples on `serving.threads`
         threads in either process). With `oracle_draws`, the starting policy's oracle follows them there."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from flywheel_local.users import on_disk
 
         pending: dict[str, tuple[sources.TrafficUri, TrafficSource]] = {}
@@ -242,20 +260,17 @@ class LocalBackend:
         # the oracle is kept by content for a policy inside the cache only (generation 0): oracle_runs.prefetch
         oracle = self.oracle_draws is not None and Path(policy_dir).resolve().is_relative_to(
             Path(self.cache_dir).resolve())
-        side = self._side_worker() if len(pending) > 1 or (pending and oracle) else None
-        if side is None:
+        wanted = len(pending) > 1 or (pending and oracle)
+        if not wanted or (self._side is None and not self._side_worker_fits()):
             return  # _resolve_source simulates them one after another
         (_, first), *others = pending.values()
-        running = []
         for parsed, _ in others:
             self.note(f"simulating {parsed.days} day(s) of {parsed.source} traffic with the starting policy "
                       "(in a second process, alongside)")
-            running.append((parsed, side.apply_async(_simulate_source, self._simulation_args(parsed, policy_dir))))
-        if oracle:
-            from flywheel_local.oracle_runs import prefetch
-
-            prefetch(policy_dir, self.world_file, self.cache_dir, pool=side, draws=self.oracle_draws)
-        self._resolve_source(first, policy_dir)
+        with ThreadPoolExecutor(1) as thread:
+            handed = thread.submit(self._hand_to_side, [parsed for parsed, _ in others], policy_dir, oracle)
+            self._resolve_source(first, policy_dir)
+            running = handed.result()
         for parsed, result in running:
             _, seconds = result.get()
             phase = f"{parsed.source} traffic"
@@ -582,6 +597,13 @@ def served_eval_settings(settings: StageSettings, serving: Any) -> StageSettings
         "temperature": serving.temperature if chosen.temperature is None else chosen.temperature,
     })
     return settings.model_copy(update={"eval": served})
+
+
+def _pool_of_one(context: Any) -> Any:
+    """A multiprocessing pool of one process started by `context`; spawned where it is None."""
+    import multiprocessing
+
+    return (context or multiprocessing.get_context("spawn")).Pool(1)
 
 
 def _warm_available() -> bool:

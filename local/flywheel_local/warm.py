@@ -76,9 +76,14 @@ def context_or_spawn() -> Any:
 def ready_context() -> Any:
     """The forkserver's context once a stage has been forked from it (its libraries imported: a fork is
     immediate), else None. Before that, a fork would wait for the preload to finish (a spawned child imports by
-    itself meanwhile): the runner's side worker of a chain's later generations forks from here, the first
-    generation's is spawned (LocalBackend._side_worker)."""
+    itself meanwhile): the runner's side worker forks from here where it may not wait (LocalBackend._side_worker)."""
     return _context if _forked else None
+
+
+def server_context() -> Any:
+    """The forkserver's context once this process has started it, else None: a fork from it waits for the preload
+    (for a caller in a thread of its own: the first generation's side worker, LocalBackend._hand_to_side)."""
+    return _context
 
 
 class WarmStage:
