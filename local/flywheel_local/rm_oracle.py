@@ -236,6 +236,7 @@ def compute_rm_agreement(run_dir: Path, world_file: Path, statuses: Mapping[str,
 
     from flywheel_local.report import _model_dir
     from flywheel_local.statusview import generation_dirs
+    from flywheel_local.users import torch_threads
 
     world = load_world(world_file)
     loaded: dict[str, Any] = {}
@@ -257,7 +258,8 @@ def compute_rm_agreement(run_dir: Path, world_file: Path, statuses: Mapping[str,
         known = json.loads(path.read_text()) if path.is_file() else {}
         if known.get("key") == [list(k) for k in key] and known.get("models") and known.get("format") == FORMAT:
             continue
-        measured = measure_generation(directory, world, policy_for, status)
+        with torch_threads(world.serving.threads):  # as its sampling is (PredictorPolicy), so is its scoring
+            measured = measure_generation(directory, world, policy_for, status)
         if measured:
             path.write_text(json.dumps({"format": FORMAT, "key": key, **measured}, indent=2) + "\n")
 

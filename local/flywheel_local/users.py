@@ -21,7 +21,7 @@ import hashlib
 import json
 import pickle
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -68,16 +68,25 @@ class PredictorPolicy:
         self.threads = threads
 
     def __call__(self, chats: Sequence[list[dict[str, Any]]], *, seed: int) -> list[str]:
-        import torch
-
         payload = {"instances": [{"messages": list(chat)} for chat in chats], "parameters": {"seed": seed}}
-        previous = torch.get_num_threads()
-        if self.threads is not None:
-            torch.set_num_threads(self.threads)
-        try:
+        with torch_threads(self.threads):
             return [p["content"] for p in self.predictor.predict(payload)["predictions"]]
-        finally:
-            torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """torch on `threads` CPU threads inside the block (None: as it is), restored after: the simulator's models
+    run on the world's `serving.threads` wherever they run, never on torch's default of every core, whose OpenMP
+    threads spin against a stage program beside them."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def world_policy(name: str, model_dir: str | Path, world: Any) -> PredictorPolicy:
