@@ -50,13 +50,15 @@ def test_the_traffic_forks_the_side_worker_while_the_preload_runs(
 
 
 def test_traffic_beside_a_worker_forked_from_the_warm_server_equals_traffic_alone(
-    gen0: Path, sim_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gen0: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(backend_module, "usable_cores", lambda: 2)
     monkeypatch.setattr(backend_module, "idle_cores", lambda *args, **kwargs: 2.0)  # on a busy machine too
     generation = load_manifest(TINY)
+    # a cache of its own: traffic this test kept in the session's cache would be found on disk by the next test
+    # that simulates the same sources (tests/local/test_traffic_alongside.py), which would then simulate nothing
     backend = LocalBackend(
-        generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=sim_cache, cpus=2
+        generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=tmp_path / "cache", cpus=2
     )
     backend.warm_up()
     if warm.server_context() is None:
