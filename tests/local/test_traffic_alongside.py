@@ -8,6 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from flywheel_local import backend as backend_module
 from flywheel_local import users
 from flywheel_local.backend import LocalBackend, RunPaths
 from flywheel_local.runner import load_manifest
@@ -19,8 +20,12 @@ FILES = ("conversations.jsonl", "events.jsonl", "sessions.jsonl", users.PREFIX_F
 
 
 def test_sources_simulated_alongside_equal_sources_simulated_alone(
-    gen0: Path, sim_cache: Path, tmp_path: Path
+    gen0: Path, sim_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # `cpus` given: the side worker goes only onto cores measured idle (tests/local/test_side_worker_cores.py);
+    # pinned here, so that the logs are compared on a busy machine too
+    monkeypatch.setattr(backend_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(backend_module, "idle_cores", lambda *args, **kwargs: 2.0)
     generation = load_manifest(TINY)
     notes: list[str] = []
     backend = LocalBackend(generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD, cache_dir=sim_cache,
