@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flywheel_local.sources import generation0
@@ -20,3 +22,23 @@ def sim_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gen0(sim_cache: Path) -> Path:
     """The default world's generation-0 policy at 20 steps (`sim://generation-0?steps=20`), built once."""
     return generation0("sim://generation-0?steps=20", DEFAULT_WORLD, sim_cache)
+
+
+@pytest.fixture
+def traffic_as_alone(gen0: Path, tmp_path: Path) -> Callable[[Any, Any], None]:
+    """A check that a generation's traffic sources, however the backend simulated them (the runner and its side
+    worker at once), hold byte for byte the logs of simulating each source alone in this process."""
+    from flywheel_local import users
+    from flywheel_local.sources import parse_sim_uri
+
+    def check(backend: Any, generation: Any) -> None:
+        for field in ("user_traffic", "internal_traffic"):
+            parsed = parse_sim_uri(getattr(generation.spec.data, field).uri)
+            alone = tmp_path / "alone" / parsed.source
+            users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", parsed, alone, seed=generation.spec.generation)
+            together = backend.paths.traffic(parsed.source)
+            for name in ("conversations.jsonl", "events.jsonl", "sessions.jsonl", users.PREFIX_FILE):
+                if (alone / name).is_file():
+                    assert (together / name).read_bytes() == (alone / name).read_bytes(), (parsed.source, name)
+
+    return check

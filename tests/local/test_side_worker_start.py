@@ -10,14 +10,13 @@ from typing import Any
 
 import pytest
 from flywheel_local import backend as backend_module
-from flywheel_local import users, warm
+from flywheel_local import warm
 from flywheel_local.backend import LocalBackend, RunPaths
 from flywheel_local.runner import load_manifest
 from flywheel_local.sources import parse_sim_uri
 from flywheel_sim import DEFAULT_WORLD
 
 TINY = Path(__file__).with_name("tiny-generation.yaml")
-FILES = ("conversations.jsonl", "events.jsonl", "sessions.jsonl", users.PREFIX_FILE)
 
 
 class RecordingContext:
@@ -50,7 +49,7 @@ def test_the_traffic_forks_the_side_worker_while_the_preload_runs(
 
 
 def test_traffic_beside_a_worker_forked_from_the_warm_server_equals_traffic_alone(
-    gen0: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gen0: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic_as_alone: Any
 ) -> None:
     monkeypatch.setattr(backend_module, "usable_cores", lambda: 2)
     monkeypatch.setattr(backend_module, "idle_cores", lambda *args, **kwargs: 2.0)  # on a busy machine too
@@ -69,11 +68,4 @@ def test_traffic_beside_a_worker_forked_from_the_warm_server_equals_traffic_alon
         assert backend._side._ctx is warm.server_context()  # forked, not spawned
     finally:
         backend.close()
-    for field in ("user_traffic", "internal_traffic"):
-        parsed = parse_sim_uri(getattr(generation.spec.data, field).uri)
-        alone = tmp_path / "alone" / parsed.source
-        users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", parsed, alone, seed=generation.spec.generation)
-        together = backend.paths.traffic(parsed.source)
-        for name in FILES:
-            if (alone / name).is_file():
-                assert (together / name).read_bytes() == (alone / name).read_bytes(), (parsed.source, name)
+    traffic_as_alone(backend, generation)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from flywheel_local import backend as backend_module
@@ -16,11 +17,10 @@ from flywheel_local.sources import parse_sim_uri
 from flywheel_sim import DEFAULT_WORLD
 
 TINY = Path(__file__).with_name("tiny-generation.yaml")
-FILES = ("conversations.jsonl", "events.jsonl", "sessions.jsonl", users.PREFIX_FILE)
 
 
 def test_sources_simulated_alongside_equal_sources_simulated_alone(
-    gen0: Path, sim_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    gen0: Path, sim_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traffic_as_alone: Any
 ) -> None:
     # `cpus` given: the side worker goes only onto cores measured idle (tests/local/test_side_worker_cores.py);
     # pinned here, so that the logs are compared on a busy machine too
@@ -38,14 +38,9 @@ def test_sources_simulated_alongside_equal_sources_simulated_alone(
     assert any("internal traffic" in n and "alongside" in n for n in notes)
     assert {"user traffic", "internal traffic"} <= set(backend.timings)
     for field in ("user_traffic", "internal_traffic"):
-        parsed = parse_sim_uri(getattr(generation.spec.data, field).uri)
-        alone = tmp_path / "alone" / parsed.source
-        users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", parsed, alone, seed=generation.spec.generation)
-        together = backend.paths.traffic(parsed.source)
-        assert (together / users.DONE_FILE).is_file()
-        for name in FILES:
-            if (alone / name).is_file():
-                assert (together / name).read_bytes() == (alone / name).read_bytes(), (parsed.source, name)
+        source = parse_sim_uri(getattr(generation.spec.data, field).uri).source
+        assert (backend.paths.traffic(source) / users.DONE_FILE).is_file()
+    traffic_as_alone(backend, generation)
 
 
 def test_one_source_and_no_oracle_needs_no_side_worker(gen0: Path, sim_cache: Path, tmp_path: Path,

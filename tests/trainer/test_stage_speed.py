@@ -8,7 +8,7 @@ from typing import Any
 
 from flywheel_trainer import style
 from flywheel_trainer.cli import frozen_imports
-from flywheel_trainer.reward import fit_pairs, pair_token_ids
+from flywheel_trainer.reward import fit_pairs, fit_pairs_tokenized, pair_token_ids
 from flywheel_trainer.scoring import fit_context
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,6 +91,34 @@ def test_fit_pairs_keeps_what_fitting_every_pair_alone_keeps(rows: list[dict], m
         chat is not None and len(chat) < len(r["prompt"]) for chat, r in zip(alone, rows, strict=True)
     )
 
+
+SIDE = st.builds(lambda content: [{"role": "assistant", "content": content}], WORDS) | st.builds(
+    lambda content, extra: [{"role": "assistant", "content": content, **extra}],
+    WORDS,
+    st.fixed_dictionaries({}, optional={"rejected": st.lists(WORDS, max_size=2), "name": WORDS}),
+)
+"""Mostly plain assistant messages, as curation writes them; some with more keys than the content."""
+PAIR_ANY_SIDES = st.builds(
+    lambda system, turns, chosen, rejected: {
+        "prompt": [{"role": "system", "content": system}, *turns],
+        "chosen": chosen,
+        "rejected": rejected,
+    },
+    WORDS,
+    st.lists(MESSAGE, min_size=1, max_size=4),
+    SIDE,
+    SIDE,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(PAIR_ANY_SIDES, max_size=6), st.integers(8, 120))
+def test_the_length_checks_ids_are_the_trainers(rows: list[dict], max_length: int) -> None:
+    """The pointwise reward stage hands the ids its length check tokenized to the trainer: they are the ids that
+    tokenizing the fitted pairs as TRL's RewardTrainer does gives (pair_token_ids), pair for pair."""
+    fitted, trimmed, dropped, ids = fit_pairs_tokenized(rows, tokenizer(), max_length)
+    assert (fitted, trimmed, dropped) == fit_pairs(rows, tokenizer(), max_length)
+    assert ids == pair_token_ids(tokenizer(), fitted)
 
 TEXT = st.text(max_size=12) | st.integers(0, 2) | st.none() | st.booleans()
 MESSAGES = st.fixed_dictionaries(
