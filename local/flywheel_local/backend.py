@@ -213,9 +213,15 @@ class LocalBackend:
     def _side_worker_fits(self) -> bool:
         from flywheel_sim import load_world
 
+        from flywheel_local import warm
+
         threads = load_world(self.world_file).serving.threads
-        # cores given (--cpus: a chain, maybe beside others with --jobs): only onto cores that are idle now
-        idle = idle_cores() if self.explicit_cpus is not None and threads is not None else None
+        # cores given (--cpus: a chain, maybe beside others with --jobs): only onto cores that are idle now; the
+        # warm server's preload, which this run started a moment ago, counts as this run's (a chain's first
+        # generation simulated its sources one after the other: the preload's imports took the core it looked at)
+        server = warm.server_pid()
+        idle = idle_cores(own=[server] if server else ()) \
+            if self.explicit_cpus is not None and threads is not None else None
         return side_worker_fits(threads, self.cpus, usable_cores(), idle=idle)
 
     def _hand_to_side(self, others: Sequence[sources.TrafficUri], policy_dir: str, oracle: bool) -> list[Any]:
@@ -278,16 +284,21 @@ class LocalBackend:
             self.note(f"{phase}: {seconds:.0f}s (alongside)")
 
     def status_written(self, status: FlywheelGenerationStatus) -> None:
-        """Hand the report's work that `status` makes possible to the side worker, where the stage programs leave a
-        core free (one thread each, STAGE_THREADS): once every reward model is trained (SFT starts), their
-        agreement with the oracle (`rm_oracle.json`); once the candidate exists (eval starts), its oracle draws.
-        Only with `oracle_draws` (a run that writes the report); the report waits for both and finds them done
-        (the same figures as computing them itself: tests/local/test_report_prefetch.py)."""
+        """Hand the report's work that `status` makes possible to the side worker, where a stage program leaves a
+        core free (a stage that starts while the side worker has work gets one thread fewer: stage_threads): once
+        the reward models are trained and SFT has succeeded (RL starts), their agreement with the oracle
+        (`rm_oracle.json`); once the candidate exists (eval starts), its oracle draws. Not as SFT starts: SFT gains
+        most from a second thread and RL least (make run's gen1 on 1 and 2 threads, the same weights: SFT 18.5 and
+        12.8 s, RL 13.5 and 12.0 s), and the check (about 10 s of one core) fits beside RL. A generation whose SFT
+        never succeeds leaves it to the report. Only with `oracle_draws` (a run that writes the report); the
+        report waits for both and finds them done (the same figures as computing them itself:
+        tests/local/test_report_prefetch.py)."""
         if self.oracle_draws is None:
             return
         rewards = [r for r in status.stages if r.name.startswith("reward-")]
         rm_ready = bool(rewards) and all(r.state in ("Succeeded", "Failed") for r in rewards) and any(
-            r.state == "Succeeded" for r in rewards)
+            r.state == "Succeeded" for r in rewards) and any(r.name == "sft" and r.state == "Succeeded"
+                                                            for r in status.stages)
         if not rm_ready and status.candidate_policy is None:
             return
         side = self._side_worker()

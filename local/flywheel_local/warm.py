@@ -86,6 +86,17 @@ def server_context() -> Any:
     return _context
 
 
+def server_pid() -> int | None:
+    """The forkserver's process id once this process has started it, else None. Its CPU time is the preload's
+    imports, which end by themselves: the runner counts it as its own when it looks for idle cores
+    (LocalBackend._side_worker_fits)."""
+    if _context is None:
+        return None
+    from multiprocessing import forkserver
+
+    return getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+
+
 class WarmStage:
     """A stage forked from the forkserver, seen as a subprocess.Popen: `pid`, `poll()`, `wait(timeout)`."""
 

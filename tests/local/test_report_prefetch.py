@@ -51,7 +51,11 @@ def test_handed_over_as_the_status_allows(tmp_path: Path, monkeypatch: pytest.Mo
     backend.status_written(FlywheelGenerationStatus(stages=[_record(rewards[0], "Succeeded"),
                                                             _record(rewards[1], "Running")]))
     assert pool.handed == []  # a reward model still trains
-    trained = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards] + [_record("sft", "Running")])
+    sft = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards] + [_record("sft", "Running")])
+    backend.status_written(sft)
+    assert pool.handed == []  # SFT, which gains most from a second thread, starts on both cores
+    trained = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards]
+                                       + [_record("sft", "Succeeded"), _record("rl", "Running")])
     backend.status_written(trained)
     backend.status_written(trained)  # once only
     (function, args), = pool.handed
@@ -75,6 +79,13 @@ def test_nothing_handed_over_without_a_report(tmp_path: Path, monkeypatch: pytes
     backend, pool = _backend(tmp_path, monkeypatch, draws=None)
     backend.status_written(FlywheelGenerationStatus(stages=[_record("reward-pointwise", "Succeeded")],
                                                     candidate_policy=str(tmp_path)))
+    assert pool.handed == []
+
+
+def test_a_failed_sft_leaves_the_agreement_to_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend, pool = _backend(tmp_path, monkeypatch, draws=4)
+    backend.status_written(FlywheelGenerationStatus(stages=[_record("reward-pointwise", "Succeeded"),
+                                                            _record("sft", "Failed")]))
     assert pool.handed == []
 
 
@@ -112,7 +123,7 @@ def test_the_side_worker_measures_the_status_handed_over_not_the_one_on_disk(
     backend.paths.root.mkdir(parents=True)
     backend.paths.status.write_text(on_disk.model_dump_json(by_alias=True, exclude_none=True))
     trained = FlywheelGenerationStatus(stages=[done("curate")] + [done(r) for r in rewards]
-                                       + [_record("sft", "Running")])
+                                       + [done("sft"), _record("rl", "Running")])
     backend.status_written(trained)  # what carry_out does before the runner writes `trained`
     (function, args), = pool.handed
     function(*args)  # what the side worker runs

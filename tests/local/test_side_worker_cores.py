@@ -58,6 +58,38 @@ def test_one_thread_per_stage_on_two_cores_still_gets_a_side_worker(
         backend.close()
 
 
+def test_a_chains_first_generation_counts_the_warm_servers_preload_as_its_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner starts the warm server's preload (its imports, seconds of one core) just before it looks for
+    idle cores: counted as another program's work, it kept a chain's first generation's traffic serial (the
+    internal traffic's 4 s after the user traffic's 19 s, bench/results/local.json at 3b72c59)."""
+    from flywheel_local import warm
+
+    looked: list[Any] = []
+
+    def idle(*args: Any, own: Any = ()) -> float:
+        looked.append(list(own))
+        return 2.0 if own else 1.0  # the preload takes one core
+
+    monkeypatch.setattr(backend_module, "usable_cores", lambda: 2)
+    monkeypatch.setattr(backend_module, "idle_cores", idle)
+    monkeypatch.setattr(warm, "server_pid", lambda: 4242)
+    backend = LocalBackend(load_manifest(TINY), RunPaths(tmp_path / "gen1"), world_file=DEFAULT_WORLD,
+                           cache_dir=tmp_path / "cache", cpus=1, warm_start=False)
+    assert backend._side_worker_fits()
+    assert looked == [[4242]]
+    monkeypatch.setattr(warm, "server_pid", lambda: None)  # no warm server (cold starts): nothing of its own
+    assert not backend._side_worker_fits()
+    assert looked[-1] == []
+
+
+def test_the_warm_servers_pid_is_known_once_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flywheel_local import warm
+
+    monkeypatch.setattr(warm, "_context", None)
+    assert warm.server_pid() is None
+
+
 class RecordingContext:
     def __init__(self) -> None:
         self.pools: list[int] = []

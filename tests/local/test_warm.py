@@ -91,6 +91,9 @@ def test_a_failing_warm_stage_exits_as_a_cold_one_does(tmp_path: Path) -> None:
     stage = warm.start(["reward", "--config", str(broken)], log, _stage_env(1))
     assert stage.wait(timeout=300) == 2
     assert "invalid stage config" in log.read_text()
+    server = warm.server_pid()  # the forkserver the stage came from: its parent
+    assert server is not None and server != os.getpid()
+    assert Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())
 
 
 def test_a_process_is_named_by_its_pid_and_start_time() -> None:
