@@ -176,7 +176,10 @@ class LocalBackend:
                 self._resolved[uri] = str(sources.generation0(uri, self.world_file, self.cache_dir))
         return self._resolved[uri]
 
-    def _resolve_source(self, source: TrafficSource | None, policy_dir: str) -> TrafficSource | None:
+    def _resolve_source(self, source: TrafficSource | None, policy_dir: str, *,
+                        split: bool = False) -> TrafficSource | None:
+        """The source with its `sim://` URI replaced by its simulated log (simulated here unless on disk); `split`:
+        each policy call shares its batches with a second process (users.SplitPolicy, the same logs)."""
         if source is None or not sources.is_sim(source.uri):
             return source
         from flywheel_local.users import simulate_source
@@ -195,6 +198,7 @@ class LocalBackend:
                 self.paths.traffic(parsed.source),
                 seed=self.generation.spec.generation,
                 cache_dir=self.cache_dir,
+                split=split,
             )
         return source.model_copy(update={"uri": str(log)})
 
@@ -275,7 +279,9 @@ class LocalBackend:
                       "(in a second process, alongside)")
         with ThreadPoolExecutor(1) as thread:
             handed = thread.submit(self._hand_to_side, [parsed for parsed, _ in others], policy_dir, oracle)
-            self._resolve_source(first, policy_dir)
+            # the cores hold two samplers: the first source's calls share their batches with a second process
+            # too, which takes the core the side worker leaves once its shorter work is done
+            self._resolve_source(first, policy_dir, split=True)
             running = handed.result()
         for parsed, result in running:
             _, seconds = result.get()

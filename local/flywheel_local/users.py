@@ -72,6 +72,13 @@ class PredictorPolicy:
         with torch_threads(self.threads):
             return [p["content"] for p in self.predictor.predict(payload)["predictions"]]
 
+    def share(self, chats: Sequence[list[dict[str, Any]]], *, seed: int, batches: Any) -> list[str | None]:
+        """This process's part of a call that two processes share (SplitPolicy): the responses to the chats of
+        `batches` (generation.SamplingRequest.batches), None for the others; for those chats, what __call__
+        answers."""
+        with torch_threads(self.threads):
+            return self.predictor.respond(chats, seed=seed, batches=batches)
+
 
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
@@ -94,9 +101,11 @@ def world_policy(name: str, model_dir: str | Path, world: Any) -> PredictorPolic
     return PredictorPolicy(load_predictor(name, model_dir, world), name, threads=world.serving.threads)
 
 
-def _serve(connection: Any, name: str, model_dir: str, world_file: str) -> None:
-    """The loop of a PolicyWorker's process: answer ("answer", chats, seed) until ("stop",) or EOF. Ctrl-C in
-    the terminal reaches the whole process group: the runner stops its workers itself (close)."""
+def _serve(connection: Any, name: str, model_dir: str, world_file: str, counter: Any = None) -> None:
+    """The loop of a PolicyWorker's process: answer ("answer", chats, seed) until ("stop",) or EOF. With a
+    shared batch `counter` (SplitPolicy's helper) it says ("ready", failure) once loaded and answers ("share",
+    chats, seed) with the batches it takes from the counter. Ctrl-C in the terminal reaches the whole process
+    group: the runner stops its workers itself (close)."""
     import signal
 
     from flywheel_sim import load_world
@@ -109,6 +118,8 @@ def _serve(connection: Any, name: str, model_dir: str, world_file: str) -> None:
         failure: str | None = f"{type(exc).__name__}: {exc}"
     else:
         failure = None
+    if counter is not None:
+        connection.send(("ready", failure))
     while True:
         try:
             message = connection.recv()
@@ -116,12 +127,14 @@ def _serve(connection: Any, name: str, model_dir: str, world_file: str) -> None:
             return
         if message[0] == "stop":
             return
-        _, chats, seed = message
+        kind, chats, seed = message
         if failure is not None:
             connection.send(("error", f"policy {name!r} could not load {model_dir}: {failure}"))
             continue
         try:
-            connection.send(("ok", policy(chats, seed=seed)))
+            answers = policy(chats, seed=seed) if kind == "answer" else policy.share(
+                chats, seed=seed, batches=shared_batches(counter))
+            connection.send(("ok", answers))
         except Exception as exc:
             connection.send(("error", f"policy {name!r} failed: {type(exc).__name__}: {exc}"))
 
@@ -133,24 +146,42 @@ class PolicyWorker:
     process: the same predictor, seed and thread count give the same responses. `close` (or garbage
     collection of the runner) stops the process."""
 
-    def __init__(self, name: str, model_dir: str | Path, world_file: Path) -> None:
+    def __init__(self, name: str, model_dir: str | Path, world_file: Path, *, shared: bool = False) -> None:
         from flywheel_local.warm import context_or_spawn
 
         self.name = name
         # never a plain fork of a process that holds torch's thread pools: the warm forkserver when the runner
         # started it (its torch imported, no thread pool yet), else a spawned interpreter
         context = context_or_spawn()
+        self.counter = context.Value("q", 0) if shared else None
+        """The batch counter the worker and SplitPolicy take a call's batches from (`shared` workers only)."""
         self._connection, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, name, str(model_dir), str(world_file)),
+        self._process = context.Process(target=_serve,
+                                        args=(child, name, str(model_dir), str(world_file), self.counter),
                                         name=f"policy-{name}", daemon=True)
         self._process.start()
         child.close()
         self._waiting = False
+        self._ready = not shared
+        self.failure: str | None = None
+        """Why a shared worker could not load its policy (it said so when ready)."""
 
-    def submit(self, chats: Sequence[list[dict[str, Any]]], *, seed: int) -> None:
+    def ready(self) -> bool:
+        """Whether the worker has loaded its policy, or failed to (`failure`): a shared worker says so; this never
+        waits."""
+        if not self._ready and self._connection.poll():
+            try:
+                _, self.failure = self._connection.recv()
+            except EOFError:
+                self.failure = f"its worker process ended (exit code {self._process.exitcode})"
+            self._ready = True
+        return self._ready
+
+    def submit(self, chats: Sequence[list[dict[str, Any]]], *, seed: int, share: bool = False) -> None:
+        """Hand a call over: all of it, or with `share` the batches the worker takes from the counter."""
         if self._waiting:
             raise RuntimeError(f"policy {self.name!r}: submit() twice without result()")
-        self._connection.send(("answer", [list(chat) for chat in chats], seed))
+        self._connection.send(("share" if share else "answer", [list(chat) for chat in chats], seed))
         self._waiting = True
 
     def result(self) -> list[str]:
@@ -180,6 +211,55 @@ class PolicyWorker:
                 self._process.kill()
                 self._process.join()
         self._connection.close()
+
+
+def shared_batches(counter: Any) -> Any:
+    """The batches a process takes from `counter` (a multiprocessing Value both processes hold): the next number
+    until the call's plan has none left (generation.BatchNumbers). Whoever is free takes the next batch, so
+    neither process waits while the other has a long batch left."""
+
+    def numbers(count: int) -> Iterator[int]:
+        while True:
+            with counter.get_lock():
+                number = counter.value
+                counter.value = number + 1
+            if number >= count:
+                return
+            yield number
+
+    return numbers
+
+
+class SplitPolicy:
+    """world_policy answering each call in two processes: this one and a PolicyWorker of the same model each
+    take the call's batches from a shared counter (shared_batches). The batches, their rows' random streams and
+    each row's samples come from the whole call (generation.SamplingRequest.batches), so the answers are those of
+    one process (tests/local/test_split_policy.py). For the traffic the runner simulates while a core is idle
+    (LocalBackend: a chain's internal traffic takes the second core for a few seconds of the user traffic's
+    20-30). Until the worker has loaded the model (it forks from the warm server, which may still import), this
+    process answers whole calls alone."""
+
+    def __init__(self, local: PredictorPolicy, model_dir: str | Path, world_file: Path) -> None:
+        self.local = local
+        self.name = local.name
+        self.worker = PolicyWorker(local.name, model_dir, world_file, shared=True)
+
+    def __call__(self, chats: Sequence[list[dict[str, Any]]], *, seed: int) -> list[str]:
+        counter = self.worker.counter
+        if not self.worker.ready() or self.worker.failure is not None:
+            return self.local(chats, seed=seed)
+        with counter.get_lock():
+            counter.value = 0
+        self.worker.submit(chats, seed=seed, share=True)
+        mine = self.local.share(chats, seed=seed, batches=shared_batches(counter))
+        theirs = self.worker.result()
+        answers = [a if a is not None else b for a, b in zip(mine, theirs, strict=True)]
+        if any(answer is None for answer in answers):
+            raise RuntimeError(f"policy {self.name!r}: a batch of the call was answered by neither process")
+        return answers  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.worker.close()
 
 
 @lru_cache(maxsize=64)
@@ -263,8 +343,10 @@ def simulate_source(
     *,
     seed: int,
     cache_dir: Path | None = None,
+    split: bool = False,
 ) -> Path:
     """Simulate `uri.days` days of `uri.source` traffic with the policy in `model_dir`; returns the log file.
+    `split`: the policy's calls share their batches with a second process (SplitPolicy: the same logs).
 
     Written atomically by the simulator; an existing log from an earlier (interrupted) run is reused. With
     `cache_dir`, a policy inside it (generation 0) has its traffic kept there by traffic_key and copied from
@@ -280,7 +362,7 @@ def simulate_source(
     if cached is not None and (cached / DONE_FILE).is_file():
         _copy_traffic(cached, out)
     else:
-        _simulate(world_file, model_dir, policy_name, uri, out, seed=seed)
+        _simulate(world_file, model_dir, policy_name, uri, out, seed=seed, split=split)
         if cached is not None:
             _store(out, cached)
     done.write_text("")
@@ -307,12 +389,24 @@ def _cache_entry(cache_dir: Path | None, model_dir: str | Path, key: str) -> Pat
 
 
 def _simulate(world_file: Path, model_dir: str | Path, policy_name: str, uri: TrafficUri, out: Path, *,
-              seed: int) -> None:
-    import numpy as np
-    from flywheel_sim import TrafficResult, TrafficSimulation, load_world, write_traffic
+              seed: int, split: bool = False) -> None:
+    from flywheel_sim import load_world
 
     world = load_world(world_file)
     policy = world_policy(policy_name, model_dir, world)
+    shared = SplitPolicy(policy, model_dir, world_file) if split else None
+    try:
+        _simulate_days(world, world_file, model_dir, shared or policy, uri, out, seed=seed)
+    finally:
+        if shared is not None:
+            shared.close()
+
+
+def _simulate_days(world: Any, world_file: Path, model_dir: str | Path, policy: Any, uri: TrafficUri, out: Path,
+                   *, seed: int) -> None:
+    import numpy as np
+    from flywheel_sim import TrafficResult, TrafficSimulation, write_traffic
+
     simulation = TrafficSimulation(world, {"control": policy}, seed=seed, source=uri.source, max_people=uri.people)
     index = {person: i for i, person in enumerate(simulation.people.ids)}
     turns = np.zeros(len(simulation.state.memory), dtype=int)

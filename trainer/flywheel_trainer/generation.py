@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_SAMPLER",
     "SAMPLERS",
+    "BatchNumbers",
     "GenerateSampler",
     "Sampler",
     "SamplingRequest",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 Chat = Sequence[dict[str, str]]
+BatchNumbers = Callable[[int], Iterable[int]]
+"""Given how many batches a call's plan has, the numbers of those this process samples (None: all of them)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class SamplingRequest:
     stop: tuple[int, ...]
     """Token ids that end a response (the tokenizer's EOS and the model's generation_config EOS ids)."""
     pad_id: int
+    batches: BatchNumbers | None = None
+    """Sample only these batches of the call's plan; the prompts of the others come back with no samples ([]).
+    The plan (which prompts share a batch) and every row's random stream come from the whole call, so processes
+    that each take some batches of one call, merged, give exactly what one process gives
+    (flywheel_local.users.SplitPolicy)."""
 
 
 class Sampler(Protocol):
@@ -363,8 +371,10 @@ class GenerateSampler:
         model.eval()
         try:
             with torch.inference_mode():
-                for start in range(0, len(order), per_batch):
-                    chosen = order[start : start + per_batch]
+                starts = range(0, len(order), per_batch)
+                numbers = range(len(starts)) if request.batches is None else request.batches(len(starts))
+                for number in numbers:
+                    chosen = order[starts[number] : starts[number] + per_batch]
                     batch = [prompts[i] for i in chosen for _ in range(draws)]
                     uniforms = None
                     if keys is not None:
@@ -524,13 +534,15 @@ def generate_tokens(
     batch_size: int = 32,
     top_p: float = 1.0,
     sampler: str | Sampler = DEFAULT_SAMPLER,
+    batches: BatchNumbers | None = None,
 ) -> list[list[list[int]]]:
     """New token ids, `num_samples` per chat, each cut before its first stop token (EOS).
 
     `temperature` 0 decodes greedily (then all samples of a chat are equal). `batch_size` counts sequences,
     so a batch holds batch_size // num_samples chats (at least one). Sampling is from the full distribution
     (no top-k) unless `top_p` < 1. The same arguments and seed give the same tokens; the global RNG is not used.
-    `sampler` names the backend (`SAMPLERS`) or is one.
+    `sampler` names the backend (`SAMPLERS`) or is one. `batches`: only these batches of the call's plan
+    (SamplingRequest.batches); the other chats get no samples.
     """
     backend = get_sampler(sampler)
     _check(max_new_tokens, temperature, num_samples, batch_size, top_p)
@@ -554,6 +566,7 @@ def generate_tokens(
         batch_size=batch_size,
         stop=tuple(stop),
         pad_id=pad_id,
+        batches=batches,
     )
     return backend.sample(model, prompts, request)
 
@@ -570,6 +583,7 @@ def generate(
     batch_size: int = 32,
     top_p: float = 1.0,
     sampler: str | Sampler = DEFAULT_SAMPLER,
+    batches: BatchNumbers | None = None,
 ) -> list[list[str]]:
     """`num_samples` sampled responses per chat (decoded new tokens only, special tokens dropped), in the
     order of `chats`. See generate_tokens for the sampling rules."""
@@ -584,5 +598,7 @@ def generate(
         batch_size=batch_size,
         top_p=top_p,
         sampler=sampler,
+        batches=batches,
     )
-    return [tokenizer.batch_decode(samples, skip_special_tokens=True) for samples in tokens]
+    # a chat of another process's batches has no samples: batch_decode([]) would give [""]
+    return [tokenizer.batch_decode(samples, skip_special_tokens=True) if samples else [] for samples in tokens]

@@ -27,13 +27,16 @@ import asyncio
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kserve
 from kserve.errors import InvalidInput
 from prometheus_client import Histogram
 
 from flywheel_trainer.serving import SERVING_MAX_NEW_TOKENS, SERVING_TEMPERATURE
+
+if TYPE_CHECKING:
+    from flywheel_trainer.generation import BatchNumbers
 
 BATCH_REQUESTS = Histogram(
     "flywheel_predictor_batch_requests",
@@ -96,8 +99,11 @@ class ChatPredictor(kserve.Model):
         seed: int,
         temperature: float | None = None,
         max_new_tokens: int | None = None,
-    ) -> list[str]:
-        """One sampled response per chat, in order (what `predict` does without the protocol envelope)."""
+        batches: BatchNumbers | None = None,
+    ) -> list[str | None]:
+        """One sampled response per chat, in order (what `predict` does without the protocol envelope). With
+        `batches`, only the chats of those batches of the call's plan are answered, the others are None
+        (generation.SamplingRequest.batches: processes that share a call answer as one)."""
         from flywheel_trainer.generation import generate
 
         if not self.ready:
@@ -111,8 +117,9 @@ class ChatPredictor(kserve.Model):
             num_samples=1,
             seed=seed,
             batch_size=self.batch_size,
+            batches=batches,
         )
-        return [s[0] for s in samples]
+        return [s[0] if s else None for s in samples]
 
 
 @dataclass
