@@ -359,9 +359,12 @@ def test_sampler_bench_compares_the_backends_on_the_same_prompts(stopper, tokeni
 
 
 def test_each_distinct_chat_is_tokenised_once_with_the_same_samples(parrot, tokenizer, monkeypatch) -> None:
-    """The oracle repeats its grid per draw and a day's sessions share their openings: the distinct chats are
-    rendered in one batched call, and the samples are those of rendering every chat on its own."""
+    """The oracle repeats its grid per draw and a day's sessions share their openings: on the rendered path (any
+    tokenizer but the local one) the distinct chats are rendered in one batched call, and the samples are those
+    of rendering every chat on its own."""
     from flywheel_trainer import generation
+
+    monkeypatch.setattr(generation._Concatenation, "of", staticmethod(lambda tokenizer: None))
 
     chats = [SHORT, LONG, SHORT, [dict(m) for m in SHORT], LONG,
              [{"role": "user", "content": "hi", "signals": {"thumb": None}}]]  # unhashable: rendered on its own

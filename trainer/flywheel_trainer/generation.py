@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
+import weakref
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
+
+from flywheel_trainer.tinymodel import CHAT_TEMPLATE, ROLE_TOKENS
 
 if TYPE_CHECKING:
     import torch
@@ -99,15 +103,30 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, chat: Chat, *, max_tokens: in
     return ids[-max_tokens:] if max_tokens is not None and len(ids) > max_tokens else ids
 
 
-def prompt_ids_many(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat], *,
-                    max_tokens: int | None = None) -> list[list[int]]:
-    """prompt_ids of every chat, in order: the distinct chats rendered and tokenised in one batched
+def prompt_ids_many(
+    tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat], *, max_tokens: int | None = None
+) -> list[list[int]]:
+    """prompt_ids of every chat, in order. For the local tokenizer (`tinymodel`) the ids are assembled from
+    each message's cached content ids (`_Concatenation`): a simulated day's chats grow by one turn per step,
+    so almost every message was tokenised before, and this skips the render and the BPE of whole chats. Any
+    other tokenizer, or a chat the assembly does not cover, takes `_rendered_ids`."""
+    if not chats:
+        return []
+    concatenation = _Concatenation.of(tokenizer)
+    rows = concatenation.ids(tokenizer, chats) if concatenation is not None else None
+    if rows is None:
+        rows = _rendered_ids(tokenizer, chats)
+    if max_tokens is not None:
+        rows = [ids[-max_tokens:] if len(ids) > max_tokens else ids for ids in rows]
+    return rows
+
+
+def _rendered_ids(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat]) -> list[list[int]]:
+    """The ids of every chat rendered by the chat template: the distinct chats in one batched
     `apply_chat_template` call (the library renders each conversation and encodes them as one batch: the ids of
     one call per chat). The oracle repeats its prompt grid once per draw, and most of a simulated day's sessions
     open with one of the world's few openings, so distinct chats are far fewer. A chat whose messages hold
     unhashable values counts as distinct."""
-    if not chats:
-        return []
     slots: dict[Any, int] = {}
     distinct: list[list[dict[str, Any]]] = []
     where = []
@@ -125,9 +144,123 @@ def prompt_ids_many(tokenizer: PreTrainedTokenizerBase, chats: Sequence[Chat], *
         where.append(slot)
     encoded = tokenizer.apply_chat_template(distinct, add_generation_prompt=True, tokenize=True, return_dict=True)
     rows = [list(ids) for ids in encoded["input_ids"]]
-    if max_tokens is not None:
-        rows = [ids[-max_tokens:] if len(ids) > max_tokens else ids for ids in rows]
     return [list(rows[slot]) for slot in where]
+
+
+_CONTROL_TOKEN = re.compile(r"<[^<>]+>")
+
+
+@dataclass
+class _Concatenation:
+    """A chat's ids as BOS, then per message its role token, its content's own ids and EOS, then the assistant
+    token: exactly the ids of `tinymodel.CHAT_TEMPLATE`'s render when `of` accepts the tokenizer.
+
+    Why that holds: the backend cuts the text at its added tokens before anything else (no normalizer, so on
+    the raw text) and encodes each piece between them on its own; a pre-tokenizer that looks only at its piece
+    (ByteLevel without a prefix space) and a BPE model without dropout give a piece the same ids wherever it
+    stands. A content sits between a role token (ending in ">") and EOS (starting with "<"). When every added
+    token is "<...>" with no "<" or ">" inside, no added token can be matched across a content's edge, so the
+    cuts inside a content (a literal "</s>" included) are those of the content alone; and with no lstrip,
+    rstrip or single_word, no token eats a content's edge whitespace. The signature holds everything this
+    relies on; a tokenizer whose signature changes gets a fresh cache."""
+
+    signature: tuple[Any, ...]
+    bos: int
+    eos: int
+    roles: dict[str, int]
+    contents: dict[str, list[int]] = field(default_factory=dict)
+    """Each content's own ids; the lists are never handed out, only copied into rows."""
+
+    CACHE_LIMIT = 1 << 16
+    """Contents kept per tokenizer (the cache is emptied when it grows past this): the six days of gen1's canary
+    hold about 25,000 distinct messages, and a long-lived tokenizer must not keep every one it ever saw."""
+
+    _by_tokenizer: ClassVar[weakref.WeakKeyDictionary[Any, _Concatenation]] = weakref.WeakKeyDictionary()
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> _Concatenation | None:
+        """The tokenizer's assembly, or None when its renders are not provably the concatenation."""
+        signature = _concatenation_signature(tokenizer)
+        if signature is None:
+            return None
+        cached = cls._by_tokenizer.get(tokenizer)
+        if cached is not None and cached.signature == signature:
+            return cached
+        made = cls(signature=signature, bos=signature[0], eos=signature[1], roles=dict(signature[2]))
+        cls._by_tokenizer[tokenizer] = made
+        return made
+
+    def ids(self, tokenizer: Any, chats: Sequence[Chat]) -> list[list[int]] | None:
+        """The ids of every chat (fresh lists), or None when a message is not a known role with str content
+        (then the template decides: it raises on an unknown role). Rows are built from this call's own view of
+        the cache, so a predictor thread emptying it meanwhile changes nothing."""
+        roles = self.roles
+        found: dict[str, list[int] | None] = {}
+        for chat in chats:
+            for message in chat:
+                role, content = message.get("role"), message.get("content")
+                if type(role) is not str or role not in roles or type(content) is not str:
+                    return None
+                found[content] = None
+        contents = self.contents
+        found = {content: contents.get(content) for content in found}
+        missing = [content for content, ids in found.items() if ids is None]
+        if missing:
+            encodings = tokenizer._tokenizer.encode_batch_fast(missing, add_special_tokens=False)
+            encoded = {content: encoding.ids for content, encoding in zip(missing, encodings, strict=True)}
+            found.update(encoded)
+            if len(contents) + len(encoded) > self.CACHE_LIMIT:
+                contents.clear()
+            contents.update(encoded)
+        bos, eos, assistant = self.bos, self.eos, roles["assistant"]
+        rows = []
+        for chat in chats:
+            ids = [bos]
+            for message in chat:
+                ids.append(roles[message["role"]])
+                ids += found[message["content"]]
+                ids.append(eos)
+            ids.append(assistant)
+            tokenizer._eventual_warn_about_too_long_sequence(ids, None, True)  # as the rendered encoding warns
+            rows.append(ids)
+        return rows
+
+
+def _concatenation_signature(tokenizer: Any) -> tuple[Any, ...] | None:
+    """(BOS id, EOS id, role ids, the added tokens), or None when the tokenizer is not one whose renders are the
+    concatenation (`_Concatenation`). The contents are encoded by the backend itself, so its state must be what
+    the tokenizer's own call sets (special tokens cut, no truncation, no padding). Cheap (microseconds), so
+    checked on every call."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if (
+        backend is None
+        or getattr(tokenizer, "chat_template", None) != CHAT_TEMPLATE
+        or getattr(tokenizer, "split_special_tokens", True)
+        or not hasattr(tokenizer, "_eventual_warn_about_too_long_sequence")
+        or not hasattr(backend, "encode_batch_fast")
+        or backend.encode_special_tokens
+        or backend.truncation is not None
+        or backend.padding is not None
+        or backend.normalizer is not None
+        or type(backend.pre_tokenizer).__name__ != "ByteLevel"
+        or backend.pre_tokenizer.add_prefix_space
+        or type(backend.model).__name__ != "BPE"
+        or backend.model.dropout is not None
+        or type(backend.post_processor).__name__ not in ("NoneType", "TemplateProcessing", "ByteLevel")
+    ):
+        return None
+    added = backend.get_added_tokens_decoder()
+    for token in added.values():
+        if token.lstrip or token.rstrip or token.single_word or token.normalized:
+            return None
+        if not _CONTROL_TOKEN.fullmatch(token.content):
+            return None
+    ids = {token.content: token_id for token_id, token in added.items()}
+    written = [tokenizer.bos_token, tokenizer.eos_token, *ROLE_TOKENS.values()]
+    if not all(isinstance(text, str) and text in ids for text in written):
+        return None
+    roles = tuple((role, ids[text]) for role, text in ROLE_TOKENS.items())
+    return ids[tokenizer.bos_token], ids[tokenizer.eos_token], roles, tuple(sorted(ids.items()))
 
 
 def left_pad(rows: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
