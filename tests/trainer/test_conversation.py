@@ -245,3 +245,46 @@ def test_docs_example_is_a_valid_record() -> None:
     assert validate_record(example) == []
     assert [label_response(m) for m in example["messages"]] == [None, "chosen", None, "chosen"]
     assert len(preference_pairs(example)) == 1
+
+
+_ENVELOPE_KEYS = ["conversation_id", "character", "user_id", "source", "arm", "generation", "day", "session"]
+_ENVELOPE_KEYS += ["messages", "metadata", "extra"]
+_ENVELOPE_VALUES = [None, True, False, -1, 0, 1, 1.0, 2.5, "", "x", "user", "internal", "control", "treatment"]
+_ENVELOPE_VALUES += [[], ["x"], [{"role": "user", "content": "Hi"}], ("x",), {}, {"k": 1}, "<delete>"]
+
+
+def _edited(index: int, edits: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = make_record(f"c{index}", user_id=f"u{index}")
+    for key, value in edits:
+        if value == "<delete>":
+            record.pop(key, None)
+        else:
+            record[key] = value
+    return record
+
+
+def test_each_envelope_edit_gets_the_contracts_verdict_after_a_valid_record() -> None:
+    """ContractCheck keys its envelope memo by shape (the ids, the character and the messages stood in for): after
+    a valid record's shape is in the memo, every single envelope edit (a type, an empty string, a negative or
+    float number, an enum, a missing or unknown key) still gets validate_record's verdict on the record itself."""
+    from flywheel_trainer.conversation import ContractCheck
+
+    for key in _ENVELOPE_KEYS:
+        for value in _ENVELOPE_VALUES:
+            check = ContractCheck()
+            assert check.holds(_edited(0, []))
+            record = _edited(1, [(key, value)])
+            assert check.holds(record) == (not validate_record(record)), (key, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(_ENVELOPE_KEYS), st.sampled_from(_ENVELOPE_VALUES)), max_size=3)))
+def test_envelopes_checked_once_per_shape_get_the_contracts_verdict(edits: list[list[tuple[str, Any]]]) -> None:
+    """One ContractCheck over records whose ids always differ and whose other envelope values are edited at
+    random, several at once: each verdict is validate_record's on the record itself."""
+    from flywheel_trainer.conversation import ContractCheck
+
+    check = ContractCheck()
+    for index, record_edits in enumerate([[], *edits[:10]]):  # a valid record first: its shape is in the memo
+        record = _edited(index, record_edits)
+        assert check.holds(record) == (not validate_record(record)), record
