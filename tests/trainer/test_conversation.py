@@ -288,3 +288,33 @@ def test_envelopes_checked_once_per_shape_get_the_contracts_verdict(edits: list[
     for index, record_edits in enumerate([[], *edits[:10]]):  # a valid record first: its shape is in the memo
         record = _edited(index, record_edits)
         assert check.holds(record) == (not validate_record(record)), record
+
+
+def _plain_repr_walking_every_value(value: object) -> str | None:
+    """_plain_repr before it skipped dicts of scalars: every value pushed and popped."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if any(type(key) is not str for key in item):
+                return None
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind not in (str, int, float, bool, type(None)):
+            return None
+    return repr(value)
+
+
+_LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3) | st.just(b"x") | st.just(())
+_KEYS = st.text(max_size=2) | st.integers(0, 2) | st.just(True)
+_NESTED = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NESTED)
+def test_plain_repr_is_the_walk_over_every_value(value: object) -> None:
+    from flywheel_trainer.conversation import _plain_repr
+
+    assert _plain_repr(value) == _plain_repr_walking_every_value(value)

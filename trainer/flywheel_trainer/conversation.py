@@ -304,19 +304,26 @@ class ContractCheck:
         return self._verdicts[slot]
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain_repr(value: object) -> str | None:
     """repr of JSON data built of exactly dict (string keys), list, str, int, float, bool and None, else None."""
     stack = [value]
     while stack:
         item = stack.pop()
         kind = type(item)
+        if kind in _SCALARS:
+            continue
         if kind is dict:
-            if any(type(key) is not str for key in item):  # type: ignore[union-attr]
-                return None
-            stack.extend(item.values())  # type: ignore[union-attr]
+            if not _SCALARS.issuperset(map(type, item.values())):  # type: ignore[union-attr]
+                stack.extend(item.values())  # type: ignore[union-attr]
+            for key in item:  # type: ignore[union-attr]
+                if type(key) is not str:
+                    return None
         elif kind is list:
             stack.extend(item)  # type: ignore[arg-type]
-        elif kind not in (str, int, float, bool, type(None)):
+        else:
             return None
     return repr(value)
 
