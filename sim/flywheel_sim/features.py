@@ -61,14 +61,15 @@ def _features(
     instructions: tuple[tuple[str, int | str | None], ...],
     topic: str,
 ) -> ResponseFeatures:
-    tokens = {w.lower() for w in style.words(response)}
+    found = style.words(response)  # style.word_count counts these: one scan of the text for both
+    tokens = {w.lower() for w in found}
     return ResponseFeatures(
         question=style.asks_question(response),
         on_topic=topic in tokens,
         persona=any(w in tokens for w in persona_words),
         compliant=follows_instructions(response, name, instructions),
         emojis=style.emoji_count(response),
-        words=style.word_count(response),
+        words=len(found),
         refusal=style.is_refusal(response),
     )
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from flywheel_sim import (
 )
 from flywheel_trainer.conversation import load_conversations, validate_record
 from flywheel_trainer.style import emoji_count
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PEOPLE = 120
 
@@ -216,3 +219,35 @@ def _steps(log: list[str]) -> list[list[str]]:
             steps.append(current)
             current = []
     return steps
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**16), days=st.integers(1, 2))
+def test_each_chat_sent_is_the_logged_conversation_so_far(world: World, seed: int, days: int) -> None:
+    """The chats the policies are sent are, as a multiset, the roles and contents of every logged conversation up
+    to each of its responses, once per candidate (a regenerated turn's chat is sent twice). Each chat is the
+    policy's own: a policy that changes what it was sent changes no later chat and no log."""
+    sent: Counter = Counter()
+
+    def keeping(policy):
+        def answer(chats, seed):
+            sent.update(tuple((m["role"], m["content"]) for m in chat) for chat in chats)
+            answers = policy(copy.deepcopy(chats), seed=seed)
+            for chat in chats:
+                chat[-1]["content"] += " (seen)"
+                chat.append({"role": "assistant", "content": "kept by the policy"})
+            return answers
+
+        return FunctionPolicy(policy.name, answer)
+
+    control, treatment = ScriptedPolicy(world, name="gen0"), ScriptedPolicy(world, name="gen1", style=GOOD_STYLE)
+    policies = {"control": keeping(control), "treatment": keeping(treatment)}
+    result = simulate_traffic(world, policies, days=days, pre_days=1, seed=seed, max_people=30, experiment="gen1")
+    expected: Counter = Counter()
+    for record in result.records:
+        messages = record["messages"]
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                chat = tuple((m["role"], m["content"]) for m in messages[:i])
+                expected[chat] += 1 + len(message.get("rejected") or [])
+    assert sent == expected and sum(sent.values()) == result.responses

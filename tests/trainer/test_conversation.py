@@ -245,3 +245,76 @@ def test_docs_example_is_a_valid_record() -> None:
     assert validate_record(example) == []
     assert [label_response(m) for m in example["messages"]] == [None, "chosen", None, "chosen"]
     assert len(preference_pairs(example)) == 1
+
+
+_ENVELOPE_KEYS = ["conversation_id", "character", "user_id", "source", "arm", "generation", "day", "session"]
+_ENVELOPE_KEYS += ["messages", "metadata", "extra"]
+_ENVELOPE_VALUES = [None, True, False, -1, 0, 1, 1.0, 2.5, "", "x", "user", "internal", "control", "treatment"]
+_ENVELOPE_VALUES += [[], ["x"], [{"role": "user", "content": "Hi"}], ("x",), {}, {"k": 1}, "<delete>"]
+
+
+def _edited(index: int, edits: list[tuple[str, Any]]) -> dict[str, Any]:
+    record = make_record(f"c{index}", user_id=f"u{index}")
+    for key, value in edits:
+        if value == "<delete>":
+            record.pop(key, None)
+        else:
+            record[key] = value
+    return record
+
+
+def test_each_envelope_edit_gets_the_contracts_verdict_after_a_valid_record() -> None:
+    """ContractCheck keys its envelope memo by shape (the ids, the character and the messages stood in for): after
+    a valid record's shape is in the memo, every single envelope edit (a type, an empty string, a negative or
+    float number, an enum, a missing or unknown key) still gets validate_record's verdict on the record itself."""
+    from flywheel_trainer.conversation import ContractCheck
+
+    for key in _ENVELOPE_KEYS:
+        for value in _ENVELOPE_VALUES:
+            check = ContractCheck()
+            assert check.holds(_edited(0, []))
+            record = _edited(1, [(key, value)])
+            assert check.holds(record) == (not validate_record(record)), (key, value)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(_ENVELOPE_KEYS), st.sampled_from(_ENVELOPE_VALUES)), max_size=3)))
+def test_envelopes_checked_once_per_shape_get_the_contracts_verdict(edits: list[list[tuple[str, Any]]]) -> None:
+    """One ContractCheck over records whose ids always differ and whose other envelope values are edited at
+    random, several at once: each verdict is validate_record's on the record itself."""
+    from flywheel_trainer.conversation import ContractCheck
+
+    check = ContractCheck()
+    for index, record_edits in enumerate([[], *edits[:10]]):  # a valid record first: its shape is in the memo
+        record = _edited(index, record_edits)
+        assert check.holds(record) == (not validate_record(record)), record
+
+
+def _plain_repr_walking_every_value(value: object) -> str | None:
+    """_plain_repr before it skipped dicts of scalars: every value pushed and popped."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            if any(type(key) is not str for key in item):
+                return None
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind not in (str, int, float, bool, type(None)):
+            return None
+    return repr(value)
+
+
+_LEAVES = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3) | st.just(b"x") | st.just(())
+_KEYS = st.text(max_size=2) | st.integers(0, 2) | st.just(True)
+_NESTED = st.recursive(_LEAVES, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_NESTED)
+def test_plain_repr_is_the_walk_over_every_value(value: object) -> None:
+    from flywheel_trainer.conversation import _plain_repr
+
+    assert _plain_repr(value) == _plain_repr_walking_every_value(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -218,6 +218,47 @@ def _reads_text_as_type_only() -> bool:
 _TEXT_BLIND = _SPLIT is not None and _reads_text_as_type_only()
 
 
+def _envelope_stand_ins() -> dict[str, tuple[Callable[[object], bool], object]]:
+    """Per envelope property, (passes, stand-in): `passes(value)` only for values its subschema surely accepts,
+    all of which the stand-in can replace without changing the envelope's verdict. Every log record has its own
+    conversation and user ids, so envelopes are checked as shapes, with the ids, the character and the messages
+    (split off, checked on their own) replaced. Empty (nothing replaced) when the envelope holds a keyword other
+    than these, which might look at several properties at once."""
+    if _SPLIT is None:
+        return {}
+    envelope = _SPLIT[0].schema
+    annotations = {"$schema", "$id", "title", "description", "$defs"}
+    if set(envelope) - annotations - {"type", "required", "additionalProperties", "properties"}:
+        return {}
+    known: list[tuple[object, Callable[[object], bool], object]] = [
+        (True, lambda value: True, None),
+        ({"type": "string", "minLength": 1}, lambda value: type(value) is str and value != "", "x"),
+        ({"type": "integer", "minimum": 0}, lambda value: type(value) is int and value >= 0, 0),
+        ({"type": "array", "minItems": 1, "items": True}, lambda value: type(value) is list and value != [], [None]),
+    ]
+    stand_ins = {}
+    for name, subschema in envelope["properties"].items():
+        plain = {k: v for k, v in subschema.items() if k != "description"} if isinstance(subschema, dict) else subschema
+        for schema, passes, stand_in in known:
+            if plain == schema:
+                stand_ins[name] = (passes, stand_in)
+    return stand_ins
+
+
+_ENVELOPE_STAND_INS = _envelope_stand_ins()
+
+
+def _envelope_shape(record: object) -> object:
+    """`record` with every value _ENVELOPE_STAND_INS can replace replaced (a dict; anything else as is)."""
+    if type(record) is not dict:
+        return record
+    shape = dict(record)
+    for name, (passes, stand_in) in _ENVELOPE_STAND_INS.items():
+        if name in shape and passes(shape[name]):
+            shape[name] = stand_in
+    return shape
+
+
 def _without_text(message: object) -> object:
     """`message` with its content and rejected candidates emptied (a dict of exactly str ones; anything else as is)."""
     if not _TEXT_BLIND or type(message) is not dict:
@@ -236,7 +277,8 @@ class ContractCheck:
     records share a few characters, system prompts and user messages, so each distinct one (by its repr, which
     tells a tuple from a list and True from 1, as the contract does) is checked once per ContractCheck, and so is
     each shape of a message without its text (_without_text: the responses are all different texts of a few
-    shapes); the envelope is checked each time. Only the verdict: validate_record names the problems."""
+    shapes), and so is each shape of an envelope (_envelope_shape: the ids differ in every record). Only the
+    verdict: validate_record names the problems."""
 
     def __init__(self) -> None:
         self._verdicts: dict[tuple[int, str], bool] = {}
@@ -245,7 +287,7 @@ class ContractCheck:
         if _SPLIT is None:
             return _VALIDATOR.is_valid(record)
         envelope, character, message = _SPLIT
-        if not envelope.is_valid(record):
+        if not self._once(envelope, _envelope_shape(record)):
             return False
         assert isinstance(record, Mapping)  # the envelope says it is an object with these keys
         if not self._once(character, record["character"]):
@@ -262,19 +304,26 @@ class ContractCheck:
         return self._verdicts[slot]
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain_repr(value: object) -> str | None:
     """repr of JSON data built of exactly dict (string keys), list, str, int, float, bool and None, else None."""
     stack = [value]
     while stack:
         item = stack.pop()
         kind = type(item)
+        if kind in _SCALARS:
+            continue
         if kind is dict:
-            if any(type(key) is not str for key in item):  # type: ignore[union-attr]
-                return None
-            stack.extend(item.values())  # type: ignore[union-attr]
+            if not _SCALARS.issuperset(map(type, item.values())):  # type: ignore[union-attr]
+                stack.extend(item.values())  # type: ignore[union-attr]
+            for key in item:  # type: ignore[union-attr]
+                if type(key) is not str:
+                    return None
         elif kind is list:
             stack.extend(item)  # type: ignore[arg-type]
-        elif kind not in (str, int, float, bool, type(None)):
+        else:
             return None
     return repr(value)
 
