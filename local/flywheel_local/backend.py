@@ -46,7 +46,7 @@ from flywheel_operator.planner import (
 )
 
 from flywheel_local import sources
-from flywheel_local.canary import SimulatedCanary, simulated_days
+from flywheel_local.canary import CanaryState, SimulatedCanary, simulated_days
 
 RESULT_FILE = "result.json"
 LOG_TAIL_LINES = 8
@@ -279,9 +279,10 @@ class LocalBackend:
                       "(in a second process, alongside)")
         with ThreadPoolExecutor(1) as thread:
             handed = thread.submit(self._hand_to_side, [parsed for parsed, _ in others], policy_dir, oracle)
-            # the cores hold two samplers: the first source's calls share their batches with a second process
-            # too, which takes the core the side worker leaves once its shorter work is done
-            self._resolve_source(first, policy_dir, split=True)
+            # the cores hold two samplers: without the report's oracle to follow, the side worker's work (the
+            # shorter internal traffic) leaves its core idle early, so the first source's calls share their
+            # batches with a second process too (with it, make run's traffic: 21 s against 22 s, split)
+            self._resolve_source(first, policy_dir, split=not oracle)
             running = handed.result()
         for parsed, result in running:
             _, seconds = result.get()
@@ -290,21 +291,22 @@ class LocalBackend:
             self.note(f"{phase}: {seconds:.0f}s (alongside)")
 
     def status_written(self, status: FlywheelGenerationStatus) -> None:
-        """Hand the report's work that `status` makes possible to the side worker, where a stage program leaves a
-        core free (a stage that starts while the side worker has work gets one thread fewer: stage_threads): once
-        the reward models are trained and SFT has succeeded (RL starts), their agreement with the oracle
-        (`rm_oracle.json`); once the candidate exists (eval starts), its oracle draws. Not as SFT starts: SFT gains
-        most from a second thread and RL least (make run's gen1 on 1 and 2 threads, the same weights: SFT 18.5 and
-        12.8 s, RL 13.5 and 12.0 s), and the check (about 10 s of one core) fits beside RL. A generation whose SFT
-        never succeeds leaves it to the report. Only with `oracle_draws` (a run that writes the report); the
-        report waits for both and finds them done (the same figures as computing them itself:
-        tests/local/test_report_prefetch.py)."""
+        """Hand the report's work that `status` makes possible to the side worker once the candidate exists (eval
+        starts): the reward models' agreement with the oracle (`rm_oracle.json`), then the candidate's oracle draws.
+        A stage that starts while the side worker has work gets one thread fewer (stage_threads), and eval, beside
+        the draws, gets one anyway; handed as SFT started (before), the check kept SFT on one thread, and as RL
+        started, RL (make run's gen1, the same weights on 1 and 2 threads: SFT 18.5 and 12.8 s, RL 13.5 and
+        12.0 s), for a check of a few CPU-seconds. A generation whose RL never succeeds leaves both to the
+        report. Only with `oracle_draws` (a run that writes the report); the report waits for both and finds them
+        done (the same figures as computing them itself: tests/local/test_report_prefetch.py). In every run, the
+        A/B test's first day starts while eval runs (_simulate_ahead)."""
+        if status.phase == "Evaluating" and status.candidate_policy is not None and status.policy is not None:
+            self._simulate_ahead(status)
         if self.oracle_draws is None:
             return
         rewards = [r for r in status.stages if r.name.startswith("reward-")]
         rm_ready = bool(rewards) and all(r.state in ("Succeeded", "Failed") for r in rewards) and any(
-            r.state == "Succeeded" for r in rewards) and any(r.name == "sft" and r.state == "Succeeded"
-                                                            for r in status.stages)
+            r.state == "Succeeded" for r in rewards) and status.candidate_policy is not None
         if not rm_ready and status.candidate_policy is None:
             return
         side = self._side_worker()
@@ -388,13 +390,23 @@ class LocalBackend:
             self._deploy_resolved(resolved)
 
     def _deploy_resolved(self, resolved: DeployCanary) -> None:
-        self.canary.deploy(
-            resolved,
-            experiment=self.generation.metadata.name,
-            days=simulated_days(_max_duration(self.generation)),
-            seed=self.generation.spec.generation,
-            people=_simulated_people(self.generation),
-        )
+        self.canary.deploy(resolved, **self._experiment())
+
+    def _experiment(self) -> dict[str, Any]:
+        """The simulated experiment's settings besides the policies (SimulatedCanary.deploy's keywords)."""
+        return {"experiment": self.generation.metadata.name, "days": simulated_days(_max_duration(self.generation)),
+                "seed": self.generation.spec.generation, "people": _simulated_people(self.generation)}
+
+    def _simulate_ahead(self, status: FlywheelGenerationStatus) -> None:
+        """The A/B test's first day while eval runs (SimulatedCanary.simulate_ahead), for the deployment the planner
+        asks for once the offline gate passes: the parent against the candidate at the spec's traffic share."""
+        assert status.policy is not None and status.candidate_policy is not None
+        self.canary.simulate_ahead(CanaryState(
+            control_policy=self.resolve_policy(status.policy),
+            candidate_policy=self.resolve_policy(status.candidate_policy),
+            traffic_percent=self.generation.spec.canary.traffic_percent,
+            **self._experiment(),
+        ))
 
     def _start(self, action: StartStage, *, parallel: int) -> None:
         if action.child in self.procs and self.procs[action.child].poll() is None:

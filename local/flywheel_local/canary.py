@@ -7,14 +7,18 @@ local reader takes the per-arm sums. Time is simulated: the runner's clock says 
 since the canary became Ready, and that many simulated days are revealed to the store.
 
 Days are simulated only when they are due (`flywheel_sim.TrafficSimulation`, one day at a time), so a canary
-the gate stops after two days costs two days. Each day's events and the simulation's state are kept in the
-canary directory, so a resumed run replays the revealed days into a fresh store and goes on from there.
+the gate stops after two days costs two days; only the first test day may be simulated earlier, while eval runs
+(`simulate_ahead`: the same day, taken by `deploy` when the deployment is the one planned). Each day's events and
+the simulation's state are kept in the canary directory, so a resumed run replays the revealed days into a fresh
+store and goes on from there.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -30,6 +34,8 @@ STATE_FILE = "canary.json"
 STATE_PICKLE = "simulation-state.pickle"
 """The simulation's state after the last simulated day (flywheel_sim.TrafficState)."""
 DAY = timedelta(days=1)
+AHEAD = "ahead"
+"""Where the first test day is simulated before the deployment (SimulatedCanary.simulate_ahead)."""
 
 
 @dataclass
@@ -66,6 +72,7 @@ class SimulatedCanary:
         self._store: Any = None
         self._simulation: Any = None
         self._worker: Any = None
+        self._ahead: tuple[threading.Thread, SimulatedCanary, list[str]] | None = None
 
     # ---------------------------------------------------------------------------------------- actions
     def deploy(self, action: DeployCanary, *, experiment: str, days: int, seed: int, people: int | None) -> None:
@@ -81,7 +88,55 @@ class SimulatedCanary:
             seed=seed,
             people=people,
         )
+        self._take_ahead()
         self._save()
+
+    def simulate_ahead(self, plan: CanaryState) -> None:
+        """Simulate the first test day of the deployment `plan` in a thread, before it is deployed: the candidate
+        exists while eval runs, and a stage program on one thread (`--cpus 1`, or beside the side worker) leaves
+        a core to it. The day is the one `deploy` would simulate (its draws are keyed by the plan's seed, day and
+        people), written apart (AHEAD); `deploy` takes it when the deployment is the plan and drops it otherwise
+        (as when the offline gate fails). Nothing simulated ahead is revealed before the deployment."""
+        if self.state is not None or self._ahead is not None or (self.directory / "traffic").exists():
+            return
+        ahead = SimulatedCanary(self.directory / AHEAD, self.world_file, user_traffic=self.user_traffic)
+        shutil.rmtree(ahead.directory, ignore_errors=True)
+        ahead.state = plan
+        lines: list[str] = []
+        ahead.note = lines.append
+        thread = threading.Thread(target=self._simulate_quietly, args=(ahead,), name="canary-ahead", daemon=True)
+        self._ahead = (thread, ahead, lines)
+        thread.start()
+
+    def _simulate_quietly(self, ahead: SimulatedCanary) -> None:
+        """The first test day for simulate_ahead's thread; a failure leaves the day to the deployment, which
+        simulates it again and reports what fails."""
+        try:
+            ahead._simulate_next_day()
+        except Exception as exc:
+            self.note(f"the A/B test's first day could not be simulated ahead ({type(exc).__name__}: {exc}); "
+                      "it is simulated when due")
+            ahead.close()
+            shutil.rmtree(ahead.directory / "traffic", ignore_errors=True)
+
+    def _take_ahead(self) -> None:
+        """Adopt the day simulate_ahead simulated when this deployment is its plan (its logs, state and the
+        simulation with both policies loaded), else drop it."""
+        if self._ahead is None:
+            return
+        thread, ahead, lines = self._ahead
+        self._ahead = None
+        thread.join()
+        simulated = ahead.directory / "traffic"
+        if (asdict(ahead.state) == asdict(self.state) and (simulated / "day-0.events.jsonl").is_file()
+                and not (self.directory / "traffic").exists()):
+            simulated.rename(self.directory / "traffic")
+            self._simulation, self._worker = ahead._simulation, ahead._worker
+            for line in lines:
+                self.note(f"{line} (simulated ahead, while eval ran)")
+        else:
+            ahead.close()
+        shutil.rmtree(ahead.directory, ignore_errors=True)
 
     def finish(self, phase: str) -> None:
         """Promote or roll back: the experiment stops; its logs stay for the report."""
@@ -91,7 +146,14 @@ class SimulatedCanary:
         self.close()
 
     def close(self) -> None:
-        """Stop the candidate's policy process (a later day starts it again)."""
+        """Stop the candidate's policy process (a later day starts it again), and a day simulated ahead that no
+        deployment took."""
+        if self._ahead is not None:
+            thread, ahead, _ = self._ahead
+            self._ahead = None
+            thread.join()
+            ahead.close()
+            shutil.rmtree(ahead.directory, ignore_errors=True)
         if self._worker is not None:
             self._worker.close()
             self._worker, self._simulation = None, None

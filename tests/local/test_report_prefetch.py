@@ -51,24 +51,25 @@ def test_handed_over_as_the_status_allows(tmp_path: Path, monkeypatch: pytest.Mo
     backend.status_written(FlywheelGenerationStatus(stages=[_record(rewards[0], "Succeeded"),
                                                             _record(rewards[1], "Running")]))
     assert pool.handed == []  # a reward model still trains
-    sft = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards] + [_record("sft", "Running")])
-    backend.status_written(sft)
-    assert pool.handed == []  # SFT, which gains most from a second thread, starts on both cores
-    trained = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards]
-                                       + [_record("sft", "Succeeded"), _record("rl", "Running")])
-    backend.status_written(trained)
-    backend.status_written(trained)  # once only
-    (function, args), = pool.handed
-    assert function is compute_rm_agreement
-    assert args[:2] == (backend.paths.root.resolve(), DEFAULT_WORLD)
-    assert prefetch_key(backend.paths.root) in oracle_runs._PREFETCHES
+    for stage in ("sft", "rl"):  # SFT and RL gain from a second thread: both start on the idle cores
+        running = FlywheelGenerationStatus(stages=[_record(r, "Succeeded") for r in rewards]
+                                           + [_record(stage, "Running")])
+        backend.status_written(running)
+        assert pool.handed == []
     candidate = tmp_path / "gen1" / "rl" / "model"
     candidate.mkdir(parents=True)
     (candidate / "config.json").write_text("{}")
-    with_candidate = trained.model_copy(update={"candidate_policy": str(candidate)})
+    with_candidate = FlywheelGenerationStatus(
+        stages=[_record(r, "Succeeded") for r in rewards] + [_record("sft", "Succeeded"), _record("rl", "Succeeded"),
+                                                              _record("eval", "Running")],
+        candidate_policy=str(candidate))
     backend.status_written(with_candidate)
-    backend.status_written(with_candidate)
+    backend.status_written(with_candidate)  # once only
     assert len(pool.handed) == 2
+    function, args = pool.handed[0]  # eval runs on one thread beside the draws anyway
+    assert function is compute_rm_agreement
+    assert args[:2] == (backend.paths.root.resolve(), DEFAULT_WORLD)
+    assert prefetch_key(backend.paths.root) in oracle_runs._PREFETCHES
     function, args = pool.handed[1]
     assert function is oracle_runs._compute_and_store
     assert args == (str(candidate), str(DEFAULT_WORLD), 4, None)  # outside the cache: handed back, not kept
@@ -82,10 +83,10 @@ def test_nothing_handed_over_without_a_report(tmp_path: Path, monkeypatch: pytes
     assert pool.handed == []
 
 
-def test_a_failed_sft_leaves_the_agreement_to_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_rl_leaves_the_agreement_to_the_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     backend, pool = _backend(tmp_path, monkeypatch, draws=4)
     backend.status_written(FlywheelGenerationStatus(stages=[_record("reward-pointwise", "Succeeded"),
-                                                            _record("sft", "Failed")]))
+                                                            _record("sft", "Succeeded"), _record("rl", "Failed")]))
     assert pool.handed == []
 
 
@@ -123,7 +124,8 @@ def test_the_side_worker_measures_the_status_handed_over_not_the_one_on_disk(
     backend.paths.root.mkdir(parents=True)
     backend.paths.status.write_text(on_disk.model_dump_json(by_alias=True, exclude_none=True))
     trained = FlywheelGenerationStatus(stages=[done("curate")] + [done(r) for r in rewards]
-                                       + [done("sft"), _record("rl", "Running")])
+                                       + [done("sft"), done("rl"), _record("eval", "Running")],
+                                       candidate_policy=str(tmp_path / "missing-candidate"))
     backend.status_written(trained)  # what carry_out does before the runner writes `trained`
     (function, args), = pool.handed
     function(*args)  # what the side worker runs
