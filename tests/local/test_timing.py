@@ -31,7 +31,7 @@ def test_traffic_simulation_is_announced_and_timed(tmp_path, monkeypatch):
     backend = LocalBackend(generation, RunPaths(tmp_path / "tiny1"), world_file=DEFAULT_WORLD,
                            cache_dir=tmp_path / "cache", note=notes.append)
 
-    def simulate(world, policy, name, parsed, out, *, seed, cache_dir=None):
+    def simulate(world, policy, name, parsed, out, *, seed, cache_dir=None, split=False):
         out.mkdir(parents=True, exist_ok=True)
         (out / "events.jsonl").write_text("")
         return out / "conversations.jsonl"
