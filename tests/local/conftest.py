@@ -24,6 +24,27 @@ def gen0(sim_cache: Path) -> Path:
     return generation0("sim://generation-0?steps=20", DEFAULT_WORLD, sim_cache)
 
 
+@pytest.fixture(scope="session")
+def user_traffic_of(gen0: Path, sim_cache: Path,
+                    tmp_path_factory: pytest.TempPathFactory) -> Callable[[int, int], Path]:
+    """Two days of generation 0's user traffic for the first `people` at `seed` (a generation's traffic/user, which
+    the canary's pre-period reuses), simulated once per session for each pair."""
+    from flywheel_local import users
+    from flywheel_local.sources import TrafficUri
+
+    made: dict[tuple[int, int], Path] = {}
+
+    def traffic(people: int, seed: int) -> Path:
+        if (people, seed) not in made:
+            out = tmp_path_factory.mktemp("gen") / "traffic" / "user"
+            users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", TrafficUri("user", days=2, people=people),
+                                  out, seed=seed, cache_dir=sim_cache)
+            made[people, seed] = out
+        return made[people, seed]
+
+    return traffic
+
+
 @pytest.fixture
 def traffic_as_alone(gen0: Path, tmp_path: Path) -> Callable[[Any, Any], None]:
     """A check that a generation's traffic sources, however the backend simulated them (the runner and its side

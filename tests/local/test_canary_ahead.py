@@ -5,12 +5,11 @@ deployment that is not the plan, or none, leaves nothing of it behind."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from flywheel_local import users
 from flywheel_local.canary import AHEAD, CanaryState, SimulatedCanary
-from flywheel_local.sources import TrafficUri
 from flywheel_operator.planner import DeployCanary
 from flywheel_sim import DEFAULT_WORLD
 
@@ -20,11 +19,8 @@ SETTINGS = {"experiment": "tiny1", "days": 2, "seed": SEED, "people": PEOPLE}
 
 
 @pytest.fixture(scope="module")
-def user_traffic(gen0: Path, sim_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("gen") / "traffic" / "user"
-    users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", TrafficUri("user", days=2, people=PEOPLE), out,
-                          seed=SEED, cache_dir=sim_cache)
-    return out
+def user_traffic(user_traffic_of: Callable[[int, int], Path]) -> Path:
+    return user_traffic_of(PEOPLE, SEED)
 
 
 def _action(gen0: Path, traffic_percent: int = 50) -> DeployCanary:

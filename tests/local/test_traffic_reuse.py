@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,8 @@ SEED = 3
 
 
 @pytest.fixture(scope="module")
-def user_traffic(gen0: Path, sim_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("gen") / "traffic" / "user"
-    users.simulate_source(DEFAULT_WORLD, gen0, "generation-0", TrafficUri("user", days=2, people=PEOPLE), out,
-                          seed=SEED, cache_dir=sim_cache)
-    return out
+def user_traffic(user_traffic_of: Callable[[int, int], Path]) -> Path:
+    return user_traffic_of(PEOPLE, SEED)
 
 
 def _canary(directory: Path, gen0: Path, user_traffic: Path | None, notes: list[str]) -> SimulatedCanary:
