@@ -302,19 +302,15 @@ class LocalBackend:
         A/B test's first day starts while eval runs (_simulate_ahead)."""
         if status.phase == "Evaluating" and status.candidate_policy is not None and status.policy is not None:
             self._simulate_ahead(status)
-        if self.oracle_draws is None:
-            return
-        rewards = [r for r in status.stages if r.name.startswith("reward-")]
-        rm_ready = bool(rewards) and all(r.state in ("Succeeded", "Failed") for r in rewards) and any(
-            r.state == "Succeeded" for r in rewards) and status.candidate_policy is not None
-        if not rm_ready and status.candidate_policy is None:
+        if self.oracle_draws is None or status.candidate_policy is None:
             return
         side = self._side_worker()
         if side is None:
             return
         from flywheel_local.oracle_runs import hand_over, prefetch
 
-        if rm_ready:
+        rewards = [r for r in status.stages if r.name.startswith("reward-")]
+        if any(r.state == "Succeeded" for r in rewards) and all(r.state in ("Succeeded", "Failed") for r in rewards):
             from flywheel_local.rm_oracle import compute_rm_agreement, prefetch_key
 
             # the status itself, not status.json: the runner writes that after carry_out, which hands this over
@@ -322,12 +318,11 @@ class LocalBackend:
             root = self.paths.root.resolve()
             hand_over(prefetch_key(self.paths.root), side, compute_rm_agreement, root, self.world_file,
                       {str(root): json.dumps(status.to_wire())})
-        if status.candidate_policy is not None:
-            from flywheel_local.report import _model_dir
+        from flywheel_local.report import _model_dir
 
-            model = _model_dir(status.candidate_policy, self.paths.root)
-            if model is not None and Path(model, "config.json").is_file():
-                prefetch(model, self.world_file, self.cache_dir, pool=side, draws=self.oracle_draws)
+        model = _model_dir(status.candidate_policy, self.paths.root)
+        if model is not None and Path(model, "config.json").is_file():
+            prefetch(model, self.world_file, self.cache_dir, pool=side, draws=self.oracle_draws)
 
     def _simulation_args(self, parsed: sources.TrafficUri, policy_dir: str) -> tuple[Any, ...]:
         return (self.world_file, policy_dir, self._policy_name(), parsed, self.paths.traffic(parsed.source),

@@ -122,20 +122,32 @@ class SimulatedCanary:
     def _take_ahead(self) -> None:
         """Adopt the day simulate_ahead simulated when this deployment is its plan (its logs, state and the
         simulation with both policies loaded), else drop it."""
-        if self._ahead is None:
+        finished = self._finish_ahead()
+        if finished is None:
             return
-        thread, ahead, lines = self._ahead
-        self._ahead = None
-        thread.join()
+        ahead, lines = finished
         simulated = ahead.directory / "traffic"
         if (asdict(ahead.state) == asdict(self.state) and (simulated / "day-0.events.jsonl").is_file()
                 and not (self.directory / "traffic").exists()):
             simulated.rename(self.directory / "traffic")
             self._simulation, self._worker = ahead._simulation, ahead._worker
+            ahead._simulation = ahead._worker = None  # this canary's now: not stopped with the folder
             for line in lines:
                 self.note(f"{line} (simulated ahead, while eval ran)")
-        else:
-            ahead.close()
+        self._drop(ahead)
+
+    def _finish_ahead(self) -> tuple[SimulatedCanary, list[str]] | None:
+        """The canary simulate_ahead made and its notes, once its thread is done; None when there is none."""
+        if self._ahead is None:
+            return None
+        thread, ahead, lines = self._ahead
+        self._ahead = None
+        thread.join()
+        return ahead, lines
+
+    @staticmethod
+    def _drop(ahead: SimulatedCanary) -> None:
+        ahead.close()
         shutil.rmtree(ahead.directory, ignore_errors=True)
 
     def finish(self, phase: str) -> None:
@@ -148,12 +160,9 @@ class SimulatedCanary:
     def close(self) -> None:
         """Stop the candidate's policy process (a later day starts it again), and a day simulated ahead that no
         deployment took."""
-        if self._ahead is not None:
-            thread, ahead, _ = self._ahead
-            self._ahead = None
-            thread.join()
-            ahead.close()
-            shutil.rmtree(ahead.directory, ignore_errors=True)
+        finished = self._finish_ahead()
+        if finished is not None:
+            self._drop(finished[0])
         if self._worker is not None:
             self._worker.close()
             self._worker, self._simulation = None, None
