@@ -142,6 +142,13 @@ BENCHES: dict[str, Bench] = {
         "on the flywheel bench's default chain (bench/runs/default)",
         needs=("flywheel",),
     ),
+    "rm_steps": Bench(
+        "bench/rm_steps.py",
+        STAGE_PROGRAMS,
+        "python bench/rm_steps.py --runs bench/runs",
+        "on a finished default chain (bench/runs/default, or bench/local.py's SCRATCH/baseline-chain)",
+        needs=("flywheel",),
+    ),
     "rm_seeds": Bench(
         "bench/rm_seeds.py",
         CHAIN,
