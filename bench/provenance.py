@@ -144,9 +144,9 @@ BENCHES: dict[str, Bench] = {
     ),
     "rm_steps": Bench(
         "bench/rm_steps.py",
-        STAGE_PROGRAMS,
-        "python bench/rm_steps.py --runs bench/runs",
-        "on a finished default chain (bench/runs/default, or bench/local.py's SCRATCH/baseline-chain)",
+        (*OPERATOR_CORE, *STAGE_PROGRAMS),
+        "python bench/rm_steps.py bench/runs/default bench/runs/generated-112 bench/runs/generated-113",
+        "on finished chains (bench/flywheel.py --only default, and --only generated for the generated worlds)",
         needs=("flywheel",),
     ),
     "rm_seeds": Bench(
