@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULT)
     args = parser.parse_args(argv)
     before, after = _steps(args.before), _steps(args.after)
+    if missing := sorted(set(after) - set(before)):
+        raise SystemExit(f"--before has no steps for {', '.join(missing)}: give NAME=STEPS for every --after model")
     started = time.monotonic()
     configs = {}
     for chain in args.chains:
@@ -133,13 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no reward stage configs of {', '.join(after)} under {', '.join(map(str, args.chains))} (run a chain "
               "first)", file=sys.stderr)
         return 2
-    counts = {key: (before[key[2]], after[key[2]]) for key in configs}
     with ThreadPoolExecutor(args.jobs) as pool:  # each training is a process of its own; kept in CHAIN/rm-steps
-        jobs = {(key, n): pool.submit(train, configs[key], key[2], n, key[0] / "rm-steps" / key[1] / f"{key[2]}-{n}")
-                for key in configs for n in counts[key]}
+        jobs = {(key, n): pool.submit(train, config, key[2], n, key[0] / "rm-steps" / key[1] / f"{key[2]}-{n}")
+                for key, config in configs.items() for n in (before[key[2]], after[key[2]])}
         trained = {key: job.result() for key, job in jobs.items()}
-    rows = [row(chain.name, g, name, trained[((chain, g, name), counts[(chain, g, name)][0])],
-                trained[((chain, g, name), counts[(chain, g, name)][1])]) for chain, g, name in configs]
+    rows = [row(chain.name, g, name, trained[(key, before[name])], trained[(key, after[name])])
+            for key in configs for chain, g, name in [key]]
 
     print(f"{'chain':<14} {'generation':<10} {'model':<10} {'steps':>9} {'transformer':>13} {'mix weight':>11} "
           f"{'reward.json Δ':>13} {'train s':>11}")
